@@ -1,0 +1,373 @@
+"""Versioned JSON files in <config>/.storage: atomic, durable, coalesced saves.
+
+The envelope is Open Peer Power's: ``{"version": N, "key": "<key>", "data": ...}``.
+Writes go to a temporary file in the same folder, are fsynced, renamed over the
+target and the folder is fsynced, so a crash leaves the old or the new file,
+never half of one. Serialisation and disk I/O run in an executor; large record
+lists (the auth store's users and tokens) are encoded one record at a time so
+the event loop keeps getting the GIL while a big store is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+_LOGGER = logging.getLogger(__name__)
+
+STORAGE_DIR = ".storage"
+
+
+class StorageError(Exception):
+    """A .storage file cannot be read or written; str() says which and what to do."""
+
+
+class RecordList:
+    """A list whose items are turned into JSON records lazily, in the writer thread."""
+
+    __slots__ = ("items", "to_dict")
+
+    def __init__(self, items: list[Any], to_dict: Callable[[Any], Any]) -> None:
+        """Keep a snapshot of the items and the function that renders one."""
+        self.items = items
+        self.to_dict = to_dict
+
+
+def _json_default(obj: Any) -> Any:
+    """Serialise sets and objects that know how to render themselves."""
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if hasattr(obj, "as_dict"):
+        return obj.as_dict()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+_DUMPS = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(", ", ": ")).encode
+
+
+def _encode_value(value: Any, indent: int, out: list[str]) -> None:
+    """Append the JSON text of value; dicts indented, RecordLists one record per line."""
+    pad = " " * indent
+    if isinstance(value, RecordList):
+        if not value.items:
+            out.append("[]")
+            return
+        out.append("[\n")
+        inner = pad + "    "
+        to_dict = value.to_dict
+        last = len(value.items) - 1
+        for index, item in enumerate(value.items):
+            out.append(inner)
+            out.append(_DUMPS(to_dict(item)))
+            out.append(",\n" if index != last else "\n")
+        out.append(pad + "]")
+    elif isinstance(value, dict) and any(isinstance(v, (RecordList, dict)) for v in value.values()):
+        out.append("{\n")
+        items = list(value.items())
+        for index, (key, item) in enumerate(items):
+            out.append(f"{pad}    {json.dumps(str(key), ensure_ascii=False)}: ")
+            _encode_value(item, indent + 4, out)
+            out.append(",\n" if index != len(items) - 1 else "\n")
+        out.append(pad + "}")
+    else:
+        out.append(json.dumps(value, default=_json_default, ensure_ascii=False, indent=4).replace("\n", "\n" + pad))
+
+
+def encode_envelope(key: str, version: int, data: Any, minor_version: int | None = None) -> bytes:
+    """The file's full JSON text (called in a worker thread)."""
+    envelope: dict[str, Any] = {"version": version}
+    if minor_version is not None:
+        envelope["minor_version"] = minor_version
+    envelope["key"] = key
+    envelope["data"] = data
+    out: list[str] = []
+    _encode_value(envelope, 0, out)
+    out.append("\n")
+    return "".join(out).encode("utf-8")
+
+
+def write_atomic(path: Path, content: bytes, private: bool = True) -> None:
+    """Write content to path through a fsynced temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(content)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        if not private:
+            os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def read_envelope(path: Path) -> dict[str, Any] | None:
+    """Read and check a storage file; None when it does not exist."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise StorageError(f"Cannot read {path}: {err.strerror}. Check its permissions.") from err
+    try:
+        envelope = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise StorageError(
+            f"{path} cannot be parsed ({err}). opp-auth will not overwrite it: "
+            "restore it from a backup, fix it, or move it away to start afresh."
+        ) from err
+    if not isinstance(envelope, dict) or "data" not in envelope or not isinstance(envelope.get("version"), int):
+        raise StorageError(
+            f"{path} is not an opp-auth storage file (expected an object with 'version' and "
+            "'data'). opp-auth will not overwrite it: restore it from a backup or move it away."
+        )
+    return envelope
+
+
+class Store:
+    """One versioned JSON file under <config>/.storage."""
+
+    def __init__(
+        self,
+        config_dir: str | os.PathLike[str],
+        key: str,
+        version: int,
+        *,
+        private: bool = True,
+        migrate: Callable[[int, Any], Any] | None = None,
+    ) -> None:
+        """Name the file; nothing is read until async_load."""
+        self.key = key
+        self.version = version
+        self.path = Path(config_dir) / STORAGE_DIR / key
+        self._private = private
+        self._migrate = migrate
+        self._write_lock = asyncio.Lock()
+        self._load_task: asyncio.Future[Any] | None = None
+        self._delay_handle: asyncio.TimerHandle | None = None
+        self._data_func: Callable[[], Any] | None = None
+        self._pending: asyncio.Future[None] | None = None
+        self._broken = False
+
+    async def async_load(self) -> Any | None:
+        """Load the data once (concurrent callers share the read); None when there is no file."""
+        if self._load_task is None:
+            self._load_task = asyncio.ensure_future(self._async_load())
+        return await asyncio.shield(self._load_task)
+
+    async def _async_load(self) -> Any | None:
+        """Read, check and migrate the file in an executor."""
+        loop = asyncio.get_running_loop()
+        try:
+            envelope = await loop.run_in_executor(None, read_envelope, self.path)
+        except StorageError:
+            self._broken = True
+            self._load_task = None
+            raise
+        if envelope is None:
+            return None
+        if envelope["version"] != self.version:
+            if self._migrate is None or envelope["version"] > self.version:
+                self._broken = True
+                raise StorageError(
+                    f"{self.path} has version {envelope['version']}, this opp-auth reads version "
+                    f"{self.version}. It was written by a newer release: upgrade opp-auth."
+                )
+            data = self._migrate(envelope["version"], envelope["data"])
+            return data
+        return envelope["data"]
+
+    async def async_save(self, data: Any) -> None:
+        """Write data now; returns when it is durable on disk."""
+        await self.async_save_func(lambda: data)
+
+    async def async_save_func(self, data_func: Callable[[], Any]) -> None:
+        """Write what data_func returns; concurrent callers share one write that includes their change."""
+        self._cancel_delay()
+        self._data_func = data_func
+        if self._pending is not None:
+            await asyncio.shield(self._pending)
+            return
+        waiter = self._pending = asyncio.get_running_loop().create_future()
+        waiter.add_done_callback(_consume_exception)
+        try:
+            async with self._write_lock:
+                # Changes made from here on need a write of their own.
+                self._pending = None
+                func, self._data_func = self._data_func, None
+                if func is not None:
+                    await self._async_write(func())
+        except BaseException as err:
+            if not waiter.done():
+                waiter.set_exception(err if isinstance(err, Exception) else StorageError(str(err)))
+            raise
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def async_delay_save(self, data_func: Callable[[], Any], delay: float = 1.0) -> None:
+        """Save later, coalescing: the latest data_func is evaluated only when the timer fires."""
+        self._data_func = data_func
+        if self._delay_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._delay_handle = loop.call_later(delay, self._fire_delayed)
+
+    def _fire_delayed(self) -> None:
+        """Timer callback: start the write."""
+        self._delay_handle = None
+        func = self._data_func
+        if func is None:
+            return
+        task = asyncio.ensure_future(self.async_save_func(func))
+        task.add_done_callback(_log_failure)
+
+    def _cancel_delay(self) -> None:
+        """Drop the pending timer (a write is about to include its data)."""
+        if self._delay_handle is not None:
+            self._delay_handle.cancel()
+            self._delay_handle = None
+
+    @property
+    def has_pending_save(self) -> bool:
+        """Whether data waits for a delayed write."""
+        return self._data_func is not None
+
+    async def async_flush(self) -> None:
+        """Write any delayed save now (at shutdown)."""
+        if self._data_func is not None:
+            await self.async_save_func(self._data_func)
+        async with self._write_lock:
+            pass
+
+    async def _async_write(self, data: Any) -> None:
+        """Encode and write in an executor, refusing to replace a file we could not read."""
+        if self._broken:
+            raise StorageError(f"Not writing {self.path}: it could not be read at start-up.")
+        snapshot = _snapshot(data)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self._write_sync, snapshot)
+        except OSError as err:
+            _LOGGER.error("Cannot write %s: %s", self.path, err.strerror or err)
+            raise StorageError(
+                f"Cannot write {self.path}: {err.strerror or err}. Check free space and permissions."
+            ) from err
+
+    def _write_sync(self, data: Any) -> None:
+        """Worker thread: encode then write atomically."""
+        content = encode_envelope(self.key, self.version, data)
+        write_atomic(self.path, content, self._private)
+
+    async def async_remove(self) -> None:
+        """Delete the file."""
+        self._cancel_delay()
+        self._data_func = None
+        async with self._write_lock:
+            await asyncio.get_running_loop().run_in_executor(None, _unlink_quiet, self.path)
+
+
+def _snapshot(data: Any) -> Any:
+    """Copy containers on the loop so the writer thread never sees them change mid-iteration."""
+    if isinstance(data, RecordList):
+        return RecordList(list(data.items), data.to_dict)
+    if isinstance(data, dict):
+        return {key: _snapshot(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_snapshot(value) for value in data]
+    return data
+
+
+def _unlink_quiet(path: Path) -> None:
+    """Remove a file that may not exist."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _consume_exception(fut: asyncio.Future[None]) -> None:
+    """Mark a shared write's exception retrieved (each caller got it raised)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    """A delayed save has no caller to tell: log its failure."""
+    if not task.cancelled() and task.exception() is not None:
+        _LOGGER.error("Delayed save failed: %s", task.exception())
+
+
+class ConfigDirLock:
+    """An exclusive lock on a configuration directory, held while a server runs."""
+
+    def __init__(self, config_dir: str | os.PathLike[str]) -> None:
+        """Name the lock file; nothing is locked yet."""
+        self.path = Path(config_dir) / STORAGE_DIR / ".opp-auth.lock"
+        self._fd: int | None = None
+
+    def acquire(self, purpose: str) -> None:
+        """Take the lock or raise StorageError naming the process that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise StorageError(
+                f"{self.path.parent.parent} is in use by {holder}. Stop that server first "
+                "(two processes must not write the same .storage files)."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"opp-auth {purpose} (pid {os.getpid()})".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let go of the lock."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ConfigDirLock:
+        """Context-manager form (the CLI's editing commands)."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Release on the way out."""
+        self.release()
+
+
+def iter_store_keys(config_dir: str | os.PathLike[str]) -> Iterable[str]:
+    """Names of the files in .storage (for reset and diagnostics)."""
+    folder = Path(config_dir) / STORAGE_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
