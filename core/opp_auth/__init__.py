@@ -1,0 +1,83 @@
+"""opp-auth: the authentication core. What this module exports is the plugin API.
+
+A provider plugin is a module with a hook implementation::
+
+    import voluptuous as vol
+    from opp_auth import (PROVIDER_CONFIG_SCHEMA, AuthProvider, LoginFlow,
+                          UserMeta, hookimpl)
+
+    class MyProvider(AuthProvider):
+        TYPE = "my_provider"
+        DEFAULT_TITLE = "My provider"
+        CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend({...}, extra=vol.PREVENT_EXTRA)
+
+        async def async_login_flow(self, context):
+            return MyLoginFlow(self)
+        ...
+
+    @hookimpl
+    def opp_auth_register_auth_providers(register):
+        register(MyProvider)
+
+and an entry point in the ``opp_auth`` group named ``provider-my_provider``
+pointing at that module. MFA modules work the same way with ``MfaModule`` and
+``opp_auth_register_mfa_modules`` (entry point ``mfa-<type>``). See
+docs/plugins.md.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .flow import FlowHandler, FlowResult  # noqa: E402
+from .hookspecs import hookspec  # noqa: E402
+from .login_flow import LoginFlow  # noqa: E402
+from .manager import AuthManager, AuthManagerError  # noqa: E402
+from .mfa import MFA_CONFIG_SCHEMA, MfaModule, SetupFlow  # noqa: E402
+from .models import (  # noqa: E402
+    GROUP_ID_ADMIN,
+    GROUP_ID_READ_ONLY,
+    GROUP_ID_USER,
+    TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN,
+    TOKEN_TYPE_NORMAL,
+    TOKEN_TYPE_SYSTEM,
+    Credentials,
+    Group,
+    RefreshToken,
+    User,
+    UserMeta,
+)
+from .plugins import hookimpl  # noqa: E402
+from .providers import PROVIDER_CONFIG_SCHEMA, AuthProvider, InvalidAuthError, ProviderUnavailableError  # noqa: E402
+from .storage import Store, StorageError  # noqa: E402
+
+__all__ = [
+    "GROUP_ID_ADMIN",
+    "GROUP_ID_READ_ONLY",
+    "GROUP_ID_USER",
+    "MFA_CONFIG_SCHEMA",
+    "PROVIDER_CONFIG_SCHEMA",
+    "TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN",
+    "TOKEN_TYPE_NORMAL",
+    "TOKEN_TYPE_SYSTEM",
+    "AuthManager",
+    "AuthManagerError",
+    "AuthProvider",
+    "Credentials",
+    "FlowHandler",
+    "FlowResult",
+    "Group",
+    "InvalidAuthError",
+    "LoginFlow",
+    "MfaModule",
+    "ProviderUnavailableError",
+    "RefreshToken",
+    "SetupFlow",
+    "StorageError",
+    "Store",
+    "User",
+    "UserMeta",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+]

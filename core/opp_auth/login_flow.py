@@ -1,0 +1,140 @@
+"""The LoginFlow base: the provider's own step, then the MFA steps, then an authorization code."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import voluptuous as vol
+
+from .flow import RESULT_TYPE_CREATE_ENTRY, FlowHandler, FlowManager, FlowResult, UnknownHandler
+from .models import Credentials, User
+
+if TYPE_CHECKING:
+    from .manager import AuthManager
+    from .providers import AuthProvider
+
+_LOGGER = logging.getLogger(__name__)
+
+MFA_SESSION_EXPIRATION = 300.0
+
+
+class LoginFlow(FlowHandler):
+    """A provider's login flow; implement async_step_init and call async_finish with the result.
+
+    The MFA steps (``select_mfa_module`` and ``mfa``) are inherited: a provider
+    writes only its first step.
+    """
+
+    def __init__(self, auth_provider: AuthProvider) -> None:
+        """Start a login with this provider."""
+        self._auth_provider = auth_provider
+        self._auth_module_id: str | None = None
+        self._auth_manager: AuthManager = auth_provider.auth
+        self.available_mfa_modules: dict[str, str] = {}
+        self.invalid_mfa_times = 0
+        self.user: User | None = None
+        self.credential: Credentials | None = None
+
+    async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
+        """The provider's own first step."""
+        raise NotImplementedError
+
+    async def async_step_select_mfa_module(self, user_input: dict[str, str] | None = None) -> FlowResult:
+        """Let the user pick one of their MFA modules (skipped when there is only one)."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            auth_module = user_input.get("multi_factor_auth_module")
+            if auth_module in self.available_mfa_modules:
+                self._auth_module_id = auth_module
+                return await self.async_step_mfa()
+            errors["base"] = "invalid_auth_module"
+        if len(self.available_mfa_modules) == 1:
+            self._auth_module_id = next(iter(self.available_mfa_modules))
+            return await self.async_step_mfa()
+        return self.async_show_form(
+            step_id="select_mfa_module",
+            data_schema=vol.Schema({vol.Required("multi_factor_auth_module"): vol.In(self.available_mfa_modules)}),
+            errors=errors,
+        )
+
+    async def async_step_mfa(self, user_input: dict[str, str] | None = None) -> FlowResult:
+        """Ask for and check the code of the chosen MFA module."""
+        assert self.user is not None and self._auth_module_id is not None
+        errors: dict[str, str] = {}
+        auth_module = self._auth_manager.get_auth_mfa_module(self._auth_module_id)
+        if auth_module is None:
+            return await self.async_step_select_mfa_module(user_input={})
+        if user_input is None and hasattr(auth_module, "async_initialize_login_mfa_step"):
+            try:
+                await auth_module.async_initialize_login_mfa_step(self.user.id)
+            except Exception:  # noqa: BLE001 - fail closed, never a 500
+                _LOGGER.exception("Error initializing MFA step")
+                return self.async_abort(reason="unknown_error")
+        if user_input is not None:
+            if time.monotonic() > self.created + MFA_SESSION_EXPIRATION:
+                return self.async_abort(reason="login_expired")
+            valid = await auth_module.async_validate(self.user.id, user_input)
+            if valid is True:
+                return await self.async_finish(self.credential)
+            errors["base"] = "invalid_code"
+            self.invalid_mfa_times += 1
+            if self.invalid_mfa_times >= auth_module.MAX_RETRY_TIME > 0:
+                return self.async_abort(reason="too_many_retry")
+            after_failure = getattr(auth_module, "async_after_failed_validation", None)
+            if after_failure is not None:
+                await after_failure(self.user.id)
+        return self.async_show_form(
+            step_id="mfa",
+            data_schema=auth_module.input_schema,
+            description_placeholders={"mfa_module_name": auth_module.name, "mfa_module_id": auth_module.id},
+            errors=errors,
+        )
+
+    async def async_finish(self, flow_result: Any) -> FlowResult:
+        """The provider step (or the MFA step) succeeded."""
+        return self.async_create_entry(title=self._auth_provider.name, data=flow_result)
+
+
+class LoginFlowManager(FlowManager):
+    """Login flows keyed by provider (type, id); results become Credentials."""
+
+    def __init__(self, auth: AuthManager, *, max_flows: int = 1000, ttl: float = 600.0) -> None:
+        """Flows for the manager's providers."""
+        super().__init__(max_flows=max_flows, ttl=ttl)
+        self.auth = auth
+
+    async def async_create_flow(self, handler_key: Any, *, context: dict[str, Any], data: Any) -> FlowHandler:
+        """Ask the provider for a new login flow."""
+        if not isinstance(handler_key, (tuple, list)) or len(handler_key) != 2:
+            raise UnknownHandler(handler_key)
+        provider = self.auth.get_auth_provider(handler_key[0], handler_key[1])
+        if provider is None:
+            raise UnknownHandler(handler_key)
+        return await provider.async_login_flow(context)
+
+    async def async_finish_flow(self, flow: FlowHandler, result: FlowResult) -> FlowResult:
+        """Turn a provider result into Credentials, or continue with the MFA steps."""
+        if result["type"] != RESULT_TYPE_CREATE_ENTRY:
+            return result
+        if isinstance(result["data"], Credentials):
+            result["result"] = result["data"]
+            return result
+        assert isinstance(flow, LoginFlow)
+        provider = flow._auth_provider
+        credentials = await provider.async_get_or_create_credentials(result["data"])
+        if flow.context.get("credential_only"):
+            result["result"] = credentials
+            return result
+        if provider.support_mfa and not credentials.is_new:
+            user = self.auth.store.user_for_credentials(credentials)
+            if user is not None:
+                modules = await self.auth.async_get_enabled_mfa(user)
+                if modules:
+                    flow.credential = credentials
+                    flow.user = user
+                    flow.available_mfa_modules = modules
+                    return await flow.async_step_select_mfa_module()
+        result["result"] = credentials
+        return result

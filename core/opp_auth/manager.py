@@ -1,0 +1,537 @@
+"""AuthManager: the operations everything else (HTTP, websocket, CLI, plugins) calls."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from . import __version__
+from .login_flow import LoginFlowManager
+from .mfa import MfaModule
+from .models import (
+    ACCESS_TOKEN_EXPIRATION,
+    GROUP_ID_ADMIN,
+    GROUP_ID_USER,
+    TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN,
+    TOKEN_TYPE_NORMAL,
+    TOKEN_TYPE_SYSTEM,
+    Credentials,
+    RefreshToken,
+    User,
+    utcnow,
+)
+from .plugins import OppAuthPluginManager
+from .providers import AuthProvider, InvalidAuthError, credential_lookup_key
+from .storage import Store
+from .store import AuthStore
+from .tokens import EXP_LEEWAY, TokenCache, decode_jwt, encode_jwt, unverified_claims
+
+_LOGGER = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+AUTH_CODE_TTL = 600.0
+MAX_AUTH_CODES = 10000
+
+
+class AuthManagerError(Exception):
+    """An operation was refused; str() is the reason shown to the caller."""
+
+
+class AuthManager:
+    """Users, tokens, providers and MFA modules of one application."""
+
+    def __init__(
+        self,
+        config_dir: str,
+        pm: OppAuthPluginManager,
+        *,
+        provider_configs: list[tuple[type[AuthProvider], dict[str, Any]]] = (),  # type: ignore[assignment]
+        mfa_configs: list[tuple[type[MfaModule], dict[str, Any]]] = (),  # type: ignore[assignment]
+        http_config: dict[str, Any] | None = None,
+        config_blocks: dict[str, Any] | None = None,
+        max_login_flows: int = 1000,
+        max_password_checks: int | None = None,
+    ) -> None:
+        """Build providers and modules from validated configuration; call async_setup next."""
+        self.config_dir = str(config_dir)
+        self.pm = pm
+        self.http_config = http_config or {}
+        self.config_blocks = config_blocks or {}
+        self.store = AuthStore(self.config_dir)
+        self._providers: OrderedDict[tuple[str, str | None], AuthProvider] = OrderedDict()
+        for cls, conf in provider_configs:
+            provider = cls(self, conf)
+            self._providers[provider.key] = provider
+        self._mfa_modules: OrderedDict[str, MfaModule] = OrderedDict()
+        for mcls, conf in mfa_configs:
+            module = mcls(self, conf)
+            self._mfa_modules[module.id] = module
+        self.login_flow = LoginFlowManager(self, max_flows=max_login_flows)
+        self._auth_codes: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
+        self._token_cache = TokenCache()
+        self._password_checks = asyncio.Semaphore(max_password_checks or max(2, os.cpu_count() or 2))
+        self._sign_secret = secrets.token_hex(32)
+        self._background: set[asyncio.Future[Any]] = set()
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    async def async_setup(self) -> None:
+        """Load the store and initialise every provider and module."""
+        for provider in self._providers.values():
+            await provider.async_initialize()
+        self.store.key_for = self._credential_key
+        await self.store.async_load()
+        self.store.reindex_credentials()
+        for module in self._mfa_modules.values():
+            await module.async_initialize()
+        await self._async_fire("opp_auth_startup")
+
+    async def async_shutdown(self) -> None:
+        """Flush pending saves and close plugin resources."""
+        await self._async_fire("opp_auth_shutdown")
+        for provider in self._providers.values():
+            await _quiet(provider.async_shutdown(), "provider shutdown")
+        for module in self._mfa_modules.values():
+            await _quiet(module.async_shutdown(), "MFA module shutdown")
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.store.async_flush()
+
+    def storage(self, key: str, version: int, *, private: bool = True, migrate: Callable[[int, Any], Any] | None = None) -> Store:
+        """A versioned JSON file under .storage for a plugin's own data."""
+        return Store(self.config_dir, key, version, private=private, migrate=migrate)
+
+    @property
+    def version(self) -> str:
+        """The server version string written into tokens."""
+        return __version__
+
+    # ---- executors ----------------------------------------------------------------------
+
+    async def async_add_executor_job(self, func: Callable[..., _T], *args: Any) -> _T:
+        """Run blocking work in the default executor."""
+        return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+    async def async_password_check(self, func: Callable[..., _T], *args: Any) -> _T:
+        """Run a CPU-heavy password check off the loop, a bounded number at once."""
+        async with self._password_checks:
+            return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+    # ---- providers and modules ------------------------------------------------------------
+
+    @property
+    def auth_providers(self) -> list[AuthProvider]:
+        """Providers in configuration order."""
+        return list(self._providers.values())
+
+    def get_auth_provider(self, provider_type: str, provider_id: str | None) -> AuthProvider | None:
+        """A provider by (type, id)."""
+        if not isinstance(provider_type, str) or not (provider_id is None or isinstance(provider_id, str)):
+            return None
+        return self._providers.get((provider_type, provider_id))
+
+    def get_auth_providers(self, provider_type: str) -> list[AuthProvider]:
+        """Every configured provider of a type."""
+        return [p for p in self._providers.values() if p.type == provider_type]
+
+    @property
+    def auth_mfa_modules(self) -> list[MfaModule]:
+        """MFA modules in configuration order."""
+        return list(self._mfa_modules.values())
+
+    def get_auth_mfa_module(self, module_id: str) -> MfaModule | None:
+        """An MFA module by id."""
+        return self._mfa_modules.get(module_id)
+
+    def _credential_key(self, provider_type: str, provider_id: str | None, data: dict[str, Any]) -> str:
+        """Index key of credential data as the issuing provider normalises it."""
+        provider = self._providers.get((provider_type, provider_id))
+        if provider is None:
+            return credential_lookup_key(data)
+        return provider.credential_key(data)
+
+    def _provider_for(self, credentials: Credentials) -> AuthProvider | None:
+        """The configured provider that issued credentials."""
+        return self._providers.get(credentials.provider_key)
+
+    # ---- authorization codes ----------------------------------------------------------------
+
+    def store_result(self, client_id: str, result: Any) -> str:
+        """Keep a login result for one redemption by client_id within ten minutes; returns the code."""
+        self._purge_codes()
+        if len(self._auth_codes) >= MAX_AUTH_CODES:
+            self._auth_codes.popitem(last=False)
+        code = secrets.token_hex(16)
+        self._auth_codes[(client_id, code)] = (time.monotonic(), result)
+        return code
+
+    def retrieve_result(self, client_id: str, code: str) -> Any | None:
+        """Redeem a code once; None when unknown, expired or issued to another client."""
+        if not isinstance(client_id, str) or not isinstance(code, str):
+            return None
+        entry = self._auth_codes.pop((client_id, code), None)
+        if entry is None or time.monotonic() - entry[0] > AUTH_CODE_TTL:
+            return None
+        return entry[1]
+
+    def _purge_codes(self) -> None:
+        """Forget expired codes (they are in creation order)."""
+        now = time.monotonic()
+        while self._auth_codes:
+            key, (created, _) = next(iter(self._auth_codes.items()))
+            if now - created <= AUTH_CODE_TTL:
+                break
+            del self._auth_codes[key]
+
+    # ---- users ------------------------------------------------------------------------------
+
+    async def async_get_users(self) -> list[User]:
+        """All users."""
+        return self.store.users()
+
+    async def async_get_user(self, user_id: str) -> User | None:
+        """A user by id."""
+        return self.store.get_user(user_id)
+
+    def get_user(self, user_id: str) -> User | None:
+        """A user by id (synchronous)."""
+        return self.store.get_user(user_id)
+
+    def owner(self) -> User | None:
+        """The owner, if one exists."""
+        return next((u for u in self.store.users() if u.is_owner), None)
+
+    def has_non_system_user(self) -> bool:
+        """Whether any person (not an integration) has an account."""
+        return any(not u.system_generated for u in self.store.users())
+
+    def _groups_for(self, group_ids: list[str] | None) -> list[Any]:
+        """Resolve group ids or refuse."""
+        groups = []
+        for gid in group_ids or []:
+            group = self.store.get_group(gid)
+            if group is None:
+                raise AuthManagerError("Invalid group specified.")
+            groups.append(group)
+        return groups
+
+    async def async_create_user(
+        self, name: str | None, group_ids: list[str] | None = None, *, is_owner: bool = False, is_active: bool = True
+    ) -> User:
+        """Create a person's account (owner only when the caller says so, e.g. onboarding)."""
+        user = User(name=name, is_owner=is_owner, is_active=is_active, groups=self._groups_for(group_ids))
+        self.store.add_user(user)
+        await self.store.async_save()
+        await self._async_fire("opp_auth_user_created", user=user)
+        return user
+
+    async def async_create_system_user(self, name: str, group_ids: list[str] | None = None) -> User:
+        """Create an account for an integration: never an owner, tokens of type system only."""
+        user = User(name=name, system_generated=True, is_active=True, groups=self._groups_for(group_ids))
+        self.store.add_user(user)
+        await self.store.async_save()
+        await self._async_fire("opp_auth_user_created", user=user)
+        return user
+
+    async def async_get_or_create_user(self, credentials: Credentials) -> User:
+        """The user behind credentials; new credentials get a new user from the provider's meta."""
+        if not credentials.is_new:
+            user = self.store.user_for_credentials(credentials)
+            if user is None:
+                raise AuthManagerError("Unable to find the user.")
+            return user
+        provider = self._provider_for(credentials)
+        if provider is None:
+            raise AuthManagerError("Credential with unknown provider encountered")
+        meta = await provider.async_user_meta_for_credentials(credentials)
+        group_id = meta.group or GROUP_ID_USER
+        user = User(name=meta.name, is_active=meta.is_active, groups=self._groups_for([group_id]))
+        self.store.add_user(user)
+        self.store.link_credentials(user, credentials)
+        await self.store.async_save()
+        await self._async_fire("opp_auth_user_created", user=user)
+        return user
+
+    async def async_link_user(self, user: User, credentials: Credentials) -> None:
+        """Attach credentials to a user (refused when another user holds them)."""
+        if not credentials.is_new:
+            owner = self.store.user_for_credentials(credentials)
+            if owner is not None and owner.id != user.id:
+                raise AuthManagerError("Credential is already linked to another user")
+            if owner is not None:
+                return
+        existing = self.store.find_credentials(credentials.provider_key, credentials.data)
+        if existing is not None and existing is not credentials:
+            raise AuthManagerError("Credential is already linked to another user")
+        self.store.link_credentials(user, credentials)
+        await self.store.async_save()
+
+    async def async_remove_user(self, user: User) -> None:
+        """Delete a user, their credentials (and provider logins) and tokens."""
+        for cred in list(user.credentials):
+            provider = self._provider_for(cred)
+            if provider is not None:
+                await provider.async_will_remove_credentials(cred)
+        tokens = self.store.remove_user(user)
+        await self.store.async_save()
+        for module in self._mfa_modules.values():
+            try:
+                if await module.async_is_user_setup(user.id):
+                    await module.async_depose_user(user.id)
+            except Exception:  # noqa: BLE001 - a module's cleanup must not keep a user alive
+                _LOGGER.exception("MFA module %s failed to depose removed user %s", module.id, user.id)
+        for token in tokens:
+            await self._async_fire("opp_auth_refresh_token_removed", refresh_token=token)
+        await self._async_fire("opp_auth_user_removed", user=user)
+
+    async def async_update_user(
+        self, user: User, name: str | None = None, is_active: bool | None = None, group_ids: list[str] | None = None
+    ) -> None:
+        """Rename, (de)activate or regroup a user."""
+        groups = self._groups_for(group_ids) if group_ids is not None else None
+        if is_active is False and user.is_owner:
+            raise AuthManagerError("Unable to deactivate the owner")
+        if name is not None:
+            user.name = name
+        if groups is not None:
+            user.groups = groups
+        if is_active is not None:
+            user.is_active = is_active
+        await self.store.async_save()
+
+    async def async_activate_user(self, user: User) -> None:
+        """Let a user log in."""
+        await self.async_update_user(user, is_active=True)
+
+    async def async_deactivate_user(self, user: User) -> None:
+        """Stop a user from logging in or using tokens."""
+        await self.async_update_user(user, is_active=False)
+
+    async def async_remove_credentials(self, credentials: Credentials) -> None:
+        """Remove credentials, and the provider's data for them."""
+        provider = self._provider_for(credentials)
+        if provider is not None:
+            await provider.async_will_remove_credentials(credentials)
+        self.store.remove_credentials(credentials)
+        await self.store.async_save()
+
+    # ---- MFA --------------------------------------------------------------------------------
+
+    async def async_enable_user_mfa(self, user: User, mfa_module_id: str, data: Any) -> None:
+        """Enrol a user in a module."""
+        if user.system_generated:
+            raise AuthManagerError("System generated users cannot enable multi-factor auth module.")
+        module = self.get_auth_mfa_module(mfa_module_id)
+        if module is None:
+            raise AuthManagerError(f"Unable find multi-factor auth module: {mfa_module_id}")
+        await module.async_setup_user(user.id, data)
+
+    async def async_disable_user_mfa(self, user: User, mfa_module_id: str) -> None:
+        """Remove a user's enrolment."""
+        if user.system_generated:
+            raise AuthManagerError("System generated users cannot disable multi-factor auth module.")
+        module = self.get_auth_mfa_module(mfa_module_id)
+        if module is None:
+            raise AuthManagerError(f"Unable find multi-factor auth module: {mfa_module_id}")
+        await module.async_depose_user(user.id)
+
+    async def async_get_enabled_mfa(self, user: User) -> dict[str, str]:
+        """module id -> name of the modules the user is enrolled in, in configuration order."""
+        modules: dict[str, str] = {}
+        for module_id, module in self._mfa_modules.items():
+            if await module.async_is_user_setup(user.id):
+                modules[module_id] = module.name
+        return modules
+
+    # ---- refresh tokens ---------------------------------------------------------------------
+
+    async def async_create_refresh_token(
+        self,
+        user: User,
+        client_id: str | None = None,
+        client_name: str | None = None,
+        client_icon: str | None = None,
+        token_type: str | None = None,
+        access_token_expiration: timedelta = ACCESS_TOKEN_EXPIRATION,
+        credential: Credentials | None = None,
+    ) -> RefreshToken:
+        """Create a refresh token, enforcing Open Peer Power's rules; durable on return."""
+        if not user.is_active:
+            raise ValueError("User is not active")
+        if user.system_generated and client_id is not None:
+            raise ValueError("System generated users cannot have refresh tokens connected to a client.")
+        if token_type is None:
+            token_type = TOKEN_TYPE_SYSTEM if user.system_generated else TOKEN_TYPE_NORMAL
+        if user.system_generated != (token_type == TOKEN_TYPE_SYSTEM):
+            raise ValueError("System generated users can only have system type refresh tokens")
+        if token_type == TOKEN_TYPE_NORMAL and client_id is None:
+            raise ValueError("Client is required to generate a refresh token.")
+        if token_type == TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN:
+            if not client_name:
+                raise ValueError("Client_name is required for long-lived access token")
+            for token in user.refresh_tokens.values():
+                if token.client_name == client_name and token.token_type == TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN:
+                    raise ValueError(f"{client_name} already exists")
+        token = RefreshToken(
+            user=user,
+            client_id=client_id,
+            client_name=client_name or None,
+            client_icon=client_icon or None,
+            token_type=token_type,
+            access_token_expiration=access_token_expiration,
+            credential=credential,
+            version=self.version,
+        )
+        self.store.add_refresh_token(token)
+        await self.store.async_save()
+        await self._async_fire("opp_auth_refresh_token_created", refresh_token=token)
+        return token
+
+    async def async_get_refresh_token(self, token_id: str) -> RefreshToken | None:
+        """A refresh token by id."""
+        return self.store.get_refresh_token(token_id)
+
+    async def async_get_refresh_token_by_token(self, token: str) -> RefreshToken | None:
+        """A refresh token by its secret."""
+        return self.store.get_refresh_token_by_token(token)
+
+    async def async_remove_refresh_token(self, refresh_token: RefreshToken) -> None:
+        """Revoke a refresh token and every access token it minted."""
+        if self.store.get_refresh_token(refresh_token.id) is None:
+            return
+        self.store.remove_refresh_token(refresh_token)
+        await self.store.async_save()
+        await self._async_fire("opp_auth_refresh_token_removed", refresh_token=refresh_token)
+
+    async def async_validate_refresh_token(self, refresh_token: RefreshToken, remote_ip: str | None = None) -> None:
+        """Ask the issuing provider whether the token may still be used (raises InvalidAuthError)."""
+        if not refresh_token.user.is_active:
+            raise InvalidAuthError("User is not active")
+        cred = refresh_token.credential
+        if cred is None:
+            return
+        provider = self._provider_for(cred)
+        if provider is None:
+            raise InvalidAuthError(f"Auth provider {cred.auth_provider_type}, {cred.auth_provider_id} not available")
+        try:
+            await provider.async_validate_refresh_token(refresh_token, remote_ip)
+        except InvalidAuthError:
+            raise
+        except Exception as err:  # noqa: BLE001 - fail closed
+            _LOGGER.exception("Provider %s failed to validate a refresh token", provider.key)
+            raise InvalidAuthError("Unable to validate the refresh token") from err
+
+    # ---- access tokens ----------------------------------------------------------------------
+
+    async def async_create_access_token(self, refresh_token: RefreshToken, remote_ip: str | None = None) -> str:
+        """Mint an access token after the provider re-validates the refresh token."""
+        await self.async_validate_refresh_token(refresh_token, remote_ip)
+        refresh_token.last_used_at = utcnow()
+        refresh_token.last_used_ip = remote_ip
+        self.store.schedule_usage_save()
+        now = int(time.time())
+        return encode_jwt(
+            {
+                "iss": refresh_token.id,
+                "iat": now,
+                "exp": now + int(refresh_token.access_token_expiration.total_seconds()),
+            },
+            refresh_token.jwt_key,
+        )
+
+    def validate_access_token(self, token: str) -> RefreshToken | None:
+        """The refresh token behind a valid access token whose user is active; else None."""
+        cached = self._token_cache.get(token)
+        if cached is not None:
+            refresh_token = self.store.get_refresh_token(cached)
+        else:
+            claims = unverified_claims(token)
+            if claims is None:
+                return None
+            issuer = claims.get("iss")
+            refresh_token = self.store.get_refresh_token(issuer) if isinstance(issuer, str) else None
+            if refresh_token is None:
+                return None
+            verified = decode_jwt(token, refresh_token.jwt_key, issuer=refresh_token.id, leeway=EXP_LEEWAY)
+            if verified is None:
+                return None
+            self._token_cache.put(token, refresh_token.id, verified["exp"] + EXP_LEEWAY)
+        if refresh_token is None or not refresh_token.user.is_active:
+            return None
+        return refresh_token
+
+    async def async_validate_access_token(self, token: str) -> RefreshToken | None:
+        """Coroutine form of validate_access_token."""
+        return self.validate_access_token(token)
+
+    # ---- signed paths -----------------------------------------------------------------------
+
+    def sign_path(self, path: str, expiration: timedelta, refresh_token_id: str) -> str:
+        """A URL path anyone may GET until it expires, on behalf of refresh_token_id."""
+        from urllib.parse import unquote
+
+        now = int(time.time())
+        claims = {"iss": refresh_token_id, "path": unquote(path), "iat": now, "exp": now + int(expiration.total_seconds())}
+        return f"{path}?authSig={encode_jwt(claims, self._sign_secret)}"
+
+    def validate_signed_path(self, path: str, signature: str) -> RefreshToken | None:
+        """The refresh token behind a valid signature for path (user active, provider still agrees)."""
+        claims = decode_jwt(signature, self._sign_secret)
+        if claims is None or claims.get("path") != path:
+            return None
+        issuer = claims.get("iss")
+        refresh_token = self.store.get_refresh_token(issuer) if isinstance(issuer, str) else None
+        if refresh_token is None or not refresh_token.user.is_active:
+            return None
+        return refresh_token
+
+    # ---- events -----------------------------------------------------------------------------
+
+    async def _async_fire(self, hookname: str, **kwargs: Any) -> None:
+        """Call every implementation of an event hook; one plugin's failure is logged, not raised."""
+        caller = getattr(self.pm.hook, hookname)
+        for impl in reversed(caller.get_hookimpls()):
+            try:
+                result = impl.function(auth=self, **kwargs)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # noqa: BLE001
+                _LOGGER.exception("Plugin %s failed in %s", impl.plugin_name, hookname)
+
+    def note_login_failure(
+        self, remote_ip: str | None, provider: tuple[str, str | None] | None, username: str | None, reason: str
+    ) -> None:
+        """Tell plugins a login failed (fire and forget)."""
+        _LOGGER.warning("Login attempt or request with invalid authentication from %s (%s)", remote_ip, reason)
+        self._spawn(
+            self._async_fire("opp_auth_login_failed", remote_ip=remote_ip, provider=provider, username=username, reason=reason)
+        )
+
+    def note_login_success(self, remote_ip: str | None, user: User | None, credential: Credentials | None) -> None:
+        """Tell plugins a login succeeded (fire and forget)."""
+        self._spawn(self._async_fire("opp_auth_login_succeeded", remote_ip=remote_ip, user=user, credential=credential))
+
+    def _spawn(self, coro: Any) -> None:
+        """Run a coroutine in the background, keeping a reference until it ends."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+async def _quiet(awaitable: Any, what: str) -> None:
+    """Await, logging instead of raising."""
+    try:
+        await awaitable
+    except Exception:  # noqa: BLE001
+        _LOGGER.exception("Error during %s", what)
+
+
+__all__ = ["AuthManager", "AuthManagerError", "GROUP_ID_ADMIN"]

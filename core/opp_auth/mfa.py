@@ -1,0 +1,117 @@
+"""The MfaModule and SetupFlow base classes every MFA plugin extends."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import voluptuous as vol
+
+from .flow import FlowHandler, FlowResult
+
+if TYPE_CHECKING:
+    from .manager import AuthManager
+
+_LOGGER = logging.getLogger(__name__)
+
+MFA_CONFIG_SCHEMA = vol.Schema(
+    {
+        vol.Required("type"): str,
+        vol.Optional("name"): vol.Any(str, None),
+        vol.Optional("id"): vol.Any(str, None),
+    },
+    extra=vol.ALLOW_EXTRA,
+)
+"""Keys every MFA module accepts; a module's CONFIG_SCHEMA extends it and forbids the rest."""
+
+
+class MfaModule:
+    """A second factor asked after the provider's login step.
+
+    Subclass it, set ``TYPE`` and ``CONFIG_SCHEMA``, implement
+    :attr:`input_schema`, :meth:`async_setup_flow`, :meth:`async_setup_user`,
+    :meth:`async_depose_user`, :meth:`async_is_user_setup` and
+    :meth:`async_validate`. Optionally implement
+    ``async_initialize_login_mfa_step(user_id)`` (called when the code form is
+    first shown, e.g. to send a code). Register it from the
+    ``opp_auth_register_mfa_modules`` hook.
+    """
+
+    TYPE: ClassVar[str]
+    DEFAULT_TITLE: ClassVar[str] = "Unnamed auth module"
+    MAX_RETRY_TIME: ClassVar[int] = 3
+    CONFIG_SCHEMA: ClassVar[vol.Schema] = MFA_CONFIG_SCHEMA
+
+    def __init__(self, auth: AuthManager, config: dict[str, Any]) -> None:
+        """Keep the manager and the validated configuration."""
+        self.auth = auth
+        self.config = config
+
+    @property
+    def id(self) -> str:
+        """Module id: the configured id, else the type."""
+        return self.config.get("id") or self.TYPE
+
+    @property
+    def type(self) -> str:
+        """Module type."""
+        return self.TYPE
+
+    @property
+    def name(self) -> str:
+        """Title shown to users."""
+        return self.config.get("name") or self.DEFAULT_TITLE
+
+    @property
+    def input_schema(self) -> vol.Schema:
+        """Schema of the login form's code step."""
+        raise NotImplementedError
+
+    async def async_initialize(self) -> None:
+        """Load data before first use (called once at start-up)."""
+
+    async def async_setup_flow(self, user_id: str) -> SetupFlow:
+        """A flow that enrols the user."""
+        raise NotImplementedError
+
+    async def async_setup_user(self, user_id: str, setup_data: Any) -> Any:
+        """Enrol a user with the given data."""
+        raise NotImplementedError
+
+    async def async_depose_user(self, user_id: str) -> None:
+        """Remove a user's enrolment."""
+        raise NotImplementedError
+
+    async def async_is_user_setup(self, user_id: str) -> bool:
+        """Whether the user is enrolled."""
+        raise NotImplementedError
+
+    async def async_validate(self, user_id: str, user_input: dict[str, Any]) -> bool:
+        """Whether the submitted code is right."""
+        raise NotImplementedError
+
+    async def async_shutdown(self) -> None:
+        """Release resources at shutdown."""
+
+
+class SetupFlow(FlowHandler):
+    """Default enrolment flow: one form with the module's setup schema, then setup_user."""
+
+    def __init__(self, auth_module: MfaModule, setup_schema: vol.Schema, user_id: str) -> None:
+        """Remember the module, the form and whose enrolment this is."""
+        self._auth_module = auth_module
+        self._setup_schema = setup_schema
+        self._user_id = user_id
+
+    @property
+    def user_id(self) -> str:
+        """The user this enrolment belongs to."""
+        return self._user_id
+
+    async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
+        """Show the setup form; with input, enrol the user."""
+        errors: dict[str, str] = {}
+        if user_input:
+            result = await self._auth_module.async_setup_user(self._user_id, user_input)
+            return self.async_create_entry(title=self._auth_module.name, data={"result": result})
+        return self.async_show_form(step_id="init", data_schema=self._setup_schema, errors=errors)

@@ -1,0 +1,132 @@
+"""The AuthProvider base class every provider plugin extends."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import voluptuous as vol
+
+from .models import Credentials, RefreshToken, UserMeta
+
+if TYPE_CHECKING:
+    from .login_flow import LoginFlow
+    from .manager import AuthManager
+
+_LOGGER = logging.getLogger(__name__)
+
+PROVIDER_CONFIG_SCHEMA = vol.Schema(
+    {
+        vol.Required("type"): str,
+        vol.Optional("name"): vol.Any(str, None),
+        vol.Optional("id"): vol.Any(str, None),
+    },
+    extra=vol.ALLOW_EXTRA,
+)
+"""Keys every provider accepts; a provider's CONFIG_SCHEMA extends it and forbids the rest."""
+
+
+class InvalidAuthError(Exception):
+    """The credentials are not valid (the user sees invalid_auth)."""
+
+
+class ProviderUnavailableError(Exception):
+    """A provider cannot answer now (directory down, helper timed out)."""
+
+
+class AuthProvider:
+    """A source of login identities.
+
+    Subclass it, set ``TYPE`` (the ``type:`` of configuration.yaml) and
+    ``CONFIG_SCHEMA`` (``PROVIDER_CONFIG_SCHEMA.extend({...}, extra=vol.PREVENT_EXTRA)``),
+    implement :meth:`async_login_flow` returning a :class:`opp_auth.LoginFlow`
+    whose ``async_step_init`` asks for and checks the credentials, and
+    :meth:`async_user_meta_for_credentials`. Register it from the
+    ``opp_auth_register_auth_providers`` hook.
+    """
+
+    TYPE: ClassVar[str]
+    DEFAULT_TITLE: ClassVar[str] = "Unnamed auth provider"
+    CONFIG_SCHEMA: ClassVar[vol.Schema] = PROVIDER_CONFIG_SCHEMA
+    SUPPORT_MFA: ClassVar[bool] = True
+
+    def __init__(self, auth: AuthManager, config: dict[str, Any]) -> None:
+        """Keep the manager and this provider's validated configuration."""
+        self.auth = auth
+        self.config = config
+
+    @property
+    def id(self) -> str | None:
+        """The configured id (None unless two providers of one type are configured)."""
+        return self.config.get("id")
+
+    @property
+    def type(self) -> str:
+        """The provider type."""
+        return self.TYPE
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        """(type, id): how credentials and login flows name this provider."""
+        return (self.TYPE, self.id)
+
+    @property
+    def name(self) -> str:
+        """Title shown on the login page."""
+        return self.config.get("name") or self.DEFAULT_TITLE
+
+    @property
+    def support_mfa(self) -> bool:
+        """Whether MFA is asked after this provider's login step."""
+        return self.SUPPORT_MFA
+
+    async def async_initialize(self) -> None:
+        """Load data or open resources before the first login (called once at start-up)."""
+
+    async def async_credentials(self) -> list[Credentials]:
+        """Every stored credential issued by this provider."""
+        return self.auth.store.credentials_for_provider(self.key)
+
+    def async_create_credentials(self, data: dict[str, Any]) -> Credentials:
+        """New, unsaved credentials of this provider."""
+        return Credentials(auth_provider_type=self.TYPE, auth_provider_id=self.id, data=data, is_new=True)
+
+    def async_find_credentials(self, data: dict[str, Any]) -> Credentials | None:
+        """Stored credentials of this provider with exactly this data (O(1))."""
+        return self.auth.store.find_credentials(self.key, data)
+
+    def credential_key(self, data: dict[str, Any]) -> str:
+        """Index key of credential data; override to match case-insensitively and the like."""
+        return credential_lookup_key(data)
+
+    async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:
+        """The login flow for a new attempt; context has ip_address and credential_only."""
+        raise NotImplementedError
+
+    async def async_get_or_create_credentials(self, flow_result: dict[str, Any]) -> Credentials:
+        """Credentials for a finished login step: existing ones, or new ones."""
+        data = self.credential_data(flow_result)
+        return self.async_find_credentials(data) or self.async_create_credentials(data)
+
+    def credential_data(self, flow_result: dict[str, Any]) -> dict[str, Any]:
+        """The credential data that identifies the person behind a flow result."""
+        raise NotImplementedError
+
+    async def async_user_meta_for_credentials(self, credentials: Credentials) -> UserMeta:
+        """Name, active flag and group for a user created from new credentials."""
+        raise NotImplementedError
+
+    async def async_validate_refresh_token(self, refresh_token: RefreshToken, remote_ip: str | None = None) -> None:
+        """Raise InvalidAuthError to refuse minting an access token (e.g. address no longer trusted)."""
+
+    async def async_will_remove_credentials(self, credentials: Credentials) -> None:
+        """Clean up provider data before credentials are removed."""
+
+    async def async_shutdown(self) -> None:
+        """Release resources at shutdown."""
+
+
+def credential_lookup_key(data: dict[str, Any]) -> str:
+    """Canonical text of credential data, the key of the store's credential index."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
