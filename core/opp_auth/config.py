@@ -1,0 +1,304 @@
+"""configuration.yaml: the openpeerpower: and http: blocks, plugin blocks, and their validation.
+
+Every error names the file, the line, the key and what to do (ConfigError).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import voluptuous as vol
+
+from .plugins import OppAuthPluginManager
+from .yaml import ConfigError, Secrets, config_error, load_yaml, where
+
+_LOGGER = logging.getLogger(__name__)
+
+CONFIG_FILE = "configuration.yaml"
+DEFAULT_PORT = 8123
+DEFAULT_CORS = ["https://cast.openpeerpower.io"]
+DEFAULT_PROVIDERS = [{"type": "openpeerpower"}]
+DEFAULT_MFA_MODULES = [{"type": "totp", "id": "totp", "name": "Authenticator app"}]
+INSECURE_EXAMPLE = "insecure_example"
+
+DEFAULT_CONFIGURATION = """\
+# opp-auth configuration (the same format as Open Peer Power's).
+openpeerpower:
+  name: Home
+  # auth_providers:
+  #   - type: openpeerpower
+
+http:
+  server_host: 127.0.0.1
+  server_port: 8123
+"""
+
+# Keys of Open Peer Power's core block that opp-auth accepts and does not use, so an
+# existing configuration.yaml loads unchanged.
+_CORE_PASSTHROUGH = (
+    "name", "latitude", "longitude", "elevation", "unit_system", "time_zone", "temperature_unit",
+    "customize", "customize_domain", "customize_glob", "packages", "whitelist_external_dirs",
+    "allowlist_external_dirs", "allowlist_external_urls", "media_dirs", "internal_url",
+    "external_url", "currency", "legacy_templates", "country", "language", "radius",
+)
+
+
+def _list_of_dicts(value: Any) -> list[Any]:
+    """A list of mappings (a single mapping is wrapped, as Open Peer Power does)."""
+    if value is None:
+        raise vol.Invalid(
+            "is empty: list at least one provider, or remove the key to use the default "
+            "(an empty list would lock everybody out)"
+        )
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise vol.Invalid("expected a list of entries, each with a 'type'")
+    return value
+
+
+def _check_providers(value: list[Any]) -> list[Any]:
+    """An explicit list must not be empty: that is a lock-out, not a choice (G27)."""
+    if not value:
+        raise vol.Invalid(
+            "is empty: list at least one provider, or remove the key to use the default "
+            "(an empty list would lock everybody out)"
+        )
+    return value
+
+
+_ENTRY = vol.Schema(
+    {vol.Required("type"): str, vol.Optional("id"): vol.Any(str, None), vol.Optional("name"): vol.Any(str, None)},
+    extra=vol.ALLOW_EXTRA,
+)
+
+CORE_SCHEMA = vol.Schema(
+    {
+        vol.Optional("auth_providers"): vol.All(_list_of_dicts, _check_providers, [_ENTRY]),
+        vol.Optional("auth_mfa_modules"): vol.All(
+            lambda v: [] if v is None else v, lambda v: [v] if isinstance(v, dict) else v, [_ENTRY]
+        ),
+        **{vol.Optional(key): object for key in _CORE_PASSTHROUGH},
+    }
+)
+
+
+def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An IP address or CIDR network."""
+    try:
+        return ipaddress.ip_network(str(value), strict=False)
+    except ValueError as err:
+        raise vol.Invalid(f"'{value}' is not an IP address or network") from err
+
+
+def _threshold(value: Any) -> int:
+    """A positive attempt count, or -1 for never."""
+    value = vol.Coerce(int)(value)
+    if value != -1 and value < 1:
+        raise vol.Invalid("must be a positive number of attempts, or -1 to never ban")
+    return value
+
+
+def _proxies_pair(conf: dict[str, Any]) -> dict[str, Any]:
+    """use_x_forwarded_for and trusted_proxies go together."""
+    if conf.get("use_x_forwarded_for") and not conf.get("trusted_proxies"):
+        raise vol.Invalid("use_x_forwarded_for needs trusted_proxies: list the addresses of your proxies")
+    if conf.get("trusted_proxies") and not conf.get("use_x_forwarded_for"):
+        raise vol.Invalid("trusted_proxies needs use_x_forwarded_for: true")
+    return conf
+
+
+HTTP_SCHEMA = vol.All(
+    vol.Schema(
+        {
+            vol.Optional("server_host", default="0.0.0.0"): vol.Any(str, [str]),
+            vol.Optional("server_port", default=DEFAULT_PORT): vol.All(vol.Coerce(int), vol.Range(min=1, max=65535)),
+            vol.Optional("base_url"): str,
+            vol.Optional("ssl_certificate"): str,
+            vol.Optional("ssl_peer_certificate"): str,
+            vol.Optional("ssl_key"): str,
+            vol.Optional("ssl_profile", default="modern"): vol.In(["modern", "intermediate"]),
+            vol.Optional("cors_allowed_origins", default=DEFAULT_CORS): vol.All(
+                lambda v: [v] if isinstance(v, str) else v, [str]
+            ),
+            vol.Optional("use_x_forwarded_for", default=False): bool,
+            vol.Optional("trusted_proxies", default=[]): vol.All(
+                lambda v: [v] if not isinstance(v, list) else v, [_network]
+            ),
+            vol.Optional("ip_ban_enabled", default=True): bool,
+            vol.Optional("login_attempts_threshold", default=-1): _threshold,
+            vol.Optional("api_password"): vol.All(vol.Coerce(str), vol.Length(min=1)),
+        }
+    ),
+    _proxies_pair,
+)
+
+
+@dataclass
+class Config:
+    """The validated configuration of one server."""
+
+    config_dir: Path
+    providers: list[tuple[type, dict[str, Any]]] = field(default_factory=list)
+    mfa_modules: list[tuple[type, dict[str, Any]]] = field(default_factory=list)
+    http: dict[str, Any] = field(default_factory=dict)
+    blocks: dict[str, Any] = field(default_factory=dict)
+    filename: str = CONFIG_FILE
+
+
+def ensure_config_dir(config_dir: Path) -> None:
+    """Create a configuration directory with a default configuration.yaml when there is none."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    path = config_dir / CONFIG_FILE
+    if not path.exists():
+        path.write_text(DEFAULT_CONFIGURATION, encoding="utf-8")
+        _LOGGER.info("Created %s", path)
+
+
+def load_config(
+    config_dir: str | Path, pm: OppAuthPluginManager, *, allow_insecure_example: bool = False
+) -> Config:
+    """Read and validate configuration.yaml (raises ConfigError naming file, line and key)."""
+    config_dir = Path(config_dir)
+    path = config_dir / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(
+            "not found. Create it (opp-auth serve creates a default one) or pass -c CONFIG_DIR.",
+            filename=str(path),
+        )
+    raw = load_yaml(path, Secrets(config_dir))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("must be a mapping of blocks (openpeerpower:, http:, ...)", filename=CONFIG_FILE, line=1)
+    return validate_config(raw, pm, config_dir=config_dir, allow_insecure_example=allow_insecure_example)
+
+
+def validate_config(
+    raw: dict[str, Any], pm: OppAuthPluginManager, *, config_dir: Path, allow_insecure_example: bool = False
+) -> Config:
+    """Validate loaded YAML: core block, http block, plugin blocks, then each provider and module."""
+    core_raw = raw.get("openpeerpower")
+    if core_raw is None:
+        core_raw = {}
+    try:
+        core = CORE_SCHEMA(core_raw)
+    except vol.Invalid as err:
+        raise config_error(err, core_raw, ("openpeerpower",)) from None
+    http_raw = raw.get("http") or {}
+    try:
+        http = HTTP_SCHEMA(http_raw)
+    except vol.Invalid as err:
+        raise config_error(err, http_raw, ("http",)) from None
+
+    config = Config(config_dir=config_dir, http=http)
+    provider_entries = core.get("auth_providers")
+    providers_raw = core_raw.get("auth_providers") if isinstance(core_raw, dict) else None
+    if provider_entries is None:
+        provider_entries, providers_raw = [dict(p) for p in DEFAULT_PROVIDERS], None
+    if "api_password" in http and not any(p["type"] == "legacy_api_password" for p in provider_entries):
+        _LOGGER.warning(
+            "http: api_password is deprecated; it turns on the legacy_api_password auth provider. "
+            "Configure that provider under openpeerpower: auth_providers instead."
+        )
+        provider_entries = [*provider_entries, {"type": "legacy_api_password", "api_password": http["api_password"]}]
+    config.providers = _resolve(
+        pm, "auth provider", provider_entries, providers_raw, ("openpeerpower", "auth_providers"),
+        allow_insecure_example, raw.get("http"),
+    )
+    if "auth_mfa_modules" in core:
+        mfa_entries, mfa_raw = core["auth_mfa_modules"], core_raw.get("auth_mfa_modules")
+    else:
+        installed = pm.mfa_classes
+        mfa_entries = [dict(m) for m in DEFAULT_MFA_MODULES if m["type"] in installed]
+        mfa_raw = None
+    config.mfa_modules = _resolve(
+        pm, "mfa module", mfa_entries, mfa_raw, ("openpeerpower", "auth_mfa_modules"), allow_insecure_example, None
+    )
+    config.blocks = _plugin_blocks(pm, raw)
+    return config
+
+
+def _resolve(
+    pm: OppAuthPluginManager,
+    kind: str,
+    entries: list[dict[str, Any]],
+    raw_entries: Any,
+    path: tuple[Any, ...],
+    allow_insecure_example: bool,
+    http_raw: Any,
+) -> list[tuple[type, dict[str, Any]]]:
+    """Find each entry's class, validate it with the class's schema, reject duplicates."""
+    classes = pm.provider_classes if kind == "auth provider" else pm.mfa_classes
+    prefix = "provider" if kind == "auth provider" else "mfa"
+    resolved: list[tuple[type, dict[str, Any]]] = []
+    seen: set[Any] = set()
+    for index, entry in enumerate(entries):
+        type_name = entry["type"]
+        if isinstance(raw_entries, list) and index < len(raw_entries):
+            node = raw_entries[index]
+        elif type_name == "legacy_api_password" and http_raw is not None:
+            node = http_raw  # added by http: api_password
+        else:
+            node = raw_entries
+        if type_name == INSECURE_EXAMPLE and not allow_insecure_example:
+            what = "auth provider" if prefix == "provider" else "mfa module"
+            raise _located(f"The insecure_example {what} is for testing only.", node, (*path, index, "type"))
+        cls = classes.get(type_name)
+        if cls is None:
+            failed = pm.failed_plugin_for(prefix, type_name)
+            message = pm.unknown_type_message(kind if prefix == "provider" else "MFA module", type_name)
+            if failed is not None:
+                message = f"cannot start: {message}"
+            raise _located(message, node, (*path, index, "type"))
+        try:
+            conf = cls.CONFIG_SCHEMA(entry)
+        except vol.Invalid as err:
+            raise config_error(err, node, (*path, index)) from None
+        key = (type_name, conf.get("id")) if prefix == "provider" else (conf.get("id") or type_name)
+        if key in seen:
+            if prefix == "provider":
+                msg = (
+                    f"Duplicate auth provider {type_name} found. "
+                    "Please add unique IDs if you want to have the same auth provider twice"
+                )
+            else:
+                msg = (
+                    f"Duplicate mfa module {type_name} found. "
+                    "Please add unique IDs if you want to have the same mfa module twice"
+                )
+            raise _located(msg, node, (*path, index))
+        seen.add(key)
+        resolved.append((cls, conf))
+    return resolved
+
+
+def _located(message: str, node: Any, path: tuple[Any, ...]) -> ConfigError:
+    """A ConfigError at the node's file and line."""
+    filename, line = where(node)
+    return ConfigError(message, filename=filename or CONFIG_FILE, line=line, key_path=path)
+
+
+def _plugin_blocks(pm: OppAuthPluginManager, raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate the top-level blocks that plugins registered (notify: and the like)."""
+    schemas: dict[str, Any] = {}
+
+    def register(block: str, schema: Any) -> None:
+        """Record a plugin's block schema."""
+        if block in ("openpeerpower", "http") or block in schemas:
+            raise ConfigError(f"A plugin tried to own the '{block}:' block, which is already taken.")
+        schemas[block] = schema
+
+    pm.hook.opp_auth_register_config(register=register)
+    blocks: dict[str, Any] = {}
+    for block, schema in schemas.items():
+        value = raw.get(block)
+        try:
+            blocks[block] = schema(value)
+        except vol.Invalid as err:
+            raise config_error(err, value, (block,)) from None
+    return blocks
