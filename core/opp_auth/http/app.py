@@ -1,0 +1,64 @@
+"""The aiohttp application: routes, the middleware pipeline, onboarding and plugin routes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..manager import AuthManager
+from . import auth_views, onboarding, pages
+from .ban import BanManager
+from .middleware import build_middleware
+from .view import AUTH_KEY, CLIENT_SESSION_KEY, CONFIG_KEY
+
+_LOGGER = logging.getLogger(__name__)
+
+MAX_BODY_SIZE = 16 * 1024 * 1024
+BAN_KEY: web.AppKey[BanManager] = web.AppKey("opp_auth_ban")
+
+
+def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> web.Application:
+    """An application serving auth's APIs and pages; auth is set up on start-up."""
+    http_config = http_config if http_config is not None else auth.http_config
+    ban = BanManager(
+        auth.config_dir,
+        threshold=http_config.get("login_attempts_threshold", -1),
+        enabled=http_config.get("ip_ban_enabled", True),
+    )
+    app = web.Application(middlewares=[build_middleware(auth, http_config, ban)], client_max_size=MAX_BODY_SIZE)
+    app[AUTH_KEY] = auth
+    app[CONFIG_KEY] = http_config
+    app[BAN_KEY] = ban
+    onboard = onboarding.Onboarding(auth)
+    app[onboarding.ONBOARDING_KEY] = onboard
+    app[auth_views.ONBOARDED_KEY] = onboard.user_onboarded
+    if not auth.pm.is_registered(ban):
+        auth.pm.register(ban, name="opp_auth.ban")
+
+    auth_views.add_routes(app)
+    onboarding.add_routes(app)
+    pages.add_routes(app)
+    auth.pm.hook.opp_auth_register_routes(app=app, auth=auth)
+
+    async def on_startup(app: web.Application) -> None:
+        """Load data and open resources before serving."""
+        ban.load()
+        await auth.async_setup()
+        await onboard.async_load()
+        app[CLIENT_SESSION_KEY] = aiohttp.ClientSession()
+
+    async def on_cleanup(app: web.Application) -> None:
+        """Flush and close."""
+        session = app.get(CLIENT_SESSION_KEY)
+        if session is not None:
+            await session.close()
+        await auth.async_shutdown()
+        auth.pm.unregister(ban)
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+

@@ -1,0 +1,350 @@
+"""The login HTTP API, compatible with Open Peer Power clients.
+
+GET /auth/providers
+    Providers in configuration order: ``[{"name", "id", "type"}]``. Before the
+    owner exists: 400 ``{"message": "Onboarding not finished", "code": "onboarding_required"}``.
+
+POST /auth/login_flow  (JSON: client_id, handler [type, id], redirect_uri, type?)
+    Starts a login flow. The redirect_uri must belong to the client_id
+    (IndieAuth rules), else 400 ``invalid client id or redirect uri``. Unknown
+    handler: 404 ``Invalid handler specified``. Returns the first step (a form,
+    an abort, or for a trusted-network bypass a create_entry whose ``result``
+    is the authorization code).
+
+POST /auth/login_flow/{flow_id}  (JSON: client_id plus the step's fields)
+    Submits a step. The client_id must be the one that started the flow and
+    the request must come from the same address. Unknown or expired flow: 404
+    ``Invalid flow specified``; input not matching the form: 400 ``User input
+    malformed``. A finished flow answers create_entry with ``result`` = an
+    authorization code, usable once, within ten minutes, by that client_id.
+
+DELETE /auth/login_flow/{flow_id}
+    Aborts a flow: ``{"message": "Flow aborted"}``.
+
+POST /auth/token  (form-urlencoded)
+    ``grant_type=authorization_code`` (client_id, code): a new refresh token
+    and access token. ``grant_type=refresh_token`` (refresh_token, client_id):
+    a new access token. ``action=revoke`` (token): deletes the refresh token,
+    always 200. Errors follow OAuth 2: ``{"error": ..., "error_description": ...}``.
+
+POST /auth/link_user  (bearer; JSON: client_id, code)
+    Adds the credentials of a finished ``link_user`` login flow to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import voluptuous as vol
+from aiohttp import web
+
+from ..flow import (
+    RESULT_TYPE_CREATE_ENTRY,
+    InvalidInput,
+    TooManyFlows,
+    UnknownFlow,
+    UnknownHandler,
+    UnknownStep,
+)
+from ..manager import AuthManagerError
+from ..models import Credentials
+from ..providers import InvalidAuthError
+from . import indieauth
+from .serialize import prepare_result_json
+from .view import (
+    CLIENT_SESSION_KEY,
+    KEY_REFRESH_TOKEN_ID,
+    KEY_USER,
+    auth_of,
+    client_ip,
+    json_message,
+    json_response,
+    read_json,
+    require_auth,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+ONBOARDED_KEY: web.AppKey[Any] = web.AppKey("opp_auth_user_onboarded")
+
+
+def _handler(value: Any) -> tuple[str, str | None]:
+    """[type, id] (a bare type string means id null)."""
+    if isinstance(value, str):
+        return (value, None)
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and (value[1] is None or isinstance(value[1], str))
+    ):
+        return (value[0], value[1])
+    raise vol.Invalid("handler must be [type, id]")
+
+
+LOGIN_FLOW_SCHEMA = vol.Schema(
+    {
+        vol.Required("client_id"): str,
+        vol.Required("handler"): _handler,
+        vol.Required("redirect_uri"): str,
+        vol.Optional("type", default="authorize"): vol.In(["authorize", "link_user"]),
+    }
+)
+STEP_SCHEMA = vol.Schema({vol.Required("client_id"): str}, extra=vol.ALLOW_EXTRA)
+
+
+async def providers_view(request: web.Request) -> web.Response:
+    """GET /auth/providers."""
+    if not request.app[ONBOARDED_KEY]():
+        return json_message("Onboarding not finished", 400, "onboarding_required")
+    return json_response(
+        [{"name": p.name, "id": p.id, "type": p.type} for p in auth_of(request).auth_providers]
+    )
+
+
+async def login_flow_get_index(request: web.Request) -> web.Response:
+    """GET /auth/login_flow is not a thing."""
+    return web.Response(status=405)
+
+
+def _failed(request: web.Request, reason: str, username: str | None = None) -> None:
+    """Tell the plugins a login failed."""
+    auth_of(request).note_login_failure(client_ip(request), None, username, reason)
+
+
+async def login_flow_start(request: web.Request) -> web.Response:
+    """POST /auth/login_flow."""
+    data, error = await read_json(request, LOGIN_FLOW_SCHEMA)
+    if error is not None:
+        return error
+    auth = auth_of(request)
+    client_id, redirect_uri = data["client_id"], data["redirect_uri"]
+    if not await indieauth.verify_redirect_uri(request.app.get(CLIENT_SESSION_KEY), client_id, redirect_uri):
+        _failed(request, "invalid_client")
+        return json_message("invalid client id or redirect uri", 400)
+    try:
+        result = await auth.login_flow.async_init(
+            data["handler"],
+            context={
+                "ip_address": client_ip(request),
+                "credential_only": data["type"] == "link_user",
+                "client_id": client_id,
+                "redirect_uri": redirect_uri,
+            },
+        )
+    except UnknownHandler:
+        _failed(request, "invalid_handler")
+        return json_message("Invalid handler specified", 404)
+    except UnknownStep:
+        return json_message("Handler does not support init", 400)
+    except TooManyFlows:
+        return json_message("Too many logins in progress, try again later", 429)
+    return _flow_result_response(request, client_id, result)
+
+
+async def login_flow_step(request: web.Request) -> web.Response:
+    """POST /auth/login_flow/{flow_id}."""
+    data, error = await read_json(request, STEP_SCHEMA)
+    if error is not None:
+        return error
+    auth = auth_of(request)
+    flow_id = request.match_info["flow_id"]
+    client_id = data.pop("client_id")
+    if not indieauth.verify_client_id(client_id):
+        _failed(request, "invalid_client")
+        return json_message("Invalid client id", 400)
+    try:
+        flow = auth.login_flow.async_get(flow_id)
+    except UnknownFlow:
+        _failed(request, "invalid_flow")
+        return json_message("Invalid flow specified", 404)
+    if flow.context.get("client_id") != client_id:
+        _failed(request, "invalid_client")
+        return json_message("Invalid client id", 400)
+    if flow.context.get("ip_address") != client_ip(request):
+        _failed(request, "ip_changed")
+        return json_message("IP address changed", 400)
+    try:
+        result = await auth.login_flow.async_configure(flow_id, data)
+    except UnknownFlow:
+        return json_message("Invalid flow specified", 404)
+    except InvalidInput:
+        return json_message("User input malformed", 400)
+    return _flow_result_response(request, client_id, result, data.get("username"))
+
+
+async def login_flow_delete(request: web.Request) -> web.Response:
+    """DELETE /auth/login_flow/{flow_id}."""
+    try:
+        auth_of(request).login_flow.async_abort(request.match_info["flow_id"])
+    except UnknownFlow:
+        return json_message("Invalid flow specified", 404)
+    return json_message("Flow aborted")
+
+
+async def login_flow_get_flow(request: web.Request) -> web.Response:
+    """GET /auth/login_flow/{flow_id}: flows are not readable."""
+    return json_message("Invalid flow specified", 404)
+
+
+def _flow_result_response(
+    request: web.Request, client_id: str, result: dict[str, Any], username: Any = None
+) -> web.Response:
+    """Serialise a step result; a finished login becomes an authorization code."""
+    auth = auth_of(request)
+    if result["type"] != RESULT_TYPE_CREATE_ENTRY:
+        base = (result.get("errors") or {}).get("base")
+        if base in ("invalid_auth", "invalid_code"):
+            auth.note_login_failure(
+                client_ip(request), tuple(result["handler"]), username if isinstance(username, str) else None, base
+            )
+        return json_response(prepare_result_json(result))
+    credentials = result.pop("result")
+    result.pop("data", None)
+    result["result"] = auth.store_result(client_id, credentials)
+    user = auth.store.user_for_credentials(credentials) if isinstance(credentials, Credentials) else None
+    auth.note_login_success(client_ip(request), user, credentials)
+    return json_response(result)
+
+
+def _oauth_error(error: str, description: str | None = None, status: int = 400) -> web.Response:
+    """An OAuth 2 error body."""
+    body = {"error": error}
+    if description is not None:
+        body["error_description"] = description
+    return json_response(body, status, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+async def token_view(request: web.Request) -> web.Response:
+    """POST /auth/token: grant, refresh or revoke."""
+    try:
+        data = await request.post()
+    except Exception:  # noqa: BLE001 - any undecodable body is a bad request
+        data = {}  # type: ignore[assignment]
+    if data.get("action") == "revoke":
+        token = data.get("token")
+        if isinstance(token, str):
+            auth = auth_of(request)
+            refresh_token = await auth.async_get_refresh_token_by_token(token)
+            if refresh_token is not None:
+                await auth.async_remove_refresh_token(refresh_token)
+        return web.Response(status=200)
+    grant_type = data.get("grant_type")
+    if grant_type == "authorization_code":
+        response = await _grant_authorization_code(request, data)
+    elif grant_type == "refresh_token":
+        response = await _grant_refresh_token(request, data)
+    else:
+        response = _oauth_error("unsupported_grant_type")
+    if response.status >= 400:
+        _failed(request, "invalid_token")
+    return response
+
+
+async def _grant_authorization_code(request: web.Request, data: Any) -> web.Response:
+    """Trade an authorization code for tokens."""
+    auth = auth_of(request)
+    client_id = data.get("client_id")
+    if not isinstance(client_id, str) or not indieauth.verify_client_id(client_id):
+        return _oauth_error("invalid_request", "Invalid client id")
+    code = data.get("code")
+    credential = auth.retrieve_result(client_id, code) if isinstance(code, str) else None
+    if not isinstance(credential, Credentials):
+        return _oauth_error("invalid_request", "Invalid code")
+    try:
+        user = await auth.async_get_or_create_user(credential)
+    except AuthManagerError as err:
+        return _oauth_error("access_denied", str(err), 403)
+    if not user.is_active:
+        return _oauth_error("access_denied", "User is not active", 403)
+    try:
+        refresh_token = await auth.async_create_refresh_token(user, client_id, credential=credential)
+        access_token = await auth.async_create_access_token(refresh_token, client_ip(request))
+    except (ValueError, InvalidAuthError) as err:
+        return _oauth_error("access_denied", str(err), 403)
+    return json_response(
+        {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "refresh_token": refresh_token.token,
+            "expires_in": int(refresh_token.access_token_expiration.total_seconds()),
+        },
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    )
+
+
+async def _grant_refresh_token(request: web.Request, data: Any) -> web.Response:
+    """Trade a refresh token for a new access token."""
+    auth = auth_of(request)
+    client_id = data.get("client_id")
+    if client_id is not None and (not isinstance(client_id, str) or not indieauth.verify_client_id(client_id)):
+        return _oauth_error("invalid_request", "Invalid client id")
+    token = data.get("refresh_token")
+    if not isinstance(token, str) or not token:
+        return _oauth_error("invalid_request")
+    refresh_token = await auth.async_get_refresh_token_by_token(token)
+    if refresh_token is None:
+        return _oauth_error("invalid_grant")
+    if refresh_token.client_id != client_id:
+        return _oauth_error("invalid_request")
+    try:
+        access_token = await auth.async_create_access_token(refresh_token, client_ip(request))
+    except InvalidAuthError as err:
+        return _oauth_error("access_denied", str(err), 403)
+    return json_response(
+        {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": int(refresh_token.access_token_expiration.total_seconds()),
+        },
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    )
+
+
+LINK_USER_SCHEMA = vol.Schema({vol.Required("code"): str, vol.Required("client_id"): str})
+
+
+@require_auth
+async def link_user_view(request: web.Request) -> web.Response:
+    """POST /auth/link_user: add a link_user flow's credentials to the caller."""
+    data, error = await read_json(request, LINK_USER_SCHEMA)
+    if error is not None:
+        return error
+    auth = auth_of(request)
+    credentials = auth.retrieve_result(data["client_id"], data["code"])
+    if not isinstance(credentials, Credentials):
+        return json_message("Invalid code", 400)
+    try:
+        await auth.async_link_user(request[KEY_USER], credentials)
+    except AuthManagerError as err:
+        return json_message(str(err), 400)
+    return json_message("User linked")
+
+
+@require_auth
+async def api_status_view(request: web.Request) -> web.Response:
+    """GET /api/: proof that a token works."""
+    return json_message("API running.")
+
+
+async def change_password_redirect(request: web.Request) -> web.Response:
+    """GET /.well-known/change-password: where password managers send people."""
+    raise web.HTTPFound("/profile")
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the login API."""
+    app.router.add_get("/auth/providers", providers_view)
+    app.router.add_get("/auth/login_flow", login_flow_get_index)
+    app.router.add_post("/auth/login_flow", login_flow_start)
+    app.router.add_get("/auth/login_flow/{flow_id}", login_flow_get_flow)
+    app.router.add_post("/auth/login_flow/{flow_id}", login_flow_step)
+    app.router.add_delete("/auth/login_flow/{flow_id}", login_flow_delete)
+    app.router.add_post("/auth/token", token_view)
+    app.router.add_post("/auth/link_user", link_user_view)
+    app.router.add_get("/api/", api_status_view)
+    app.router.add_get("/.well-known/change-password", change_password_redirect)
+
+
+__all__ = ["add_routes", "ONBOARDED_KEY", "KEY_REFRESH_TOKEN_ID"]

@@ -1,0 +1,127 @@
+"""Per-address bans (ip_bans.yaml) after too many failed logins, driven by the login events."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections import OrderedDict, deque
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..plugins import hookimpl
+
+_LOGGER = logging.getLogger(__name__)
+
+IP_BANS_FILE = "ip_bans.yaml"
+FAILURE_WINDOW = 3600.0
+MAX_TRACKED = 10000
+
+
+class BanManager:
+    """Banned addresses and recent failure counts; a built-in plugin of the login events."""
+
+    def __init__(self, config_dir: str | Path, threshold: int, enabled: bool = True, window: float = FAILURE_WINDOW) -> None:
+        """Read nothing yet; call load()."""
+        self.path = Path(config_dir) / IP_BANS_FILE
+        self.threshold = threshold
+        self.enabled = enabled
+        self.window = window
+        self.banned: dict[str, datetime] = {}
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def load(self) -> None:
+        """Read ip_bans.yaml; a bad entry is skipped with an error, never a crash."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except (OSError, UnicodeDecodeError) as err:
+            _LOGGER.error("Unable to load %s: %s", self.path, err)
+            return
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            _LOGGER.error("Unable to load %s: %s", self.path, err)
+            return
+        if not isinstance(data, dict):
+            _LOGGER.error("Unable to load %s: expected a mapping of addresses", self.path)
+            return
+        for ip, info in data.items():
+            try:
+                address = str(ipaddress.ip_address(str(ip)))
+            except ValueError:
+                _LOGGER.error("Failed to load IP ban %s: not an IP address", ip)
+                continue
+            banned_at = info.get("banned_at") if isinstance(info, dict) else None
+            if isinstance(banned_at, str):
+                try:
+                    banned_at = datetime.fromisoformat(banned_at)
+                except ValueError:
+                    _LOGGER.error("Failed to load IP ban %s: invalid banned_at %s", ip, banned_at)
+                    continue
+            if not isinstance(banned_at, datetime):
+                banned_at = datetime.now(timezone.utc)
+            self.banned[address] = banned_at
+
+    def is_banned(self, ip: str | None) -> bool:
+        """Whether requests from ip are refused."""
+        return ip is not None and ip in self.banned
+
+    def record_failure(self, ip: str | None) -> bool:
+        """Count a failure; returns True when it caused a ban."""
+        if ip is None or not self.enabled or self.threshold < 1:
+            return False
+        now = time.monotonic()
+        attempts = self._failures.pop(ip, None) or deque()
+        attempts.append(now)
+        while attempts and now - attempts[0] > self.window:
+            attempts.popleft()
+        self._failures[ip] = attempts
+        if len(self._failures) > MAX_TRACKED:
+            self._failures.popitem(last=False)
+        if len(attempts) < self.threshold:
+            return False
+        self._failures.pop(ip, None)
+        self.add_ban(ip)
+        return True
+
+    def record_success(self, ip: str | None) -> None:
+        """A successful login clears the address's count."""
+        if ip is not None:
+            self._failures.pop(ip, None)
+
+    def add_ban(self, ip: str) -> None:
+        """Ban an address and append it to ip_bans.yaml."""
+        now = datetime.now(timezone.utc)
+        self.banned[ip] = now
+        _LOGGER.warning("Banned IP %s for too many login attempts", ip)
+        try:
+            with self.path.open("a", encoding="utf-8") as out:
+                out.write("\n" + yaml.safe_dump({ip: {"banned_at": now.isoformat()}}))
+        except OSError as err:
+            _LOGGER.error("Unable to save %s: %s", self.path, err)
+
+    def remove_ban(self, ip: str) -> bool:
+        """Lift a ban (rewrites the file); False when ip was not banned."""
+        if self.banned.pop(ip, None) is None:
+            return False
+        content = {addr: {"banned_at": at.isoformat()} for addr, at in self.banned.items()}
+        try:
+            self.path.write_text(yaml.safe_dump(content) if content else "", encoding="utf-8")
+        except OSError as err:
+            _LOGGER.error("Unable to save %s: %s", self.path, err)
+        return True
+
+    @hookimpl
+    def opp_auth_login_failed(self, auth: Any, remote_ip: str | None, provider: Any, username: Any, reason: str) -> None:
+        """Count the failure against the address."""
+        self.record_failure(remote_ip)
+
+    @hookimpl
+    def opp_auth_login_succeeded(self, auth: Any, remote_ip: str | None, user: Any, credential: Any) -> None:
+        """Reset the address's count."""
+        self.record_success(remote_ip)

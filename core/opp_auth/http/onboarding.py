@@ -1,0 +1,196 @@
+"""Onboarding: the first start creates the owner (Open Peer Power's /api/onboarding API).
+
+GET  /api/onboarding              ``[{"step": "user", "done": bool}, ...]`` (no auth)
+POST /api/onboarding/users        name, username, password, client_id, language -> ``{"auth_code"}`` (no auth)
+POST /api/onboarding/core_config  (auth) -> ``{}``
+POST /api/onboarding/analytics    (auth) -> ``{}``
+POST /api/onboarding/integration  (auth) client_id, redirect_uri -> ``{"auth_code"}``
+A step done twice answers 403 ``{"message": "<Step> step already done"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import voluptuous as vol
+from aiohttp import web
+
+from ..manager import AuthManager
+from ..models import GROUP_ID_ADMIN
+from . import indieauth
+from .view import CLIENT_SESSION_KEY, KEY_REFRESH_TOKEN_ID, auth_of, json_message, json_response, read_json, require_auth
+
+_LOGGER = logging.getLogger(__name__)
+
+STORAGE_KEY = "onboarding"
+STORAGE_VERSION = 4
+STEP_USER = "user"
+STEP_CORE_CONFIG = "core_config"
+STEP_ANALYTICS = "analytics"
+STEP_INTEGRATION = "integration"
+STEPS = [STEP_USER, STEP_CORE_CONFIG, STEP_ANALYTICS, STEP_INTEGRATION]
+LOCAL_PROVIDER = "openpeerpower"
+
+ONBOARDING_KEY: web.AppKey[Onboarding] = web.AppKey("opp_auth_onboarding")
+
+
+def _migrate(old_version: int, data: Any) -> Any:
+    """Steps added by later Open Peer Power versions count as done for older installs."""
+    data = dict(data or {})
+    done = list(data.get("done", []))
+    if old_version < 2 and STEP_INTEGRATION not in done:
+        done.append(STEP_INTEGRATION)
+    if old_version < 3 and STEP_CORE_CONFIG not in done:
+        done.append(STEP_CORE_CONFIG)
+    if old_version < 4 and STEP_ANALYTICS not in done:
+        done.append(STEP_ANALYTICS)
+    data["done"] = done
+    return data
+
+
+class Onboarding:
+    """Which onboarding steps are done, persisted in .storage/onboarding."""
+
+    def __init__(self, auth: AuthManager) -> None:
+        """Nothing loaded yet."""
+        self.auth = auth
+        self._store = auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True, migrate=_migrate)
+        self.done: list[str] = []
+        self.lock = asyncio.Lock()
+
+    async def async_load(self) -> None:
+        """Read the state; an existing owner means the user step is done."""
+        data = await self._store.async_load()
+        self.done = list((data or {}).get("done", []))
+        if STEP_USER not in self.done and self.auth.owner() is not None:
+            self.done.append(STEP_USER)
+            await self.async_save()
+
+    async def async_save(self) -> None:
+        """Write the state now."""
+        await self._store.async_save({"done": self.done})
+
+    @property
+    def onboarded(self) -> bool:
+        """Every step done."""
+        return all(step in self.done for step in STEPS)
+
+    def user_onboarded(self) -> bool:
+        """The owner exists (login is possible)."""
+        return STEP_USER in self.done
+
+    async def async_mark_done(self, step: str) -> None:
+        """Record a step."""
+        if step not in self.done:
+            self.done.append(step)
+            await self.async_save()
+
+
+USER_SCHEMA = vol.Schema(
+    {
+        vol.Required("name"): vol.All(str, vol.Length(min=1, max=100)),
+        vol.Required("username"): vol.All(str, vol.Length(min=1, max=100)),
+        vol.Required("password"): vol.All(str, vol.Length(min=1)),
+        vol.Required("client_id"): str,
+        vol.Required("language"): str,
+    }
+)
+INTEGRATION_SCHEMA = vol.Schema({vol.Required("client_id"): str, vol.Required("redirect_uri"): str})
+
+
+async def onboarding_status(request: web.Request) -> web.Response:
+    """GET /api/onboarding."""
+    onboarding = request.app[ONBOARDING_KEY]
+    return json_response([{"step": step, "done": step in onboarding.done} for step in STEPS])
+
+
+async def onboarding_users(request: web.Request) -> web.Response:
+    """POST /api/onboarding/users: create the owner with a local login, atomically."""
+    data, error = await read_json(request, USER_SCHEMA)
+    if error is not None:
+        return error
+    onboarding = request.app[ONBOARDING_KEY]
+    auth = auth_of(request)
+    async with onboarding.lock:
+        if STEP_USER in onboarding.done:
+            return json_message("User step already done", 403)
+        if not indieauth.verify_client_id(data["client_id"]):
+            return json_message("Invalid client id", 400)
+        provider = auth.get_auth_provider(LOCAL_PROVIDER, None)
+        if provider is None:
+            return json_message(
+                "Onboarding needs the openpeerpower auth provider (package opp-auth-local) configured", 400
+            )
+        username = data["username"]
+        try:
+            await provider.async_add_auth(username, data["password"])  # type: ignore[attr-defined]
+        except ValueError as err:
+            return json_message(str(err), 400)
+        except Exception as err:  # noqa: BLE001 - the provider's own refusal (username exists, ...)
+            return json_message(str(err) or "Unable to create the login", 400)
+        try:
+            credentials = await provider.async_get_or_create_credentials({"username": username})
+            user = await auth.async_create_user(
+                data["name"], [GROUP_ID_ADMIN], is_owner=not auth.has_non_system_user()
+            )
+            await auth.async_link_user(user, credentials)
+        except Exception:
+            # Undo the login so a retry with the same username works (G20).
+            await provider.async_remove_auth(username)  # type: ignore[attr-defined]
+            raise
+        await onboarding.async_mark_done(STEP_USER)
+        settings = getattr(auth, "user_settings", None)
+        if settings is not None:
+            await settings.async_set(user.id, {"language": data["language"]})
+        code = auth.store_result(data["client_id"], credentials)
+    return json_response({"auth_code": code})
+
+
+def _simple_step(step: str, label: str) -> Any:
+    """A step with no data that only marks itself done."""
+
+    @require_auth
+    async def view(request: web.Request) -> web.Response:
+        """Mark the step done."""
+        onboarding = request.app[ONBOARDING_KEY]
+        async with onboarding.lock:
+            if step in onboarding.done:
+                return json_message(f"{label} step already done", 403)
+            await onboarding.async_mark_done(step)
+        return json_response({})
+
+    return view
+
+
+@require_auth
+async def onboarding_integration(request: web.Request) -> web.Response:
+    """POST /api/onboarding/integration: an auth code for the frontend's real client id."""
+    data, error = await read_json(request, INTEGRATION_SCHEMA)
+    if error is not None:
+        return error
+    onboarding = request.app[ONBOARDING_KEY]
+    auth = auth_of(request)
+    async with onboarding.lock:
+        if STEP_INTEGRATION in onboarding.done:
+            return json_message("Integration step already done", 403)
+        if not await indieauth.verify_redirect_uri(
+            request.app.get(CLIENT_SESSION_KEY), data["client_id"], data["redirect_uri"]
+        ):
+            return json_message("invalid client id or redirect uri", 400)
+        refresh_token = auth.store.get_refresh_token(request[KEY_REFRESH_TOKEN_ID])
+        if refresh_token is None or refresh_token.credential is None:
+            return json_message("Credentials for user not available", 403)
+        await onboarding.async_mark_done(STEP_INTEGRATION)
+        code = auth.store_result(data["client_id"], refresh_token.credential)
+    return json_response({"auth_code": code})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the onboarding API."""
+    app.router.add_get("/api/onboarding", onboarding_status)
+    app.router.add_post("/api/onboarding/users", onboarding_users)
+    app.router.add_post("/api/onboarding/core_config", _simple_step(STEP_CORE_CONFIG, "Core config"))
+    app.router.add_post("/api/onboarding/analytics", _simple_step(STEP_ANALYTICS, "Analytics config"))
+    app.router.add_post("/api/onboarding/integration", onboarding_integration)
