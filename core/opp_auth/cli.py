@@ -1,0 +1,335 @@
+"""The opp-auth command: serve, check-config, plugins, auth ..., reset."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ensure_config_dir, load_config
+from .manager import AuthManager
+from .models import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER
+from .plugins import PluginError, make_plugin_manager
+from .storage import STORAGE_DIR, ConfigDirLock, StorageError
+from .yaml import ConfigError
+
+DEFAULT_CONFIG_DIR = os.path.join(os.path.expanduser("~"), ".openpeerpower")
+LOCAL_TYPE = "openpeerpower"
+RESET_FILES = ("auth", "auth_provider.openpeerpower", "onboarding", "hassio", "oppio", "cloud")
+
+
+class CliError(Exception):
+    """A message for the person at the terminal; exit code 1."""
+
+
+def _config_dir(args: argparse.Namespace) -> Path:
+    """The -c directory, relative to the current one."""
+    return Path(os.path.abspath(os.path.expanduser(args.config)))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the server."""
+    from .server import async_serve, no_provider_installed_message
+
+    config_dir = _config_dir(args)
+    ensure_config_dir(config_dir)
+    pm = args.pm
+    message = no_provider_installed_message(pm)
+    if message:
+        raise CliError(message)
+    asyncio.run(async_serve(config_dir, args.host, args.port, pm))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate configuration.yaml without serving."""
+    from .server import no_provider_installed_message
+
+    pm = args.pm
+    message = no_provider_installed_message(pm)
+    if message:
+        raise CliError(message)
+    config = load_config(_config_dir(args), pm)
+    print(f"Configuration valid: {len(config.providers)} auth provider(s), {len(config.mfa_modules)} MFA module(s).")
+    for cls, conf in config.providers:
+        print(f"  provider {cls.TYPE}" + (f" (id {conf['id']})" if conf.get("id") else ""))
+    for cls, conf in config.mfa_modules:
+        print(f"  mfa module {cls.TYPE} (id {conf.get('id') or cls.TYPE})")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List installed plugins."""
+    pm = args.pm
+    pm.provider_classes  # noqa: B018 - collecting fills in the types each plugin provides
+    pm.mfa_classes  # noqa: B018
+    rows = []
+    for info in pm.infos.values():
+        if info.name.startswith("opp_auth."):
+            continue
+        rows.append(
+            {
+                "name": info.name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "provider_types": info.provider_types,
+                "mfa_types": info.mfa_types,
+                "hooks": info.hooks,
+                "error": info.error,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("No plugins installed. Install at least an auth provider, e.g. pip install opp-auth-local")
+        return 0
+    for row in rows:
+        types = ", ".join([f"provider {t}" for t in row["provider_types"]] + [f"mfa {t}" for t in row["mfa_types"]])
+        print(f"{row['name']}: {row['distribution']} {row['version']}" + (f" [{types}]" if types else ""))
+        if row["hooks"]:
+            print(f"    hooks: {', '.join(row['hooks'])}")
+        if row["error"]:
+            print(f"    LOAD ERROR: {row['error']}")
+    return 0
+
+
+def _read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
+    """A password from a prompt (asked twice) or one line of standard input."""
+    if args.password_stdin or not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        if not line:
+            raise CliError("No password on standard input")
+        return line.rstrip("\r\n")
+    first = getpass.getpass(prompt)
+    if getpass.getpass("Repeat password: ") != first:
+        raise CliError("Passwords don't match")
+    return first
+
+
+def _run_local(args: argparse.Namespace, action: Callable[[AuthManager, Any], Awaitable[int]]) -> int:
+    """Run action with a minimal manager (local provider only) while holding the directory lock."""
+    config_dir = _config_dir(args)
+    if not config_dir.is_dir():
+        raise CliError(f"{config_dir} does not exist")
+    pm = args.pm
+    cls = pm.provider_classes.get(LOCAL_TYPE)
+    if cls is None:
+        raise CliError("The auth commands need the local provider: pip install opp-auth-local")
+    lock = ConfigDirLock(config_dir)
+    lock.acquire("auth command")
+    try:
+        auth = AuthManager(str(config_dir), pm, provider_configs=[(cls, {"type": LOCAL_TYPE})])
+
+        async def run() -> int:
+            """Set up, act, flush."""
+            await auth.async_setup()
+            try:
+                return await action(auth, auth.get_auth_provider(LOCAL_TYPE, None))
+            finally:
+                await auth.async_shutdown()
+
+        return asyncio.run(run())
+    finally:
+        lock.release()
+
+
+def cmd_auth_list(args: argparse.Namespace) -> int:
+    """List local usernames."""
+
+    async def action(auth: AuthManager, provider: Any) -> int:
+        for user in provider.data.users:
+            print(user["username"])
+        print()
+        print(f"Total users: {len(provider.data.users)}")
+        return 0
+
+    return _run_local(args, action)
+
+
+def cmd_auth_add(args: argparse.Namespace) -> int:
+    """Add a local login and its user."""
+    password = _read_password(args)
+
+    async def action(auth: AuthManager, provider: Any) -> int:
+        if provider.data.get(args.username) is not None:
+            print("Username already exists!")
+            return 1
+        if args.owner and auth.owner() is not None:
+            raise CliError("An owner exists already; add the user without --owner")
+        try:
+            await provider.async_add_auth(args.username, password)
+        except ValueError as err:
+            raise CliError(str(err)) from err
+        credentials = await provider.async_get_or_create_credentials({"username": args.username})
+        group = GROUP_ID_ADMIN if args.owner else args.group
+        user = await auth.async_create_user(args.name or args.username, [group], is_owner=args.owner)
+        await auth.async_link_user(user, credentials)
+        print("Auth created")
+        return 0
+
+    return _run_local(args, action)
+
+
+def cmd_auth_validate(args: argparse.Namespace) -> int:
+    """Check a password."""
+    password = _read_password(args)
+
+    async def action(auth: AuthManager, provider: Any) -> int:
+        from .providers import InvalidAuthError
+
+        try:
+            await provider.async_validate_login(args.username, password)
+        except InvalidAuthError:
+            print("Auth invalid")
+            return 1
+        print("Auth valid")
+        return 0
+
+    return _run_local(args, action)
+
+
+def cmd_auth_change_password(args: argparse.Namespace) -> int:
+    """Set a new password."""
+    password = _read_password(args, "New password: ")
+
+    async def action(auth: AuthManager, provider: Any) -> int:
+        if provider.data.get(args.username) is None:
+            print("User not found")
+            return 1
+        try:
+            await provider.async_change_password(args.username, password)
+        except ValueError as err:
+            raise CliError(str(err)) from err
+        print("Password changed")
+        return 0
+
+    return _run_local(args, action)
+
+
+def cmd_auth_delete(args: argparse.Namespace) -> int:
+    """Remove a local login (and the user it belongs to, if it has no other credentials)."""
+
+    async def action(auth: AuthManager, provider: Any) -> int:
+        if provider.data.get(args.username) is None:
+            print("User not found")
+            return 1
+        cred = provider.async_find_credentials({"username": args.username})
+        user = auth.store.user_for_credentials(cred) if cred is not None else None
+        if user is not None and user.is_owner:
+            raise CliError("Refusing to delete the owner's login; use opp-auth reset to start afresh")
+        await provider.async_remove_auth(args.username)
+        if user is not None and not user.credentials:
+            await auth.async_remove_user(user)
+        print("Auth deleted")
+        return 0
+
+    return _run_local(args, action)
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """The lost-owner procedure: move the auth files into a backup folder."""
+    config_dir = _config_dir(args)
+    storage = config_dir / STORAGE_DIR
+    present = [name for name in RESET_FILES if (storage / name).exists()]
+    if not present:
+        print("Nothing to reset: no authentication data found.")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError("Refusing to reset without --yes (no terminal to ask)")
+        answer = input(f"Delete {', '.join(present)} from {storage}? A backup is kept. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing changed.")
+            return 1
+    lock = ConfigDirLock(config_dir)
+    lock.acquire("reset")
+    try:
+        backup = storage / f"backup-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        backup.mkdir()
+        for name in present:
+            shutil.move(str(storage / name), str(backup / name))
+    finally:
+        lock.release()
+    print(f"Removed {', '.join(present)}; backup in {backup}")
+    print("Start the server and open it in a browser to create a new owner.")
+    return 0
+
+
+def build_parser(pm: Any = None) -> argparse.ArgumentParser:
+    """The argument parser (plugins may add sub-commands)."""
+    parser = argparse.ArgumentParser(prog="opp-auth", description="Open Peer Power compatible authentication server")
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG_DIR, help="configuration directory (default %(default)s)")
+    parser.add_argument("--version", action="version", version=f"opp-auth {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="address to listen on (default: http: server_host)")
+    serve.add_argument("--port", type=int, help="port (default: http: server_port, 8123)")
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("check-config", help="validate configuration.yaml").set_defaults(func=cmd_check_config)
+    plugins = sub.add_parser("plugins", help="list installed plugins")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(func=cmd_plugins)
+
+    auth = sub.add_parser("auth", help="manage local logins (server must be stopped)")
+    auth_sub = auth.add_subparsers(dest="auth_command", required=True, metavar="AUTH_COMMAND")
+    auth_sub.add_parser("list", help="list usernames").set_defaults(func=cmd_auth_list)
+    add = auth_sub.add_parser("add", help="add a login (password prompted or read from stdin)")
+    add.add_argument("username")
+    add.add_argument("--name", help="display name (default: the username)")
+    add.add_argument("--group", default=GROUP_ID_USER, choices=[GROUP_ID_ADMIN, GROUP_ID_USER, GROUP_ID_READ_ONLY])
+    add.add_argument("--owner", action="store_true", help="make this user the owner (when there is none)")
+    add.set_defaults(func=cmd_auth_add)
+    for name, func, helptext in (
+        ("validate", cmd_auth_validate, "check a password"),
+        ("change-password", cmd_auth_change_password, "set a new password"),
+        ("change_password", cmd_auth_change_password, argparse.SUPPRESS),
+        ("delete", cmd_auth_delete, "remove a login"),
+    ):
+        cmd = auth_sub.add_parser(name, help=helptext) if helptext != argparse.SUPPRESS else auth_sub.add_parser(name)
+        cmd.add_argument("username")
+        cmd.set_defaults(func=func)
+    for cmd in (add, *[auth_sub.choices[n] for n in ("validate", "change-password", "change_password")]):
+        cmd.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    reset = sub.add_parser("reset", help="lost owner password: remove auth data (keeps a backup)")
+    reset.add_argument("--yes", action="store_true", help="do not ask")
+    reset.set_defaults(func=cmd_reset)
+    if pm is not None:
+        pm.hook.opp_auth_register_commands(cli=sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    pm = make_plugin_manager()
+    parser = build_parser(pm)
+    args = parser.parse_args(argv)
+    args.pm = pm
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s (%(threadName)s) [%(name)s] %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ConfigError, StorageError, PluginError) as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Build everything from a configuration directory and serve it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .config import Config, load_config
+from .http.app import create_app
+from .manager import AuthManager
+from .plugins import OppAuthPluginManager, make_plugin_manager
+from .storage import ConfigDirLock
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def build_auth(config: Config, pm: OppAuthPluginManager, **kwargs: Any) -> AuthManager:
+    """An AuthManager for a validated configuration."""
+    if not config.providers:
+        raise RuntimeError("No auth provider is configured")
+    return AuthManager(
+        str(config.config_dir),
+        pm,
+        provider_configs=config.providers,
+        mfa_configs=config.mfa_modules,
+        http_config=config.http,
+        config_blocks=config.blocks,
+        **kwargs,
+    )
+
+
+def no_provider_installed_message(pm: OppAuthPluginManager) -> str | None:
+    """A clear message when no provider plugin is installed at all."""
+    if pm.provider_classes:
+        return None
+    return (
+        "No auth provider is installed, so nobody could log in. Install one, for example "
+        "the local username/password provider: pip install opp-auth-local"
+    )
+
+
+async def async_serve(config_dir: Path, host: str | None = None, port: int | None = None, pm: OppAuthPluginManager | None = None) -> None:
+    """Serve until SIGINT/SIGTERM."""
+    pm = pm or make_plugin_manager()
+    config = load_config(config_dir, pm)
+    lock = ConfigDirLock(config_dir)
+    lock.acquire("server")
+    try:
+        auth = build_auth(config, pm)
+        app = create_app(auth, config.http)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        hosts = host or config.http.get("server_host", "0.0.0.0")
+        bind_port = port or config.http.get("server_port", 8123)
+        ssl_context = _ssl_context(config.http)
+        for bind_host in [hosts] if isinstance(hosts, str) else hosts:
+            site = web.TCPSite(runner, bind_host, bind_port, ssl_context=ssl_context, reuse_address=True)
+            await site.start()
+        scheme = "https" if ssl_context else "http"
+        shown = hosts if isinstance(hosts, str) else hosts[0]
+        _LOGGER.warning("opp-auth %s serving %s on %s://%s:%s/", auth.version, config_dir, scheme, shown, bind_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+    finally:
+        lock.release()
+
+
+def _ssl_context(http: dict[str, Any]) -> Any:
+    """An SSL context when ssl_certificate is configured."""
+    cert = http.get("ssl_certificate")
+    if not cert:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    if http.get("ssl_profile", "modern") == "modern":
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, http.get("ssl_key"))
+    if http.get("ssl_peer_certificate"):
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(http["ssl_peer_certificate"])
+    return context

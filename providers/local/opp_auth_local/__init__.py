@@ -1,0 +1,264 @@
+"""The local username/password provider (type ``openpeerpower``).
+
+Logins live in ``.storage/auth_provider.openpeerpower`` as Open Peer Power
+keeps them: normalised usernames and base64-encoded bcrypt hashes (cost 12).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import bcrypt
+import voluptuous as vol
+
+from opp_auth import (
+    PROVIDER_CONFIG_SCHEMA,
+    AuthProvider,
+    Credentials,
+    InvalidAuthError,
+    LoginFlow,
+    UserMeta,
+    hookimpl,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+STORAGE_KEY = "auth_provider.openpeerpower"
+STORAGE_VERSION = 1
+BCRYPT_ROUNDS = 12
+BCRYPT_MAX_BYTES = 72
+
+
+def _disallow_id(conf: dict[str, Any]) -> dict[str, Any]:
+    """At most one local provider: it has no id."""
+    if conf.get("id") is not None:
+        raise vol.Invalid("ID is not allowed for the openpeerpower auth provider.")
+    return conf
+
+
+CONFIG_SCHEMA = vol.All(PROVIDER_CONFIG_SCHEMA.extend({}, extra=vol.PREVENT_EXTRA), _disallow_id)
+
+# A real bcrypt hash of a random password, so unknown users cost one check like known ones.
+_DUMMY_HASH = b"$2b$12$CiuFGszHx9eNHxPuQcwBWez4CwDTOcLTX5CbOpV6gef2nYuXkY7BO"
+
+
+class InvalidUser(Exception):
+    """The username exists already, or does not exist (depending on the operation)."""
+
+
+class PasswordTooLong(ValueError):
+    """bcrypt reads only 72 bytes: a longer new password is refused instead of cut."""
+
+
+def _secret_bytes(password: str) -> bytes:
+    """Password bytes for bcrypt; Open Peer Power's bcrypt cut at 72 bytes, so checks do too."""
+    return password.encode("utf-8")[:BCRYPT_MAX_BYTES]
+
+
+def hash_password(password: str) -> str:
+    """A new stored hash (base64 of the bcrypt hash), refusing what bcrypt would cut."""
+    raw = password.encode("utf-8")
+    if len(raw) > BCRYPT_MAX_BYTES:
+        raise PasswordTooLong(f"Passwords can be at most {BCRYPT_MAX_BYTES} bytes long (this one is {len(raw)}).")
+    hashed = bcrypt.hashpw(raw, bcrypt.gensalt(rounds=BCRYPT_ROUNDS))
+    return base64.b64encode(hashed).decode()
+
+
+def check_password(password: str, stored: str | None) -> bool:
+    """Whether password matches a stored hash (runs one bcrypt check even without a hash)."""
+    if stored is None:
+        bcrypt.checkpw(b"dummy", _DUMMY_HASH)
+        return False
+    try:
+        hashed = base64.b64decode(stored)
+        return bcrypt.checkpw(_secret_bytes(password), hashed)
+    except ValueError:
+        _LOGGER.error("The stored password hash is not a valid bcrypt hash")
+        return False
+
+
+class Data:
+    """The logins file: normalised usernames and password hashes."""
+
+    def __init__(self, provider: LocalAuthProvider) -> None:
+        """Name the file; call async_load next."""
+        self._store = provider.auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True)
+        self._users: list[dict[str, str]] = []
+        self._by_name: dict[str, dict[str, str]] = {}
+        self.is_legacy = False
+
+    def normalize_username(self, username: str) -> str:
+        """Strip and casefold, unless legacy data forces exact comparison."""
+        if self.is_legacy:
+            return username
+        return username.strip().casefold()
+
+    async def async_load(self) -> None:
+        """Read the logins and decide on legacy mode."""
+        data = await self._store.async_load()
+        if data is None or not isinstance(data, dict):
+            data = {"users": []}
+        users = [u for u in data.get("users", []) if isinstance(u, dict) and "username" in u]
+        seen: dict[str, str] = {}
+        for user in users:
+            username = user["username"]
+            folded = username.casefold()
+            if folded in seen:
+                self.is_legacy = True
+                _LOGGER.warning(
+                    "Open Peer Power auth provider is running in legacy mode because we detected "
+                    "usernames that are case-insensitive equivalent. Please change the username: '%s'.",
+                    username,
+                )
+                break
+            seen[folded] = username
+        for user in users:
+            if user["username"] != user["username"].strip():
+                self.is_legacy = True
+                _LOGGER.warning(
+                    "Open Peer Power auth provider is running in legacy mode because we detected "
+                    "usernames that start or end in a space. Please change the username: '%s'.",
+                    user["username"],
+                )
+                break
+        self._users = users
+        self._by_name = {self.normalize_username(u["username"]): u for u in users}
+
+    @property
+    def users(self) -> list[dict[str, str]]:
+        """The stored logins."""
+        return self._users
+
+    def get(self, username: str) -> dict[str, str] | None:
+        """A login by (normalised) username."""
+        return self._by_name.get(self.normalize_username(username))
+
+    def validate_login(self, username: str, password: str) -> None:
+        """Raise InvalidAuthError unless the password is right (blocking: call in an executor)."""
+        found = self.get(username)
+        if not check_password(password, found["password"] if found else None):
+            raise InvalidAuthError
+
+    def add_auth(self, username: str, password: str) -> None:
+        """Add a login (blocking: bcrypt)."""
+        username = self.normalize_username(username)
+        if not username:
+            raise InvalidUser("Username must not be empty")
+        if username in self._by_name:
+            raise InvalidUser("Username already exists")
+        entry = {"username": username, "password": hash_password(password)}
+        # bcrypt ran outside the lock of the event loop: re-check before inserting.
+        if username in self._by_name:
+            raise InvalidUser("Username already exists")
+        self._users.append(entry)
+        self._by_name[username] = entry
+
+    def remove_auth(self, username: str) -> None:
+        """Remove a login."""
+        entry = self._by_name.pop(self.normalize_username(username), None)
+        if entry is None:
+            raise InvalidUser("User not found")
+        self._users = [u for u in self._users if u is not entry]
+
+    def change_password(self, username: str, new_password: str) -> None:
+        """Set a new password (blocking: bcrypt)."""
+        entry = self.get(username)
+        if entry is None:
+            raise InvalidUser("User not found")
+        entry["password"] = hash_password(new_password)
+
+    async def async_save(self) -> None:
+        """Write the logins now."""
+        await self._store.async_save({"users": [dict(u) for u in self._users]})
+
+
+class LocalAuthProvider(AuthProvider):
+    """Usernames and passwords stored by the server itself."""
+
+    TYPE = "openpeerpower"
+    DEFAULT_TITLE = "Open Peer Power Local"
+    CONFIG_SCHEMA = CONFIG_SCHEMA
+
+    data: Data
+
+    async def async_initialize(self) -> None:
+        """Load the logins."""
+        self.data = Data(self)
+        await self.data.async_load()
+
+    async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:
+        """A username/password form."""
+        return LocalLoginFlow(self)
+
+    async def async_validate_login(self, username: str, password: str) -> None:
+        """Check a password off the event loop (raises InvalidAuthError)."""
+        await self.auth.async_password_check(self.data.validate_login, username, password)
+
+    async def async_add_auth(self, username: str, password: str) -> None:
+        """Add a login and save it."""
+        await self.auth.async_password_check(self.data.add_auth, username, password)
+        await self.data.async_save()
+
+    async def async_remove_auth(self, username: str) -> None:
+        """Remove a login, and the credentials that use it."""
+        self.data.remove_auth(username)
+        await self.data.async_save()
+        cred = self.async_find_credentials({"username": username})
+        if cred is not None:
+            self.auth.store.remove_credentials(cred)
+            await self.auth.store.async_save()
+
+    async def async_change_password(self, username: str, new_password: str) -> None:
+        """Set a new password and save it."""
+        await self.auth.async_password_check(self.data.change_password, username, new_password)
+        await self.data.async_save()
+
+    def credential_key(self, data: dict[str, Any]) -> str:
+        """Credentials match on the normalised username."""
+        return self.data.normalize_username(str(data.get("username", "")))
+
+    def credential_data(self, flow_result: dict[str, Any]) -> dict[str, Any]:
+        """Credentials carry the normalised username."""
+        return {"username": self.data.normalize_username(flow_result["username"])}
+
+    async def async_user_meta_for_credentials(self, credentials: Credentials) -> UserMeta:
+        """New users are named after their username."""
+        return UserMeta(name=credentials.data["username"], is_active=True)
+
+    async def async_will_remove_credentials(self, credentials: Credentials) -> None:
+        """Removing the credentials removes the login too."""
+        try:
+            self.data.remove_auth(credentials.data["username"])
+        except InvalidUser:
+            return
+        await self.data.async_save()
+
+
+class LocalLoginFlow(LoginFlow):
+    """Ask for username and password."""
+
+    async def async_step_init(self, user_input: dict[str, str] | None = None) -> dict[str, Any]:
+        """Show the form; check what was submitted."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            provider: LocalAuthProvider = self._auth_provider  # type: ignore[assignment]
+            try:
+                await provider.async_validate_login(user_input["username"], user_input["password"])
+            except InvalidAuthError:
+                errors["base"] = "invalid_auth"
+            if not errors:
+                user_input.pop("password")
+                return await self.async_finish(user_input)
+        return self.async_show_form(
+            step_id="init",
+            data_schema=vol.Schema({vol.Required("username"): str, vol.Required("password"): str}),
+            errors=errors,
+        )
+
+
+@hookimpl
+def opp_auth_register_auth_providers(register: Any) -> None:
+    """Ship the openpeerpower provider."""
+    register(LocalAuthProvider)
