@@ -50,6 +50,14 @@ from .models import (  # noqa: E402
 from .plugins import hookimpl  # noqa: E402
 from .providers import PROVIDER_CONFIG_SCHEMA, AuthProvider, InvalidAuthError, ProviderUnavailableError  # noqa: E402
 from .storage import Store, StorageError  # noqa: E402
+from .http.websocket_api import (  # noqa: E402
+    ActiveConnection,
+    CommandError,
+    Unauthorized,
+    require_admin,
+    require_user,
+    websocket_command,
+)
 
 __all__ = [
     "GROUP_ID_ADMIN",
@@ -60,9 +68,11 @@ __all__ = [
     "TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN",
     "TOKEN_TYPE_NORMAL",
     "TOKEN_TYPE_SYSTEM",
+    "ActiveConnection",
     "AuthManager",
     "AuthManagerError",
     "AuthProvider",
+    "CommandError",
     "Credentials",
     "FlowHandler",
     "FlowResult",
@@ -75,9 +85,13 @@ __all__ = [
     "SetupFlow",
     "StorageError",
     "Store",
+    "Unauthorized",
     "User",
     "UserMeta",
     "__version__",
     "hookimpl",
     "hookspec",
+    "require_admin",
+    "require_user",
+    "websocket_command",
 ]

@@ -131,6 +131,11 @@ def opp_auth_user_created(auth: AuthManager, user: User) -> Any:
 
 
 @hookspec
+def opp_auth_user_updated(auth: AuthManager, user: User) -> Any:
+    """A user was renamed, (de)activated or regrouped. Awaited."""
+
+
+@hookspec
 def opp_auth_user_removed(auth: AuthManager, user: User) -> Any:
     """A user was removed. Awaited."""
 

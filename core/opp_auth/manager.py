@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from . import __version__
 from .login_flow import LoginFlowManager
-from .mfa import MfaModule
+from .mfa import MfaModule, MfaSetupFlowManager
 from .models import (
     ACCESS_TOKEN_EXPIRATION,
     GROUP_ID_ADMIN,
@@ -32,6 +32,7 @@ from .plugins import OppAuthPluginManager
 from .providers import AuthProvider, InvalidAuthError, credential_lookup_key
 from .storage import Store
 from .store import AuthStore
+from .user_settings import UserSettings
 from .tokens import EXP_LEEWAY, TokenCache, decode_jwt, encode_jwt, unverified_claims
 
 _LOGGER = logging.getLogger(__name__)
@@ -75,27 +76,37 @@ class AuthManager:
             module = mcls(self, conf)
             self._mfa_modules[module.id] = module
         self.login_flow = LoginFlowManager(self, max_flows=max_login_flows)
+        self.mfa_setup_flow = MfaSetupFlowManager(self)
+        self.user_settings = UserSettings(self)
         self._auth_codes: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
         self._token_cache = TokenCache()
         self._password_checks = asyncio.Semaphore(max_password_checks or max(2, os.cpu_count() or 2))
         self._sign_secret = secrets.token_hex(32)
         self._background: set[asyncio.Future[Any]] = set()
+        self._set_up = False
 
     # ---- lifecycle --------------------------------------------------------------------
 
     async def async_setup(self) -> None:
-        """Load the store and initialise every provider and module."""
+        """Load the store and initialise every provider and module (once)."""
+        if self._set_up:
+            return
+        self._set_up = True
         for provider in self._providers.values():
             await provider.async_initialize()
         self.store.key_for = self._credential_key
         await self.store.async_load()
         self.store.reindex_credentials()
+        await self.user_settings.async_load()
         for module in self._mfa_modules.values():
             await module.async_initialize()
         await self._async_fire("opp_auth_startup")
 
     async def async_shutdown(self) -> None:
-        """Flush pending saves and close plugin resources."""
+        """Flush pending saves and close plugin resources (once)."""
+        if not self._set_up:
+            return
+        self._set_up = False
         await self._async_fire("opp_auth_shutdown")
         for provider in self._providers.values():
             await _quiet(provider.async_shutdown(), "provider shutdown")
@@ -288,6 +299,7 @@ class AuthManager:
                     await module.async_depose_user(user.id)
             except Exception:  # noqa: BLE001 - a module's cleanup must not keep a user alive
                 _LOGGER.exception("MFA module %s failed to depose removed user %s", module.id, user.id)
+        await self.user_settings.async_remove_user(user.id)
         for token in tokens:
             await self._async_fire("opp_auth_refresh_token_removed", refresh_token=token)
         await self._async_fire("opp_auth_user_removed", user=user)
@@ -306,6 +318,7 @@ class AuthManager:
         if is_active is not None:
             user.is_active = is_active
         await self.store.async_save()
+        await self._async_fire("opp_auth_user_updated", user=user)
 
     async def async_activate_user(self, user: User) -> None:
         """Let a user log in."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import voluptuous as vol
 
-from .flow import FlowHandler, FlowResult
+from .flow import FlowHandler, FlowManager, FlowResult, UnknownHandler
 
 if TYPE_CHECKING:
     from .manager import AuthManager
@@ -115,3 +115,19 @@ class SetupFlow(FlowHandler):
             result = await self._auth_module.async_setup_user(self._user_id, user_input)
             return self.async_create_entry(title=self._auth_module.name, data={"result": result})
         return self.async_show_form(step_id="init", data_schema=self._setup_schema, errors=errors)
+
+
+class MfaSetupFlowManager(FlowManager):
+    """Enrolment flows keyed by module id; each belongs to the user who started it."""
+
+    def __init__(self, auth: AuthManager) -> None:
+        """Flows for the manager's modules."""
+        super().__init__(max_flows=1000, ttl=600.0)
+        self.auth = auth
+
+    async def async_create_flow(self, handler_key: Any, *, context: dict[str, Any], data: Any) -> FlowHandler:
+        """The module's setup flow for context['user_id']."""
+        module = self.auth.get_auth_mfa_module(handler_key) if isinstance(handler_key, str) else None
+        if module is None:
+            raise UnknownHandler(handler_key)
+        return await module.async_setup_flow(context["user_id"])

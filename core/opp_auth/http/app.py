@@ -12,6 +12,7 @@ from ..manager import AuthManager
 from . import auth_views, onboarding, pages
 from .ban import BanManager
 from .middleware import build_middleware
+from .websocket_api import setup_websocket
 from .view import AUTH_KEY, CLIENT_SESSION_KEY, CONFIG_KEY
 
 _LOGGER = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
     auth_views.add_routes(app)
     onboarding.add_routes(app)
     pages.add_routes(app)
+    setup_websocket(app, auth)
     auth.pm.hook.opp_auth_register_routes(app=app, auth=auth)
 
     async def on_startup(app: web.Application) -> None:

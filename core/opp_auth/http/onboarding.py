@@ -141,9 +141,7 @@ async def onboarding_users(request: web.Request) -> web.Response:
             await provider.async_remove_auth(username)  # type: ignore[attr-defined]
             raise
         await onboarding.async_mark_done(STEP_USER)
-        settings = getattr(auth, "user_settings", None)
-        if settings is not None:
-            await settings.async_set(user.id, {"language": data["language"]})
+        await auth.user_settings.async_update(user.id, {"language": data["language"]})
         code = auth.store_result(data["client_id"], credentials)
     return json_response({"auth_code": code})
 

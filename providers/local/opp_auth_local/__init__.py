@@ -23,6 +23,8 @@ from opp_auth import (
     hookimpl,
 )
 
+from .websocket import register_commands
+
 _LOGGER = logging.getLogger(__name__)
 
 STORAGE_KEY = "auth_provider.openpeerpower"
@@ -38,7 +40,13 @@ def _disallow_id(conf: dict[str, Any]) -> dict[str, Any]:
     return conf
 
 
-CONFIG_SCHEMA = vol.All(PROVIDER_CONFIG_SCHEMA.extend({}, extra=vol.PREVENT_EXTRA), _disallow_id)
+CONFIG_SCHEMA = vol.All(
+    PROVIDER_CONFIG_SCHEMA.extend(
+        {vol.Optional("min_password_length", default=8): vol.All(int, vol.Range(min=1, max=72))},
+        extra=vol.PREVENT_EXTRA,
+    ),
+    _disallow_id,
+)
 
 # A real bcrypt hash of a random password, so unknown users cost one check like known ones.
 _DUMMY_HASH = b"$2b$12$CiuFGszHx9eNHxPuQcwBWez4CwDTOcLTX5CbOpV6gef2nYuXkY7BO"
@@ -196,8 +204,19 @@ class LocalAuthProvider(AuthProvider):
         """Check a password off the event loop (raises InvalidAuthError)."""
         await self.auth.async_password_check(self.data.validate_login, username, password)
 
+    def check_password_policy(self, password: str, username: str | None = None) -> None:
+        """Refuse weak or unusable new passwords with a ValueError saying why."""
+        minimum = self.config.get("min_password_length", 8)
+        if len(password) < minimum:
+            raise ValueError(f"Passwords must be at least {minimum} characters long.")
+        if len(password.encode("utf-8")) > BCRYPT_MAX_BYTES:
+            raise PasswordTooLong(f"Passwords can be at most {BCRYPT_MAX_BYTES} bytes long.")
+        if username is not None and password.strip().casefold() == username.strip().casefold():
+            raise ValueError("The password must not be the username.")
+
     async def async_add_auth(self, username: str, password: str) -> None:
-        """Add a login and save it."""
+        """Add a login and save it (new passwords must pass the policy)."""
+        self.check_password_policy(password, username)
         await self.auth.async_password_check(self.data.add_auth, username, password)
         await self.data.async_save()
 
@@ -212,6 +231,7 @@ class LocalAuthProvider(AuthProvider):
 
     async def async_change_password(self, username: str, new_password: str) -> None:
         """Set a new password and save it."""
+        self.check_password_policy(new_password, username)
         await self.auth.async_password_check(self.data.change_password, username, new_password)
         await self.data.async_save()
 
@@ -262,3 +282,9 @@ class LocalLoginFlow(LoginFlow):
 def opp_auth_register_auth_providers(register: Any) -> None:
     """Ship the openpeerpower provider."""
     register(LocalAuthProvider)
+
+
+@hookimpl
+def opp_auth_register_websocket_commands(register: Any) -> None:
+    """The config/auth_provider/openpeerpower/* commands."""
+    register_commands(register)

@@ -1,0 +1,423 @@
+"""The websocket API at /api/websocket: auth phase, command registry, result envelope.
+
+Protocol (Open Peer Power's, so existing clients work unchanged):
+
+1. The server sends ``{"type": "auth_required", "ha_version": "<version>"}``.
+2. Within 10 seconds the client sends ``{"type": "auth", "access_token": "..."}``.
+   Answer: ``{"type": "auth_ok", "ha_version": ...}``, or ``{"type":
+   "auth_invalid", "message": ...}`` and the connection closes.
+3. Commands: ``{"id": <int, increasing>, "type": "<command>", ...}``. Every
+   command gets exactly one answer: ``{"id", "type": "result", "success":
+   true, "result": ...}`` or ``{"id", "type": "result", "success": false,
+   "error": {"code", "message"}}``.
+
+A connection is closed within a second when the refresh token it
+authenticated with is deleted, or its user is deactivated or removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import voluptuous as vol
+from aiohttp import WSMsgType, web
+
+from ..models import RefreshToken, User
+from ..plugins import hookimpl
+from .view import auth_of, client_ip
+
+if TYPE_CHECKING:
+    from ..manager import AuthManager
+
+_LOGGER = logging.getLogger(__name__)
+
+AUTH_TIMEOUT = 10.0
+MAX_PENDING_MESSAGES = 512
+MAX_OUTGOING = 4096
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+RATE_PER_SECOND = 200.0
+RATE_BURST = 400.0
+
+ERR_ID_REUSE = "id_reuse"
+ERR_INVALID_FORMAT = "invalid_format"
+ERR_NOT_FOUND = "not_found"
+ERR_NOT_SUPPORTED = "not_supported"
+ERR_UNKNOWN_COMMAND = "unknown_command"
+ERR_UNKNOWN_ERROR = "unknown_error"
+ERR_UNAUTHORIZED = "unauthorized"
+ERR_TIMEOUT = "timeout"
+ERR_RATE_LIMITED = "rate_limited"
+
+WS_COMMANDS_KEY: web.AppKey[CommandRegistry] = web.AppKey("opp_auth_ws_commands")
+WS_CONNECTIONS_KEY: web.AppKey[ConnectionTracker] = web.AppKey("opp_auth_ws_connections")
+
+AUTH_MESSAGE_SCHEMA = vol.Schema(
+    {
+        vol.Required("type"): "auth",
+        vol.Exclusive("api_password", "auth"): str,
+        vol.Exclusive("access_token", "auth"): str,
+    }
+)
+BASE_COMMAND_SCHEMA = vol.Schema({vol.Required("id"): int, vol.Required("type"): str}, extra=vol.ALLOW_EXTRA)
+
+CommandHandler = Callable[["ActiveConnection", dict[str, Any]], Awaitable[None] | None]
+
+
+class CommandError(Exception):
+    """Raise inside a command handler to answer with this error code and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        """Keep code and message."""
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Unauthorized(CommandError):
+    """The user may not run this command."""
+
+    def __init__(self, message: str = "Unauthorized") -> None:
+        """Unauthorized, with the standard message."""
+        super().__init__(ERR_UNAUTHORIZED, message)
+
+
+def websocket_command(schema: dict[Any, Any]) -> Callable[[CommandHandler], CommandHandler]:
+    """Attach a command's schema (a dict with ``vol.Required("type"): "<name>"``) to its handler."""
+
+    def decorate(func: CommandHandler) -> CommandHandler:
+        """Store the compiled schema and the command name on the function."""
+        command = next(value for key, value in schema.items() if str(key) == "type")
+        func._ws_schema = BASE_COMMAND_SCHEMA.extend(schema)  # type: ignore[attr-defined]
+        func._ws_command = command  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
+def require_admin(func: CommandHandler) -> CommandHandler:
+    """Only administrators (and the owner) may run the command."""
+    func._ws_admin = True  # type: ignore[attr-defined]
+    return func
+
+
+def require_user(*, allow_system_user: bool = True, only_active_user: bool = True) -> Callable[[CommandHandler], CommandHandler]:
+    """Guard a command by the kind of user (Open Peer Power's ws_require_user)."""
+
+    def decorate(func: CommandHandler) -> CommandHandler:
+        """Record the guard."""
+        func._ws_user_guard = (allow_system_user, only_active_user)  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
+class CommandRegistry:
+    """Commands by type; plugins add theirs through opp_auth_register_websocket_commands."""
+
+    def __init__(self) -> None:
+        """Empty registry."""
+        self.commands: dict[str, tuple[CommandHandler, vol.Schema]] = {}
+
+    def register(self, handler: CommandHandler, schema: dict[Any, Any] | vol.Schema | None = None) -> None:
+        """Add a command; the schema comes from @websocket_command unless given."""
+        if schema is not None:
+            handler = websocket_command(schema if isinstance(schema, dict) else schema.schema)(handler)
+        compiled = getattr(handler, "_ws_schema", None)
+        command = getattr(handler, "_ws_command", None)
+        if compiled is None or not isinstance(command, str):
+            raise ValueError(f"{handler!r} has no websocket command schema with a 'type'")
+        if command in self.commands:
+            raise ValueError(f"Websocket command {command} registered twice")
+        self.commands[command] = (handler, compiled)
+
+    __call__ = register
+
+
+class ConnectionTracker:
+    """Open connections by user, so revocations can close them (G6)."""
+
+    def __init__(self) -> None:
+        """No connections yet."""
+        self.by_user: dict[str, set[ActiveConnection]] = {}
+
+    def add(self, conn: ActiveConnection) -> None:
+        """Track a connection that passed the auth phase."""
+        self.by_user.setdefault(conn.user.id, set()).add(conn)
+
+    def discard(self, conn: ActiveConnection) -> None:
+        """Stop tracking."""
+        conns = self.by_user.get(conn.user.id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.by_user[conn.user.id]
+
+    def count(self, user_id: str) -> int:
+        """Open connections of a user."""
+        return len(self.by_user.get(user_id, ()))
+
+    def close_where(self, user_id: str, predicate: Callable[[ActiveConnection], bool], reason: str) -> None:
+        """Close a user's connections that match."""
+        for conn in list(self.by_user.get(user_id, ())):
+            if predicate(conn):
+                conn.close(reason)
+
+    @hookimpl
+    def opp_auth_refresh_token_removed(self, auth: AuthManager, refresh_token: RefreshToken) -> None:
+        """A deleted refresh token ends the sessions it authenticated."""
+        self.close_where(
+            refresh_token.user.id, lambda c: c.refresh_token_id == refresh_token.id, "refresh token revoked"
+        )
+
+    @hookimpl
+    def opp_auth_user_removed(self, auth: AuthManager, user: User) -> None:
+        """A removed user is disconnected."""
+        self.close_where(user.id, lambda c: True, "user removed")
+
+    @hookimpl
+    def opp_auth_user_updated(self, auth: AuthManager, user: User) -> None:
+        """A deactivated user is disconnected."""
+        if not user.is_active:
+            self.close_where(user.id, lambda c: True, "user deactivated")
+
+
+class ActiveConnection:
+    """An authenticated websocket connection."""
+
+    def __init__(self, auth: AuthManager, ws: web.WebSocketResponse, user: User, refresh_token_id: str, remote: str | None) -> None:
+        """Bind the connection to its user and token."""
+        self.auth = auth
+        self.ws = ws
+        self.user = user
+        self.refresh_token_id = refresh_token_id
+        self.remote = remote
+        self.outgoing: asyncio.Queue[str | None] = asyncio.Queue()
+        self.last_id = 0
+        self.closing = False
+        self._close_requested = False
+        self.data: dict[str, Any] = {}
+
+    def send_message(self, message: dict[str, Any]) -> None:
+        """Queue a message to the client (the writer task sends it)."""
+        if self.closing:
+            return
+        if self.outgoing.qsize() >= MAX_OUTGOING:
+            self.close("client is not reading its messages")
+            return
+        self.outgoing.put_nowait(json.dumps(message, default=str, separators=(",", ":")))
+
+    def send_result(self, msg_id: int, result: Any = None) -> None:
+        """Answer a command successfully."""
+        self.send_message({"id": msg_id, "type": "result", "success": True, "result": result})
+
+    def send_error(self, msg_id: int, code: str, message: str) -> None:
+        """Answer a command with an error."""
+        self.send_message({"id": msg_id, "type": "result", "success": False, "error": {"code": code, "message": message}})
+
+    def close(self, reason: str) -> None:
+        """Close the connection soon; a reply the current handler sends right after still goes out."""
+        if self._close_requested:
+            return
+        self._close_requested = True
+        _LOGGER.debug("Closing websocket of %s: %s", self.user.id, reason)
+        asyncio.get_running_loop().call_soon(self._finish_close)
+
+    def _finish_close(self) -> None:
+        """Stop accepting messages and tell the writer to end."""
+        self.closing = True
+        self.outgoing.put_nowait(None)
+
+    @property
+    def refresh_token(self) -> RefreshToken | None:
+        """The connection's refresh token (None once revoked)."""
+        return self.auth.store.get_refresh_token(self.refresh_token_id)
+
+
+async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: AuthManager) -> RefreshToken | None:
+    """Run the auth phase; None when the client failed it (the caller closes)."""
+    await ws.send_json({"type": "auth_required", "ha_version": auth.version})
+    try:
+        msg = await ws.receive(timeout=AUTH_TIMEOUT)
+    except asyncio.TimeoutError:
+        _LOGGER.warning("Did not receive auth message within %d seconds", AUTH_TIMEOUT)
+        return None
+    if msg.type != WSMsgType.TEXT:
+        return None
+    try:
+        data = AUTH_MESSAGE_SCHEMA(json.loads(msg.data))
+    except (ValueError, vol.Invalid) as err:
+        error = str(err) if isinstance(err, vol.Invalid) else "Invalid JSON"
+        await ws.send_json({"type": "auth_invalid", "message": f"Auth message incorrectly formatted: {error}"})
+        return None
+    refresh_token = auth.validate_access_token(data["access_token"]) if "access_token" in data else None
+    if refresh_token is None:
+        await ws.send_json({"type": "auth_invalid", "message": "Invalid access token or password"})
+        auth.note_login_failure(client_ip(request), None, None, "invalid_token")
+        return None
+    await ws.send_json({"type": "auth_ok", "ha_version": auth.version})
+    auth.note_login_success(client_ip(request), refresh_token.user, None)
+    return refresh_token
+
+
+async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
+    """GET /api/websocket."""
+    auth = auth_of(request)
+    ws = web.WebSocketResponse(heartbeat=55, max_msg_size=MAX_MESSAGE_SIZE)
+    await ws.prepare(request)
+    refresh_token = await _authenticate(request, ws, auth)
+    if refresh_token is None:
+        await ws.close()
+        return ws
+    conn = ActiveConnection(auth, ws, refresh_token.user, refresh_token.id, client_ip(request))
+    tracker = request.app[WS_CONNECTIONS_KEY]
+    tracker.add(conn)
+    writer = asyncio.ensure_future(_writer(conn))
+    tasks: set[asyncio.Future[None]] = set()
+    registry = request.app[WS_COMMANDS_KEY]
+    allowance, last = RATE_BURST, time.monotonic()
+    try:
+        while not conn._close_requested:
+            receive = asyncio.ensure_future(ws.receive())
+            done, _ = await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if receive not in done:
+                receive.cancel()
+                break
+            msg = receive.result()
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                break
+            if msg.type != WSMsgType.TEXT:
+                conn.close("binary message")
+                break
+            now = time.monotonic()
+            allowance = min(RATE_BURST, allowance + (now - last) * RATE_PER_SECOND)
+            last = now
+            try:
+                payload = json.loads(msg.data)
+            except ValueError:
+                conn.close("invalid JSON")
+                break
+            for message in payload if isinstance(payload, list) else [payload]:
+                if allowance < 1:
+                    msg_id = message.get("id") if isinstance(message, dict) else None
+                    if isinstance(msg_id, int):
+                        conn.send_error(msg_id, ERR_RATE_LIMITED, "Too many messages, slow down")
+                    continue
+                allowance -= 1
+                if len(tasks) >= MAX_PENDING_MESSAGES:
+                    conn.close("too many commands in progress")
+                    break
+                task = _dispatch(conn, registry, message)
+                if task is not None:
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+    finally:
+        tracker.discard(conn)
+        conn.close("connection ended")
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await writer
+        await ws.close()
+    return ws
+
+
+async def _writer(conn: ActiveConnection) -> None:
+    """Send queued messages in order; None ends the connection."""
+    while True:
+        text = await conn.outgoing.get()
+        if text is None:
+            # Flush what was queued before the close.
+            while not conn.outgoing.empty():
+                rest = conn.outgoing.get_nowait()
+                if rest is not None and not conn.ws.closed:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await conn.ws.send_str(rest)
+            await conn.ws.close()
+            return
+        if conn.ws.closed:
+            return
+        try:
+            await conn.ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            return
+
+
+def _dispatch(conn: ActiveConnection, registry: CommandRegistry, message: Any) -> asyncio.Future[None] | None:
+    """Validate one message and start its handler."""
+    try:
+        message = BASE_COMMAND_SCHEMA(message)
+    except vol.Invalid as err:
+        msg_id = message.get("id") if isinstance(message, dict) and isinstance(message.get("id"), int) else 0
+        conn.send_error(msg_id, ERR_INVALID_FORMAT, f"Message incorrectly formatted: {err}")
+        return None
+    msg_id = message["id"]
+    if msg_id <= conn.last_id:
+        conn.send_error(msg_id, ERR_ID_REUSE, "Identifier values have to increase.")
+        return None
+    conn.last_id = msg_id
+    entry = registry.commands.get(message["type"])
+    if entry is None:
+        conn.send_error(msg_id, ERR_UNKNOWN_COMMAND, "Unknown command.")
+        return None
+    handler, schema = entry
+    return asyncio.ensure_future(_run(conn, handler, schema, message))
+
+
+async def _run(conn: ActiveConnection, handler: CommandHandler, schema: vol.Schema, message: dict[str, Any]) -> None:
+    """Run a handler; every failure becomes an error reply (G15)."""
+    msg_id = message["id"]
+    try:
+        try:
+            message = schema(message)
+        except vol.Invalid as err:
+            conn.send_error(msg_id, ERR_INVALID_FORMAT, f"Message format incorrect: {err}")
+            return
+        guard = getattr(handler, "_ws_user_guard", None)
+        if guard is not None:
+            allow_system_user, only_active_user = guard
+            if only_active_user and not conn.user.is_active:
+                raise CommandError("only_active_user", "Only allowed as active user")
+            if not allow_system_user and conn.user.system_generated:
+                raise CommandError("not_system_user", "Not allowed as system user")
+        if getattr(handler, "_ws_admin", False) and not conn.user.is_admin:
+            raise Unauthorized()
+        result = handler(conn, message)
+        if asyncio.iscoroutine(result):
+            await result
+    except CommandError as err:
+        conn.send_error(msg_id, err.code, err.message)
+    except asyncio.TimeoutError:
+        conn.send_error(msg_id, ERR_TIMEOUT, "Timeout")
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - a reply for every command, never a silent failure
+        _LOGGER.exception("Error handling message %s", message.get("type"))
+        conn.send_error(msg_id, ERR_UNKNOWN_ERROR, "Unknown error")
+
+
+def setup_websocket(app: web.Application, auth: AuthManager) -> CommandRegistry:
+    """Register /api/websocket, the core commands and the plugins' commands."""
+    from . import websocket_commands
+
+    registry = CommandRegistry()
+    websocket_commands.register_core_commands(registry)
+    auth.pm.hook.opp_auth_register_websocket_commands(register=registry)
+    tracker = ConnectionTracker()
+    app[WS_COMMANDS_KEY] = registry
+    app[WS_CONNECTIONS_KEY] = tracker
+    auth.pm.register(tracker, name=f"opp_auth.websocket.{id(tracker)}")
+    app.on_cleanup.append(lambda _app: _unregister(auth, tracker))
+    app.router.add_get("/api/websocket", websocket_handler)
+    return registry
+
+
+async def _unregister(auth: AuthManager, tracker: ConnectionTracker) -> None:
+    """Drop the tracker plugin at shutdown."""
+    if auth.pm.is_registered(tracker):
+        auth.pm.unregister(tracker)

@@ -1,0 +1,346 @@
+"""The core websocket commands: the profile's auth/* and the administrators' config/auth/*."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import voluptuous as vol
+
+from ..flow import FlowError, InvalidInput, UnknownFlow, UnknownHandler
+from ..manager import AuthManagerError
+from ..models import GROUP_ID_ADMIN, TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN, RefreshToken, User
+from ..providers import InvalidAuthError
+from .serialize import serialize_schema
+from .websocket_api import (
+    ActiveConnection,
+    CommandError,
+    CommandRegistry,
+    Unauthorized,
+    require_admin,
+    require_user,
+    websocket_command,
+)
+
+LOCAL_PROVIDER = "openpeerpower"
+
+
+def user_info(user: User) -> dict[str, Any]:
+    """A user as config/auth/list shows it."""
+    username = None
+    for cred in user.credentials:
+        if cred.auth_provider_type == LOCAL_PROVIDER:
+            username = cred.data.get("username")
+            break
+    return {
+        "id": user.id,
+        "username": username,
+        "name": user.name,
+        "is_owner": user.is_owner,
+        "is_active": user.is_active,
+        "system_generated": user.system_generated,
+        "group_ids": user.group_ids,
+        "credentials": [{"type": c.auth_provider_type} for c in user.credentials],
+    }
+
+
+@require_user()
+@websocket_command({vol.Required("type"): "auth/current_user"})
+async def current_user(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """The caller's identity, credentials and MFA modules."""
+    user = conn.user
+    enabled = await conn.auth.async_get_enabled_mfa(user)
+    conn.send_result(
+        msg["id"],
+        {
+            "id": user.id,
+            "name": user.name,
+            "is_owner": user.is_owner,
+            "is_admin": user.is_admin,
+            "credentials": [
+                {"auth_provider_type": c.auth_provider_type, "auth_provider_id": c.auth_provider_id}
+                for c in user.credentials
+            ],
+            "mfa_modules": [
+                {"id": module.id, "name": module.name, "enabled": module.id in enabled}
+                for module in conn.auth.auth_mfa_modules
+            ],
+        },
+    )
+
+
+@require_user()
+@websocket_command(
+    {
+        vol.Required("type"): "auth/long_lived_access_token",
+        vol.Required("lifespan"): vol.All(int, vol.Range(min=1, max=36500)),
+        vol.Required("client_name"): vol.All(str, vol.Length(min=1, max=100)),
+        vol.Optional("client_icon"): vol.Any(str, None),
+    }
+)
+async def long_lived_access_token(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """A long-lived access token; only the access token is ever shown."""
+    auth = conn.auth
+    try:
+        refresh_token = await auth.async_create_refresh_token(
+            conn.user,
+            client_name=msg["client_name"],
+            client_icon=msg.get("client_icon"),
+            token_type=TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN,
+            access_token_expiration=timedelta(days=msg["lifespan"]),
+        )
+    except ValueError as err:
+        raise CommandError("invalid_info", str(err)) from err
+    try:
+        access_token = await auth.async_create_access_token(refresh_token, conn.remote)
+    except InvalidAuthError as err:
+        await auth.async_remove_refresh_token(refresh_token)
+        raise Unauthorized(str(err)) from err
+    conn.send_result(msg["id"], access_token)
+
+
+def _token_info(token: RefreshToken, current_id: str) -> dict[str, Any]:
+    """A refresh token as the profile lists it (never its secret)."""
+    return {
+        "id": token.id,
+        "client_id": token.client_id,
+        "client_name": token.client_name,
+        "client_icon": token.client_icon,
+        "type": token.token_type,
+        "created_at": token.created_at.isoformat(),
+        "is_current": token.id == current_id,
+        "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
+        "last_used_ip": token.last_used_ip,
+    }
+
+
+@require_user()
+@websocket_command({vol.Required("type"): "auth/refresh_tokens"})
+async def refresh_tokens(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """The caller's refresh tokens."""
+    conn.send_result(
+        msg["id"], [_token_info(t, conn.refresh_token_id) for t in conn.user.refresh_tokens.values()]
+    )
+
+
+@require_user()
+@websocket_command({vol.Required("type"): "auth/delete_refresh_token", vol.Required("refresh_token_id"): str})
+async def delete_refresh_token(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Delete one of the caller's refresh tokens (its sessions end)."""
+    token = conn.user.refresh_tokens.get(msg["refresh_token_id"])
+    if token is None:
+        raise CommandError("invalid_token_id", "Received invalid token")
+    await conn.auth.async_remove_refresh_token(token)
+    conn.send_result(msg["id"], {})
+
+
+@require_user()
+@websocket_command(
+    {
+        vol.Required("type"): "auth/delete_all_refresh_tokens",
+        vol.Optional("token_type"): vol.In(["normal", "long_lived_access_token"]),
+        vol.Optional("delete_current_token", default=True): bool,
+    }
+)
+async def delete_all_refresh_tokens(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Delete the caller's refresh tokens (all, or of one type); the current one last."""
+    auth = conn.auth
+    current = None
+    for token in list(conn.user.refresh_tokens.values()):
+        if "token_type" in msg and token.token_type != msg["token_type"]:
+            continue
+        if token.id == conn.refresh_token_id:
+            current = token
+            continue
+        await auth.async_remove_refresh_token(token)
+    if current is not None and msg["delete_current_token"]:
+        await auth.async_remove_refresh_token(current)
+    conn.send_result(msg["id"], {})
+
+
+@require_user()
+@websocket_command(
+    {
+        vol.Required("type"): "auth/sign_path",
+        vol.Required("path"): vol.All(str, vol.Match(r"^/")),
+        vol.Optional("expires", default=30): vol.All(int, vol.Range(min=1, max=86400)),
+    }
+)
+async def sign_path(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """A signed URL path the caller can hand to something without a token."""
+    conn.send_result(
+        msg["id"],
+        {"path": conn.auth.sign_path(msg["path"], timedelta(seconds=msg["expires"]), conn.refresh_token_id)},
+    )
+
+
+def _setup_result_json(result: dict[str, Any]) -> dict[str, Any]:
+    """An MFA setup flow result; create_entry keeps its data (minus secrets the module hid)."""
+    data = dict(result)
+    if data.get("type") == "form":
+        data["data_schema"] = serialize_schema(result.get("data_schema"))
+    data.pop("result", None)
+    return data
+
+
+@require_user(allow_system_user=False)
+@websocket_command(
+    {
+        vol.Required("type"): "auth/setup_mfa",
+        vol.Exclusive("mfa_module_id", "module_or_flow_id"): str,
+        vol.Exclusive("flow_id", "module_or_flow_id"): str,
+        vol.Optional("user_input"): dict,
+    }
+)
+async def setup_mfa(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Start or continue enrolment in an MFA module; the flow belongs to its starter (G15)."""
+    flow_manager = conn.auth.mfa_setup_flow
+    if "flow_id" in msg:
+        try:
+            flow = flow_manager.async_get(msg["flow_id"])
+        except UnknownFlow:
+            raise CommandError("invalid_flow_id", "Invalid flow specified") from None
+        if flow.context.get("user_id") != conn.user.id:
+            raise CommandError("invalid_flow_id", "Invalid flow specified")
+        try:
+            result = await flow_manager.async_configure(msg["flow_id"], msg.get("user_input"))
+        except InvalidInput as err:
+            raise CommandError("invalid_format", f"User input malformed: {err}") from err
+        except FlowError as err:
+            raise CommandError("invalid_flow_id", "Invalid flow specified") from err
+        conn.send_result(msg["id"], _setup_result_json(result))
+        return
+    module_id = msg.get("mfa_module_id")
+    if module_id is None:
+        raise CommandError("invalid_format", "mfa_module_id or flow_id is required")
+    try:
+        result = await flow_manager.async_init(module_id, context={"user_id": conn.user.id})
+    except UnknownHandler:
+        raise CommandError("no_module", f"MFA module {module_id} is not found") from None
+    conn.send_result(msg["id"], _setup_result_json(result))
+
+
+@require_user(allow_system_user=False)
+@websocket_command({vol.Required("type"): "auth/depose_mfa", vol.Required("mfa_module_id"): str})
+async def depose_mfa(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Leave an MFA module."""
+    module_id = msg["mfa_module_id"]
+    try:
+        await conn.auth.async_disable_user_mfa(conn.user, module_id)
+    except Exception as err:  # noqa: BLE001 - the module's reason is the answer
+        raise CommandError("disable_failed", f"Cannot disable MFA Module {module_id}: {err}") from err
+    conn.send_result(msg["id"], "done")
+
+
+@websocket_command({vol.Required("type"): "frontend/get_user_data", vol.Optional("key"): str})
+async def get_user_data(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """The caller's stored preferences (language, theme, ...)."""
+    conn.send_result(msg["id"], {"value": conn.auth.user_settings.get(conn.user.id, msg.get("key"))})
+
+
+@websocket_command(
+    {vol.Required("type"): "frontend/set_user_data", vol.Required("key"): vol.All(str, vol.Length(min=1, max=64)), vol.Required("value"): object}
+)
+async def set_user_data(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Store one of the caller's preferences."""
+    try:
+        await conn.auth.user_settings.async_update(conn.user.id, {msg["key"]: msg["value"]})
+    except ValueError as err:
+        raise CommandError("invalid_format", str(err)) from err
+    conn.send_result(msg["id"])
+
+
+# ---- user administration (config/auth/*) --------------------------------------------------
+
+
+@require_admin
+@websocket_command({vol.Required("type"): "config/auth/list"})
+async def config_auth_list(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Every user."""
+    conn.send_result(msg["id"], [user_info(u) for u in await conn.auth.async_get_users()])
+
+
+@require_admin
+@websocket_command(
+    {
+        vol.Required("type"): "config/auth/create",
+        vol.Required("name"): vol.All(str, vol.Length(min=1, max=100)),
+        vol.Optional("group_ids"): [str],
+        vol.Optional("local_only"): bool,
+    }
+)
+async def config_auth_create(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Create a user (never an owner: G9)."""
+    try:
+        user = await conn.auth.async_create_user(msg["name"], msg.get("group_ids"))
+    except AuthManagerError as err:
+        raise CommandError("invalid_group", str(err)) from err
+    conn.send_result(msg["id"], {"user": user_info(user)})
+
+
+@require_admin
+@websocket_command(
+    {
+        vol.Required("type"): "config/auth/update",
+        vol.Required("user_id"): str,
+        vol.Optional("name"): vol.All(str, vol.Length(min=1, max=100)),
+        vol.Optional("is_active"): bool,
+        vol.Optional("group_ids"): [str],
+        vol.Optional("local_only"): bool,
+    }
+)
+async def config_auth_update(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Rename, (de)activate or regroup a user; the owner cannot be demoted (G9)."""
+    auth = conn.auth
+    user = await auth.async_get_user(msg["user_id"])
+    if user is None:
+        raise CommandError("not_found", "User not found")
+    if user.system_generated:
+        raise CommandError("cannot_modify_system_generated", "Unable to update system generated users.")
+    if user.is_owner and msg.get("is_active") is False:
+        raise CommandError("cannot_deactivate_owner", "Unable to deactivate owner.")
+    if user.is_owner and "group_ids" in msg and GROUP_ID_ADMIN not in msg["group_ids"]:
+        raise CommandError("cannot_modify_owner", "Unable to remove the owner from the administrators.")
+    if user.id == conn.user.id and msg.get("is_active") is False:
+        raise CommandError("cannot_deactivate_self", "Unable to deactivate your own account.")
+    try:
+        await auth.async_update_user(user, name=msg.get("name"), is_active=msg.get("is_active"), group_ids=msg.get("group_ids"))
+    except AuthManagerError as err:
+        raise CommandError("invalid_group", str(err)) from err
+    conn.send_result(msg["id"], {"user": user_info(user)})
+
+
+@require_admin
+@websocket_command({vol.Required("type"): "config/auth/delete", vol.Required("user_id"): str})
+async def config_auth_delete(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Delete a user (not yourself, not the owner: G9)."""
+    if msg["user_id"] == conn.user.id:
+        raise CommandError("no_delete_self", "Unable to delete your own account")
+    user = await conn.auth.async_get_user(msg["user_id"])
+    if user is None:
+        raise CommandError("not_found", "User not found")
+    if user.is_owner:
+        raise CommandError("cannot_delete_owner", "Unable to delete the owner")
+    await conn.auth.async_remove_user(user)
+    conn.send_result(msg["id"])
+
+
+def register_core_commands(registry: CommandRegistry) -> None:
+    """Register the core commands."""
+    for handler in (
+        current_user,
+        long_lived_access_token,
+        refresh_tokens,
+        delete_refresh_token,
+        delete_all_refresh_tokens,
+        sign_path,
+        setup_mfa,
+        depose_mfa,
+        get_user_data,
+        set_user_data,
+        config_auth_list,
+        config_auth_create,
+        config_auth_update,
+        config_auth_delete,
+    ):
+        registry.register(handler)

@@ -1,0 +1,154 @@
+"""Websocket commands of the local provider: config/auth_provider/openpeerpower/*."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import voluptuous as vol
+
+from opp_auth import (
+    ActiveConnection,
+    CommandError,
+    Credentials,
+    InvalidAuthError,
+    Unauthorized,
+    User,
+    require_admin,
+    websocket_command,
+)
+
+if TYPE_CHECKING:
+    from . import LocalAuthProvider
+
+TYPE = "openpeerpower"
+
+
+def _provider(conn: ActiveConnection) -> LocalAuthProvider:
+    """The configured local provider, or an error reply."""
+    provider = conn.auth.get_auth_provider(TYPE, None)
+    if provider is None:
+        raise CommandError("not_configured", "The openpeerpower auth provider is not configured")
+    return provider  # type: ignore[return-value]
+
+
+def _local_credentials(user: User) -> Credentials | None:
+    """The user's local login credentials."""
+    return next((c for c in user.credentials if c.auth_provider_type == TYPE), None)
+
+
+async def _revoke_tokens(conn: ActiveConnection, user: User, keep: str | None) -> None:
+    """After a password change, every other session must log in again (G10)."""
+    for token in list(user.refresh_tokens.values()):
+        if token.id != keep:
+            await conn.auth.async_remove_refresh_token(token)
+
+
+@require_admin
+@websocket_command(
+    {
+        vol.Required("type"): "config/auth_provider/openpeerpower/create",
+        vol.Required("user_id"): str,
+        vol.Required("username"): vol.All(str, vol.Length(min=1, max=100)),
+        vol.Required("password"): str,
+    }
+)
+async def create(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Give a user a username and password."""
+    provider = _provider(conn)
+    user = await conn.auth.async_get_user(msg["user_id"])
+    if user is None:
+        raise CommandError("not_found", "User not found")
+    if user.system_generated:
+        raise CommandError("system_generated", "Cannot add credentials to a system generated user.")
+    if _local_credentials(user) is not None:
+        raise CommandError("credentials_exist", "User already has a username")
+    if provider.data.get(msg["username"]) is not None:
+        raise CommandError("username_exists", "Username already exists")
+    try:
+        await provider.async_add_auth(msg["username"], msg["password"])
+    except ValueError as err:
+        raise CommandError("invalid_password", str(err)) from err
+    except Exception as err:  # noqa: BLE001 - the provider's own refusal (e.g. a race on the name)
+        raise CommandError("username_exists", str(err)) from err
+    credentials = await provider.async_get_or_create_credentials({"username": msg["username"]})
+    await conn.auth.async_link_user(user, credentials)
+    conn.send_result(msg["id"])
+
+
+@require_admin
+@websocket_command({vol.Required("type"): "config/auth_provider/openpeerpower/delete", vol.Required("username"): str})
+async def delete(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Remove a username (and its credentials); never the owner's (G9)."""
+    provider = _provider(conn)
+    credentials = provider.async_find_credentials({"username": msg["username"]})
+    if credentials is not None:
+        owner = conn.auth.store.user_for_credentials(credentials)
+        if owner is not None and owner.is_owner:
+            raise CommandError("cannot_delete_owner", "Unable to remove the owner's username")
+        await conn.auth.async_remove_credentials(credentials)
+        conn.send_result(msg["id"])
+        return
+    if provider.data.get(msg["username"]) is None:
+        raise CommandError("auth_not_found", "Given username was not found.")
+    await provider.async_remove_auth(msg["username"])
+    conn.send_result(msg["id"])
+
+
+@websocket_command(
+    {
+        vol.Required("type"): "config/auth_provider/openpeerpower/change_password",
+        vol.Required("current_password"): str,
+        vol.Required("new_password"): str,
+    }
+)
+async def change_password(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Change your own password; other sessions are signed out (G10)."""
+    provider = _provider(conn)
+    credentials = _local_credentials(conn.user)
+    if credentials is None:
+        raise CommandError("credentials_not_found", "Credentials not found")
+    username = credentials.data["username"]
+    try:
+        await provider.async_validate_login(username, msg["current_password"])
+    except InvalidAuthError:
+        conn.auth.note_login_failure(conn.remote, provider.key, username, "invalid_current_password")
+        raise CommandError("invalid_current_password", "Invalid current password") from None
+    try:
+        await provider.async_change_password(username, msg["new_password"])
+    except ValueError as err:
+        raise CommandError("invalid_password", str(err)) from err
+    await _revoke_tokens(conn, conn.user, keep=conn.refresh_token_id)
+    conn.send_result(msg["id"])
+
+
+@require_admin
+@websocket_command(
+    {
+        vol.Required("type"): "config/auth_provider/openpeerpower/admin_change_password",
+        vol.Required("user_id"): str,
+        vol.Required("password"): str,
+    }
+)
+async def admin_change_password(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """The owner sets another user's password; that user's sessions end (G10)."""
+    if not conn.user.is_owner:
+        raise Unauthorized()
+    provider = _provider(conn)
+    user = await conn.auth.async_get_user(msg["user_id"])
+    if user is None:
+        raise CommandError("user_not_found", "User not found")
+    credentials = _local_credentials(user)
+    if credentials is None:
+        raise CommandError("credentials_not_found", "Credentials not found")
+    try:
+        await provider.async_change_password(credentials.data["username"], msg["password"])
+    except ValueError as err:
+        raise CommandError("invalid_password", str(err)) from err
+    await _revoke_tokens(conn, user, keep=conn.refresh_token_id if user.id == conn.user.id else None)
+    conn.send_result(msg["id"])
+
+
+def register_commands(register: Any) -> None:
+    """Register every command of this module."""
+    for handler in (create, delete, change_password, admin_change_password):
+        register(handler)
