@@ -18,6 +18,7 @@ Fixtures:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+import json
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ class LoginFlowDriver:
         """POST /auth/token with form fields: (status, JSON body or None)."""
         async with self.session.post(f"{self.base}/auth/token", data=form) as resp:
             text = await resp.text()
-            return resp.status, (aiohttp.helpers.json.loads(text) if text else None)  # type: ignore[attr-defined]
+            return resp.status, (json.loads(text) if text else None)
 
     async def code(self, handler: Any, steps: list[dict[str, Any]], *, client_id: str = CLIENT_ID) -> str:
         """Run a flow through the given step inputs; return the authorization code."""
@@ -169,3 +170,218 @@ async def opp_auth_client() -> AsyncIterator[Callable[..., Awaitable[OppAuthClie
     for server, session in servers:
         await session.close()
         await server.close()
+
+
+# ---- contract suites ----------------------------------------------------------------------
+
+HOSTILE_STRINGS = [
+    "",
+    " ",
+    "\t\n",
+    "a" * 10000,
+    "ü名前🙂",
+    "\x00",
+    "*)(uid=*",
+    "' OR '1'='1",
+    "../../etc/passwd",
+    "$(touch /tmp/pwned)",
+]
+
+LOGIN_CONTEXT = {"ip_address": "127.0.0.1", "credential_only": False, "client_id": CLIENT_ID, "redirect_uri": REDIRECT_URI}
+
+
+async def run_login_flow(auth: AuthManager, handler: tuple[str, str | None], steps: list[dict[str, Any]], context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Start a login flow and feed it the step inputs; returns the last result."""
+    result = await auth.login_flow.async_init(handler, context=dict(context or LOGIN_CONTEXT))
+    for data in steps:
+        if result["type"] != "form":
+            break
+        result = await auth.login_flow.async_configure(result["flow_id"], dict(data))
+    return result
+
+
+def _string_fields(schema: Any) -> list[str]:
+    """Names of the string fields of a form schema."""
+    names = []
+    for key, validator in (getattr(schema, "schema", None) or {}).items():
+        if validator is str:
+            names.append(str(key))
+    return names
+
+
+class ProviderContract:
+    """The behaviour every auth provider must show. Subclass it in a test module and define fixtures:
+
+    ``provider_config``: the provider's configuration entry (dict with ``type``).
+    ``login_steps``: step inputs (list of dicts) that log a known user in.
+    ``wrong_password_steps``: the same with a wrong password.
+    ``break_provider``: a function ``(provider, monkeypatch) -> None`` that makes
+    the provider's credential check raise an exception.
+    Optionally ``contract_context`` (the login flow context, e.g. another ip_address).
+    """
+
+    @pytest.fixture
+    def contract_context(self) -> dict[str, Any]:
+        """Login flow context (override for providers that look at the address)."""
+        return dict(LOGIN_CONTEXT)
+
+    @pytest.fixture
+    async def contract_auth(self, opp_auth_factory: Any, provider_config: dict[str, Any]) -> AuthManager:
+        """A manager with only this provider."""
+        return await opp_auth_factory(providers=[provider_config], mfa_modules=[])
+
+    @staticmethod
+    def _provider(auth: AuthManager) -> Any:
+        """The provider under test."""
+        return auth.auth_providers[0]
+
+    def test_schema_rejects_unknown_keys(self, contract_auth: AuthManager, provider_config: dict[str, Any]) -> None:
+        """An unknown configuration key is an error, not silently ignored."""
+        import voluptuous as vol
+
+        cls = type(self._provider(contract_auth))
+        with pytest.raises(vol.Invalid):
+            cls.CONFIG_SCHEMA({**provider_config, "no_such_option_xyz": 1})
+
+    async def test_good_login_creates_credentials(
+        self, contract_auth: AuthManager, login_steps: list[dict[str, Any]], contract_context: dict[str, Any]
+    ) -> None:
+        """A right login ends in credentials of this provider."""
+        from .models import Credentials
+
+        provider = self._provider(contract_auth)
+        result = await run_login_flow(contract_auth, provider.key, login_steps, contract_context)
+        assert result["type"] == "create_entry", result
+        credentials = result["result"]
+        assert isinstance(credentials, Credentials)
+        assert credentials.provider_key == provider.key
+        user = await contract_auth.async_get_or_create_user(credentials)
+        assert user.is_active
+
+    async def test_wrong_password_is_invalid_auth(
+        self, contract_auth: AuthManager, wrong_password_steps: list[dict[str, Any]], contract_context: dict[str, Any]
+    ) -> None:
+        """A wrong password gives invalid_auth and names no field."""
+        provider = self._provider(contract_auth)
+        result = await run_login_flow(contract_auth, provider.key, wrong_password_steps, contract_context)
+        assert result["type"] == "form", result
+        assert result["errors"] == {"base": "invalid_auth"}
+
+    @pytest.mark.parametrize("value", HOSTILE_STRINGS, ids=lambda v: repr(v)[:20])
+    async def test_hostile_input_never_raises_or_grants(
+        self, contract_auth: AuthManager, value: str, contract_context: dict[str, Any]
+    ) -> None:
+        """Empty, blank, huge, non-ASCII and injection-like input is refused without an exception."""
+        provider = self._provider(contract_auth)
+        result = await contract_auth.login_flow.async_init(provider.key, context=dict(contract_context))
+        if result["type"] != "form":
+            assert result["type"] == "abort", result
+            return
+        fields = _string_fields(result["data_schema"])
+        assert fields, "the first form has no string fields to fill"
+        result = await contract_auth.login_flow.async_configure(result["flow_id"], {name: value for name in fields})
+        assert result["type"] in ("form", "abort"), result
+
+    async def test_exception_inside_provider_denies_login(
+        self,
+        contract_auth: AuthManager,
+        login_steps: list[dict[str, Any]],
+        break_provider: Callable[..., None],
+        monkeypatch: pytest.MonkeyPatch,
+        contract_context: dict[str, Any],
+    ) -> None:
+        """Fail closed: a provider that raises never lets anyone in."""
+        break_provider(self._provider(contract_auth), monkeypatch)
+        result = await run_login_flow(contract_auth, self._provider(contract_auth).key, login_steps, contract_context)
+        assert result["type"] != "create_entry", result
+
+
+class MfaContract:
+    """The behaviour every MFA module must show. Subclass it and define fixtures:
+
+    ``module_config``: the module's configuration entry.
+    ``enrol``: an async function ``(auth, module, user_id) -> None`` that enrols the user.
+    ``valid_code``: an async function ``(module, user_id) -> dict`` returning login
+    input that is right now.
+    ``break_module``: a function ``(module, monkeypatch) -> None`` making validation raise.
+    """
+
+    @pytest.fixture
+    async def contract_auth(self, opp_auth_factory: Any, module_config: dict[str, Any]) -> AuthManager:
+        """A manager with the example provider and only this module."""
+        return await opp_auth_factory(
+            providers=[{"type": "insecure_example", "users": [{"username": "mfa-user", "password": "mfa-pass"}]}],
+            mfa_modules=[module_config],
+        )
+
+    @staticmethod
+    def _module(auth: AuthManager) -> Any:
+        """The module under test."""
+        return auth.auth_mfa_modules[0]
+
+    async def _user(self, auth: AuthManager) -> Any:
+        """A user with credentials of the example provider (so logins ask for MFA)."""
+        result = await run_login_flow(auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}])
+        assert result["type"] == "create_entry", result
+        return await auth.async_get_or_create_user(result["result"])
+
+    def test_schema_rejects_unknown_keys(self, contract_auth: AuthManager, module_config: dict[str, Any]) -> None:
+        """An unknown configuration key is an error."""
+        import voluptuous as vol
+
+        with pytest.raises(vol.Invalid):
+            type(self._module(contract_auth)).CONFIG_SCHEMA({**module_config, "no_such_option_xyz": 1})
+
+    async def test_user_not_set_up_is_not_valid(self, contract_auth: AuthManager) -> None:
+        """Validating for a user who never enrolled is False, not an exception."""
+        module = self._module(contract_auth)
+        assert not await module.async_is_user_setup("nobody")
+        fields = _string_fields(module.input_schema)
+        assert await module.async_validate("nobody", {name: "123456" for name in fields}) is False
+
+    async def test_login_with_right_code(self, contract_auth: AuthManager, enrol: Any, valid_code: Any) -> None:
+        """An enrolled user is asked for the code and gets in with the right one."""
+        user = await self._user(contract_auth)
+        module = self._module(contract_auth)
+        await enrol(contract_auth, module, user.id)
+        assert await module.async_is_user_setup(user.id)
+        result = await run_login_flow(contract_auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}])
+        assert result["type"] == "form" and result["step_id"] == "mfa", result
+        result = await contract_auth.login_flow.async_configure(result["flow_id"], await valid_code(module, user.id))
+        assert result["type"] == "create_entry", result
+
+    @pytest.mark.parametrize("value", HOSTILE_STRINGS, ids=lambda v: repr(v)[:20])
+    async def test_wrong_or_hostile_code_is_invalid(self, contract_auth: AuthManager, enrol: Any, value: str) -> None:
+        """Wrong, empty and hostile codes give invalid_code (or end the flow), never an exception."""
+        user = await self._user(contract_auth)
+        module = self._module(contract_auth)
+        await enrol(contract_auth, module, user.id)
+        result = await run_login_flow(contract_auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}])
+        assert result["step_id"] == "mfa", result
+        fields = _string_fields(module.input_schema)
+        result = await contract_auth.login_flow.async_configure(result["flow_id"], {name: value for name in fields})
+        assert result["type"] in ("form", "abort"), result
+        if result["type"] == "form":
+            assert result["errors"] == {"base": "invalid_code"}
+
+    async def test_exception_inside_module_denies_login(
+        self, contract_auth: AuthManager, enrol: Any, valid_code: Any, break_module: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Fail closed: a module that raises never lets anyone in."""
+        user = await self._user(contract_auth)
+        module = self._module(contract_auth)
+        await enrol(contract_auth, module, user.id)
+        code = await valid_code(module, user.id)
+        break_module(module, monkeypatch)
+        result = await run_login_flow(contract_auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}, code])
+        assert result["type"] != "create_entry", result
+
+    async def test_depose_removes_enrolment(self, contract_auth: AuthManager, enrol: Any) -> None:
+        """After depose the user is no longer asked for this module."""
+        user = await self._user(contract_auth)
+        module = self._module(contract_auth)
+        await enrol(contract_auth, module, user.id)
+        await module.async_depose_user(user.id)
+        assert not await module.async_is_user_setup(user.id)
+        result = await run_login_flow(contract_auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}])
+        assert result["type"] == "create_entry", result
