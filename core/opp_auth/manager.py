@@ -33,6 +33,7 @@ from .providers import AuthProvider, InvalidAuthError, credential_lookup_key
 from .storage import Store
 from .store import AuthStore
 from .user_settings import UserSettings
+from .network import is_local_address
 from .tokens import EXP_LEEWAY, TokenCache, decode_jwt, encode_jwt, unverified_claims
 
 _LOGGER = logging.getLogger(__name__)
@@ -264,7 +265,9 @@ class AuthManager:
             raise AuthManagerError("Credential with unknown provider encountered")
         meta = await provider.async_user_meta_for_credentials(credentials)
         group_id = meta.group or GROUP_ID_USER
-        user = User(name=meta.name, is_active=meta.is_active, groups=self._groups_for([group_id]))
+        user = User(
+            name=meta.name, is_active=meta.is_active, local_only=meta.local_only, groups=self._groups_for([group_id])
+        )
         self.store.add_user(user)
         self.store.link_credentials(user, credentials)
         await self.store.async_save()
@@ -428,6 +431,8 @@ class AuthManager:
         """Ask the issuing provider whether the token may still be used (raises InvalidAuthError)."""
         if not refresh_token.user.is_active:
             raise InvalidAuthError("User is not active")
+        if refresh_token.user.local_only and not is_local_address(remote_ip):
+            raise InvalidAuthError("User may only log in from the local network")
         cred = refresh_token.credential
         if cred is None:
             return

@@ -78,6 +78,7 @@ class User:
     is_owner: bool = False
     is_active: bool = False
     system_generated: bool = False
+    local_only: bool = False
     groups: list[Group] = field(default_factory=list)
     credentials: list[Credentials] = field(default_factory=list)
     refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)

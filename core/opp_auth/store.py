@@ -116,6 +116,7 @@ class AuthStore:
                 is_owner=bool(udata.get("is_owner", False)),
                 is_active=bool(udata.get("is_active", False)),
                 system_generated=bool(udata.get("system_generated", False)),
+                local_only=bool(udata.get("local_only", False)),
             )
             member_of: list[Group] = []
             for gid in udata.get("group_ids", []):
@@ -365,6 +366,7 @@ def _user_record(user: User) -> dict[str, Any]:
         "is_active": user.is_active,
         "name": user.name,
         "system_generated": user.system_generated,
+        "local_only": user.local_only,
     }
 
 

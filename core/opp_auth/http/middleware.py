@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from aiohttp import hdrs, web
 
+from ..network import is_local_address
 from .forwarded import ForwardedError, resolve_forwarded
 from .view import (
     KEY_AUTHENTICATED,
@@ -91,6 +92,8 @@ def build_middleware(
             scheme, _, token = authorization.partition(" ")
             if scheme == "Bearer":
                 refresh_token = validate_token(token)
+                if refresh_token is not None and refresh_token.user.local_only and not is_local_address(remote):
+                    refresh_token = None
                 if refresh_token is not None:
                     request[KEY_USER] = refresh_token.user
                     request[KEY_REFRESH_TOKEN_ID] = refresh_token.id
