@@ -34,7 +34,7 @@ from .storage import Store
 from .store import AuthStore
 from .user_settings import UserSettings
 from .network import is_local_address
-from .tokens import EXP_LEEWAY, TokenCache, decode_jwt, encode_jwt, unverified_claims
+from .tokens import EXP_LEEWAY, TokenCache, check_claims, decode_jwt, encode_jwt, unverified_claims, verify_signature
 
 _LOGGER = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -478,10 +478,11 @@ class AuthManager:
             refresh_token = self.store.get_refresh_token(issuer) if isinstance(issuer, str) else None
             if refresh_token is None:
                 return None
-            verified = decode_jwt(token, refresh_token.jwt_key, issuer=refresh_token.id, leeway=EXP_LEEWAY)
-            if verified is None:
+            if not verify_signature(token, refresh_token.jwt_key) or not check_claims(
+                claims, issuer=refresh_token.id, leeway=EXP_LEEWAY
+            ):
                 return None
-            self._token_cache.put(token, refresh_token.id, verified["exp"] + EXP_LEEWAY)
+            self._token_cache.put(token, refresh_token.id, claims["exp"] + EXP_LEEWAY)
         if refresh_token is None or not refresh_token.user.is_active:
             return None
         return refresh_token

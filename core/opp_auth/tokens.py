@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import time
@@ -29,31 +28,40 @@ def _b64encode(raw: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    """Decode unpadded base64url (raises ValueError)."""
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Decode unpadded base64url (raises ValueError); a2b_base64 ignores surplus padding."""
+    return binascii.a2b_base64(text.replace("-", "+").replace("_", "/") + "==")
+
+
+def _sign(key: str, signing_input: str) -> bytes:
+    """HMAC-SHA256 in one C call."""
+    return hmac.digest(key.encode(), signing_input.encode(), "sha256")
 
 
 def encode_jwt(claims: dict[str, Any], key: str) -> str:
     """Sign claims with HS256."""
     payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode())
     signing_input = f"{_HEADER}.{payload}"
-    sig = hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64encode(sig)}"
+    return f"{signing_input}.{_b64encode(_sign(key, signing_input))}"
 
 
 def unverified_claims(token: str) -> dict[str, Any] | None:
     """The claims of a well-formed HS256 JWT, unverified; None when malformed."""
-    if not isinstance(token, str) or token.count(".") != 2 or len(token) > 8192:
+    if not isinstance(token, str) or len(token) > 8192:
         return None
-    header, payload, _sig = token.split(".")
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    header, payload, _sig = parts
     try:
-        head = json.loads(_b64decode(header))
+        if header != _HEADER:
+            # Tokens from other JWT libraries may order or space the header differently.
+            head = json.loads(_b64decode(header))
+            if not isinstance(head, dict) or head.get("alg") != "HS256":
+                return None
         claims = json.loads(_b64decode(payload))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         return None
-    if not isinstance(head, dict) or head.get("alg") != "HS256" or not isinstance(claims, dict):
-        return None
-    return claims
+    return claims if isinstance(claims, dict) else None
 
 
 def verify_signature(token: str, key: str) -> bool:
@@ -63,19 +71,21 @@ def verify_signature(token: str, key: str) -> bool:
         given = _b64decode(sig)
     except (ValueError, binascii.Error):
         return False
-    expected = hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest()
-    return hmac.compare_digest(expected, given)
+    return hmac.compare_digest(_sign(key, signing_input), given)
+
+
+def check_claims(claims: dict[str, Any], *, issuer: str | None = None, leeway: int = 0) -> bool:
+    """Whether the issuer matches and the token has not expired."""
+    if issuer is not None and claims.get("iss") != issuer:
+        return False
+    exp = claims.get("exp")
+    return isinstance(exp, (int, float)) and not isinstance(exp, bool) and exp + leeway >= time.time()
 
 
 def decode_jwt(token: str, key: str, *, issuer: str | None = None, leeway: int = 0) -> dict[str, Any] | None:
     """Claims of a token whose signature, issuer and expiry check out; else None."""
     claims = unverified_claims(token)
-    if claims is None or not verify_signature(token, key):
-        return None
-    if issuer is not None and claims.get("iss") != issuer:
-        return None
-    exp = claims.get("exp")
-    if not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp + leeway < time.time():
+    if claims is None or not verify_signature(token, key) or not check_claims(claims, issuer=issuer, leeway=leeway):
         return None
     return claims
 
