@@ -50,6 +50,7 @@ from .models import (  # noqa: E402
 from .plugins import hookimpl  # noqa: E402
 from .providers import PROVIDER_CONFIG_SCHEMA, AuthProvider, InvalidAuthError, ProviderUnavailableError  # noqa: E402
 from .storage import Store, StorageError  # noqa: E402
+from .http.view import client_ip, request_user  # noqa: E402
 from .http.websocket_api import (  # noqa: E402
     ActiveConnection,
     CommandError,
@@ -89,9 +90,11 @@ __all__ = [
     "User",
     "UserMeta",
     "__version__",
+    "client_ip",
     "hookimpl",
     "hookspec",
     "require_admin",
+    "request_user",
     "require_user",
     "websocket_command",
 ]

@@ -56,8 +56,8 @@ def opp_auth_register_mfa_modules(register: Any) -> None:
 def opp_auth_authenticate_request(request: web.Request, auth: AuthManager) -> Any:
     """Authenticate an HTTP request that carried no valid bearer token or signed path.
 
-    :param request: the aiohttp request (``request["opp_client_ip"]`` is the
-        client address after reverse-proxy handling).
+    :param request: the aiohttp request (``opp_auth.client_ip(request)`` is
+        the client address after reverse-proxy handling).
     :param auth: the auth manager.
     :return: ``None`` when the request is not this plugin's to judge (the next
         implementation is asked), else an awaitable or value that resolves to a

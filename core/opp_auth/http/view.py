@@ -20,10 +20,10 @@ AUTH_KEY: web.AppKey[AuthManager] = web.AppKey("opp_auth")
 CONFIG_KEY: web.AppKey[Any] = web.AppKey("opp_auth_config")
 CLIENT_SESSION_KEY: web.AppKey[Any] = web.AppKey("opp_auth_client_session")
 
-KEY_AUTHENTICATED = "opp_authenticated"
-KEY_USER = "opp_user"
-KEY_REFRESH_TOKEN_ID = "opp_refresh_token_id"
-KEY_CLIENT_IP = "opp_client_ip"
+KEY_AUTHENTICATED: web.RequestKey[bool] = web.RequestKey("opp_authenticated", bool)
+KEY_USER: web.RequestKey[Any] = web.RequestKey("opp_user", object)
+KEY_REFRESH_TOKEN_ID: web.RequestKey[str] = web.RequestKey("opp_refresh_token_id", str)
+KEY_CLIENT_IP: web.RequestKey[Any] = web.RequestKey("opp_client_ip", object)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -52,8 +52,13 @@ def auth_of(request: web.Request) -> AuthManager:
 
 
 def client_ip(request: web.Request) -> str | None:
-    """The client address after reverse-proxy handling."""
+    """The client address after reverse-proxy handling (use this, never a raw header)."""
     return request.get(KEY_CLIENT_IP, request.remote)
+
+
+def request_user(request: web.Request) -> Any:
+    """The authenticated user of a request, or None."""
+    return request.get(KEY_USER) if request.get(KEY_AUTHENTICATED) else None
 
 
 def require_auth(handler: Handler) -> Handler:
