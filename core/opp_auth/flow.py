@@ -152,7 +152,16 @@ class FlowManager:
         if len(self._flows) >= self.max_flows:
             raise TooManyFlows(f"{len(self._flows)} flows in progress")
         context = dict(context or {})
-        flow = await self.async_create_flow(handler_key, context=context, data=data)
+        try:
+            flow = await self.async_create_flow(handler_key, context=context, data=data)
+        except FlowError:
+            raise
+        except Exception:  # noqa: BLE001 - fail closed: a plugin that cannot start a flow denies, never a 500
+            _LOGGER.exception("Error creating a flow for %s", handler_key)
+            aborted = FlowHandler()
+            aborted.flow_id = uuid.uuid4().hex
+            aborted.handler = handler_key
+            return aborted.async_abort(reason="unknown_error")
         flow.flow_id = uuid.uuid4().hex
         flow.handler = handler_key
         flow.context = context

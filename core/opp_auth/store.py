@@ -359,15 +359,18 @@ def _intern(value: Any) -> Any:
 
 def _user_record(user: User) -> dict[str, Any]:
     """A user as stored."""
-    return {
+    record = {
         "id": user.id,
         "group_ids": [g.id for g in user.groups],
         "is_owner": user.is_owner,
         "is_active": user.is_active,
         "name": user.name,
         "system_generated": user.system_generated,
-        "local_only": user.local_only,
     }
+    # Written only when set, so Open Peer Power's files (SPEC 1.6) round-trip unchanged.
+    if user.local_only:
+        record["local_only"] = True
+    return record
 
 
 def _group_record(group: Group) -> dict[str, Any]:
