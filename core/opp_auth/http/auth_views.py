@@ -220,6 +220,8 @@ async def token_view(request: web.Request) -> web.Response:
     """POST /auth/token: grant, refresh or revoke."""
     try:
         data = await request.post()
+    except web.HTTPException:
+        raise  # 413 for a body over the size limit
     except Exception:  # noqa: BLE001 - any undecodable body is a bad request
         data = {}  # type: ignore[assignment]
     if data.get("action") == "revoke":
