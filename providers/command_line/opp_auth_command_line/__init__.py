@@ -1,0 +1,261 @@
+"""The command line provider (type ``command_line``): an external program decides logins.
+
+The program is executed directly (no shell) with the username and password in
+its environment; exit code 0 lets the user in. With ``meta: true`` its
+standard output may name the user, choose the group of a user created on the
+first login and make that user local-only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+import logging
+import os
+import signal
+from typing import Any
+
+import voluptuous as vol
+
+from opp_auth import (
+    GROUP_ID_ADMIN,
+    GROUP_ID_READ_ONLY,
+    GROUP_ID_USER,
+    PROVIDER_CONFIG_SCHEMA,
+    AuthProvider,
+    Credentials,
+    InvalidAuthError,
+    LoginFlow,
+    UserMeta,
+    hookimpl,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+GROUPS = (GROUP_ID_ADMIN, GROUP_ID_USER, GROUP_ID_READ_ONLY)
+# Enough for `#!/usr/bin/env python3` helpers; nothing else of the server's environment leaks.
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+MAX_STDOUT = 64 * 1024
+MAX_STDERR = 4 * 1024
+READ_CHUNK = 64 * 1024
+KILL_GRACE = 1.0
+# Meta of new credentials waits here between the login step and user creation.
+MAX_PENDING_META = 256
+
+CONF_COMMAND = "command"
+CONF_ARGS = "args"
+CONF_META = "meta"
+CONF_TIMEOUT = "timeout"
+CONF_DEFAULT_GROUP = "default_group"
+
+
+def _absolute_path(value: Any) -> str:
+    """A normalised absolute path."""
+    path = os.path.normpath(str(value))
+    if not os.path.isabs(path):
+        raise vol.Invalid("must be an absolute path")
+    return path
+
+
+CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
+    {
+        vol.Required(CONF_COMMAND): vol.All(str, _absolute_path),
+        vol.Optional(CONF_ARGS, default=None): vol.All(vol.Any(None, [str]), lambda v: list(v or [])),
+        vol.Optional(CONF_META, default=False): bool,
+        vol.Optional(CONF_TIMEOUT, default=10): vol.All(
+            vol.Coerce(float), vol.Range(min=0, min_included=False, max=3600)
+        ),
+        vol.Optional(CONF_DEFAULT_GROUP, default=GROUP_ID_USER): vol.In(GROUPS),
+    },
+    extra=vol.PREVENT_EXTRA,
+)
+
+
+def normalize_username(username: str) -> str:
+    """How usernames compare: stripped and case-folded, like the local provider (G25)."""
+    return username.strip().casefold()
+
+
+def parse_meta(output: bytes) -> dict[str, Any]:
+    """The accepted ``key = value`` lines of the program's output (never raises)."""
+    meta: dict[str, Any] = {}
+    for raw in output.splitlines():
+        line = raw.decode("utf-8", errors="replace").lstrip()
+        if line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip()
+        value = value.strip()
+        if key == "name":
+            meta["name"] = value
+        elif key == "group":
+            if value in GROUPS:
+                meta["group"] = value
+            else:
+                _LOGGER.warning("Ignoring unknown group %r in the command's output", value)
+        elif key == "local_only":
+            if value.lower() in ("true", "false"):
+                meta["local_only"] = value.lower() == "true"
+            else:
+                _LOGGER.warning("Ignoring local_only = %r in the command's output (expected true or false)", value)
+    return meta
+
+
+async def _read_bounded(stream: asyncio.StreamReader | None, limit: int) -> bytes:
+    """Read a stream to its end, keeping at most limit bytes (the rest is drained so the program can't block)."""
+    if stream is None:
+        return b""
+    kept = bytearray()
+    while chunk := await stream.read(READ_CHUNK):
+        room = limit - len(kept)
+        if room > 0:
+            kept += chunk[:room]
+    return bytes(kept)
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    """Kill the program and whatever it started (it leads its own session)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            process.kill()
+        except ProcessLookupError:
+            pass
+
+
+async def _reap(process: asyncio.subprocess.Process) -> None:
+    """Wait for a killed program, without waiting on pipes a descendant outside its group keeps open."""
+    try:
+        async with asyncio.timeout(KILL_GRACE):
+            await process.wait()
+    except TimeoutError:
+        # wait() also waits for the pipes to close; Process has no public way to drop them.
+        transport = getattr(process, "_transport", None)
+        if transport is not None:
+            transport.close()
+
+
+class CommandLineAuthProvider(AuthProvider):
+    """Logins decided by an external program's exit code."""
+
+    TYPE = "command_line"
+    DEFAULT_TITLE = "Command Line Authentication"
+    CONFIG_SCHEMA = CONFIG_SCHEMA
+    MAX_CONCURRENT = 4
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Bound the number of programs running at once."""
+        super().__init__(*args, **kwargs)
+        self._semaphore = asyncio.Semaphore(self.MAX_CONCURRENT)
+        self._pending_meta: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:
+        """A username/password form."""
+        return CommandLineLoginFlow(self)
+
+    async def async_validate_login(self, username: str, password: str) -> dict[str, Any]:
+        """Run the program; return the meta it printed (empty unless meta is on), or raise InvalidAuthError."""
+        if not username or "\x00" in username or "\x00" in password:
+            # Nothing to identify, or impossible to pass in an environment.
+            raise InvalidAuthError
+        env = {"username": username, "password": password, "PATH": SAFE_PATH}
+        timeout = self.config[CONF_TIMEOUT]
+        async with self._semaphore:
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    self.config[CONF_COMMAND],
+                    *self.config[CONF_ARGS],
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    env=env,
+                    close_fds=True,
+                    start_new_session=True,
+                )
+            except (OSError, ValueError) as err:
+                _LOGGER.error("Error while authenticating %r: %s", username, err)
+                raise InvalidAuthError from err
+            try:
+                async with asyncio.timeout(timeout):
+                    stdout, stderr = await asyncio.gather(
+                        _read_bounded(process.stdout, MAX_STDOUT), _read_bounded(process.stderr, MAX_STDERR)
+                    )
+                    code = await process.wait()
+            except TimeoutError:
+                _kill_group(process)
+                await _reap(process)
+                _LOGGER.error(
+                    "User %r failed to authenticate: the command did not finish within the %s s timeout and was killed",
+                    username, timeout,
+                )
+                raise InvalidAuthError from None
+            finally:
+                if process.returncode is None:
+                    # Cancelled (server shutting down, client gone): leave nothing running.
+                    _kill_group(process)
+        if stderr:
+            _LOGGER.debug("Command stderr for %r: %s", username, stderr.decode("utf-8", errors="replace"))
+        if code != 0:
+            _LOGGER.error("User %r failed to authenticate, command exited with code %d", username, code)
+            raise InvalidAuthError
+        return parse_meta(stdout) if self.config[CONF_META] else {}
+
+    def credential_key(self, data: dict[str, Any]) -> str:
+        """Credentials match on the case-folded username (G25)."""
+        return normalize_username(str(data.get("username", "")))
+
+    def credential_data(self, flow_result: dict[str, Any]) -> dict[str, Any]:
+        """Credentials keep the username as first typed (stripped); matching ignores case."""
+        return {"username": flow_result["username"]}
+
+    async def async_get_or_create_credentials(self, flow_result: dict[str, Any]) -> Credentials:
+        """Existing credentials, or new ones that remember this login's meta until the user is created."""
+        credentials = await super().async_get_or_create_credentials(flow_result)
+        meta = flow_result.get("meta")
+        if credentials.is_new and meta:
+            self._pending_meta[credentials.id] = meta
+            while len(self._pending_meta) > MAX_PENDING_META:
+                self._pending_meta.popitem(last=False)
+        return credentials
+
+    async def async_user_meta_for_credentials(self, credentials: Credentials) -> UserMeta:
+        """Name, group and local-only flag from the login's meta, else the configured default group (G19)."""
+        meta = self._pending_meta.pop(credentials.id, {})
+        return UserMeta(
+            name=meta.get("name"),
+            is_active=True,
+            group=meta.get("group", self.config[CONF_DEFAULT_GROUP]),
+            local_only=meta.get("local_only", False),
+        )
+
+
+class CommandLineLoginFlow(LoginFlow):
+    """Ask for username and password."""
+
+    async def async_step_init(self, user_input: dict[str, str] | None = None) -> dict[str, Any]:
+        """Show the form; run the program on what was submitted."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            provider: CommandLineAuthProvider = self._auth_provider  # type: ignore[assignment]
+            username = user_input["username"].strip()
+            try:
+                meta = await provider.async_validate_login(username, user_input["password"])
+            except InvalidAuthError:
+                errors["base"] = "invalid_auth"
+            else:
+                result: dict[str, Any] = {"username": username}
+                if meta:
+                    result["meta"] = meta
+                return await self.async_finish(result)
+        return self.async_show_form(
+            step_id="init",
+            data_schema=vol.Schema({vol.Required("username"): str, vol.Required("password"): str}),
+            errors=errors,
+        )
+
+
+@hookimpl
+def opp_auth_register_auth_providers(register: Any) -> None:
+    """Ship the command_line provider."""
+    register(CommandLineAuthProvider)
