@@ -494,17 +494,30 @@ class AuthManager:
     # ---- signed paths -----------------------------------------------------------------------
 
     def sign_path(self, path: str, expiration: timedelta, refresh_token_id: str) -> str:
-        """A URL path anyone may GET until it expires, on behalf of refresh_token_id."""
-        from urllib.parse import unquote
+        """A URL anyone may GET until it expires, on behalf of refresh_token_id; its query is signed too (G5)."""
+        from urllib.parse import parse_qsl, unquote, urlsplit
 
+        parts = urlsplit(path)
+        params = sorted(parse_qsl(parts.query, keep_blank_values=True))
         now = int(time.time())
-        claims = {"iss": refresh_token_id, "path": unquote(path), "iat": now, "exp": now + int(expiration.total_seconds())}
-        return f"{path}?authSig={encode_jwt(claims, self._sign_secret)}"
+        claims: dict[str, Any] = {
+            "iss": refresh_token_id,
+            "path": unquote(parts.path),
+            "params": params,
+            "iat": now,
+            "exp": now + int(expiration.total_seconds()),
+        }
+        separator = "&" if parts.query else "?"
+        return f"{path}{separator}authSig={encode_jwt(claims, self._sign_secret)}"
 
-    def validate_signed_path(self, path: str, signature: str) -> RefreshToken | None:
-        """The refresh token behind a valid signature for path (user active, provider still agrees)."""
+    def validate_signed_path(
+        self, path: str, signature: str, params: list[tuple[str, str]] | None = None
+    ) -> RefreshToken | None:
+        """The refresh token behind a valid signature for path and query (user active); else None."""
         claims = decode_jwt(signature, self._sign_secret)
         if claims is None or claims.get("path") != path:
+            return None
+        if params is not None and [list(p) for p in sorted(params)] != [list(p) for p in claims.get("params", [])]:
             return None
         issuer = claims.get("iss")
         refresh_token = self.store.get_refresh_token(issuer) if isinstance(issuer, str) else None

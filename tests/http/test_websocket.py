@@ -551,6 +551,23 @@ async def test_signature_for_another_path_is_refused(connect: Any, client: OppAu
     assert await api_status(client, f"/api/?authSig={signature}") == 401
 
 
+async def test_signed_query_is_bound_to_the_signature(connect: Any, client: OppAuthClient, auth: AuthManager, bob: User) -> None:
+    """G5: the query string is part of what is signed; adding or changing a parameter breaks it."""
+    session = await connect.user(auth, bob)
+    signed = (await session.result("auth/sign_path", path="/api/?size=large&b=2"))["path"]
+    assert signed.startswith("/api/?size=large&b=2&authSig=")
+    assert await api_status(client, signed) == 200
+    assert await api_status(client, signed + "&extra=1") == 401
+    assert await api_status(client, signed.replace("size=large", "size=small")) == 401
+
+
+async def test_ping_gets_pong(connect: Any, auth: AuthManager, bob: User) -> None:
+    """Keep-alive pings from home-assistant-js-websocket get a pong with the same id."""
+    session = await connect.user(auth, bob)
+    msg_id = await session.send("ping")
+    assert await session.receive() == {"id": msg_id, "type": "pong"}
+
+
 async def test_expired_signature_is_refused(client: OppAuthClient, auth: AuthManager, bob: User) -> None:
     refresh_token, _ = await mint(auth, bob)
     # auth/sign_path accepts at least one second; signing in the past via the same method avoids sleeping.

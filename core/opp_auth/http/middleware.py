@@ -99,7 +99,8 @@ def build_middleware(
                     request[KEY_REFRESH_TOKEN_ID] = refresh_token.id
                     authenticated = True
         if not authenticated and request.method == "GET" and "authSig" in request.query:
-            refresh_token = auth.validate_signed_path(request.path, request.query["authSig"])
+            params = [(k, v) for k, v in request.query.items() if k != "authSig"]
+            refresh_token = auth.validate_signed_path(request.path, request.query["authSig"], params)
             if refresh_token is not None:
                 request[KEY_USER] = refresh_token.user
                 request[KEY_REFRESH_TOKEN_ID] = refresh_token.id

@@ -245,7 +245,7 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: A
     try:
         msg = await ws.receive(timeout=AUTH_TIMEOUT)
     except asyncio.TimeoutError:
-        _LOGGER.warning("Did not receive auth message within %d seconds", AUTH_TIMEOUT)
+        _LOGGER.warning("Did not receive auth message within %g seconds", AUTH_TIMEOUT)
         return None
     if msg.type != WSMsgType.TEXT:
         return None
@@ -357,6 +357,12 @@ def _dispatch(conn: ActiveConnection, registry: CommandRegistry, message: Any) -
         conn.send_error(msg_id, ERR_INVALID_FORMAT, f"Message incorrectly formatted: {err}")
         return None
     msg_id = message["id"]
+    if message["type"] == "ping":
+        # Clients (home-assistant-js-websocket) send pings to keep the connection alive.
+        if msg_id > conn.last_id:
+            conn.last_id = msg_id
+        conn.send_message({"id": msg_id, "type": "pong"})
+        return None
     if msg_id <= conn.last_id:
         conn.send_error(msg_id, ERR_ID_REUSE, "Identifier values have to increase.")
         return None
