@@ -76,6 +76,7 @@ class AuthManager:
         for mcls, conf in mfa_configs:
             module = mcls(self, conf)
             self._mfa_modules[module.id] = module
+        self._per_request_types = frozenset(p.type for p in self._providers.values() if p.CHECKS_EVERY_REQUEST)
         self.login_flow = LoginFlowManager(self, max_flows=max_login_flows)
         self.mfa_setup_flow = MfaSetupFlowManager(self)
         self.user_settings = UserSettings(self)
@@ -465,8 +466,11 @@ class AuthManager:
             refresh_token.jwt_key,
         )
 
-    def validate_access_token(self, token: str) -> RefreshToken | None:
-        """The refresh token behind a valid access token whose user is active; else None."""
+    def validate_access_token(self, token: str, remote_ip: str | None = None) -> RefreshToken | None:
+        """The refresh token behind a valid access token whose user is active; else None.
+
+        Providers that check every request (trusted networks) are asked about remote_ip (G6).
+        """
         cached = self._token_cache.get(token)
         if cached is not None:
             refresh_token = self.store.get_refresh_token(cached)
@@ -485,11 +489,16 @@ class AuthManager:
             self._token_cache.put(token, refresh_token.id, claims["exp"] + EXP_LEEWAY)
         if refresh_token is None or not refresh_token.user.is_active:
             return None
+        cred = refresh_token.credential
+        if cred is not None and cred.auth_provider_type in self._per_request_types:
+            provider = self._providers.get(cred.provider_key)
+            if provider is None or (provider.CHECKS_EVERY_REQUEST and not provider.validate_access(refresh_token, remote_ip)):
+                return None
         return refresh_token
 
-    async def async_validate_access_token(self, token: str) -> RefreshToken | None:
+    async def async_validate_access_token(self, token: str, remote_ip: str | None = None) -> RefreshToken | None:
         """Coroutine form of validate_access_token."""
-        return self.validate_access_token(token)
+        return self.validate_access_token(token, remote_ip)
 
     # ---- signed paths -----------------------------------------------------------------------
 

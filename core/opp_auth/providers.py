@@ -50,6 +50,8 @@ class AuthProvider:
     DEFAULT_TITLE: ClassVar[str] = "Unnamed auth provider"
     CONFIG_SCHEMA: ClassVar[vol.Schema] = PROVIDER_CONFIG_SCHEMA
     SUPPORT_MFA: ClassVar[bool] = True
+    CHECKS_EVERY_REQUEST: ClassVar[bool] = False
+    """Set to have validate_access asked on every request made with this provider's tokens."""
 
     def __init__(self, auth: AuthManager, config: dict[str, Any]) -> None:
         """Keep the manager and this provider's validated configuration."""
@@ -119,6 +121,14 @@ class AuthProvider:
 
     async def async_validate_refresh_token(self, refresh_token: RefreshToken, remote_ip: str | None = None) -> None:
         """Raise InvalidAuthError to refuse minting an access token (e.g. address no longer trusted)."""
+
+    def validate_access(self, refresh_token: RefreshToken, remote_ip: str | None) -> bool:
+        """Whether a request from remote_ip may use an access token of this provider (fast, synchronous).
+
+        Only asked when the class sets ``CHECKS_EVERY_REQUEST``; keep it cheap, it
+        runs on every request and websocket connection made with such a token.
+        """
+        return True
 
     async def async_will_remove_credentials(self, credentials: Credentials) -> None:
         """Clean up provider data before credentials are removed."""

@@ -91,7 +91,7 @@ def build_middleware(
         if authorization is not None:
             scheme, _, token = authorization.partition(" ")
             if scheme == "Bearer":
-                refresh_token = validate_token(token)
+                refresh_token = validate_token(token, remote)
                 if refresh_token is not None and refresh_token.user.local_only and not is_local_address(remote):
                     refresh_token = None
                 if refresh_token is not None:
@@ -150,7 +150,7 @@ async def _plugin_authenticate(hook: Any, request: web.Request, auth: AuthManage
             return False
         if result is None:
             continue
-        if result is False:
+        if result is False or not getattr(result, "is_active", False):
             return False
         request[KEY_USER] = result
         return True

@@ -255,7 +255,9 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: A
         error = str(err) if isinstance(err, vol.Invalid) else "Invalid JSON"
         await ws.send_json({"type": "auth_invalid", "message": f"Auth message incorrectly formatted: {error}"})
         return None
-    refresh_token = auth.validate_access_token(data["access_token"]) if "access_token" in data else None
+    refresh_token = (
+        auth.validate_access_token(data["access_token"], client_ip(request)) if "access_token" in data else None
+    )
     if refresh_token is None:
         await ws.send_json({"type": "auth_invalid", "message": "Invalid access token or password"})
         auth.note_login_failure(client_ip(request), None, None, "invalid_token")

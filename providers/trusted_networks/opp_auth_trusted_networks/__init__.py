@@ -8,6 +8,7 @@ every access-token mint, so they stop working from outside the networks.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Any
@@ -155,6 +156,7 @@ class TrustedNetworksAuthProvider(AuthProvider):
     """Log in without a password from trusted networks."""
 
     TYPE = "trusted_networks"
+    CHECKS_EVERY_REQUEST = True
     DEFAULT_TITLE = "Trusted Networks"
     CONFIG_SCHEMA = CONFIG_SCHEMA
     SUPPORT_MFA = False
@@ -169,7 +171,7 @@ class TrustedNetworksAuthProvider(AuthProvider):
         """network -> allowed user ids and {"group": [...]} entries."""
         return dict(self.config.get("trusted_users") or {})
 
-    @property
+    @functools.cached_property
     def trusted_proxies(self) -> list[IPNetwork]:
         """http: trusted_proxies; a proxy's own address is never a trusted client."""
         return [_network(p) for p in self.auth.http_config.get("trusted_proxies") or []]
@@ -226,6 +228,10 @@ class TrustedNetworksAuthProvider(AuthProvider):
     async def async_user_meta_for_credentials(self, credentials: Credentials) -> UserMeta:
         """Never called: credentials are linked to an existing user when created."""
         raise InvalidAuthError("trusted_networks does not create users")
+
+    def validate_access(self, refresh_token: RefreshToken, remote_ip: str | None) -> bool:
+        """Access tokens work only from inside the trusted networks, on every request (G6)."""
+        return self.refusal(parse_ip(remote_ip)) is None
 
     async def async_validate_refresh_token(self, refresh_token: RefreshToken, remote_ip: str | None = None) -> None:
         """Mint access tokens only for clients inside the trusted networks."""

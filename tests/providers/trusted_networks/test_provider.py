@@ -93,9 +93,12 @@ async def form_options(driver: LoginFlowDriver) -> list[list[Any]]:
     return field["options"]
 
 
-async def api_status(client: OppAuthClient, access_token: str) -> int:
-    """GET /api/ with a bearer token."""
-    async with client.request("GET", "/api/", headers={"Authorization": f"Bearer {access_token}"}) as resp:
+async def api_status(client: OppAuthClient, access_token: str, ip: str | None = INSIDE) -> int:
+    """GET /api/ with a bearer token, from ip (through the trusted proxy) or from the proxy itself."""
+    headers = {"Authorization": f"Bearer {access_token}"}
+    if ip is not None:
+        headers["X-Forwarded-For"] = ip
+    async with client.request("GET", "/api/", headers=headers) as resp:
         return resp.status
 
 
@@ -127,6 +130,9 @@ async def test_choosing_a_user_logs_in_as_that_user(opp_auth_factory: Factory, s
     client = await served(auth)
     tokens = await client_at(client, sessions)(INSIDE).tokens(HANDLER, [{"user": bob.id}])
     assert await api_status(client, tokens["access_token"]) == 200
+    # G6: the access token is checked against the caller's address on every request.
+    assert await api_status(client, tokens["access_token"], "203.0.113.9") == 401
+    assert await api_status(client, tokens["access_token"], None) == 401
     refresh_token = await auth.async_get_refresh_token_by_token(tokens["refresh_token"])
     assert refresh_token is not None and refresh_token.user.id == bob.id
     assert [(c.auth_provider_type, c.data) for c in bob.credentials] == [("trusted_networks", {"user_id": bob.id})]
