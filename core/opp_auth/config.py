@@ -82,6 +82,9 @@ CORE_SCHEMA = vol.Schema(
         vol.Optional("auth_mfa_modules"): vol.All(
             lambda v: [] if v is None else v, lambda v: [v] if isinstance(v, dict) else v, [_ENTRY]
         ),
+        vol.Optional("refresh_token_expiry_days", default=90): vol.Any(
+            None, vol.All(vol.Coerce(int), vol.Range(min=1, max=36500))
+        ),
         **{vol.Optional(key): object for key in _CORE_PASSTHROUGH},
     }
 )
@@ -112,6 +115,21 @@ def _proxies_pair(conf: dict[str, Any]) -> dict[str, Any]:
     return conf
 
 
+_ATTEMPTS = vol.All(vol.Coerce(int), vol.Range(min=1, msg="must be a positive number of attempts"))
+_SECONDS = vol.All(vol.Coerce(int), vol.Range(min=1, msg="must be a positive number of seconds"))
+
+# Defaults in opp_auth.throttle.DEFAULTS; see that module for what each key does.
+LOGIN_THROTTLE_SCHEMA = vol.Schema(
+    {
+        vol.Optional("enabled", default=True): bool,
+        vol.Optional("attempts_per_address_and_user", default=5): _ATTEMPTS,
+        vol.Optional("attempts_per_user", default=10): _ATTEMPTS,
+        vol.Optional("attempts_per_address", default=20): _ATTEMPTS,
+        vol.Optional("max_lock_seconds", default=900): _SECONDS,
+        vol.Optional("reset_after_seconds", default=3600): _SECONDS,
+    }
+)
+
 HTTP_SCHEMA = vol.All(
     vol.Schema(
         {
@@ -131,6 +149,10 @@ HTTP_SCHEMA = vol.All(
             ),
             vol.Optional("ip_ban_enabled", default=True): bool,
             vol.Optional("login_attempts_threshold", default=-1): _threshold,
+            vol.Optional("login_throttle", default=dict): LOGIN_THROTTLE_SCHEMA,
+            vol.Optional("ban_allowlist", default=[]): vol.All(
+                lambda v: [v] if not isinstance(v, list) else v, [_network]
+            ),
             vol.Optional("api_password"): vol.All(vol.Coerce(str), vol.Length(min=1)),
         }
     ),
@@ -148,6 +170,7 @@ class Config:
     http: dict[str, Any] = field(default_factory=dict)
     blocks: dict[str, Any] = field(default_factory=dict)
     filename: str = CONFIG_FILE
+    refresh_token_expiry_days: int | None = 90
 
 
 def ensure_config_dir(config_dir: Path) -> None:
@@ -195,7 +218,7 @@ def validate_config(
     except vol.Invalid as err:
         raise config_error(err, http_raw, ("http",)) from None
 
-    config = Config(config_dir=config_dir, http=http)
+    config = Config(config_dir=config_dir, http=http, refresh_token_expiry_days=core["refresh_token_expiry_days"])
     provider_entries = core.get("auth_providers")
     providers_raw = core_raw.get("auth_providers") if isinstance(core_raw, dict) else None
     if provider_entries is None:
@@ -293,7 +316,7 @@ def _plugin_blocks(pm: OppAuthPluginManager, raw: dict[str, Any]) -> dict[str, A
             raise ConfigError(f"A plugin tried to own the '{block}:' block, which is already taken.")
         schemas[block] = schema
 
-    pm.hook.opp_auth_register_config(register=register)
+    pm.hook.opp_auth_register_config(register=register, pm=pm)
     blocks: dict[str, Any] = {}
     for block, schema in schemas.items():
         value = raw.get(block)

@@ -68,12 +68,15 @@ def opp_auth_authenticate_request(request: web.Request, auth: AuthManager) -> An
 
 
 @hookspec
-def opp_auth_register_config(register: Any) -> None:
+def opp_auth_register_config(register: Any, pm: pluggy.PluginManager) -> None:
     """Own a top-level block of configuration.yaml.
 
     :param register: call ``register(block_name, schema)``; the block is
         validated with the voluptuous ``schema`` and its result is available as
-        ``auth.config_blocks[block_name]``.
+        ``auth.config_blocks[block_name]``. A block that is absent is validated
+        as ``None``.
+    :param pm: the plugin manager (optional to accept), for a schema that asks
+        the plugin's own hooks (the notify module's delivery platforms).
     """
 
 
@@ -148,3 +151,14 @@ def opp_auth_refresh_token_created(auth: AuthManager, refresh_token: RefreshToke
 @hookspec
 def opp_auth_refresh_token_removed(auth: AuthManager, refresh_token: RefreshToken) -> Any:
     """A refresh token was removed (revoked, deleted, or its user removed). Awaited."""
+
+
+@hookspec
+def opp_auth_login_retry_after(auth: AuthManager, remote_ip: str | None, username: str | None) -> Any:
+    """Seconds ``remote_ip`` must wait before it may try to log in as ``username`` (throttling).
+
+    Called before each login step (password, MFA code, websocket auth,
+    change-password); not awaited, so answer from memory. Return ``None`` or
+    ``0`` to let the attempt through; the largest answer of all plugins wins.
+    ``username`` is None when the attempt names no account (websocket auth).
+    """

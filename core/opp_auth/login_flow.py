@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
 
-from .flow import RESULT_TYPE_CREATE_ENTRY, FlowHandler, FlowManager, FlowResult, UnknownHandler
+from .flow import RESULT_TYPE_CREATE_ENTRY, FlowHandler, FlowManager, FlowResult, TooManyFlows, UnknownHandler
+from .mfa import MfaAbort
 from .models import Credentials, User
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 MFA_SESSION_EXPIRATION = 300.0
+MAX_FLOWS_PER_ADDRESS = 30
 
 
 class LoginFlow(FlowHandler):
@@ -69,6 +71,8 @@ class LoginFlow(FlowHandler):
         if user_input is None and hasattr(auth_module, "async_initialize_login_mfa_step"):
             try:
                 await auth_module.async_initialize_login_mfa_step(self.user.id)
+            except MfaAbort as err:
+                return self.async_abort(reason=err.reason)
             except Exception:  # noqa: BLE001 - fail closed, never a 500
                 _LOGGER.exception("Error initializing MFA step")
                 return self.async_abort(reason="unknown_error")
@@ -84,7 +88,10 @@ class LoginFlow(FlowHandler):
                 return self.async_abort(reason="too_many_retry")
             after_failure = getattr(auth_module, "async_after_failed_validation", None)
             if after_failure is not None:
-                await after_failure(self.user.id)
+                try:
+                    await after_failure(self.user.id)
+                except MfaAbort as err:
+                    return self.async_abort(reason=err.reason)
         return self.async_show_form(
             step_id="mfa",
             data_schema=auth_module.input_schema,
@@ -100,10 +107,22 @@ class LoginFlow(FlowHandler):
 class LoginFlowManager(FlowManager):
     """Login flows keyed by provider (type, id); results become Credentials."""
 
-    def __init__(self, auth: AuthManager, *, max_flows: int = 1000, ttl: float = 600.0) -> None:
-        """Flows for the manager's providers."""
+    def __init__(
+        self, auth: AuthManager, *, max_flows: int = 1000, ttl: float = 600.0, max_per_address: int = MAX_FLOWS_PER_ADDRESS
+    ) -> None:
+        """Flows for the manager's providers; at most max_per_address in progress per context ip_address."""
         super().__init__(max_flows=max_flows, ttl=ttl)
         self.auth = auth
+        self.max_per_address = max_per_address
+
+    async def async_init(self, handler_key: Any, *, context: dict[str, Any] | None = None, data: Any = None) -> FlowResult:
+        """Start a login flow unless its address already has max_per_address in progress."""
+        ip_address = (context or {}).get("ip_address")
+        if ip_address is not None:
+            in_progress = sum(1 for flow in self.async_progress() if flow.context.get("ip_address") == ip_address)
+            if in_progress >= self.max_per_address:
+                raise TooManyFlows(f"{in_progress} flows in progress from {ip_address}")
+        return await super().async_init(handler_key, context=context, data=data)
 
     async def async_create_flow(self, handler_key: Any, *, context: dict[str, Any], data: Any) -> FlowHandler:
         """Ask the provider for a new login flow."""

@@ -25,6 +25,15 @@ MFA_CONFIG_SCHEMA = vol.Schema(
 """Keys every MFA module accepts; a module's CONFIG_SCHEMA extends it and forbids the rest."""
 
 
+class MfaAbort(Exception):
+    """Raised by a module's login hooks to end the login with abort ``reason`` (e.g. "user_not_setup")."""
+
+    def __init__(self, reason: str) -> None:
+        """Keep the abort reason the client is shown."""
+        super().__init__(reason)
+        self.reason = reason
+
+
 class MfaModule:
     """A second factor asked after the provider's login step.
 
@@ -33,7 +42,9 @@ class MfaModule:
     :meth:`async_depose_user`, :meth:`async_is_user_setup` and
     :meth:`async_validate`. Optionally implement
     ``async_initialize_login_mfa_step(user_id)`` (called when the code form is
-    first shown, e.g. to send a code). Register it from the
+    first shown, e.g. to send a code) and ``async_after_failed_validation(user_id)``
+    (called after each wrong code that does not end the flow); either may raise
+    :class:`MfaAbort` to end the login with that reason. Register it from the
     ``opp_auth_register_mfa_modules`` hook.
     """
 
