@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from collections.abc import Sequence
 from typing import Any
 
 TOKEN_TYPE_NORMAL = "normal"
@@ -79,9 +82,15 @@ class User:
     is_active: bool = False
     system_generated: bool = False
     local_only: bool = False
-    groups: list[Group] = field(default_factory=list)
-    credentials: list[Credentials] = field(default_factory=list)
-    refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)
+    groups: Sequence[Group] = ()
+    credentials: Sequence[Credentials] = ()
+    # A tuple, not a dict: most users hold one or two tokens, and a dict costs 184 bytes.
+    token_list: tuple[RefreshToken, ...] = ()
+
+    @property
+    def refresh_tokens(self) -> dict[str, RefreshToken]:
+        """The user's refresh tokens by id (a fresh dict; change tokens through the manager)."""
+        return {token.id: token for token in self.token_list}
 
     @property
     def is_admin(self) -> bool:
@@ -143,25 +152,114 @@ def _merge_dicts(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@dataclass(slots=True, eq=False)
+def hash_token(token: str) -> bytes:
+    """What is kept of a refresh token's secret: its SHA-256 digest."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+class KeyRing:
+    """Derives per-token signing keys from a server secret kept outside .storage (G8)."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes) -> None:
+        """Hold the server secret."""
+        self._secret = secret
+
+    def jwt_key(self, token_id: str) -> str:
+        """The HS256 key of a refresh token's access tokens."""
+        return hmac.new(self._secret, b"jwt-key:" + token_id.encode(), hashlib.sha512).hexdigest()
+
+
+@dataclass(slots=True, eq=False, init=False)
 class RefreshToken:
-    """A long-lived secret a client trades for short-lived access tokens."""
+    """A long-lived secret a client trades for short-lived access tokens.
+
+    Only the SHA-256 digest of the secret is kept (``token_hash``); the plaintext
+    ``token`` exists only on a freshly created object until it is handed out.
+    Signing keys of new tokens are derived from the server secret; tokens made
+    by Open Peer Power keep the key they were stored with.
+    """
 
     user: User
     client_id: str | None
     access_token_expiration: timedelta
-    client_name: str | None = None
-    client_icon: str | None = None
-    token_type: str = TOKEN_TYPE_NORMAL
-    id: str = field(default_factory=new_id)
-    created_at: datetime = field(default_factory=utcnow)
-    token: str = field(default_factory=lambda: secrets.token_hex(64))
-    jwt_key: str = field(default_factory=lambda: secrets.token_hex(64))
-    last_used_at: datetime | None = None
-    last_used_ip: str | None = None
-    credential: Credentials | None = None
-    version: str | None = None
-    expire_at: float | None = None
+    client_name: str | None
+    client_icon: str | None
+    token_type: str
+    id: str
+    token_hash: bytes
+    token: str | None
+    _created: float
+    _jwt_key: str | None
+    keyring: KeyRing | None
+    last_used_at: datetime | None
+    last_used_ip: str | None
+    credential: Credentials | None
+    version: str | None
+    expire_at: float | None
+
+    def __init__(
+        self,
+        user: User,
+        client_id: str | None,
+        access_token_expiration: timedelta,
+        client_name: str | None = None,
+        client_icon: str | None = None,
+        token_type: str = TOKEN_TYPE_NORMAL,
+        id: str | None = None,  # noqa: A002 - the stored field's name
+        created_at: datetime | None = None,
+        token: str | None = None,
+        token_hash: bytes | None = None,
+        jwt_key: str | None = None,
+        keyring: KeyRing | None = None,
+        last_used_at: datetime | None = None,
+        last_used_ip: str | None = None,
+        credential: Credentials | None = None,
+        version: str | None = None,
+        expire_at: float | None = None,
+    ) -> None:
+        """A new token (fresh secret unless token or token_hash is given)."""
+        if token is None and token_hash is None:
+            token = secrets.token_hex(64)
+        if jwt_key is None and keyring is None:
+            jwt_key = secrets.token_hex(64)
+        self.user = user
+        self.client_id = client_id
+        self.access_token_expiration = access_token_expiration
+        self.client_name = client_name
+        self.client_icon = client_icon
+        self.token_type = token_type
+        self.id = id or new_id()
+        self.token = token
+        self.token_hash = token_hash if token_hash is not None else hash_token(token)  # type: ignore[arg-type]
+        self._created = (created_at or utcnow()).timestamp()
+        self._jwt_key = jwt_key
+        self.keyring = keyring
+        self.last_used_at = last_used_at
+        self.last_used_ip = last_used_ip
+        self.credential = credential
+        self.version = version
+        # Epoch seconds after which an unused token is gone (None: never); moved on every use.
+        self.expire_at = expire_at
+
+    @property
+    def created_at(self) -> datetime:
+        """When the token was made (UTC)."""
+        return datetime.fromtimestamp(self._created, timezone.utc)
+
+    @property
+    def jwt_key(self) -> str:
+        """The key that signs this token's access tokens."""
+        if self._jwt_key is not None:
+            return self._jwt_key
+        assert self.keyring is not None
+        return self.keyring.jwt_key(self.id)
+
+    @property
+    def stored_jwt_key(self) -> str | None:
+        """The key kept in the file (tokens made by Open Peer Power), else None."""
+        return self._jwt_key
 
     def __repr__(self) -> str:
         """Never print the secrets."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,15 @@ def build_auth(config: Config, pm: OppAuthPluginManager, **kwargs: Any) -> AuthM
         mfa_configs=config.mfa_modules,
         http_config=config.http,
         config_blocks=config.blocks,
+        refresh_token_expiry=expiry_of(config),
         **kwargs,
     )
+
+
+def expiry_of(config: Config) -> timedelta | None:
+    """The idle expiry of refresh tokens (None: never)."""
+    days = config.refresh_token_expiry_days
+    return None if days is None else timedelta(days=days)
 
 
 def no_provider_installed_message(pm: OppAuthPluginManager) -> str | None:

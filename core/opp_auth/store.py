@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
 from typing import Any
@@ -24,8 +25,10 @@ from .models import (
     TOKEN_TYPE_SYSTEM,
     Credentials,
     Group,
+    KeyRing,
     RefreshToken,
     User,
+    hash_token,
     system_group,
 )
 from .providers import credential_lookup_key
@@ -74,7 +77,11 @@ class AuthStore:
         # Providers may normalise credential data (case-insensitive usernames); the manager sets this.
         self.key_for: Callable[[str, str | None, dict[str, Any]], str] = lambda _t, _i, data: credential_lookup_key(data)
         self._tokens_by_id: dict[str, RefreshToken] = {}
-        self._tokens_by_token: dict[str, RefreshToken] = {}
+        self._tokens_by_token: dict[bytes, RefreshToken] = {}
+        self.keyring: KeyRing | None = None
+        # Idle expiry for normal tokens; Open Peer Power's tokens start their clock when loaded.
+        self.idle_expiry: float | None = None
+        self._group_sets: dict[tuple[str, ...], tuple[Group, ...]] = {}
         self.loaded = False
 
     # ---- loading -------------------------------------------------------------------------
@@ -127,7 +134,7 @@ class AuthStore:
                     member_of.append(group)
             if not has_groups and not user.system_generated:
                 member_of = [groups[GROUP_ID_ADMIN]]
-            user.groups = member_of
+            user.groups = self.shared_groups(member_of)
             self._users[user.id] = user
         for cdata in data.get("credentials", []):
             user = self._users.get(cdata.get("user_id"))
@@ -146,8 +153,14 @@ class AuthStore:
             self._load_token(rdata)
 
     def _load_token(self, rdata: dict[str, Any]) -> None:
-        """One refresh token from the file, skipping pre-0.76 and broken records."""
-        if "jwt_key" not in rdata:
+        """One refresh token from the file, skipping pre-0.76 and broken records.
+
+        Open Peer Power stored the secret (``token``) and the signing key
+        (``jwt_key``); we keep only the secret's digest (``token_hash``) and
+        derive the keys of new tokens from the server secret (``jwt_key`` null).
+        """
+        has_hash = isinstance(rdata.get("token_hash"), str)
+        if "jwt_key" not in rdata and not has_hash:
             return
         user = self._users.get(rdata.get("user_id"))
         if user is None:
@@ -161,11 +174,22 @@ class AuthStore:
                 rdata.get("user_id"),
             )
             return
+        try:
+            token_hash = bytes.fromhex(rdata["token_hash"]) if has_hash else hash_token(rdata["token"])
+        except (KeyError, ValueError, TypeError, AttributeError):
+            _LOGGER.error("Ignoring refresh token %s without a usable secret", rdata.get("id"))
+            return
+        jwt_key = rdata.get("jwt_key")
+        if jwt_key is None and self.keyring is None:
+            _LOGGER.error("Ignoring refresh token %s: its signing key needs the server secret", rdata.get("id"))
+            return
         token_type = rdata.get("token_type")
         if token_type is None:
             token_type = TOKEN_TYPE_SYSTEM if rdata.get("client_id") is None else TOKEN_TYPE_NORMAL
         cred = self._credentials.get(rdata.get("credential_id")) if rdata.get("credential_id") else None
-        version = rdata.get("version")
+        expire_at = rdata.get("expire_at") if "expire_at" in rdata else self.default_expire_at(token_type)
+        if not isinstance(expire_at, (int, float)) or isinstance(expire_at, bool):
+            expire_at = None
         token = RefreshToken(
             id=rdata["id"],
             user=user,
@@ -175,12 +199,14 @@ class AuthStore:
             token_type=token_type,
             created_at=created_at,
             access_token_expiration=_shared_expiration(float(rdata.get("access_token_expiration", 1800.0))),
-            token=rdata["token"],
-            jwt_key=rdata["jwt_key"],
+            token_hash=token_hash,
+            jwt_key=jwt_key,
+            keyring=self.keyring,
             last_used_at=_parse_dt(rdata.get("last_used_at")),
-            last_used_ip=rdata.get("last_used_ip"),
+            last_used_ip=_intern(rdata.get("last_used_ip")),
             credential=cred,
-            version=_intern(version),
+            version=_intern(rdata.get("version")),
+            expire_at=expire_at,
         )
         self._index_token(token)
 
@@ -214,7 +240,7 @@ class AuthStore:
         """Attach credentials to a user and index them."""
         cred.user_id = user.id
         cred.is_new = False
-        user.credentials = [*user.credentials, cred]
+        user.credentials = (*user.credentials, cred)
         self._credentials[cred.id] = cred
         self._cred_index[self._cred_key(cred)] = cred
 
@@ -236,16 +262,17 @@ class AuthStore:
     def _index_token(self, token: RefreshToken) -> None:
         """Attach a token to its user and index it."""
         user = token.user
-        user.refresh_tokens[token.id] = token
+        user.token_list = (*user.token_list, token)
         self._tokens_by_id[token.id] = token
-        self._tokens_by_token[token.token] = token
+        self._tokens_by_token[token.token_hash] = token
 
     def _unindex_token(self, token: RefreshToken) -> None:
         """Forget a token."""
-        token.user.refresh_tokens.pop(token.id, None)
+        user = token.user
+        user.token_list = tuple(t for t in user.token_list if t is not token)
         self._tokens_by_id.pop(token.id, None)
-        if self._tokens_by_token.get(token.token) is token:
-            del self._tokens_by_token[token.token]
+        if self._tokens_by_token.get(token.token_hash) is token:
+            del self._tokens_by_token[token.token_hash]
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -293,8 +320,11 @@ class AuthStore:
 
     def get_refresh_token_by_token(self, token: str) -> RefreshToken | None:
         """A refresh token by its secret, compared in constant time after the index lookup."""
-        found = self._tokens_by_token.get(token) if isinstance(token, str) else None
-        if found is None or not hmac.compare_digest(found.token.encode(), token.encode()):
+        if not isinstance(token, str):
+            return None
+        digest = hash_token(token)
+        found = self._tokens_by_token.get(digest)
+        if found is None or not hmac.compare_digest(found.token_hash, digest):
             return None
         return found
 
@@ -306,13 +336,25 @@ class AuthStore:
 
     def add_user(self, user: User) -> None:
         """Insert a user."""
+        user.groups = self.shared_groups(user.groups)
         self._users[user.id] = user
+
+    def default_expire_at(self, token_type: str) -> float | None:
+        """When a normal token that was just made or used expires (None: never)."""
+        if self.idle_expiry is None or token_type != TOKEN_TYPE_NORMAL:
+            return None
+        return time.time() + self.idle_expiry
+
+    def shared_groups(self, groups: Any) -> tuple[Group, ...]:
+        """One tuple object per distinct group list, shared by every user with that list."""
+        key = tuple(groups)
+        return self._group_sets.setdefault(tuple(g.id for g in key), key)
 
     def remove_user(self, user: User) -> list[RefreshToken]:
         """Delete a user with their credentials and tokens; returns the removed tokens."""
         for cred in user.credentials:
             self._unindex_credentials(cred)
-        tokens = list(user.refresh_tokens.values())
+        tokens = list(user.token_list)
         for token in tokens:
             self._unindex_token(token)
         self._users.pop(user.id, None)
@@ -331,8 +373,8 @@ class AuthStore:
         user = self.user_for_credentials(credentials)
         self._unindex_credentials(credentials)
         if user is not None:
-            user.credentials = [c for c in user.credentials if c is not credentials]
-            for token in list(user.refresh_tokens.values()):
+            user.credentials = tuple(c for c in user.credentials if c is not credentials)
+            for token in user.token_list:
                 if token.credential is credentials:
                     self._unindex_token(token)
 
@@ -393,7 +435,7 @@ def _credential_record(cred: Credentials) -> dict[str, Any]:
 
 
 def _token_record(token: RefreshToken) -> dict[str, Any]:
-    """A refresh token as stored."""
+    """A refresh token as stored: the digest of its secret, never the secret (G8)."""
     return {
         "id": token.id,
         "user_id": token.user.id,
@@ -403,11 +445,11 @@ def _token_record(token: RefreshToken) -> dict[str, Any]:
         "token_type": token.token_type,
         "created_at": token.created_at.isoformat(),
         "access_token_expiration": token.access_token_expiration.total_seconds(),
-        "token": token.token,
-        "jwt_key": token.jwt_key,
+        "token_hash": token.token_hash.hex(),
+        "jwt_key": token.stored_jwt_key,
         "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
         "last_used_ip": token.last_used_ip,
         "credential_id": token.credential.id if token.credential else None,
         "version": token.version,
+        "expire_at": token.expire_at,
     }
-

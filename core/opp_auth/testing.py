@@ -5,7 +5,7 @@ Fixtures:
 ``config_dir``
     An empty configuration directory (a ``tmp_path`` subfolder).
 ``opp_auth_factory``
-    ``await opp_auth_factory(providers=[...], mfa_modules=[...], http={...}, plugins=[(name, module)])``
+    ``await opp_auth_factory(providers=[...], mfa_modules=[...], http={...}, plugins=[(name, module)], blocks={...})``
     builds and sets up an :class:`~opp_auth.AuthManager` from configuration
     entries exactly as configuration.yaml would give them (schemas, defaults
     and errors included); it is shut down after the test.
@@ -31,6 +31,7 @@ from .config import validate_config
 from .http.app import create_app
 from .manager import AuthManager
 from .plugins import make_plugin_manager
+from .server import expiry_of
 
 CLIENT_ID = "https://example.com/app"
 REDIRECT_URI = "https://example.com/app/callback"
@@ -129,6 +130,7 @@ async def opp_auth_factory(config_dir: Path) -> AsyncIterator[Callable[..., Awai
         plugins: list[tuple[str, Any]] = (),  # type: ignore[assignment]
         load_entrypoints: bool = True,
         setup: bool = True,
+        blocks: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> AuthManager:
         pm = make_plugin_manager(load_entrypoints=load_entrypoints, plugins=plugins)
@@ -137,11 +139,13 @@ async def opp_auth_factory(config_dir: Path) -> AsyncIterator[Callable[..., Awai
             core["auth_providers"] = providers
         if mfa_modules is not None:
             core["auth_mfa_modules"] = mfa_modules
-        raw: dict[str, Any] = {"openpeerpower": core, "http": http or {}}
+        # blocks: other top-level blocks of configuration.yaml that plugins own (e.g. notify:).
+        raw: dict[str, Any] = {**(blocks or {}), "openpeerpower": core, "http": http or {}}
         config = validate_config(raw, pm, config_dir=config_dir, allow_insecure_example=True)
         auth = AuthManager(
             str(config_dir), pm, provider_configs=config.providers, mfa_configs=config.mfa_modules,
-            http_config=config.http, config_blocks=config.blocks, **kwargs,
+            http_config=config.http, config_blocks=config.blocks,
+            **{"refresh_token_expiry": expiry_of(config), **kwargs},
         )
         if setup:
             await auth.async_setup()
@@ -304,14 +308,25 @@ class MfaContract:
     ``valid_code``: an async function ``(module, user_id) -> dict`` returning login
     input that is right now.
     ``break_module``: a function ``(module, monkeypatch) -> None`` making validation raise.
+
+    Optionally ``config_blocks``: other top-level configuration.yaml blocks the
+    module needs (e.g. ``{"notify": [...]}``); none by default.
     """
 
     @pytest.fixture
-    async def contract_auth(self, opp_auth_factory: Any, module_config: dict[str, Any]) -> AuthManager:
+    def config_blocks(self) -> dict[str, Any]:
+        """No extra configuration.yaml blocks unless a subclass needs them."""
+        return {}
+
+    @pytest.fixture
+    async def contract_auth(
+        self, opp_auth_factory: Any, module_config: dict[str, Any], config_blocks: dict[str, Any]
+    ) -> AuthManager:
         """A manager with the example provider and only this module."""
         return await opp_auth_factory(
             providers=[{"type": "insecure_example", "users": [{"username": "mfa-user", "password": "mfa-pass"}]}],
             mfa_modules=[module_config],
+            blocks=config_blocks,
         )
 
     @staticmethod

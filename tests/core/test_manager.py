@@ -295,7 +295,7 @@ async def test_link_user_refuses_a_copy_of_linked_credentials(auth: AuthManager)
     assert provider is not None
     copy = provider.async_create_credentials({"username": "alice"})
     await refused(auth.async_link_user(bob, copy), AuthManagerError, "Credential is already linked to another user")
-    assert bob.credentials == []
+    assert bob.credentials == ()
 
 
 async def test_link_user_attaches_new_credentials(auth: AuthManager) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import re
@@ -170,13 +171,36 @@ def token_record(**fields: Any) -> dict[str, Any]:
     return record
 
 
+def upgraded(opp_file: dict[str, Any]) -> dict[str, Any]:
+    """What opp-auth writes back for an Open Peer Power file: refresh-token secrets only as digests (G8)."""
+    out = copy.deepcopy(opp_file)
+    for record in out["data"]["refresh_tokens"]:
+        record["token_hash"] = hashlib.sha256(record.pop("token").encode()).hexdigest()
+        record.setdefault("expire_at", None)
+    return out
+
+
 async def test_open_peer_power_file_round_trips_unchanged(config_dir: Path) -> None:
-    """Load then save writes back exactly what Open Peer Power wrote."""
+    """Load then save writes back what Open Peer Power wrote, except that secrets become digests."""
     path = write_auth(config_dir, OPP_AUTH_FILE["data"])
     store = AuthStore(str(config_dir))
     await store.async_load()
     await store.async_save()
-    assert json.loads(path.read_text(encoding="utf-8")) == OPP_AUTH_FILE
+    written = json.loads(path.read_text(encoding="utf-8"))
+    assert written == upgraded(OPP_AUTH_FILE)
+    assert all("token" not in record for record in written["data"]["refresh_tokens"])
+
+
+async def test_tokens_written_as_digests_load_again(config_dir: Path) -> None:
+    """A file opp-auth wrote (digests, kept keys) loads with every token findable by its secret."""
+    path = write_auth(config_dir, OPP_AUTH_FILE["data"])
+    store = AuthStore(str(config_dir))
+    await store.async_load()
+    await store.async_save()
+    again = AuthStore(str(config_dir))
+    await again.async_load()
+    assert again.get_refresh_token_by_token(hexes("c")).id == TOKEN_LONG_ID  # type: ignore[union-attr]
+    assert json.loads(path.read_text(encoding="utf-8")) == upgraded(OPP_AUTH_FILE)
 
 
 async def test_loaded_objects_carry_the_stored_fields(config_dir: Path) -> None:
@@ -323,12 +347,12 @@ async def test_unknown_fields_are_ignored_and_not_written_back(config_dir: Path)
     data["users"][0]["avatar"] = "pic.png"
     data["groups"][3]["color"] = "red"
     data["credentials"][0]["created"] = "now"
-    data["refresh_tokens"][0]["expire_at"] = 123.0
+    data["refresh_tokens"][0]["rotated_from"] = "abc"
     path = write_auth(config_dir, data)
     store = AuthStore(str(config_dir))
     await store.async_load()
     await store.async_save()
-    assert json.loads(path.read_text(encoding="utf-8")) == OPP_AUTH_FILE
+    assert json.loads(path.read_text(encoding="utf-8")) == upgraded(OPP_AUTH_FILE)
 
 
 async def test_refresh_token_lookup_by_token_string(config_dir: Path) -> None:
@@ -417,4 +441,4 @@ async def test_local_only_flag_round_trips_when_set(config_dir: Path) -> None:
     await store.async_load()
     assert store.get_user(ALICE_ID).local_only is True  # type: ignore[union-attr]
     await store.async_save()
-    assert json.loads(path.read_text(encoding="utf-8"))["data"] == data
+    assert json.loads(path.read_text(encoding="utf-8"))["data"] == upgraded({"data": data})["data"]

@@ -7,6 +7,7 @@ way ``opp-auth serve`` builds the application.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 import time
@@ -202,11 +203,15 @@ async def test_storage_survives_a_served_session(served: Any, existing_dir: dict
     assert [c["id"] for c in data["credentials"]] == [CREDENTIAL_ID]
     by_id = {t["id"]: t for t in data["refresh_tokens"]}
     for token_id, original in existing_dir["tokens"].items():
-        assert by_id[token_id]["token"] == original["token"]
+        # G8: the secret is kept only as its digest; the old signing key stays so old tokens keep working.
+        assert "token" not in by_id[token_id]
+        assert by_id[token_id]["token_hash"] == hashlib.sha256(original["token"].encode()).hexdigest()
         assert by_id[token_id]["jwt_key"] == original["jwt_key"]
         assert by_id[token_id]["token_type"] == original["token_type"]
         assert by_id[token_id]["user_id"] == original["user_id"]
     (new,) = [t for t in data["refresh_tokens"] if t["id"] not in existing_dir["tokens"]]
-    assert new["token"] == tokens["refresh_token"]
+    assert new["token_hash"] == hashlib.sha256(tokens["refresh_token"].encode()).hexdigest()
+    assert new["jwt_key"] is None  # derived from the server secret kept outside .storage
+    assert tokens["refresh_token"] not in json.dumps(saved)
     assert (new["user_id"], new["client_id"], new["credential_id"]) == (OWNER_ID, "https://example.com/app", CREDENTIAL_ID)
     assert by_id[NORMAL_ID]["last_used_ip"] == "127.0.0.1"

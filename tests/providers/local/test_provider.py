@@ -338,7 +338,7 @@ async def test_removing_login_removes_its_credentials(opp_auth_factory: Factory)
     result = await login(auth, "paulus", PASSWORD)
     user = await auth.async_get_or_create_user(result["result"])
     await local(auth).async_remove_auth("Paulus")
-    assert user.credentials == []
+    assert user.credentials == ()
     assert await local(auth).async_credentials() == []
 
 

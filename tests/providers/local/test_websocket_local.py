@@ -334,7 +334,7 @@ async def test_create_existing_username(env: Env, admin: User, username: str) ->
         "code": "username_exists",
         "message": "Username already exists",
     }
-    assert eve.credentials == [] and await env.password_ok("bob", BOB_PW)
+    assert eve.credentials == () and await env.password_ok("bob", BOB_PW)
 
 
 async def test_create_second_username_for_user_refused(env: Env, admin: User) -> None:
@@ -351,13 +351,13 @@ async def test_create_with_invalid_password(env: Env, admin: User, password: str
     error = await session.error(PREFIX + "create", user_id=eve.id, username="eve-the-user", password=password)
     assert error["code"] == "invalid_password" and reason in error["message"]
     assert "eve-the-user" not in stored_usernames(Path(env.auth.config_dir))
-    assert eve.credentials == []
+    assert eve.credentials == ()
 
 
 async def test_delete_username_with_credentials(env: Env, admin: User) -> None:
     session = await env.session(admin)
     assert await session.result(PREFIX + "delete", username="bob") is None
-    assert env.bob.credentials == []
+    assert env.bob.credentials == ()
     assert stored_usernames(Path(env.auth.config_dir)) == ["paulus", "orphan"]
     assert not await env.password_ok("bob", BOB_PW)
 
