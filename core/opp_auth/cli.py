@@ -129,7 +129,10 @@ def _run_local(args: argparse.Namespace, action: Callable[[AuthManager, Any], Aw
     lock = ConfigDirLock(config_dir)
     lock.acquire("auth command")
     try:
-        auth = AuthManager(str(config_dir), pm, provider_configs=[(cls, {"type": LOCAL_TYPE})])
+        # The CLI has not read the server's expiry policy, so it removes no tokens itself.
+        auth = AuthManager(
+            str(config_dir), pm, provider_configs=[(cls, {"type": LOCAL_TYPE})], purge_expired_tokens=False
+        )
 
         async def run() -> int:
             """Set up, act, flush."""

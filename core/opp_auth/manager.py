@@ -24,13 +24,14 @@ from .models import (
     TOKEN_TYPE_NORMAL,
     TOKEN_TYPE_SYSTEM,
     Credentials,
+    KeyRing,
     RefreshToken,
     User,
     utcnow,
 )
 from .plugins import OppAuthPluginManager
 from .providers import AuthProvider, InvalidAuthError, credential_lookup_key
-from .storage import Store
+from .storage import StorageError, Store
 from .store import AuthStore
 from .user_settings import UserSettings
 from .network import is_local_address
@@ -40,6 +41,9 @@ _LOGGER = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 AUTH_CODE_TTL = 600.0
+REFRESH_TOKEN_EXPIRY = timedelta(days=90)
+PURGE_INTERVAL = 3600.0
+SECRET_FILE = ".opp-auth-secret"
 MAX_AUTH_CODES = 10000
 
 
@@ -61,6 +65,8 @@ class AuthManager:
         config_blocks: dict[str, Any] | None = None,
         max_login_flows: int = 1000,
         max_password_checks: int | None = None,
+        refresh_token_expiry: timedelta | None = REFRESH_TOKEN_EXPIRY,
+        purge_expired_tokens: bool = True,
     ) -> None:
         """Build providers and modules from validated configuration; call async_setup next."""
         self.config_dir = str(config_dir)
@@ -86,6 +92,10 @@ class AuthManager:
         self._sign_secret = secrets.token_hex(32)
         self._background: set[asyncio.Future[Any]] = set()
         self._set_up = False
+        self.refresh_token_expiry = refresh_token_expiry
+        self._purge = purge_expired_tokens
+        self._keyring: KeyRing | None = None
+        self._purge_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -97,11 +107,17 @@ class AuthManager:
         for provider in self._providers.values():
             await provider.async_initialize()
         self.store.key_for = self._credential_key
+        self._keyring = KeyRing(await self.async_add_executor_job(load_server_secret, self.config_dir))
+        self.store.keyring = self._keyring
+        self.store.idle_expiry = self.refresh_token_expiry.total_seconds() if self.refresh_token_expiry else None
         await self.store.async_load()
         self.store.reindex_credentials()
         await self.user_settings.async_load()
         for module in self._mfa_modules.values():
             await module.async_initialize()
+        if self._purge:
+            await self.async_purge_expired_tokens()
+            self._purge_task = asyncio.ensure_future(self._async_purge_loop())
         await self._async_fire("opp_auth_startup")
 
     async def async_shutdown(self) -> None:
@@ -109,6 +125,9 @@ class AuthManager:
         if not self._set_up:
             return
         self._set_up = False
+        if self._purge_task is not None:
+            self._purge_task.cancel()
+            self._purge_task = None
         await self._async_fire("opp_auth_shutdown")
         for provider in self._providers.values():
             await _quiet(provider.async_shutdown(), "provider shutdown")
@@ -318,7 +337,7 @@ class AuthManager:
         if name is not None:
             user.name = name
         if groups is not None:
-            user.groups = groups
+            user.groups = self.store.shared_groups(groups)
         if is_active is not None:
             user.is_active = is_active
         await self.store.async_save()
@@ -394,7 +413,7 @@ class AuthManager:
         if token_type == TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN:
             if not client_name:
                 raise ValueError("Client_name is required for long-lived access token")
-            for token in user.refresh_tokens.values():
+            for token in user.token_list:
                 if token.client_name == client_name and token.token_type == TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN:
                     raise ValueError(f"{client_name} already exists")
         token = RefreshToken(
@@ -406,6 +425,8 @@ class AuthManager:
             access_token_expiration=access_token_expiration,
             credential=credential,
             version=self.version,
+            keyring=self._keyring,
+            expire_at=self.store.default_expire_at(token_type),
         )
         self.store.add_refresh_token(token)
         await self.store.async_save()
@@ -417,8 +438,48 @@ class AuthManager:
         return self.store.get_refresh_token(token_id)
 
     async def async_get_refresh_token_by_token(self, token: str) -> RefreshToken | None:
-        """A refresh token by its secret."""
-        return self.store.get_refresh_token_by_token(token)
+        """A refresh token by its secret; one unused for too long is removed and not returned (G8)."""
+        refresh_token = self.store.get_refresh_token_by_token(token)
+        if refresh_token is not None and self.is_expired(refresh_token):
+            await self.async_remove_refresh_token(refresh_token)
+            return None
+        return refresh_token
+
+    def is_expired(self, refresh_token: RefreshToken, now: float | None = None) -> bool:
+        """Whether the token went unused past its expiry."""
+        expire_at = refresh_token.expire_at
+        return expire_at is not None and (time.time() if now is None else now) > expire_at
+
+    def expire_at(self, refresh_token: RefreshToken) -> float | None:
+        """Epoch seconds at which the token expires unless used, or None."""
+        return refresh_token.expire_at
+
+    async def async_set_expiry(self, refresh_token: RefreshToken, enable: bool) -> None:
+        """Switch idle expiry on or off for one token (Home Assistant's per-token switch)."""
+        period = self.refresh_token_expiry.total_seconds() if self.refresh_token_expiry else None
+        refresh_token.expire_at = time.time() + period if enable and period else None
+        await self.store.async_save()
+
+    async def async_purge_expired_tokens(self) -> int:
+        """Remove every expired refresh token; returns how many."""
+        now = time.time()
+        expired = [t for t in self.store.refresh_tokens() if self.is_expired(t, now)]
+        for token in expired:
+            self.store.remove_refresh_token(token)
+        if expired:
+            await self.store.async_save()
+            for token in expired:
+                await self._async_fire("opp_auth_refresh_token_removed", refresh_token=token)
+        return len(expired)
+
+    async def _async_purge_loop(self) -> None:
+        """Purge expired tokens now and then."""
+        while True:
+            await asyncio.sleep(PURGE_INTERVAL)
+            try:
+                await self.async_purge_expired_tokens()
+            except Exception:  # noqa: BLE001 - keep purging later
+                _LOGGER.exception("Purging expired refresh tokens failed")
 
     async def async_remove_refresh_token(self, refresh_token: RefreshToken) -> None:
         """Revoke a refresh token and every access token it minted."""
@@ -455,6 +516,8 @@ class AuthManager:
         await self.async_validate_refresh_token(refresh_token, remote_ip)
         refresh_token.last_used_at = utcnow()
         refresh_token.last_used_ip = remote_ip
+        if refresh_token.expire_at is not None:
+            refresh_token.expire_at = self.store.default_expire_at(TOKEN_TYPE_NORMAL)
         self.store.schedule_usage_save()
         now = int(time.time())
         return encode_jwt(
@@ -576,3 +639,26 @@ async def _quiet(awaitable: Any, what: str) -> None:
 
 
 __all__ = ["AuthManager", "AuthManagerError", "GROUP_ID_ADMIN"]
+def load_server_secret(config_dir: str) -> bytes:
+    """The server secret, created on first start, kept apart from .storage (mode 0600)."""
+    path = os.path.join(config_dir, SECRET_FILE)
+    try:
+        with open(path, "rb") as handle:
+            secret = bytes.fromhex(handle.read().decode().strip())
+        if len(secret) >= 32:
+            return secret
+        raise ValueError("too short")
+    except FileNotFoundError:
+        pass
+    except (ValueError, UnicodeDecodeError) as err:
+        raise StorageError(f"{path} is not a valid opp-auth secret ({err}); restore it from a backup") from err
+    secret = secrets.token_bytes(32)
+    os.makedirs(config_dir, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret.hex())
+        handle.flush()
+        os.fsync(handle.fileno())
+    return secret
+
+
