@@ -61,7 +61,8 @@ def alive(pid: int) -> bool:
     """Whether a process exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # The process vanished between the lookup and the read.
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
