@@ -33,7 +33,7 @@ from .flow import FlowHandler, FlowResult  # noqa: E402
 from .hookspecs import hookspec  # noqa: E402
 from .login_flow import LoginFlow  # noqa: E402
 from .manager import AuthManager, AuthManagerError  # noqa: E402
-from .mfa import MFA_CONFIG_SCHEMA, MfaModule, SetupFlow  # noqa: E402
+from .mfa import MFA_CONFIG_SCHEMA, MfaAbort, MfaModule, SetupFlow  # noqa: E402
 from .models import (  # noqa: E402
     GROUP_ID_ADMIN,
     GROUP_ID_READ_ONLY,
@@ -80,6 +80,7 @@ __all__ = [
     "Group",
     "InvalidAuthError",
     "LoginFlow",
+    "MfaAbort",
     "MfaModule",
     "ProviderUnavailableError",
     "RefreshToken",

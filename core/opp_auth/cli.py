@@ -269,6 +269,88 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- bans and lockouts ------------------------------------------------------------------------
+#
+# ip_bans.yaml is read by a server at start and appended to while it runs, so
+# `bans remove` (which rewrites it) needs the server stopped: the running
+# server would not see the change and could append to the file meanwhile. A
+# running server is told through the admin websocket commands instead. Login
+# lockouts live only in a server's memory (a restart clears them), so the
+# lockouts commands can only say so or point to those commands.
+
+RUNNING_SERVER_BANS = (
+    "A server is running on {dir}; it would neither see nor keep this change. "
+    "Remove the ban through its websocket API as an administrator "
+    "(config/auth/bans/remove), or stop the server first."
+)
+RUNNING_SERVER_LOCKOUTS = (
+    "Login lockouts live in the memory of the server running on {dir}. List or clear them "
+    "through its websocket API as an administrator (config/auth/lockouts/list, "
+    "config/auth/lockouts/clear), or restart the server, which clears them all."
+)
+NO_LOCKOUTS = "No lockouts: login lockouts live in a running server's memory and end when it stops."
+
+
+def _bans(config_dir: Path) -> Any:
+    """The bans of ip_bans.yaml (bad entries are logged and skipped)."""
+    from .http.ban import BanManager
+
+    bans = BanManager(config_dir, threshold=-1)
+    bans.load()
+    return bans
+
+
+def _holding_lock(config_dir: Path, purpose: str, running_message: str) -> ConfigDirLock:
+    """The directory lock, or a CliError explaining what to do while a server runs."""
+    if not config_dir.is_dir():
+        raise CliError(f"{config_dir} does not exist")
+    lock = ConfigDirLock(config_dir)
+    try:
+        lock.acquire(purpose)
+    except StorageError:
+        raise CliError(running_message.format(dir=config_dir)) from None
+    return lock
+
+
+def cmd_bans_list(args: argparse.Namespace) -> int:
+    """Print the banned addresses of ip_bans.yaml (read-only, so a running server does not matter)."""
+    config_dir = _config_dir(args)
+    if not config_dir.is_dir():
+        raise CliError(f"{config_dir} does not exist")
+    bans = _bans(config_dir).list_bans()
+    for ban in bans:
+        print(f"{ban['ip_address']}  banned at {ban['banned_at']}")
+    if bans:
+        print()
+    print(f"Total bans: {len(bans)}")
+    return 0
+
+
+def cmd_bans_remove(args: argparse.Namespace) -> int:
+    """Lift a ban by rewriting ip_bans.yaml (server stopped)."""
+    import ipaddress
+
+    try:
+        address = str(ipaddress.ip_address(args.ip_address))
+    except ValueError:
+        raise CliError(f"{args.ip_address} is not an IP address") from None
+    config_dir = _config_dir(args)
+    with _holding_lock(config_dir, "bans remove", RUNNING_SERVER_BANS):
+        if not _bans(config_dir).remove_ban(address):
+            print(f"{address} is not banned")
+            return 1
+    print(f"Ban of {address} removed")
+    return 0
+
+
+def cmd_lockouts(args: argparse.Namespace) -> int:
+    """lockouts list|clear: nothing to do without a running server; with one, where to go."""
+    config_dir = _config_dir(args)
+    with _holding_lock(config_dir, "lockouts", RUNNING_SERVER_LOCKOUTS):
+        print(NO_LOCKOUTS)
+    return 0
+
+
 def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     """The argument parser (plugins may add sub-commands)."""
     parser = argparse.ArgumentParser(prog="opp-auth", description="Open Peer Power compatible authentication server")
@@ -306,6 +388,17 @@ def build_parser(pm: Any = None) -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
     for cmd in (add, *[auth_sub.choices[n] for n in ("validate", "change-password", "change_password")]):
         cmd.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    bans = sub.add_parser("bans", help="IP bans of ip_bans.yaml (remove: server must be stopped)")
+    bans_sub = bans.add_subparsers(dest="bans_command", required=True, metavar="BANS_COMMAND")
+    bans_sub.add_parser("list", help="list banned addresses").set_defaults(func=cmd_bans_list)
+    bans_remove = bans_sub.add_parser("remove", help="lift a ban")
+    bans_remove.add_argument("ip_address")
+    bans_remove.set_defaults(func=cmd_bans_remove)
+    lockouts = sub.add_parser("lockouts", help="login lockouts (kept in a running server's memory)")
+    lockouts_sub = lockouts.add_subparsers(dest="lockouts_command", required=True, metavar="LOCKOUTS_COMMAND")
+    lockouts_sub.add_parser("list", help="list lockouts").set_defaults(func=cmd_lockouts)
+    lockouts_sub.add_parser("clear", help="clear lockouts").set_defaults(func=cmd_lockouts)
 
     reset = sub.add_parser("reset", help="lost owner password: remove auth data (keeps a backup)")
     reset.add_argument("--yes", action="store_true", help="do not ask")

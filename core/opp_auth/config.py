@@ -211,12 +211,12 @@ def validate_config(
     try:
         core = CORE_SCHEMA(core_raw)
     except vol.Invalid as err:
-        raise config_error(err, core_raw, ("openpeerpower",)) from None
+        raise _block_error(err, raw, "openpeerpower", core_raw) from None
     http_raw = raw.get("http") or {}
     try:
         http = HTTP_SCHEMA(http_raw)
     except vol.Invalid as err:
-        raise config_error(err, http_raw, ("http",)) from None
+        raise _block_error(err, raw, "http", http_raw) from None
 
     config = Config(config_dir=config_dir, http=http, refresh_token_expiry_days=core["refresh_token_expiry_days"])
     provider_entries = core.get("auth_providers")
@@ -300,6 +300,15 @@ def _resolve(
     return resolved
 
 
+def _block_error(err: vol.Invalid, raw: Any, block: str, value: Any) -> ConfigError:
+    """config_error for a top-level block's value; a scalar value ("http: 1") has no line, so use its key's."""
+    error = config_error(err, value, (block,))
+    if error.line is None:
+        err.prepend([block])
+        error = config_error(err, raw)
+    return error
+
+
 def _located(message: str, node: Any, path: tuple[Any, ...]) -> ConfigError:
     """A ConfigError at the node's file and line."""
     filename, line = where(node)
@@ -323,5 +332,5 @@ def _plugin_blocks(pm: OppAuthPluginManager, raw: dict[str, Any]) -> dict[str, A
         try:
             blocks[block] = schema(value)
         except vol.Invalid as err:
-            raise config_error(err, value, (block,)) from None
+            raise _block_error(err, raw, block, value) from None
     return blocks

@@ -623,6 +623,15 @@ class AuthManager:
         """Tell plugins a login succeeded (fire and forget)."""
         self._spawn(self._async_fire("opp_auth_login_succeeded", remote_ip=remote_ip, user=user, credential=credential))
 
+    def login_retry_after(self, remote_ip: str | None, username: str | None) -> float:
+        """Seconds before remote_ip may try to log in as username (0: now), as the throttling plugins say."""
+        try:
+            waits = self.pm.hook.opp_auth_login_retry_after(auth=self, remote_ip=remote_ip, username=username)
+        except Exception:  # noqa: BLE001 - a broken throttle must not lock everybody out
+            _LOGGER.exception("A login throttle failed")
+            return 0.0
+        return max((float(w) for w in waits if isinstance(w, (int, float)) and w > 0), default=0.0)
+
     def _spawn(self, coro: Any) -> None:
         """Run a coroutine in the background, keeping a reference until it ends."""
         task = asyncio.ensure_future(coro)
@@ -630,15 +639,6 @@ class AuthManager:
         task.add_done_callback(self._background.discard)
 
 
-async def _quiet(awaitable: Any, what: str) -> None:
-    """Await, logging instead of raising."""
-    try:
-        await awaitable
-    except Exception:  # noqa: BLE001
-        _LOGGER.exception("Error during %s", what)
-
-
-__all__ = ["AuthManager", "AuthManagerError", "GROUP_ID_ADMIN"]
 def load_server_secret(config_dir: str) -> bytes:
     """The server secret, created on first start, kept apart from .storage (mode 0600)."""
     path = os.path.join(config_dir, SECRET_FILE)
@@ -662,3 +662,12 @@ def load_server_secret(config_dir: str) -> bytes:
     return secret
 
 
+async def _quiet(awaitable: Any, what: str) -> None:
+    """Await, logging instead of raising."""
+    try:
+        await awaitable
+    except Exception:  # noqa: BLE001
+        _LOGGER.exception("Error during %s", what)
+
+
+__all__ = ["AuthManager", "AuthManagerError", "GROUP_ID_ADMIN"]

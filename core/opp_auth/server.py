@@ -15,7 +15,7 @@ from .config import Config, load_config
 from .http.app import create_app
 from .manager import AuthManager
 from .plugins import OppAuthPluginManager, make_plugin_manager
-from .storage import ConfigDirLock
+from .storage import ConfigDirLock, remove_stale_temporaries
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -56,9 +56,16 @@ async def async_serve(config_dir: Path, host: str | None = None, port: int | Non
     """Serve until SIGINT/SIGTERM."""
     pm = pm or make_plugin_manager()
     config = load_config(config_dir, pm)
+    # Handlers first: a stop asked for while starting must still end cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     lock = ConfigDirLock(config_dir)
     lock.acquire("server")
     try:
+        for name in remove_stale_temporaries(config_dir):
+            _LOGGER.warning("Removed %s, left in .storage by a crash during a write", name)
         auth = build_auth(config, pm)
         app = create_app(auth, config.http)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -72,10 +79,6 @@ async def async_serve(config_dir: Path, host: str | None = None, port: int | Non
         scheme = "https" if ssl_context else "http"
         shown = hosts if isinstance(hosts, str) else hosts[0]
         _LOGGER.warning("opp-auth %s serving %s on %s://%s:%s/", auth.version, config_dir, scheme, shown, bind_port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await runner.cleanup()
     finally:

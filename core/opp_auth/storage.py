@@ -29,6 +29,10 @@ class StorageError(Exception):
     """A .storage file cannot be read or written; str() says which and what to do."""
 
 
+# What a client is told when a change cannot be saved (the log names the file and the cause).
+STORAGE_UNAVAILABLE_MESSAGE = "The server cannot save changes: its storage is full or read-only. Try again later."
+
+
 class RecordList:
     """A list whose items are turned into JSON records lazily, in the writer thread."""
 
@@ -174,6 +178,8 @@ class Store:
         self._delay_handle: asyncio.TimerHandle | None = None
         self._data_func: Callable[[], Any] | None = None
         self._pending: asyncio.Future[None] | None = None
+        # The data function of a write that failed, until a later write succeeds.
+        self._unsaved: Callable[[], Any] | None = None
         self._broken = False
 
     async def async_load(self) -> Any | None:
@@ -223,13 +229,28 @@ class Store:
                 self._pending = None
                 func, self._data_func = self._data_func, None
                 if func is not None:
-                    await self._async_write(func())
+                    try:
+                        await self._async_write(func())
+                    except BaseException:
+                        self._unsaved = func
+                        raise
+                    self._unsaved = None
         except BaseException as err:
             if not waiter.done():
                 waiter.set_exception(err if isinstance(err, Exception) else StorageError(str(err)))
             raise
         if not waiter.done():
             waiter.set_result(None)
+
+    async def async_wait_saved(self) -> None:
+        """Return once every change a save was asked for is on disk, retrying one whose write failed."""
+        if self._pending is not None:
+            await asyncio.shield(self._pending)
+            return
+        async with self._write_lock:
+            pass
+        if self._unsaved is not None:
+            await self.async_save_func(self._unsaved)
 
     def async_delay_save(self, data_func: Callable[[], Any], delay: float = 1.0) -> None:
         """Save later, coalescing: the latest data_func is evaluated only when the timer fires."""
@@ -334,8 +355,13 @@ class ConfigDirLock:
 
     def acquire(self, purpose: str) -> None:
         """Take the lock or raise StorageError naming the process that holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as err:
+            raise StorageError(
+                f"Cannot open {self.path}: {err.strerror or err}. {self.path.parent} must be writable."
+            ) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -371,3 +397,17 @@ def iter_store_keys(config_dir: str | os.PathLike[str]) -> Iterable[str]:
     if not folder.is_dir():
         return []
     return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def remove_stale_temporaries(config_dir: str | os.PathLike[str]) -> list[str]:
+    """Delete the temporary files that a crash left before their rename; call only under ConfigDirLock."""
+    folder = Path(config_dir) / STORAGE_DIR
+    removed: list[str] = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        # write_atomic's names: ".<key>.<random>.tmp"; only the lock holder writes, so none is in use.
+        if path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed

@@ -225,6 +225,10 @@ class AuthStore:
         """Write now and wait until it is durable (for changes a client is told about)."""
         await self._store.async_save_func(self._data_to_save)
 
+    async def async_wait_saved(self) -> None:
+        """Wait until changes already made are durable (a write in flight, or one that failed, is retried)."""
+        await self._store.async_wait_saved()
+
     def schedule_usage_save(self) -> None:
         """Write token usage eventually (coalesced, slow)."""
         if not self._store.has_pending_save:

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +334,52 @@ async def test_record_list_is_snapshotted_at_save_time(config_dir: Path) -> None
     items.append(Record("b", 2))
     await task
     assert read_json(store.path)["data"] == {"r": ["a"]}
+
+
+async def test_wait_saved_returns_only_once_a_write_in_flight_is_on_disk(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revocation answered while another request's write of it is still running must wait for that write."""
+    store = Store(config_dir, "thing", 1)
+    release = threading.Event()
+    write = storage.write_atomic
+
+    def slow_disk(path: Path, content: bytes, private: bool = True) -> None:
+        release.wait(5)
+        write(path, content, private)
+
+    monkeypatch.setattr(storage, "write_atomic", slow_disk)
+    saving = asyncio.ensure_future(store.async_save({"v": 1}))
+    await asyncio.sleep(0.05)
+    waiting = asyncio.ensure_future(store.async_wait_saved())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    release.set()
+    await waiting
+    assert read_json(store.path)["data"] == {"v": 1}
+    await saving
+
+
+async def test_wait_saved_retries_a_write_that_failed(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(config_dir, "thing", 1)
+
+    def full_disk(path: Path, content: bytes, private: bool = True) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "write_atomic", full_disk)
+    with pytest.raises(StorageError):
+        await store.async_save({"v": 1})
+    with pytest.raises(StorageError):
+        await store.async_wait_saved()
+    monkeypatch.undo()
+    await store.async_wait_saved()
+    assert read_json(store.path)["data"] == {"v": 1}
+
+
+async def test_wait_saved_writes_nothing_when_nothing_is_unsaved(config_dir: Path) -> None:
+    store = Store(config_dir, "thing", 1)
+    await store.async_wait_saved()
+    assert not store.path.exists()
 
 
 async def test_remove_deletes_the_file(config_dir: Path) -> None:

@@ -87,6 +87,29 @@ async def test_security_filter_rejects_attack_patterns(client: Any, target: str,
 
 
 @pytest.mark.parametrize(
+    "target",
+    [
+        "/api/?file=proc%2Fself%2Fenviron",
+        "/api/?file=%70roc/self/environ",
+        "/%3Cscript%3E",
+        "/api/?q=<ScRiPt src=x>",
+        "/api/?q=%3cscript%3e",
+        "/static/%2E%2E/%2E%2E/etc/passwd",
+        "/static/..%2f..%2fetc%2fpasswd",
+        "/api/?x=%2F.%2Fetc",
+        "/api/?id=1+UnIoN+SeLeCt+pass(",
+        "/api/?id=1%20union%20select%20pass%28",
+        "/api/?id=1%20UNION%20ALL%20SELECT%201",
+        "/api/?name=concat%28a%29",
+        "/api/?name=CONCAT%20(0x71)",
+    ],
+)
+async def test_security_filter_rejects_encoded_and_mixed_case_forms(client: Any, target: str) -> None:
+    """Every SPEC 6.6 pattern is caught percent-encoded and in any letter case too."""
+    assert await raw_status(client, target) == 400
+
+
+@pytest.mark.parametrize(
     ("target", "status"),
     [
         ("/api/", 401),

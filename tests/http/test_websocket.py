@@ -450,6 +450,7 @@ async def test_refresh_tokens_lists_only_callers_tokens(connect: Any, auth: Auth
     entry = listed[other.id]
     assert set(entry) == {
         "id", "client_id", "client_name", "client_icon", "type", "created_at", "is_current", "last_used_at", "last_used_ip",
+        "expire_at",
     }
     assert entry["client_id"] == "https://example.com/app" and entry["type"] == "normal"
     assert datetime.fromisoformat(entry["created_at"]) == other.created_at
@@ -730,3 +731,18 @@ async def test_handler_exception_is_logged_with_traceback(
         await session.error("x/value_error")
     (record,) = [r for r in caplog.records if r.name == "opp_auth.http.websocket_api"]
     assert record.exc_info is not None and "secret detail" in str(record.exc_info[1])
+
+
+async def test_refresh_token_set_expiry_switches_one_token(connect: Any, auth: AuthManager, bob: User, owner: User) -> None:
+    """auth/refresh_token_set_expiry turns idle expiry off and on for the caller's own token only."""
+    current, token = await mint(auth, bob)
+    others, _ = await mint(auth, owner)
+    session = await connect.auth(token)
+    assert await session.result("auth/refresh_token_set_expiry", refresh_token_id=current.id, enable_expiry=False) == {}
+    assert current.expire_at is None
+    listed = {t["id"]: t for t in await session.result("auth/refresh_tokens")}
+    assert listed[current.id]["expire_at"] is None
+    assert await session.result("auth/refresh_token_set_expiry", refresh_token_id=current.id, enable_expiry=True) == {}
+    assert current.expire_at is not None
+    error = await session.error("auth/refresh_token_set_expiry", refresh_token_id=others.id, enable_expiry=False)
+    assert error == {"code": "invalid_token_id", "message": "Received invalid token"}

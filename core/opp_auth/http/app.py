@@ -9,8 +9,11 @@ import aiohttp
 from aiohttp import web
 
 from ..manager import AuthManager
-from . import auth_views, onboarding, pages
+from . import auth_views, onboarding, openapi, pages
+from ..throttle import PLUGIN_NAME as THROTTLE_PLUGIN_NAME
+from ..throttle import LoginThrottle
 from .ban import BanManager
+from .ban_commands import BAN_PLUGIN_NAME
 from .middleware import build_middleware
 from .websocket_api import setup_websocket
 from .view import AUTH_KEY, CLIENT_SESSION_KEY, CONFIG_KEY
@@ -19,6 +22,7 @@ _LOGGER = logging.getLogger(__name__)
 
 MAX_BODY_SIZE = 16 * 1024 * 1024
 BAN_KEY: web.AppKey[BanManager] = web.AppKey("opp_auth_ban")
+THROTTLE_KEY: web.AppKey[LoginThrottle] = web.AppKey("opp_auth_throttle")
 
 
 def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> web.Application:
@@ -28,20 +32,26 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
         auth.config_dir,
         threshold=http_config.get("login_attempts_threshold", -1),
         enabled=http_config.get("ip_ban_enabled", True),
+        allowlist=http_config.get("ban_allowlist") or (),
     )
+    throttle = LoginThrottle.from_http_config(http_config)
     app = web.Application(middlewares=[build_middleware(auth, http_config, ban)], client_max_size=MAX_BODY_SIZE)
     app[AUTH_KEY] = auth
     app[CONFIG_KEY] = http_config
     app[BAN_KEY] = ban
+    app[THROTTLE_KEY] = throttle
     onboard = onboarding.Onboarding(auth)
     app[onboarding.ONBOARDING_KEY] = onboard
     app[auth_views.ONBOARDED_KEY] = onboard.user_onboarded
     if not auth.pm.is_registered(ban):
-        auth.pm.register(ban, name="opp_auth.ban")
+        auth.pm.register(ban, name=BAN_PLUGIN_NAME)
+    if not auth.pm.is_registered(throttle):
+        auth.pm.register(throttle, name=THROTTLE_PLUGIN_NAME)
 
     auth_views.add_routes(app)
     onboarding.add_routes(app)
     pages.add_routes(app)
+    openapi.add_routes(app)
     setup_websocket(app, auth)
     auth.pm.hook.opp_auth_register_routes(app=app, auth=auth)
 
@@ -59,6 +69,7 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
             await session.close()
         await auth.async_shutdown()
         auth.pm.unregister(ban)
+        auth.pm.unregister(throttle)
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

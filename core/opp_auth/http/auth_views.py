@@ -18,6 +18,18 @@ POST /auth/login_flow/{flow_id}  (JSON: client_id plus the step's fields)
     malformed``. A finished flow answers create_entry with ``result`` = an
     authorization code, usable once, within ten minutes, by that client_id.
 
+    Throttling (opp_auth.throttle): before a step reaches the provider or MFA
+    module, an address and account that failed too often get 429
+    ``{"message": "Too many login attempts, try again in N seconds", "code":
+    "too_many_attempts"}`` with a ``Retry-After: N`` header; the flow stays
+    open, so the same step can be submitted again after N seconds. The
+    account of the MFA steps is the username given in the first step.
+
+    Limits: a flow start is refused with 429 ``Too many logins in progress,
+    try again later`` when 1000 flows are in progress, or 30 from the
+    client's address (flows expire after ten minutes). A body over 16 MiB
+    gets 413 ``{"message": "Request body too large: ..."}``.
+
 DELETE /auth/login_flow/{flow_id}
     Aborts a flow: ``{"message": "Flow aborted"}``.
 
@@ -50,6 +62,7 @@ from ..flow import (
 from ..manager import AuthManagerError
 from ..models import Credentials
 from ..providers import InvalidAuthError
+from ..throttle import retry_after_header, too_many_attempts_message
 from . import indieauth
 from .serialize import prepare_result_json
 from .view import (
@@ -67,6 +80,9 @@ from .view import (
 _LOGGER = logging.getLogger(__name__)
 
 ONBOARDED_KEY: web.AppKey[Any] = web.AppKey("opp_auth_user_onboarded")
+# The username of a flow's first step, the account its later (MFA) steps are throttled as.
+THROTTLE_USERNAME = "throttle_username"
+MFA_STEPS = frozenset({"select_mfa_module", "mfa"})
 
 
 def _handler(value: Any) -> tuple[str, str | None]:
@@ -165,13 +181,23 @@ async def login_flow_step(request: web.Request) -> web.Response:
     if flow.context.get("ip_address") != client_ip(request):
         _failed(request, "ip_changed")
         return json_message("IP address changed", 400)
+    username = data.get("username")
+    if (flow.cur_step or {}).get("step_id") in MFA_STEPS or not isinstance(username, str):
+        username = flow.context.get(THROTTLE_USERNAME)
+    else:
+        flow.context[THROTTLE_USERNAME] = username
+    wait = auth.login_retry_after(client_ip(request), username)
+    if wait > 0:
+        response = json_message(too_many_attempts_message(wait), 429, "too_many_attempts")
+        response.headers["Retry-After"] = retry_after_header(wait)
+        return response
     try:
         result = await auth.login_flow.async_configure(flow_id, data)
     except UnknownFlow:
         return json_message("Invalid flow specified", 404)
     except InvalidInput:
         return json_message("User input malformed", 400)
-    return _flow_result_response(request, client_id, result, data.get("username"))
+    return _flow_result_response(request, client_id, result, username)
 
 
 async def login_flow_delete(request: web.Request) -> web.Response:
@@ -195,6 +221,8 @@ def _flow_result_response(
     auth = auth_of(request)
     if result["type"] != RESULT_TYPE_CREATE_ENTRY:
         base = (result.get("errors") or {}).get("base")
+        if result.get("reason") == "too_many_retry":
+            base = "invalid_code"  # the last wrong code ends the flow; it is a failure all the same
         if base in ("invalid_auth", "invalid_code"):
             auth.note_login_failure(
                 client_ip(request), tuple(result["handler"]), username if isinstance(username, str) else None, base
@@ -231,7 +259,12 @@ async def token_view(request: web.Request) -> web.Response:
             refresh_token = await auth.async_get_refresh_token_by_token(token)
             if refresh_token is not None:
                 await auth.async_remove_refresh_token(refresh_token)
-        return web.Response(status=200)
+            else:
+                # It may be gone from memory only: an earlier revocation still being written, or one
+                # whose write failed. The 200 must not come before that removal is on disk.
+                await auth.store.async_wait_saved()
+        # An empty body still says what it is, so clients and the OpenAPI check need not guess.
+        return web.Response(status=200, content_type="text/plain")
     grant_type = data.get("grant_type")
     if grant_type == "authorization_code":
         response = await _grant_authorization_code(request, data)
@@ -265,11 +298,12 @@ async def _grant_authorization_code(request: web.Request, data: Any) -> web.Resp
         access_token = await auth.async_create_access_token(refresh_token, client_ip(request))
     except (ValueError, InvalidAuthError) as err:
         return _oauth_error("access_denied", str(err), 403)
+    secret, refresh_token.token = refresh_token.token, None  # handed out once; only its digest is kept
     return json_response(
         {
             "access_token": access_token,
             "token_type": "Bearer",
-            "refresh_token": refresh_token.token,
+            "refresh_token": secret,
             "expires_in": int(refresh_token.access_token_expiration.total_seconds()),
         },
         headers={"Cache-Control": "no-store", "Pragma": "no-cache"},

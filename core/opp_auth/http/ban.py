@@ -1,4 +1,13 @@
-"""Per-address bans (ip_bans.yaml) after too many failed logins, driven by the login events."""
+"""Per-address bans (ip_bans.yaml) after too many failed logins, driven by the login events.
+
+SPEC 7 with G17 fixed: failures count only within ``window`` seconds (1 h);
+a hand-edited file never stops start-up (a bad entry is logged and skipped, a
+bare address or one without ``banned_at`` is banned from load time); no
+reverse DNS lookup is made, so nothing delays a response. Addresses on the
+``ban_allowlist`` networks are never banned (a ban of one in the file is
+ignored). Bans are lifted by ``opp-auth bans remove`` (server stopped) or the
+admin websocket command ``config/auth/bans/remove`` (server running).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ from typing import Any
 import yaml
 
 from ..plugins import hookimpl
+from ..throttle import in_networks, parse_networks
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -24,8 +34,16 @@ MAX_TRACKED = 10000
 class BanManager:
     """Banned addresses and recent failure counts; a built-in plugin of the login events."""
 
-    def __init__(self, config_dir: str | Path, threshold: int, enabled: bool = True, window: float = FAILURE_WINDOW) -> None:
+    def __init__(
+        self,
+        config_dir: str | Path,
+        threshold: int,
+        enabled: bool = True,
+        window: float = FAILURE_WINDOW,
+        allowlist: Any = (),
+    ) -> None:
         """Read nothing yet; call load()."""
+        self.allowlist = parse_networks(allowlist)
         self.path = Path(config_dir) / IP_BANS_FILE
         self.threshold = threshold
         self.enabled = enabled
@@ -69,11 +87,18 @@ class BanManager:
 
     def is_banned(self, ip: str | None) -> bool:
         """Whether requests from ip are refused."""
-        return ip is not None and ip in self.banned
+        return ip is not None and ip in self.banned and not in_networks(ip, self.allowlist)
+
+    def list_bans(self) -> list[dict[str, str]]:
+        """Banned addresses with their ISO-8601 ban time, oldest first."""
+        return [
+            {"ip_address": ip, "banned_at": at.isoformat()}
+            for ip, at in sorted(self.banned.items(), key=lambda item: _sort_key(item[1]))
+        ]
 
     def record_failure(self, ip: str | None) -> bool:
         """Count a failure; returns True when it caused a ban."""
-        if ip is None or not self.enabled or self.threshold < 1:
+        if ip is None or not self.enabled or self.threshold < 1 or in_networks(ip, self.allowlist):
             return False
         now = time.monotonic()
         attempts = self._failures.pop(ip, None) or deque()
@@ -125,3 +150,8 @@ class BanManager:
     def opp_auth_login_succeeded(self, auth: Any, remote_ip: str | None, user: Any, credential: Any) -> None:
         """Reset the address's count."""
         self.record_success(remote_ip)
+
+
+def _sort_key(when: datetime) -> datetime:
+    """Naive datetimes (hand-written without an offset) sort as UTC."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)

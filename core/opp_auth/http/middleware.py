@@ -16,6 +16,7 @@ from urllib.parse import unquote
 from aiohttp import hdrs, web
 
 from ..network import is_local_address
+from ..storage import STORAGE_UNAVAILABLE_MESSAGE, StorageError
 from .forwarded import ForwardedError, resolve_forwarded
 from .view import (
     KEY_AUTHENTICATED,
@@ -83,7 +84,7 @@ def build_middleware(
         remote = request.remote
         request[KEY_CLIENT_IP] = remote
 
-        if ban_active and remote in ban.banned:  # type: ignore[union-attr]
+        if ban_active and remote in ban.banned and ban.is_banned(remote):  # type: ignore[union-attr]
             return json_message("Forbidden", 403)
 
         authenticated = False
@@ -125,7 +126,14 @@ def build_middleware(
                 )
             return json_message("Forbidden", 403)
 
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except StorageError:
+            # The store has logged which file and why; the client is told the change was not saved.
+            response = json_message(STORAGE_UNAVAILABLE_MESSAGE, 503)
+        except web.HTTPRequestEntityTooLarge:
+            # aiohttp's own answer is plain text; API clients expect JSON.
+            response = json_message(f"Request body too large: the limit is {request.client_max_size} bytes", 413)
 
         if response.status == 401 and ban_active:
             auth.note_login_failure(remote, None, None, "unauthorized")

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from ..manager import AuthManager
 from ..models import GROUP_ID_ADMIN
+from ..storage import StorageError
 from . import indieauth
 from .view import CLIENT_SESSION_KEY, KEY_REFRESH_TOKEN_ID, auth_of, json_message, json_response, read_json, require_auth
 
@@ -128,6 +129,8 @@ async def onboarding_users(request: web.Request) -> web.Response:
             await provider.async_add_auth(username, data["password"])  # type: ignore[attr-defined]
         except ValueError as err:
             return json_message(str(err), 400)
+        except StorageError:
+            raise  # not a refusal: the middleware answers 503
         except Exception as err:  # noqa: BLE001 - the provider's own refusal (username exists, ...)
             return json_message(str(err) or "Unable to create the login", 400)
         try:

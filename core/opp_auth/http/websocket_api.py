@@ -5,7 +5,10 @@ Protocol (Open Peer Power's, so existing clients work unchanged):
 1. The server sends ``{"type": "auth_required", "ha_version": "<version>"}``.
 2. Within 10 seconds the client sends ``{"type": "auth", "access_token": "..."}``.
    Answer: ``{"type": "auth_ok", "ha_version": ...}``, or ``{"type":
-   "auth_invalid", "message": ...}`` and the connection closes.
+   "auth_invalid", "message": ...}`` and the connection closes. The message
+   is "Too many login attempts, try again in N seconds" while the address is
+   throttled (opp_auth.throttle), and "Too many connections" when the user
+   already has 32 open.
 3. Commands: ``{"id": <int, increasing>, "type": "<command>", ...}``. Every
    command gets exactly one answer: ``{"id", "type": "result", "success":
    true, "result": ...}`` or ``{"id", "type": "result", "success": false,
@@ -30,6 +33,8 @@ from aiohttp import WSMsgType, web
 
 from ..models import RefreshToken, User
 from ..plugins import hookimpl
+from ..storage import STORAGE_UNAVAILABLE_MESSAGE, StorageError
+from ..throttle import too_many_attempts_message
 from .view import auth_of, client_ip
 
 if TYPE_CHECKING:
@@ -43,6 +48,7 @@ MAX_OUTGOING = 4096
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 RATE_PER_SECOND = 200.0
 RATE_BURST = 400.0
+MAX_CONNECTIONS_PER_USER = 32
 
 ERR_ID_REUSE = "id_reuse"
 ERR_INVALID_FORMAT = "invalid_format"
@@ -255,12 +261,20 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: A
         error = str(err) if isinstance(err, vol.Invalid) else "Invalid JSON"
         await ws.send_json({"type": "auth_invalid", "message": f"Auth message incorrectly formatted: {error}"})
         return None
+    wait = auth.login_retry_after(client_ip(request), None)
+    if wait > 0:
+        await ws.send_json({"type": "auth_invalid", "message": too_many_attempts_message(wait)})
+        return None
     refresh_token = (
         auth.validate_access_token(data["access_token"], client_ip(request)) if "access_token" in data else None
     )
     if refresh_token is None:
         await ws.send_json({"type": "auth_invalid", "message": "Invalid access token or password"})
         auth.note_login_failure(client_ip(request), None, None, "invalid_token")
+        return None
+    if request.app[WS_CONNECTIONS_KEY].count(refresh_token.user.id) >= MAX_CONNECTIONS_PER_USER:
+        # Not a failed login: the token is good, the user has simply opened too many.
+        await ws.send_json({"type": "auth_invalid", "message": "Too many connections"})
         return None
     await ws.send_json({"type": "auth_ok", "ha_version": auth.version})
     auth.note_login_success(client_ip(request), refresh_token.user, None)
@@ -404,6 +418,9 @@ async def _run(conn: ActiveConnection, handler: CommandHandler, schema: vol.Sche
         conn.send_error(msg_id, ERR_TIMEOUT, "Timeout")
     except asyncio.CancelledError:
         raise
+    except StorageError:
+        # A framework error (SPEC 5.5): unknown_error with its text; the store logged file and cause.
+        conn.send_error(msg_id, ERR_UNKNOWN_ERROR, STORAGE_UNAVAILABLE_MESSAGE)
     except Exception:  # noqa: BLE001 - a reply for every command, never a silent failure
         _LOGGER.exception("Error handling message %s", message.get("type"))
         conn.send_error(msg_id, ERR_UNKNOWN_ERROR, "Unknown error")

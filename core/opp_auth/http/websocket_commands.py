@@ -11,6 +11,7 @@ from ..flow import FlowError, InvalidInput, UnknownFlow, UnknownHandler
 from ..manager import AuthManagerError
 from ..models import GROUP_ID_ADMIN, TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN, RefreshToken, User
 from ..providers import InvalidAuthError
+from . import ban_commands
 from .serialize import serialize_schema
 from .websocket_api import (
     ActiveConnection,
@@ -91,6 +92,7 @@ async def long_lived_access_token(conn: ActiveConnection, msg: dict[str, Any]) -
         )
     except ValueError as err:
         raise CommandError("invalid_info", str(err)) from err
+    refresh_token.token = None  # a long-lived token's refresh secret is never revealed
     try:
         access_token = await auth.async_create_access_token(refresh_token, conn.remote)
     except InvalidAuthError as err:
@@ -99,7 +101,7 @@ async def long_lived_access_token(conn: ActiveConnection, msg: dict[str, Any]) -
     conn.send_result(msg["id"], access_token)
 
 
-def _token_info(token: RefreshToken, current_id: str) -> dict[str, Any]:
+def _token_info(token: RefreshToken, current_id: str, expire_at: float | None) -> dict[str, Any]:
     """A refresh token as the profile lists it (never its secret)."""
     return {
         "id": token.id,
@@ -111,6 +113,7 @@ def _token_info(token: RefreshToken, current_id: str) -> dict[str, Any]:
         "is_current": token.id == current_id,
         "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
         "last_used_ip": token.last_used_ip,
+        "expire_at": expire_at,
     }
 
 
@@ -119,8 +122,26 @@ def _token_info(token: RefreshToken, current_id: str) -> dict[str, Any]:
 async def refresh_tokens(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """The caller's refresh tokens."""
     conn.send_result(
-        msg["id"], [_token_info(t, conn.refresh_token_id) for t in conn.user.refresh_tokens.values()]
+        msg["id"],
+        [_token_info(t, conn.refresh_token_id, conn.auth.expire_at(t)) for t in conn.user.token_list],
     )
+
+
+@require_user()
+@websocket_command(
+    {
+        vol.Required("type"): "auth/refresh_token_set_expiry",
+        vol.Required("refresh_token_id"): str,
+        vol.Required("enable_expiry"): bool,
+    }
+)
+async def refresh_token_set_expiry(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Switch idle expiry of one of the caller's tokens on or off."""
+    token = conn.user.refresh_tokens.get(msg["refresh_token_id"])
+    if token is None:
+        raise CommandError("invalid_token_id", "Received invalid token")
+    await conn.auth.async_set_expiry(token, msg["enable_expiry"])
+    conn.send_result(msg["id"], {})
 
 
 @require_user()
@@ -332,6 +353,7 @@ def register_core_commands(registry: CommandRegistry) -> None:
         long_lived_access_token,
         refresh_tokens,
         delete_refresh_token,
+        refresh_token_set_expiry,
         delete_all_refresh_tokens,
         sign_path,
         setup_mfa,
@@ -344,3 +366,4 @@ def register_core_commands(registry: CommandRegistry) -> None:
         config_auth_delete,
     ):
         registry.register(handler)
+    ban_commands.register(registry)

@@ -25,6 +25,7 @@ from opp_auth import (
     require_user,
     websocket_command,
 )
+from opp_auth.throttle import too_many_attempts_message
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -244,6 +245,9 @@ async def recovery_codes_command(conn: ActiveConnection, msg: dict[str, Any]) ->
         raise CommandError("no_module", f"MFA module {msg['mfa_module_id']} is not found")
     if not await module.async_is_user_setup(conn.user.id):
         raise CommandError("not_set_up", "Two-factor authentication is not set up")
+    wait = conn.auth.login_retry_after(conn.remote, conn.user.name)
+    if wait > 0:
+        raise CommandError("too_many_attempts", too_many_attempts_message(wait))
     if not module.is_current_code(conn.user.id, msg["code"]):
         conn.auth.note_login_failure(conn.remote, None, conn.user.name, "invalid_code")
         raise CommandError("invalid_code", "Invalid code")

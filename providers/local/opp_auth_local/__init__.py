@@ -218,7 +218,12 @@ class LocalAuthProvider(AuthProvider):
         """Add a login and save it (new passwords must pass the policy)."""
         self.check_password_policy(password, username)
         await self.auth.async_password_check(self.data.add_auth, username, password)
-        await self.data.async_save()
+        try:
+            await self.data.async_save()
+        except Exception:
+            # Not on disk, so not added: a retry (after freeing space) must not find the name taken.
+            self.data.remove_auth(username)
+            raise
 
     async def async_remove_auth(self, username: str) -> None:
         """Remove a login, and the credentials that use it."""

@@ -16,6 +16,7 @@ from opp_auth import (
     require_admin,
     websocket_command,
 )
+from opp_auth.throttle import too_many_attempts_message
 
 if TYPE_CHECKING:
     from . import LocalAuthProvider
@@ -108,6 +109,9 @@ async def change_password(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     if credentials is None:
         raise CommandError("credentials_not_found", "Credentials not found")
     username = credentials.data["username"]
+    wait = conn.auth.login_retry_after(conn.remote, username)
+    if wait > 0:
+        raise CommandError("too_many_attempts", too_many_attempts_message(wait))
     try:
         await provider.async_validate_login(username, msg["current_password"])
     except InvalidAuthError:

@@ -1,0 +1,300 @@
+"""Login throttling: a growing delay, then a temporary lock, per (address, account), per account and per address.
+
+A built-in plugin of the login events (``opp_auth_login_failed`` /
+``opp_auth_login_succeeded``), so every provider and MFA module is covered
+without code of its own. Before a login step is processed the core asks
+``auth.login_retry_after(address, username)`` (the ``opp_auth_login_retry_after``
+hook, answered here); a positive answer refuses the step without calling the
+provider: HTTP 429 with ``Retry-After`` for the login flow, ``auth_invalid``
+in the websocket auth phase, the error ``too_many_attempts`` for websocket
+commands that check a password or code (change_password, TOTP recovery codes).
+
+Three counters, each in a bounded LRU map, each forgotten ``reset_after_seconds``
+after its last failure (the "decay"):
+
+- per (address, account): ``attempts_per_address_and_user`` failures are free,
+  then each further failure locks the pair for 2^(n - free) seconds after it
+  (1 s, 2 s, 4 s, ...), capped at ``max_lock_seconds`` (15 min). This is the
+  brute-force brake; it applies on allow-listed networks too.
+- per account: the same with ``attempts_per_user`` free failures, but it counts
+  only failures from addresses the account is NOT trusted at, and it is never
+  applied to a trusted address. An address is trusted for an account when it
+  is in ``ban_allowlist`` or a login of that account succeeded from it earlier
+  (remembered in memory, the last 16 addresses per account). So a distributed
+  guesser slows down across all its addresses, while the owner at home (or
+  anywhere they logged in before) is not locked out by strangers.
+- per address: ``attempts_per_address`` free failures across all accounts (a
+  password spray from one address), never applied to allow-listed networks.
+
+Locks are always temporary; nothing here is written to disk, and a restart
+forgets everything. A success clears the pair (address, account) for every
+username of the user, but neither the account's tally of failures from
+strangers (a success at home does not vouch for them) nor the address's tally
+(else anyone holding one account could reset the brake on spraying others).
+Refused attempts are not failures: they do not extend a lock. A 401 on a
+protected view (reason ``unauthorized``) is not a login attempt and counts
+nowhere here (the IP ban still counts it).
+
+Usernames are compared stripped and case-folded. Memory is bounded: each map
+holds at most ``max_tracked`` entries, dropping the least recently failed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .plugins import hookimpl
+
+_LOGGER = logging.getLogger(__name__)
+
+PLUGIN_NAME = "opp_auth.throttle"
+DEFAULTS: dict[str, Any] = {
+    "enabled": True,
+    "attempts_per_address_and_user": 5,
+    "attempts_per_user": 10,
+    "attempts_per_address": 20,
+    "max_lock_seconds": 900,
+    "reset_after_seconds": 3600,
+}
+MAX_TRACKED = 10000
+KNOWN_ADDRESSES_PER_USER = 16
+# Failures that are not a guess at a password, code or token.
+IGNORED_REASONS = frozenset({"unauthorized"})
+
+KIND_PAIR = "address_and_user"
+KIND_USER = "user"
+KIND_ADDRESS = "address"
+
+
+def too_many_attempts_message(seconds: float) -> str:
+    """The text every refusal shows."""
+    return f"Too many login attempts, try again in {retry_after_header(seconds)} seconds"
+
+
+def retry_after_header(seconds: float) -> str:
+    """Whole seconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def normalize_username(username: Any) -> str | None:
+    """The account key of a username: stripped, case-folded; None when there is none."""
+    if not isinstance(username, str):
+        return None
+    key = username.strip().casefold()
+    return key or None
+
+
+def parse_networks(values: Iterable[Any]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Networks from strings or network objects (ValueError on a bad one)."""
+    return [v if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else ipaddress.ip_network(str(v), strict=False) for v in values]
+
+
+def in_networks(ip: str | None, networks: list[Any]) -> bool:
+    """Whether ip is inside one of networks (IPv4-mapped IPv6 counts as IPv4)."""
+    if ip is None or not networks:
+        return False
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in net for net in networks if net.version == address.version)
+
+
+class _Counters:
+    """failures and last failure time per key, LRU-bounded, forgotten after a quiet period."""
+
+    def __init__(self, max_size: int, forget_after: float) -> None:
+        """Empty."""
+        self.max_size = max_size
+        self.forget_after = forget_after
+        self.items: OrderedDict[Any, list[float]] = OrderedDict()
+
+    def add(self, key: Any, now: float) -> int:
+        """Count a failure; returns the count."""
+        entry = self.items.pop(key, None)
+        if entry is None or now - entry[1] > self.forget_after:
+            entry = [0, now]
+        entry[0] += 1
+        entry[1] = now
+        self.items[key] = entry
+        while len(self.items) > self.max_size:
+            self.items.popitem(last=False)
+        return int(entry[0])
+
+    def get(self, key: Any, now: float) -> list[float] | None:
+        """[failures, last] of a key still remembered."""
+        entry = self.items.get(key)
+        if entry is not None and now - entry[1] > self.forget_after:
+            del self.items[key]
+            return None
+        return entry
+
+
+class LoginThrottle:
+    """Failure counters and the growing delay they impose; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        attempts_per_address_and_user: int = 5,
+        attempts_per_user: int = 10,
+        attempts_per_address: int = 20,
+        max_lock_seconds: float = 900,
+        reset_after_seconds: float = 3600,
+        allowlist: Iterable[Any] = (),
+        max_tracked: int = MAX_TRACKED,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Counters start empty."""
+        self.enabled = enabled
+        self.free = {KIND_PAIR: attempts_per_address_and_user, KIND_USER: attempts_per_user, KIND_ADDRESS: attempts_per_address}
+        self.max_lock = float(max_lock_seconds)
+        self.allowlist = parse_networks(allowlist)
+        self.clock = clock
+        self.max_tracked = max_tracked
+        self.maps = {kind: _Counters(max_tracked, float(reset_after_seconds)) for kind in self.free}
+        self._known: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+
+    @classmethod
+    def from_http_config(cls, http_config: dict[str, Any], **kwargs: Any) -> LoginThrottle:
+        """Built from the http: block (login_throttle and ban_allowlist; missing keys take defaults)."""
+        conf = {**DEFAULTS, **(http_config.get("login_throttle") or {})}
+        return cls(**conf, allowlist=http_config.get("ban_allowlist") or (), **kwargs)
+
+    # ---- decisions --------------------------------------------------------------------------
+
+    def is_allowlisted(self, ip: str | None) -> bool:
+        """Whether ip is on a network that is never banned or locked per address."""
+        return in_networks(ip, self.allowlist)
+
+    def is_trusted(self, ip: str | None, username: str) -> bool:
+        """Whether the account lock is waived for ip (allow-listed, or the account logged in from it)."""
+        known = self._known.get(username)
+        return (known is not None and ip in known) or self.is_allowlisted(ip)
+
+    def _wait(self, kind: str, key: Any, now: float) -> float:
+        """Seconds left of the lock a counter imposes."""
+        entry = self.maps[kind].get(key, now)
+        if entry is None:
+            return 0.0
+        excess = int(entry[0]) - self.free[kind]
+        if excess < 0:
+            return 0.0
+        delay = self.max_lock if excess >= 32 else min(self.max_lock, float(2**excess))
+        return max(0.0, entry[1] + delay - now)
+
+    def retry_after(self, ip: str | None, username: Any) -> float:
+        """Seconds before ip may try to log in as username; 0 means now."""
+        if not self.enabled:
+            return 0.0
+        now = self.clock()
+        user = normalize_username(username)
+        wait = 0.0
+        if ip is not None and not self.is_allowlisted(ip):
+            wait = self._wait(KIND_ADDRESS, ip, now)
+        if user is not None:
+            wait = max(wait, self._wait(KIND_PAIR, (ip, user), now))
+            if not self.is_trusted(ip, user):
+                wait = max(wait, self._wait(KIND_USER, user, now))
+        return wait
+
+    # ---- events -----------------------------------------------------------------------------
+
+    def record_failure(self, ip: str | None, username: Any, reason: str = "invalid_auth") -> None:
+        """Count a failed attempt."""
+        if not self.enabled or reason in IGNORED_REASONS:
+            return
+        now = self.clock()
+        user = normalize_username(username)
+        if ip is not None and not self.is_allowlisted(ip):
+            self.maps[KIND_ADDRESS].add(ip, now)
+        if user is not None:
+            self.maps[KIND_PAIR].add((ip, user), now)
+            if not self.is_trusted(ip, user):
+                self.maps[KIND_USER].add(user, now)
+
+    def record_success(self, ip: str | None, usernames: Iterable[Any]) -> None:
+        """A login succeeded from ip for an account with these usernames."""
+        if ip is None:
+            return
+        for name in {normalize_username(u) for u in usernames} - {None}:
+            assert name is not None
+            self.maps[KIND_PAIR].items.pop((ip, name), None)
+            known = self._known.pop(name, None) or OrderedDict()
+            known.pop(ip, None)
+            known[ip] = None
+            while len(known) > KNOWN_ADDRESSES_PER_USER:
+                known.popitem(last=False)
+            self._known[name] = known
+            while len(self._known) > self.max_tracked:
+                self._known.popitem(last=False)
+
+    # ---- administration ---------------------------------------------------------------------
+
+    def lockouts(self) -> list[dict[str, Any]]:
+        """Counters that refuse attempts right now, longest first."""
+        now = self.clock()
+        found = []
+        for kind, counters in self.maps.items():
+            for key in list(counters.items):
+                wait = self._wait(kind, key, now)
+                if wait <= 0:
+                    continue
+                ip, user = key if kind == KIND_PAIR else ((key, None) if kind == KIND_ADDRESS else (None, key))
+                found.append(
+                    {
+                        "type": kind,
+                        "ip_address": ip,
+                        "username": user,
+                        "failures": int(counters.items[key][0]),
+                        "retry_after": math.ceil(wait),
+                    }
+                )
+        found.sort(key=lambda item: -item["retry_after"])
+        return found
+
+    def clear(self, ip: str | None = None, username: Any = None) -> int:
+        """Forget counters matching the filters (both None: all); returns how many."""
+        user = normalize_username(username)
+        cleared = 0
+        for kind, counters in self.maps.items():
+            for key in list(counters.items):
+                if kind == KIND_PAIR:
+                    match = (ip is None or key[0] == ip) and (user is None or key[1] == user)
+                elif kind == KIND_USER:
+                    match = ip is None and (user is None or key == user)
+                else:
+                    match = user is None and (ip is None or key == ip)
+                if match:
+                    del counters.items[key]
+                    cleared += 1
+        return cleared
+
+    # ---- hooks ------------------------------------------------------------------------------
+
+    @hookimpl
+    def opp_auth_login_failed(self, auth: Any, remote_ip: str | None, provider: Any, username: Any, reason: str) -> None:
+        """Count the failure."""
+        self.record_failure(remote_ip, username, reason)
+
+    @hookimpl
+    def opp_auth_login_succeeded(self, auth: Any, remote_ip: str | None, user: Any, credential: Any) -> None:
+        """Clear the address and pairs; trust the address for the account from now on."""
+        creds = list(getattr(user, "credentials", None) or [])
+        if credential is not None:
+            creds.append(credential)
+        self.record_success(remote_ip, [(getattr(c, "data", None) or {}).get("username") for c in creds])
+
+    @hookimpl
+    def opp_auth_login_retry_after(self, auth: Any, remote_ip: str | None, username: Any) -> float:
+        """Seconds to wait before this attempt."""
+        return self.retry_after(remote_ip, username)
