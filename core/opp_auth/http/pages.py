@@ -35,10 +35,16 @@ async def profile(request: web.Request) -> web.StreamResponse:
     return _page("index.html")
 
 
+async def users(request: web.Request) -> web.StreamResponse:
+    """GET /users: user administration (the page itself asks the websocket API, which checks)."""
+    return _page("index.html")
+
+
 def add_routes(app: web.Application) -> None:
     """Register the pages and their assets."""
     app.router.add_get("/", index)
     app.router.add_get("/auth/authorize", authorize)
     app.router.add_get("/onboarding.html", onboarding_page)
     app.router.add_get("/profile", profile)
+    app.router.add_get("/users", users)
     app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)
