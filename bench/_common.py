@@ -1,0 +1,184 @@
+"""Shared pieces of the benchmark scripts: building a real AuthManager, results, machine facts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from opp_auth.config import validate_config
+from opp_auth.manager import AuthManager
+from opp_auth.models import (
+    ACCESS_TOKEN_EXPIRATION,
+    GROUP_ID_USER,
+    TOKEN_TYPE_NORMAL,
+    Credentials,
+    KeyRing,
+    RefreshToken,
+    User,
+    hash_token,
+)
+from opp_auth.plugins import make_plugin_manager
+from opp_auth.store import AuthStore
+
+CLIENT_ID = "https://example.com/app"
+REDIRECT_URI = "https://example.com/app/callback"
+BENCH_DIR = Path(__file__).resolve().parent
+# Lines starting with this carry a script's results to run_all.py.
+RESULT_PREFIX = "BENCH-RESULTS "
+
+
+@dataclass
+class Result:
+    """One row of the results table; target None means "reported, not a target"."""
+
+    bench: str
+    name: str
+    value: float
+    unit: str
+    target: float | None = None
+    op: str = "<="
+    note: str = ""
+
+    @property
+    def status(self) -> str:
+        """PASS, FAIL or "info"."""
+        if self.target is None:
+            return "info"
+        ok = self.value <= self.target if self.op == "<=" else self.value >= self.target
+        return "PASS" if ok else "FAIL"
+
+
+def fmt(value: float) -> str:
+    """A number with about three significant digits."""
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def render_rows(results: list[Result]) -> list[str]:
+    """Markdown table rows: benchmark, measurement, value, target, status, note."""
+    lines = [
+        "| benchmark | measurement | measured | target | status | note |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        target = f"{r.op} {fmt(r.target)} {r.unit}" if r.target is not None else "—"
+        lines.append(f"| {r.bench} | {r.name} | {fmt(r.value)} {r.unit} | {target} | {r.status} | {r.note} |")
+    return lines
+
+
+def emit(results: list[Result]) -> None:
+    """Print a table for people and one machine-readable line for run_all.py."""
+    print("\n".join(render_rows(results)))
+    print(RESULT_PREFIX + json.dumps([asdict(r) for r in results]), flush=True)
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    """The options every script accepts."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    return parser.parse_args()
+
+
+def make_auth(config_dir: str | os.PathLike[str], providers: list[dict[str, Any]], http: dict[str, Any] | None = None) -> AuthManager:
+    """An AuthManager built from configuration entries exactly as configuration.yaml gives them."""
+    pm = make_plugin_manager()
+    raw: dict[str, Any] = {"openpeerpower": {"auth_providers": providers}, "http": http or {}}
+    config = validate_config(raw, pm, config_dir=Path(config_dir), allow_insecure_example=True)
+    return AuthManager(
+        str(config_dir), pm, provider_configs=config.providers, mfa_configs=config.mfa_modules,
+        http_config=config.http, config_blocks=config.blocks,
+    )
+
+
+INSECURE_PROVIDER = {"type": "insecure_example", "users": [{"username": "bench", "password": "bench", "name": "Bench"}]}
+
+
+def populate(store: AuthStore, count: int, *, credentials: bool = False, version: str = "0.1.0") -> list[RefreshToken]:
+    """count active users with one normal refresh token each, added straight to the store's indexes.
+
+    Built the way AuthStore's loader builds them: shared group tuple, client id,
+    version and expiration objects, only the digest of each token's secret, and
+    signing keys derived from the server secret (a store without a manager gets
+    a key ring of its own, as AuthManager.async_setup gives it one).
+    """
+    group = store.get_group(GROUP_ID_USER)
+    assert group is not None, "load the store first"
+    if store.keyring is None:
+        store.keyring = bench_keyring()
+    groups = store.shared_groups([group])
+    tokens = []
+    for i in range(count):
+        user = User(name=f"user {i}", is_active=True, groups=groups)
+        store.add_user(user)
+        cred = None
+        if credentials:
+            cred = Credentials(auth_provider_type="openpeerpower", auth_provider_id=None, data={"username": f"user{i}"})
+            store.link_credentials(user, cred)
+        token = RefreshToken(
+            user=user, client_id=CLIENT_ID, access_token_expiration=ACCESS_TOKEN_EXPIRATION,
+            token_hash=hash_token(secrets.token_hex(64)), keyring=store.keyring, credential=cred, version=version,
+            expire_at=store.default_expire_at(TOKEN_TYPE_NORMAL),
+        )
+        store.add_refresh_token(token)
+        tokens.append(token)
+    return tokens
+
+
+def bench_keyring() -> KeyRing:
+    """A key ring for a store used without a manager (any secret will do for timing and sizes)."""
+    return KeyRing(b"opp-auth bench server secret, 32")
+
+
+def median(values: list[float]) -> float:
+    """statistics.median, named for brevity."""
+    return statistics.median(values)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of values (pct in 0..100)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def machine() -> dict[str, str]:
+    """Core count, CPU model and Python version of this machine."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "os": f"{platform.system()} {platform.release()}",
+    }
+
+
+def python_exe() -> str:
+    """This interpreter, for child processes."""
+    return sys.executable
