@@ -14,7 +14,7 @@ from ..throttle import PLUGIN_NAME as THROTTLE_PLUGIN_NAME
 from ..throttle import LoginThrottle
 from .ban import BanManager
 from .ban_commands import BAN_PLUGIN_NAME
-from .middleware import build_middleware
+from .middleware import build_pipeline, wrap_routes
 from .websocket_api import setup_websocket
 from .view import AUTH_KEY, CLIENT_SESSION_KEY, CONFIG_KEY
 
@@ -35,7 +35,7 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
         allowlist=http_config.get("ban_allowlist") or (),
     )
     throttle = LoginThrottle.from_http_config(http_config)
-    app = web.Application(middlewares=[build_middleware(auth, http_config, ban)], client_max_size=MAX_BODY_SIZE)
+    app = web.Application(client_max_size=MAX_BODY_SIZE)
     app[AUTH_KEY] = auth
     app[CONFIG_KEY] = http_config
     app[BAN_KEY] = ban
@@ -54,6 +54,7 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
     openapi.add_routes(app)
     setup_websocket(app, auth)
     auth.pm.hook.opp_auth_register_routes(app=app, auth=auth)
+    wrap_routes(app, build_pipeline(auth, http_config, ban))
 
     async def on_startup(app: web.Application) -> None:
         """Load data and open resources before serving."""
