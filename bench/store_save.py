@@ -97,7 +97,7 @@ async def main() -> None:
         Result(BENCH, f"max event-loop lag during async_save, {label}", max(lags), "ms", TARGET_MS,
                note=f"worst of {saves} saves ({', '.join(f'{lag:.2f}' for lag in lags)} ms); idle ticker: {idle_lag:.2f} ms"),
         Result(BENCH, f"async_save duration, {label}", median(durations), "s",
-               note=f"median of {saves}; encode + fsync'd atomic write in the executor"),
+               note=f"median of {saves}; encoded on the loop in 1 ms slices, fsync'd atomic write in the executor"),
         Result(BENCH, f".storage/auth size, {label}", size / 1e6, "MB", note=f"{size / users:.0f} bytes per user (user, login, token)"),
     ])
 

@@ -16,7 +16,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,26 @@ STORAGE_UNAVAILABLE_MESSAGE = "The server cannot save changes: its storage is fu
 
 
 class RecordList:
-    """A list whose items are turned into JSON records lazily, in the writer thread."""
+    """Records rendered lazily, in the writer thread.
 
-    __slots__ = ("items", "to_dict")
+    ``items`` is a list, or a function returning one that the writer thread
+    calls: ``lambda: list(a_dict.values())`` copies a dict in one C call that
+    holds the GIL, so it is consistent, and costs the event loop nothing.
+    """
 
-    def __init__(self, items: list[Any], to_dict: Callable[[Any], Any]) -> None:
-        """Keep a snapshot of the items and the function that renders one."""
-        self.items = items
+    __slots__ = ("_items", "to_dict")
+
+    def __init__(self, items: list[Any] | Callable[[], list[Any]], to_dict: Callable[[Any], Any]) -> None:
+        """Keep the items (or how to take them) and the function that renders one."""
+        self._items = items
         self.to_dict = to_dict
+
+    @property
+    def items(self) -> list[Any]:
+        """The items (taken now when given as a function)."""
+        if callable(self._items):
+            self._items = self._items()
+        return self._items
 
 
 def _json_default(obj: Any) -> Any:
@@ -56,54 +69,71 @@ def _json_default(obj: Any) -> Any:
 _DUMPS = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(", ", ": ")).encode
 
 
-def _encode_value(value: Any, indent: int, out: list[str]) -> None:
-    """Append the JSON text of value; dicts indented, RecordLists one record per line."""
+def _encode_value(value: Any, indent: int) -> Iterator[str]:
+    """The JSON text of value in pieces; dicts indented, RecordLists one record per line."""
     pad = " " * indent
     if isinstance(value, RecordList):
         if not value.items:
-            out.append("[]")
+            yield "[]"
             return
-        out.append("[\n")
+        yield "[\n"
         inner = pad + "    "
         to_dict = value.to_dict
         last = len(value.items) - 1
         for index, item in enumerate(value.items):
-            out.append(inner)
-            out.append(_DUMPS(to_dict(item)))
-            out.append(",\n" if index != last else "\n")
-        out.append(pad + "]")
+            yield inner + _DUMPS(to_dict(item)) + (",\n" if index != last else "\n")
+        yield pad + "]"
     elif isinstance(value, dict) and any(isinstance(v, (RecordList, dict)) for v in value.values()):
-        out.append("{\n")
+        yield "{\n"
         items = list(value.items())
         for index, (key, item) in enumerate(items):
-            out.append(f"{pad}    {json.dumps(str(key), ensure_ascii=False)}: ")
-            _encode_value(item, indent + 4, out)
-            out.append(",\n" if index != len(items) - 1 else "\n")
-        out.append(pad + "}")
+            yield f"{pad}    {json.dumps(str(key), ensure_ascii=False)}: "
+            yield from _encode_value(item, indent + 4)
+            yield ",\n" if index != len(items) - 1 else "\n"
+        yield pad + "}"
     else:
-        out.append(json.dumps(value, default=_json_default, ensure_ascii=False, indent=4).replace("\n", "\n" + pad))
+        yield json.dumps(value, default=_json_default, ensure_ascii=False, indent=4).replace("\n", "\n" + pad)
 
 
-def encode_envelope(key: str, version: int, data: Any, minor_version: int | None = None) -> bytes:
-    """The file's full JSON text (called in a worker thread)."""
+CHUNK_CHARS = 16 * 1024
+
+
+def encode_envelope_chunks(key: str, version: int, data: Any, minor_version: int | None = None) -> Iterator[bytes]:
+    """The file's JSON text as ~16 KiB byte chunks (called in a worker thread).
+
+    Small pieces matter: one large join or encode holds the GIL for tens of
+    milliseconds with a big store, and the event loop would wait that long.
+    """
     envelope: dict[str, Any] = {"version": version}
     if minor_version is not None:
         envelope["minor_version"] = minor_version
     envelope["key"] = key
     envelope["data"] = data
-    out: list[str] = []
-    _encode_value(envelope, 0, out)
-    out.append("\n")
-    return "".join(out).encode("utf-8")
+    pending: list[str] = []
+    size = 0
+    for piece in _encode_value(envelope, 0):
+        pending.append(piece)
+        size += len(piece)
+        if size >= CHUNK_CHARS:
+            yield "".join(pending).encode("utf-8")
+            pending, size = [], 0
+    pending.append("\n")
+    yield "".join(pending).encode("utf-8")
 
 
-def write_atomic(path: Path, content: bytes, private: bool = True) -> None:
-    """Write content to path through a fsynced temporary file and a rename."""
+def encode_envelope(key: str, version: int, data: Any, minor_version: int | None = None) -> bytes:
+    """The file's full JSON text."""
+    return b"".join(encode_envelope_chunks(key, version, data, minor_version))
+
+
+def write_atomic(path: Path, content: bytes | Iterable[bytes], private: bool = True) -> None:
+    """Write content (bytes or byte chunks) to path through a fsynced temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as tmp:
-            tmp.write(content)
+            for chunk in [content] if isinstance(content, bytes) else content:
+                tmp.write(chunk)
             tmp.flush()
             os.fsync(tmp.fileno())
         if not private:
@@ -185,8 +215,15 @@ class Store:
     async def async_load(self) -> Any | None:
         """Load the data once (concurrent callers share the read); None when there is no file."""
         if self._load_task is None:
-            self._load_task = asyncio.ensure_future(self._async_load())
+            task = self._load_task = asyncio.ensure_future(self._async_load())
+            # Once read, forget the task: it holds the whole parsed file for as long as it is referenced.
+            task.add_done_callback(self._forget_load)
         return await asyncio.shield(self._load_task)
+
+    def _forget_load(self, task: asyncio.Future[Any]) -> None:
+        """Drop the finished load task (a later load reads the file again)."""
+        if self._load_task is task:
+            self._load_task = None
 
     async def _async_load(self) -> Any | None:
         """Read, check and migrate the file in an executor."""
@@ -294,7 +331,13 @@ class Store:
         snapshot = _snapshot(data)
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self._write_sync, snapshot)
+            if _has_records(snapshot):
+                # Big stores: encode on the loop in short slices, so the loop never waits
+                # for a thread holding the GIL; the thread only writes bytes.
+                chunks = await _async_encode_chunks(self.key, self.version, snapshot)
+                await loop.run_in_executor(None, write_atomic, self.path, chunks, self._private)
+            else:
+                await loop.run_in_executor(None, self._write_sync, snapshot)
         except OSError as err:
             _LOGGER.error("Cannot write %s: %s", self.path, err.strerror or err)
             raise StorageError(
@@ -303,8 +346,7 @@ class Store:
 
     def _write_sync(self, data: Any) -> None:
         """Worker thread: encode then write atomically."""
-        content = encode_envelope(self.key, self.version, data)
-        write_atomic(self.path, content, self._private)
+        write_atomic(self.path, encode_envelope_chunks(self.key, self.version, data), self._private)
 
     async def async_remove(self) -> None:
         """Delete the file."""
@@ -317,12 +359,36 @@ class Store:
 def _snapshot(data: Any) -> Any:
     """Copy containers on the loop so the writer thread never sees them change mid-iteration."""
     if isinstance(data, RecordList):
-        return RecordList(list(data.items), data.to_dict)
+        # Items given as a function are taken in the writer thread; a list is copied here.
+        return data if callable(data._items) else RecordList(list(data._items), data.to_dict)
     if isinstance(data, dict):
         return {key: _snapshot(value) for key, value in data.items()}
     if isinstance(data, list):
         return [_snapshot(value) for value in data]
     return data
+
+
+ENCODE_SLICE = 0.001
+
+
+def _has_records(data: Any) -> bool:
+    """Whether data holds RecordLists (a store big enough to encode in slices)."""
+    return isinstance(data, dict) and any(isinstance(v, RecordList) or _has_records(v) for v in data.values())
+
+
+async def _async_encode_chunks(key: str, version: int, data: Any) -> list[bytes]:
+    """encode_envelope_chunks, giving the event loop back every ENCODE_SLICE seconds."""
+    chunks: list[bytes] = []
+    pieces = encode_envelope_chunks(key, version, data)
+    while True:
+        deadline = time.monotonic() + ENCODE_SLICE
+        for chunk in pieces:
+            chunks.append(chunk)
+            if time.monotonic() >= deadline:
+                break
+        else:
+            return chunks
+        await asyncio.sleep(0)
 
 
 def _unlink_quiet(path: Path) -> None:

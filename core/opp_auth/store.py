@@ -214,11 +214,12 @@ class AuthStore:
 
     def _data_to_save(self) -> dict[str, Any]:
         """The file's data; records are rendered later, in the writer thread."""
+        users, groups, creds, tokens = self._users, self._groups, self._credentials, self._tokens_by_id
         return {
-            "users": RecordList(list(self._users.values()), _user_record),
-            "groups": RecordList(list(self._groups.values()), _group_record),
-            "credentials": RecordList(list(self._credentials.values()), _credential_record),
-            "refresh_tokens": RecordList(list(self._tokens_by_id.values()), _token_record),
+            "users": RecordList(lambda: list(users.values()), _user_record),
+            "groups": RecordList(lambda: list(groups.values()), _group_record),
+            "credentials": RecordList(lambda: list(creds.values()), _credential_record),
+            "refresh_tokens": RecordList(lambda: list(tokens.values()), _token_record),
         }
 
     async def async_save(self) -> None:
