@@ -176,8 +176,7 @@ def cmd_auth_add(args: argparse.Namespace) -> int:
             raise CliError(str(err)) from err
         credentials = await provider.async_get_or_create_credentials({"username": args.username})
         group = GROUP_ID_ADMIN if args.owner else args.group
-        user = await auth.async_create_user(args.name or args.username, [group], is_owner=args.owner)
-        await auth.async_link_user(user, credentials)
+        await auth.async_create_user(args.name or args.username, [group], is_owner=args.owner, credentials=credentials)
         print("Auth created")
         return 0
 

@@ -256,11 +256,25 @@ class AuthManager:
         return groups
 
     async def async_create_user(
-        self, name: str | None, group_ids: list[str] | None = None, *, is_owner: bool = False, is_active: bool = True
+        self,
+        name: str | None,
+        group_ids: list[str] | None = None,
+        *,
+        is_owner: bool = False,
+        is_active: bool = True,
+        credentials: Credentials | None = None,
     ) -> User:
-        """Create a person's account (owner only when the caller says so, e.g. onboarding)."""
+        """Create a person's account (owner only when the caller says so, e.g. onboarding).
+
+        Credentials given here are linked in the same write, so a crash never
+        leaves the account without its login.
+        """
         user = User(name=name, is_owner=is_owner, is_active=is_active, groups=self._groups_for(group_ids))
+        if credentials is not None and self.store.find_credentials(credentials.provider_key, credentials.data) not in (None, credentials):
+            raise AuthManagerError("Credential is already linked to another user")
         self.store.add_user(user)
+        if credentials is not None:
+            self.store.link_credentials(user, credentials)
         await self.store.async_save()
         await self._async_fire("opp_auth_user_created", user=user)
         return user

@@ -744,3 +744,28 @@ async def test_enabling_unknown_mfa_module_is_refused(auth: AuthManager) -> None
         AuthManagerError,
         "Unable find multi-factor auth module: nope",
     )
+
+
+async def test_create_user_with_credentials_writes_both_at_once(auth: AuthManager, config_dir: Path) -> None:
+    """The account and its login are one write: a crash between them cannot leave an owner without a login."""
+    saves: list[int] = []
+    real_save = auth.store.async_save
+
+    async def counting_save() -> None:
+        saves.append(1)
+        await real_save()
+
+    auth.store.async_save = counting_save  # type: ignore[method-assign]
+    credentials = auth.auth_providers[0].async_create_credentials({"username": "owner"})
+    user = await auth.async_create_user("Owner", [GROUP_ID_ADMIN], is_owner=True, credentials=credentials)
+    assert len(saves) == 1
+    data = json.loads((config_dir / ".storage" / "auth").read_text())["data"]
+    assert [c["user_id"] for c in data["credentials"]] == [user.id]
+
+
+async def test_create_user_refuses_credentials_of_another_user(auth: AuthManager) -> None:
+    """Credentials linked to someone else are not linked twice."""
+    alice, credentials = await new_user(auth)
+    copy = Credentials(auth_provider_type=credentials.auth_provider_type, auth_provider_id=None, data=dict(credentials.data))
+    await refused(auth.async_create_user("Mallory", credentials=copy), AuthManagerError, "Credential is already linked to another user")
+    assert [u.name for u in auth.store.users()].count("Mallory") == 0

@@ -136,9 +136,8 @@ async def onboarding_users(request: web.Request) -> web.Response:
         try:
             credentials = await provider.async_get_or_create_credentials({"username": username})
             user = await auth.async_create_user(
-                data["name"], [GROUP_ID_ADMIN], is_owner=not auth.has_non_system_user()
+                data["name"], [GROUP_ID_ADMIN], is_owner=not auth.has_non_system_user(), credentials=credentials
             )
-            await auth.async_link_user(user, credentials)
         except Exception:
             # Undo the login so a retry with the same username works (G20).
             await provider.async_remove_auth(username)  # type: ignore[attr-defined]
