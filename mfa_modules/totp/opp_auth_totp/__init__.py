@@ -254,6 +254,17 @@ async def recovery_codes_command(conn: ActiveConnection, msg: dict[str, Any]) ->
     conn.send_result(msg["id"], {"recovery_codes": await module.async_new_recovery_codes(conn.user.id)})
 
 
+@require_user(allow_system_user=False)
+@websocket_command({vol.Required("type"): "auth/totp/info"})
+async def info_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """The caller's enrolments in totp modules and how many recovery codes each has left."""
+    modules = {}
+    for module in conn.auth.auth_mfa_modules:
+        if isinstance(module, TotpAuthModule) and await module.async_is_user_setup(conn.user.id):
+            modules[module.id] = {"recovery_codes_left": module.recovery_codes_left(conn.user.id)}
+    conn.send_result(msg["id"], {"modules": modules})
+
+
 @hookimpl
 def opp_auth_register_mfa_modules(register: Any) -> None:
     """Ship the totp module."""
@@ -262,5 +273,6 @@ def opp_auth_register_mfa_modules(register: Any) -> None:
 
 @hookimpl
 def opp_auth_register_websocket_commands(register: Any) -> None:
-    """The recovery-code command."""
+    """The recovery-code commands."""
     register(recovery_codes_command)
+    register(info_command)

@@ -183,3 +183,37 @@ async def test_login_works_with_the_keyboard_alone(serve: Any, page: Any) -> Non
     await page.keyboard.type("correct horse")
     await page.keyboard.press("Enter")
     await page.get_by_text("You are logged in.").wait_for()
+
+
+async def test_recovery_codes_are_regenerated_from_the_profile(serve: Any, page: Any) -> None:
+    """With TOTP on, the profile makes a new set of recovery codes after a current code; the old set stops working."""
+    pyotp = pytest.importorskip("pyotp")
+    server = await serve(mfa_modules=[{"type": "totp"}])
+    await server.onboard()
+    await page.goto(server.url("/"))
+    await page.get_by_label("Username").fill("paulus")
+    await page.get_by_label("Password").fill("correct horse")
+    await page.get_by_role("button", name="Log in", exact=True).click()
+    await page.locator("#badge").click()
+    await page.get_by_role("button", name="Enable Time-based One Time Password").click()
+    secret = await page.locator("#mfa-secret").inner_text()
+    await page.get_by_label("Code").fill(pyotp.TOTP(secret).now())
+    await page.get_by_role("button", name="Next").click()
+    first = page.locator("#recovery-codes li")
+    await first.first.wait_for()
+    old_codes = await first.all_inner_texts()
+    await page.get_by_role("button", name="I have saved them").click()
+    await page.get_by_role("button", name="New recovery codes for Time-based One Time Password").click()
+    await page.get_by_label("Code").fill("000000" if pyotp.TOTP(secret).now() != "000000" else "111111")
+    await page.get_by_role("button", name="New recovery codes", exact=True).click()
+    await page.locator(".status.error").filter(has_text="Invalid code").wait_for()
+    await page.get_by_label("Code").fill(pyotp.TOTP(secret).at(time.time() + 30))
+    await page.get_by_role("button", name="New recovery codes", exact=True).click()
+    fresh = page.locator("#recovery-codes li")
+    await fresh.first.wait_for()
+    new_codes = await fresh.all_inner_texts()
+    assert len(new_codes) == 10 and not set(new_codes) & set(old_codes)
+    module = server.auth.get_auth_mfa_module("totp")
+    owner = server.auth.owner()
+    assert await module.async_validate(owner.id, {"code": old_codes[0]}) is False
+    assert await module.async_validate(owner.id, {"code": new_codes[0]}) is True

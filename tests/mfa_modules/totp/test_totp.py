@@ -242,3 +242,21 @@ async def test_pyotp_and_oathtool_agree(auth: Any) -> None:
     """Sanity: the module's codes are the standard RFC 6238 codes."""
     secret = pyotp.random_base32(32)
     assert pyotp.TOTP(secret).now() == oathtool(secret) or pyotp.TOTP(secret).at(time.time() + 1) == oathtool(secret)
+
+
+async def test_info_command_lists_enrolments_and_codes_left(auth: Any, opp_auth_client: Any) -> None:
+    """auth/totp/info tells the profile which totp modules the caller uses and how many codes are left."""
+    user = await make_user(auth)
+    refresh = await auth.async_create_refresh_token(user, "https://example.com/app")
+    access = await auth.async_create_access_token(refresh)
+    client = await opp_auth_client(auth)
+    async with client.session.ws_connect(client.url("/api/websocket")) as ws:
+        await ws.receive_json()
+        await ws.send_json({"type": "auth", "access_token": access})
+        assert (await ws.receive_json())["type"] == "auth_ok"
+        await ws.send_json({"id": 1, "type": "auth/totp/info"})
+        assert (await ws.receive_json())["result"] == {"modules": {}}
+        _, codes, _ = await enrol_through_flow(auth, user)
+        await auth.get_auth_mfa_module("totp").async_validate(user.id, {"code": codes[0]})
+        await ws.send_json({"id": 2, "type": "auth/totp/info"})
+        assert (await ws.receive_json())["result"] == {"modules": {"totp": {"recovery_codes_left": 9}}}

@@ -92,13 +92,21 @@ function mfaSection(ctx) {
   return node;
 }
 
-function renderMfa(body, ctx) {
+async function renderMfa(body, ctx) {
   const modules = ctx.user.mfa_modules;
   if (!modules.length) { body.replaceChildren(el("p", {}, t("profile.mfa_none"))); return; }
   const note = status();
+  // Modules with recovery codes (the totp plugin); without that plugin the command is unknown.
+  let recovery = {};
+  try { recovery = (await ctx.conn.call({ type: "auth/totp/info" })).modules; } catch (err) { recovery = {}; }
   body.replaceChildren(el("ul", { class: "rows" }, modules.map((module) => el("li", { class: "row", "data-module": module.id },
     el("div", { class: "grow" }, el("strong", {}, module.name), " ",
       el("span", { class: module.enabled ? "tag on" : "tag" }, module.enabled ? t("profile.enabled") : t("profile.disabled"))),
+    module.enabled && recovery[module.id]
+      ? el("button", { type: "button", class: "secondary", "aria-label": t("profile.recovery_new_named", { module: module.name }),
+        title: t("profile.recovery_left", { count: recovery[module.id].recovery_codes_left }),
+        onclick: () => renderNewRecoveryCodes(body, ctx, module) }, t("profile.recovery_new"))
+      : "",
     module.enabled
       ? el("button", { type: "button", class: "secondary", "aria-label": t("profile.mfa_disable_named", { module: module.name }),
         onclick: async () => {
@@ -125,11 +133,7 @@ function renderSetupStep(body, ctx, module, step) {
   if (step.type === "create_entry") {
     const codes = step.data && Array.isArray(step.data.recovery_codes) ? step.data.recovery_codes : null;
     if (!codes) { done(); return; }
-    const finished = el("button", { type: "button", onclick: done }, t("profile.recovery_saved"));
-    body.replaceChildren(el("div", { class: "setup", id: "recovery-codes" },
-      el("h3", {}, t("profile.recovery_title")), el("p", {}, t("profile.recovery_help")),
-      el("ul", { class: "codes" }, codes.map((code) => el("li", {}, el("code", {}, code)))), finished));
-    finished.focus();
+    showRecoveryCodes(body, codes, done);
     return;
   }
   const placeholders = step.description_placeholders || {};
@@ -157,6 +161,35 @@ function renderSetupStep(body, ctx, module, step) {
   body.replaceChildren(form);
   const first = form.querySelector("input, select");
   if (first) first.focus();
+}
+
+// Recovery codes are shown once, right after they are made.
+function showRecoveryCodes(body, codes, done) {
+  const finished = el("button", { type: "button", onclick: done }, t("profile.recovery_saved"));
+  body.replaceChildren(el("div", { class: "setup", id: "recovery-codes" },
+    el("h3", {}, t("profile.recovery_title")), el("p", {}, t("profile.recovery_help")),
+    el("ul", { class: "codes" }, codes.map((code) => el("li", {}, el("code", {}, code)))), finished));
+  finished.focus();
+}
+
+// A new set of recovery codes needs a current code from the app (proof of possession).
+function renderNewRecoveryCodes(body, ctx, module) {
+  const done = async () => { await ctx.reloadUser(); renderMfa(body, ctx); };
+  const note = status();
+  const form = el("form", { class: "setup", novalidate: true },
+    el("h3", {}, t("profile.recovery_new")), el("p", {}, t("profile.recovery_code_prompt")),
+    field("recovery-totp-code", t("field.code"), "text", "one-time-code"), note,
+    el("div", { class: "actions" }, el("button", { type: "submit" }, t("profile.recovery_new")),
+      el("button", { type: "button", class: "secondary", onclick: done }, t("common.cancel"))));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      const reply = await ctx.conn.call({ type: "auth/totp/recovery_codes", mfa_module_id: module.id, code: form.elements["recovery-totp-code"].value });
+      showRecoveryCodes(body, reply.recovery_codes, done);
+    } catch (err) { say(note, commandMessage(err), true); }
+  });
+  body.replaceChildren(form);
+  form.elements["recovery-totp-code"].focus();
 }
 
 // Inline SVG (as made for HTML) needs its namespace to load as an image; an <img> never runs scripts.
