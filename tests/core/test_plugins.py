@@ -246,3 +246,13 @@ def test_plugin_cannot_own_a_core_block(tmp_path: Path) -> None:
     pm = make_plugin_manager(plugins=[("greedy", Greedy())])
     with pytest.raises(ConfigError, match="'http:' block"):
         validate(pm, tmp_path, {})
+
+
+def test_core_without_plugins_says_no_provider_is_installed() -> None:
+    """With no provider plugin at all, the server explains what to install instead of starting."""
+    from opp_auth.server import no_provider_installed_message
+
+    message = no_provider_installed_message(make_plugin_manager(load_entrypoints=False))
+    assert message is not None
+    assert "No auth provider is installed" in message and "pip install opp-auth-local" in message
+    assert no_provider_installed_message(make_plugin_manager()) is None
