@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 
 from .flow import FlowHandler, FlowResult  # noqa: E402
 from .hookspecs import hookspec  # noqa: E402
-from .login_flow import LoginFlow  # noqa: E402
+from .login_flow import LoginFlow, UsernamePasswordLoginFlow  # noqa: E402
 from .manager import AuthManager, AuthManagerError  # noqa: E402
 from .mfa import MFA_CONFIG_SCHEMA, MfaAbort, MfaModule, SetupFlow  # noqa: E402
 from .models import (  # noqa: E402
@@ -90,6 +90,7 @@ __all__ = [
     "Unauthorized",
     "User",
     "UserMeta",
+    "UsernamePasswordLoginFlow",
     "__version__",
     "client_ip",
     "hookimpl",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ import voluptuous as vol
 from .flow import RESULT_TYPE_CREATE_ENTRY, FlowHandler, FlowManager, FlowResult, TooManyFlows, UnknownHandler
 from .mfa import MfaAbort
 from .models import Credentials, User
+from .providers import InvalidAuthError, ProviderUnavailableError
 
 if TYPE_CHECKING:
     from .manager import AuthManager
@@ -20,6 +22,7 @@ _LOGGER = logging.getLogger(__name__)
 
 MFA_SESSION_EXPIRATION = 300.0
 MAX_FLOWS_PER_ADDRESS = 30
+USERNAME_PASSWORD_SCHEMA = vol.Schema({vol.Required("username"): str, vol.Required("password"): str})
 
 
 class LoginFlow(FlowHandler):
@@ -102,6 +105,40 @@ class LoginFlow(FlowHandler):
     async def async_finish(self, flow_result: Any) -> FlowResult:
         """The provider step (or the MFA step) succeeded."""
         return self.async_create_entry(title=self._auth_provider.name, data=flow_result)
+
+
+class UsernamePasswordLoginFlow(LoginFlow):
+    """A login flow whose one step is a username/password form.
+
+    Return it (or a subclass) from ``async_login_flow``. By default the pair goes
+    to the provider's ``async_validate_login(username, password)`` (coroutine or
+    plain function) and the result is ``{"username": username}`` as typed.
+    Override :meth:`async_check_login` to check differently or return another
+    result (what ``credential_data`` receives; never the password); raising
+    ``InvalidAuthError`` shows ``invalid_auth``, ``ProviderUnavailableError``
+    shows ``cannot_connect``. Another form needs its own ``LoginFlow``.
+    """
+
+    async def async_step_init(self, user_input: dict[str, str] | None = None) -> FlowResult:
+        """Show the username/password form; check what was submitted."""
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            try:
+                result = await self.async_check_login(user_input["username"], user_input["password"])
+            except InvalidAuthError:
+                errors["base"] = "invalid_auth"
+            except ProviderUnavailableError:
+                errors["base"] = "cannot_connect"
+            else:
+                return await self.async_finish(result)
+        return self.async_show_form(step_id="init", data_schema=USERNAME_PASSWORD_SCHEMA, errors=errors)
+
+    async def async_check_login(self, username: str, password: str) -> dict[str, Any]:
+        """Check the pair with the provider's async_validate_login; return the flow result."""
+        checked = self._auth_provider.async_validate_login(username, password)  # type: ignore[attr-defined]
+        if inspect.isawaitable(checked):
+            await checked
+        return {"username": username}
 
 
 class LoginFlowManager(FlowManager):

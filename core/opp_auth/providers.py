@@ -41,7 +41,8 @@ class AuthProvider:
     Subclass it, set ``TYPE`` (the ``type:`` of configuration.yaml) and
     ``CONFIG_SCHEMA`` (``PROVIDER_CONFIG_SCHEMA.extend({...}, extra=vol.PREVENT_EXTRA)``),
     implement :meth:`async_login_flow` returning a :class:`opp_auth.LoginFlow`
-    whose ``async_step_init`` asks for and checks the credentials, and
+    whose ``async_step_init`` asks for and checks the credentials (for a
+    username/password form, a :class:`opp_auth.UsernamePasswordLoginFlow`), and
     :meth:`async_user_meta_for_credentials`. Register it from the
     ``opp_auth_register_auth_providers`` hook.
     """

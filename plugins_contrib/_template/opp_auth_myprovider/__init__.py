@@ -18,6 +18,7 @@ from opp_auth import (
     Credentials,
     InvalidAuthError,
     LoginFlow,
+    UsernamePasswordLoginFlow,
     UserMeta,
     hookimpl,
 )
@@ -83,26 +84,12 @@ class MyAuthProvider(AuthProvider):
         return UserMeta(name=credentials.data["username"], is_active=True, group=None)
 
 
-class MyLoginFlow(LoginFlow):
-    """The provider's one step; the inherited steps then ask for MFA when the user enabled it."""
+class MyLoginFlow(UsernamePasswordLoginFlow):
+    """The username/password step; the inherited steps then ask for MFA when the user enabled it.
 
-    async def async_step_init(self, user_input: dict[str, str] | None = None) -> dict[str, Any]:
-        """Show the form; check what was submitted."""
-        errors: dict[str, str] = {}
-        if user_input is not None:
-            provider: MyAuthProvider = self._auth_provider  # type: ignore[assignment]
-            try:
-                await provider.async_validate_login(user_input["username"], user_input["password"])
-            except InvalidAuthError:
-                errors["base"] = "invalid_auth"
-            else:
-                # Never pass the password on: the result becomes the credential data.
-                return await self.async_finish({"username": user_input["username"]})
-        return self.async_show_form(
-            step_id="init",
-            data_schema=vol.Schema({vol.Required("username"): str, vol.Required("password"): str}),
-            errors=errors,
-        )
+    It calls MyAuthProvider.async_validate_login and finishes with {"username": ...}; override
+    async_check_login to return something else, or subclass LoginFlow for a different form.
+    """
 
 
 @hookimpl

@@ -27,6 +27,7 @@ from opp_auth import (
     InvalidAuthError,
     LoginFlow,
     RefreshToken,
+    UsernamePasswordLoginFlow,
     UserMeta,
     hookimpl,
 )
@@ -248,25 +249,8 @@ def _read_bytes(path: str) -> bytes:
         return file.read()
 
 
-class HtpasswdLoginFlow(LoginFlow):
-    """Ask for username and password."""
-
-    async def async_step_init(self, user_input: dict[str, str] | None = None) -> dict[str, Any]:
-        """Show the form; check what was submitted."""
-        errors: dict[str, str] = {}
-        if user_input is not None:
-            provider: HtpasswdAuthProvider = self._auth_provider  # type: ignore[assignment]
-            try:
-                await provider.async_validate_login(user_input["username"], user_input["password"])
-            except InvalidAuthError:
-                errors["base"] = "invalid_auth"
-            else:
-                return await self.async_finish({"username": user_input["username"]})
-        return self.async_show_form(
-            step_id="init",
-            data_schema=vol.Schema({vol.Required("username"): str, vol.Required("password"): str}),
-            errors=errors,
-        )
+class HtpasswdLoginFlow(UsernamePasswordLoginFlow):
+    """Ask for username and password; the result keeps the exact username (htpasswd names are case-sensitive)."""
 
 
 @hookimpl

@@ -19,6 +19,7 @@ from opp_auth import (
     LoginFlow,
     MfaModule,
     SetupFlow,
+    UsernamePasswordLoginFlow,
     UserMeta,
     hookimpl,
 )
@@ -61,25 +62,8 @@ class ExampleAuthProvider(AuthProvider):
         return UserMeta(name=None, is_active=True)
 
 
-class ExampleLoginFlow(LoginFlow):
+class ExampleLoginFlow(UsernamePasswordLoginFlow):
     """Username and password."""
-
-    async def async_step_init(self, user_input: dict[str, str] | None = None) -> dict[str, Any]:
-        """Show or check the form."""
-        errors = {}
-        if user_input is not None:
-            try:
-                self._auth_provider.async_validate_login(user_input["username"], user_input["password"])  # type: ignore[attr-defined]
-            except InvalidAuthError:
-                errors["base"] = "invalid_auth"
-            else:
-                user_input.pop("password")
-                return await self.async_finish(user_input)
-        return self.async_show_form(
-            step_id="init",
-            data_schema=vol.Schema({vol.Required("username"): str, vol.Required("password"): str}),
-            errors=errors,
-        )
 
 
 class ExampleMfaModule(MfaModule):

@@ -26,6 +26,7 @@ from opp_auth import (
     Credentials,
     InvalidAuthError,
     LoginFlow,
+    UsernamePasswordLoginFlow,
     UserMeta,
     hookimpl,
 )
@@ -230,29 +231,18 @@ class CommandLineAuthProvider(AuthProvider):
         )
 
 
-class CommandLineLoginFlow(LoginFlow):
+class CommandLineLoginFlow(UsernamePasswordLoginFlow):
     """Ask for username and password."""
 
-    async def async_step_init(self, user_input: dict[str, str] | None = None) -> dict[str, Any]:
-        """Show the form; run the program on what was submitted."""
-        errors: dict[str, str] = {}
-        if user_input is not None:
-            provider: CommandLineAuthProvider = self._auth_provider  # type: ignore[assignment]
-            username = user_input["username"].strip()
-            try:
-                meta = await provider.async_validate_login(username, user_input["password"])
-            except InvalidAuthError:
-                errors["base"] = "invalid_auth"
-            else:
-                result: dict[str, Any] = {"username": username}
-                if meta:
-                    result["meta"] = meta
-                return await self.async_finish(result)
-        return self.async_show_form(
-            step_id="init",
-            data_schema=vol.Schema({vol.Required("username"): str, vol.Required("password"): str}),
-            errors=errors,
-        )
+    async def async_check_login(self, username: str, password: str) -> dict[str, Any]:
+        """Run the program on the stripped username; the result carries that username and any meta."""
+        provider: CommandLineAuthProvider = self._auth_provider  # type: ignore[assignment]
+        username = username.strip()
+        meta = await provider.async_validate_login(username, password)
+        result: dict[str, Any] = {"username": username}
+        if meta:
+            result["meta"] = meta
+        return result
 
 
 @hookimpl

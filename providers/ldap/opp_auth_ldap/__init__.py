@@ -28,6 +28,7 @@ from opp_auth import (
     LoginFlow,
     ProviderUnavailableError,
     RefreshToken,
+    UsernamePasswordLoginFlow,
     UserMeta,
     hookimpl,
 )
@@ -292,27 +293,14 @@ class LdapAuthProvider(AuthProvider):
         return UserMeta(name=identity.name or identity.username, is_active=True, group=identity.group)
 
 
-class LdapLoginFlow(LoginFlow):
+class LdapLoginFlow(UsernamePasswordLoginFlow):
     """Ask for username and password."""
 
-    async def async_step_init(self, user_input: dict[str, str] | None = None) -> dict[str, Any]:
-        """Show the form; check what was submitted against the directory."""
-        errors: dict[str, str] = {}
-        if user_input is not None:
-            provider: LdapAuthProvider = self._auth_provider  # type: ignore[assignment]
-            try:
-                identity = await provider.async_authenticate(user_input["username"], user_input["password"])
-            except InvalidAuthError:
-                errors["base"] = "invalid_auth"
-            except ProviderUnavailableError:
-                errors["base"] = "cannot_connect"
-            else:
-                return await self.async_finish({"username": identity.username, "identity": identity})
-        return self.async_show_form(
-            step_id="init",
-            data_schema=vol.Schema({vol.Required("username"): str, vol.Required("password"): str}),
-            errors=errors,
-        )
+    async def async_check_login(self, username: str, password: str) -> dict[str, Any]:
+        """Check the login against the directory; the result carries the entry's own username."""
+        provider: LdapAuthProvider = self._auth_provider  # type: ignore[assignment]
+        identity = await provider.async_authenticate(username, password)
+        return {"username": identity.username, "identity": identity}
 
 
 @hookimpl

@@ -19,6 +19,7 @@ from opp_auth import (
     Credentials,
     InvalidAuthError,
     LoginFlow,
+    UsernamePasswordLoginFlow,
     UserMeta,
     hookimpl,
 )
@@ -261,26 +262,8 @@ class LocalAuthProvider(AuthProvider):
         await self.data.async_save()
 
 
-class LocalLoginFlow(LoginFlow):
-    """Ask for username and password."""
-
-    async def async_step_init(self, user_input: dict[str, str] | None = None) -> dict[str, Any]:
-        """Show the form; check what was submitted."""
-        errors: dict[str, str] = {}
-        if user_input is not None:
-            provider: LocalAuthProvider = self._auth_provider  # type: ignore[assignment]
-            try:
-                await provider.async_validate_login(user_input["username"], user_input["password"])
-            except InvalidAuthError:
-                errors["base"] = "invalid_auth"
-            if not errors:
-                user_input.pop("password")
-                return await self.async_finish(user_input)
-        return self.async_show_form(
-            step_id="init",
-            data_schema=vol.Schema({vol.Required("username"): str, vol.Required("password"): str}),
-            errors=errors,
-        )
+class LocalLoginFlow(UsernamePasswordLoginFlow):
+    """Ask for username and password; the result keeps the username as typed (credential_data normalises it)."""
 
 
 @hookimpl
