@@ -28,7 +28,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 lint: $(STAMP)
+	$(BIN)/python -m pip install --quiet ruff mypy
 	$(BIN)/ruff check core providers mfa_modules plugins_contrib tests bench
+	$(BIN)/ruff format --check core providers mfa_modules plugins_contrib
+	$(BIN)/mypy core/opp_auth
 
 clean:
 	rm -rf $(VENV) .pytest_cache build */*/build */*.egg-info */*/*.egg-info

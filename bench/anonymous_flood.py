@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-
 from _common import CLIENT_ID, REDIRECT_URI, Result, emit
 
 BENCH = "anonymous_flood"

@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import os
-from pathlib import Path
 import shutil
 import signal
 import socket
@@ -27,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -162,6 +162,7 @@ async def step_latencies(url: str, pool_size: int, rounds: int) -> list[float]:
 async def _serve(config_dir: str, url: str) -> None:
     """The real application with the ldap provider and one bearer token; READY line on stdout."""
     from aiohttp import web
+
     from opp_auth.http.app import create_app
     from opp_auth.models import GROUP_ID_ADMIN
 

@@ -42,6 +42,7 @@ CONCURRENT_LOGINS = 50
 async def _serve(config_dir: str) -> None:
     """The real application with one local login and one bearer token; READY line on stdout."""
     from aiohttp import web
+
     from opp_auth.http.app import create_app
     from opp_auth.models import GROUP_ID_ADMIN
 

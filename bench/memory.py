@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import Result, emit
+
 from opp_auth.store import AuthStore
 
 BENCH = "memory"

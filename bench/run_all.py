@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _common import BENCH_DIR, RESULT_PREFIX, Result, machine, render_rows
 
-SCRIPTS = ["token_validation", "http_throughput", "store_save", "memory", "login"]
+SCRIPTS = ["token_validation", "http_throughput", "store_save", "memory", "login", "ldap_login", "anonymous_flood"]
 README = BENCH_DIR / "README.md"
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"

@@ -15,6 +15,7 @@ import tempfile
 import time
 
 from _common import Result, emit, median, parse_args, populate
+
 from opp_auth.store import AuthStore
 
 BENCH = "store_save"

@@ -27,6 +27,7 @@ from _common import (
     parse_args,
     populate,
 )
+
 from opp_auth.manager import AuthManager
 from opp_auth.models import RefreshToken, User
 from opp_auth.tokens import encode_jwt

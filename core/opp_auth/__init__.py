@@ -29,12 +29,21 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .flow import FlowHandler, FlowResult  # noqa: E402
-from .hookspecs import hookspec  # noqa: E402
-from .login_flow import LoginFlow, UsernamePasswordLoginFlow  # noqa: E402
-from .manager import AuthManager, AuthManagerError  # noqa: E402
-from .mfa import MFA_CONFIG_SCHEMA, MfaAbort, MfaModule, SetupFlow  # noqa: E402
-from .models import (  # noqa: E402
+from .flow import FlowHandler, FlowResult
+from .hookspecs import hookspec
+from .http.view import client_ip, request_user
+from .http.websocket_api import (
+    ActiveConnection,
+    CommandError,
+    Unauthorized,
+    require_admin,
+    require_user,
+    websocket_command,
+)
+from .login_flow import LoginFlow, UsernamePasswordLoginFlow
+from .manager import AuthManager, AuthManagerError
+from .mfa import MFA_CONFIG_SCHEMA, MfaAbort, MfaModule, SetupFlow
+from .models import (
     GROUP_ID_ADMIN,
     GROUP_ID_READ_ONLY,
     GROUP_ID_USER,
@@ -47,18 +56,9 @@ from .models import (  # noqa: E402
     User,
     UserMeta,
 )
-from .plugins import hookimpl  # noqa: E402
-from .providers import PROVIDER_CONFIG_SCHEMA, AuthProvider, InvalidAuthError, ProviderUnavailableError  # noqa: E402
-from .storage import Store, StorageError  # noqa: E402
-from .http.view import client_ip, request_user  # noqa: E402
-from .http.websocket_api import (  # noqa: E402
-    ActiveConnection,
-    CommandError,
-    Unauthorized,
-    require_admin,
-    require_user,
-    websocket_command,
-)
+from .plugins import hookimpl
+from .providers import PROVIDER_CONFIG_SCHEMA, AuthProvider, InvalidAuthError, ProviderUnavailableError
+from .storage import StorageError, Store
 
 __all__ = [
     "GROUP_ID_ADMIN",
@@ -95,8 +95,8 @@ __all__ = [
     "client_ip",
     "hookimpl",
     "hookspec",
-    "require_admin",
     "request_user",
+    "require_admin",
     "require_user",
     "websocket_command",
 ]

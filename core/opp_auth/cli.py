@@ -353,7 +353,9 @@ def cmd_lockouts(args: argparse.Namespace) -> int:
 def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     """The argument parser (plugins may add sub-commands)."""
     parser = argparse.ArgumentParser(prog="opp-auth", description="Open Peer Power compatible authentication server")
-    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG_DIR, help="configuration directory (default %(default)s)")
+    parser.add_argument(
+        "-c", "--config", default=DEFAULT_CONFIG_DIR, help="configuration directory (default %(default)s)"
+    )
     parser.add_argument("--version", action="version", version=f"opp-auth {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -40,10 +40,28 @@ http:
 # Keys of Open Peer Power's core block that opp-auth accepts and does not use, so an
 # existing configuration.yaml loads unchanged.
 _CORE_PASSTHROUGH = (
-    "name", "latitude", "longitude", "elevation", "unit_system", "time_zone", "temperature_unit",
-    "customize", "customize_domain", "customize_glob", "packages", "whitelist_external_dirs",
-    "allowlist_external_dirs", "allowlist_external_urls", "media_dirs", "internal_url",
-    "external_url", "currency", "legacy_templates", "country", "language", "radius",
+    "name",
+    "latitude",
+    "longitude",
+    "elevation",
+    "unit_system",
+    "time_zone",
+    "temperature_unit",
+    "customize",
+    "customize_domain",
+    "customize_glob",
+    "packages",
+    "whitelist_external_dirs",
+    "allowlist_external_dirs",
+    "allowlist_external_urls",
+    "media_dirs",
+    "internal_url",
+    "external_url",
+    "currency",
+    "legacy_templates",
+    "country",
+    "language",
+    "radius",
 )
 
 
@@ -182,9 +200,7 @@ def ensure_config_dir(config_dir: Path) -> None:
         _LOGGER.info("Created %s", path)
 
 
-def load_config(
-    config_dir: str | Path, pm: OppAuthPluginManager, *, allow_insecure_example: bool = False
-) -> Config:
+def load_config(config_dir: str | Path, pm: OppAuthPluginManager, *, allow_insecure_example: bool = False) -> Config:
     """Read and validate configuration.yaml (raises ConfigError naming file, line and key)."""
     config_dir = Path(config_dir)
     path = config_dir / CONFIG_FILE
@@ -230,8 +246,13 @@ def validate_config(
         )
         provider_entries = [*provider_entries, {"type": "legacy_api_password", "api_password": http["api_password"]}]
     config.providers = _resolve(
-        pm, "auth provider", provider_entries, providers_raw, ("openpeerpower", "auth_providers"),
-        allow_insecure_example, raw.get("http"),
+        pm,
+        "auth provider",
+        provider_entries,
+        providers_raw,
+        ("openpeerpower", "auth_providers"),
+        allow_insecure_example,
+        raw.get("http"),
     )
     if "auth_mfa_modules" in core:
         mfa_entries, mfa_raw = core["auth_mfa_modules"], core_raw.get("auth_mfa_modules")

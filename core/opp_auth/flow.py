@@ -146,7 +146,9 @@ class FlowManager:
             raise UnknownFlow(flow_id)
         return flow
 
-    async def async_init(self, handler_key: Any, *, context: dict[str, Any] | None = None, data: Any = None) -> FlowResult:
+    async def async_init(
+        self, handler_key: Any, *, context: dict[str, Any] | None = None, data: Any = None
+    ) -> FlowResult:
         """Start a flow and run its first step (init, unless context says otherwise)."""
         self._purge_expired()
         if len(self._flows) >= self.max_flows:
@@ -156,7 +158,7 @@ class FlowManager:
             flow = await self.async_create_flow(handler_key, context=context, data=data)
         except FlowError:
             raise
-        except Exception:  # noqa: BLE001 - fail closed: a plugin that cannot start a flow denies, never a 500
+        except Exception:
             _LOGGER.exception("Error creating a flow for %s", handler_key)
             aborted = FlowHandler()
             aborted.flow_id = uuid.uuid4().hex
@@ -200,7 +202,7 @@ class FlowManager:
         except FlowError:
             self._flows.pop(flow.flow_id, None)
             raise
-        except Exception:  # noqa: BLE001 - fail closed: a broken plugin denies, never grants
+        except Exception:
             _LOGGER.exception("Error in step %s of flow %s (%s)", step_id, flow.flow_id, flow.handler)
             self._flows.pop(flow.flow_id, None)
             return flow.async_abort(reason="unknown_error")

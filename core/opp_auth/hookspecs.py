@@ -124,7 +124,9 @@ def opp_auth_login_failed(
 
 
 @hookspec
-def opp_auth_login_succeeded(auth: AuthManager, remote_ip: str | None, user: User | None, credential: Credentials | None) -> Any:
+def opp_auth_login_succeeded(
+    auth: AuthManager, remote_ip: str | None, user: User | None, credential: Credentials | None
+) -> Any:
     """A login finished successfully. Awaited."""
 
 

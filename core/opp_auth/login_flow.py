@@ -76,7 +76,7 @@ class LoginFlow(FlowHandler):
                 await auth_module.async_initialize_login_mfa_step(self.user.id)
             except MfaAbort as err:
                 return self.async_abort(reason=err.reason)
-            except Exception:  # noqa: BLE001 - fail closed, never a 500
+            except Exception:
                 _LOGGER.exception("Error initializing MFA step")
                 return self.async_abort(reason="unknown_error")
         if user_input is not None:
@@ -145,14 +145,21 @@ class LoginFlowManager(FlowManager):
     """Login flows keyed by provider (type, id); results become Credentials."""
 
     def __init__(
-        self, auth: AuthManager, *, max_flows: int = 1000, ttl: float = 600.0, max_per_address: int = MAX_FLOWS_PER_ADDRESS
+        self,
+        auth: AuthManager,
+        *,
+        max_flows: int = 1000,
+        ttl: float = 600.0,
+        max_per_address: int = MAX_FLOWS_PER_ADDRESS,
     ) -> None:
         """Flows for the manager's providers; at most max_per_address in progress per context ip_address."""
         super().__init__(max_flows=max_flows, ttl=ttl)
         self.auth = auth
         self.max_per_address = max_per_address
 
-    async def async_init(self, handler_key: Any, *, context: dict[str, Any] | None = None, data: Any = None) -> FlowResult:
+    async def async_init(
+        self, handler_key: Any, *, context: dict[str, Any] | None = None, data: Any = None
+    ) -> FlowResult:
         """Start a login flow unless its address already has max_per_address in progress."""
         ip_address = (context or {}).get("ip_address")
         if ip_address is not None:

@@ -29,13 +29,13 @@ from .models import (
     User,
     utcnow,
 )
+from .network import is_local_address
 from .plugins import OppAuthPluginManager
 from .providers import AuthProvider, InvalidAuthError, credential_lookup_key
 from .storage import StorageError, Store
 from .store import AuthStore
-from .user_settings import UserSettings
-from .network import is_local_address
 from .tokens import EXP_LEEWAY, TokenCache, check_claims, decode_jwt, encode_jwt, unverified_claims, verify_signature
+from .user_settings import UserSettings
 
 _LOGGER = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -137,7 +137,9 @@ class AuthManager:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.store.async_flush()
 
-    def storage(self, key: str, version: int, *, private: bool = True, migrate: Callable[[int, Any], Any] | None = None) -> Store:
+    def storage(
+        self, key: str, version: int, *, private: bool = True, migrate: Callable[[int, Any], Any] | None = None
+    ) -> Store:
         """A versioned JSON file under .storage for a plugin's own data."""
         return Store(self.config_dir, key, version, private=private, migrate=migrate)
 
@@ -270,7 +272,10 @@ class AuthManager:
         leaves the account without its login.
         """
         user = User(name=name, is_owner=is_owner, is_active=is_active, groups=self._groups_for(group_ids))
-        if credentials is not None and self.store.find_credentials(credentials.provider_key, credentials.data) not in (None, credentials):
+        if credentials is not None and self.store.find_credentials(credentials.provider_key, credentials.data) not in (
+            None,
+            credentials,
+        ):
             raise AuthManagerError("Credential is already linked to another user")
         self.store.add_user(user)
         if credentials is not None:
@@ -334,7 +339,7 @@ class AuthManager:
             try:
                 if await module.async_is_user_setup(user.id):
                     await module.async_depose_user(user.id)
-            except Exception:  # noqa: BLE001 - a module's cleanup must not keep a user alive
+            except Exception:
                 _LOGGER.exception("MFA module %s failed to depose removed user %s", module.id, user.id)
         await self.user_settings.async_remove_user(user.id)
         for token in tokens:
@@ -492,7 +497,7 @@ class AuthManager:
             await asyncio.sleep(PURGE_INTERVAL)
             try:
                 await self.async_purge_expired_tokens()
-            except Exception:  # noqa: BLE001 - keep purging later
+            except Exception:
                 _LOGGER.exception("Purging expired refresh tokens failed")
 
     async def async_remove_refresh_token(self, refresh_token: RefreshToken) -> None:
@@ -519,7 +524,7 @@ class AuthManager:
             await provider.async_validate_refresh_token(refresh_token, remote_ip)
         except InvalidAuthError:
             raise
-        except Exception as err:  # noqa: BLE001 - fail closed
+        except Exception as err:
             _LOGGER.exception("Provider %s failed to validate a refresh token", provider.key)
             raise InvalidAuthError("Unable to validate the refresh token") from err
 
@@ -569,7 +574,9 @@ class AuthManager:
         cred = refresh_token.credential
         if cred is not None and cred.auth_provider_type in self._per_request_types:
             provider = self._providers.get(cred.provider_key)
-            if provider is None or (provider.CHECKS_EVERY_REQUEST and not provider.validate_access(refresh_token, remote_ip)):
+            if provider is None or (
+                provider.CHECKS_EVERY_REQUEST and not provider.validate_access(refresh_token, remote_ip)
+            ):
                 return None
         return refresh_token
 
@@ -621,7 +628,7 @@ class AuthManager:
                 result = impl.function(auth=self, **kwargs)
                 if inspect.isawaitable(result):
                     await result
-            except Exception:  # noqa: BLE001
+            except Exception:
                 _LOGGER.exception("Plugin %s failed in %s", impl.plugin_name, hookname)
 
     def note_login_failure(
@@ -630,7 +637,9 @@ class AuthManager:
         """Tell plugins a login failed (fire and forget)."""
         _LOGGER.warning("Login attempt or request with invalid authentication from %s (%s)", remote_ip, reason)
         self._spawn(
-            self._async_fire("opp_auth_login_failed", remote_ip=remote_ip, provider=provider, username=username, reason=reason)
+            self._async_fire(
+                "opp_auth_login_failed", remote_ip=remote_ip, provider=provider, username=username, reason=reason
+            )
         )
 
     def note_login_success(self, remote_ip: str | None, user: User | None, credential: Credentials | None) -> None:
@@ -641,7 +650,7 @@ class AuthManager:
         """Seconds before remote_ip may try to log in as username (0: now), as the throttling plugins say."""
         try:
             waits = self.pm.hook.opp_auth_login_retry_after(auth=self, remote_ip=remote_ip, username=username)
-        except Exception:  # noqa: BLE001 - a broken throttle must not lock everybody out
+        except Exception:
             _LOGGER.exception("A login throttle failed")
             return 0.0
         return max((float(w) for w in waits if isinstance(w, (int, float)) and w > 0), default=0.0)
@@ -680,8 +689,8 @@ async def _quiet(awaitable: Any, what: str) -> None:
     """Await, logging instead of raising."""
     try:
         await awaitable
-    except Exception:  # noqa: BLE001
+    except Exception:
         _LOGGER.exception("Error during %s", what)
 
 
-__all__ = ["AuthManager", "AuthManagerError", "GROUP_ID_ADMIN"]
+__all__ = ["GROUP_ID_ADMIN", "AuthManager", "AuthManagerError"]

@@ -6,9 +6,9 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 TOKEN_TYPE_NORMAL = "normal"
@@ -29,7 +29,7 @@ def new_id() -> str:
 
 def utcnow() -> datetime:
     """The current time, timezone-aware, in UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(slots=True, eq=False)
@@ -207,7 +207,7 @@ class RefreshToken:
         client_name: str | None = None,
         client_icon: str | None = None,
         token_type: str = TOKEN_TYPE_NORMAL,
-        id: str | None = None,  # noqa: A002 - the stored field's name
+        id: str | None = None,
         created_at: datetime | None = None,
         token: str | None = None,
         token_hash: bytes | None = None,
@@ -246,7 +246,7 @@ class RefreshToken:
     @property
     def created_at(self) -> datetime:
         """When the token was made (UTC)."""
-        return datetime.fromtimestamp(self._created, timezone.utc)
+        return datetime.fromtimestamp(self._created, UTC)
 
     @property
     def jwt_key(self) -> str:

@@ -150,7 +150,7 @@ class OppAuthPluginManager(pluggy.PluginManager):
                 impl.function(register=registry)
             except PluginError:
                 raise
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 raise PluginError(f"Plugin {registry.current_plugin} failed in {hookname}: {err}") from err
             info = self.infos.get(impl.plugin_name)
             if info is not None:
@@ -196,11 +196,15 @@ class OppAuthPluginManager(pluggy.PluginManager):
                 f"{kind} type '{type_name}' is provided by {failed.distribution} {failed.version}, "
                 f"which failed to load: {failed.error}"
             )
-        installed = ", ".join(
-            f"{name} ({registry.owners[name] if registry else '?'})" for name in sorted(classes)
-        ) or "none"
+        installed = (
+            ", ".join(f"{name} ({registry.owners[name] if registry else '?'})" for name in sorted(classes)) or "none"
+        )
         msg = f"Unknown {kind} type '{type_name}'. Installed types: {installed}."
-        close = difflib.get_close_matches(type_name, list(classes) + [k.split("-", 1)[1] for k in KNOWN_DISTRIBUTIONS if k.startswith(prefix + "-")], n=1)
+        close = difflib.get_close_matches(
+            type_name,
+            list(classes) + [k.split("-", 1)[1] for k in KNOWN_DISTRIBUTIONS if k.startswith(prefix + "-")],
+            n=1,
+        )
         if close and close[0] != type_name:
             msg += f" Did you mean '{close[0]}'?"
         dist = KNOWN_DISTRIBUTIONS.get(entry)

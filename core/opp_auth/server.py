@@ -52,7 +52,9 @@ def no_provider_installed_message(pm: OppAuthPluginManager) -> str | None:
     )
 
 
-async def async_serve(config_dir: Path, host: str | None = None, port: int | None = None, pm: OppAuthPluginManager | None = None) -> None:
+async def async_serve(
+    config_dir: Path, host: str | None = None, port: int | None = None, pm: OppAuthPluginManager | None = None
+) -> None:
     """Serve until SIGINT/SIGTERM."""
     pm = pm or make_plugin_manager()
     config = load_config(config_dir, pm)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .models import (
@@ -60,7 +60,7 @@ def _parse_dt(value: Any) -> datetime | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed
 
 
@@ -75,7 +75,9 @@ class AuthStore:
         self._credentials: dict[str, Credentials] = {}
         self._cred_index: dict[tuple[str, str | None, str], Credentials] = {}
         # Providers may normalise credential data (case-insensitive usernames); the manager sets this.
-        self.key_for: Callable[[str, str | None, dict[str, Any]], str] = lambda _t, _i, data: credential_lookup_key(data)
+        self.key_for: Callable[[str, str | None, dict[str, Any]], str] = lambda _t, _i, data: credential_lookup_key(
+            data
+        )
         self._tokens_by_id: dict[str, RefreshToken] = {}
         self._tokens_by_token: dict[bytes, RefreshToken] = {}
         self.keyring: KeyRing | None = None
@@ -251,7 +253,11 @@ class AuthStore:
 
     def _cred_key(self, cred: Credentials) -> tuple[str, str | None, str]:
         """The credential index key."""
-        return (cred.auth_provider_type, cred.auth_provider_id, self.key_for(cred.auth_provider_type, cred.auth_provider_id, cred.data))
+        return (
+            cred.auth_provider_type,
+            cred.auth_provider_id,
+            self.key_for(cred.auth_provider_type, cred.auth_provider_id, cred.data),
+        )
 
     def reindex_credentials(self) -> None:
         """Rebuild the credential index (after providers decided how they normalise)."""

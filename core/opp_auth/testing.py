@@ -17,8 +17,8 @@ Fixtures:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,11 @@ class LoginFlowDriver:
         self.base = base
 
     async def start(
-        self, handler: list[Any] | tuple[Any, ...], *, client_id: str = CLIENT_ID, redirect_uri: str = REDIRECT_URI,
+        self,
+        handler: list[Any] | tuple[Any, ...],
+        *,
+        client_id: str = CLIENT_ID,
+        redirect_uri: str = REDIRECT_URI,
         flow_type: str | None = None,
     ) -> tuple[int, Any]:
         """POST /auth/login_flow: (status, JSON body)."""
@@ -143,8 +147,12 @@ async def opp_auth_factory(config_dir: Path) -> AsyncIterator[Callable[..., Awai
         raw: dict[str, Any] = {**(blocks or {}), "openpeerpower": core, "http": http or {}}
         config = validate_config(raw, pm, config_dir=config_dir, allow_insecure_example=True)
         auth = AuthManager(
-            str(config_dir), pm, provider_configs=config.providers, mfa_configs=config.mfa_modules,
-            http_config=config.http, config_blocks=config.blocks,
+            str(config_dir),
+            pm,
+            provider_configs=config.providers,
+            mfa_configs=config.mfa_modules,
+            http_config=config.http,
+            config_blocks=config.blocks,
             **{"refresh_token_expiry": expiry_of(config), **kwargs},
         )
         if setup:
@@ -191,10 +199,20 @@ HOSTILE_STRINGS = [
     "$(touch /tmp/pwned)",
 ]
 
-LOGIN_CONTEXT = {"ip_address": "127.0.0.1", "credential_only": False, "client_id": CLIENT_ID, "redirect_uri": REDIRECT_URI}
+LOGIN_CONTEXT = {
+    "ip_address": "127.0.0.1",
+    "credential_only": False,
+    "client_id": CLIENT_ID,
+    "redirect_uri": REDIRECT_URI,
+}
 
 
-async def run_login_flow(auth: AuthManager, handler: tuple[str, str | None], steps: list[dict[str, Any]], context: dict[str, Any] | None = None) -> dict[str, Any]:
+async def run_login_flow(
+    auth: AuthManager,
+    handler: tuple[str, str | None],
+    steps: list[dict[str, Any]],
+    context: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Start a login flow and feed it the step inputs; returns the last result."""
     result = await auth.login_flow.async_init(handler, context=dict(context or LOGIN_CONTEXT))
     for data in steps:
@@ -336,7 +354,9 @@ class MfaContract:
 
     async def _user(self, auth: AuthManager) -> Any:
         """A user with credentials of the example provider (so logins ask for MFA)."""
-        result = await run_login_flow(auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}])
+        result = await run_login_flow(
+            auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}]
+        )
         assert result["type"] == "create_entry", result
         return await auth.async_get_or_create_user(result["result"])
 
@@ -360,7 +380,9 @@ class MfaContract:
         module = self._module(contract_auth)
         await enrol(contract_auth, module, user.id)
         assert await module.async_is_user_setup(user.id)
-        result = await run_login_flow(contract_auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}])
+        result = await run_login_flow(
+            contract_auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}]
+        )
         assert result["type"] == "form" and result["step_id"] == "mfa", result
         result = await contract_auth.login_flow.async_configure(result["flow_id"], await valid_code(module, user.id))
         assert result["type"] == "create_entry", result
@@ -371,7 +393,9 @@ class MfaContract:
         user = await self._user(contract_auth)
         module = self._module(contract_auth)
         await enrol(contract_auth, module, user.id)
-        result = await run_login_flow(contract_auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}])
+        result = await run_login_flow(
+            contract_auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}]
+        )
         assert result["step_id"] == "mfa", result
         fields = _string_fields(module.input_schema)
         result = await contract_auth.login_flow.async_configure(result["flow_id"], {name: value for name in fields})
@@ -380,7 +404,12 @@ class MfaContract:
             assert result["errors"] == {"base": "invalid_code"}
 
     async def test_exception_inside_module_denies_login(
-        self, contract_auth: AuthManager, enrol: Any, valid_code: Any, break_module: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+        self,
+        contract_auth: AuthManager,
+        enrol: Any,
+        valid_code: Any,
+        break_module: Callable[..., None],
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Fail closed: a module that raises never lets anyone in."""
         user = await self._user(contract_auth)
@@ -388,7 +417,9 @@ class MfaContract:
         await enrol(contract_auth, module, user.id)
         code = await valid_code(module, user.id)
         break_module(module, monkeypatch)
-        result = await run_login_flow(contract_auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}, code])
+        result = await run_login_flow(
+            contract_auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}, code]
+        )
         assert result["type"] != "create_entry", result
 
     async def test_depose_removes_enrolment(self, contract_auth: AuthManager, enrol: Any) -> None:
@@ -398,5 +429,7 @@ class MfaContract:
         await enrol(contract_auth, module, user.id)
         await module.async_depose_user(user.id)
         assert not await module.async_is_user_setup(user.id)
-        result = await run_login_flow(contract_auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}])
+        result = await run_login_flow(
+            contract_auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}]
+        )
         assert result["type"] == "create_entry", result

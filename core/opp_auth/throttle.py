@@ -92,7 +92,12 @@ def normalize_username(username: Any) -> str | None:
 
 def parse_networks(values: Iterable[Any]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """Networks from strings or network objects (ValueError on a bad one)."""
-    return [v if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else ipaddress.ip_network(str(v), strict=False) for v in values]
+    return [
+        v
+        if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+        else ipaddress.ip_network(str(v), strict=False)
+        for v in values
+    ]
 
 
 def in_networks(ip: str | None, networks: list[Any]) -> bool:
@@ -156,7 +161,11 @@ class LoginThrottle:
     ) -> None:
         """Counters start empty."""
         self.enabled = enabled
-        self.free = {KIND_PAIR: attempts_per_address_and_user, KIND_USER: attempts_per_user, KIND_ADDRESS: attempts_per_address}
+        self.free = {
+            KIND_PAIR: attempts_per_address_and_user,
+            KIND_USER: attempts_per_user,
+            KIND_ADDRESS: attempts_per_address,
+        }
         self.max_lock = float(max_lock_seconds)
         self.allowlist = parse_networks(allowlist)
         self.clock = clock
@@ -282,7 +291,9 @@ class LoginThrottle:
     # ---- hooks ------------------------------------------------------------------------------
 
     @hookimpl
-    def opp_auth_login_failed(self, auth: Any, remote_ip: str | None, provider: Any, username: Any, reason: str) -> None:
+    def opp_auth_login_failed(
+        self, auth: Any, remote_ip: str | None, provider: Any, username: Any, reason: str
+    ) -> None:
         """Count the failure."""
         self.record_failure(remote_ip, username, reason)
 

@@ -1,4 +1,5 @@
 """YAML loading for configuration files, with secrets, includes and line tracking."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -22,8 +23,14 @@ _SENSITIVE_KEY = re.compile(r"password|passwd|secret|token|api_?key|credential",
 class ConfigError(Exception):
     """A configuration problem a person must fix; str() is the full human message."""
 
-    def __init__(self, message: str, filename: str | None = None, line: int | None = None,
-                 key_path: tuple = (), column: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        filename: str | None = None,
+        line: int | None = None,
+        key_path: tuple = (),
+        column: int | None = None,
+    ) -> None:
         """Store the bare reason plus whatever location is known."""
         super().__init__(message)
         self.message, self.filename, self.line = message, filename, line
@@ -52,8 +59,14 @@ class _Located:
         self._files: dict[Any, str | None] = {}  # only for entries merged from another file
         self._sensitive: set[Any] = set()  # entries that came from !secret / !env_var
 
-    def _record(self, key: Any, key_line: int | None, value_line: int | None,
-                filename: str | None = None, sensitive: bool = False) -> None:
+    def _record(
+        self,
+        key: Any,
+        key_line: int | None,
+        value_line: int | None,
+        filename: str | None = None,
+        sensitive: bool = False,
+    ) -> None:
         """Remember where one entry was written."""
         self._key_lines[key], self._value_lines[key] = key_line, value_line
         if filename is not None and filename != self.__config_file__:
@@ -117,8 +130,7 @@ class Secrets:
                 return secrets[name]
         if all(self._cache.get(p) is None for p in files):
             looked = ", ".join(self.display(p) for p in files) or "nowhere inside the config dir"
-            raise ConfigError(f"{SECRET_YAML} not found (looked for {looked}), "
-                              f"so Secret {name} not defined")
+            raise ConfigError(f"{SECRET_YAML} not found (looked for {looked}), so Secret {name} not defined")
         raise ConfigError(f"Secret {name} not defined")
 
     def _inside(self, path: str) -> bool:
@@ -133,8 +145,9 @@ class Secrets:
             else:
                 data = _load_file(path, self, allow_secrets=False, stack=())
                 if not isinstance(data, dict):
-                    raise ConfigError("secrets file must be a mapping of name: value",
-                                      self.display(path), where(data)[1])
+                    raise ConfigError(
+                        "secrets file must be a mapping of name: value", self.display(path), where(data)[1]
+                    )
                 # HA lets secrets.yaml switch on debug logging; we accept and ignore it.
                 self._cache[path] = {k: v for k, v in data.items() if k != "logger"}
         return self._cache[path]
@@ -145,16 +158,18 @@ def _find_yaml_files(directory: str) -> list[str]:
     found = []
     for root, dirs, files in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")
-                  and f != SECRET_YAML and fnmatch.fnmatch(f, "*.yaml")]
+        found += [
+            os.path.join(root, f)
+            for f in sorted(files)
+            if not f.startswith(".") and f != SECRET_YAML and fnmatch.fnmatch(f, "*.yaml")
+        ]
     return found
 
 
 class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
     """SafeLoader that builds Node* objects and understands the Home Assistant tags."""
 
-    def __init__(self, text: str, path: str, secrets: Secrets, allow_secrets: bool,
-                 stack: tuple[str, ...]) -> None:
+    def __init__(self, text: str, path: str, secrets: Secrets, allow_secrets: bool, stack: tuple[str, ...]) -> None:
         """Prepare to load `text`, which was read from `path`."""
         super().__init__(text)
         self.path, self.secrets, self.allow_secrets, self.stack = path, secrets, allow_secrets, stack
@@ -211,8 +226,12 @@ def _construct_map(loader: _Loader, node: yaml.Node) -> NodeDict:
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node)
         result[key] = loader.construct_object(value_node)
-        result._record(key, key_node.start_mark.line + 1, value_node.start_mark.line + 1,
-                       sensitive=value_node.tag in ("!secret", "!env_var"))
+        result._record(
+            key,
+            key_node.start_mark.line + 1,
+            value_node.start_mark.line + 1,
+            sensitive=value_node.tag in ("!secret", "!env_var"),
+        )
     return result
 
 
@@ -255,8 +274,7 @@ def _env_var(loader: _Loader, node: yaml.Node) -> NodeStr:
     name, *default = loader.scalar_arg(node).split()
     if name not in os.environ and not default:
         raise loader.error(node, f"Environment variable {name} not defined")
-    value = _mark(NodeStr(os.environ.get(name, " ".join(default))), loader.display,
-                  node.start_mark.line + 1)
+    value = _mark(NodeStr(os.environ.get(name, " ".join(default))), loader.display, node.start_mark.line + 1)
     value._is_secret = True
     return value
 
@@ -274,9 +292,8 @@ def _include_dir(loader: _Loader, node: yaml.Node) -> Any:
     directory = loader.relative(node)
     if not os.path.isdir(directory):
         raise loader.error(node, f"included directory '{loader.scalar_arg(node)}' not found")
-    kind, is_list = node.tag[len("!include_dir_"):], node.tag.endswith("list")
-    result: Any = _mark(NodeList() if is_list else NodeDict(), loader.display,
-                        node.start_mark.line + 1)
+    kind, is_list = node.tag[len("!include_dir_") :], node.tag.endswith("list")
+    result: Any = _mark(NodeList() if is_list else NodeDict(), loader.display, node.start_mark.line + 1)
     for path in _find_yaml_files(directory):
         data, shown = loader.load_other(path, node), loader.secrets.display(path)
         if kind in ("list", "named"):
@@ -292,26 +309,36 @@ def _include_dir(loader: _Loader, node: yaml.Node) -> Any:
         if data == {}:
             continue  # an empty file loads as {}; HA skips it silently
         if not isinstance(data, NodeList if is_list else NodeDict):
-            raise ConfigError(f"expected a {'list' if is_list else 'mapping'} to merge",
-                              shown, where(data)[1])
+            raise ConfigError(f"expected a {'list' if is_list else 'mapping'} to merge", shown, where(data)[1])
         for src_key in range(len(data)) if is_list else list(data):
             key = len(result) if is_list else src_key
             if not is_list and key in result:
-                raise ConfigError(f"duplicate key '{key}' (also defined in "
-                                  f"{result._files.get(key)})", shown, data._key_lines.get(key))
+                raise ConfigError(
+                    f"duplicate key '{key}' (also defined in {result._files.get(key)})", shown, data._key_lines.get(key)
+                )
             if is_list:
                 result.append(data[src_key])
             else:
                 result[key] = data[src_key]
-            result._record(key, data._key_lines.get(src_key), data._value_lines.get(src_key),
-                           data._files.get(src_key, data.__config_file__), src_key in data._sensitive)
+            result._record(
+                key,
+                data._key_lines.get(src_key),
+                data._value_lines.get(src_key),
+                data._files.get(src_key, data.__config_file__),
+                src_key in data._sensitive,
+            )
     return result
 
 
-_TAGS = {"tag:yaml.org,2002:map": _construct_map, "tag:yaml.org,2002:seq": _construct_seq,
-         "tag:yaml.org,2002:str": _construct_str, "!secret": _secret, "!env_var": _env_var,
-         "!include": _include, **{f"!include_dir_{kind}": _include_dir
-                                  for kind in ("list", "named", "merge_list", "merge_named")}}
+_TAGS = {
+    "tag:yaml.org,2002:map": _construct_map,
+    "tag:yaml.org,2002:seq": _construct_seq,
+    "tag:yaml.org,2002:str": _construct_str,
+    "!secret": _secret,
+    "!env_var": _env_var,
+    "!include": _include,
+    **{f"!include_dir_{kind}": _include_dir for kind in ("list", "named", "merge_list", "merge_named")},
+}
 for _tag, _constructor in _TAGS.items():
     _Loader.add_constructor(_tag, _constructor)
 
@@ -336,7 +363,7 @@ def _load_file(path: str, secrets: Secrets, allow_secrets: bool, stack: tuple[st
     except OSError as exc:
         raise ConfigError(f"cannot read file: {exc.strerror or exc}", shown) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError("file is not valid UTF-8", shown, raw[:exc.start].count(b"\n") + 1) from None
+        raise ConfigError("file is not valid UTF-8", shown, raw[: exc.start].count(b"\n") + 1) from None
     try:
         # The pure-Python reader already rejects bad characters while being constructed.
         loader = _Loader(text, path, secrets, allow_secrets, (*stack, os.path.realpath(path)))
@@ -348,10 +375,10 @@ def _load_file(path: str, secrets: Secrets, allow_secrets: bool, stack: tuple[st
         problem = ": ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         raise ConfigError(problem, shown, mark and mark.line + 1, column=mark and mark.column + 1) from None
     except yaml.reader.ReaderError as exc:
-        raise ConfigError(exc.reason, shown, text[:exc.position].count("\n") + 1) from None
+        raise ConfigError(exc.reason, shown, text[: exc.position].count("\n") + 1) from None
     except RecursionError:
         raise ConfigError("YAML is nested too deeply", shown) from None
-    except Exception as exc:  # noqa: BLE001 - callers are promised nothing but ConfigError
+    except Exception as exc:
         _LOGGER.debug("Unexpected error loading %s", shown, exc_info=True)
         raise ConfigError(f"cannot load YAML: {type(exc).__name__}", shown) from None
     # HA treats an empty (or comment-only) file as an empty mapping.
@@ -391,8 +418,7 @@ def config_error(err: vol.Invalid | vol.MultipleInvalid, config: Any, prefix_pat
             loc = where(child)
         if loc[1] is not None:
             filename, line = loc
-        secret = (isinstance(node, _Located) and key in node._sensitive) \
-            or getattr(child, "_is_secret", False) is True
+        secret = (isinstance(node, _Located) and key in node._sensitive) or getattr(child, "_is_secret", False) is True
         node = child
     names = [k for k in (*prefix_path, *path) if isinstance(k, str)]
     secret = secret or bool(names and _SENSITIVE_KEY.search(names[-1]))

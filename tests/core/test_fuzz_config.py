@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-import tempfile
 
-from hypothesis import given, settings, strategies as st
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from opp_auth.config import Config, load_config
 from opp_auth.plugins import OppAuthPluginManager, make_plugin_manager

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from hypothesis import given, settings, strategies as st
 import pytest
 import voluptuous as vol
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from opp_auth.config import validate_config
 from opp_auth.flow import (

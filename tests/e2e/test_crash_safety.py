@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections import Counter
-from dataclasses import dataclass, field
 import json
 import os
-from pathlib import Path
 import random
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp

@@ -5,15 +5,15 @@ The faults are real: .storage is a small tmpfs that the tests fill up or remount
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 import errno
 import json
 import os
-from pathlib import Path
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest

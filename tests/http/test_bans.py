@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
-from pathlib import Path
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from opp_auth import AuthManager, GROUP_ID_ADMIN
+from opp_auth import GROUP_ID_ADMIN, AuthManager
 from opp_auth.http.ban import BanManager
 
 PROVIDER = {"type": "insecure_example", "users": [{"username": "alice", "password": "alice-pw", "name": "Alice"}]}
@@ -31,7 +31,7 @@ def load(config_dir: Path, text: str, **kwargs: Any) -> BanManager:
 
 def test_entry_with_banned_at_keeps_its_time(config_dir: Path) -> None:
     bans = load(config_dir, "203.0.113.1:\n  banned_at: '2021-03-04T05:06:07+00:00'\n")
-    assert bans.banned == {"203.0.113.1": datetime(2021, 3, 4, 5, 6, 7, tzinfo=timezone.utc)}
+    assert bans.banned == {"203.0.113.1": datetime(2021, 3, 4, 5, 6, 7, tzinfo=UTC)}
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ def test_entry_with_banned_at_keeps_its_time(config_dir: Path) -> None:
     ids=["bare", "empty-mapping", "null-banned-at", "no-banned-at"],
 )
 def test_entry_without_a_time_is_banned_from_load_time(config_dir: Path, text: str) -> None:
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     bans = load(config_dir, text)
     assert list(bans.banned) == ["203.0.113.1"]
     assert bans.banned["203.0.113.1"] >= before

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import ipaddress
 import logging
+from collections.abc import Iterator
 
-from hypothesis import given, strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from opp_auth.http import forwarded
 from opp_auth.http.forwarded import (

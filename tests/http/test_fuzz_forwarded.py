@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import ipaddress
+from collections.abc import Iterator
 
-from hypothesis import given, settings, strategies as st
-from multidict import CIMultiDict, CIMultiDictProxy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from opp_auth.http import forwarded
 from opp_auth.http.forwarded import parse_trusted_proxies, resolve_forwarded

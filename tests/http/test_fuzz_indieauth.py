@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from opp_auth.http.indieauth import (
     MOBILE_CLIENT_IDS,

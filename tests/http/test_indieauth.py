@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 import ipaddress
 import logging
 import socket
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 import pytest
+from aiohttp import web
 
 from opp_auth.http import indieauth
 from opp_auth.http.indieauth import (

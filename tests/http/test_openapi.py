@@ -23,7 +23,6 @@ from schemathesis.checks import (  # the public registry of built-in checks
 
 from opp_auth.http import indieauth
 from opp_auth.http.openapi import OPENAPI_FILE
-from opp_auth.testing import CLIENT_ID
 
 PROVIDER = {"type": "insecure_example", "users": [{"username": "alice", "password": "alice-pw", "name": "Alice"}]}
 ALICE = {"username": "alice", "password": "alice-pw"}

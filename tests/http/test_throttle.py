@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import voluptuous as vol
 
-from opp_auth import AuthManager, GROUP_ID_ADMIN, GROUP_ID_USER, User
+from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER, AuthManager, User
 from opp_auth.config import HTTP_SCHEMA
 from opp_auth.http.app import MAX_BODY_SIZE
 from opp_auth.http.websocket_api import MAX_CONNECTIONS_PER_USER, RATE_BURST

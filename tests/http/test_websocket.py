@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from datetime import datetime, timedelta
 import json
 import logging
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -330,7 +330,7 @@ async def _fail_value(conn: Any, msg: dict[str, Any]) -> None:
 
 
 async def _fail_timeout(conn: Any, msg: dict[str, Any]) -> None:
-    raise asyncio.TimeoutError
+    raise TimeoutError
 
 
 async def _fail_unauthorized(conn: Any, msg: dict[str, Any]) -> None:

@@ -9,14 +9,14 @@ import aiohttp
 from aiohttp import web
 
 from ..manager import AuthManager
-from . import auth_views, onboarding, openapi, pages
 from ..throttle import PLUGIN_NAME as THROTTLE_PLUGIN_NAME
 from ..throttle import LoginThrottle
+from . import auth_views, onboarding, openapi, pages
 from .ban import BanManager
 from .ban_commands import BAN_PLUGIN_NAME
 from .middleware import build_pipeline, wrap_routes
-from .websocket_api import setup_websocket
 from .view import AUTH_KEY, CLIENT_SESSION_KEY, CONFIG_KEY
+from .websocket_api import setup_websocket
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -75,4 +75,3 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
-

@@ -115,9 +115,7 @@ async def providers_view(request: web.Request) -> web.Response:
     """GET /auth/providers."""
     if not request.app[ONBOARDED_KEY]():
         return json_message("Onboarding not finished", 400, "onboarding_required")
-    return json_response(
-        [{"name": p.name, "id": p.id, "type": p.type} for p in auth_of(request).auth_providers]
-    )
+    return json_response([{"name": p.name, "id": p.id, "type": p.type} for p in auth_of(request).auth_providers])
 
 
 async def login_flow_get_index(request: web.Request) -> web.Response:
@@ -388,4 +386,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/.well-known/change-password", change_password_redirect)
 
 
-__all__ = ["add_routes", "ONBOARDED_KEY", "KEY_REFRESH_TOKEN_ID"]
+__all__ = ["KEY_REFRESH_TOKEN_ID", "ONBOARDED_KEY", "add_routes"]

@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict, deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ class BanManager:
                     _LOGGER.error("Failed to load IP ban %s: invalid banned_at %s", ip, banned_at)
                     continue
             if not isinstance(banned_at, datetime):
-                banned_at = datetime.now(timezone.utc)
+                banned_at = datetime.now(UTC)
             self.banned[address] = banned_at
 
     def is_banned(self, ip: str | None) -> bool:
@@ -121,7 +121,7 @@ class BanManager:
 
     def add_ban(self, ip: str) -> None:
         """Ban an address and append it to ip_bans.yaml."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         self.banned[ip] = now
         _LOGGER.warning("Banned IP %s for too many login attempts", ip)
         try:
@@ -142,7 +142,9 @@ class BanManager:
         return True
 
     @hookimpl
-    def opp_auth_login_failed(self, auth: Any, remote_ip: str | None, provider: Any, username: Any, reason: str) -> None:
+    def opp_auth_login_failed(
+        self, auth: Any, remote_ip: str | None, provider: Any, username: Any, reason: str
+    ) -> None:
         """Count the failure against the address."""
         self.record_failure(remote_ip)
 
@@ -154,4 +156,4 @@ class BanManager:
 
 def _sort_key(when: datetime) -> datetime:
     """Naive datetimes (hand-written without an offset) sort as UTC."""
-    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

@@ -11,9 +11,9 @@ logic: the middleware applies the result and turns ``ForwardedError`` into 400.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import ipaddress
 import logging
+from dataclasses import dataclass
 
 from aiohttp.hdrs import X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -58,8 +58,7 @@ class _WarnOncePerPeer:
             if not self._suppressed:
                 self._suppressed = True
                 _LOGGER.warning(
-                    "X-Forwarded-For headers ignored from more than %d peers; "
-                    "no further warnings about new peers",
+                    "X-Forwarded-For headers ignored from more than %d peers; no further warnings about new peers",
                     self._limit,
                 )
             return
@@ -84,8 +83,7 @@ def parse_trusted_proxies(values: list[str]) -> list[IPNetwork]:
             networks.append(ipaddress.ip_network(str(value).strip(), strict=False))
         except ValueError as err:
             raise ValueError(
-                f"Invalid trusted_proxies entry {value!r}: expected an IP address "
-                "or network such as 172.30.33.0/24"
+                f"Invalid trusted_proxies entry {value!r}: expected an IP address or network such as 172.30.33.0/24"
             ) from err
     return networks
 
@@ -144,19 +142,12 @@ def resolve_forwarded(
         return None
 
     if len(forwarded_for_headers) > 1:
-        raise ForwardedError(
-            f"Too many headers for X-Forwarded-For: {forwarded_for_headers}"
-        )
+        raise ForwardedError(f"Too many headers for X-Forwarded-For: {forwarded_for_headers}")
     # Right to left: the right-most entries were appended by our own proxies.
     try:
-        forwarded_for = [
-            ipaddress.ip_address(entry.strip())
-            for entry in reversed(forwarded_for_headers[0].split(","))
-        ]
+        forwarded_for = [ipaddress.ip_address(entry.strip()) for entry in reversed(forwarded_for_headers[0].split(","))]
     except ValueError:
-        raise ForwardedError(
-            f"Invalid IP address in X-Forwarded-For: {forwarded_for_headers[0]}"
-        ) from None
+        raise ForwardedError(f"Invalid IP address in X-Forwarded-For: {forwarded_for_headers[0]}") from None
 
     for index, address in enumerate(forwarded_for):
         if not _is_trusted(address, trusted_proxies):
@@ -171,17 +162,10 @@ def resolve_forwarded(
     forwarded_proto_headers = headers.getall(X_FORWARDED_PROTO, [])
     if forwarded_proto_headers:
         if len(forwarded_proto_headers) > 1:
-            raise ForwardedError(
-                f"Too many headers for X-Forwarded-Proto: {forwarded_proto_headers}"
-            )
-        forwarded_proto = [
-            proto.strip() for proto in reversed(forwarded_proto_headers[0].split(","))
-        ]
+            raise ForwardedError(f"Too many headers for X-Forwarded-Proto: {forwarded_proto_headers}")
+        forwarded_proto = [proto.strip() for proto in reversed(forwarded_proto_headers[0].split(","))]
         if "" in forwarded_proto:
-            raise ForwardedError(
-                "Empty item received in X-Forwarded-Proto header: "
-                f"{forwarded_proto_headers[0]}"
-            )
+            raise ForwardedError(f"Empty item received in X-Forwarded-Proto header: {forwarded_proto_headers[0]}")
         if len(forwarded_proto) not in (1, len(forwarded_for)):
             raise ForwardedError(
                 "Incorrect number of elements in X-Forwarded-Proto. Expected 1 or "
@@ -195,9 +179,7 @@ def resolve_forwarded(
     forwarded_host_headers = headers.getall(X_FORWARDED_HOST, [])
     if forwarded_host_headers:
         if len(forwarded_host_headers) > 1:
-            raise ForwardedError(
-                f"Too many headers for X-Forwarded-Host: {forwarded_host_headers}"
-            )
+            raise ForwardedError(f"Too many headers for X-Forwarded-Host: {forwarded_host_headers}")
         host = forwarded_host_headers[0].strip()
         if not host:
             raise ForwardedError("Empty value received in X-Forwarded-Host header")

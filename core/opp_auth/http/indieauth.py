@@ -11,12 +11,12 @@ non-public addresses, follows no redirects and is bounded in time and size.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from html.parser import HTMLParser
 import ipaddress
 import logging
 import re
 import socket
+from collections.abc import Callable
+from html.parser import HTMLParser
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 import aiohttp
@@ -33,9 +33,7 @@ MAX_BODY_BYTES: int = 64 * 1024
 # A name with more addresses than this is tried on its first few only.
 MAX_ADDRESSES_TRIED: int = 4
 
-MOBILE_CLIENT_IDS = frozenset(
-    {"https://openpeerpower.io/android", "https://openpeerpower.io/iOS"}
-)
+MOBILE_CLIENT_IDS = frozenset({"https://openpeerpower.io/android", "https://openpeerpower.io/iOS"})
 MOBILE_REDIRECT_URI = "openpeerpower://auth-callback"
 
 _LOOPBACK_NETWORKS = (
@@ -122,9 +120,7 @@ def _check_hostname(parts: SplitResult) -> IPAddress | None:
         raise ValueError("Client ID has a bracketed host that is not an IPv6 address")
     name = host[:-1] if host.endswith(".") else host
     labels = name.split(".")
-    if len(name) > _MAX_HOSTNAME_LENGTH or not all(
-        _HOST_LABEL_RE.match(label) for label in labels
-    ):
+    if len(name) > _MAX_HOSTNAME_LENGTH or not all(_HOST_LABEL_RE.match(label) for label in labels):
         raise ValueError("Client ID host is not a valid domain name")
     # No top-level domain starts with a digit, while resolvers read
     # "134744072", "8.8.8.8." or "0x8.8.8.8" as IPv4 addresses; refusing them
@@ -137,16 +133,12 @@ def _check_hostname(parts: SplitResult) -> IPAddress | None:
 def _parse_client_id(client_id: str) -> tuple[SplitResult, IPAddress | None]:
     """Validate a client id (IndieAuth 3.2, SPEC 5.4); ValueError if invalid."""
     if not client_id or _UNSAFE_CHARS_RE.search(client_id):
-        raise ValueError(
-            "Client ID is empty or contains whitespace or control characters"
-        )
+        raise ValueError("Client ID is empty or contains whitespace or control characters")
     parts = _parse_url(client_id)
     if parts.scheme not in ("http", "https"):
         raise ValueError("Client ID must use http or https")
     if any(unquote(segment) in (".", "..") for segment in parts.path.split("/")):
-        raise ValueError(
-            "Client ID cannot contain single-dot or double-dot path segments"
-        )
+        raise ValueError("Client ID cannot contain single-dot or double-dot path segments")
     # An empty fragment ("…/#") is still a fragment component.
     if "#" in client_id:
         raise ValueError("Client ID cannot contain a fragment")
@@ -189,10 +181,7 @@ def verify_redirect_uri_sync(client_id: str, redirect_uri: str) -> bool | None:
     if redirect_parts.scheme not in ("http", "https"):
         return False
 
-    if (
-        redirect_parts.scheme == client_parts.scheme
-        and redirect_parts.netloc == client_parts.netloc
-    ):
+    if redirect_parts.scheme == client_parts.scheme and redirect_parts.netloc == client_parts.netloc:
         return True
 
     # Fetching pages at IP client ids would let anonymous callers probe the LAN.
@@ -201,9 +190,7 @@ def verify_redirect_uri_sync(client_id: str, redirect_uri: str) -> bool | None:
     return None
 
 
-async def verify_redirect_uri(
-    session: aiohttp.ClientSession | None, client_id: str, redirect_uri: str
-) -> bool:
+async def verify_redirect_uri(session: aiohttp.ClientSession | None, client_id: str, redirect_uri: str) -> bool:
     """Return True when redirect_uri may receive client_id's authorization code."""
     decided = verify_redirect_uri_sync(client_id, redirect_uri)
     if decided is not None:
@@ -258,9 +245,7 @@ def _link_header_targets(values: list[str], rel: str) -> list[str]:
 async def _resolve(host: str, port: int) -> list[IPAddress]:
     """Look up the addresses of host with the running loop's resolver."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-    )
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     addresses: list[IPAddress] = []
     for _family, _type, _proto, _canonname, sockaddr in infos:
         address = ipaddress.ip_address(sockaddr[0])
@@ -282,9 +267,7 @@ async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _fetch_from(
-    session: aiohttp.ClientSession, url: yarl.URL, address: IPAddress | None
-) -> list[str]:
+async def _fetch_from(session: aiohttp.ClientSession, url: yarl.URL, address: IPAddress | None) -> list[str]:
     """GET url (from address when given); return the raw redirect_uri targets."""
     request_url = url
     headers = {"Accept": "text/html, */*;q=0.1"}
@@ -312,9 +295,7 @@ async def _fetch_from(
                 url,
             )
             return []
-        targets = _link_header_targets(
-            response.headers.getall(aiohttp.hdrs.LINK, []), "redirect_uri"
-        )
+        targets = _link_header_targets(response.headers.getall(aiohttp.hdrs.LINK, []), "redirect_uri")
         body = await _read_bounded(response, MAX_BODY_BYTES)
     # Decoding once, after the cut, cannot fail on a multi-byte character
     # split between reads (bug G2); a character split by the cut is replaced.
@@ -369,9 +350,7 @@ async def fetch_redirect_uris(
     try:
         _parts, literal_address = _parse_client_id(url)
     except ValueError as err:
-        _LOGGER.error(
-            "Not looking up redirect_uri at invalid client id %s: %s", url, err
-        )
+        _LOGGER.error("Not looking up redirect_uri at invalid client id %s: %s", url, err)
         return []
     allowed = address_allowed if address_allowed is not None else _allow_address
     try:
@@ -386,8 +365,7 @@ async def fetch_redirect_uris(
         return []
     except _RefusedAddressError as err:
         _LOGGER.error(
-            "Refusing to look up redirect_uri %s: "
-            "its host resolves to non-public address %s",
+            "Refusing to look up redirect_uri %s: its host resolves to non-public address %s",
             url,
             err,
         )
@@ -396,23 +374,17 @@ async def fetch_redirect_uris(
         _LOGGER.error("SSL error while looking up redirect_uri %s", url)
         return []
     except aiohttp.client_exceptions.ClientOSError as err:
-        _LOGGER.error(
-            "OS error while looking up redirect_uri %s: %s", url, err.strerror
-        )
+        _LOGGER.error("OS error while looking up redirect_uri %s: %s", url, err.strerror)
         return []
     except aiohttp.client_exceptions.ClientConnectionError:
-        _LOGGER.error(
-            "Low level connection error while looking up redirect_uri %s", url
-        )
+        _LOGGER.error("Low level connection error while looking up redirect_uri %s", url)
         return []
     except aiohttp.client_exceptions.ClientError:
         _LOGGER.error("Unknown error while looking up redirect_uri %s", url)
         return []
     except OSError as err:
         # Name resolution failures (socket.gaierror) land here.
-        _LOGGER.error(
-            "OS error while looking up redirect_uri %s: %s", url, err.strerror or err
-        )
+        _LOGGER.error("OS error while looking up redirect_uri %s: %s", url, err.strerror or err)
         return []
     except Exception:  # anonymous input must never become a 500
         _LOGGER.exception("Unknown error while looking up redirect_uri %s", url)

@@ -122,7 +122,11 @@ def build_pipeline(
         request[KEY_AUTHENTICATED] = authenticated
 
         origin = request.headers.get(hdrs.ORIGIN)
-        if origin is not None and request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
+        if (
+            origin is not None
+            and request.method == hdrs.METH_OPTIONS
+            and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers
+        ):
             if origin in cors_origins or request.path in CORS_ANY_ORIGIN_PATHS:
                 return web.Response(
                     status=200,
@@ -188,7 +192,7 @@ async def _plugin_authenticate(hook: Any, request: web.Request, auth: AuthManage
             result = impl.function(request=request, auth=auth)
             if inspect.isawaitable(result):
                 result = await result
-        except Exception:  # noqa: BLE001 - fail closed
+        except Exception:
             _LOGGER.exception("Request authenticator %s failed", impl.plugin_name)
             return False
         if result is None:

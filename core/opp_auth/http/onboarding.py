@@ -21,7 +21,15 @@ from ..manager import AuthManager
 from ..models import GROUP_ID_ADMIN
 from ..storage import StorageError
 from . import indieauth
-from .view import CLIENT_SESSION_KEY, KEY_REFRESH_TOKEN_ID, auth_of, json_message, json_response, read_json, require_auth
+from .view import (
+    CLIENT_SESSION_KEY,
+    KEY_REFRESH_TOKEN_ID,
+    auth_of,
+    json_message,
+    json_response,
+    read_json,
+    require_auth,
+)
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -112,7 +112,9 @@ def require_admin(func: CommandHandler) -> CommandHandler:
     return func
 
 
-def require_user(*, allow_system_user: bool = True, only_active_user: bool = True) -> Callable[[CommandHandler], CommandHandler]:
+def require_user(
+    *, allow_system_user: bool = True, only_active_user: bool = True
+) -> Callable[[CommandHandler], CommandHandler]:
     """Guard a command by the kind of user (Open Peer Power's ws_require_user)."""
 
     def decorate(func: CommandHandler) -> CommandHandler:
@@ -196,7 +198,9 @@ class ConnectionTracker:
 class ActiveConnection:
     """An authenticated websocket connection."""
 
-    def __init__(self, auth: AuthManager, ws: web.WebSocketResponse, user: User, refresh_token_id: str, remote: str | None) -> None:
+    def __init__(
+        self, auth: AuthManager, ws: web.WebSocketResponse, user: User, refresh_token_id: str, remote: str | None
+    ) -> None:
         """Bind the connection to its user and token."""
         self.auth = auth
         self.ws = ws
@@ -224,7 +228,9 @@ class ActiveConnection:
 
     def send_error(self, msg_id: int, code: str, message: str) -> None:
         """Answer a command with an error."""
-        self.send_message({"id": msg_id, "type": "result", "success": False, "error": {"code": code, "message": message}})
+        self.send_message(
+            {"id": msg_id, "type": "result", "success": False, "error": {"code": code, "message": message}}
+        )
 
     def close(self, reason: str) -> None:
         """Close the connection soon; a reply the current handler sends right after still goes out."""
@@ -250,7 +256,7 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: A
     await ws.send_json({"type": "auth_required", "ha_version": auth.version})
     try:
         msg = await ws.receive(timeout=AUTH_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         _LOGGER.warning("Did not receive auth message within %g seconds", AUTH_TIMEOUT)
         return None
     if msg.type != WSMsgType.TEXT:
@@ -414,14 +420,14 @@ async def _run(conn: ActiveConnection, handler: CommandHandler, schema: vol.Sche
             await result
     except CommandError as err:
         conn.send_error(msg_id, err.code, err.message)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         conn.send_error(msg_id, ERR_TIMEOUT, "Timeout")
     except asyncio.CancelledError:
         raise
     except StorageError:
         # A framework error (SPEC 5.5): unknown_error with its text; the store logged file and cause.
         conn.send_error(msg_id, ERR_UNKNOWN_ERROR, STORAGE_UNAVAILABLE_MESSAGE)
-    except Exception:  # noqa: BLE001 - a reply for every command, never a silent failure
+    except Exception:
         _LOGGER.exception("Error handling message %s", message.get("type"))
         conn.send_error(msg_id, ERR_UNKNOWN_ERROR, "Unknown error")
 

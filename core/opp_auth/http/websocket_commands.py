@@ -248,7 +248,7 @@ async def depose_mfa(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     module_id = msg["mfa_module_id"]
     try:
         await conn.auth.async_disable_user_mfa(conn.user, module_id)
-    except Exception as err:  # noqa: BLE001 - the module's reason is the answer
+    except Exception as err:
         raise CommandError("disable_failed", f"Cannot disable MFA Module {module_id}: {err}") from err
     conn.send_result(msg["id"], "done")
 
@@ -260,7 +260,11 @@ async def get_user_data(conn: ActiveConnection, msg: dict[str, Any]) -> None:
 
 
 @websocket_command(
-    {vol.Required("type"): "frontend/set_user_data", vol.Required("key"): vol.All(str, vol.Length(min=1, max=64)), vol.Required("value"): object}
+    {
+        vol.Required("type"): "frontend/set_user_data",
+        vol.Required("key"): vol.All(str, vol.Length(min=1, max=64)),
+        vol.Required("value"): object,
+    }
 )
 async def set_user_data(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """Store one of the caller's preferences."""
@@ -325,7 +329,9 @@ async def config_auth_update(conn: ActiveConnection, msg: dict[str, Any]) -> Non
     if user.id == conn.user.id and msg.get("is_active") is False:
         raise CommandError("cannot_deactivate_self", "Unable to deactivate your own account.")
     try:
-        await auth.async_update_user(user, name=msg.get("name"), is_active=msg.get("is_active"), group_ids=msg.get("group_ids"))
+        await auth.async_update_user(
+            user, name=msg.get("name"), is_active=msg.get("is_active"), group_ids=msg.get("group_ids")
+        )
     except AuthManagerError as err:
         raise CommandError("invalid_group", str(err)) from err
     conn.send_result(msg["id"], {"user": user_info(user)})

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from dataclasses import dataclass
 import hmac
 import logging
 import re
 import secrets
 import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Any
 
 import voluptuous as vol
@@ -71,7 +71,7 @@ def _code_at(key: bytes, counter: int) -> str:
     """The RFC 4226 six-digit code for a counter (HMAC-SHA1, dynamic truncation)."""
     digest = hmac.digest(key, counter.to_bytes(8, "big"), "sha1")
     offset = digest[-1] & 0x0F
-    return f"{(int.from_bytes(digest[offset:offset + 4], 'big') & 0x7FFFFFFF) % 1_000_000:06d}"
+    return f"{(int.from_bytes(digest[offset : offset + 4], 'big') & 0x7FFFFFFF) % 1_000_000:06d}"
 
 
 def _slug(value: str) -> str:
@@ -88,7 +88,11 @@ def installed_platforms(pm: Any) -> dict[str, type[NotifyPlatform]]:
 
     def register(cls: Any) -> None:
         """Record one platform class."""
-        if not (isinstance(cls, type) and issubclass(cls, NotifyPlatform) and isinstance(getattr(cls, "PLATFORM", None), str)):
+        if not (
+            isinstance(cls, type)
+            and issubclass(cls, NotifyPlatform)
+            and isinstance(getattr(cls, "PLATFORM", None), str)
+        ):
             raise TypeError(f"{cls!r} is not a NotifyPlatform subclass with a PLATFORM name")
         if platforms.get(cls.PLATFORM, cls) is not cls:
             raise ValueError(f"notify platform '{cls.PLATFORM}' is registered twice")
@@ -212,7 +216,10 @@ class NotifyAuthModule(MfaModule):
         if not isinstance(service, str) or not service:
             raise ValueError("notify_service is required")
         target = (setup_data or {}).get("target")
-        self._users[user_id] = {"notify_service": service, "target": target if isinstance(target, str) and target else None}
+        self._users[user_id] = {
+            "notify_service": service,
+            "target": target if isinstance(target, str) and target else None,
+        }
         await self._async_save()
 
     async def async_depose_user(self, user_id: str) -> None:
@@ -248,18 +255,26 @@ class NotifyAuthModule(MfaModule):
     def may_resend(self, user_id: str, resends_so_far: int) -> bool:
         """Whether another code may be sent after a wrong one (logs why not)."""
         if resends_so_far >= RESENDS_PER_LOGIN:
-            _LOGGER.warning("Not sending another code to user %s: %d codes were resent already", user_id, resends_so_far)
+            _LOGGER.warning(
+                "Not sending another code to user %s: %d codes were resent already", user_id, resends_so_far
+            )
             return False
         if self._recent_sends(user_id) >= SENDS_PER_MINUTE:
-            _LOGGER.warning("Not sending another code to user %s: %d codes sent in the last minute", user_id, SENDS_PER_MINUTE)
+            _LOGGER.warning(
+                "Not sending another code to user %s: %d codes sent in the last minute", user_id, SENDS_PER_MINUTE
+            )
             return False
         return True
 
-    async def async_deliver(self, user_id: str, service_name: str, target: str | None, key: bytes, counter: int) -> str | None:
+    async def async_deliver(
+        self, user_id: str, service_name: str, target: str | None, key: bytes, counter: int
+    ) -> str | None:
         """Send the code for (key, counter); None when sent, else an abort reason (the error is logged)."""
         service = self.services.get(service_name)
         if service is None:
-            _LOGGER.error("Cannot send a login code to user %s: notify service %s does not exist", user_id, service_name)
+            _LOGGER.error(
+                "Cannot send a login code to user %s: notify service %s does not exist", user_id, service_name
+            )
             return "notify_service_not_exist"
         message = self.config["message"].format(_code_at(key, counter))
         try:
@@ -267,7 +282,11 @@ class NotifyAuthModule(MfaModule):
         except Exception as err:  # noqa: BLE001 - any delivery failure ends in a clear abort
             _LOGGER.error(
                 "Could not send a login code to user %s through notify service %s (%s): %s: %s",
-                user_id, service_name, service.PLATFORM, type(err).__name__, err,
+                user_id,
+                service_name,
+                service.PLATFORM,
+                type(err).__name__,
+                err,
             )
             return "send_failed"
         self._note_send(user_id)
@@ -295,7 +314,9 @@ class NotifyAuthModule(MfaModule):
             raise MfaAbort("user_not_setup")
         self._pending.pop(user_id, None)
         pending = _Pending(secrets.token_bytes(KEY_BYTES), secrets.randbelow(MAX_COUNTER), time.monotonic())
-        reason = await self.async_deliver(user_id, setting["notify_service"], setting["target"], pending.key, pending.counter)
+        reason = await self.async_deliver(
+            user_id, setting["notify_service"], setting["target"], pending.key, pending.counter
+        )
         if reason is not None:
             raise MfaAbort(reason)
         self._remember(user_id, pending)
@@ -306,8 +327,13 @@ class NotifyAuthModule(MfaModule):
         pending = self._live_pending(user_id)
         if setting is None or pending is None or not self.may_resend(user_id, pending.resends):
             return
-        fresh = _Pending(secrets.token_bytes(KEY_BYTES), secrets.randbelow(MAX_COUNTER), pending.created, pending.resends + 1)
-        if await self.async_deliver(user_id, setting["notify_service"], setting["target"], fresh.key, fresh.counter) is None:
+        fresh = _Pending(
+            secrets.token_bytes(KEY_BYTES), secrets.randbelow(MAX_COUNTER), pending.created, pending.resends + 1
+        )
+        if (
+            await self.async_deliver(user_id, setting["notify_service"], setting["target"], fresh.key, fresh.counter)
+            is None
+        ):
             self._remember(user_id, fresh)
 
     async def async_validate(self, user_id: str, user_input: dict[str, Any]) -> bool:
@@ -370,7 +396,9 @@ class NotifySetupFlow(SetupFlow):
         if user_input is None:
             # Only the first display sends: an empty resubmission must not become a mail bomb.
             if not self._sent:
-                reason = await self._module.async_deliver(self.user_id, self._service, self._target, self._key, self._counter)
+                reason = await self._module.async_deliver(
+                    self.user_id, self._service, self._target, self._key, self._counter
+                )
                 if reason is not None:
                     return self.async_abort(reason=reason, description_placeholders={"notify_service": self._service})
                 self._sent = True
@@ -384,7 +412,10 @@ class NotifySetupFlow(SetupFlow):
             errors["base"] = "invalid_code"
             if self._module.may_resend(self.user_id, self._resends):
                 counter = secrets.randbelow(MAX_COUNTER)
-                if await self._module.async_deliver(self.user_id, self._service, self._target, self._key, counter) is None:
+                if (
+                    await self._module.async_deliver(self.user_id, self._service, self._target, self._key, counter)
+                    is None
+                ):
                     self._counter = counter
                     self._resends += 1
         return self.async_show_form(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from email.message import EmailMessage
-from email.utils import formataddr, formatdate, make_msgid
 import os
 import signal
 import ssl
 import time
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate, make_msgid
 from typing import Any, ClassVar
 
 import aiosmtplib
@@ -49,7 +49,9 @@ class NotifyPlatform:
 
     def check_target(self, target: str | None) -> None:
         """Raise ValueError if messages cannot go to target (None: the default target)."""
-        if target is not None and (not target or len(target) > 254 or any(ord(ch) < 32 or ord(ch) == 127 for ch in target)):
+        if target is not None and (
+            not target or len(target) > 254 or any(ord(ch) < 32 or ord(ch) == 127 for ch in target)
+        ):
             raise ValueError("invalid target")
 
     async def async_send(self, message: str, target: str | None) -> None:
@@ -71,7 +73,7 @@ def _address(value: Any) -> str:
         raise vol.Invalid("expected an e-mail address")
     value = value.strip()
     local, at, domain = value.rpartition("@")
-    if not at or not local or not domain or any(ch.isspace() or ord(ch) < 32 or ch in "<>,;\"" for ch in value):
+    if not at or not local or not domain or any(ch.isspace() or ord(ch) < 32 or ch in '<>,;"' for ch in value):
         raise vol.Invalid("expected an e-mail address like someone@example.org")
     return value
 
@@ -229,13 +231,17 @@ class CommandLinePlatform(NotifyPlatform):
                     await process.wait()
             except TimeoutError:
                 pass
-            raise NotifyError(f"{self.config['command']} did not finish within {self.config['timeout']} s and was killed") from None
+            raise NotifyError(
+                f"{self.config['command']} did not finish within {self.config['timeout']} s and was killed"
+            ) from None
         finally:
             if process.returncode is None:
                 _kill_group(process)
         if code != 0:
             detail = stderr.decode("utf-8", errors="replace").strip().splitlines()
-            raise NotifyError(f"{self.config['command']} exited with code {code}" + (f": {detail[0][:200]}" if detail else ""))
+            raise NotifyError(
+                f"{self.config['command']} exited with code {code}" + (f": {detail[0][:200]}" if detail else "")
+            )
 
 
 class FilePlatform(NotifyPlatform):

@@ -70,7 +70,7 @@ def _code_at(key: bytes, counter: int) -> str:
     """The RFC 4226 six-digit code for a counter (HMAC-SHA1, dynamic truncation)."""
     digest = hmac.digest(key, counter.to_bytes(8, "big"), "sha1")
     offset = digest[-1] & 0x0F
-    return f"{(int.from_bytes(digest[offset:offset + 4], 'big') & 0x7FFFFFFF) % 1_000_000:06d}"
+    return f"{(int.from_bytes(digest[offset : offset + 4], 'big') & 0x7FFFFFFF) % 1_000_000:06d}"
 
 
 def _matching_timecode(secret: str, code: str, now: float, window: int = 1) -> int | None:
@@ -199,7 +199,9 @@ class TotpAuthModule(MfaModule):
 class TotpSetupFlow(SetupFlow):
     """Show the secret and QR code; confirm with a code."""
 
-    def __init__(self, auth_module: TotpAuthModule, setup_schema: vol.Schema, user_id: str, user_name: str | None) -> None:
+    def __init__(
+        self, auth_module: TotpAuthModule, setup_schema: vol.Schema, user_id: str, user_name: str | None
+    ) -> None:
         """A new secret for this enrolment."""
         super().__init__(auth_module, setup_schema, user_id)
         self._module = auth_module

@@ -6,12 +6,12 @@ Written only against opp_auth's public API, as any third-party plugin is.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from dataclasses import dataclass, field
 import logging
 import os
 import re
 import secrets
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import bcrypt
@@ -27,8 +27,8 @@ from opp_auth import (
     InvalidAuthError,
     LoginFlow,
     RefreshToken,
-    UsernamePasswordLoginFlow,
     UserMeta,
+    UsernamePasswordLoginFlow,
     hookimpl,
 )
 
@@ -115,14 +115,22 @@ def parse(data: bytes, path: str) -> HtpasswdFile:
             # Apache uses the first entry of a user.
             _LOGGER.warning(
                 "%s line %d: user '%s' is already defined on line %d, this entry is ignored",
-                path, number, username, parsed.entries[username].line,
+                path,
+                number,
+                username,
+                parsed.entries[username].line,
             )
             continue
         match = _BCRYPT.fullmatch(hashed)
         if match is None or not 4 <= int(match.group(1)) <= 31:
             kind = hash_kind(hashed)
             _LOGGER.error(
-                "%s line %d: user '%s' has a %s password hash and cannot log in: %s", path, number, username, kind, ONLY_BCRYPT
+                "%s line %d: user '%s' has a %s password hash and cannot log in: %s",
+                path,
+                number,
+                username,
+                kind,
+                ONLY_BCRYPT,
             )
             parsed.entries[username] = Entry(number, None, kind)
             continue
@@ -211,7 +219,11 @@ class HtpasswdAuthProvider(AuthProvider):
         if entry is not None and hashed is None:
             _LOGGER.warning(
                 "htpasswd user '%s' (%s line %d) cannot log in: the %s entry is refused, %s",
-                username, self._path, entry.line, entry.kind, ONLY_BCRYPT,
+                username,
+                self._path,
+                entry.line,
+                entry.kind,
+                ONLY_BCRYPT,
             )
         if hashed is None:
             # Unknown and refused users cost one check too, so timing does not tell who exists.

@@ -19,8 +19,8 @@ from opp_auth import (
     LoginFlow,
     MfaModule,
     SetupFlow,
-    UsernamePasswordLoginFlow,
     UserMeta,
+    UsernamePasswordLoginFlow,
     hookimpl,
 )
 

@@ -9,10 +9,10 @@ first login and make that user local-only.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 import logging
 import os
 import signal
+from collections import OrderedDict
 from typing import Any
 
 import voluptuous as vol
@@ -26,8 +26,8 @@ from opp_auth import (
     Credentials,
     InvalidAuthError,
     LoginFlow,
-    UsernamePasswordLoginFlow,
     UserMeta,
+    UsernamePasswordLoginFlow,
     hookimpl,
 )
 
@@ -188,7 +188,8 @@ class CommandLineAuthProvider(AuthProvider):
                 await _reap(process)
                 _LOGGER.error(
                     "User %r failed to authenticate: the command did not finish within the %s s timeout and was killed",
-                    username, timeout,
+                    username,
+                    timeout,
                 )
                 raise InvalidAuthError from None
             finally:

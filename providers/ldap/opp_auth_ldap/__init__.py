@@ -9,10 +9,10 @@ call runs in the executor, a bounded number at once.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 import logging
 import os
 import time
+from collections import OrderedDict
 from typing import Any
 
 import voluptuous as vol
@@ -28,8 +28,8 @@ from opp_auth import (
     LoginFlow,
     ProviderUnavailableError,
     RefreshToken,
-    UsernamePasswordLoginFlow,
     UserMeta,
+    UsernamePasswordLoginFlow,
     hookimpl,
 )
 
@@ -134,7 +134,9 @@ CONFIG_SCHEMA = vol.All(
             vol.Optional("start_tls", default=False): bool,
             vol.Optional("ca_file"): vol.All(str, vol.Length(min=1)),
             vol.Optional("verify_ssl", default=True): bool,
-            vol.Optional("timeout", default=5): vol.All(vol.Coerce(float), vol.Range(min=0, min_included=False, max=300)),
+            vol.Optional("timeout", default=5): vol.All(
+                vol.Coerce(float), vol.Range(min=0, min_included=False, max=300)
+            ),
             vol.Optional("bind_dn"): _dn,
             vol.Optional("bind_password"): str,
             vol.Optional("base_dn"): _dn,
@@ -195,16 +197,20 @@ class LdapAuthProvider(AuthProvider):
         """Warn about configurations that weaken security, at every start."""
         urls = ", ".join(self.config["url"])
         if not self.config["verify_ssl"]:
-            _LOGGER.warning("verify_ssl is false for the LDAP server %s: its certificate is not checked, "
-                            "so anyone on the network path can read passwords", urls)
+            _LOGGER.warning(
+                "verify_ssl is false for the LDAP server %s: its certificate is not checked, "
+                "so anyone on the network path can read passwords",
+                urls,
+            )
         ca_file = self.config.get("ca_file")
         if ca_file and self.config["verify_ssl"] and not os.path.isfile(ca_file):
             _LOGGER.error("The LDAP ca_file %s does not exist: every LDAP login will fail until it does", ca_file)
         if not self.config["start_tls"]:
             for spec in self.directory.servers:
                 if not spec.use_ssl and not is_loopback(spec.host):
-                    _LOGGER.warning("Passwords travel in clear text to the LDAP server %s: use ldaps:// or start_tls",
-                                    spec.url)
+                    _LOGGER.warning(
+                        "Passwords travel in clear text to the LDAP server %s: use ldaps:// or start_tls", spec.url
+                    )
 
     async def async_shutdown(self) -> None:
         """Close the pooled connections."""

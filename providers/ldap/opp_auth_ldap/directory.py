@@ -5,8 +5,6 @@ Everything here runs in an executor thread; the provider never calls it on the e
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
 import ipaddress
 import logging
 import math
@@ -15,6 +13,8 @@ import re
 import ssl
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -291,10 +291,19 @@ class Directory:
         self.service.give_back(conn)
         return result
 
-    def _search(self, conn: ldap3.Connection, base: str, search_filter: str, scope: Any, attributes: list[str], size_limit: int) -> list[dict[str, Any]]:
+    def _search(
+        self, conn: ldap3.Connection, base: str, search_filter: str, scope: Any, attributes: list[str], size_limit: int
+    ) -> list[dict[str, Any]]:
         """Entries of a search; no such base is no entries, a failure is DirectoryUnavailable."""
-        conn.search(base, search_filter, search_scope=scope, attributes=attributes or [ldap3.NO_ATTRIBUTES],
-                    size_limit=size_limit, time_limit=max(1, int(self.timeout)), dereference_aliases=ldap3.DEREF_NEVER)
+        conn.search(
+            base,
+            search_filter,
+            search_scope=scope,
+            attributes=attributes or [ldap3.NO_ATTRIBUTES],
+            size_limit=size_limit,
+            time_limit=max(1, int(self.timeout)),
+            dereference_aliases=ldap3.DEREF_NEVER,
+        )
         code = conn.result.get("result") if conn.result else None
         if code == RESULT_NO_SUCH_OBJECT:
             return []
@@ -351,25 +360,35 @@ class Directory:
         """Username, name and (attribute-held) groups of an entry."""
         username = _first(_attribute(entry, self.config["username_attribute"]))
         if username is None:
-            _LOGGER.warning("The LDAP entry %s has no readable %s; using the typed username",
-                            entry["dn"], self.config["username_attribute"])
+            _LOGGER.warning(
+                "The LDAP entry %s has no readable %s; using the typed username",
+                entry["dn"],
+                self.config["username_attribute"],
+            )
             username = fallback_username
-        identity = Identity(username=username, dn=entry["dn"], name=_first(_attribute(entry, self.config["name_attribute"])))
+        identity = Identity(
+            username=username, dn=entry["dn"], name=_first(_attribute(entry, self.config["name_attribute"]))
+        )
         if self.config.get("group_attribute"):
-            identity.groups = {normalize_dn(v.decode("utf-8", errors="replace"))
-                               for v in _attribute(entry, self.config["group_attribute"])}
+            identity.groups = {
+                normalize_dn(v.decode("utf-8", errors="replace"))
+                for v in _attribute(entry, self.config["group_attribute"])
+            }
         return identity
 
     def _group_filter(self, dn: str, username: str) -> str:
         """The group filter for one user, every value escaped (RFC 4515)."""
-        return (self.config["group_filter"]
-                .replace("{dn}", escape_filter_chars(dn))
-                .replace("{username}", escape_filter_chars(username)))
+        return (
+            self.config["group_filter"]
+            .replace("{dn}", escape_filter_chars(dn))
+            .replace("{username}", escape_filter_chars(username))
+        )
 
     def _search_groups(self, conn: ldap3.Connection, dn: str, username: str) -> set[str]:
         """DNs of the groups under group_base_dn that list the user."""
-        entries = self._search(conn, self.config["group_base_dn"], self._group_filter(dn, username),
-                               ldap3.SUBTREE, [], MAX_GROUPS)
+        entries = self._search(
+            conn, self.config["group_base_dn"], self._group_filter(dn, username), ldap3.SUBTREE, [], MAX_GROUPS
+        )
         return {normalize_dn(e["dn"]) for e in entries}
 
     def _decide(self, identity: Identity) -> Identity:
@@ -411,8 +430,9 @@ class Directory:
         group_base = self.config.get("group_base_dn")
 
         def find(conn: ldap3.Connection) -> tuple[list[dict[str, Any]], set[str]]:
-            entries = self._search(conn, self.config["base_dn"], self._user_filter(username), self.scope,
-                                   self._user_attributes(), 2)
+            entries = self._search(
+                conn, self.config["base_dn"], self._user_filter(username), self.scope, self._user_attributes(), 2
+            )
             groups: set[str] = set()
             if group_base:
                 # Run for unknown users too, so the answer takes as long either way.
@@ -468,12 +488,14 @@ class Directory:
 
         def find(conn: ldap3.Connection) -> Identity:
             if self.config.get("user_dn_template"):
-                entries = self._search(conn, self._user_dn(username), "(objectClass=*)", ldap3.BASE,
-                                       self._user_attributes(), 1)
+                entries = self._search(
+                    conn, self._user_dn(username), "(objectClass=*)", ldap3.BASE, self._user_attributes(), 1
+                )
             else:
                 search_filter = f"({self.config['username_attribute']}={escape_filter_chars(username)})"
-                entries = self._search(conn, self.config["base_dn"], search_filter, self.scope,
-                                       self._user_attributes(), 2)
+                entries = self._search(
+                    conn, self.config["base_dn"], search_filter, self.scope, self._user_attributes(), 2
+                )
             if len(entries) != 1:
                 _LOGGER.info("The LDAP user %r is gone (%d matching entries)", username, len(entries))
                 raise InvalidAuthError

@@ -56,9 +56,13 @@ _UUID4_HEX = re.compile(r"^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$")
 
 def _group_id(value: Any) -> str:
     """A system group id or a uuid4-hex group id."""
-    if isinstance(value, str) and (value in (GROUP_ID_ADMIN, GROUP_ID_USER, GROUP_ID_READ_ONLY) or _UUID4_HEX.match(value)):
+    if isinstance(value, str) and (
+        value in (GROUP_ID_ADMIN, GROUP_ID_USER, GROUP_ID_READ_ONLY) or _UUID4_HEX.match(value)
+    ):
         return value
-    raise vol.Invalid(f"'{value}' is not a group id ({GROUP_ID_USER}, {GROUP_ID_READ_ONLY}, {GROUP_ID_ADMIN} or a uuid4 in hex)")
+    raise vol.Invalid(
+        f"'{value}' is not a group id ({GROUP_ID_USER}, {GROUP_ID_READ_ONLY}, {GROUP_ID_ADMIN} or a uuid4 in hex)"
+    )
 
 
 CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
@@ -166,7 +170,9 @@ class _Nudger:
             if not self._full:
                 self._full = True
                 _NUDGE_LOGGER.log(
-                    level, "Legacy API passwords were sent to more than %d paths; not logging further paths", MAX_NUDGED_PATHS
+                    level,
+                    "Legacy API passwords were sent to more than %d paths; not logging further paths",
+                    MAX_NUDGED_PATHS,
                 )
             return
         self._paths.add(path)

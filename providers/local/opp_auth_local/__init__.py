@@ -19,8 +19,8 @@ from opp_auth import (
     Credentials,
     InvalidAuthError,
     LoginFlow,
-    UsernamePasswordLoginFlow,
     UserMeta,
+    UsernamePasswordLoginFlow,
     hookimpl,
 )
 

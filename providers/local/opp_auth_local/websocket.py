@@ -69,7 +69,7 @@ async def create(conn: ActiveConnection, msg: dict[str, Any]) -> None:
         await provider.async_add_auth(msg["username"], msg["password"])
     except ValueError as err:
         raise CommandError("invalid_password", str(err)) from err
-    except Exception as err:  # noqa: BLE001 - the provider's own refusal (e.g. a race on the name)
+    except Exception as err:
         raise CommandError("username_exists", str(err)) from err
     credentials = await provider.async_get_or_create_credentials({"username": msg["username"]})
     await conn.auth.async_link_user(user, credentials)

@@ -73,9 +73,7 @@ def _group_id(value: Any) -> str:
             return value
         if _UUID4_HEX.match(value.lower()):
             return value.lower()
-    raise vol.Invalid(
-        f"'{value}' is not a group id (one of {', '.join(SYSTEM_GROUP_IDS)}, or a uuid4 in hex)"
-    )
+    raise vol.Invalid(f"'{value}' is not a group id (one of {', '.join(SYSTEM_GROUP_IDS)}, or a uuid4 in hex)")
 
 
 def _trusted_entry(value: Any) -> str | dict[str, list[str]]:

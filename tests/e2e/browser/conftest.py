@@ -7,17 +7,17 @@ server fixture is this folder's own rather than opp_auth.testing's function-loop
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-import os
 from pathlib import Path
-import shutil
 from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestServer
 import pytest
 import pytest_asyncio
+from aiohttp.test_utils import TestServer
 
 from opp_auth.config import validate_config
 from opp_auth.http.app import create_app

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-import re
-import socket
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 import pytest
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from opp_auth.testing import run_login_flow
 
@@ -37,7 +37,7 @@ class Mailbox:
         self.envelopes: list[Envelope] = []
         self._arrived = asyncio.Event()
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's name
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Accept and keep the mail."""
         self.envelopes.append(envelope)
         self.mails.append(message_from_bytes(envelope.original_content or b"", policy=policy.default))  # type: ignore[arg-type]
@@ -54,7 +54,7 @@ class Mailbox:
 class RefusingMailbox(Mailbox):
     """A server that refuses every recipient."""
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:  # noqa: N802
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
         """550 for everyone."""
         return "550 5.1.1 No such user here"
 

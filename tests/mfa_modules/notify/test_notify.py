@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 import stat
 import time
+from pathlib import Path
 from typing import Any
 
+import opp_auth_notify
 import pytest
 
-import opp_auth_notify
 from opp_auth.config import load_config
 from opp_auth.plugins import make_plugin_manager
 from opp_auth.testing import run_login_flow

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 import ssl
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest

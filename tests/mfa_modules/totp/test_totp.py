@@ -8,7 +8,7 @@ import re
 import shutil
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyotp
@@ -30,7 +30,7 @@ def oathtool(secret: str, at: float | None = None) -> str:
         pytest.skip(message)
     args = [path, "--totp", "-b", secret]
     if at is not None:
-        args += ["--now", datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")]
+        args += ["--now", datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")]
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -113,7 +113,7 @@ async def test_setup_with_oathtool_code_enrols_without_echoing_the_secret(auth: 
     assert len(codes) == 10 and len(set(codes)) == 10
     module = auth.get_auth_mfa_module("totp")
     assert await module.async_is_user_setup(user.id)
-    stored = json.loads((auth.config_dir and open(f"{auth.config_dir}/.storage/auth_module.totp").read()))
+    stored = json.loads(auth.config_dir and open(f"{auth.config_dir}/.storage/auth_module.totp").read())
     assert stored["version"] == 1 and stored["key"] == "auth_module.totp"
     assert stored["data"]["users"] == {user.id: secret}
     assert secret not in json.dumps(codes)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
-import subprocess
 
 import pytest
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 import json
 import logging
-from pathlib import Path
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import voluptuous as vol
+from opp_auth_htpasswd import HtpasswdAuthProvider
 
 from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, AuthManager
-from opp_auth_htpasswd import HtpasswdAuthProvider
 
 HANDLER = ("htpasswd", None)
 ONLY_BCRYPT = "only bcrypt entries (htpasswd -B) are supported"

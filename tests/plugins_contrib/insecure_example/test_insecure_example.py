@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import ast
+import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-import textwrap
 from typing import Any
 
+import opp_auth_insecure_example
 import pytest
+from opp_auth_insecure_example import ExampleMfaModule
 
 import opp_auth
 from opp_auth import AuthManager
 from opp_auth.config import load_config
 from opp_auth.plugins import make_plugin_manager
 from opp_auth.yaml import ConfigError
-import opp_auth_insecure_example
-from opp_auth_insecure_example import ExampleMfaModule
 
 HANDLER = ("insecure_example", None)
 USERS = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import opp_auth_command_line
 import pytest
 
-import opp_auth_command_line
 from opp_auth.testing import ProviderContract
 
 

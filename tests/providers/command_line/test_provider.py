@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 import itertools
 import logging
 import os
 import signal
-from pathlib import Path
 import sys
 import textwrap
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import opp_auth_command_line
 import pytest
 import voluptuous as vol
+from opp_auth_command_line import CONFIG_SCHEMA, CommandLineAuthProvider
 
-import opp_auth_command_line
 from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, AuthManager, InvalidAuthError
 from opp_auth.testing import run_login_flow
-from opp_auth_command_line import CONFIG_SCHEMA, CommandLineAuthProvider
 
 HANDLER = ("command_line", None)
 LOGGER = "opp_auth_command_line"

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 import datetime
 import os
-from pathlib import Path
 import socket
 import subprocess
 import time
-
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ldap3.utils.dn import escape_rdn
 import pytest
+from ldap3.utils.dn import escape_rdn
 
 from tests.conftest import REQUIRE_INTEGRATION_ENV, require_binary
 
@@ -134,7 +133,7 @@ def _ca(common_name: str) -> tuple[Any, Any]:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
@@ -161,7 +160,7 @@ def make_pki(directory: Path) -> Pki:
     ca_key, ca_cert = _ca("opp-auth test CA")
     _, wrong_cert = _ca("opp-auth wrong CA")
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name("localhost"))
@@ -215,7 +214,7 @@ class Slapd:
     def start(self) -> None:
         """Start slapd in the foreground and wait until it accepts connections."""
         urls = self.url + "/" + (f" ldaps://127.0.0.1:{self.tls_port}/" if self.tls_port else "")
-        log = open(self.folder / "slapd.log", "ab")  # noqa: SIM115 - owned by the process
+        log = open(self.folder / "slapd.log", "ab")
         self.process = subprocess.Popen(
             [self.slapd, "-f", str(self.folder / "slapd.conf"), "-h", urls, "-d", "0"],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL,

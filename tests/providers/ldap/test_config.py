@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import voluptuous as vol
-
 from opp_auth_ldap import CONFIG_SCHEMA, DEFAULT_GROUP_FILTER, DEFAULT_USER_FILTER
 
 from .test_provider import Factory, make_auth, messages

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 import logging
 import statistics
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ldap3
 import pytest
+from opp_auth_ldap import LdapAuthProvider
 
 from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, AuthManager, InvalidAuthError
 from opp_auth.testing import run_login_flow
-from opp_auth_ldap import LdapAuthProvider
 
 from .conftest import (
     ADMINS,

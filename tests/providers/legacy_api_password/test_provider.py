@@ -8,15 +8,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import opp_auth_legacy_api_password
+import pytest
+from opp_auth_legacy_api_password import USER_NAME, LegacyApiPasswordAuthProvider
+
 from opp_auth import PROVIDER_CONFIG_SCHEMA, AuthManager, AuthProvider, hookimpl
 from opp_auth.config import load_config
 from opp_auth.plugins import OppAuthPluginManager, make_plugin_manager
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 from opp_auth.yaml import ConfigError
-from opp_auth_legacy_api_password import USER_NAME, LegacyApiPasswordAuthProvider
 
 HANDLER = ("legacy_api_password", None)
 PASSWORD = "s3cret-pässword"

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable
 import functools
 import ipaddress
 import json
 import logging
-from pathlib import Path
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import bcrypt
-import pytest
-
 import opp_auth_local
+import pytest
+from opp_auth_local import STORAGE_KEY, InvalidUser, LocalAuthProvider, PasswordTooLong
+
 from opp_auth import AuthManager
 from opp_auth.yaml import ConfigError
-from opp_auth_local import STORAGE_KEY, InvalidUser, LocalAuthProvider, PasswordTooLong
 
 HANDLER = ("openpeerpower", None)
 PASSWORD = "test-pass"

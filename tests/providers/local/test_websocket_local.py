@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
 import json
-from pathlib import Path
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import bcrypt
-import pytest
-
 import opp_auth_local
+import pytest
+from opp_auth_local import STORAGE_KEY, LocalAuthProvider
+
 from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER, AuthManager, InvalidAuthError, User
 from opp_auth.testing import CLIENT_ID, OppAuthClient
-from opp_auth_local import STORAGE_KEY, LocalAuthProvider
 
 PREFIX = "config/auth_provider/openpeerpower/"
 OWNER_PW = "owner-pass-1"

@@ -13,12 +13,12 @@ from typing import Any
 import aiohttp
 import pytest
 import voluptuous as vol
+from opp_auth_trusted_networks import CONFIG_SCHEMA, NOT_TRUSTED, PROXY_ADDRESS, TrustedNetworksAuthProvider
 
 from opp_auth import AuthManager, Group, InvalidAuthError
 from opp_auth.config import load_config
 from opp_auth.plugins import make_plugin_manager
 from opp_auth.testing import CLIENT_ID, LoginFlowDriver, OppAuthClient
-from opp_auth_trusted_networks import CONFIG_SCHEMA, NOT_TRUSTED, PROXY_ADDRESS, TrustedNetworksAuthProvider
 
 HANDLER = ("trusted_networks", None)
 NETWORKS = ["192.168.0.0/24", "fd00::/8", "10.0.0.7"]
