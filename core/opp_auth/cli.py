@@ -63,8 +63,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"Configuration valid: {len(config.providers)} auth provider(s), {len(config.mfa_modules)} MFA module(s).")
     for cls, conf in config.providers:
         print(f"  provider {cls.TYPE}" + (f" (id {conf['id']})" if conf.get("id") else ""))
-    for cls, conf in config.mfa_modules:
-        print(f"  mfa module {cls.TYPE} (id {conf.get('id') or cls.TYPE})")
+    for mcls, conf in config.mfa_modules:
+        print(f"  mfa module {mcls.TYPE} (id {conf.get('id') or mcls.TYPE})")
     return 0
 
 

@@ -9,12 +9,16 @@ import ipaddress
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import voluptuous as vol
 
 from .plugins import OppAuthPluginManager
 from .yaml import ConfigError, Secrets, config_error, load_yaml, where
+
+if TYPE_CHECKING:
+    from .mfa import MfaModule
+    from .providers import AuthProvider
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -118,10 +122,10 @@ def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 def _threshold(value: Any) -> int:
     """A positive attempt count, or -1 for never."""
-    value = vol.Coerce(int)(value)
-    if value != -1 and value < 1:
+    count: int = vol.Coerce(int)(value)
+    if count != -1 and count < 1:
         raise vol.Invalid("must be a positive number of attempts, or -1 to never ban")
-    return value
+    return count
 
 
 def _proxies_pair(conf: dict[str, Any]) -> dict[str, Any]:
@@ -183,8 +187,8 @@ class Config:
     """The validated configuration of one server."""
 
     config_dir: Path
-    providers: list[tuple[type, dict[str, Any]]] = field(default_factory=list)
-    mfa_modules: list[tuple[type, dict[str, Any]]] = field(default_factory=list)
+    providers: list[tuple[type[AuthProvider], dict[str, Any]]] = field(default_factory=list)
+    mfa_modules: list[tuple[type[MfaModule], dict[str, Any]]] = field(default_factory=list)
     http: dict[str, Any] = field(default_factory=dict)
     blocks: dict[str, Any] = field(default_factory=dict)
     filename: str = CONFIG_FILE
@@ -248,6 +252,7 @@ def validate_config(
     config.providers = _resolve(
         pm,
         "auth provider",
+        pm.provider_classes,
         provider_entries,
         providers_raw,
         ("openpeerpower", "auth_providers"),
@@ -261,25 +266,35 @@ def validate_config(
         mfa_entries = [dict(m) for m in DEFAULT_MFA_MODULES if m["type"] in installed]
         mfa_raw = None
     config.mfa_modules = _resolve(
-        pm, "mfa module", mfa_entries, mfa_raw, ("openpeerpower", "auth_mfa_modules"), allow_insecure_example, None
+        pm,
+        "mfa module",
+        pm.mfa_classes,
+        mfa_entries,
+        mfa_raw,
+        ("openpeerpower", "auth_mfa_modules"),
+        allow_insecure_example,
+        None,
     )
     config.blocks = _plugin_blocks(pm, raw)
     return config
 
 
+_PluginClass = TypeVar("_PluginClass", bound="AuthProvider | MfaModule")
+
+
 def _resolve(
     pm: OppAuthPluginManager,
     kind: str,
+    classes: dict[str, type[_PluginClass]],
     entries: list[dict[str, Any]],
     raw_entries: Any,
     path: tuple[Any, ...],
     allow_insecure_example: bool,
     http_raw: Any,
-) -> list[tuple[type, dict[str, Any]]]:
-    """Find each entry's class, validate it with the class's schema, reject duplicates."""
-    classes = pm.provider_classes if kind == "auth provider" else pm.mfa_classes
+) -> list[tuple[type[_PluginClass], dict[str, Any]]]:
+    """Find each entry's class (from `classes`), validate it with the class's schema, reject duplicates."""
     prefix = "provider" if kind == "auth provider" else "mfa"
-    resolved: list[tuple[type, dict[str, Any]]] = []
+    resolved: list[tuple[type[_PluginClass], dict[str, Any]]] = []
     seen: set[Any] = set()
     for index, entry in enumerate(entries):
         type_name = entry["type"]

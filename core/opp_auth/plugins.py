@@ -7,12 +7,16 @@ import importlib.metadata
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pluggy
 
 from . import hookspecs
 from .hookspecs import PROJECT
+
+if TYPE_CHECKING:
+    from .mfa import MfaModule
+    from .providers import AuthProvider
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -52,15 +56,18 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
 
 
-class _Registry:
+_T = TypeVar("_T")
+
+
+class _Registry(Generic[_T]):
     """Validated register() callable handed to the register_* hooks."""
 
-    def __init__(self, kind: str, base: type, pm: OppAuthPluginManager) -> None:
+    def __init__(self, kind: str, base: type[_T], pm: OppAuthPluginManager) -> None:
         """Remember what we accept."""
         self.kind = kind
         self.base = base
         self.pm = pm
-        self.classes: dict[str, type] = {}
+        self.classes: dict[str, type[_T]] = {}
         self.owners: dict[str, str] = {}
         self.current_plugin: str = "?"
 
@@ -93,8 +100,8 @@ class OppAuthPluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.entry_infos: dict[str, PluginInfo] = {}
-        self._provider_registry: _Registry | None = None
-        self._mfa_registry: _Registry | None = None
+        self._provider_registry: _Registry[AuthProvider] | None = None
+        self._mfa_registry: _Registry[MfaModule] | None = None
 
     def load_entrypoints(self, blocked: Iterable[str] = ()) -> None:
         """Import every plugin of the opp_auth entry-point group, recording failures."""
@@ -139,7 +146,7 @@ class OppAuthPluginManager(pluggy.PluginManager):
             return
         info.hooks = sorted(h.name for h in self.get_hookcallers(plugin) or [])
 
-    def _collect(self, kind: str, base: type, hookname: str) -> _Registry:
+    def _collect(self, kind: str, base: type[_T], hookname: str) -> _Registry[_T]:
         """Ask every plugin's register hook, one at a time so errors name the plugin."""
         registry = _Registry(kind, base, self)
         caller = getattr(self.hook, hookname)
@@ -167,7 +174,7 @@ class OppAuthPluginManager(pluggy.PluginManager):
         return f"{plugin_name} ({info.distribution} {info.version})"
 
     @property
-    def provider_classes(self) -> dict[str, type]:
+    def provider_classes(self) -> dict[str, type[AuthProvider]]:
         """Auth provider classes by YAML type."""
         if self._provider_registry is None:
             from .providers import AuthProvider
@@ -176,7 +183,7 @@ class OppAuthPluginManager(pluggy.PluginManager):
         return self._provider_registry.classes
 
     @property
-    def mfa_classes(self) -> dict[str, type]:
+    def mfa_classes(self) -> dict[str, type[MfaModule]]:
         """MFA module classes by YAML type."""
         if self._mfa_registry is None:
             from .mfa import MfaModule

@@ -139,8 +139,8 @@ class AuthStore:
             user.groups = self.shared_groups(member_of)
             self._users[user.id] = user
         for cdata in data.get("credentials", []):
-            user = self._users.get(cdata.get("user_id"))
-            if user is None:
+            owner = self._users.get(cdata.get("user_id"))
+            if owner is None:
                 continue
             cred = Credentials(
                 id=cdata["id"],
@@ -148,9 +148,9 @@ class AuthStore:
                 auth_provider_id=cdata.get("auth_provider_id"),
                 data=cdata.get("data") or {},
                 is_new=False,
-                user_id=user.id,
+                user_id=owner.id,
             )
-            self._index_credentials(user, cred)
+            self._index_credentials(owner, cred)
         for rdata in data.get("refresh_tokens", []):
             self._load_token(rdata)
 
@@ -164,7 +164,8 @@ class AuthStore:
         has_hash = isinstance(rdata.get("token_hash"), str)
         if "jwt_key" not in rdata and not has_hash:
             return
-        user = self._users.get(rdata.get("user_id"))
+        user_id = rdata.get("user_id")
+        user = self._users.get(user_id) if isinstance(user_id, str) else None
         if user is None:
             return
         created_at = _parse_dt(rdata.get("created_at"))
@@ -188,7 +189,8 @@ class AuthStore:
         token_type = rdata.get("token_type")
         if token_type is None:
             token_type = TOKEN_TYPE_SYSTEM if rdata.get("client_id") is None else TOKEN_TYPE_NORMAL
-        cred = self._credentials.get(rdata.get("credential_id")) if rdata.get("credential_id") else None
+        credential_id = rdata.get("credential_id")
+        cred = self._credentials.get(credential_id) if isinstance(credential_id, str) and credential_id else None
         expire_at = rdata.get("expire_at") if "expire_at" in rdata else self.default_expire_at(token_type)
         if not isinstance(expire_at, (int, float)) or isinstance(expire_at, bool):
             expire_at = None

@@ -248,7 +248,9 @@ class ProviderContract:
         return dict(LOGIN_CONTEXT)
 
     @pytest.fixture
-    async def contract_auth(self, opp_auth_factory: Any, provider_config: dict[str, Any]) -> AuthManager:
+    async def contract_auth(
+        self, opp_auth_factory: Callable[..., Awaitable[AuthManager]], provider_config: dict[str, Any]
+    ) -> AuthManager:
         """A manager with only this provider."""
         return await opp_auth_factory(providers=[provider_config], mfa_modules=[])
 
@@ -338,7 +340,10 @@ class MfaContract:
 
     @pytest.fixture
     async def contract_auth(
-        self, opp_auth_factory: Any, module_config: dict[str, Any], config_blocks: dict[str, Any]
+        self,
+        opp_auth_factory: Callable[..., Awaitable[AuthManager]],
+        module_config: dict[str, Any],
+        config_blocks: dict[str, Any],
     ) -> AuthManager:
         """A manager with the example provider and only this module."""
         return await opp_auth_factory(

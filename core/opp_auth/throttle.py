@@ -252,7 +252,7 @@ class LoginThrottle:
     def lockouts(self) -> list[dict[str, Any]]:
         """Counters that refuse attempts right now, longest first."""
         now = self.clock()
-        found = []
+        found: list[dict[str, Any]] = []
         for kind, counters in self.maps.items():
             for key in list(counters.items):
                 wait = self._wait(kind, key, now)

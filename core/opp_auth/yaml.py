@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, TypeVar
 
 import voluptuous as vol
 import yaml
@@ -28,7 +28,7 @@ class ConfigError(Exception):
         message: str,
         filename: str | None = None,
         line: int | None = None,
-        key_path: tuple = (),
+        key_path: tuple[Any, ...] = (),
         column: int | None = None,
     ) -> None:
         """Store the bare reason plus whatever location is known."""
@@ -75,11 +75,11 @@ class _Located:
             self._sensitive.add(key)
 
 
-class NodeDict(_Located, dict):
+class NodeDict(_Located, dict[Any, Any]):
     """A loaded mapping that knows its file and line and those of its keys."""
 
 
-class NodeList(_Located, list):
+class NodeList(_Located, list[Any]):
     """A loaded sequence that knows its file and line and those of its items (keyed by index)."""
 
 
@@ -96,7 +96,10 @@ def where(value: Any) -> tuple[str | None, int | None]:
     return getattr(value, "__config_file__", None), getattr(value, "__line__", None)
 
 
-def _mark(obj: Any, filename: str | None, line: int | None) -> Any:
+_NodeT = TypeVar("_NodeT", bound="_Located | NodeStr")
+
+
+def _mark(obj: _NodeT, filename: str | None, line: int | None) -> _NodeT:
     """Attach a location to a node object and return it."""
     obj.__config_file__, obj.__line__ = filename, line
     return obj
@@ -105,10 +108,10 @@ def _mark(obj: Any, filename: str | None, line: int | None) -> Any:
 class Secrets:
     """Resolves !secret NAME by reading secrets.yaml in the including file's folder, then parent folders up to the config dir (like Home Assistant)."""
 
-    def __init__(self, config_dir: str | os.PathLike) -> None:
+    def __init__(self, config_dir: str | os.PathLike[str]) -> None:
         """Remember the config dir; secrets files are read lazily and cached."""
         self.config_dir = os.path.abspath(config_dir)
-        self._cache: dict[str, dict | None] = {}
+        self._cache: dict[str, dict[Any, Any] | None] = {}
 
     def display(self, path: str) -> str:
         """Path relative to the config dir when inside it, else the absolute path."""
@@ -137,7 +140,7 @@ class Secrets:
         """Whether an absolute path is the config dir or below it."""
         return os.path.commonpath([path, self.config_dir]) == self.config_dir
 
-    def _load(self, path: str) -> dict | None:
+    def _load(self, path: str) -> dict[Any, Any] | None:
         """Secrets in one secrets.yaml, or None if there is no such file."""
         if path not in self._cache:
             if not os.path.isfile(path):
@@ -166,7 +169,7 @@ def _find_yaml_files(directory: str) -> list[str]:
     return found
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+class _Loader(_BaseLoader):  # type: ignore[misc]
     """SafeLoader that builds Node* objects and understands the Home Assistant tags."""
 
     def __init__(self, text: str, path: str, secrets: Secrets, allow_secrets: bool, stack: tuple[str, ...]) -> None:
@@ -385,7 +388,7 @@ def _load_file(path: str, secrets: Secrets, allow_secrets: bool, stack: tuple[st
     return _mark(NodeDict(), shown, 1) if data is None else data
 
 
-def load_yaml(path: str | os.PathLike, secrets: Secrets | None = None) -> Any:
+def load_yaml(path: str | os.PathLike[str], secrets: Secrets | None = None) -> Any:
     """Load a YAML file with !secret, !include (and friends) resolved; every mapping/sequence/scalar remembers file and line."""
     path = os.fspath(path)
     if secrets is None:
@@ -393,7 +396,7 @@ def load_yaml(path: str | os.PathLike, secrets: Secrets | None = None) -> Any:
     return _load_file(path, secrets, allow_secrets=True, stack=())
 
 
-def config_error(err: vol.Invalid | vol.MultipleInvalid, config: Any, prefix_path: tuple = ()) -> ConfigError:
+def config_error(err: vol.Invalid | vol.MultipleInvalid, config: Any, prefix_path: tuple[Any, ...] = ()) -> ConfigError:
     """Turn a voluptuous error raised while validating `config` (a loaded node) into a ConfigError that names file, line, key path and what is wrong."""
     errors = list(getattr(err, "errors", None) or [err])
     first = errors[0]

@@ -182,7 +182,7 @@ def wrap_routes(app: web.Application, wrap: Callable[[Handler], Handler]) -> Non
     app.router.add_route(hdrs.METH_ANY, "/{tail:.*}", unmatched)
     for route in app.router.routes():
         # aiohttp keeps the handler in a private attribute and offers no public setter.
-        route._handler = wrap(route.handler)  # type: ignore[attr-defined]
+        route._handler = wrap(route.handler)  # type: ignore[assignment]
 
 
 async def _plugin_authenticate(hook: Any, request: web.Request, auth: AuthManager) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import voluptuous as vol
 import voluptuous_serialize
@@ -19,7 +19,8 @@ def serialize_schema(schema: vol.Schema | None) -> list[dict[str, Any]]:
     """A schema as a list of field objects ([] for none)."""
     if schema is None:
         return []
-    return voluptuous_serialize.convert(schema, custom_serializer=_custom)
+    # Form schemas are mappings, which convert() always turns into a field list.
+    return cast("list[dict[str, Any]]", voluptuous_serialize.convert(schema, custom_serializer=_custom))
 
 
 def prepare_result_json(result: dict[str, Any]) -> dict[str, Any]:

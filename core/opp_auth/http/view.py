@@ -23,7 +23,7 @@ CLIENT_SESSION_KEY: web.AppKey[Any] = web.AppKey("opp_auth_client_session")
 KEY_AUTHENTICATED: web.RequestKey[bool] = web.RequestKey("opp_authenticated", bool)
 KEY_USER: web.RequestKey[Any] = web.RequestKey("opp_user", object)
 KEY_REFRESH_TOKEN_ID: web.RequestKey[str] = web.RequestKey("opp_refresh_token_id", str)
-KEY_CLIENT_IP: web.RequestKey[Any] = web.RequestKey("opp_client_ip", object)
+KEY_CLIENT_IP: web.RequestKey[str | None] = web.RequestKey("opp_client_ip")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -53,7 +53,7 @@ def auth_of(request: web.Request) -> AuthManager:
 
 def client_ip(request: web.Request) -> str | None:
     """The client address after reverse-proxy handling (use this, never a raw header)."""
-    return request.get(KEY_CLIENT_IP, request.remote)
+    return request[KEY_CLIENT_IP] if KEY_CLIENT_IP in request else request.remote
 
 
 def request_user(request: web.Request) -> Any:

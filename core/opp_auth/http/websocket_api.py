@@ -375,7 +375,8 @@ def _dispatch(conn: ActiveConnection, registry: CommandRegistry, message: Any) -
     try:
         message = BASE_COMMAND_SCHEMA(message)
     except vol.Invalid as err:
-        msg_id = message.get("id") if isinstance(message, dict) and isinstance(message.get("id"), int) else 0
+        raw_id = message.get("id") if isinstance(message, dict) else None
+        msg_id = raw_id if isinstance(raw_id, int) else 0
         conn.send_error(msg_id, ERR_INVALID_FORMAT, f"Message incorrectly formatted: {err}")
         return None
     msg_id = message["id"]
