@@ -298,22 +298,24 @@ def _resolve(
     seen: set[Any] = set()
     for index, entry in enumerate(entries):
         type_name = entry["type"]
+        where_type: tuple[Any, ...] = (*path, index, "type")
         if isinstance(raw_entries, list) and index < len(raw_entries):
             node = raw_entries[index]
         elif type_name == "legacy_api_password" and http_raw is not None:
-            node = http_raw  # added by http: api_password
+            # Added by http: api_password: errors point there, where the user wrote it.
+            node, where_type = http_raw, ("http", "api_password")
         else:
             node = raw_entries
         if type_name == INSECURE_EXAMPLE and not allow_insecure_example:
             what = "auth provider" if prefix == "provider" else "mfa module"
-            raise _located(f"The insecure_example {what} is for testing only.", node, (*path, index, "type"))
+            raise _located(f"The insecure_example {what} is for testing only.", node, where_type)
         cls = classes.get(type_name)
         if cls is None:
             failed = pm.failed_plugin_for(prefix, type_name)
             message = pm.unknown_type_message(kind if prefix == "provider" else "MFA module", type_name)
             if failed is not None:
                 message = f"cannot start: {message}"
-            raise _located(message, node, (*path, index, "type"))
+            raise _located(message, node, where_type)
         try:
             conf = cls.CONFIG_SCHEMA(entry)
         except vol.Invalid as err:
@@ -346,9 +348,10 @@ def _block_error(err: vol.Invalid, raw: Any, block: str, value: Any) -> ConfigEr
 
 
 def _located(message: str, node: Any, path: tuple[Any, ...]) -> ConfigError:
-    """A ConfigError at the node's file and line."""
+    """A ConfigError at the line of the path's last key in node, else at the node's line."""
     filename, line = where(node)
-    return ConfigError(message, filename=filename or CONFIG_FILE, line=line, key_path=path)
+    key_line = getattr(node, "_key_lines", {}).get(path[-1]) if path else None
+    return ConfigError(message, filename=filename or CONFIG_FILE, line=key_line or line, key_path=path)
 
 
 def _plugin_blocks(pm: OppAuthPluginManager, raw: dict[str, Any]) -> dict[str, Any]:

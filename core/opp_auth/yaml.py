@@ -433,7 +433,7 @@ def config_error(err: vol.Invalid | vol.MultipleInvalid, config: Any, prefix_pat
     elif found and secret:
         if node is not None and str(node):  # a validator may have echoed the value itself
             msg = msg.replace(str(node), "<hidden>")
-    elif found and not isinstance(node, (dict, list)):
+    elif found and node is not None and not isinstance(node, (dict, list)):
         shown = repr(str(node) if isinstance(node, str) else node)  # NodeStr -> plain repr
         msg += f". Got {shown if len(shown) <= 80 else shown[:77] + '...'}"
     if len(errors) > 1:

@@ -313,4 +313,5 @@ def test_api_password_without_legacy_plugin_names_its_distribution(config_dir: P
     assert "legacy_api_password" in err.message
     assert "opp-auth-legacy-api-password" in err.message
     assert err.filename == "configuration.yaml"
+    assert (err.line, err.key_path) == (2, ("http", "api_password"))
     assert "hunter2" not in str(err)
