@@ -343,6 +343,10 @@ class Store:
             raise StorageError(
                 f"Cannot write {self.path}: {err.strerror or err}. Check free space and permissions."
             ) from err
+        except (TypeError, ValueError) as err:
+            # A bug in a caller (data that is not JSON): the file on disk is left as it was.
+            _LOGGER.error("Cannot serialise the data of %s: %s", self.path, err)
+            raise StorageError(f"Cannot serialise the data of {self.path}: {err}") from err
 
     def _write_sync(self, data: Any) -> None:
         """Worker thread: encode then write atomically."""

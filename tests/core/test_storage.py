@@ -75,13 +75,14 @@ async def test_successful_write_leaves_no_temporary_file(config_dir: Path) -> No
     assert storage_listing(config_dir) == ["thing"]
 
 
-async def test_unserialisable_data_leaves_the_old_file_intact(config_dir: Path) -> None:
-    """Serialisation fails before the file is touched."""
+async def test_unserialisable_data_leaves_the_old_file_intact(config_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Serialisation fails before the file is touched, is logged, and is a StorageError."""
     store = Store(config_dir, "thing", 1)
     await store.async_save({"v": 1})
     before = store.path.read_bytes()
-    with pytest.raises((TypeError, StorageError)):
+    with pytest.raises(StorageError, match="Cannot serialise"):
         await store.async_save({"v": object()})
+    assert any("Cannot serialise" in r.getMessage() for r in caplog.records)
     assert store.path.read_bytes() == before
     assert storage_listing(config_dir) == ["thing"]
 
