@@ -249,16 +249,6 @@ def validate_config(
             "Configure that provider under openpeerpower: auth_providers instead."
         )
         provider_entries = [*provider_entries, {"type": "legacy_api_password", "api_password": http["api_password"]}]
-    config.providers = _resolve(
-        pm,
-        "auth provider",
-        pm.provider_classes,
-        provider_entries,
-        providers_raw,
-        ("openpeerpower", "auth_providers"),
-        allow_insecure_example,
-        raw.get("http"),
-    )
     if "auth_mfa_modules" in core:
         mfa_entries, mfa_raw = core["auth_mfa_modules"], core_raw.get("auth_mfa_modules")
     else:
@@ -274,6 +264,16 @@ def validate_config(
         ("openpeerpower", "auth_mfa_modules"),
         allow_insecure_example,
         None,
+    )
+    config.providers = _resolve(
+        pm,
+        "auth provider",
+        pm.provider_classes,
+        provider_entries,
+        providers_raw,
+        ("openpeerpower", "auth_providers"),
+        allow_insecure_example,
+        raw.get("http"),
     )
     config.blocks = _plugin_blocks(pm, raw)
     return config

@@ -16,7 +16,7 @@ import opp_auth_local
 import pytest
 from opp_auth_local import STORAGE_KEY, LocalAuthProvider
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER, AuthManager, InvalidAuthError, User
+from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER, AuthManager, AuthProvider, InvalidAuthError, User, hookimpl
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 
 PREFIX = "config/auth_provider/openpeerpower/"
@@ -267,9 +267,22 @@ async def test_change_password_without_local_login(env: Env) -> None:
     }
 
 
+class _OtherProvider(AuthProvider):
+    """Some provider that is not the local one (this plugin's tests run with only the core and it)."""
+
+    TYPE = "other"
+
+
+class _OtherPlugin:
+    """Registers _OtherProvider."""
+
+    @hookimpl
+    def opp_auth_register_auth_providers(self, register: Any) -> None:
+        register(_OtherProvider)
+
+
 async def test_change_password_without_local_provider(opp_auth_factory: Any, opp_auth_client: Any) -> None:
-    providers = [{"type": "insecure_example", "users": [{"username": "a", "password": "b"}]}]
-    auth = await opp_auth_factory(providers=providers, mfa_modules=[])
+    auth = await opp_auth_factory(providers=[{"type": "other"}], mfa_modules=[], plugins=[("other", _OtherPlugin())])
     client = await opp_auth_client(auth)
     env = Env(auth, client, await auth.async_create_user("Paulus", [GROUP_ID_ADMIN], is_owner=True), None)  # type: ignore[arg-type]
     session = await env.session(env.owner)
