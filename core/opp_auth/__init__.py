@@ -57,6 +57,7 @@ from .models import (
     UserMeta,
 )
 from .plugins import hookimpl
+from .programs import SAFE_PATH, ProgramError, ProgramResult, ProgramTimeout, async_run_program
 from .providers import PROVIDER_CONFIG_SCHEMA, AuthProvider, InvalidAuthError, ProviderUnavailableError
 from .storage import StorageError, Store
 
@@ -66,6 +67,7 @@ __all__ = [
     "GROUP_ID_USER",
     "MFA_CONFIG_SCHEMA",
     "PROVIDER_CONFIG_SCHEMA",
+    "SAFE_PATH",
     "TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN",
     "TOKEN_TYPE_NORMAL",
     "TOKEN_TYPE_SYSTEM",
@@ -82,6 +84,9 @@ __all__ = [
     "LoginFlow",
     "MfaAbort",
     "MfaModule",
+    "ProgramError",
+    "ProgramResult",
+    "ProgramTimeout",
     "ProviderUnavailableError",
     "RefreshToken",
     "SetupFlow",
@@ -92,6 +97,7 @@ __all__ = [
     "UserMeta",
     "UsernamePasswordLoginFlow",
     "__version__",
+    "async_run_program",
     "client_ip",
     "hookimpl",
     "hookspec",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import ssl
 import time
 from email.message import EmailMessage
@@ -14,9 +12,9 @@ from typing import Any, ClassVar
 import aiosmtplib
 import voluptuous as vol
 
-SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+from opp_auth import SAFE_PATH, ProgramError, ProgramTimeout, async_run_program
+
 MAX_STDERR = 4096
-KILL_GRACE = 2.0
 TARGET_ENV = "NOTIFY_TARGET"
 EMAIL_SUBJECT = "Open Peer Power"
 
@@ -159,27 +157,6 @@ class SmtpPlatform(NotifyPlatform):
         )
 
 
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    """Kill the program and whatever it started (it leads its own session)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:
-            process.kill()
-        except ProcessLookupError:
-            pass
-
-
-async def _read_bounded(stream: asyncio.StreamReader | None, limit: int) -> bytes:
-    """Read a stream to its end, keeping at most limit bytes (the rest is drained so the program can't block)."""
-    if stream is None:
-        return b""
-    kept = bytearray()
-    while chunk := await stream.read(65536):
-        kept += chunk[: max(0, limit - len(kept))]
-    return bytes(kept)
-
-
 class CommandLinePlatform(NotifyPlatform):
     """A program (no shell) gets the message on standard input and the target in NOTIFY_TARGET."""
 
@@ -197,46 +174,19 @@ class CommandLinePlatform(NotifyPlatform):
         """Run the program; a non-zero exit or a time-out is a failure."""
         env = {"PATH": SAFE_PATH, TARGET_ENV: target or ""}
         try:
-            process = await asyncio.create_subprocess_exec(
-                self.config["command"],
-                *self.config["args"],
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
+            result = await async_run_program(
+                [self.config["command"], *self.config["args"]],
                 env=env,
-                close_fds=True,
-                start_new_session=True,
+                timeout=self.config["timeout"],
+                stdin=message.encode("utf-8"),
+                max_stdout=0,
+                max_stderr=MAX_STDERR,
             )
-        except (OSError, ValueError) as err:
+        except ProgramTimeout as err:
+            raise NotifyError(str(err)) from None
+        except ProgramError as err:
             raise NotifyError(f"cannot run {self.config['command']}: {err}") from err
-
-        async def talk() -> tuple[bytes, int]:
-            assert process.stdin is not None
-            process.stdin.write(message.encode("utf-8"))
-            try:
-                await process.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the program need not read its input
-            process.stdin.close()
-            stderr = await _read_bounded(process.stderr, MAX_STDERR)
-            return stderr, await process.wait()
-
-        try:
-            async with asyncio.timeout(self.config["timeout"]):
-                stderr, code = await talk()
-        except TimeoutError:
-            _kill_group(process)
-            try:
-                async with asyncio.timeout(KILL_GRACE):
-                    await process.wait()
-            except TimeoutError:
-                pass
-            raise NotifyError(
-                f"{self.config['command']} did not finish within {self.config['timeout']} s and was killed"
-            ) from None
-        finally:
-            if process.returncode is None:
-                _kill_group(process)
+        stderr, code = result.stderr, result.returncode
         if code != 0:
             detail = stderr.decode("utf-8", errors="replace").strip().splitlines()
             raise NotifyError(

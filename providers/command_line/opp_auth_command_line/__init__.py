@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from collections import OrderedDict
 from typing import Any
 
@@ -22,12 +21,16 @@ from opp_auth import (
     GROUP_ID_READ_ONLY,
     GROUP_ID_USER,
     PROVIDER_CONFIG_SCHEMA,
+    SAFE_PATH,
     AuthProvider,
     Credentials,
     InvalidAuthError,
     LoginFlow,
+    ProgramError,
+    ProgramTimeout,
     UserMeta,
     UsernamePasswordLoginFlow,
+    async_run_program,
     hookimpl,
 )
 
@@ -35,11 +38,8 @@ _LOGGER = logging.getLogger(__name__)
 
 GROUPS = (GROUP_ID_ADMIN, GROUP_ID_USER, GROUP_ID_READ_ONLY)
 # Enough for `#!/usr/bin/env python3` helpers; nothing else of the server's environment leaks.
-SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_STDOUT = 64 * 1024
 MAX_STDERR = 4 * 1024
-READ_CHUNK = 64 * 1024
-KILL_GRACE = 1.0
 # Meta of new credentials waits here between the login step and user creation.
 MAX_PENDING_META = 256
 
@@ -102,41 +102,6 @@ def parse_meta(output: bytes) -> dict[str, Any]:
     return meta
 
 
-async def _read_bounded(stream: asyncio.StreamReader | None, limit: int) -> bytes:
-    """Read a stream to its end, keeping at most limit bytes (the rest is drained so the program can't block)."""
-    if stream is None:
-        return b""
-    kept = bytearray()
-    while chunk := await stream.read(READ_CHUNK):
-        room = limit - len(kept)
-        if room > 0:
-            kept += chunk[:room]
-    return bytes(kept)
-
-
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    """Kill the program and whatever it started (it leads its own session)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:
-            process.kill()
-        except ProcessLookupError:
-            pass
-
-
-async def _reap(process: asyncio.subprocess.Process) -> None:
-    """Wait for a killed program, without waiting on pipes a descendant outside its group keeps open."""
-    try:
-        async with asyncio.timeout(KILL_GRACE):
-            await process.wait()
-    except TimeoutError:
-        # wait() also waits for the pipes to close; Process has no public way to drop them.
-        transport = getattr(process, "_transport", None)
-        if transport is not None:
-            transport.close()
-
-
 class CommandLineAuthProvider(AuthProvider):
     """Logins decided by an external program's exit code."""
 
@@ -164,38 +129,24 @@ class CommandLineAuthProvider(AuthProvider):
         timeout = self.config[CONF_TIMEOUT]
         async with self._semaphore:
             try:
-                process = await asyncio.create_subprocess_exec(
-                    self.config[CONF_COMMAND],
-                    *self.config[CONF_ARGS],
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
+                result = await async_run_program(
+                    [self.config[CONF_COMMAND], *self.config[CONF_ARGS]],
                     env=env,
-                    close_fds=True,
-                    start_new_session=True,
+                    timeout=timeout,
+                    max_stdout=MAX_STDOUT,
+                    max_stderr=MAX_STDERR,
                 )
-            except (OSError, ValueError) as err:
-                _LOGGER.error("Error while authenticating %r: %s", username, err)
-                raise InvalidAuthError from err
-            try:
-                async with asyncio.timeout(timeout):
-                    stdout, stderr = await asyncio.gather(
-                        _read_bounded(process.stdout, MAX_STDOUT), _read_bounded(process.stderr, MAX_STDERR)
-                    )
-                    code = await process.wait()
-            except TimeoutError:
-                _kill_group(process)
-                await _reap(process)
+            except ProgramTimeout:
                 _LOGGER.error(
                     "User %r failed to authenticate: the command did not finish within the %s s timeout and was killed",
                     username,
                     timeout,
                 )
                 raise InvalidAuthError from None
-            finally:
-                if process.returncode is None:
-                    # Cancelled (server shutting down, client gone): leave nothing running.
-                    _kill_group(process)
+            except ProgramError as err:
+                _LOGGER.error("Error while authenticating %r: %s", username, err)
+                raise InvalidAuthError from err
+        stdout, stderr, code = result.stdout, result.stderr, result.returncode
         if stderr:
             _LOGGER.debug("Command stderr for %r: %s", username, stderr.decode("utf-8", errors="replace"))
         if code != 0:
