@@ -182,3 +182,29 @@ def machine() -> dict[str, str]:
 def python_exe() -> str:
     """This interpreter, for child processes."""
     return sys.executable
+
+
+async def serve_with_api_token(auth: AuthManager) -> None:
+    """Serve auth's app on a free loopback port with an API client's token; print READY; stop on SIGTERM."""
+    import asyncio
+    import signal
+    import socket
+
+    from aiohttp import web
+
+    from opp_auth.http.app import create_app
+    from opp_auth.models import GROUP_ID_ADMIN
+
+    user = await auth.async_create_user("API client", [GROUP_ID_ADMIN])
+    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
+    token = await auth.async_create_access_token(refresh_token, "127.0.0.1")
+    runner = web.AppRunner(create_app(auth), access_log=None, handle_signals=False)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("READY " + json.dumps({"port": sock.getsockname()[1], "token": token}), flush=True)
+    await stop.wait()
+    await runner.cleanup()

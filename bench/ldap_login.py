@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _common import CLIENT_ID, REDIRECT_URI, Result, emit, make_auth, median, percentile
+from _common import CLIENT_ID, REDIRECT_URI, Result, emit, make_auth, median, percentile, serve_with_api_token
 
 BENCH = "ldap_login"
 P99_TARGET_MS = 20.0
@@ -161,28 +161,12 @@ async def step_latencies(url: str, pool_size: int, rounds: int) -> list[float]:
 
 async def _serve(config_dir: str, url: str) -> None:
     """The real application with the ldap provider and one bearer token; READY line on stdout."""
-    from aiohttp import web
-
-    from opp_auth.http.app import create_app
-    from opp_auth.models import GROUP_ID_ADMIN
 
     auth = make_auth(config_dir, [provider_config(url, 4)])
     # All the bench's logins come from 127.0.0.1: lift the per-address cap on flows in progress.
     auth.login_flow.max_per_address = 10 * CONCURRENT_LOGINS
     await auth.async_setup()
-    user = await auth.async_create_user("API client", [GROUP_ID_ADMIN])
-    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    token = await auth.async_create_access_token(refresh_token, "127.0.0.1")
-    runner = web.AppRunner(create_app(auth), access_log=None, handle_signals=False)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    print("READY " + json.dumps({"port": sock.getsockname()[1], "token": token}), flush=True)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_with_api_token(auth)
     await auth.async_shutdown()
 
 

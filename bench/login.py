@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 
 import aiohttp
 import bcrypt
-from _common import CLIENT_ID, REDIRECT_URI, Result, emit, make_auth, median, percentile
+from _common import CLIENT_ID, REDIRECT_URI, Result, emit, make_auth, median, percentile, serve_with_api_token
 
 BENCH = "login"
 USERNAME = "bench"
@@ -41,29 +40,13 @@ CONCURRENT_LOGINS = 50
 
 async def _serve(config_dir: str) -> None:
     """The real application with one local login and one bearer token; READY line on stdout."""
-    from aiohttp import web
-
-    from opp_auth.http.app import create_app
-    from opp_auth.models import GROUP_ID_ADMIN
 
     auth = make_auth(config_dir, [{"type": "openpeerpower"}])
     await auth.async_setup()
     provider = auth.get_auth_provider("openpeerpower", None)
     assert provider is not None
     await provider.async_add_auth(USERNAME, PASSWORD)
-    user = await auth.async_create_user("API client", [GROUP_ID_ADMIN])
-    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    token = await auth.async_create_access_token(refresh_token, "127.0.0.1")
-    runner = web.AppRunner(create_app(auth), access_log=None, handle_signals=False)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    print("READY " + json.dumps({"port": sock.getsockname()[1], "token": token}), flush=True)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_with_api_token(auth)
 
 
 async def login(session: aiohttp.ClientSession, base: str) -> float:
