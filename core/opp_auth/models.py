@@ -65,6 +65,8 @@ class Credentials:
     id: str = field(default_factory=new_id)
     is_new: bool = True
     user_id: str | None = None
+    # What the provider learnt at login (name, group) for creating the user; never stored.
+    meta: Any = None
 
     @property
     def provider_key(self) -> tuple[str, str | None]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import OrderedDict
 from typing import Any
 
 import voluptuous as vol
@@ -41,7 +40,6 @@ GROUPS = (GROUP_ID_ADMIN, GROUP_ID_USER, GROUP_ID_READ_ONLY)
 MAX_STDOUT = 64 * 1024
 MAX_STDERR = 4 * 1024
 # Meta of new credentials waits here between the login step and user creation.
-MAX_PENDING_META = 256
 
 CONF_COMMAND = "command"
 CONF_ARGS = "args"
@@ -114,7 +112,6 @@ class CommandLineAuthProvider(AuthProvider):
         """Bound the number of programs running at once."""
         super().__init__(*args, **kwargs)
         self._semaphore = asyncio.Semaphore(self.MAX_CONCURRENT)
-        self._pending_meta: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:
         """A username/password form."""
@@ -163,18 +160,15 @@ class CommandLineAuthProvider(AuthProvider):
         return {"username": flow_result["username"]}
 
     async def async_get_or_create_credentials(self, flow_result: dict[str, Any]) -> Credentials:
-        """Existing credentials, or new ones that remember this login's meta until the user is created."""
+        """Existing credentials, or new ones carrying this login's meta until the user is created."""
         credentials = await super().async_get_or_create_credentials(flow_result)
-        meta = flow_result.get("meta")
-        if credentials.is_new and meta:
-            self._pending_meta[credentials.id] = meta
-            while len(self._pending_meta) > MAX_PENDING_META:
-                self._pending_meta.popitem(last=False)
+        if credentials.is_new and flow_result.get("meta"):
+            credentials.meta = flow_result["meta"]
         return credentials
 
     async def async_user_meta_for_credentials(self, credentials: Credentials) -> UserMeta:
         """Name, group and local-only flag from the login's meta, else the configured default group (G19)."""
-        meta = self._pending_meta.pop(credentials.id, {})
+        meta = credentials.meta or {}
         return UserMeta(
             name=meta.get("name"),
             is_active=True,

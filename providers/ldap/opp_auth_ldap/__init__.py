@@ -42,7 +42,6 @@ DEFAULT_GROUP_FILTER = "(|(member={dn})(uniqueMember={dn})(memberUid={username})
 # Longer input is nobody's username or password; refused without asking the directory.
 MAX_USERNAME = 256
 MAX_PASSWORD = 1024
-MAX_PENDING_META = 256
 MAX_RECHECK_CACHE = 4096
 
 
@@ -190,7 +189,6 @@ class LdapAuthProvider(AuthProvider):
         self.directory = Directory(self.config)
         # Bounds both the executor threads and the connections in use at once.
         self._slots = asyncio.Semaphore(max(1, self.config["pool_size"] or 4))
-        self._pending_meta: OrderedDict[str, Identity] = OrderedDict()
         self._recheck: OrderedDict[str, tuple[float, bool]] = OrderedDict()
 
     async def async_initialize(self) -> None:
@@ -279,18 +277,16 @@ class LdapAuthProvider(AuthProvider):
         return {"username": flow_result["username"]}
 
     async def async_get_or_create_credentials(self, flow_result: dict[str, Any]) -> Credentials:
-        """Existing credentials, or new ones that remember the directory's answer until the user is created."""
+        """Existing credentials, or new ones carrying the directory's answer until the user is created."""
         credentials = await super().async_get_or_create_credentials(flow_result)
         identity = flow_result.get("identity")
         if credentials.is_new and isinstance(identity, Identity):
-            self._pending_meta[credentials.id] = identity
-            while len(self._pending_meta) > MAX_PENDING_META:
-                self._pending_meta.popitem(last=False)
+            credentials.meta = identity
         return credentials
 
     async def async_user_meta_for_credentials(self, credentials: Credentials) -> UserMeta:
         """Name and group from the directory; without a mapped group, system-users (never admin by default)."""
-        identity = self._pending_meta.pop(credentials.id, None)
+        identity = credentials.meta if isinstance(credentials.meta, Identity) else None
         if identity is None:
             try:
                 identity = await self._run(self.directory.lookup, credentials.data["username"])

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import opp_auth_command_line
 import pytest
 import voluptuous as vol
 from opp_auth_command_line import CONFIG_SCHEMA, CommandLineAuthProvider
@@ -443,23 +442,19 @@ async def test_non_utf8_output_with_meta_never_raises(opp_auth_factory: Factory,
     assert user.name == "Jos\ufffd"
 
 
-async def test_meta_is_only_kept_for_the_login_that_printed_it(
-    opp_auth_factory: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(opp_auth_command_line, "MAX_PENDING_META", 2)
+async def test_meta_belongs_to_the_login_that_printed_it(opp_auth_factory: Factory, tmp_path: Path) -> None:
+    """Each login's meta travels with its own credentials: later logins never change an earlier one's user."""
     flag = tmp_path / "admin"
     flag.touch()
     command = write_script(tmp_path, f"echo \"name = $username\"\n[ -e {flag} ] && echo 'group = system-admin'\nexit 0\n")
     auth = await make_auth(opp_auth_factory, command, meta=True)
     admin_login = await login(auth, "erin")
     flag.unlink()
-    # Later logins (never turned into users) push the old meta out instead of piling up.
-    for name in ("frank", "grace"):
-        await login(auth, name)
-    assert len(provider_of(auth)._pending_meta) <= 2
-    user = await auth.async_get_or_create_user(admin_login["result"])
-    assert user.group_ids == [GROUP_ID_USER]
-    assert user.name is None
+    later = [await login(auth, name) for name in ("frank", "grace")]
+    erin = await auth.async_get_or_create_user(admin_login["result"])
+    frank = await auth.async_get_or_create_user(later[0]["result"])
+    assert (erin.name, erin.group_ids) == ("erin", ["system-admin"])
+    assert (frank.name, frank.group_ids) == ("frank", [GROUP_ID_USER])
 
 
 async def test_http_login_creates_user_from_meta(
