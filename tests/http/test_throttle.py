@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 import voluptuous as vol
+from aiohttp import web
 
 from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER, AuthManager, User
 from opp_auth.config import HTTP_SCHEMA
 from opp_auth.http.app import MAX_BODY_SIZE
+from opp_auth.http import websocket_api
 from opp_auth.http.websocket_api import MAX_CONNECTIONS_PER_USER, RATE_BURST
 from opp_auth.login_flow import MAX_FLOWS_PER_ADDRESS
 from opp_auth.manager import MAX_AUTH_CODES
@@ -504,3 +506,27 @@ async def test_password_checks_run_at_most_the_configured_number_at_once(opp_aut
 
     await asyncio.gather(*(auth.async_password_check(check) for _ in range(6)))
     assert running[1] == 2
+
+
+async def test_simultaneous_websocket_connects_cannot_pass_the_cap_together(
+    client: OppAuthClient, auth: AuthManager, ws_connector: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections are counted before the auth_ok is sent, so a burst of connects gets at most the cap."""
+    monkeypatch.setattr(websocket_api, "MAX_CONNECTIONS_PER_USER", 2)
+    real_send = web.WebSocketResponse.send_json
+
+    async def slow_send(self: web.WebSocketResponse, data: Any, *args: Any, **kwargs: Any) -> None:
+        # A slow client: sending yields to the other connections' handlers.
+        await asyncio.sleep(0.01)
+        await real_send(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(web.WebSocketResponse, "send_json", slow_send)
+    connector = ws_connector(client)
+    user = await auth.async_create_user("Alice", [GROUP_ID_USER])
+    _, token = await connector.mint(auth, user)
+    sockets = [await connector.open() for _ in range(6)]
+    for ws in sockets:
+        await ws.receive_json()
+    await asyncio.gather(*(ws.send_json({"type": "auth", "access_token": token}) for ws in sockets))
+    answers = [(await ws.receive_json())["type"] for ws in sockets]
+    assert sorted(answers) == ["auth_invalid"] * 4 + ["auth_ok"] * 2

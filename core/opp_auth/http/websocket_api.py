@@ -251,8 +251,8 @@ class ActiveConnection:
         return self.auth.store.get_refresh_token(self.refresh_token_id)
 
 
-async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: AuthManager) -> RefreshToken | None:
-    """Run the auth phase; None when the client failed it (the caller closes)."""
+async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: AuthManager) -> ActiveConnection | None:
+    """Run the auth phase; the tracked connection, or None when the client failed it (the caller closes)."""
     await ws.send_json({"type": "auth_required", "ha_version": auth.version})
     try:
         msg = await ws.receive(timeout=AUTH_TIMEOUT)
@@ -278,13 +278,21 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: A
         await ws.send_json({"type": "auth_invalid", "message": "Invalid access token or password"})
         auth.note_login_failure(client_ip(request), None, None, "invalid_token")
         return None
-    if request.app[WS_CONNECTIONS_KEY].count(refresh_token.user.id) >= MAX_CONNECTIONS_PER_USER:
+    tracker = request.app[WS_CONNECTIONS_KEY]
+    if tracker.count(refresh_token.user.id) >= MAX_CONNECTIONS_PER_USER:
         # Not a failed login: the token is good, the user has simply opened too many.
         await ws.send_json({"type": "auth_invalid", "message": "Too many connections"})
         return None
-    await ws.send_json({"type": "auth_ok", "ha_version": auth.version})
+    # Counted before the next await, so simultaneous connects cannot pass the cap together.
+    conn = ActiveConnection(auth, ws, refresh_token.user, refresh_token.id, client_ip(request))
+    tracker.add(conn)
+    try:
+        await ws.send_json({"type": "auth_ok", "ha_version": auth.version})
+    except BaseException:
+        tracker.discard(conn)
+        raise
     auth.note_login_success(client_ip(request), refresh_token.user, None)
-    return refresh_token
+    return conn
 
 
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
@@ -292,13 +300,11 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     auth = auth_of(request)
     ws = web.WebSocketResponse(heartbeat=55, max_msg_size=MAX_MESSAGE_SIZE)
     await ws.prepare(request)
-    refresh_token = await _authenticate(request, ws, auth)
-    if refresh_token is None:
+    conn = await _authenticate(request, ws, auth)
+    if conn is None:
         await ws.close()
         return ws
-    conn = ActiveConnection(auth, ws, refresh_token.user, refresh_token.id, client_ip(request))
     tracker = request.app[WS_CONNECTIONS_KEY]
-    tracker.add(conn)
     writer = asyncio.ensure_future(_writer(conn))
     tasks: set[asyncio.Future[None]] = set()
     registry = request.app[WS_COMMANDS_KEY]
