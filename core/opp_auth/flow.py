@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -113,6 +114,7 @@ class FlowManager:
     def __init__(self, *, max_flows: int = 1000, ttl: float = 600.0) -> None:
         """Flows live ttl seconds at most; at most max_flows at once."""
         self._flows: OrderedDict[str, FlowHandler] = OrderedDict()
+        self._step_locks: dict[str, asyncio.Lock] = {}
         self.max_flows = max_flows
         self.ttl = ttl
 
@@ -132,6 +134,7 @@ class FlowManager:
             if flow.deadline > now:
                 break
             del self._flows[flow_id]
+            self._step_locks.pop(flow_id, None)
 
     def async_progress(self) -> list[FlowHandler]:
         """Flows in progress."""
@@ -173,19 +176,28 @@ class FlowManager:
         return await self._async_handle_step(flow, context.get("source", "init"), data)
 
     async def async_configure(self, flow_id: str, user_input: Any = None) -> FlowResult:
-        """Feed input to the flow's current step."""
+        """Feed input to the flow's current step; steps of one flow run one at a time."""
         flow = self.async_get(flow_id)
-        cur_step = flow.cur_step
-        assert cur_step is not None
-        if (schema := cur_step.get("data_schema")) is not None and user_input is not None:
+        lock = self._step_locks.setdefault(flow_id, asyncio.Lock())
+        async with lock:
+            # A step that ran meanwhile may have finished or aborted the flow.
+            flow = self.async_get(flow_id)
+            cur_step = flow.cur_step
+            assert cur_step is not None
+            if (schema := cur_step.get("data_schema")) is not None and user_input is not None:
+                try:
+                    user_input = schema(user_input)
+                except vol.Invalid as err:
+                    raise InvalidInput(str(err)) from err
             try:
-                user_input = schema(user_input)
-            except vol.Invalid as err:
-                raise InvalidInput(str(err)) from err
-        return await self._async_handle_step(flow, cur_step["step_id"], user_input)
+                return await self._async_handle_step(flow, cur_step["step_id"], user_input)
+            finally:
+                if flow_id not in self._flows:
+                    self._step_locks.pop(flow_id, None)
 
     def async_abort(self, flow_id: str) -> None:
         """Forget a flow (UnknownFlow if there is none)."""
+        self._step_locks.pop(flow_id, None)
         if self._flows.pop(flow_id, None) is None:
             raise UnknownFlow(flow_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -769,3 +770,25 @@ async def test_create_user_refuses_credentials_of_another_user(auth: AuthManager
     copy = Credentials(auth_provider_type=credentials.auth_provider_type, auth_provider_id=None, data=dict(credentials.data))
     await refused(auth.async_create_user("Mallory", credentials=copy), AuthManagerError, "Credential is already linked to another user")
     assert [u.name for u in auth.store.users()].count("Mallory") == 0
+
+
+async def test_concurrent_steps_of_one_flow_finish_it_once(auth: AuthManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two right answers sent at once to one login flow give one result; the other finds the flow gone."""
+    provider = auth.get_auth_provider(*HANDLER)
+    assert provider is not None
+    real_check = provider.async_validate_login
+
+    async def slow_check(username: str, password: str) -> Any:
+        await asyncio.sleep(0.01)  # a provider that takes its time (bcrypt, a directory)
+        return real_check(username, password)
+
+    result = await auth.login_flow.async_init(HANDLER, context={"ip_address": "127.0.0.1", "credential_only": False})
+    flow_id = result["flow_id"]
+    monkeypatch.setattr(provider, "async_validate_login", slow_check)
+    outcomes = await asyncio.gather(
+        *(auth.login_flow.async_configure(flow_id, {"username": "alice", "password": "alice-pw"}) for _ in range(2)),
+        return_exceptions=True,
+    )
+    finished = [o for o in outcomes if isinstance(o, dict) and o["type"] == "create_entry"]
+    assert len(finished) == 1
+    assert [type(o) for o in outcomes if not isinstance(o, dict)] == [UnknownFlow]
