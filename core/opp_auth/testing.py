@@ -237,10 +237,25 @@ class ProviderContract:
     ``provider_config``: the provider's configuration entry (dict with ``type``).
     ``login_steps``: step inputs (list of dicts) that log a known user in.
     ``wrong_password_steps``: the same with a wrong password.
-    ``break_provider``: a function ``(provider, monkeypatch) -> None`` that makes
-    the provider's credential check raise an exception.
+    ``break_provider`` (optional): a function ``(provider, monkeypatch) -> None``
+    that makes the provider's credential check raise an exception; the default
+    makes ``async_validate_login`` raise, which fits providers that check a
+    username and password that way.
     Optionally ``contract_context`` (the login flow context, e.g. another ip_address).
     """
+
+    @pytest.fixture
+    def break_provider(self) -> Callable[[Any, pytest.MonkeyPatch], None]:
+        """Make async_validate_login raise."""
+
+        def breaker(provider: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+            async def boom(*args: Any) -> None:
+                raise RuntimeError("provider exploded")
+
+            assert hasattr(provider, "async_validate_login"), "override break_provider for this provider"
+            monkeypatch.setattr(provider, "async_validate_login", boom)
+
+        return breaker
 
     @pytest.fixture
     def contract_context(self) -> dict[str, Any]:

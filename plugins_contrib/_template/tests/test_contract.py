@@ -36,18 +36,6 @@ class TestMyProviderContract(ProviderContract):
         """The same with a wrong password."""
         return [{"username": "alice", "password": "wrong-pass"}]
 
-    @pytest.fixture
-    def break_provider(self) -> Any:
-        """Makes the credential check raise: the login must then be denied."""
-
-        def breaker(provider: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-            async def boom(*args: Any) -> None:
-                raise RuntimeError("provider exploded")
-
-            monkeypatch.setattr(provider, "async_validate_login", boom)
-
-        return breaker
-
 
 async def test_right_password_with_wrong_username_is_invalid_auth(
     opp_auth_factory: Callable[..., Awaitable[AuthManager]],

@@ -25,12 +25,3 @@ class TestHtpasswdProviderContract(ProviderContract):
     def wrong_password_steps(self) -> list[dict[str, Any]]:
         return [{"username": "alice", "password": "wrong-pass"}]
 
-    @pytest.fixture
-    def break_provider(self) -> Any:
-        def breaker(provider: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-            async def boom(*args: Any) -> None:
-                raise RuntimeError("provider exploded")
-
-            monkeypatch.setattr(provider, "async_validate_login", boom)
-
-        return breaker

@@ -24,16 +24,6 @@ class TestProviderContract(ProviderContract):
     def wrong_password_steps(self) -> list[dict[str, Any]]:
         return [{"username": "alice", "password": "wrong-pass"}]
 
-    @pytest.fixture
-    def break_provider(self) -> Any:
-        def breaker(provider: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-            def boom(*args: Any) -> None:
-                raise RuntimeError("provider exploded")
-
-            monkeypatch.setattr(provider, "async_validate_login", boom)
-
-        return breaker
-
 
 class TestMfaContract(MfaContract):
     """The example PIN module."""
