@@ -20,12 +20,21 @@ from .config import ensure_config_dir, load_config
 from .manager import AuthManager
 from .models import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER
 from .plugins import PluginError, make_plugin_manager
-from .storage import STORAGE_DIR, ConfigDirLock, StorageError
+from .providers import LOCAL_PROVIDER_TYPES
+from .storage import STORAGE_DIR, ConfigDirLock, StorageError, read_envelope
 from .yaml import ConfigError
 
 DEFAULT_CONFIG_DIR = os.path.join(os.path.expanduser("~"), ".openpeerpower")
 LOCAL_TYPE = "openpeerpower"
-RESET_FILES = ("auth", "auth_provider.openpeerpower", "onboarding", "hassio", "oppio", "cloud")
+RESET_FILES = (
+    "auth",
+    "auth_provider.openpeerpower",
+    "auth_provider.homeassistant",
+    "onboarding",
+    "hassio",
+    "oppio",
+    "cloud",
+)
 
 
 class CliError(Exception):
@@ -65,6 +74,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  provider {cls.TYPE}" + (f" (id {conf['id']})" if conf.get("id") else ""))
     for mcls, conf in config.mfa_modules:
         print(f"  mfa module {mcls.TYPE} (id {conf.get('id') or mcls.TYPE})")
+    print(f"Read from {config.core_block}: and http:; HTTP API generation: {config.http['auth_api']}.")
+    if config.unused_blocks:
+        # Accepted, so a whole Home Assistant or Open Peer Power configuration.yaml loads; named, so
+        # nothing meant for the auth system is silently ignored.
+        names = ", ".join(f"{name}:" for name in config.unused_blocks)
+        print(f"Not used by opp-auth (accepted and ignored): {names}")
     return 0
 
 
@@ -117,13 +132,31 @@ def _read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str:
     return first
 
 
+def _local_type(config_dir: Path, pm: Any) -> str:
+    """The local provider's type in this directory: homeassistant in a Home Assistant one."""
+    try:
+        config = load_config(config_dir, pm)
+    except (ConfigError, PluginError, OSError):
+        # No usable configuration.yaml: go by the logins file that exists.
+        storage = config_dir / STORAGE_DIR
+        only_ha = (storage / "auth_provider.homeassistant").exists() and not (
+            storage / "auth_provider.openpeerpower"
+        ).exists()
+        return "homeassistant" if only_ha else LOCAL_TYPE
+    for cls, _conf in config.providers:
+        if cls.TYPE in LOCAL_PROVIDER_TYPES:
+            return str(cls.TYPE)
+    return "homeassistant" if config.core_block == "homeassistant" else LOCAL_TYPE
+
+
 def _run_local(args: argparse.Namespace, action: Callable[[AuthManager, Any], Awaitable[int]]) -> int:
     """Run action with a minimal manager (local provider only) while holding the directory lock."""
     config_dir = _config_dir(args)
     if not config_dir.is_dir():
         raise CliError(f"{config_dir} does not exist")
     pm = args.pm
-    cls = pm.provider_classes.get(LOCAL_TYPE)
+    local_type = _local_type(config_dir, pm)
+    cls = pm.provider_classes.get(local_type)
     if cls is None:
         raise CliError("The auth commands need the local provider: pip install opp-auth-local")
     lock = ConfigDirLock(config_dir)
@@ -131,14 +164,14 @@ def _run_local(args: argparse.Namespace, action: Callable[[AuthManager, Any], Aw
     try:
         # The CLI has not read the server's expiry policy, so it removes no tokens itself.
         auth = AuthManager(
-            str(config_dir), pm, provider_configs=[(cls, {"type": LOCAL_TYPE})], purge_expired_tokens=False
+            str(config_dir), pm, provider_configs=[(cls, {"type": local_type})], purge_expired_tokens=False
         )
 
         async def run() -> int:
             """Set up, act, flush."""
             await auth.async_setup()
             try:
-                return await action(auth, auth.get_auth_provider(LOCAL_TYPE, None))
+                return await action(auth, auth.get_auth_provider(local_type, None))
             finally:
                 await auth.async_shutdown()
 
@@ -148,16 +181,21 @@ def _run_local(args: argparse.Namespace, action: Callable[[AuthManager, Any], Aw
 
 
 def cmd_auth_list(args: argparse.Namespace) -> int:
-    """List local usernames."""
-
-    async def action(auth: AuthManager, provider: Any) -> int:
-        for user in provider.data.users:
-            print(user["username"])
-        print()
-        print(f"Total users: {len(provider.data.users)}")
-        return 0
-
-    return _run_local(args, action)
+    """List local usernames; read-only, so it works while a server runs."""
+    config_dir = _config_dir(args)
+    if not config_dir.is_dir():
+        raise CliError(f"{config_dir} does not exist")
+    key = f"auth_provider.{_local_type(config_dir, args.pm)}"
+    # Writers replace the file by an atomic rename, so reading without the lock sees a whole file.
+    envelope = read_envelope(config_dir / STORAGE_DIR / key)
+    data = envelope["data"] if envelope is not None else None
+    users = data.get("users") if isinstance(data, dict) else None
+    usernames = [u["username"] for u in users or [] if isinstance(u, dict) and isinstance(u.get("username"), str)]
+    for username in usernames:
+        print(username)
+    print()
+    print(f"Total users: {len(usernames)}")
+    return 0
 
 
 def cmd_auth_add(args: argparse.Namespace) -> int:

@@ -1,6 +1,11 @@
-"""configuration.yaml: the openpeerpower: and http: blocks, plugin blocks, and their validation.
+"""configuration.yaml: the core block, the http: block, plugin blocks, and their validation.
 
-Every error names the file, the line, the key and what to do (ConfigError).
+The core block is ``openpeerpower:`` (an Open Peer Power directory) or
+``homeassistant:`` (a Home Assistant directory, read the same way, with the
+local provider's type ``homeassistant``). Which one is present also picks the
+wire generation of the HTTP API (``http: auth_api`` overrides it, see
+API_GENERATIONS). Every error names the file, the line, the key and what to do
+(ConfigError).
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ CONFIG_FILE = "configuration.yaml"
 DEFAULT_PORT = 8123
 DEFAULT_CORS = ["https://cast.openpeerpower.io"]
 DEFAULT_PROVIDERS = [{"type": "openpeerpower"}]
+# The two core blocks: the Open Peer Power one, and Home Assistant's, which it forked from.
+CORE_BLOCK_OPP = "openpeerpower"
+CORE_BLOCK_HA = "homeassistant"
+CORE_BLOCKS = (CORE_BLOCK_OPP, CORE_BLOCK_HA)
+# The wire generations of the HTTP API (http: auth_api): Open Peer Power 2021, or today's Home Assistant.
+API_OPP = "openpeerpower"
+API_HA = "homeassistant"
+API_GENERATIONS = (API_OPP, API_HA)
 DEFAULT_MFA_MODULES = [{"type": "totp", "id": "totp", "name": "Authenticator app"}]
 INSECURE_EXAMPLE = "insecure_example"
 
@@ -66,6 +79,7 @@ _CORE_PASSTHROUGH = (
     "country",
     "language",
     "radius",
+    "debug",
 )
 
 
@@ -170,12 +184,16 @@ HTTP_SCHEMA = vol.All(
                 lambda v: [v] if not isinstance(v, list) else v, [_network]
             ),
             vol.Optional("ip_ban_enabled", default=True): bool,
+            # Home Assistant's (2023.5+): accepted so its http: block loads; pages here are never framed anyway.
+            vol.Optional("use_x_frame_options"): bool,
             vol.Optional("login_attempts_threshold", default=-1): _threshold,
             vol.Optional("login_throttle", default=dict): LOGIN_THROTTLE_SCHEMA,
             vol.Optional("ban_allowlist", default=[]): vol.All(
                 lambda v: [v] if not isinstance(v, list) else v, [_network]
             ),
             vol.Optional("api_password"): vol.All(vol.Coerce(str), vol.Length(min=1)),
+            # Default: the generation of the directory's core block (filled in by validate_config).
+            vol.Optional("auth_api"): vol.In(API_GENERATIONS, msg=f"must be one of {', '.join(API_GENERATIONS)}"),
         }
     ),
     _proxies_pair,
@@ -193,6 +211,10 @@ class Config:
     blocks: dict[str, Any] = field(default_factory=dict)
     filename: str = CONFIG_FILE
     refresh_token_expiry_days: int | None = 90
+    # openpeerpower or homeassistant: the core block this directory uses.
+    core_block: str = CORE_BLOCK_OPP
+    # Top-level blocks nothing here reads (automation:, sensor: ...), for check-config to name.
+    unused_blocks: list[str] = field(default_factory=list)
 
 
 def ensure_config_dir(config_dir: Path) -> None:
@@ -225,28 +247,37 @@ def validate_config(
     raw: dict[str, Any], pm: OppAuthPluginManager, *, config_dir: Path, allow_insecure_example: bool = False
 ) -> Config:
     """Validate loaded YAML: core block, http block, plugin blocks, then each provider and module."""
-    core_raw = raw.get("openpeerpower")
+    block = _core_block(raw)
+    core_raw = raw.get(block)
     if core_raw is None:
         core_raw = {}
     try:
         core = CORE_SCHEMA(core_raw)
     except vol.Invalid as err:
-        raise _block_error(err, raw, "openpeerpower", core_raw) from None
+        raise _block_error(err, raw, block, core_raw) from None
     http_raw = raw.get("http") or {}
     try:
         http = HTTP_SCHEMA(http_raw)
     except vol.Invalid as err:
         raise _block_error(err, raw, "http", http_raw) from None
+    http.setdefault("auth_api", API_HA if block == CORE_BLOCK_HA else API_OPP)
 
-    config = Config(config_dir=config_dir, http=http, refresh_token_expiry_days=core["refresh_token_expiry_days"])
+    config = Config(
+        config_dir=config_dir,
+        http=http,
+        refresh_token_expiry_days=core["refresh_token_expiry_days"],
+        core_block=block,
+    )
     provider_entries = core.get("auth_providers")
     providers_raw = core_raw.get("auth_providers") if isinstance(core_raw, dict) else None
     if provider_entries is None:
-        provider_entries, providers_raw = [dict(p) for p in DEFAULT_PROVIDERS], None
+        # Home Assistant's default is its own local provider, over .storage/auth_provider.homeassistant.
+        local = CORE_BLOCK_HA if block == CORE_BLOCK_HA else "openpeerpower"
+        provider_entries, providers_raw = [{"type": local}], None
     if "api_password" in http and not any(p["type"] == "legacy_api_password" for p in provider_entries):
         _LOGGER.warning(
             "http: api_password is deprecated; it turns on the legacy_api_password auth provider. "
-            "Configure that provider under openpeerpower: auth_providers instead."
+            f"Configure that provider under {block}: auth_providers instead."
         )
         provider_entries = [*provider_entries, {"type": "legacy_api_password", "api_password": http["api_password"]}]
     if "auth_mfa_modules" in core:
@@ -261,7 +292,7 @@ def validate_config(
         pm.mfa_classes,
         mfa_entries,
         mfa_raw,
-        ("openpeerpower", "auth_mfa_modules"),
+        (block, "auth_mfa_modules"),
         allow_insecure_example,
         None,
     )
@@ -271,12 +302,27 @@ def validate_config(
         pm.provider_classes,
         provider_entries,
         providers_raw,
-        ("openpeerpower", "auth_providers"),
+        (block, "auth_providers"),
         allow_insecure_example,
         raw.get("http"),
     )
     config.blocks = _plugin_blocks(pm, raw)
+    used = {block, "http", *config.blocks}
+    config.unused_blocks = [str(key) for key in raw if key not in used]
     return config
+
+
+def _core_block(raw: dict[str, Any]) -> str:
+    """Which core block the directory uses; both at once would leave one silently ignored."""
+    present = [block for block in CORE_BLOCKS if block in raw]
+    if len(present) == 2:
+        raise _located(
+            "Both openpeerpower: and homeassistant: are present; opp-auth reads one core block. "
+            "Keep the one whose auth_providers and auth_mfa_modules you mean and remove the other.",
+            raw,
+            (CORE_BLOCK_HA,),
+        )
+    return present[0] if present else CORE_BLOCK_OPP
 
 
 _PluginClass = TypeVar("_PluginClass", bound="AuthProvider | MfaModule")
@@ -360,7 +406,7 @@ def _plugin_blocks(pm: OppAuthPluginManager, raw: dict[str, Any]) -> dict[str, A
 
     def register(block: str, schema: Any) -> None:
         """Record a plugin's block schema."""
-        if block in ("openpeerpower", "http") or block in schemas:
+        if block in (*CORE_BLOCKS, "http") or block in schemas:
             raise ConfigError(f"A plugin tried to own the '{block}:' block, which is already taken.")
         schemas[block] = schema
 

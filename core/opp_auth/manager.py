@@ -31,7 +31,7 @@ from .models import (
 )
 from .network import is_local_address
 from .plugins import OppAuthPluginManager
-from .providers import AuthProvider, InvalidAuthError, credential_lookup_key
+from .providers import LOCAL_PROVIDER_TYPES, AuthProvider, InvalidAuthError, credential_lookup_key
 from .storage import StorageError, Store
 from .store import AuthStore
 from .tokens import EXP_LEEWAY, TokenCache, check_claims, decode_jwt, encode_jwt, unverified_claims, verify_signature
@@ -171,6 +171,14 @@ class AuthManager:
         if not isinstance(provider_type, str) or not (provider_id is None or isinstance(provider_id, str)):
             return None
         return self._providers.get((provider_type, provider_id))
+
+    def local_provider(self) -> AuthProvider | None:
+        """The local username/password provider: type openpeerpower, or homeassistant in a Home Assistant directory."""
+        for provider_type in LOCAL_PROVIDER_TYPES:
+            provider = self._providers.get((provider_type, None))
+            if provider is not None:
+                return provider
+        return None
 
     def get_auth_providers(self, provider_type: str) -> list[AuthProvider]:
         """Every configured provider of a type."""

@@ -27,6 +27,7 @@ ENTRY_POINT_GROUP = "opp_auth"
 # First-party types and where they come from, so a missing plugin gets a useful hint.
 KNOWN_DISTRIBUTIONS: dict[str, str] = {
     "provider-openpeerpower": "opp-auth-local",
+    "provider-homeassistant": "opp-auth-local",
     "provider-legacy_api_password": "opp-auth-legacy-api-password",
     "provider-trusted_networks": "opp-auth-trusted-networks",
     "provider-ldap": "opp-auth-ldap",

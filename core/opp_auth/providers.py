@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 
+# The local username/password provider's types: Open Peer Power's, and Home Assistant's name for it
+# (its credentials in .storage/auth say homeassistant, its logins live in auth_provider.homeassistant).
+LOCAL_PROVIDER_TYPES = ("openpeerpower", "homeassistant")
+
 PROVIDER_CONFIG_SCHEMA = vol.Schema(
     {
         vol.Required("type"): str,

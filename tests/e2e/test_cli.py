@@ -231,7 +231,6 @@ async def test_owner_added_by_cli_logs_in_through_server(config_dir: Path, serve
 
 
 REFUSED_WHILE_SERVING: list[tuple[tuple[str, ...], str]] = [
-    (("auth", "list"), ""),
     (("auth", "add", "anne", "--password-stdin"), "other-password\n"),
     (("auth", "validate", "paulus", "--password-stdin"), PASSWORD + "\n"),
     (("auth", "change-password", "paulus", "--password-stdin"), "second-password\n"),
@@ -258,6 +257,28 @@ def test_commands_refuse_while_server_runs(paulus: Path, serve: Callable[[Path],
         assert f"{paulus} is in use" in err, args
     after = {p.name: p.read_bytes() for p in (paulus / ".storage").iterdir() if p.is_file()}
     assert after == before
+
+
+def test_auth_list_works_while_server_runs(paulus: Path, serve: Callable[[Path], Server]) -> None:
+    """Listing only reads the logins file (replaced atomically by writers), so a running server is no reason to refuse."""
+    serve(paulus)
+    result = opp_auth(paulus, "auth", "list")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["paulus", "", "Total users: 1"]
+
+
+def test_auth_commands_use_home_assistants_logins_file(config_dir: Path) -> None:
+    """In a Home Assistant directory the local provider is type homeassistant, its file auth_provider.homeassistant."""
+    (config_dir / "configuration.yaml").write_text("homeassistant:\n  name: Home\n", encoding="utf-8")
+    result = opp_auth(config_dir, "auth", "add", "anne", "--password-stdin", stdin="anne's password\n")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((config_dir / ".storage" / "auth_provider.homeassistant").read_text(encoding="utf-8"))
+    assert [u["username"] for u in saved["data"]["users"]] == ["anne"]
+    assert not (config_dir / ".storage" / "auth_provider.openpeerpower").exists()
+    auth = json.loads((config_dir / ".storage" / "auth").read_text(encoding="utf-8"))
+    assert [c["auth_provider_type"] for c in auth["data"]["credentials"]] == ["homeassistant"]
+    assert opp_auth(config_dir, "auth", "list").stdout.splitlines()[0] == "anne"
+    assert opp_auth(config_dir, "auth", "validate", "anne", stdin="anne's password\n").stdout.strip() == "Auth valid"
 
 
 def test_second_server_on_same_directory_refuses(config_dir: Path, serve: Callable[[Path], Server]) -> None:

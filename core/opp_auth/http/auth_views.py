@@ -1,11 +1,18 @@
 """The login HTTP API, compatible with Open Peer Power clients.
 
 GET /auth/providers
-    Providers in configuration order: ``[{"name", "id", "type"}]``. Before the
-    owner exists: 400 ``{"message": "Onboarding not finished", "code": "onboarding_required"}``.
+    Providers in configuration order: ``[{"name", "id", "type"}]`` (Open Peer
+    Power 2021, ``http: auth_api: openpeerpower``, the default of an
+    ``openpeerpower:`` directory), or ``{"providers": [...],
+    "preselect_remember_me": bool}`` (today's Home Assistant, ``auth_api:
+    homeassistant``, the default of a ``homeassistant:`` directory;
+    ``preselect_remember_me`` is true for a caller on the local network).
+    Before the owner exists: 400 ``{"message": "Onboarding not finished",
+    "code": "onboarding_required"}``.
 
-POST /auth/login_flow  (JSON: client_id, handler [type, id], redirect_uri, type?)
-    Starts a login flow. The redirect_uri must belong to the client_id
+POST /auth/login_flow  (JSON: client_id, handler [type, id], redirect_uri, type?, response_type?)
+    Starts a login flow. ``response_type``, which Home Assistant's clients
+    send, may only be ``code``. The redirect_uri must belong to the client_id
     (IndieAuth rules), else 400 ``invalid client id or redirect uri``. Unknown
     handler: 404 ``Invalid handler specified``. Returns the first step (a form,
     an abort, or for a trusted-network bypass a create_entry whose ``result``
@@ -38,6 +45,13 @@ POST /auth/token  (form-urlencoded)
     and access token. ``grant_type=refresh_token`` (refresh_token, client_id):
     a new access token. ``action=revoke`` (token): deletes the refresh token,
     always 200. Errors follow OAuth 2: ``{"error": ..., "error_description": ...}``.
+    With ``auth_api: homeassistant`` the authorization-code answer also carries
+    ``ha_auth_provider`` (the type of the provider the user logged in with).
+
+POST /auth/revoke  (form-urlencoded or multipart: token)
+    Deletes the refresh token, always 200 (Home Assistant's logout, as
+    home-assistant-js-websocket's ``auth.revoke()`` posts it; same as
+    ``/auth/token`` with ``action=revoke``).
 
 POST /auth/link_user  (bearer; JSON: client_id, code)
     Adds the credentials of a finished ``link_user`` login flow to the caller.
@@ -61,12 +75,14 @@ from ..flow import (
 )
 from ..manager import AuthManagerError
 from ..models import Credentials
+from ..network import is_local_address
 from ..providers import InvalidAuthError
 from ..throttle import retry_after_header, too_many_attempts_message
 from . import indieauth
 from .serialize import prepare_result_json
 from .view import (
     CLIENT_SESSION_KEY,
+    CONFIG_KEY,
     KEY_AUTHENTICATED,
     KEY_REFRESH_TOKEN_ID,
     KEY_USER,
@@ -106,16 +122,30 @@ LOGIN_FLOW_SCHEMA = vol.Schema(
         vol.Required("handler"): _handler,
         vol.Required("redirect_uri"): str,
         vol.Optional("type", default="authorize"): vol.In(["authorize", "link_user"]),
+        # Home Assistant's clients say which OAuth response they want; only the code flow exists.
+        vol.Optional("response_type"): vol.In(["code"]),
     }
 )
 STEP_SCHEMA = vol.Schema({vol.Required("client_id"): str}, extra=vol.ALLOW_EXTRA)
+
+
+API_HOMEASSISTANT = "homeassistant"
+
+
+def speaks_home_assistant(request: web.Request) -> bool:
+    """Whether this server speaks today's Home Assistant wire (http: auth_api), not Open Peer Power 2021's."""
+    config = request.app.get(CONFIG_KEY) or {}
+    return bool(config.get("auth_api") == API_HOMEASSISTANT)
 
 
 async def providers_view(request: web.Request) -> web.Response:
     """GET /auth/providers."""
     if not request.app[ONBOARDED_KEY]():
         return json_message("Onboarding not finished", 400, "onboarding_required")
-    return json_response([{"name": p.name, "id": p.id, "type": p.type} for p in auth_of(request).auth_providers])
+    providers = [{"name": p.name, "id": p.id, "type": p.type} for p in auth_of(request).auth_providers]
+    if speaks_home_assistant(request):
+        return json_response({"providers": providers, "preselect_remember_me": is_local_address(client_ip(request))})
+    return json_response(providers)
 
 
 async def login_flow_get_index(request: web.Request) -> web.Response:
@@ -252,18 +282,7 @@ async def token_view(request: web.Request) -> web.Response:
     except Exception:  # noqa: BLE001 - any undecodable body is a bad request
         data = {}  # type: ignore[assignment]
     if data.get("action") == "revoke":
-        token = data.get("token")
-        if isinstance(token, str):
-            auth = auth_of(request)
-            refresh_token = await auth.async_get_refresh_token_by_token(token)
-            if refresh_token is not None:
-                await auth.async_remove_refresh_token(refresh_token)
-            else:
-                # It may be gone from memory only: an earlier revocation still being written, or one
-                # whose write failed. The 200 must not come before that removal is on disk.
-                await auth.store.async_wait_saved()
-        # An empty body still says what it is, so clients and the OpenAPI check need not guess.
-        return web.Response(status=200, content_type="text/plain")
+        return await _revoke(request, data.get("token"))
     grant_type = data.get("grant_type")
     if grant_type == "authorization_code":
         response = await _grant_authorization_code(request, data)
@@ -274,6 +293,32 @@ async def token_view(request: web.Request) -> web.Response:
     if response.status >= 400:
         _failed(request, "invalid_token")
     return response
+
+
+async def _revoke(request: web.Request, token: Any) -> web.Response:
+    """Delete the refresh token whose secret is token (if any); always 200."""
+    if isinstance(token, str):
+        auth = auth_of(request)
+        refresh_token = await auth.async_get_refresh_token_by_token(token)
+        if refresh_token is not None:
+            await auth.async_remove_refresh_token(refresh_token)
+        else:
+            # It may be gone from memory only: an earlier revocation still being written, or one
+            # whose write failed. The 200 must not come before that removal is on disk.
+            await auth.store.async_wait_saved()
+    # An empty body still says what it is, so clients and the OpenAPI check need not guess.
+    return web.Response(status=200, content_type="text/plain")
+
+
+async def revoke_view(request: web.Request) -> web.Response:
+    """POST /auth/revoke: Home Assistant's logout (a form with token)."""
+    try:
+        data = await request.post()
+    except web.HTTPException:
+        raise  # 413 for a body over the size limit
+    except Exception:  # noqa: BLE001 - an undecodable body revokes nothing, like an empty one
+        data = {}  # type: ignore[assignment]
+    return await _revoke(request, data.get("token"))
 
 
 async def _grant_authorization_code(request: web.Request, data: Any) -> web.Response:
@@ -298,15 +343,15 @@ async def _grant_authorization_code(request: web.Request, data: Any) -> web.Resp
     except (ValueError, InvalidAuthError) as err:
         return _oauth_error("access_denied", str(err), 403)
     secret, refresh_token.token = refresh_token.token, None  # handed out once; only its digest is kept
-    return json_response(
-        {
-            "access_token": access_token,
-            "token_type": "Bearer",
-            "refresh_token": secret,
-            "expires_in": int(refresh_token.access_token_expiration.total_seconds()),
-        },
-        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
-    )
+    body = {
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "refresh_token": secret,
+        "expires_in": int(refresh_token.access_token_expiration.total_seconds()),
+    }
+    if speaks_home_assistant(request):
+        body["ha_auth_provider"] = credential.auth_provider_type
+    return json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
 async def _grant_refresh_token(request: web.Request, data: Any) -> web.Response:
@@ -381,6 +426,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/auth/login_flow/{flow_id}", login_flow_step)
     app.router.add_delete("/auth/login_flow/{flow_id}", login_flow_delete)
     app.router.add_post("/auth/token", token_view)
+    app.router.add_post("/auth/revoke", revoke_view)
     app.router.add_post("/auth/link_user", link_user_view)
     app.router.add_get("/api/", api_status_view)
     app.router.add_get("/.well-known/change-password", change_password_redirect)

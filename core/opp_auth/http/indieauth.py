@@ -35,6 +35,18 @@ MAX_ADDRESSES_TRIED: int = 4
 
 MOBILE_CLIENT_IDS = frozenset({"https://openpeerpower.io/android", "https://openpeerpower.io/iOS"})
 MOBILE_REDIRECT_URI = "openpeerpower://auth-callback"
+# Home Assistant's companion apps, accepted next to Open Peer Power's: each client id with its
+# own callbacks only (the Android app's watch companion logs in through Google's Wear OS relay).
+HA_MOBILE_REDIRECT_URIS: dict[str, frozenset[str]] = {
+    "https://home-assistant.io/iOS": frozenset({"homeassistant://auth-callback"}),
+    "https://home-assistant.io/android": frozenset(
+        {
+            "homeassistant://auth-callback",
+            "https://wear.googleapis.com/3p_auth/io.homeassistant.companion.android",
+            "https://wear.googleapis-cn.com/3p_auth/io.homeassistant.companion.android",
+        }
+    ),
+}
 
 _LOOPBACK_NETWORKS = (
     ipaddress.ip_network("127.0.0.0/8"),
@@ -168,6 +180,8 @@ def verify_redirect_uri_sync(client_id: str, redirect_uri: str) -> bool | None:
 
     # The mobile apps must be linkable without the server reaching the internet.
     if client_id in MOBILE_CLIENT_IDS and redirect_uri == MOBILE_REDIRECT_URI:
+        return True
+    if redirect_uri in HA_MOBILE_REDIRECT_URIS.get(client_id, ()):
         return True
 
     if not redirect_uri or _UNSAFE_CHARS_RE.search(redirect_uri):

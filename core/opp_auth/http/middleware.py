@@ -47,7 +47,8 @@ _FILTERS = re.compile(
 )
 
 CORS_ALLOWED_HEADERS = "Origin, Accept, X-Requested-With, Content-Type, Authorization"
-CORS_ANY_ORIGIN_PATHS = frozenset({"/auth/token"})
+# The token endpoints answer any origin, as in Home Assistant (a client holding a token may use it anywhere).
+CORS_ANY_ORIGIN_PATHS = frozenset({"/auth/token", "/auth/revoke"})
 
 
 def build_pipeline(

@@ -40,7 +40,6 @@ STEP_CORE_CONFIG = "core_config"
 STEP_ANALYTICS = "analytics"
 STEP_INTEGRATION = "integration"
 STEPS = [STEP_USER, STEP_CORE_CONFIG, STEP_ANALYTICS, STEP_INTEGRATION]
-LOCAL_PROVIDER = "openpeerpower"
 
 ONBOARDING_KEY: web.AppKey[Onboarding] = web.AppKey("opp_auth_onboarding")
 
@@ -127,10 +126,12 @@ async def onboarding_users(request: web.Request) -> web.Response:
             return json_message("User step already done", 403)
         if not indieauth.verify_client_id(data["client_id"]):
             return json_message("Invalid client id", 400)
-        provider = auth.get_auth_provider(LOCAL_PROVIDER, None)
+        provider = auth.local_provider()
         if provider is None:
             return json_message(
-                "Onboarding needs the openpeerpower auth provider (package opp-auth-local) configured", 400
+                "Onboarding needs the local auth provider (type openpeerpower or homeassistant, "
+                "package opp-auth-local) configured",
+                400,
             )
         username = data["username"]
         try:

@@ -10,7 +10,7 @@ import voluptuous as vol
 from ..flow import FlowError, InvalidInput, UnknownFlow, UnknownHandler
 from ..manager import AuthManagerError
 from ..models import GROUP_ID_ADMIN, TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN, RefreshToken, User
-from ..providers import InvalidAuthError
+from ..providers import LOCAL_PROVIDER_TYPES, InvalidAuthError
 from . import ban_commands
 from .serialize import serialize_schema
 from .websocket_api import (
@@ -23,14 +23,12 @@ from .websocket_api import (
     websocket_command,
 )
 
-LOCAL_PROVIDER = "openpeerpower"
-
 
 def user_info(user: User) -> dict[str, Any]:
     """A user as config/auth/list shows it."""
     username = None
     for cred in user.credentials:
-        if cred.auth_provider_type == LOCAL_PROVIDER:
+        if cred.auth_provider_type in LOCAL_PROVIDER_TYPES:
             username = cred.data.get("username")
             break
     return {
@@ -114,6 +112,8 @@ def _token_info(token: RefreshToken, current_id: str, expire_at: float | None) -
         "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
         "last_used_ip": token.last_used_ip,
         "expire_at": expire_at,
+        # Home Assistant's profile shows which provider a session came from.
+        "auth_provider_type": token.credential.auth_provider_type if token.credential else None,
     }
 
 
@@ -352,9 +352,21 @@ async def config_auth_delete(conn: ActiveConnection, msg: dict[str, Any]) -> Non
     conn.send_result(msg["id"])
 
 
+@websocket_command(
+    {
+        vol.Required("type"): "supported_features",
+        vol.Required("features"): vol.Schema({str: vol.Any(int, float)}),
+    }
+)
+async def supported_features(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """Home Assistant's clients announce what they understand (coalesce_messages); nothing here changes by it."""
+    conn.send_result(msg["id"])
+
+
 def register_core_commands(registry: CommandRegistry) -> None:
     """Register the core commands."""
     for handler in (
+        supported_features,
         current_user,
         long_lived_access_token,
         refresh_tokens,

@@ -1,7 +1,10 @@
-"""The local username/password provider (type ``openpeerpower``).
+"""The local username/password provider (type ``openpeerpower``, or ``homeassistant``).
 
 Logins live in ``.storage/auth_provider.openpeerpower`` as Open Peer Power
 keeps them: normalised usernames and base64-encoded bcrypt hashes (cost 12).
+In a Home Assistant directory the same provider has Home Assistant's type,
+``homeassistant``, and reads ``.storage/auth_provider.homeassistant``, whose
+format is the same; its credentials in ``.storage/auth`` carry that type.
 """
 
 from __future__ import annotations
@@ -29,25 +32,29 @@ from .websocket import register_commands
 _LOGGER = logging.getLogger(__name__)
 
 STORAGE_KEY = "auth_provider.openpeerpower"
+HA_TYPE = "homeassistant"
 STORAGE_VERSION = 1
 BCRYPT_ROUNDS = 12
 BCRYPT_MAX_BYTES = 72
 
 
-def _disallow_id(conf: dict[str, Any]) -> dict[str, Any]:
+def _disallow_id(provider_type: str) -> Any:
     """At most one local provider: it has no id."""
-    if conf.get("id") is not None:
-        raise vol.Invalid("ID is not allowed for the openpeerpower auth provider.")
-    return conf
+
+    def check(conf: dict[str, Any]) -> dict[str, Any]:
+        """Refuse an id."""
+        if conf.get("id") is not None:
+            raise vol.Invalid(f"ID is not allowed for the {provider_type} auth provider.")
+        return conf
+
+    return check
 
 
-CONFIG_SCHEMA = vol.All(
-    PROVIDER_CONFIG_SCHEMA.extend(
-        {vol.Optional("min_password_length", default=8): vol.All(int, vol.Range(min=1, max=72))},
-        extra=vol.PREVENT_EXTRA,
-    ),
-    _disallow_id,
+_BASE_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
+    {vol.Optional("min_password_length", default=8): vol.All(int, vol.Range(min=1, max=72))},
+    extra=vol.PREVENT_EXTRA,
 )
+CONFIG_SCHEMA = vol.All(_BASE_SCHEMA, _disallow_id("openpeerpower"))
 
 # A real bcrypt hash of a random password, so unknown users cost one check like known ones.
 _DUMMY_HASH = b"$2b$12$CiuFGszHx9eNHxPuQcwBWez4CwDTOcLTX5CbOpV6gef2nYuXkY7BO"
@@ -93,7 +100,7 @@ class Data:
 
     def __init__(self, provider: LocalAuthProvider) -> None:
         """Name the file; call async_load next."""
-        self._store = provider.auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True)
+        self._store = provider.auth.storage(provider.STORAGE_KEY, STORAGE_VERSION, private=True)
         self._users: list[dict[str, str]] = []
         self._by_name: dict[str, dict[str, str]] = {}
         self.is_legacy = False
@@ -189,6 +196,7 @@ class LocalAuthProvider(AuthProvider):
     TYPE = "openpeerpower"
     DEFAULT_TITLE = "Open Peer Power Local"
     CONFIG_SCHEMA = CONFIG_SCHEMA
+    STORAGE_KEY = STORAGE_KEY
 
     data: Data
 
@@ -262,17 +270,27 @@ class LocalAuthProvider(AuthProvider):
         await self.data.async_save()
 
 
+class HomeAssistantAuthProvider(LocalAuthProvider):
+    """The same provider in a Home Assistant directory: Home Assistant's type, title and file."""
+
+    TYPE = HA_TYPE
+    DEFAULT_TITLE = "Home Assistant Local"
+    CONFIG_SCHEMA = vol.All(_BASE_SCHEMA, _disallow_id(HA_TYPE))
+    STORAGE_KEY = "auth_provider.homeassistant"
+
+
 class LocalLoginFlow(UsernamePasswordLoginFlow):
     """Ask for username and password; the result keeps the username as typed (credential_data normalises it)."""
 
 
 @hookimpl
 def opp_auth_register_auth_providers(register: Any) -> None:
-    """Ship the openpeerpower provider."""
+    """Ship the openpeerpower provider and its Home Assistant twin."""
     register(LocalAuthProvider)
+    register(HomeAssistantAuthProvider)
 
 
 @hookimpl
 def opp_auth_register_websocket_commands(register: Any) -> None:
-    """The config/auth_provider/openpeerpower/* commands."""
+    """The config/auth_provider/openpeerpower/* and config/auth_provider/homeassistant/* commands."""
     register_commands(register)

@@ -1,4 +1,9 @@
-"""Websocket commands of the local provider: config/auth_provider/openpeerpower/*."""
+"""Websocket commands of the local provider: config/auth_provider/openpeerpower/*.
+
+Home Assistant's clients send the same commands as
+config/auth_provider/homeassistant/*; both names reach whichever local
+provider is configured (type openpeerpower or homeassistant).
+"""
 
 from __future__ import annotations
 
@@ -21,20 +26,23 @@ from opp_auth.throttle import too_many_attempts_message
 if TYPE_CHECKING:
     from . import LocalAuthProvider
 
-TYPE = "openpeerpower"
+TYPES = ("openpeerpower", "homeassistant")
+PREFIX = "config/auth_provider/openpeerpower/"
+HA_PREFIX = "config/auth_provider/homeassistant/"
 
 
 def _provider(conn: ActiveConnection) -> LocalAuthProvider:
     """The configured local provider, or an error reply."""
-    provider = conn.auth.get_auth_provider(TYPE, None)
-    if provider is None:
-        raise CommandError("not_configured", "The openpeerpower auth provider is not configured")
-    return provider  # type: ignore[return-value]
+    for provider_type in TYPES:
+        provider = conn.auth.get_auth_provider(provider_type, None)
+        if provider is not None:
+            return provider  # type: ignore[return-value]
+    raise CommandError("not_configured", "The local auth provider (openpeerpower or homeassistant) is not configured")
 
 
 def _local_credentials(user: User) -> Credentials | None:
     """The user's local login credentials."""
-    return next((c for c in user.credentials if c.auth_provider_type == TYPE), None)
+    return next((c for c in user.credentials if c.auth_provider_type in TYPES), None)
 
 
 async def _revoke_tokens(conn: ActiveConnection, user: User, keep: str | None) -> None:
@@ -152,7 +160,26 @@ async def admin_change_password(conn: ActiveConnection, msg: dict[str, Any]) -> 
     conn.send_result(msg["id"])
 
 
+def _ha_alias(handler: Any) -> tuple[Any, dict[Any, Any]]:
+    """The handler again under Home Assistant's command name, with the same guards."""
+
+    async def alias(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+        """Run the openpeerpower command."""
+        await handler(conn, msg)
+
+    for guard in ("_ws_admin", "_ws_user_guard"):
+        if hasattr(handler, guard):
+            setattr(alias, guard, getattr(handler, guard))
+    schema = {
+        key: (HA_PREFIX + value.removeprefix(PREFIX) if str(key) == "type" else value)
+        for key, value in handler._ws_schema.schema.items()
+    }
+    return alias, schema
+
+
 def register_commands(register: Any) -> None:
-    """Register every command of this module."""
+    """Register every command of this module, under both names."""
     for handler in (create, delete, change_password, admin_change_password):
         register(handler)
+        alias, schema = _ha_alias(handler)
+        register(alias, schema)
