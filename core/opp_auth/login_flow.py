@@ -82,7 +82,7 @@ class LoginFlow(FlowHandler):
         if user_input is not None:
             if time.monotonic() > self.created + MFA_SESSION_EXPIRATION:
                 return self.async_abort(reason="login_expired")
-            valid = await auth_module.async_validate(self.user.id, user_input)
+            valid = await auth_module.async_validate_in_flow(self.user.id, user_input, self.flow_id)
             if valid is True:
                 return await self.async_finish(self.credential)
             errors["base"] = "invalid_code"
@@ -95,11 +95,12 @@ class LoginFlow(FlowHandler):
                     await after_failure(self.user.id)
                 except MfaAbort as err:
                     return self.async_abort(reason=err.reason)
+        placeholders: dict[str, Any] = {"mfa_module_name": auth_module.name, "mfa_module_id": auth_module.id}
+        challenge = await auth_module.async_login_challenge(self.user.id, self.flow_id)
+        if challenge is not None:
+            placeholders["challenge"] = challenge
         return self.async_show_form(
-            step_id="mfa",
-            data_schema=auth_module.input_schema,
-            description_placeholders={"mfa_module_name": auth_module.name, "mfa_module_id": auth_module.id},
-            errors=errors,
+            step_id="mfa", data_schema=auth_module.input_schema, description_placeholders=placeholders, errors=errors
         )
 
     async def async_finish(self, flow_result: Any) -> FlowResult:

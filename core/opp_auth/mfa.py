@@ -101,6 +101,20 @@ class MfaModule:
         """Whether the submitted code is right."""
         raise NotImplementedError
 
+    async def async_login_challenge(self, user_id: str, flow_id: str) -> dict[str, Any] | None:
+        """Data the client needs to answer this login's ``mfa`` form, or None (the default: a typed code).
+
+        Called each time the form is shown for a login flow; the result is sent
+        as ``description_placeholders["challenge"]``. A module that signs a
+        challenge (WebAuthn) issues a fresh one here, bound to ``flow_id``, and
+        checks it in :meth:`async_validate_in_flow`.
+        """
+        return None
+
+    async def async_validate_in_flow(self, user_id: str, user_input: dict[str, Any], flow_id: str) -> bool:
+        """Validate the ``mfa`` form of login flow ``flow_id``; by default :meth:`async_validate`."""
+        return await self.async_validate(user_id, user_input)
+
     async def async_shutdown(self) -> None:
         """Release resources at shutdown."""
 

@@ -35,6 +35,7 @@ KNOWN_DISTRIBUTIONS: dict[str, str] = {
     "provider-insecure_example": "opp-auth-insecure-example",
     "mfa-totp": "opp-auth-totp",
     "mfa-notify": "opp-auth-notify",
+    "mfa-webauthn": "opp-auth-webauthn",
     "mfa-insecure_example": "opp-auth-insecure-example",
 }
 
