@@ -40,6 +40,13 @@ async def users(request: web.Request) -> web.StreamResponse:
     return _page("index.html")
 
 
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """GET /favicon.ico: browsers ask every page for it."""
+    return web.FileResponse(  # type: ignore[return-value]
+        STATIC_DIR / "favicon.ico", headers={"Content-Type": "image/x-icon", "Cache-Control": "max-age=86400"}
+    )
+
+
 def add_routes(app: web.Application) -> None:
     """Register the pages and their assets."""
     app.router.add_get("/", index)
@@ -47,4 +54,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/onboarding.html", onboarding_page)
     app.router.add_get("/profile", profile)
     app.router.add_get("/users", users)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)
