@@ -97,6 +97,12 @@ async def reauth_options_command(conn: ActiveConnection, msg: dict[str, Any]) ->
     conn.send_result(msg["id"], {"publicKey": module.request_options(f"reauth:{conn.refresh_token_id}", conn.user.id)})
 
 
+def _code_input(module: Any, code: str) -> dict[str, str]:
+    """The module's login input for a typed code: its one field (code for totp and notify, pin, ...)."""
+    keys = [str(getattr(key, "schema", key)) for key in getattr(module.input_schema, "schema", {})]
+    return {keys[0] if len(keys) == 1 else "code": code}
+
+
 async def _password_ok(conn: ActiveConnection, password: str) -> bool:
     """Whether password is right for one of the caller's username/password credentials."""
     for credentials in conn.user.credentials:
@@ -138,7 +144,7 @@ async def reauth_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
         other = conn.auth.get_auth_mfa_module(msg.get("code_module_id") or "totp")
         if other is None or other is module or not await other.async_is_user_setup(conn.user.id):
             raise CommandError("not_set_up", "That two-factor module is not set up for you")
-        if await other.async_validate(conn.user.id, {"code": msg["code"].strip()}) is not True:
+        if await other.async_validate(conn.user.id, _code_input(other, msg["code"].strip())) is not True:
             conn.auth.note_login_failure(conn.remote, None, conn.user.name, "invalid_code")
             raise CommandError("invalid_code", "Invalid code")
     elif "credential" in msg:
