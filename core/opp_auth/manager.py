@@ -82,6 +82,14 @@ class AuthManager:
         for mcls, conf in mfa_configs:
             module = mcls(self, conf)
             self._mfa_modules[module.id] = module
+        for module in self._mfa_modules.values():
+            extra = module.login_provider()
+            if extra is not None and extra.key in self._providers:
+                _LOGGER.error(
+                    "MFA module %s offers login provider %s, which is already configured", module.id, extra.key
+                )
+            elif extra is not None:
+                self._providers[extra.key] = extra
         self._per_request_types = frozenset(p.type for p in self._providers.values() if p.CHECKS_EVERY_REQUEST)
         self.login_flow = LoginFlowManager(self, max_flows=max_login_flows)
         self.mfa_setup_flow = MfaSetupFlowManager(self)

@@ -11,6 +11,7 @@ from .flow import FlowHandler, FlowManager, FlowResult, UnknownHandler
 
 if TYPE_CHECKING:
     from .manager import AuthManager
+    from .providers import AuthProvider
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -114,6 +115,16 @@ class MfaModule:
     async def async_validate_in_flow(self, user_id: str, user_input: dict[str, Any], flow_id: str) -> bool:
         """Validate the ``mfa`` form of login flow ``flow_id``; by default :meth:`async_validate`."""
         return await self.async_validate(user_id, user_input)
+
+    def login_provider(self) -> AuthProvider | None:
+        """A provider this module adds to the login page (after the configured ones), or None (the default).
+
+        For a factor that can log in by itself (a passkey with user
+        verification): its login flow finishes with the existing
+        :class:`~opp_auth.Credentials` of the user it identified. Called once,
+        when the manager is built.
+        """
+        return None
 
     async def async_shutdown(self) -> None:
         """Release resources at shutdown."""

@@ -290,6 +290,12 @@ class WebauthnAuthModule(MfaModule):
         entry = self._users.get(user_id)
         return bool(entry and entry["passkeys"])
 
+    def login_provider(self) -> Any:
+        """ "Log in with a passkey" on the login page, unless passwordless: false."""
+        from .passwordless import PasskeyLoginProvider
+
+        return PasskeyLoginProvider(self) if self.passwordless else None
+
     async def async_login_challenge(self, user_id: str, flow_id: str) -> dict[str, Any] | None:
         """Request options for this login flow: a fresh challenge bound to it, the user's passkeys allowed."""
         return {"webauthn": self.request_options(f"flow:{flow_id}", user_id)}

@@ -78,7 +78,9 @@ async def add_passkey(sock: Socket, authenticator: Any, name: str = "Phone") -> 
     """register_options, the browser's create(), register."""
     ok, options = await sock.call("auth/webauthn/register_options")
     assert ok, options
-    ok, passkey = await sock.call("auth/webauthn/register", name=name, credential=authenticator.create(options["publicKey"]))
+    ok, passkey = await sock.call(
+        "auth/webauthn/register", name=name, credential=authenticator.create(options["publicKey"])
+    )
     assert ok, passkey
     return passkey
 
@@ -88,7 +90,9 @@ async def test_fresh_login_enrols_lists_renames_removes(auth: Any, connect: Any,
     mia = await user_named(auth, "mia", "mia-pass")
     async with connect(mia) as sock:
         ok, listing = await sock.call("auth/webauthn/passkeys")
-        assert ok and listing["passkeys"] == [] and 250 < listing["proof_left"] <= 300 and listing["passwordless"] is True
+        assert (
+            ok and listing["passkeys"] == [] and 250 < listing["proof_left"] <= 300 and listing["passwordless"] is True
+        )
         passkey = await add_passkey(sock, authenticator, "Mia's phone")
         assert passkey["name"] == "Mia's phone" and passkey["model"] == "iCloud Keychain"
         ok, listing = await sock.call("auth/webauthn/passkeys")
@@ -111,7 +115,10 @@ async def test_old_session_must_reauthenticate_with_the_password(auth: Any, conn
     mia = await user_named(auth, "mia", "mia-pass")
     failures: list[str] = []
     original = auth.note_login_failure
-    auth.note_login_failure = lambda ip, provider, username, reason: (failures.append(reason), original(ip, provider, username, reason))
+    auth.note_login_failure = lambda ip, provider, username, reason: (
+        failures.append(reason),
+        original(ip, provider, username, reason),
+    )
     async with connect(mia, age=600) as sock:
         ok, err = await sock.call("auth/webauthn/register_options")
         assert not ok and err["code"] == "reauth_required"
@@ -147,7 +154,9 @@ async def test_reauth_with_another_factor_or_a_passkey(auth: Any, connect: Any, 
     async with connect(mia, age=600) as sock:
         ok, options = await sock.call("auth/webauthn/reauth_options")
         assert ok
-        ok, err = await sock.call("auth/webauthn/reauth", credential=authenticator.get(options["publicKey"], bad_signature=True))
+        ok, err = await sock.call(
+            "auth/webauthn/reauth", credential=authenticator.get(options["publicKey"], bad_signature=True)
+        )
         assert not ok and err["code"] == "invalid_code"
         ok, err = await sock.call("auth/webauthn/reauth", credential=authenticator.get(options["publicKey"]))
         assert not ok and err["code"] == "invalid_code"  # the refused answer spent the challenge
@@ -163,9 +172,15 @@ async def test_registration_is_checked(auth: Any, connect: Any, authenticator: A
     mia = await user_named(auth, "mia", "mia-pass")
     async with connect(mia) as sock:
         ok, options = await sock.call("auth/webauthn/register_options")
-        ok, err = await sock.call("auth/webauthn/register", name="x", credential=authenticator.create(options["publicKey"], origin="https://evil.example.net"))
+        ok, err = await sock.call(
+            "auth/webauthn/register",
+            name="x",
+            credential=authenticator.create(options["publicKey"], origin="https://evil.example.net"),
+        )
         assert not ok and err["code"] == "invalid_credential"
-        ok, err = await sock.call("auth/webauthn/register", name="x", credential=authenticator.create(options["publicKey"]))
+        ok, err = await sock.call(
+            "auth/webauthn/register", name="x", credential=authenticator.create(options["publicKey"])
+        )
         assert not ok and err["code"] == "invalid_challenge"  # spent by the refused attempt
         ok, options = await sock.call("auth/webauthn/register_options")
         created = authenticator.create(options["publicKey"], rp_id="evil.example.net")
@@ -176,7 +191,9 @@ async def test_registration_is_checked(auth: Any, connect: Any, authenticator: A
             ok, err = await sock.call("auth/webauthn/register", name="x", credential=junk)
             assert not ok and err["code"] in ("invalid_credential", "invalid_format"), err
         ok, options = await sock.call("auth/webauthn/register_options")
-        ok, err = await sock.call("auth/webauthn/register", name="", credential=authenticator.create(options["publicKey"]))
+        ok, err = await sock.call(
+            "auth/webauthn/register", name="", credential=authenticator.create(options["publicKey"])
+        )
         assert not ok and err["code"] == "invalid_format"
         await add_passkey(sock, authenticator)
         ok, listing = await sock.call("auth/webauthn/passkeys")

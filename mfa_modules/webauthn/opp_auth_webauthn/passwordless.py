@@ -1,0 +1,108 @@
+"""Passwordless login: "Log in with a passkey", offered by the webauthn module as a login provider.
+
+The module's ``login_provider()`` adds this provider (type ``webauthn``) after
+the configured ones unless ``passwordless: false``. Its one step shows request
+options without allowed credentials (the browser offers the discoverable
+passkeys it has for ``rp_id``, or fills them into the username field with
+conditional mediation) and user verification required. The assertion names the
+passkey; the module finds its user by credential id and user handle. A passkey
+that verified its user (PIN, biometrics) is both factors, so the login needs no
+further MFA step; without verification it is refused. The flow finishes with
+the user's existing credentials (the first of a configured provider), so the
+refresh token is checked by that provider as after a password login.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import voluptuous as vol
+
+from opp_auth import PROVIDER_CONFIG_SCHEMA, AuthProvider, Credentials, FlowResult, LoginFlow
+
+if TYPE_CHECKING:
+    from . import WebauthnAuthModule
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class PasskeyLoginProvider(AuthProvider):
+    """The login page's "Log in with a passkey"."""
+
+    TYPE = "webauthn"
+    DEFAULT_TITLE = "Passkey"
+    CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA
+    SUPPORT_MFA = False  # a verified passkey is both factors
+
+    def __init__(self, module: WebauthnAuthModule) -> None:
+        """A provider bound to its module (same id, same name)."""
+        super().__init__(module.auth, {"type": self.TYPE, "id": module.config.get("id"), "name": module.name})
+        self.module = module
+
+    async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:
+        """A passkey login."""
+        return PasskeyLoginFlow(self)
+
+    def credential_data(self, flow_result: dict[str, Any]) -> dict[str, Any]:
+        """Never called: the flow finishes with existing credentials."""
+        raise NotImplementedError
+
+    async def async_user_meta_for_credentials(self, credentials: Credentials) -> Any:
+        """Never called: a passkey logs in existing users only."""
+        raise NotImplementedError
+
+
+class PasskeyLoginFlow(LoginFlow):
+    """One step: the browser's assertion for a discoverable credential."""
+
+    _auth_provider: PasskeyLoginProvider
+
+    @property
+    def _binding(self) -> str:
+        """Challenges of this flow."""
+        return f"passwordless:{self.flow_id}"
+
+    async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
+        """Show the request options; check the assertion."""
+        module = self._auth_provider.module
+        if self.context.get("credential_only"):
+            return self.async_abort(reason="not_supported")
+        errors: dict[str, str] = {}
+        if user_input is not None:
+            credentials = await self._async_check(module, user_input.get("credential"))
+            if credentials is not None:
+                return await self.async_finish(credentials)
+            errors["base"] = "invalid_auth"
+        options = module.request_options(self._binding, None, user_verification="required")
+        return self.async_show_form(
+            step_id="init",
+            data_schema=vol.Schema({vol.Required("credential"): str}),
+            description_placeholders={"challenge": {"webauthn": options, "passwordless": True}},
+            errors=errors,
+        )
+
+    async def _async_check(self, module: WebauthnAuthModule, credential: Any) -> Credentials | None:
+        """The credentials of the passkey's user, or None (logged)."""
+        from . import CeremonyError
+
+        try:
+            assertion = await module.async_verify_assertion(self._binding, credential, user_id=None)
+        except CeremonyError as err:
+            _LOGGER.info("Passwordless login refused: %s", err.message)
+            return None
+        if not assertion.user_verified:
+            _LOGGER.info(
+                "Passwordless login refused: passkey %r did not verify its user", assertion.passkey.get("name")
+            )
+            return None
+        user = self._auth_manager.get_user(assertion.user_id)
+        if user is None or not user.is_active or user.system_generated:
+            _LOGGER.info("Passwordless login refused: user %s is missing or inactive", assertion.user_id)
+            return None
+        for credentials in user.credentials:
+            if self._auth_manager.get_auth_provider(credentials.auth_provider_type, credentials.auth_provider_id):
+                self.user = user
+                return credentials
+        _LOGGER.info("Passwordless login refused: user %s has no credentials of a configured provider", user.id)
+        return None
