@@ -1,4 +1,21 @@
-"""The LoginFlow base: the provider's own step, then the MFA steps, then an authorization code."""
+"""The login engine: a provider's own step, then the one MFA decision and its steps, then an authorization code.
+
+Every way in (the HTTP login flow, onboarding, any future transport) walks a
+login the same way through :class:`LoginFlowManager`:
+
+- :meth:`LoginFlowManager.async_start_login` and :meth:`~LoginFlowManager.async_login_step`
+  check the client and the address, throttle (``auth.login_retry_after``), run
+  the step, report failures and successes to the plugins, and turn a finished
+  login into a one-time authorization code (``codes.py``) for the flow's purpose
+  (``authorize`` or ``link_user``). Transports only translate their wire format.
+- :func:`async_required_mfa` is the one MFA decision: a user with any MFA module
+  enrolled passes one of them before any code exists, whatever the provider
+  (``SUPPORT_MFA`` does not skip it), the flow type (``link_user`` included) or
+  the way the flow finished (a provider step, a trusted-network bypass, a
+  plugin returning ``Credentials``). ``async_finish_flow`` applies it to every
+  finished step; :meth:`LoginFlowManager.async_code_for_credentials` applies it
+  to codes issued outside a flow (onboarding).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +26,20 @@ from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
 
-from .flow import RESULT_TYPE_CREATE_ENTRY, FlowHandler, FlowManager, FlowResult, TooManyFlows, UnknownHandler
+from .codes import AUTHORIZE, LINK_USER, PURPOSES
+from .flow import (
+    RESULT_TYPE_ABORT,
+    RESULT_TYPE_CREATE_ENTRY,
+    FlowError,
+    FlowHandler,
+    FlowManager,
+    FlowResult,
+    TooManyFlows,
+    UnknownFlow,
+    UnknownHandler,
+)
 from .mfa import MfaAbort
-from .models import Credentials, User
+from .models import Credentials, RefreshToken, User
 from .providers import InvalidAuthError, ProviderUnavailableError
 
 if TYPE_CHECKING:
@@ -23,6 +51,43 @@ _LOGGER = logging.getLogger(__name__)
 MFA_SESSION_EXPIRATION = 300.0
 MAX_FLOWS_PER_ADDRESS = 30
 USERNAME_PASSWORD_SCHEMA = vol.Schema({vol.Required("username"): str, vol.Required("password"): str})
+# The username of a flow's first step: the account its later (MFA) steps are throttled as.
+THROTTLE_USERNAME = "throttle_username"
+MFA_STEPS = frozenset({"select_mfa_module", "mfa"})
+FAILURE_REASONS = frozenset({"invalid_auth", "invalid_code"})
+
+
+class InvalidClient(FlowError):
+    """The client id (or its redirect uri) is refused, or is not the one that started the flow."""
+
+
+class AddressChanged(FlowError):
+    """A step came from another address than the one that started the flow."""
+
+
+class LoginThrottled(FlowError):
+    """The address and account failed too often; retry_after seconds to wait."""
+
+    def __init__(self, retry_after: float) -> None:
+        """Keep the wait."""
+        super().__init__(f"retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class MfaRequired(FlowError):
+    """A code was asked outside a login flow for a user who has MFA enrolled."""
+
+
+async def async_required_mfa(auth: AuthManager, credentials: Credentials) -> tuple[User | None, dict[str, str]]:
+    """THE MFA decision: the user behind credentials and the modules (id -> name) of which one must be passed.
+
+    No user yet (new credentials) means no module. A module that fails to say
+    whether the user is enrolled raises: the caller's flow aborts (fail closed).
+    """
+    user = auth.store.user_for_credentials(credentials)
+    if user is None:
+        return None, {}
+    return user, await auth.async_get_enabled_mfa(user)
 
 
 class LoginFlow(FlowHandler):
@@ -41,6 +106,12 @@ class LoginFlow(FlowHandler):
         self.invalid_mfa_times = 0
         self.user: User | None = None
         self.credential: Credentials | None = None
+        # (user id, module id) of the MFA module this flow passed; only async_step_mfa sets it.
+        self._mfa_passed: tuple[str, str] | None = None
+
+    def mfa_passed(self, user: User, modules: dict[str, str]) -> bool:
+        """Whether this flow passed one of the modules for this user."""
+        return self._mfa_passed is not None and self._mfa_passed[0] == user.id and self._mfa_passed[1] in modules
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """The provider's own first step."""
@@ -84,6 +155,7 @@ class LoginFlow(FlowHandler):
                 return self.async_abort(reason="login_expired")
             valid = await auth_module.async_validate_in_flow(self.user.id, user_input, self.flow_id)
             if valid is True:
+                self._mfa_passed = (self.user.id, auth_module.id)
                 return await self.async_finish(self.credential)
             errors["base"] = "invalid_code"
             self.invalid_mfa_times += 1
@@ -179,26 +251,172 @@ class LoginFlowManager(FlowManager):
         return await provider.async_login_flow(context)
 
     async def async_finish_flow(self, flow: FlowHandler, result: FlowResult) -> FlowResult:
-        """Turn a provider result into Credentials, or continue with the MFA steps."""
+        """Turn a finished step into Credentials, unless the one MFA decision asks for a module first.
+
+        Every create_entry of every login flow comes through here (from the
+        provider's step, a trusted-network bypass, the MFA step or a plugin
+        handing back Credentials itself); ``result["result"]`` is set only once
+        the user has passed MFA or has none enrolled.
+        """
         if result["type"] != RESULT_TYPE_CREATE_ENTRY:
             return result
-        if isinstance(result["data"], Credentials):
-            result["result"] = result["data"]
-            return result
-        assert isinstance(flow, LoginFlow)
+        if not isinstance(flow, LoginFlow):
+            _LOGGER.error("Login flow %s is not a LoginFlow; refused", type(flow).__name__)
+            return flow.async_abort(reason="unknown_error")
         provider = flow._auth_provider
-        credentials = await provider.async_get_or_create_credentials(result["data"])
-        if flow.context.get("credential_only"):
-            result["result"] = credentials
-            return result
-        if provider.support_mfa and not credentials.is_new:
-            user = self.auth.store.user_for_credentials(credentials)
-            if user is not None:
-                modules = await self.auth.async_get_enabled_mfa(user)
-                if modules:
-                    flow.credential = credentials
-                    flow.user = user
-                    flow.available_mfa_modules = modules
-                    return await flow.async_step_select_mfa_module()
+        data = result["data"]
+        if isinstance(data, Credentials):
+            credentials = data
+        else:
+            credentials = await provider.async_get_or_create_credentials(data)
+        if not isinstance(credentials, Credentials) or credentials.provider_key != provider.key:
+            _LOGGER.error("Provider %s finished a login with credentials not its own; refused", provider.key)
+            return flow.async_abort(reason="unknown_error")
+        user, modules = await async_required_mfa(self.auth, credentials)
+        if user is not None and modules and not flow.mfa_passed(user, modules):
+            flow.credential = credentials
+            flow.user = user
+            flow.available_mfa_modules = modules
+            step = await flow.async_step_select_mfa_module()
+            if step["type"] == RESULT_TYPE_CREATE_ENTRY:
+                return await self.async_finish_flow(flow, step)  # decided again; never passed through
+            return step
         result["result"] = credentials
         return result
+
+    # ---- the login walk every transport uses ------------------------------------------------
+
+    def _failed(
+        self,
+        ip_address: str | None,
+        reason: str,
+        provider: tuple[str, str | None] | None = None,
+        username: str | None = None,
+    ) -> None:
+        """Report a failed login to the plugins (throttling, bans, audit)."""
+        self.auth.note_login_failure(ip_address, provider, username, reason)
+
+    async def async_start_login(
+        self,
+        handler_key: Any,
+        *,
+        ip_address: str | None,
+        client_id: str,
+        redirect_uri: str,
+        purpose: str = AUTHORIZE,
+        client_ok: bool,
+    ) -> FlowResult:
+        """Start a login for client_id (client_ok: the transport's verdict on client id and redirect uri).
+
+        Raises InvalidClient, UnknownHandler, UnknownStep or TooManyFlows (each
+        failure reported); returns the first step's result, a create_entry
+        carrying the authorization code in ``result``.
+        """
+        if purpose not in PURPOSES:
+            raise ValueError(f"unknown login purpose {purpose!r}")
+        if not client_ok:
+            self._failed(ip_address, "invalid_client")
+            raise InvalidClient(client_id)
+        try:
+            result = await self.async_init(
+                handler_key,
+                context={
+                    "ip_address": ip_address,
+                    "credential_only": purpose == LINK_USER,
+                    "purpose": purpose,
+                    "client_id": client_id,
+                    "redirect_uri": redirect_uri,
+                },
+            )
+        except UnknownHandler:
+            self._failed(ip_address, "invalid_handler")
+            raise
+        return self._outcome(result, ip_address=ip_address, client_id=client_id, purpose=purpose, username=None)
+
+    async def async_login_step(
+        self, flow_id: str, user_input: dict[str, Any], *, ip_address: str | None, client_id: str, client_ok: bool
+    ) -> FlowResult:
+        """Submit one step of a login (client_ok: the transport's verdict on the client id).
+
+        Raises InvalidClient, UnknownFlow, AddressChanged, LoginThrottled or
+        InvalidInput (failures reported); returns the step's result, a
+        create_entry carrying the authorization code in ``result``.
+        """
+        if not client_ok:
+            self._failed(ip_address, "invalid_client")
+            raise InvalidClient(client_id)
+        try:
+            flow = self.async_get(flow_id)
+        except UnknownFlow:
+            self._failed(ip_address, "invalid_flow")
+            raise
+        if flow.context.get("client_id") != client_id:
+            self._failed(ip_address, "invalid_client")
+            raise InvalidClient(client_id)
+        if flow.context.get("ip_address") != ip_address:
+            self._failed(ip_address, "ip_changed")
+            raise AddressChanged(flow_id)
+        username = user_input.get("username")
+        if (flow.cur_step or {}).get("step_id") in MFA_STEPS or not isinstance(username, str):
+            username = flow.context.get(THROTTLE_USERNAME)
+        else:
+            flow.context[THROTTLE_USERNAME] = username
+        wait = self.auth.login_retry_after(ip_address, username)
+        if wait > 0:
+            raise LoginThrottled(wait)
+        result = await self.async_configure(flow_id, user_input)
+        purpose = flow.context.get("purpose", AUTHORIZE)
+        return self._outcome(result, ip_address=ip_address, client_id=client_id, purpose=purpose, username=username)
+
+    def _outcome(
+        self, result: FlowResult, *, ip_address: str | None, client_id: str, purpose: str, username: Any
+    ) -> FlowResult:
+        """Report a step's failure, or turn a finished login into an authorization code."""
+        if result["type"] != RESULT_TYPE_CREATE_ENTRY:
+            base = (result.get("errors") or {}).get("base")
+            if result["type"] == RESULT_TYPE_ABORT and result.get("reason") == "too_many_retry":
+                base = "invalid_code"  # the last wrong code ends the flow; it is a failure all the same
+            if base in FAILURE_REASONS:
+                handler = result.get("handler")
+                self._failed(
+                    ip_address,
+                    base,
+                    tuple(handler) if isinstance(handler, (tuple, list)) else None,  # type: ignore[arg-type]
+                    username if isinstance(username, str) else None,
+                )
+            return result
+        credentials = result.pop("result", None)
+        result.pop("data", None)
+        if not isinstance(credentials, Credentials):  # only async_finish_flow sets it; never trust anything else
+            _LOGGER.error("A finished login carried no credentials; refused")
+            return {
+                "type": RESULT_TYPE_ABORT,
+                "flow_id": result.get("flow_id"),
+                "handler": result.get("handler"),
+                "reason": "unknown_error",
+                "description_placeholders": None,
+            }
+        result["result"] = self.auth.codes.issue(client_id, credentials, purpose)
+        self.auth.note_login_success(ip_address, self.auth.store.user_for_credentials(credentials), credentials)
+        return result
+
+    async def async_code_for_credentials(
+        self, client_id: str, credentials: Credentials, *, session: RefreshToken | None = None
+    ) -> str:
+        """An ``authorize`` code outside a login flow (onboarding), after the same MFA decision.
+
+        session: the refresh token the caller authenticated with. A session of
+        these very credentials has passed every factor already; without one,
+        a user with MFA enrolled gets MfaRequired and must log in.
+        """
+        user, modules = await async_required_mfa(self.auth, credentials)
+        if user is not None and modules:
+            same_session = (
+                session is not None
+                and session.credential is credentials
+                and session.user.id == user.id
+                and session.user.is_active
+            )
+            if not same_session:
+                raise MfaRequired(user.id)
+        return self.auth.codes.issue(client_id, credentials, AUTHORIZE)

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from . import __version__
+from .codes import AuthorizationCodes
 from .login_flow import LoginFlowManager
 from .mfa import MfaModule, MfaSetupFlowManager
 from .models import (
@@ -40,11 +41,9 @@ from .user_settings import UserSettings
 _LOGGER = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-AUTH_CODE_TTL = 600.0
 REFRESH_TOKEN_EXPIRY = timedelta(days=90)
 PURGE_INTERVAL = 3600.0
 SECRET_FILE = ".opp-auth-secret"
-MAX_AUTH_CODES = 10000
 
 
 class AuthManagerError(Exception):
@@ -94,7 +93,8 @@ class AuthManager:
         self.login_flow = LoginFlowManager(self, max_flows=max_login_flows)
         self.mfa_setup_flow = MfaSetupFlowManager(self)
         self.user_settings = UserSettings(self)
-        self._auth_codes: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
+        # One-time authorization codes; only the login engine (login_flow.py) issues them.
+        self.codes = AuthorizationCodes()
         self._token_cache = TokenCache()
         self._password_checks = asyncio.Semaphore(max_password_checks or max(2, os.cpu_count() or 2))
         self._sign_secret = secrets.token_hex(32)
@@ -211,35 +211,6 @@ class AuthManager:
     def _provider_for(self, credentials: Credentials) -> AuthProvider | None:
         """The configured provider that issued credentials."""
         return self._providers.get(credentials.provider_key)
-
-    # ---- authorization codes ----------------------------------------------------------------
-
-    def store_result(self, client_id: str, result: Any) -> str:
-        """Keep a login result for one redemption by client_id within ten minutes; returns the code."""
-        self._purge_codes()
-        if len(self._auth_codes) >= MAX_AUTH_CODES:
-            self._auth_codes.popitem(last=False)
-        code = secrets.token_hex(16)
-        self._auth_codes[(client_id, code)] = (time.monotonic(), result)
-        return code
-
-    def retrieve_result(self, client_id: str, code: str) -> Any | None:
-        """Redeem a code once; None when unknown, expired or issued to another client."""
-        if not isinstance(client_id, str) or not isinstance(code, str):
-            return None
-        entry = self._auth_codes.pop((client_id, code), None)
-        if entry is None or time.monotonic() - entry[0] > AUTH_CODE_TTL:
-            return None
-        return entry[1]
-
-    def _purge_codes(self) -> None:
-        """Forget expired codes (they are in creation order)."""
-        now = time.monotonic()
-        while self._auth_codes:
-            key, (created, _) = next(iter(self._auth_codes.items()))
-            if now - created <= AUTH_CODE_TTL:
-                break
-            del self._auth_codes[key]
 
     # ---- users ------------------------------------------------------------------------------
 

@@ -85,7 +85,12 @@ class AuthProvider:
 
     @property
     def support_mfa(self) -> bool:
-        """Whether MFA is asked after this provider's login step."""
+        """Open Peer Power's flag, kept for compatibility; it no longer skips MFA.
+
+        The one MFA decision (``login_flow.async_required_mfa``) asks a user
+        who has MFA enrolled for it after every provider's step, trusted
+        networks included.
+        """
         return self.SUPPORT_MFA
 
     async def async_initialize(self) -> None:

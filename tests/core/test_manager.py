@@ -16,10 +16,12 @@ import jwt
 import pytest
 import voluptuous as vol
 
+import opp_auth.codes
 import opp_auth.flow
 import opp_auth.login_flow
 import opp_auth.manager
 from opp_auth import PROVIDER_CONFIG_SCHEMA, AuthProvider, Credentials, LoginFlow, User, hookimpl
+from opp_auth.codes import AUTHORIZE, LINK_USER
 from opp_auth.flow import TooManyFlows, UnknownFlow
 from opp_auth.manager import AuthManager, AuthManagerError
 from opp_auth.models import GROUP_ID_ADMIN, GROUP_ID_USER
@@ -465,44 +467,65 @@ async def test_refresh_token_from_removed_provider_is_refused(opp_auth_factory: 
 # ---- authorization codes ----------------------------------------------------------------
 
 
+ALICE_CREDENTIALS = Credentials(auth_provider_type="insecure_example", auth_provider_id=None, data={"username": "alice"})
+
+
 async def test_authorization_code_is_single_use(auth: AuthManager) -> None:
     """The second redemption finds nothing."""
-    code = auth.store_result(CLIENT_ID, "result")
-    assert auth.retrieve_result(CLIENT_ID, code) == "result"
-    assert auth.retrieve_result(CLIENT_ID, code) is None
+    code = auth.codes.issue(CLIENT_ID, ALICE_CREDENTIALS, AUTHORIZE)
+    assert auth.codes.redeem(CLIENT_ID, code, AUTHORIZE) is ALICE_CREDENTIALS
+    assert auth.codes.redeem(CLIENT_ID, code, AUTHORIZE) is None
 
 
 async def test_authorization_code_is_bound_to_its_client(auth: AuthManager) -> None:
     """Another client id cannot redeem it (and does not burn it)."""
-    code = auth.store_result(CLIENT_ID, "result")
-    assert auth.retrieve_result("https://evil.example/", code) is None
-    assert auth.retrieve_result(CLIENT_ID, code) == "result"
+    code = auth.codes.issue(CLIENT_ID, ALICE_CREDENTIALS, AUTHORIZE)
+    assert auth.codes.redeem("https://evil.example/", code, AUTHORIZE) is None
+    assert auth.codes.redeem(CLIENT_ID, code, AUTHORIZE) is ALICE_CREDENTIALS
+
+
+@pytest.mark.parametrize(("issued", "presented"), [(LINK_USER, AUTHORIZE), (AUTHORIZE, LINK_USER)])
+async def test_authorization_code_is_bound_to_its_purpose(auth: AuthManager, issued: str, presented: str) -> None:
+    """A link_user code is no token grant and the reverse; presenting it for the wrong purpose burns it."""
+    code = auth.codes.issue(CLIENT_ID, ALICE_CREDENTIALS, issued)
+    assert auth.codes.redeem(CLIENT_ID, code, presented) is None
+    assert auth.codes.redeem(CLIENT_ID, code, issued) is None
+
+
+async def test_authorization_code_needs_a_known_purpose_and_credentials(auth: AuthManager) -> None:
+    """Nothing but Credentials, for authorize or link_user, becomes a code."""
+    with pytest.raises(ValueError, match="purpose"):
+        auth.codes.issue(CLIENT_ID, ALICE_CREDENTIALS, "anything")
+    with pytest.raises(TypeError):
+        auth.codes.issue(CLIENT_ID, "result", AUTHORIZE)  # type: ignore[arg-type]
+    assert len(auth.codes) == 0
 
 
 async def test_authorization_code_expires(auth: AuthManager, monkeypatch: pytest.MonkeyPatch) -> None:
-    """After AUTH_CODE_TTL a code is worthless."""
+    """After CODE_TTL a code is worthless."""
     clock = Clock()
-    monkeypatch.setattr(opp_auth.manager, "time", clock)
-    code = auth.store_result(CLIENT_ID, "result")
-    clock.offset = opp_auth.manager.AUTH_CODE_TTL + 1
-    assert auth.retrieve_result(CLIENT_ID, code) is None
+    monkeypatch.setattr(opp_auth.codes, "time", clock)
+    code = auth.codes.issue(CLIENT_ID, ALICE_CREDENTIALS, AUTHORIZE)
+    clock.offset = opp_auth.codes.CODE_TTL + 1
+    assert auth.codes.redeem(CLIENT_ID, code, AUTHORIZE) is None
 
 
 async def test_authorization_code_valid_until_ttl(auth: AuthManager, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Just before AUTH_CODE_TTL it still works."""
+    """Just before CODE_TTL it still works."""
     clock = Clock()
-    monkeypatch.setattr(opp_auth.manager, "time", clock)
-    code = auth.store_result(CLIENT_ID, "result")
-    clock.offset = opp_auth.manager.AUTH_CODE_TTL - 5
-    assert auth.retrieve_result(CLIENT_ID, code) == "result"
+    monkeypatch.setattr(opp_auth.codes, "time", clock)
+    code = auth.codes.issue(CLIENT_ID, ALICE_CREDENTIALS, AUTHORIZE)
+    clock.offset = opp_auth.codes.CODE_TTL - 5
+    assert auth.codes.redeem(CLIENT_ID, code, AUTHORIZE) is ALICE_CREDENTIALS
 
 
-async def test_authorization_codes_are_capped(auth: AuthManager, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_authorization_codes_are_capped(auth: AuthManager) -> None:
     """Past the cap the oldest unredeemed code is dropped."""
-    monkeypatch.setattr(opp_auth.manager, "MAX_AUTH_CODES", 3)
-    codes = [auth.store_result(CLIENT_ID, index) for index in range(4)]
-    assert auth.retrieve_result(CLIENT_ID, codes[0]) is None
-    assert [auth.retrieve_result(CLIENT_ID, code) for code in codes[1:]] == [1, 2, 3]
+    auth.codes.max_codes = 3
+    codes = [auth.codes.issue(CLIENT_ID, ALICE_CREDENTIALS, AUTHORIZE) for _ in range(4)]
+    assert len(auth.codes) == 3
+    assert auth.codes.redeem(CLIENT_ID, codes[0], AUTHORIZE) is None
+    assert all(auth.codes.redeem(CLIENT_ID, code, AUTHORIZE) is ALICE_CREDENTIALS for code in codes[1:])
 
 
 # ---- login flows ------------------------------------------------------------------------
@@ -717,13 +740,25 @@ async def test_code_within_session_is_accepted(opp_auth_factory: Factory, monkey
     assert result["type"] == "create_entry"
 
 
-async def test_link_user_flow_never_asks_mfa(opp_auth_factory: Factory) -> None:
-    """credential_only flows return credentials without the MFA steps."""
+async def test_link_user_flow_of_an_enrolled_user_asks_her_mfa(opp_auth_factory: Factory) -> None:
+    """credential_only flows go through the same MFA decision (issue 11: they used to skip it)."""
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[PIN_ONE])
+    user = await enrolled_user(auth, {"pin1": "1111"})
+    form = await auth.login_flow.async_init(HANDLER, context={"ip_address": "127.0.0.1", "credential_only": True})
+    result = await auth.login_flow.async_configure(form["flow_id"], {"username": "alice", "password": "alice-pw"})
+    assert result["type"] == "form" and result["step_id"] == "mfa" and "result" not in result
+    result = await auth.login_flow.async_configure(form["flow_id"], {"pin": "1111"})
+    assert result["type"] == "create_entry"
+    assert auth.store.user_for_credentials(result["result"]) is user
+
+
+async def test_new_credentials_of_a_link_user_flow_ask_no_mfa(opp_auth_factory: Factory) -> None:
+    """Credentials nobody holds yet belong to no user, so there is no MFA to ask."""
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[PIN_ONE])
     await enrolled_user(auth, {"pin1": "1111"})
     form = await auth.login_flow.async_init(HANDLER, context={"ip_address": "127.0.0.1", "credential_only": True})
-    result = await auth.login_flow.async_configure(form["flow_id"], {"username": "alice", "password": "alice-pw"})
-    assert result["type"] == "create_entry"
+    result = await auth.login_flow.async_configure(form["flow_id"], {"username": "bob", "password": "bob-pw"})
+    assert result["type"] == "create_entry" and result["result"].is_new
 
 
 async def test_system_user_cannot_enable_mfa(opp_auth_factory: Factory) -> None:

@@ -18,7 +18,7 @@ from opp_auth.http import websocket_api
 from opp_auth.http.app import MAX_BODY_SIZE
 from opp_auth.http.websocket_api import MAX_CONNECTIONS_PER_USER, RATE_BURST
 from opp_auth.login_flow import MAX_FLOWS_PER_ADDRESS
-from opp_auth.manager import MAX_AUTH_CODES
+from opp_auth.codes import AUTHORIZE, MAX_CODES
 from opp_auth.models import Credentials
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 from opp_auth.throttle import LoginThrottle
@@ -457,11 +457,11 @@ async def test_login_flows_in_total_are_capped(onboarded: Path, opp_auth_factory
 
 async def test_pending_authorization_codes_are_capped(auth: AuthManager) -> None:
     credentials = Credentials(auth_provider_type="insecure_example", auth_provider_id=None, data={"username": "alice"})
-    first = auth.store_result(CLIENT_ID, credentials)
-    for _ in range(MAX_AUTH_CODES):
-        auth.store_result(CLIENT_ID, credentials)
-    assert len(auth._auth_codes) == MAX_AUTH_CODES
-    assert auth.retrieve_result(CLIENT_ID, first) is None
+    first = auth.codes.issue(CLIENT_ID, credentials, AUTHORIZE)
+    for _ in range(MAX_CODES):
+        auth.codes.issue(CLIENT_ID, credentials, AUTHORIZE)
+    assert len(auth.codes) == MAX_CODES
+    assert auth.codes.redeem(CLIENT_ID, first, AUTHORIZE) is None
 
 
 async def test_websocket_connections_per_user_are_capped(

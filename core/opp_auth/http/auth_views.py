@@ -73,8 +73,9 @@ from ..flow import (
     UnknownHandler,
     UnknownStep,
 )
+from ..codes import AUTHORIZE, LINK_USER
+from ..login_flow import AddressChanged, InvalidClient, LoginThrottled
 from ..manager import AuthManagerError
-from ..models import Credentials
 from ..network import is_local_address
 from ..providers import InvalidAuthError
 from ..throttle import retry_after_header, too_many_attempts_message
@@ -97,9 +98,6 @@ from .view import (
 _LOGGER = logging.getLogger(__name__)
 
 ONBOARDED_KEY: web.AppKey[Any] = web.AppKey("opp_auth_user_onboarded")
-# The username of a flow's first step, the account its later (MFA) steps are throttled as.
-THROTTLE_USERNAME = "throttle_username"
-MFA_STEPS = frozenset({"select_mfa_module", "mfa"})
 
 
 def _handler(value: Any) -> tuple[str, str | None]:
@@ -159,74 +157,60 @@ def _failed(request: web.Request, reason: str, username: str | None = None) -> N
 
 
 async def login_flow_start(request: web.Request) -> web.Response:
-    """POST /auth/login_flow."""
+    """POST /auth/login_flow: the login engine starts the flow; this only translates HTTP."""
     data, error = await read_json(request, LOGIN_FLOW_SCHEMA)
     if error is not None:
         return error
-    auth = auth_of(request)
     client_id, redirect_uri = data["client_id"], data["redirect_uri"]
-    if not await indieauth.verify_redirect_uri(request.app.get(CLIENT_SESSION_KEY), client_id, redirect_uri):
-        _failed(request, "invalid_client")
-        return json_message("invalid client id or redirect uri", 400)
     try:
-        result = await auth.login_flow.async_init(
+        result = await auth_of(request).login_flow.async_start_login(
             data["handler"],
-            context={
-                "ip_address": client_ip(request),
-                "credential_only": data["type"] == "link_user",
-                "client_id": client_id,
-                "redirect_uri": redirect_uri,
-            },
+            ip_address=client_ip(request),
+            client_id=client_id,
+            redirect_uri=redirect_uri,
+            purpose=data["type"],
+            client_ok=await indieauth.verify_redirect_uri(
+                request.app.get(CLIENT_SESSION_KEY), client_id, redirect_uri
+            ),
         )
+    except InvalidClient:
+        return json_message("invalid client id or redirect uri", 400)
     except UnknownHandler:
-        _failed(request, "invalid_handler")
         return json_message("Invalid handler specified", 404)
     except UnknownStep:
         return json_message("Handler does not support init", 400)
     except TooManyFlows:
         return json_message("Too many logins in progress, try again later", 429)
-    return _flow_result_response(request, client_id, result)
+    return _flow_result_response(result)
 
 
 async def login_flow_step(request: web.Request) -> web.Response:
-    """POST /auth/login_flow/{flow_id}."""
+    """POST /auth/login_flow/{flow_id}: the login engine runs the step; this only translates HTTP."""
     data, error = await read_json(request, STEP_SCHEMA)
     if error is not None:
         return error
-    auth = auth_of(request)
-    flow_id = request.match_info["flow_id"]
     client_id = data.pop("client_id")
-    if not indieauth.verify_client_id(client_id):
-        _failed(request, "invalid_client")
-        return json_message("Invalid client id", 400)
     try:
-        flow = auth.login_flow.async_get(flow_id)
-    except UnknownFlow:
-        _failed(request, "invalid_flow")
-        return json_message("Invalid flow specified", 404)
-    if flow.context.get("client_id") != client_id:
-        _failed(request, "invalid_client")
+        result = await auth_of(request).login_flow.async_login_step(
+            request.match_info["flow_id"],
+            data,
+            ip_address=client_ip(request),
+            client_id=client_id,
+            client_ok=indieauth.verify_client_id(client_id),
+        )
+    except InvalidClient:
         return json_message("Invalid client id", 400)
-    if flow.context.get("ip_address") != client_ip(request):
-        _failed(request, "ip_changed")
+    except UnknownFlow:
+        return json_message("Invalid flow specified", 404)
+    except AddressChanged:
         return json_message("IP address changed", 400)
-    username = data.get("username")
-    if (flow.cur_step or {}).get("step_id") in MFA_STEPS or not isinstance(username, str):
-        username = flow.context.get(THROTTLE_USERNAME)
-    else:
-        flow.context[THROTTLE_USERNAME] = username
-    wait = auth.login_retry_after(client_ip(request), username)
-    if wait > 0:
-        response = json_message(too_many_attempts_message(wait), 429, "too_many_attempts")
-        response.headers["Retry-After"] = retry_after_header(wait)
+    except LoginThrottled as err:
+        response = json_message(too_many_attempts_message(err.retry_after), 429, "too_many_attempts")
+        response.headers["Retry-After"] = retry_after_header(err.retry_after)
         return response
-    try:
-        result = await auth.login_flow.async_configure(flow_id, data)
-    except UnknownFlow:
-        return json_message("Invalid flow specified", 404)
     except InvalidInput:
         return json_message("User input malformed", 400)
-    return _flow_result_response(request, client_id, result, username)
+    return _flow_result_response(result)
 
 
 async def login_flow_delete(request: web.Request) -> web.Response:
@@ -243,26 +227,11 @@ async def login_flow_get_flow(request: web.Request) -> web.Response:
     return json_message("Invalid flow specified", 404)
 
 
-def _flow_result_response(
-    request: web.Request, client_id: str, result: dict[str, Any], username: Any = None
-) -> web.Response:
-    """Serialise a step result; a finished login becomes an authorization code."""
-    auth = auth_of(request)
-    if result["type"] != RESULT_TYPE_CREATE_ENTRY:
-        base = (result.get("errors") or {}).get("base")
-        if result.get("reason") == "too_many_retry":
-            base = "invalid_code"  # the last wrong code ends the flow; it is a failure all the same
-        if base in ("invalid_auth", "invalid_code"):
-            auth.note_login_failure(
-                client_ip(request), tuple(result["handler"]), username if isinstance(username, str) else None, base
-            )
-        return json_response(prepare_result_json(result))
-    credentials = result.pop("result")
-    result.pop("data", None)
-    result["result"] = auth.store_result(client_id, credentials)
-    user = auth.store.user_for_credentials(credentials) if isinstance(credentials, Credentials) else None
-    auth.note_login_success(client_ip(request), user, credentials)
-    return json_response(result)
+def _flow_result_response(result: dict[str, Any]) -> web.Response:
+    """A step result as JSON; a finished login's ``result`` is the engine's authorization code."""
+    if result["type"] == RESULT_TYPE_CREATE_ENTRY:
+        return json_response(result)
+    return json_response(prepare_result_json(result))
 
 
 def _oauth_error(error: str, description: str | None = None, status: int = 400) -> web.Response:
@@ -328,8 +297,8 @@ async def _grant_authorization_code(request: web.Request, data: Any) -> web.Resp
     if not isinstance(client_id, str) or not indieauth.verify_client_id(client_id):
         return _oauth_error("invalid_request", "Invalid client id")
     code = data.get("code")
-    credential = auth.retrieve_result(client_id, code) if isinstance(code, str) else None
-    if not isinstance(credential, Credentials):
+    credential = auth.codes.redeem(client_id, code, AUTHORIZE)
+    if credential is None:
         return _oauth_error("invalid_request", "Invalid code")
     try:
         user = await auth.async_get_or_create_user(credential)
@@ -392,8 +361,8 @@ async def link_user_view(request: web.Request) -> web.Response:
     if error is not None:
         return error
     auth = auth_of(request)
-    credentials = auth.retrieve_result(data["client_id"], data["code"])
-    if not isinstance(credentials, Credentials):
+    credentials = auth.codes.redeem(data["client_id"], data["code"], LINK_USER)
+    if credentials is None:
         return json_message("Invalid code", 400)
     try:
         await auth.async_link_user(request[KEY_USER], credentials)

@@ -5,6 +5,9 @@ POST /api/onboarding/users        name, username, password, client_id, language 
 POST /api/onboarding/core_config  (auth) -> ``{}``
 POST /api/onboarding/analytics    (auth) -> ``{}``
 POST /api/onboarding/integration  (auth) client_id, redirect_uri -> ``{"auth_code"}``
+Both codes are ``authorize`` codes issued by the login engine after its MFA decision
+(``LoginFlowManager.async_code_for_credentials``): the new owner has no MFA; the
+integration code is for the caller's own session, which passed every factor.
 A step done twice answers 403 ``{"message": "<Step> step already done"}``.
 """
 
@@ -17,6 +20,7 @@ from typing import Any
 import voluptuous as vol
 from aiohttp import web
 
+from ..login_flow import MfaRequired
 from ..manager import AuthManager
 from ..models import GROUP_ID_ADMIN
 from ..storage import StorageError
@@ -153,7 +157,10 @@ async def onboarding_users(request: web.Request) -> web.Response:
             raise
         await onboarding.async_mark_done(STEP_USER)
         await auth.user_settings.async_update(user.id, {"language": data["language"]})
-        code = auth.store_result(data["client_id"], credentials)
+        try:
+            code = await auth.login_flow.async_code_for_credentials(data["client_id"], credentials)
+        except MfaRequired:
+            return json_message("Multi-factor authentication required; log in", 403)
     return json_response({"auth_code": code})
 
 
@@ -191,8 +198,13 @@ async def onboarding_integration(request: web.Request) -> web.Response:
         refresh_token = auth.store.get_refresh_token(request[KEY_REFRESH_TOKEN_ID])
         if refresh_token is None or refresh_token.credential is None:
             return json_message("Credentials for user not available", 403)
+        try:
+            code = await auth.login_flow.async_code_for_credentials(
+                data["client_id"], refresh_token.credential, session=refresh_token
+            )
+        except MfaRequired:
+            return json_message("Multi-factor authentication required; log in", 403)
         await onboarding.async_mark_done(STEP_INTEGRATION)
-        code = auth.store_result(data["client_id"], refresh_token.credential)
     return json_response({"auth_code": code})
 
 
