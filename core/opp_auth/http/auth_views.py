@@ -1,5 +1,9 @@
 """The login HTTP API, compatible with Open Peer Power clients.
 
+The views only translate HTTP: the login engine (``LoginFlowManager`` in
+``opp_auth.login_flow``) checks client and address, throttles, reports
+failures, makes the one MFA decision and issues the authorization codes.
+
 GET /auth/providers
     Providers in configuration order: ``[{"name", "id", "type"}]`` (Open Peer
     Power 2021, ``http: auth_api: openpeerpower``, the default of an
@@ -15,15 +19,22 @@ POST /auth/login_flow  (JSON: client_id, handler [type, id], redirect_uri, type?
     send, may only be ``code``. The redirect_uri must belong to the client_id
     (IndieAuth rules), else 400 ``invalid client id or redirect uri``. Unknown
     handler: 404 ``Invalid handler specified``. Returns the first step (a form,
-    an abort, or for a trusted-network bypass a create_entry whose ``result``
-    is the authorization code).
+    an abort, or for a trusted-network bypass of a user without MFA a
+    create_entry whose ``result`` is the authorization code). ``type`` is
+    ``authorize`` (default) or ``link_user``: the purpose of the flow's code.
 
 POST /auth/login_flow/{flow_id}  (JSON: client_id plus the step's fields)
     Submits a step. The client_id must be the one that started the flow and
     the request must come from the same address. Unknown or expired flow: 404
     ``Invalid flow specified``; input not matching the form: 400 ``User input
     malformed``. A finished flow answers create_entry with ``result`` = an
-    authorization code, usable once, within ten minutes, by that client_id.
+    authorization code, usable once, within ten minutes, by that client_id,
+    for the flow's purpose only.
+
+    MFA: whatever the provider (trusted networks included) and the flow type
+    (``link_user`` included), a user with an MFA module enrolled gets the
+    ``select_mfa_module`` (several modules) and ``mfa`` steps after the
+    provider's step; no code exists before the right MFA code.
 
     Throttling (opp_auth.throttle): before a step reaches the provider or MFA
     module, an address and account that failed too often get 429
@@ -41,8 +52,9 @@ DELETE /auth/login_flow/{flow_id}
     Aborts a flow: ``{"message": "Flow aborted"}``.
 
 POST /auth/token  (form-urlencoded)
-    ``grant_type=authorization_code`` (client_id, code): a new refresh token
-    and access token. ``grant_type=refresh_token`` (refresh_token, client_id):
+    ``grant_type=authorization_code`` (client_id, code of an ``authorize``
+    flow or of onboarding; a ``link_user`` code is 400 ``invalid_request``
+    ``Invalid code``): a new refresh token and access token. ``grant_type=refresh_token`` (refresh_token, client_id):
     a new access token. ``action=revoke`` (token): deletes the refresh token,
     always 200. Errors follow OAuth 2: ``{"error": ..., "error_description": ...}``.
     With ``auth_api: homeassistant`` the authorization-code answer also carries
@@ -54,7 +66,8 @@ POST /auth/revoke  (form-urlencoded or multipart: token)
     ``/auth/token`` with ``action=revoke``).
 
 POST /auth/link_user  (bearer; JSON: client_id, code)
-    Adds the credentials of a finished ``link_user`` login flow to the caller.
+    Adds the credentials of a finished ``link_user`` login flow to the caller;
+    any other code (an ``authorize`` one included) is 400 ``Invalid code``.
 """
 
 from __future__ import annotations

@@ -478,6 +478,6 @@ def test_bad_configuration_is_rejected(extra: dict[str, Any], message: str) -> N
         CONFIG_SCHEMA({"type": "trusted_networks", "trusted_networks": ["192.168.0.0/24"], **extra})
 
 
-def test_mfa_is_not_supported() -> None:
-    """The provider never asks for MFA codes (a passwordless login has no second factor to add)."""
+def test_keeps_open_peer_powers_support_mfa_flag() -> None:
+    """The flag stays false for compatibility; the one MFA decision ignores it (tests/http/test_mfa_decision.py)."""
     assert TrustedNetworksAuthProvider.SUPPORT_MFA is False
