@@ -87,7 +87,7 @@ class ProviderCase:
     name: str
     config: Callable[[Path], dict[str, Any]]
     steps: Callable[[User], list[dict[str, str]]]
-    make_alice: Callable[[AuthManager, "ProviderCase"], Awaitable[User]]
+    make_alice: Callable[[AuthManager, ProviderCase], Awaitable[User]]
     handler: list[Any] = field(default_factory=list)
 
 
@@ -216,7 +216,9 @@ MFA_CASES = [
     MfaCase("none", [], {}, []),
     MfaCase("totp", [TOTP], {"totp": {"secret": TOTP_SECRET}}, [(totp_answer, totp_wrong)]),
     MfaCase("notify_file", [NOTIFY], {"notify": {"notify_service": "codes"}}, [(notify_answer, notify_wrong)]),
-    MfaCase("insecure_example", [PIN_MODULE], {"pin": {"pin": PIN}}, [(lambda _: {"pin": PIN}, lambda _: {"pin": "0000"})]),
+    MfaCase(
+        "insecure_example", [PIN_MODULE], {"pin": {"pin": PIN}}, [(lambda _: {"pin": PIN}, lambda _: {"pin": "0000"})]
+    ),
     MfaCase(
         "totp_and_pin",
         [TOTP, PIN_MODULE],
@@ -285,7 +287,8 @@ async def test_no_code_before_the_last_factor(
     status, result = await client.login.start(provider_case.handler, flow_type=flow_type)
     assert status == 200, result
     answers: list[tuple[Answer, Answer | None]] = [
-        (lambda _, step=step: step, None) for step in provider_case.steps(alice)  # type: ignore[misc]
+        (lambda _, step=step: step, None)
+        for step in provider_case.steps(alice)  # type: ignore[misc]
     ]
     answers += mfa_case.steps
     for answer, wrong in answers:
@@ -317,11 +320,6 @@ ALICE_LOGIN = [{"username": "alice", "password": "alice-pw"}]
 EXAMPLE = {"type": "insecure_example", "users": [{"username": "alice", "password": "alice-pw", "name": "Alice"}]}
 
 
-async def bearer(auth: AuthManager, user: User) -> tuple[Any, str]:
-    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    return refresh_token, await auth.async_create_access_token(refresh_token)
-
-
 async def test_codes_are_redeemed_only_for_their_purpose(
     onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any
 ) -> None:
@@ -332,14 +330,18 @@ async def test_codes_are_redeemed_only_for_their_purpose(
     headers = {"Authorization": f"Bearer {alice_tokens['access_token']}"}
 
     authorize_code = await client.login.code(["insecure_example", None], ALICE_LOGIN)
-    async with client.request("POST", "/auth/link_user", json={"client_id": CLIENT_ID, "code": authorize_code}, headers=headers) as resp:
+    async with client.request(
+        "POST", "/auth/link_user", json={"client_id": CLIENT_ID, "code": authorize_code}, headers=headers
+    ) as resp:
         assert (resp.status, await resp.json()) == (400, {"message": "Invalid code"})
     assert (await token_grant(client, authorize_code))[0] == 400  # spent by the misuse
 
     status, started = await client.login.start(["insecure_example", None], flow_type=LINK_USER)
     status, finished = await client.login.step(started["flow_id"], **ALICE_LOGIN[0])
     link_code = finished["result"]
-    async with client.request("POST", "/auth/link_user", json={"client_id": CLIENT_ID, "code": link_code}, headers=headers) as resp:
+    async with client.request(
+        "POST", "/auth/link_user", json={"client_id": CLIENT_ID, "code": link_code}, headers=headers
+    ) as resp:
         assert (resp.status, await resp.json()) == (200, {"message": "User linked"})
 
 
@@ -442,7 +444,13 @@ async def test_onboarding_codes_pass_the_same_decision(
     async with client.request(
         "POST",
         "/api/onboarding/users",
-        json={"name": "Owner", "username": "owner", "password": "owner-password", "client_id": CLIENT_ID, "language": "en"},
+        json={
+            "name": "Owner",
+            "username": "owner",
+            "password": "owner-password",
+            "client_id": CLIENT_ID,
+            "language": "en",
+        },
     ) as resp:
         assert resp.status == 200
         code = (await resp.json())["auth_code"]
@@ -458,7 +466,10 @@ async def test_onboarding_codes_pass_the_same_decision(
 
     headers = {"Authorization": f"Bearer {tokens['access_token']}"}
     async with client.request(
-        "POST", "/api/onboarding/integration", json={"client_id": CLIENT_ID, "redirect_uri": REDIRECT_URI}, headers=headers
+        "POST",
+        "/api/onboarding/integration",
+        json={"client_id": CLIENT_ID, "redirect_uri": REDIRECT_URI},
+        headers=headers,
     ) as resp:
         assert resp.status == 200
         code = (await resp.json())["auth_code"]

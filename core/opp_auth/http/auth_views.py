@@ -78,6 +78,7 @@ from typing import Any
 import voluptuous as vol
 from aiohttp import web
 
+from ..codes import AUTHORIZE, LINK_USER
 from ..flow import (
     RESULT_TYPE_CREATE_ENTRY,
     InvalidInput,
@@ -86,7 +87,6 @@ from ..flow import (
     UnknownHandler,
     UnknownStep,
 )
-from ..codes import AUTHORIZE, LINK_USER
 from ..login_flow import AddressChanged, InvalidClient, LoginThrottled
 from ..manager import AuthManagerError
 from ..network import is_local_address
@@ -182,9 +182,7 @@ async def login_flow_start(request: web.Request) -> web.Response:
             client_id=client_id,
             redirect_uri=redirect_uri,
             purpose=data["type"],
-            client_ok=await indieauth.verify_redirect_uri(
-                request.app.get(CLIENT_SESSION_KEY), client_id, redirect_uri
-            ),
+            client_ok=await indieauth.verify_redirect_uri(request.app.get(CLIENT_SESSION_KEY), client_id, redirect_uri),
         )
     except InvalidClient:
         return json_message("invalid client id or redirect uri", 400)
