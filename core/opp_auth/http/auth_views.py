@@ -54,8 +54,9 @@ DELETE /auth/login_flow/{flow_id}
 POST /auth/token  (form-urlencoded)
     ``grant_type=authorization_code`` (client_id, code of an ``authorize``
     flow or of onboarding; a ``link_user`` code is 400 ``invalid_request``
-    ``Invalid code``): a new refresh token and access token. ``grant_type=refresh_token`` (refresh_token, client_id):
-    a new access token. ``action=revoke`` (token): deletes the refresh token,
+    ``Invalid code``): a new refresh token and access token.
+    ``grant_type=refresh_token`` (refresh_token, client_id): a new access
+    token. ``action=revoke`` (token): deletes the refresh token,
     always 200. Errors follow OAuth 2: ``{"error": ..., "error_description": ...}``.
     With ``auth_api: homeassistant`` the authorization-code answer also carries
     ``ha_auth_provider`` (the type of the provider the user logged in with).
