@@ -269,11 +269,17 @@ class LoginFlowManager(FlowManager):
             credentials = data
         else:
             credentials = await provider.async_get_or_create_credentials(data)
-        if not isinstance(credentials, Credentials) or credentials.provider_key != provider.key:
+        # A provider an MFA module adds (a passkey login) proves that module's factor and finishes with the
+        # user's existing credentials of another provider; any other provider finishes with its own.
+        offering_module = self.auth.mfa_module_offering(provider)
+        if not isinstance(credentials, Credentials) or (
+            credentials.provider_key != provider.key and offering_module is None
+        ):
             _LOGGER.error("Provider %s finished a login with credentials not its own; refused", provider.key)
             return flow.async_abort(reason="unknown_error")
         user, modules = await async_required_mfa(self.auth, credentials)
-        if user is not None and modules and not flow.mfa_passed(user, modules):
+        proven = offering_module is not None and offering_module in modules  # that factor was just proven
+        if user is not None and modules and not proven and not flow.mfa_passed(user, modules):
             flow.credential = credentials
             flow.user = user
             flow.available_mfa_modules = modules

@@ -81,6 +81,8 @@ class AuthManager:
         for mcls, conf in mfa_configs:
             module = mcls(self, conf)
             self._mfa_modules[module.id] = module
+        # Providers an MFA module adds (a passkey login): key -> the module, whose factor their flow proves.
+        self._offered_by: dict[tuple[str, str | None], str] = {}
         for module in self._mfa_modules.values():
             extra = module.login_provider()
             if extra is not None and extra.key in self._providers:
@@ -89,6 +91,7 @@ class AuthManager:
                 )
             elif extra is not None:
                 self._providers[extra.key] = extra
+                self._offered_by[extra.key] = module.id
         self._per_request_types = frozenset(p.type for p in self._providers.values() if p.CHECKS_EVERY_REQUEST)
         self.login_flow = LoginFlowManager(self, max_flows=max_login_flows)
         self.mfa_setup_flow = MfaSetupFlowManager(self)
@@ -187,6 +190,12 @@ class AuthManager:
             if provider is not None:
                 return provider
         return None
+
+    def mfa_module_offering(self, provider: AuthProvider) -> str | None:
+        """The id of the MFA module that added this login provider (its flow proves that factor), or None."""
+        if self._providers.get(provider.key) is not provider:
+            return None
+        return self._offered_by.get(provider.key)
 
     def get_auth_providers(self, provider_type: str) -> list[AuthProvider]:
         """Every configured provider of a type."""
