@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,17 +110,25 @@ async def serve(config_dir: Path) -> AsyncIterator[Callable[..., Awaitable[Serve
         providers: list[dict[str, Any]] | None = None,
         mfa_modules: list[dict[str, Any]] | None = None,
         http: dict[str, Any] | None = None,
+        port: int | None = None,
+        localhost: bool = False,
     ) -> Server:
+        """localhost=True: reached as http://localhost:PORT (WebAuthn refuses IP addresses); port None picks one."""
+        if localhost and port is None:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
         pm = make_plugin_manager(load_entrypoints=True)
         raw = {"openpeerpower": {"auth_providers": providers or [{"type": "openpeerpower"}],
                                  "auth_mfa_modules": mfa_modules or []}, "http": http or {}}
         config = validate_config(raw, pm, config_dir=config_dir, allow_insecure_example=True)
         auth = AuthManager(str(config_dir), pm, provider_configs=config.providers, mfa_configs=config.mfa_modules,
                            http_config=config.http, config_blocks=config.blocks)
-        server = TestServer(create_app(auth), host="127.0.0.1")
+        server = TestServer(create_app(auth), host="127.0.0.1", port=port)
         await server.start_server()
         servers.append(server)
-        return Server(auth, str(server.make_url("")).rstrip("/"))
+        base = f"http://localhost:{port}" if localhost else str(server.make_url("")).rstrip("/")
+        return Server(auth, base)
 
     yield factory
     for server in servers:

@@ -2,6 +2,7 @@
 import { getJSON, postJSON, el } from "/static/api.js";
 import { applyCachedTheme, browserLanguage, setLanguage, t, tOptional } from "/static/i18n.js";
 import { flowMessage, readForm, renderField } from "/static/forms.js";
+import { PASSKEY_PROVIDER, ceremonyMessage, conditionalAvailable, getAssertion, passkeyOptions, supported } from "/static/passkeys.js";
 
 const params = new URLSearchParams(location.search);
 const clientId = params.get("client_id");
@@ -11,6 +12,9 @@ const content = document.getElementById("content");
 let providers = [];
 let current = null;
 let lastInput = {};
+// The webauthn module's "Log in with a passkey" provider (listed apart), and the pending autofill request.
+let passkeyProvider = null;
+let conditional = null;
 
 function show(...nodes) { content.replaceChildren(...nodes); }
 function error(text) { return el("p", { class: "error", role: "alert" }, text); }
@@ -33,7 +37,10 @@ function otherProviders() {
 }
 
 function renderStep(step) {
+  stopConditional();
   if (step.type === "create_entry") { finish(step.result); return; }
+  const options = passkeyOptions(step);
+  if (step.type === "form" && options) { renderPasskeyStep(step, options); return; }
   if (step.type === "abort") { show(error(message(step.reason)), startOver(), otherProviders() || ""); return; }
   const form = el("form", { novalidate: true });
   if (current) form.append(el("p", { class: "muted" }, t("login.using", { provider: current.name })));
@@ -51,6 +58,7 @@ function renderStep(step) {
   form.append(submit);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    stopConditional();
     submit.disabled = true;
     lastInput = readForm(form, step.data_schema);
     const data = { client_id: clientId, ...lastInput };
@@ -59,10 +67,86 @@ function renderStep(step) {
     renderStep(result.body);
   });
   const others = step.step_id === "init" ? otherProviders() : null;
-  show(form, others || "");
+  show(form, others || "", step.step_id === "init" ? passkeyButton() : "");
   const first = form.querySelector("input, select");
   if (first) first.focus();
+  if (step.step_id === "init") startConditional(form);
 }
+
+// ---- passkeys -------------------------------------------------------------------------------------
+
+function passkeyButton() {
+  if (!passkeyProvider || !supported()) return "";
+  return el("div", { class: "others" }, el("button", { type: "button", class: "secondary", id: "passkey-login",
+    onclick: () => startFlow(passkeyProvider) }, t("login.with_passkey")));
+}
+
+// A step whose form carries WebAuthn request options: the browser answers, the page posts the assertion.
+function renderPasskeyStep(step, options) {
+  const passwordless = !!step.description_placeholders.challenge.passwordless;
+  const note = el("p", { class: "status", role: "status" });
+  const button = el("button", { type: "button", id: "passkey-use" }, t("login.passkey_use"));
+  const nodes = [el("p", {}, passwordless ? t("login.passkey_prompt")
+    : t("login.passkey_mfa", { module: step.description_placeholders.mfa_module_name || "" }))];
+  if (step.errors && step.errors.base) nodes.push(error(message(step.errors.base)));
+  nodes.push(button, note);
+  if (passwordless && providers.length) {
+    nodes.push(el("div", { class: "others" }, el("button", { type: "button", class: "link", id: "password-login",
+      onclick: () => startFlow(providers[0]) }, t("login.with_password"))));
+  } else if (!passwordless) nodes.push(startOver());
+  show(...nodes);
+  const run = async () => {
+    button.disabled = true;
+    note.textContent = t("passkey.follow_browser");
+    let credential;
+    try { credential = await getAssertion(options); } catch (err) {
+      note.textContent = ceremonyMessage(err);
+      note.classList.add("error");
+      button.disabled = false;
+      button.focus();
+      return;
+    }
+    const result = await postJSON(`/auth/login_flow/${step.flow_id}`, { client_id: clientId, credential });
+    if (!result.ok) { show(error(httpError(result)), startOver()); return; }
+    renderStep(result.body);
+  };
+  button.addEventListener("click", run);
+  if (!supported()) { note.textContent = t("passkey.unsupported"); note.classList.add("error"); button.disabled = true; return; }
+  // The first time, ask at once; after a refusal, only when the user asks again.
+  if (!(step.errors && step.errors.base)) run(); else button.focus();
+}
+
+// Passkey autofill: a username field offers the browser's passkeys (conditional mediation) where supported.
+async function startConditional(form) {
+  const input = form.querySelector('input[name="username"]');
+  if (!input || !passkeyProvider || !(await conditionalAvailable())) return;
+  input.setAttribute("autocomplete", "username webauthn");
+  const controller = new AbortController();
+  stopConditional();
+  conditional = controller;
+  const started = await postJSON("/auth/login_flow", { client_id: clientId, handler: [passkeyProvider.type, passkeyProvider.id], redirect_uri: redirectUri });
+  const options = started.ok ? passkeyOptions(started.body) : null;
+  if (!options) return;
+  controller.flowId = started.body.flow_id;
+  if (controller.signal.aborted) { dropFlow(controller.flowId); return; }
+  let credential;
+  try { credential = await getAssertion(options, { mediation: "conditional", signal: controller.signal }); } catch (err) { return; }
+  if (conditional !== controller) return;
+  conditional = null;
+  current = passkeyProvider;
+  const result = await postJSON(`/auth/login_flow/${controller.flowId}`, { client_id: clientId, credential });
+  if (!result.ok) { show(error(httpError(result)), startOver()); return; }
+  renderStep(result.body);
+}
+
+function stopConditional() {
+  if (!conditional) return;
+  conditional.abort();
+  if (conditional.flowId) dropFlow(conditional.flowId);
+  conditional = null;
+}
+
+function dropFlow(flowId) { fetch(`/auth/login_flow/${flowId}`, { method: "DELETE" }).catch(() => null); }
 
 function httpError(result) {
   const text = result.body && result.body.message;
@@ -97,6 +181,9 @@ async function start() {
   }
   providers = result.ok && Array.isArray(result.body) ? result.body : [];
   if (!result.ok && result.status === 0) { show(error(message("cannot_connect"))); return; }
+  passkeyProvider = providers.find((provider) => provider.type === PASSKEY_PROVIDER) || null;
+  providers = providers.filter((provider) => provider !== passkeyProvider);
+  if (!providers.length && passkeyProvider) { startFlow(passkeyProvider); return; }
   if (!providers.length) { show(error(t("login.no_providers"))); return; }
   // The first provider starts at once, so a trusted-network bypass needs no click.
   startFlow(providers[0], true);

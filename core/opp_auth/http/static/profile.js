@@ -2,6 +2,7 @@
 import { clearTokens, loginUrl, logout, el } from "/static/api.js";
 import { LANGUAGES, THEMES, applyTheme, formatDate, setLanguage, t } from "/static/i18n.js";
 import { commandMessage, flowMessage, readForm, renderField } from "/static/forms.js";
+import { passkeySection } from "/static/passkeys.js";
 
 const LOCAL = "openpeerpower";
 const LONG_LIVED = "long_lived_access_token";
@@ -15,12 +16,15 @@ function say(node, text, isError = false) { node.textContent = text; node.classL
 export async function renderProfile(root, ctx) {
   const { user } = ctx;
   const role = user.is_owner ? t("profile.owner") : user.is_admin ? t("profile.admin") : t("profile.user");
+  // Passkeys have their own section (a browser ceremony); null without the webauthn plugin.
+  const passkeys = await passkeySection(ctx, section);
   root.replaceChildren(
     el("section", { class: "card profile-head" }, el("div", { class: "badge large", "aria-hidden": "true" }, document.getElementById("badge").textContent),
       el("div", {}, el("h1", {}, user.name || ""), el("p", { class: "muted" }, role))),
     languageSection(ctx), themeSection(ctx),
     user.credentials.some((c) => c.auth_provider_type === LOCAL) ? passwordSection(ctx) : "",
     mfaSection(ctx),
+    passkeys || "",
     section("refresh-tokens", t("profile.refresh_tokens"), el("p", { class: "muted" }, t("profile.refresh_tokens_help")), el("div", { class: "body" })),
     section("long-lived-tokens", t("profile.llat"), el("p", { class: "muted" }, t("profile.llat_help")), el("div", { class: "body" })),
     section("logout-section", t("profile.logout_title"), el("button", { type: "button", id: "logout", class: "danger", onclick: () => logout(ctx.conn) }, t("profile.logout"))),
@@ -114,6 +118,7 @@ async function renderMfa(body, ctx) {
           try { await ctx.conn.call({ type: "auth/depose_mfa", mfa_module_id: module.id }); } catch (err) { say(note, commandMessage(err), true); return; }
           await ctx.reloadUser(); renderMfa(body, ctx);
         } }, t("profile.disable"))
+      : module.id === ctx.passkeyModuleId ? el("a", { href: "#passkeys" }, t("passkey.add"))
       : el("button", { type: "button", "aria-label": t("profile.mfa_enable_named", { module: module.name }),
         onclick: async () => {
           try {

@@ -3,6 +3,7 @@ import { el } from "/static/api.js";
 import { t } from "/static/i18n.js";
 import { commandMessage } from "/static/forms.js";
 import { field } from "/static/profile.js";
+import { adminPasskeys } from "/static/passkeys.js";
 
 const GROUPS = ["system-admin", "system-users", "system-read-only"];
 const LOCAL = "config/auth_provider/openpeerpower";
@@ -138,4 +139,6 @@ function renderEditor(editor, root, ctx, user) {
     el("h3", {}, t("field.password")), passwordForm, note,
     el("div", { class: "actions" }, remove, el("button", { type: "button", class: "secondary", onclick: () => editor.replaceChildren() }, t("common.close")))));
   form.elements["edit-name"].focus();
+  // The user's passkeys, when the webauthn plugin is installed: an administrator removes a lost one.
+  adminPasskeys(ctx, user).then((box) => { if (box && note.isConnected) note.before(box); });
 }
