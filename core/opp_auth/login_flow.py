@@ -12,7 +12,8 @@ login the same way through :class:`LoginFlowManager`:
   enrolled passes one of them before any code exists, whatever the provider
   (``SUPPORT_MFA`` does not skip it), the flow type (``link_user`` included) or
   the way the flow finished (a provider step, a trusted-network bypass, a
-  plugin returning ``Credentials``). ``async_finish_flow`` applies it to every
+  plugin returning ``Credentials``). A login provider an MFA module adds (a
+  passkey login) counts as that module passed. ``async_finish_flow`` applies it to every
   finished step; :meth:`LoginFlowManager.async_code_for_credentials` applies it
   to codes issued outside a flow (onboarding).
 """

@@ -504,3 +504,113 @@ def test_only_the_login_engine_issues_codes() -> None:
     assert callers == ["core/opp_auth/login_flow.py", "core/opp_auth/manager.py"]
     manager = (root / "core/opp_auth/manager.py").read_text(encoding="utf-8")
     assert ".codes.issue(" not in manager  # it only builds the store
+
+
+# ---- a login provider offered by an MFA module (a passkey login) ---------------------------------------
+
+
+class BadgeLoginProvider(AuthProvider):
+    """Offered by the badge module: its flow proves the badge and finishes with the user's existing credentials."""
+
+    TYPE = "badge"
+    CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA
+    SUPPORT_MFA = False
+
+    async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:
+        return BadgeLoginFlow(self)
+
+
+class BadgeLoginFlow(LoginFlow):
+    """One step: the badge PIN of alice; finishes with her insecure_example credentials."""
+
+    async def async_step_init(self, user_input: dict[str, str] | None = None) -> Any:
+        if user_input is not None:
+            (alice,) = [u for u in self._auth_manager.store.users() if u.name == "Alice"]
+            module = self._auth_manager.get_auth_mfa_module("badge")
+            assert module is not None
+            if await module.async_validate(alice.id, user_input):
+                return await self.async_finish(alice.credentials[0])
+        return self.async_show_form(step_id="init", data_schema=vol.Schema({vol.Required("pin"): str}))
+
+
+def badge_module_class() -> type:
+    """The insecure_example PIN module under another type, offering BadgeLoginProvider."""
+    from opp_auth_insecure_example import ExampleMfaModule
+
+    class BadgeModule(ExampleMfaModule):
+        TYPE = "badge"
+
+        def login_provider(self) -> AuthProvider | None:
+            return BadgeLoginProvider(self.auth, {"type": "badge"})
+
+    return BadgeModule
+
+
+@pytest.mark.parametrize(
+    "enrolment", [{"badge": "1357"}, {"badge": "1357", "pin": PIN}], ids=["badge", "badge_and_pin"]
+)
+async def test_a_login_provider_offered_by_an_mfa_module_proves_that_factor(
+    enrolment: dict[str, str],
+    onboarded: Path,
+    opp_auth_factory: Any,
+    opp_auth_client: Any,
+) -> None:
+    """The offering module counts as passed, for a user enrolled in it; foreign credentials are allowed only there."""
+    module_class = badge_module_class()
+
+    class BadgePlugin:
+        @hookimpl
+        def opp_auth_register_mfa_modules(self, register: Any) -> None:
+            register(module_class)
+
+    auth = await opp_auth_factory(
+        providers=[EXAMPLE],
+        mfa_modules=[PIN_MODULE, {"type": "badge", "data": []}],
+        plugins=[("badge", BadgePlugin())],
+    )
+    first = await run_login_flow(auth, ("insecure_example", None), ALICE_LOGIN)
+    alice = await auth.async_get_or_create_user(first["result"])
+    for module_id, pin in enrolment.items():
+        await auth.async_enable_user_mfa(alice, module_id, {"pin": pin})
+    client = await opp_auth_client(auth)
+    status, result = await client.login.start(["badge", None])
+    await assert_nothing_issued(client, auth, result)
+    status, result = await client.login.step(result["flow_id"], pin="1357")
+    assert result["type"] == "create_entry", result
+    status, body = await token_grant(client, result["result"])
+    assert status == 200 and auth.validate_access_token(body["access_token"]).user is alice  # type: ignore[union-attr]
+
+
+async def test_a_module_offered_provider_does_not_stand_for_modules_it_did_not_prove(
+    onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any
+) -> None:
+    """A user enrolled in the PIN module but not in the badge: the badge login still asks the PIN."""
+    module_class = badge_module_class()
+
+    class BadgePlugin:
+        @hookimpl
+        def opp_auth_register_mfa_modules(self, register: Any) -> None:
+            register(module_class)
+
+    auth = await opp_auth_factory(
+        providers=[EXAMPLE],
+        mfa_modules=[PIN_MODULE, {"type": "badge", "data": []}],
+        plugins=[("badge", BadgePlugin())],
+    )
+    first = await run_login_flow(auth, ("insecure_example", None), ALICE_LOGIN)
+    alice = await auth.async_get_or_create_user(first["result"])
+    await auth.async_enable_user_mfa(alice, "pin", {"pin": PIN})
+    # A badge PIN that is not an enrolment: the module validates it only for this test's sake.
+    badge = auth.get_auth_mfa_module("badge")
+
+    async def any_badge(user_id: str, user_input: dict[str, Any]) -> bool:
+        return user_input.get("pin") == "1357"
+
+    badge.async_validate = any_badge  # type: ignore[union-attr,method-assign]
+    client = await opp_auth_client(auth)
+    status, result = await client.login.start(["badge", None])
+    status, result = await client.login.step(result["flow_id"], pin="1357")
+    await assert_nothing_issued(client, auth, result)
+    assert result["step_id"] == "mfa" and result["description_placeholders"]["mfa_module_id"] == "pin"
+    status, result = await client.login.step(result["flow_id"], pin=PIN)
+    assert result["type"] == "create_entry" and len(auth.codes) == 1
