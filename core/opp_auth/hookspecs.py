@@ -21,6 +21,30 @@ PROJECT = "opp_auth"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 
+RAISE = object()
+"""Failure kind of registration hooks: the plugin's exception fails start-up with a message naming it."""
+
+FAIL_CLOSED_RETRY_AFTER = 30.0
+"""Seconds a login waits when a throttling plugin failed to answer (fail closed)."""
+
+HOOK_FAILURE: dict[str, Any] = {
+    # Login decisions fail closed.
+    "opp_auth_authenticate_request": False,
+    "opp_auth_login_retry_after": FAIL_CLOSED_RETRY_AFTER,
+    # Events and lifecycle: the failure is logged, the others still run.
+    "opp_auth_startup": None,
+    "opp_auth_shutdown": None,
+    "opp_auth_login_failed": None,
+    "opp_auth_login_succeeded": None,
+    "opp_auth_user_created": None,
+    "opp_auth_user_updated": None,
+    "opp_auth_user_removed": None,
+    "opp_auth_refresh_token_created": None,
+    "opp_auth_refresh_token_removed": None,
+}
+"""What a failing implementation answers, by hook; a hook not listed (registrations, plugins' own
+hooks) fails start-up with a message naming the plugin and its distribution."""
+
 
 @hookspec(historic=True)
 def opp_auth_add_hookspecs(pm: pluggy.PluginManager) -> None:

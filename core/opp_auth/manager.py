@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import secrets
@@ -30,9 +29,9 @@ from .models import (
     User,
     utcnow,
 )
-from .network import is_local_address
 from .plugins import OppAuthPluginManager
 from .providers import LOCAL_PROVIDER_TYPES, AuthProvider, InvalidAuthError, credential_lookup_key
+from .sessions import AccessPolicy
 from .storage import StorageError, Store
 from .store import AuthStore
 from .tokens import EXP_LEEWAY, TokenCache, check_claims, decode_jwt, encode_jwt, unverified_claims, verify_signature
@@ -92,7 +91,7 @@ class AuthManager:
             elif extra is not None:
                 self._providers[extra.key] = extra
                 self._offered_by[extra.key] = module.id
-        self._per_request_types = frozenset(p.type for p in self._providers.values() if p.CHECKS_EVERY_REQUEST)
+        self.access = AccessPolicy(self._providers)
         self.login_flow = LoginFlowManager(self, max_flows=max_login_flows)
         self.mfa_setup_flow = MfaSetupFlowManager(self)
         self.user_settings = UserSettings(self)
@@ -115,6 +114,7 @@ class AuthManager:
         if self._set_up:
             return
         self._set_up = True
+        self.pm.check_pending()
         for provider in self._providers.values():
             await provider.async_initialize()
         self.store.key_for = self._credential_key
@@ -506,10 +506,11 @@ class AuthManager:
 
     async def async_validate_refresh_token(self, refresh_token: RefreshToken, remote_ip: str | None = None) -> None:
         """Ask the issuing provider whether the token may still be used (raises InvalidAuthError)."""
-        if not refresh_token.user.is_active:
-            raise InvalidAuthError("User is not active")
-        if refresh_token.user.local_only and not is_local_address(remote_ip):
-            raise InvalidAuthError("User may only log in from the local network")
+        # The user's part of the access decision; the provider speaks for its own rule below
+        # (its async check is at least as strict as its per-request one).
+        refusal = self.access.refusal(refresh_token.user, remote_ip)
+        if refusal is not None:
+            raise InvalidAuthError(refusal[:1].upper() + refusal[1:])
         cred = refresh_token.credential
         if cred is None:
             return
@@ -545,9 +546,10 @@ class AuthManager:
         )
 
     def validate_access_token(self, token: str, remote_ip: str | None = None) -> RefreshToken | None:
-        """The refresh token behind a valid access token whose user is active; else None.
+        """The refresh token behind a valid, unexpired access token that the access decision lets in; else None.
 
-        Providers that check every request (trusted networks) are asked about remote_ip (G6).
+        The access decision (sessions.AccessPolicy) is the same for every way in:
+        user active, local_only, refresh token expiry, the provider's per-request check (G6).
         """
         cached = self._token_cache.get(token)
         if cached is not None:
@@ -565,16 +567,16 @@ class AuthManager:
             ):
                 return None
             self._token_cache.put(token, refresh_token.id, claims["exp"] + EXP_LEEWAY)
-        if refresh_token is None or not refresh_token.user.is_active:
+        if refresh_token is None or self.access.refusal(refresh_token.user, remote_ip, refresh_token) is not None:
             return None
-        cred = refresh_token.credential
-        if cred is not None and cred.auth_provider_type in self._per_request_types:
-            provider = self._providers.get(cred.provider_key)
-            if provider is None or (
-                provider.CHECKS_EVERY_REQUEST and not provider.validate_access(refresh_token, remote_ip)
-            ):
-                return None
         return refresh_token
+
+    def session_refusal(self, refresh_token_id: str, remote_ip: str | None) -> str | None:
+        """Why a session (a websocket, for each message) may no longer act; None: it may."""
+        refresh_token = self.store.get_refresh_token(refresh_token_id)
+        if refresh_token is None:
+            return "refresh token revoked"
+        return self.access.refusal(refresh_token.user, remote_ip, refresh_token)
 
     async def async_validate_access_token(self, token: str, remote_ip: str | None = None) -> RefreshToken | None:
         """Coroutine form of validate_access_token."""
@@ -600,9 +602,9 @@ class AuthManager:
         return f"{path}{separator}authSig={encode_jwt(claims, self._sign_secret)}"
 
     def validate_signed_path(
-        self, path: str, signature: str, params: list[tuple[str, str]] | None = None
+        self, path: str, signature: str, params: list[tuple[str, str]] | None, remote_ip: str | None
     ) -> RefreshToken | None:
-        """The refresh token behind a valid signature for path and query (user active); else None."""
+        """The refresh token behind a valid signature for path and query that the access decision lets in; else None."""
         claims = decode_jwt(signature, self._sign_secret)
         if claims is None or claims.get("path") != path:
             return None
@@ -610,22 +612,15 @@ class AuthManager:
             return None
         issuer = claims.get("iss")
         refresh_token = self.store.get_refresh_token(issuer) if isinstance(issuer, str) else None
-        if refresh_token is None or not refresh_token.user.is_active:
+        if refresh_token is None or self.access.refusal(refresh_token.user, remote_ip, refresh_token) is not None:
             return None
         return refresh_token
 
     # ---- events -----------------------------------------------------------------------------
 
     async def _async_fire(self, hookname: str, **kwargs: Any) -> None:
-        """Call every implementation of an event hook; one plugin's failure is logged, not raised."""
-        caller = getattr(self.pm.hook, hookname)
-        for impl in reversed(caller.get_hookimpls()):
-            try:
-                result = impl.function(auth=self, **kwargs)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                _LOGGER.exception("Plugin %s failed in %s", impl.plugin_name, hookname)
+        """Call an event hook through pluggy and await the results; one plugin's failure is logged by its guard."""
+        await self.pm.acall(hookname, auth=self, **kwargs)
 
     def note_login_failure(
         self, remote_ip: str | None, provider: tuple[str, str | None] | None, username: str | None, reason: str
@@ -644,11 +639,7 @@ class AuthManager:
 
     def login_retry_after(self, remote_ip: str | None, username: str | None) -> float:
         """Seconds before remote_ip may try to log in as username (0: now), as the throttling plugins say."""
-        try:
-            waits = self.pm.hook.opp_auth_login_retry_after(auth=self, remote_ip=remote_ip, username=username)
-        except Exception:
-            _LOGGER.exception("A login throttle failed")
-            return 0.0
+        waits = self.pm.call("opp_auth_login_retry_after", auth=self, remote_ip=remote_ip, username=username)
         return max((float(w) for w in waits if isinstance(w, (int, float)) and w > 0), default=0.0)
 
     def _spawn(self, coro: Any) -> None:

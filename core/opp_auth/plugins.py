@@ -1,18 +1,32 @@
-"""The plugin manager: entry-point discovery, load errors and the type registries."""
+"""The plugin manager: entry-point discovery, load errors, type registries, and calls through pluggy.
+
+Every hook is called through pluggy (``pm.hook.<name>(...)``), so an
+implementation may accept any subset of the spec's arguments and hook wrappers
+(``wrapper=True``) work on every hook. What makes one plugin's failure its own:
+when a plugin is registered, each of its (non-wrapper) implementations is put
+behind a guard that catches its exception -- raised at once or by the awaitable
+it returned -- logs it naming the plugin and its distribution, and answers
+what the hook's kind says (``hookspecs.HOOK_FAILURE``): nothing for events, a
+refusal for login decisions, a start-up error naming the plugin for
+registrations.
+"""
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.metadata
+import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pluggy
 
 from . import hookspecs
-from .hookspecs import PROJECT
+from .hookspecs import HOOK_FAILURE, PROJECT, RAISE
+from .yaml import ConfigError
 
 if TYPE_CHECKING:
     from .mfa import MfaModule
@@ -71,7 +85,11 @@ class _Registry(Generic[_T]):
         self.pm = pm
         self.classes: dict[str, type[_T]] = {}
         self.owners: dict[str, str] = {}
-        self.current_plugin: str = "?"
+
+    @property
+    def current_plugin(self) -> str:
+        """'name (distribution version)' of the plugin whose hook is calling register()."""
+        return self.pm.describe(self.pm.current_plugin or "?")
 
     def __call__(self, cls: type) -> type:
         """Register cls under cls.TYPE; a mistake fails at start-up naming the plugin."""
@@ -90,6 +108,11 @@ class _Registry(Generic[_T]):
             )
         self.classes[type_name] = cls
         self.owners[type_name] = self.current_plugin
+        info = self.pm.infos.get(self.pm.current_plugin or "")
+        if info is not None:
+            target = info.provider_types if self.kind == "auth provider" else info.mfa_types
+            if type_name not in target:
+                target.append(type_name)
         return cls
 
 
@@ -104,6 +127,138 @@ class OppAuthPluginManager(pluggy.PluginManager):
         self.entry_infos: dict[str, PluginInfo] = {}
         self._provider_registry: _Registry[AuthProvider] | None = None
         self._mfa_registry: _Registry[MfaModule] | None = None
+        self.current_plugin: str | None = None
+        """Name of the plugin whose implementation is running (set by the guard)."""
+
+    # ---- registration: every implementation behind its guard ------------------------------
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        """pluggy's register, then put each of the plugin's implementations behind a guard."""
+        plugin_name = super().register(plugin, name)
+        if plugin_name is None:
+            return None
+        for caller in self.get_hookcallers(plugin) or []:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                    if not getattr(impl.function, "_opp_auth_guarded", False):
+                        # pluggy keeps the argument names it read from the original (impl.argnames),
+                        # so the guard passes on exactly what pluggy hands it: subsets still work.
+                        impl.function = self._guard(  # type: ignore[misc]  # Final in pluggy's stubs only
+                            caller.name, plugin_name, impl.function
+                        )
+        return plugin_name
+
+    def _guard(self, hookname: str, plugin_name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        """func, with its exceptions (and those of the awaitable it returns) handled per the hook's kind."""
+
+        @functools.wraps(func)
+        def guarded(*args: Any) -> Any:
+            previous = self.current_plugin
+            self.current_plugin = plugin_name
+            try:
+                result = func(*args)
+            except Exception as err:  # noqa: BLE001 - isolated per plugin; see _failed
+                return self._failed(hookname, plugin_name, err)
+            finally:
+                self.current_plugin = previous
+            if inspect.isawaitable(result):
+                return self._guard_awaitable(hookname, plugin_name, result)
+            return result
+
+        guarded._opp_auth_guarded = True  # type: ignore[attr-defined]
+        return guarded
+
+    async def _guard_awaitable(self, hookname: str, plugin_name: str, awaitable: Awaitable[Any]) -> Any:
+        """Await a plugin's awaitable with the same isolation as the call that returned it."""
+        try:
+            return await awaitable
+        except Exception as err:  # noqa: BLE001 - isolated per plugin; see _failed
+            return self._failed(hookname, plugin_name, err)
+
+    def _failed(self, hookname: str, plugin_name: str, err: Exception) -> Any:
+        """Log a plugin's failure naming plugin and distribution; answer the hook's failure value or raise."""
+        failure = HOOK_FAILURE.get(hookname, RAISE)
+        if failure is RAISE or isinstance(err, (PluginError, ConfigError)):
+            if isinstance(err, (PluginError, ConfigError)):
+                raise err  # already says what is wrong and where
+            raise PluginError(f"Plugin {self.describe(plugin_name)} failed in {hookname}: {err}") from err
+        _LOGGER.error(
+            "Plugin %s failed in %s (%s)",
+            self.describe(plugin_name),
+            hookname,
+            "refused" if failure is not None else "ignored",
+            exc_info=err,
+        )
+        return failure
+
+    # ---- calling hooks ----------------------------------------------------------------------
+
+    def call(self, hookname: str, **kwargs: Any) -> Any:
+        """Call a hook that is not awaited; an awaitable an implementation returns is refused and logged."""
+        result = self._call(hookname, kwargs)
+        if isinstance(result, list):
+            kept = []
+            for item in result:
+                if inspect.isawaitable(item):
+                    _close(item)
+                    _LOGGER.error("A plugin returned an awaitable from %s, which is not awaited", hookname)
+                    item = HOOK_FAILURE.get(hookname)
+                    if item is None or item is RAISE:
+                        continue
+                kept.append(item)
+            return kept
+        if inspect.isawaitable(result):
+            _close(result)
+            _LOGGER.error("A plugin returned an awaitable from %s, which is not awaited", hookname)
+            failure = HOOK_FAILURE.get(hookname)
+            return None if failure is RAISE else failure
+        return result
+
+    async def acall(self, hookname: str, **kwargs: Any) -> Any:
+        """Call a hook and await what its implementations returned (a list, or the first result)."""
+        result = self._call(hookname, kwargs)
+        if isinstance(result, list) and not self._firstresult(hookname):
+            return [await item if inspect.isawaitable(item) else item for item in result]
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def _call(self, hookname: str, kwargs: dict[str, Any]) -> Any:
+        """pm.hook.<hookname>(**kwargs); a hook wrapper's exception is logged and answered like a plugin's."""
+        caller = getattr(self.hook, hookname)
+        try:
+            return caller(**kwargs)
+        except (PluginError, ConfigError):
+            raise
+        except Exception as err:
+            failure = HOOK_FAILURE.get(hookname, RAISE)
+            if failure is RAISE:
+                raise PluginError(f"A hook wrapper failed in {hookname}: {err}") from err
+            _LOGGER.error("A hook wrapper failed in %s", hookname, exc_info=err)
+            return failure if self._firstresult(hookname) else ([failure] if failure is not None else [])
+
+    def _firstresult(self, hookname: str) -> bool:
+        """Whether the hook's spec says the first non-None result wins."""
+        caller = getattr(self.hook, hookname)
+        return bool(caller.spec is not None and caller.spec.opts.get("firstresult"))
+
+    def check_pending(self) -> None:
+        """Refuse an implementation of a hook nobody specified, naming the plugin and the closest real hook."""
+        relay = vars(self.hook)
+        known = sorted(name for name, caller in relay.items() if getattr(caller, "spec", None) is not None)
+        for name, caller in sorted(relay.items()):
+            if not isinstance(caller, pluggy.HookCaller) or caller.spec is not None:
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.optionalhook:
+                    continue
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise PluginError(
+                    f"Plugin {self.describe(impl.plugin_name)} implements '{name}', which is not an opp-auth "
+                    f"hook.{hint} (Mark an implementation of another plugin's optional hook "
+                    f"@hookimpl(optionalhook=True).)"
+                )
 
     def load_entrypoints(self, blocked: Iterable[str] = ()) -> None:
         """Import every plugin of the opp_auth entry-point group, recording failures."""
@@ -149,31 +304,22 @@ class OppAuthPluginManager(pluggy.PluginManager):
         info.hooks = sorted(h.name for h in self.get_hookcallers(plugin) or [])
 
     def _collect(self, kind: str, base: type[_T], hookname: str) -> _Registry[_T]:
-        """Ask every plugin's register hook, one at a time so errors name the plugin."""
+        """Ask every plugin's register hook (through pluggy); the guard names a failing plugin."""
         registry = _Registry(kind, base, self)
-        caller = getattr(self.hook, hookname)
-        for impl in reversed(caller.get_hookimpls()):
-            registry.current_plugin = self._describe(impl.plugin_name)
-            before = set(registry.classes)
-            try:
-                impl.function(register=registry)
-            except PluginError:
-                raise
-            except Exception as err:
-                raise PluginError(f"Plugin {registry.current_plugin} failed in {hookname}: {err}") from err
-            info = self.infos.get(impl.plugin_name)
-            if info is not None:
-                added = sorted(set(registry.classes) - before)
-                target = info.provider_types if kind == "auth provider" else info.mfa_types
-                target.extend(t for t in added if t not in target)
+        self.call(hookname, register=registry)
         return registry
 
-    def _describe(self, plugin_name: str) -> str:
-        """'name (distribution version)' for messages."""
+    def describe(self, plugin_name: str) -> str:
+        """'name (distribution version)' for messages; the distribution is found from the module when unknown."""
         info = self.infos.get(plugin_name)
-        if info is None or info.distribution is None:
-            return plugin_name
-        return f"{plugin_name} ({info.distribution} {info.version})"
+        if info is not None and info.distribution is not None:
+            return f"{plugin_name} (distribution {info.distribution} {info.version})"
+        plugin = self.get_plugin(plugin_name)
+        module = getattr(plugin, "__name__", None) if inspect.ismodule(plugin) else type(plugin).__module__
+        dist = _distribution_of(module or "")
+        if dist is None:
+            return f"{plugin_name} (module {module}, no installed distribution)"
+        return f"{plugin_name} (distribution {dist[0]} {dist[1]})"
 
     @property
     def provider_classes(self) -> dict[str, type[AuthProvider]]:
@@ -239,16 +385,29 @@ def make_plugin_manager(
     for name, plugin in plugins:
         pm.register_plugin(plugin, name)
     pm.hook.opp_auth_add_hookspecs.call_historic(kwargs={"pm": pm})
+    pm.check_pending()
     return pm
 
 
-async def async_call_awaited(hook_caller: Any, **kwargs: Any) -> list[Any]:
-    """Call a collect hook and await the awaitables its implementations returned."""
-    import inspect
+def _close(awaitable: Any) -> None:
+    """Close an awaitable that will not be awaited (no 'never awaited' warning)."""
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()
 
-    results = []
-    for result in hook_caller(**kwargs):
-        if inspect.isawaitable(result):
-            result = await result
-        results.append(result)
-    return results
+
+@functools.lru_cache(maxsize=1)
+def _packages() -> dict[str, list[str]]:
+    """Top-level import name -> distributions (cached: scanning is slow)."""
+    return dict(importlib.metadata.packages_distributions())
+
+
+def _distribution_of(module: str) -> tuple[str, str] | None:
+    """(distribution, version) that installed a module, if any."""
+    names = _packages().get(module.split(".")[0])
+    if not names:
+        return None
+    try:
+        return names[0], importlib.metadata.version(names[0])
+    except importlib.metadata.PackageNotFoundError:
+        return names[0], "?"

@@ -7,7 +7,6 @@ pipeline, and the stack must cost little next to a bare handler (bench/).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from urllib.parse import unquote
 
 from aiohttp import hdrs, web
 
-from ..network import is_local_address
+from ..models import User
 from ..storage import STORAGE_UNAVAILABLE_MESSAGE, StorageError
 from .forwarded import ForwardedError, resolve_forwarded
 from .view import (
@@ -104,22 +103,20 @@ def build_pipeline(
             scheme, _, token = authorization.partition(" ")
             if scheme == "Bearer":
                 refresh_token = validate_token(token, remote)
-                if refresh_token is not None and refresh_token.user.local_only and not is_local_address(remote):
-                    refresh_token = None
                 if refresh_token is not None:
                     request[KEY_USER] = refresh_token.user
                     request[KEY_REFRESH_TOKEN_ID] = refresh_token.id
                     authenticated = True
         if not authenticated and request.method == "GET" and "authSig" in request.query:
             params = [(k, v) for k, v in request.query.items() if k != "authSig"]
-            refresh_token = auth.validate_signed_path(request.path, request.query["authSig"], params)
+            refresh_token = auth.validate_signed_path(request.path, request.query["authSig"], params, remote)
             if refresh_token is not None:
                 request[KEY_USER] = refresh_token.user
                 request[KEY_REFRESH_TOKEN_ID] = refresh_token.id
                 authenticated = True
                 _LOGGER.debug("Authenticated %s for %s using signed request", remote, request.path)
         if not authenticated and authenticators.get_hookimpls():
-            authenticated = await _plugin_authenticate(authenticators, request, auth)
+            authenticated = await _plugin_authenticate(auth, request)
         request[KEY_AUTHENTICATED] = authenticated
 
         origin = request.headers.get(hdrs.ORIGIN)
@@ -186,20 +183,13 @@ def wrap_routes(app: web.Application, wrap: Callable[[Handler], Handler]) -> Non
         route._handler = wrap(route.handler)  # type: ignore[assignment]
 
 
-async def _plugin_authenticate(hook: Any, request: web.Request, auth: AuthManager) -> bool:
-    """Ask the request-authenticator chain; the first non-None answer wins; errors refuse."""
-    for impl in reversed(hook.get_hookimpls()):
-        try:
-            result = impl.function(request=request, auth=auth)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception:
-            _LOGGER.exception("Request authenticator %s failed", impl.plugin_name)
-            return False
-        if result is None:
-            continue
-        if result is False or not getattr(result, "is_active", False):
-            return False
-        request[KEY_USER] = result
-        return True
-    return False
+async def _plugin_authenticate(auth: AuthManager, request: web.Request) -> bool:
+    """Ask the request-authenticator chain through pluggy: the first non-None answer wins; a failure refuses."""
+    result = await auth.pm.acall("opp_auth_authenticate_request", request=request, auth=auth)
+    if not isinstance(result, User):
+        return False
+    # The same access decision as every other way in (active, local_only).
+    if auth.access.refusal(result, request.get(KEY_CLIENT_IP, request.remote)) is not None:
+        return False
+    request[KEY_USER] = result
+    return True

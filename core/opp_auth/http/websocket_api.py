@@ -15,7 +15,11 @@ Protocol (Open Peer Power's, so existing clients work unchanged):
    "error": {"code", "message"}}``.
 
 A connection is closed within a second when the refresh token it
-authenticated with is deleted, or its user is deactivated or removed.
+authenticated with is deleted, or its user is deactivated or removed. The auth
+phase and every later message ask the one access decision
+(``opp_auth.sessions.AccessPolicy``: user active, ``local_only``, refresh token
+expiry, the provider's per-request check); a message it refuses is answered
+``unauthorized`` and the connection is closed.
 """
 
 from __future__ import annotations
@@ -331,6 +335,15 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                 conn.close("invalid JSON")
                 break
             for message in payload if isinstance(payload, list) else [payload]:
+                # Every message asks the same access decision as the auth phase (and HTTP):
+                # user active, local_only, the token's expiry, the provider's per-request check.
+                refusal = auth.session_refusal(conn.refresh_token_id, conn.remote)
+                if refusal is not None:
+                    msg_id = message.get("id") if isinstance(message, dict) else None
+                    if isinstance(msg_id, int):
+                        conn.send_error(msg_id, ERR_UNAUTHORIZED, f"Access refused: {refusal}")
+                    conn.close(refusal)
+                    break
                 if allowance < 1:
                     msg_id = message.get("id") if isinstance(message, dict) else None
                     if isinstance(msg_id, int):
