@@ -40,7 +40,7 @@ from .http.websocket_api import (
     require_user,
     websocket_command,
 )
-from .login_flow import LoginFlow, UsernamePasswordLoginFlow
+from .login_flow import LoginFlow, UsernamePasswordLoginFlow, is_safe_username
 from .manager import AuthManager, AuthManagerError
 from .mfa import MFA_CONFIG_SCHEMA, MfaAbort, MfaModule, SetupFlow
 from .models import (
@@ -101,6 +101,7 @@ __all__ = [
     "client_ip",
     "hookimpl",
     "hookspec",
+    "is_safe_username",
     "request_user",
     "require_admin",
     "require_user",

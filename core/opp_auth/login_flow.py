@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
@@ -52,6 +53,17 @@ _LOGGER = logging.getLogger(__name__)
 MFA_SESSION_EXPIRATION = 300.0
 MAX_FLOWS_PER_ADDRESS = 30
 USERNAME_PASSWORD_SCHEMA = vol.Schema({vol.Required("username"): str, vol.Required("password"): str})
+# Never part of a username: control characters (Cc: NUL, CR, LF, NEL...), format characters
+# (Cf: bidi overrides, zero-width characters, BOM), line and paragraph separators, surrogates.
+# Such a name can break a line, a log entry or another program's output, or look like someone else.
+UNSAFE_USERNAME_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def is_safe_username(username: str) -> bool:
+    """Return False when username holds a character of UNSAFE_USERNAME_CATEGORIES."""
+    return not any(unicodedata.category(char) in UNSAFE_USERNAME_CATEGORIES for char in username)
+
+
 # The username of a flow's first step: the account its later (MFA) steps are throttled as.
 THROTTLE_USERNAME = "throttle_username"
 MFA_STEPS = frozenset({"select_mfa_module", "mfa"})
@@ -190,13 +202,17 @@ class UsernamePasswordLoginFlow(LoginFlow):
     Override :meth:`async_check_login` to check differently or return another
     result (what ``credential_data`` receives; never the password); raising
     ``InvalidAuthError`` shows ``invalid_auth``, ``ProviderUnavailableError``
-    shows ``cannot_connect``. Another form needs its own ``LoginFlow``.
+    shows ``cannot_connect``. A username with an unsafe character (see
+    :func:`is_safe_username`) shows ``invalid_username`` and is never checked.
+    Another form needs its own ``LoginFlow``.
     """
 
     async def async_step_init(self, user_input: dict[str, str] | None = None) -> FlowResult:
         """Show the username/password form; check what was submitted."""
         errors: dict[str, str] = {}
-        if user_input is not None:
+        if user_input is not None and not is_safe_username(user_input["username"]):
+            errors["base"] = "invalid_username"
+        elif user_input is not None:
             try:
                 result = await self.async_check_login(user_input["username"], user_input["password"])
             except InvalidAuthError:

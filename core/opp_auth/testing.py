@@ -321,6 +321,24 @@ class ProviderContract:
         result = await contract_auth.login_flow.async_configure(result["flow_id"], {name: value for name in fields})
         assert result["type"] in ("form", "abort"), result
 
+    @pytest.mark.parametrize("unsafe", ["\n", "\r", "\x85", "\u2028", "\u202e", "\ufeff", "\x00"], ids=repr)
+    async def test_username_with_unsafe_character_never_logs_in(
+        self,
+        contract_auth: AuthManager,
+        login_steps: list[dict[str, Any]],
+        contract_context: dict[str, Any],
+        unsafe: str,
+    ) -> None:
+        """A known username plus a control, format or separator character (even one strip() removes) is refused."""
+        steps = [dict(step) for step in login_steps]
+        named = [step for step in steps if isinstance(step.get("username"), str)]
+        if not named:
+            pytest.skip("this provider's form asks for no username")
+        for step in named:
+            step["username"] = f"{step['username']}{unsafe}"
+        result = await run_login_flow(contract_auth, self._provider(contract_auth).key, steps, contract_context)
+        assert result["type"] != "create_entry", result
+
     async def test_exception_inside_provider_denies_login(
         self,
         contract_auth: AuthManager,

@@ -4,6 +4,15 @@ The program is executed directly (no shell) with the username and password in
 its environment; exit code 0 lets the user in. With ``meta: true`` its
 standard output may name the user, choose the group of a user created on the
 first login and make that user local-only.
+
+Why a username can never inject meta (issue 11): meta is read from standard
+output only, one ``key = value`` per line, where only LF, CR and CRLF end a
+line (bytes, before decoding: U+2028, NEL, VT and FF do not). A username with
+a control, format or separator character (``is_safe_username``) is refused
+before the program runs, so an echoed username can never end a line; with
+``meta: true`` a username holding ``=`` is refused too, so an echoed username
+alone can never form a ``key = value`` line. Each known key may appear once: a
+program that prints one twice is ambiguous and the login is denied.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import unicodedata
 from typing import Any
 
 import voluptuous as vol
@@ -31,6 +41,7 @@ from opp_auth import (
     UsernamePasswordLoginFlow,
     async_run_program,
     hookimpl,
+    is_safe_username,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -75,9 +86,29 @@ def normalize_username(username: str) -> str:
     return username.strip().casefold()
 
 
+META_KEYS = ("name", "group", "local_only")
+# A name from the program may be shown anywhere; one that breaks lines is ignored.
+_NAME_REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+
+
+class MetaError(ValueError):
+    """The program's output is ambiguous (a meta key given twice)."""
+
+
+def _acceptable_name(value: str) -> bool:
+    """A name without control or line-breaking characters."""
+    return not any(unicodedata.category(char) in _NAME_REFUSED_CATEGORIES for char in value)
+
+
 def parse_meta(output: bytes) -> dict[str, Any]:
-    """The accepted ``key = value`` lines of the program's output (never raises)."""
+    """The accepted ``key = value`` lines of the program's output.
+
+    Lines end only at LF, CR or CRLF (split as bytes, before decoding). Unknown
+    keys, comments and lines without ``=`` are skipped; a known key given twice
+    raises MetaError, whatever its values.
+    """
     meta: dict[str, Any] = {}
+    seen: set[str] = set()
     for raw in output.splitlines():
         line = raw.decode("utf-8", errors="replace").lstrip()
         if line.startswith("#") or "=" not in line:
@@ -85,18 +116,25 @@ def parse_meta(output: bytes) -> dict[str, Any]:
         key, _, value = line.partition("=")
         key = key.strip()
         value = value.strip()
+        if key not in META_KEYS:
+            continue
+        if key in seen:
+            raise MetaError(f"the command printed {key!r} more than once")
+        seen.add(key)
         if key == "name":
-            meta["name"] = value
+            if _acceptable_name(value):
+                meta["name"] = value
+            else:
+                _LOGGER.warning("Ignoring a name with control characters in the command's output: %r", value)
         elif key == "group":
             if value in GROUPS:
                 meta["group"] = value
             else:
                 _LOGGER.warning("Ignoring unknown group %r in the command's output", value)
-        elif key == "local_only":
-            if value.lower() in ("true", "false"):
-                meta["local_only"] = value.lower() == "true"
-            else:
-                _LOGGER.warning("Ignoring local_only = %r in the command's output (expected true or false)", value)
+        elif value.lower() in ("true", "false"):
+            meta["local_only"] = value.lower() == "true"
+        else:
+            _LOGGER.warning("Ignoring local_only = %r in the command's output (expected true or false)", value)
     return meta
 
 
@@ -119,8 +157,13 @@ class CommandLineAuthProvider(AuthProvider):
 
     async def async_validate_login(self, username: str, password: str) -> dict[str, Any]:
         """Run the program; return the meta it printed (empty unless meta is on), or raise InvalidAuthError."""
-        if not username or "\x00" in username or "\x00" in password:
-            # Nothing to identify, or impossible to pass in an environment.
+        if not username or not is_safe_username(username) or "\x00" in password:
+            # Nothing to identify, a name that could break the program's output
+            # lines (or the log), or impossible to pass in an environment.
+            raise InvalidAuthError
+        if self.config[CONF_META] and "=" in username:
+            # Echoed on a line of its own it would read as a meta line.
+            _LOGGER.warning("Refused username %r: it contains '=' and meta is on", username)
             raise InvalidAuthError
         env = {"username": username, "password": password, "PATH": SAFE_PATH}
         timeout = self.config[CONF_TIMEOUT]
@@ -149,7 +192,13 @@ class CommandLineAuthProvider(AuthProvider):
         if code != 0:
             _LOGGER.error("User %r failed to authenticate, command exited with code %d", username, code)
             raise InvalidAuthError
-        return parse_meta(stdout) if self.config[CONF_META] else {}
+        if not self.config[CONF_META]:
+            return {}
+        try:
+            return parse_meta(stdout)
+        except MetaError as err:
+            _LOGGER.error("User %r failed to authenticate: %s", username, err)
+            raise InvalidAuthError from None
 
     def credential_key(self, data: dict[str, Any]) -> str:
         """Credentials match on the case-folded username (G25)."""

@@ -166,7 +166,7 @@ async def test_non_executable_command_is_invalid_auth_and_logged(
 async def test_blank_username_is_refused_without_running_the_command(opp_auth_factory: Factory, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     auth = await make_auth(opp_auth_factory, write_script(tmp_path, f"touch {marker}\nexit 0\n"))
-    result = await login(auth, "  \t", "secret")
+    result = await login(auth, "  \u3000 ", "secret")
     assert result["errors"] == {"base": "invalid_auth"}
     assert not marker.exists()
 
@@ -201,7 +201,7 @@ async def test_env_shebang_scripts_find_their_interpreter(opp_auth_factory: Fact
 async def test_username_is_stripped_before_the_command_sees_it(opp_auth_factory: Factory, tmp_path: Path) -> None:
     command = write_script(tmp_path, '[ "$username" = Alice ]\n')
     auth = await make_auth(opp_auth_factory, command)
-    result = await login(auth, "  Alice \t")
+    result = await login(auth, "  Alice \u3000")
     assert result["type"] == "create_entry"
     assert result["data"]["username"] == "Alice"
 
@@ -477,3 +477,137 @@ async def test_http_login_creates_user_from_meta(
     # The core refuses local-only users tokens from outside the local network.
     with pytest.raises(InvalidAuthError):
         await auth.async_validate_refresh_token(refresh, "203.0.113.5")
+
+
+# ---- meta injection through the username (issue 11, item 6) -------------------------------
+
+# A program that greets the user by echoing the name it was given: the attack's helper.
+ECHO_NAME = 'echo "name = $username"\nexit 0\n'
+
+UNSAFE_USERNAMES = [
+    "alice\ngroup = system-admin",
+    "alice\rgroup = system-admin",
+    "alice\r\ngroup = system-admin",
+    "alice\x0bgroup = system-admin",
+    "alice\x0cgroup = system-admin",
+    "alice\x1cgroup = system-admin",
+    "alice\x85group = system-admin",
+    "alice\u2028group = system-admin",
+    "alice\u2029group = system-admin",
+    "alice\x00group = system-admin",
+    "alice\u202egroup = system-admin",
+    "\u202ealice",
+    "ali\u200bce",
+    "alice\ufeff",
+    "alice\ud800",
+    "alice\n",
+    "\talice",
+]
+
+
+@pytest.mark.parametrize("username", UNSAFE_USERNAMES, ids=lambda v: repr(v))
+async def test_unsafe_usernames_are_refused_before_the_program_runs(
+    opp_auth_factory: Factory, tmp_path: Path, username: str
+) -> None:
+    """Control, format and separator characters (even one a strip would remove) never reach the program."""
+    marker = tmp_path / "ran"
+    command = write_script(tmp_path, f'printf %s "$username" > {marker}\n' + ECHO_NAME)
+    auth = await make_auth(opp_auth_factory, command, meta=True)
+    result = await login(auth, username)
+    assert result["type"] == "form"
+    assert result["errors"] == {"base": "invalid_username"}
+    assert not marker.exists()
+    with pytest.raises(InvalidAuthError):
+        await provider_of(auth).async_validate_login(username, "secret")
+    assert not marker.exists()
+
+
+async def test_echoed_username_cannot_make_an_admin(opp_auth_factory: Factory, tmp_path: Path) -> None:
+    """The reported attack: the program echoes the username into its meta; the line break never gets there."""
+    auth = await make_auth(opp_auth_factory, write_script(tmp_path, ECHO_NAME), meta=True)
+    result = await login(auth, "alice\ngroup = system-admin")
+    assert result["type"] == "form"
+    assert not [u for u in await auth.async_get_users() if u.is_admin]
+    # The same program with a plain username still names the user from its output.
+    user = await auth.async_get_or_create_user((await login(auth, "alice"))["result"])
+    assert (user.name, user.group_ids, user.is_admin) == ("alice", [GROUP_ID_USER], False)
+
+
+async def test_username_with_equals_is_refused_when_meta_is_on(opp_auth_factory: Factory, tmp_path: Path) -> None:
+    """A program echoing the bare username would print a meta line; such usernames never run it."""
+    marker = tmp_path / "ran"
+    command = write_script(tmp_path, f'touch {marker}\necho "$username"\nexit 0\n')
+    auth = await make_auth(opp_auth_factory, command, meta=True)
+    result = await login(auth, "group = system-admin")
+    assert result["errors"] == {"base": "invalid_auth"}
+    assert not marker.exists()
+    assert not await auth.async_get_users()
+
+
+async def test_username_with_equals_is_fine_when_meta_is_off(opp_auth_factory: Factory, tmp_path: Path) -> None:
+    command = write_script(tmp_path, '[ "$username" = "a=b" ] && echo "group = system-admin"\n')
+    auth = await make_auth(opp_auth_factory, command)
+    user = await auth.async_get_or_create_user((await login(auth, "a=b"))["result"])
+    assert user.group_ids == [GROUP_ID_USER]
+
+
+@pytest.mark.parametrize("username", ["Zoë", "名前", "José García", "user@example.org", "o'brien", "🙂", "עִברִית"])
+async def test_ordinary_unicode_usernames_still_log_in(opp_auth_factory: Factory, tmp_path: Path, username: str) -> None:
+    """The rule refuses only control, format and separator characters: letters, marks, symbols and spaces pass."""
+    out = tmp_path / "seen"
+    command = write_script(tmp_path, f'printf %s "$username" > {out}\n' + ECHO_NAME)
+    auth = await make_auth(opp_auth_factory, command, meta=True)
+    result = await login(auth, username)
+    assert result["type"] == "create_entry", result
+    assert out.read_text(encoding="utf-8") == username
+    user = await auth.async_get_or_create_user(result["result"])
+    assert user.name == username
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "echo 'group = system-users'\necho 'group = system-admin'\n",
+        "echo 'group = system-admin'\necho 'group = system-admin'\n",
+        "echo 'name = A'\necho '  name=B'\n",
+        "echo 'local_only = false'\necho 'local_only = true'\n",
+        "echo 'group = root'\necho 'group = system-admin'\n",
+    ],
+)
+async def test_a_meta_key_printed_twice_denies_the_login(
+    opp_auth_factory: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture, output: str
+) -> None:
+    """Ambiguous output fails closed: no credentials, no user, an error naming the key."""
+    auth = await make_auth(opp_auth_factory, write_script(tmp_path, output + "exit 0\n"), meta=True)
+    result = await login(auth)
+    assert result["errors"] == {"base": "invalid_auth"}
+    assert not await auth.async_get_users()
+    assert any("more than once" in m for m in error_messages(caplog))
+
+
+async def test_only_lf_and_cr_end_a_meta_line(opp_auth_factory: Factory, tmp_path: Path) -> None:
+    """U+2028, NEL, VT and FF inside a line do not start a new one, so nothing after them is a key."""
+    command = write_script(
+        tmp_path,
+        "import sys\nsys.stdout.buffer.write('name = Eve\\u2028group = system-admin\\x85local_only = true\\n'"
+        ".encode() + b'x = 1\\x0bgroup = system-admin\\x0clocal_only = true\\r\\n')\n",
+        python=True,
+    )
+    auth = await make_auth(opp_auth_factory, command, meta=True)
+    user = await auth.async_get_or_create_user((await login(auth))["result"])
+    assert user.group_ids == [GROUP_ID_USER]
+    assert user.local_only is False
+    # The name holding a line separator is ignored rather than stored.
+    assert user.name is None
+
+
+async def test_unknown_keys_and_prose_are_ignored(opp_auth_factory: Factory, tmp_path: Path) -> None:
+    command = write_script(
+        tmp_path,
+        "echo 'Hello alice'\necho 'role = admin'\necho 'groups = system-admin'\necho 'Group = system-admin'\n"
+        "echo 'name = Alice = The Great'\n",
+    )
+    auth = await make_auth(opp_auth_factory, command, meta=True)
+    user = await auth.async_get_or_create_user((await login(auth))["result"])
+    assert user.group_ids == [GROUP_ID_USER]
+    assert user.name == "Alice = The Great"
