@@ -51,6 +51,7 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
     auth_views.add_routes(app)
     onboarding.add_routes(app)
     pages.add_routes(app)
+    pages.add_security_headers(app)
     openapi.add_routes(app)
     setup_websocket(app, auth)
     auth.pm.hook.opp_auth_register_routes(app=app, auth=auth)

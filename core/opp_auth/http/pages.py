@@ -1,4 +1,13 @@
-"""The web pages: plain HTML, CSS and JavaScript modules shipped in the package."""
+"""The web pages: plain HTML, CSS and JavaScript modules shipped in the package.
+
+Every response of the application (pages, static files, API answers, errors,
+plugin routes) carries SECURITY_HEADERS, added when it is prepared: no page
+may be framed (X-Frame-Options and CSP frame-ancestors), scripts and styles
+come only from files of this server (no inline script or style), nothing is
+content-sniffed and no Referer leaves a page (the login page's address holds
+the client's state). A handler that sets one of these headers itself keeps
+its own value.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,28 @@ from aiohttp import web
 
 STATIC_DIR = Path(__file__).parent / "static"
 _NO_STORE = {"Cache-Control": "no-store"}
+
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        # data: for the TOTP QR code (an SVG the profile page shows as an image).
+        "img-src 'self' data:",
+        # 'self' covers the websocket (ws/wss) on the same host too.
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _page(name: str) -> web.Response:
@@ -45,6 +76,17 @@ async def favicon(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(  # type: ignore[return-value]
         STATIC_DIR / "favicon.ico", headers={"Content-Type": "image/x-icon", "Cache-Control": "max-age=86400"}
     )
+
+
+async def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: SECURITY_HEADERS, unless the handler chose its own value."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+def add_security_headers(app: web.Application) -> None:
+    """Give every response of app SECURITY_HEADERS."""
+    app.on_response_prepare.append(_add_security_headers)
 
 
 def add_routes(app: web.Application) -> None:

@@ -145,14 +145,28 @@ async def context(browser: Any) -> AsyncIterator[Any]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def page(context: Any) -> AsyncIterator[Any]:
-    """A tab that accepts confirmation dialogs and fails the test on any JavaScript error."""
+    """A tab that accepts confirmation dialogs and fails the test on any JavaScript error or CSP violation."""
     page = await context.new_page()
     page.set_default_timeout(8000)
     errors: list[str] = []
+    violations = await watch_csp(page)
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
     yield page
     assert not errors, f"JavaScript errors: {errors}"
+    assert not violations, f"Content Security Policy violations: {violations}"
+
+
+CSP_REPORTER = """document.addEventListener("securitypolicyviolation", (e) =>
+  console.error(`Content Security Policy violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline"}`));"""
+
+
+async def watch_csp(page: Any) -> list[str]:
+    """Collect the page's Content Security Policy violations (Chromium's console report and the DOM event)."""
+    violations: list[str] = []
+    page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
+    await page.add_init_script(CSP_REPORTER)
+    return violations
 
 
 async def sign_in(page: Any, server: Server, tokens: dict[str, Any], path: str = "/") -> None:
@@ -174,6 +188,12 @@ async def screenshot(page: Any, name: str) -> None:
 def sign_in_fixture() -> Callable[..., Awaitable[None]]:
     """sign_in(page, server, tokens, path="/") for test modules (which cannot import this conftest)."""
     return sign_in
+
+
+@pytest.fixture(name="watch_csp")
+def watch_csp_fixture() -> Callable[..., Awaitable[list[str]]]:
+    """watch_csp(page) for test modules: the list the page's CSP violations are appended to."""
+    return watch_csp
 
 
 @pytest.fixture(name="screenshot")

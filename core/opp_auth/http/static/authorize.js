@@ -1,4 +1,7 @@
 // The login page (/auth/authorize): drives /auth/providers and the login flow, then redirects with the code.
+// It names the client that asks (its host) and warns when that is not this server's own page; for such a
+// foreign client a code is sent only after the user acted: a login that finishes without a submitted form
+// or an approved passkey (the trusted-network bypass, any other no-click path) waits for a confirmation click.
 import { getJSON, postJSON, el } from "/static/api.js";
 import { applyCachedTheme, browserLanguage, setLanguage, t, tOptional } from "/static/i18n.js";
 import { flowMessage, readForm, renderField } from "/static/forms.js";
@@ -9,6 +12,11 @@ const clientId = params.get("client_id");
 const redirectUri = params.get("redirect_uri");
 const state = params.get("state");
 const content = document.getElementById("content");
+const clientBox = document.getElementById("client");
+// The URL parser gives the host as the browser will reach it (IDN as punycode, no user info).
+const clientUrl = parseUrl(clientId);
+const redirectUrl = parseUrl(redirectUri);
+const foreign = !clientUrl || clientUrl.origin !== location.origin;
 let providers = [];
 let current = null;
 let lastInput = {};
@@ -21,8 +29,48 @@ function error(text) { return el("p", { class: "error", role: "alert" }, text); 
 const message = flowMessage;
 function startOver() { return el("button", { type: "button", onclick: () => startFlow(current) }, t("login.start_over")); }
 
+function parseUrl(text) {
+  try { return text ? new URL(text) : null; } catch (err) { return null; }
+}
+
+// A sentence with one placeholder filled by an element (the emphasised host).
+function sentence(tag, attrs, key, name, node) {
+  const text = t(key);
+  const at = text.indexOf(`{${name}}`);
+  if (at < 0) return el(tag, attrs, text, " ", node);
+  return el(tag, attrs, text.slice(0, at), node, text.slice(at + name.length + 2));
+}
+
+// The host (a custom scheme such as the mobile apps' callback is shown with its scheme).
+function host(url, id) {
+  const text = ["http:", "https:"].includes(url.protocol) ? url.host : `${url.protocol}//${url.host}`;
+  return el("strong", { class: "client-host", id }, text);
+}
+
+function showClient() {
+  if (!clientUrl || !redirectUrl) return;
+  const nodes = [sentence("p", { class: "client" }, "login.client", "client", host(clientUrl, "client-host"))];
+  if (foreign) {
+    const warning = [sentence("p", {}, "login.foreign_client", "client", host(clientUrl))];
+    if (redirectUrl.host !== clientUrl.host || redirectUrl.protocol !== clientUrl.protocol) {
+      warning.push(sentence("p", {}, "login.redirect_to", "host", host(redirectUrl, "redirect-host")));
+    }
+    nodes.push(el("div", { class: "warning", id: "client-warning" }, warning));
+  }
+  clientBox.replaceChildren(...nodes);
+}
+
+function confirmFinish(code) {
+  const button = el("button", { type: "button", id: "confirm-login", onclick: () => finish(code) },
+    t("login.confirm", { client: clientUrl ? clientUrl.host : "" }));
+  show(sentence("p", {}, "login.confirm_question", "client", host(clientUrl)), button);
+  button.focus();
+}
+
 function finish(code) {
   const url = new URL(redirectUri);
+  // The server checked redirect_uri; never run a script URL whatever it let through.
+  if (["javascript:", "data:", "vbscript:", "blob:", "file:"].includes(url.protocol)) { show(error(t("error.invalid_client"))); return; }
   url.searchParams.set("code", code);
   if (state !== null) url.searchParams.set("state", state);
   location.assign(url.toString());
@@ -36,9 +84,15 @@ function otherProviders() {
       el("button", { type: "button", class: "link", onclick: () => startFlow(provider) }, t("login.with", { provider: provider.name }))))));
 }
 
-function renderStep(step) {
+// submitted: this step answers what the user sent (a form by click or Enter, a passkey they approved),
+// not the flow's start.
+function renderStep(step, submitted = false) {
   stopConditional();
-  if (step.type === "create_entry") { finish(step.result); return; }
+  if (step.type === "create_entry") {
+    if (foreign && !submitted) confirmFinish(step.result);
+    else finish(step.result);
+    return;
+  }
   const options = passkeyOptions(step);
   if (step.type === "form" && options) { renderPasskeyStep(step, options); return; }
   if (step.type === "abort") { show(error(message(step.reason)), startOver(), otherProviders() || ""); return; }
@@ -64,7 +118,7 @@ function renderStep(step) {
     const data = { client_id: clientId, ...lastInput };
     const result = await postJSON(`/auth/login_flow/${step.flow_id}`, data);
     if (!result.ok) { show(error(httpError(result)), startOver()); return; }
-    renderStep(result.body);
+    renderStep(result.body, true);
   });
   const others = step.step_id === "init" ? otherProviders() : null;
   show(form, others || "", step.step_id === "init" ? passkeyButton() : "");
@@ -108,7 +162,8 @@ function renderPasskeyStep(step, options) {
     }
     const result = await postJSON(`/auth/login_flow/${step.flow_id}`, { client_id: clientId, credential });
     if (!result.ok) { show(error(httpError(result)), startOver()); return; }
-    renderStep(result.body);
+    // A WebAuthn assertion needs the user's presence (a touch, a fingerprint): the user acted.
+    renderStep(result.body, true);
   };
   button.addEventListener("click", run);
   if (!supported()) { note.textContent = t("passkey.unsupported"); note.classList.add("error"); button.disabled = true; return; }
@@ -136,7 +191,7 @@ async function startConditional(form) {
   current = passkeyProvider;
   const result = await postJSON(`/auth/login_flow/${controller.flowId}`, { client_id: clientId, credential });
   if (!result.ok) { show(error(httpError(result)), startOver()); return; }
-  renderStep(result.body);
+  renderStep(result.body, true);
 }
 
 function stopConditional() {
@@ -173,7 +228,8 @@ async function startFlow(provider, automatic = false) {
 async function start() {
   applyCachedTheme();
   await setLanguage(browserLanguage());
-  if (!clientId || !redirectUri) { show(error(t("error.invalid_client"))); return; }
+  if (!clientUrl || !redirectUrl) { show(error(t("error.invalid_client"))); return; }
+  showClient();
   const result = await getJSON("/auth/providers");
   if (result.status === 400 && result.body && result.body.code === "onboarding_required") {
     location.assign("/onboarding.html");
@@ -185,7 +241,7 @@ async function start() {
   providers = providers.filter((provider) => provider !== passkeyProvider);
   if (!providers.length && passkeyProvider) { startFlow(passkeyProvider); return; }
   if (!providers.length) { show(error(t("login.no_providers"))); return; }
-  // The first provider starts at once, so a trusted-network bypass needs no click.
+  // The first provider starts at once, so a trusted-network bypass needs no click (for this server's own pages).
   startFlow(providers[0], true);
 }
 
