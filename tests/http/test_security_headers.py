@@ -48,7 +48,7 @@ def assert_protected(path: str, status: int, headers: Any) -> None:
     assert status < 500, (path, status)
     assert headers.get("X-Frame-Options") == "DENY", path
     assert headers.get("X-Content-Type-Options") == "nosniff", path
-    assert headers.get("Referrer-Policy") == "no-referrer", path
+    assert headers.get("Referrer-Policy") == "same-origin", path
     csp = policy(headers.get("Content-Security-Policy", ""))
     assert csp.get("frame-ancestors") == ["'none'"], (path, csp)
     assert csp.get("default-src") == ["'self'"], (path, csp)

@@ -4,9 +4,10 @@ Every response of the application (pages, static files, API answers, errors,
 plugin routes) carries SECURITY_HEADERS, added when it is prepared: no page
 may be framed (X-Frame-Options and CSP frame-ancestors), scripts and styles
 come only from files of this server (no inline script or style), nothing is
-content-sniffed and no Referer leaves a page (the login page's address holds
-the client's state). A handler that sets one of these headers itself keeps
-its own value.
+content-sniffed and no Referer goes to another site (the login page's address
+holds the client's state; same-origin rather than no-referrer keeps a real
+Origin header on the pages' own POSTs). A handler that sets one of these
+headers itself keeps its own value.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
 }
 
 

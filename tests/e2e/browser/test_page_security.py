@@ -25,12 +25,12 @@ def authorize(server: Any, client_id: str, redirect_uri: str, state: str = "st")
     return server.url(f"/auth/authorize?{query}")
 
 
-async def capture(page: Any, origin: str) -> list[str]:
-    """Answer every request to origin with a blank page and record its URL (nothing leaves the machine)."""
-    seen: list[str] = []
+async def capture(page: Any, origin: str) -> list[tuple[str, str | None]]:
+    """Answer every request to origin with a blank page; record (URL, Referer) (nothing leaves the machine)."""
+    seen: list[tuple[str, str | None]] = []
 
     async def handler(route: Any) -> None:
-        seen.append(route.request.url)
+        seen.append((route.request.url, (await route.request.all_headers()).get("referer")))
         await route.fulfill(status=200, content_type="text/html", body="<!doctype html><p>elsewhere</p>")
 
     await page.route(re.compile(f"^{re.escape(origin)}/"), handler)
@@ -55,7 +55,10 @@ async def test_foreign_client_is_named_and_warned_about(serve: Any, page: Any) -
     assert seen == []
     await page.get_by_role("button", name="Log in", exact=True).click()
     await page.wait_for_url(re.compile(r"^https://evil\.example/steal\?"))
-    assert len(seen) == 1 and parse_qs(urlsplit(seen[0]).query)["state"] == ["st"]
+    [(sent, referer)] = seen
+    assert parse_qs(urlsplit(sent).query)["state"] == ["st"]
+    # The login page's address (client, state) is not handed to the client as a Referer.
+    assert referer is None
 
 
 async def test_own_pages_show_the_host_without_a_warning(serve: Any, page: Any) -> None:
@@ -81,7 +84,8 @@ async def test_trusted_network_bypass_waits_for_a_click_for_a_foreign_client(ser
     assert seen == [] and urlsplit(page.url).path == "/auth/authorize"
     await confirm.click()
     await page.wait_for_url(re.compile(r"^https://evil\.example/steal\?"))
-    [sent] = seen
+    [(sent, referer)] = seen
+    assert referer is None
     code = parse_qs(urlsplit(sent).query)["code"][0]
     # What was held back was a real code for that client.
     status, body = await server.call(
