@@ -158,6 +158,13 @@ def test_add_existing_username_is_refused(paulus: Path) -> None:
     assert len(read_store(paulus, LOCAL_STORE)["users"]) == 1
 
 
+def test_add_refuses_a_username_the_login_form_would_refuse(config_dir: Path) -> None:
+    result = opp_auth(config_dir, "auth", "add", "pau\u202elus", "--password-stdin", stdin=PASSWORD + "\n")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "control, format or line separator" in result.stdout + result.stderr
+    assert not (config_dir / ".storage" / LOCAL_STORE).exists() or not read_store(config_dir, LOCAL_STORE)["users"]
+
+
 def test_validate_right_password_is_valid(paulus: Path) -> None:
     result = opp_auth(paulus, "auth", "validate", "Paulus", "--password-stdin", stdin=PASSWORD + "\n")
     assert (result.returncode, result.stdout) == (0, "Auth valid\n")

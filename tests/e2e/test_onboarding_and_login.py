@@ -89,6 +89,19 @@ async def test_user_step_with_missing_field_is_400_and_creates_nobody(client: An
     assert auth.store.users() == []
 
 
+@pytest.mark.parametrize("username", ["paulus\n", "pau\u202elus", "paulus\u2028", "pau\u200blus"], ids=repr)
+async def test_user_step_refuses_a_username_the_login_form_would_refuse(
+    client: Any, auth: Any, username: str
+) -> None:
+    """An owner who could never log in is not created: 400 naming the rule, nothing stored."""
+    status, reply = await call(client, "POST", "/api/onboarding/users", json={**OWNER, "username": username})
+    assert status == 400, reply
+    assert "control, format or line separator" in reply["message"]
+    assert auth.store.users() == []
+    status, _ = await call(client, "POST", "/api/onboarding/users", json=OWNER)
+    assert status == 200
+
+
 async def test_user_step_code_gives_tokens_for_the_same_client(client: Any, owner_tokens: dict[str, Any]) -> None:
     """The auth_code from onboarding is a normal authorization code of that client id."""
     assert set(owner_tokens) == {"access_token", "token_type", "refresh_token", "expires_in"}

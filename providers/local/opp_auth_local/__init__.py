@@ -25,6 +25,7 @@ from opp_auth import (
     UserMeta,
     UsernamePasswordLoginFlow,
     hookimpl,
+    is_safe_username,
 )
 
 from .websocket import register_commands
@@ -62,6 +63,13 @@ _DUMMY_HASH = b"$2b$12$CiuFGszHx9eNHxPuQcwBWez4CwDTOcLTX5CbOpV6gef2nYuXkY7BO"
 
 class InvalidUser(Exception):
     """The username exists already, or does not exist (depending on the operation)."""
+
+
+UNSAFE_USERNAME_MESSAGE = "Username must not contain control, format or line separator characters"
+
+
+class InvalidUsername(ValueError):
+    """A new username the login form would refuse (opp_auth.is_safe_username)."""
 
 
 class PasswordTooLong(ValueError):
@@ -224,7 +232,9 @@ class LocalAuthProvider(AuthProvider):
             raise ValueError("The password must not be the username.")
 
     async def async_add_auth(self, username: str, password: str) -> None:
-        """Add a login and save it (new passwords must pass the policy)."""
+        """Add a login and save it (usernames the login form accepts; new passwords must pass the policy)."""
+        if not is_safe_username(username):
+            raise InvalidUsername(UNSAFE_USERNAME_MESSAGE)
         self.check_password_policy(password, username)
         await self.auth.async_password_check(self.data.add_auth, username, password)
         try:

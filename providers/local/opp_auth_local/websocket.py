@@ -18,6 +18,7 @@ from opp_auth import (
     InvalidAuthError,
     Unauthorized,
     User,
+    is_safe_username,
     require_admin,
     websocket_command,
 )
@@ -71,6 +72,9 @@ async def create(conn: ActiveConnection, msg: dict[str, Any]) -> None:
         raise CommandError("system_generated", "Cannot add credentials to a system generated user.")
     if _local_credentials(user) is not None:
         raise CommandError("credentials_exist", "User already has a username")
+    if not is_safe_username(msg["username"]):
+        # The login form would refuse it: the user could never log in.
+        raise CommandError("invalid_username", "Username must not contain control, format or line separator characters")
     if provider.data.get(msg["username"]) is not None:
         raise CommandError("username_exists", "Username already exists")
     try:

@@ -350,6 +350,17 @@ async def test_create_existing_username(env: Env, admin: User, username: str) ->
     assert eve.credentials == () and await env.password_ok("bob", BOB_PW)
 
 
+@pytest.mark.parametrize("username", ["eve\n", "e\u202eve", "eve\u2028", "e\u200bve", "\x00eve"], ids=repr)
+async def test_create_refuses_usernames_the_login_form_would_refuse(env: Env, admin: User, username: str) -> None:
+    """A login that could never log in is not created (issue 11: control, format and separator characters)."""
+    eve = await env.auth.async_create_user("Eve", [GROUP_ID_USER])
+    session = await env.session(admin)
+    error = await session.error(PREFIX + "create", user_id=eve.id, username=username, password=NEW_PW)
+    assert error["code"] == "invalid_username"
+    assert stored_usernames(Path(env.auth.config_dir)) == ["paulus", "bob", "orphan"]
+    assert eve.credentials == ()
+
+
 async def test_create_second_username_for_user_refused(env: Env, admin: User) -> None:
     session = await env.session(admin)
     error = await session.error(PREFIX + "create", user_id=env.bob.id, username="robert", password=NEW_PW)
