@@ -1,12 +1,16 @@
 """The web pages: plain HTML, CSS and JavaScript modules shipped in the package.
 
-Every response of the application (pages, static files, API answers, errors,
-plugin routes) carries SECURITY_HEADERS, added when it is prepared: no page
-may be framed (X-Frame-Options and CSP frame-ancestors), scripts and styles
-come only from files of this server (no inline script or style), nothing is
-content-sniffed and no Referer goes to another site (the login page's address
-holds the client's state; same-origin rather than no-referrer keeps a real
-Origin header on the pages' own POSTs). A handler that sets one of these
+Security headers, added to every response of the application when it is
+prepared (pages, static files, API answers, errors, plugin routes):
+X-Frame-Options DENY, nosniff and Referrer-Policy same-origin (no Referer to
+another site: the login page's address holds the client's state, while
+same-origin rather than no-referrer keeps a real Origin header on the pages'
+own POSTs), and a Content-Security-Policy: these pages send the strict
+CONTENT_SECURITY_POLICY (scripts, styles and everything else only from files
+of this server, no inline code, no framing); HTML this module did not write
+(a plugin's page, a frontend put in front) gets FRAME_POLICY, which only
+forbids framing, since the core cannot know it is free of inline code; any
+other response gets the strict policy. A handler that sets one of these
 headers itself keeps its own value.
 """
 
@@ -18,6 +22,7 @@ from aiohttp import web
 
 STATIC_DIR = Path(__file__).parent / "static"
 _NO_STORE = {"Cache-Control": "no-store"}
+_STATIC = "static"
 
 CONTENT_SECURITY_POLICY = "; ".join(
     (
@@ -34,17 +39,18 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     )
 )
+FRAME_POLICY = "frame-ancestors 'none'"
 SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
+_PAGE_HEADERS = {**_NO_STORE, "Content-Security-Policy": CONTENT_SECURITY_POLICY}
 
 
 def _page(name: str) -> web.Response:
-    """A page from the static folder."""
-    return web.FileResponse(STATIC_DIR / name, headers=_NO_STORE)  # type: ignore[return-value]
+    """A page from the static folder, under the strict policy."""
+    return web.FileResponse(STATIC_DIR / name, headers=_PAGE_HEADERS)  # type: ignore[return-value]
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -80,9 +86,14 @@ async def favicon(request: web.Request) -> web.StreamResponse:
 
 
 async def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: SECURITY_HEADERS, unless the handler chose its own value."""
+    """on_response_prepare: SECURITY_HEADERS and a policy, unless the handler chose its own values."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    # Our pages and the files of our static folder are free of inline code; other HTML may hold some.
+    static = request.app.router.named_resources().get(_STATIC)
+    ours = static is not None and getattr(request.match_info.route, "resource", None) is static
+    policy = FRAME_POLICY if response.content_type == "text/html" and not ours else CONTENT_SECURITY_POLICY
+    response.headers.setdefault("Content-Security-Policy", policy)
 
 
 def add_security_headers(app: web.Application) -> None:
@@ -98,4 +109,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/profile", profile)
     app.router.add_get("/users", users)
     app.router.add_get("/favicon.ico", favicon)
-    app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)
+    app.router.add_static("/static/", STATIC_DIR, name=_STATIC, append_version=False)
