@@ -80,7 +80,7 @@ async def users(request: web.Request) -> web.StreamResponse:
 
 async def favicon(request: web.Request) -> web.StreamResponse:
     """GET /favicon.ico: browsers ask every page for it."""
-    return web.FileResponse(  # type: ignore[return-value]
+    return web.FileResponse(
         STATIC_DIR / "favicon.ico", headers={"Content-Type": "image/x-icon", "Cache-Control": "max-age=86400"}
     )
 
