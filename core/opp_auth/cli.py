@@ -321,11 +321,18 @@ RUNNING_SERVER_BANS = (
     "(config/auth/bans/remove), or stop the server first."
 )
 RUNNING_SERVER_LOCKOUTS = (
-    "Login lockouts live in the memory of the server running on {dir}. List or clear them "
-    "through its websocket API as an administrator (config/auth/lockouts/list, "
-    "config/auth/lockouts/clear), or restart the server, which clears them all."
+    "Login lockouts live in the memory of the server running on {dir}. Clear them "
+    "through its websocket API as an administrator (config/auth/lockouts/clear), "
+    "or restart the server, which clears them all."
 )
-NO_LOCKOUTS = "No lockouts: login lockouts live in a running server's memory and end when it stops."
+UNREACHABLE_SERVER_LOCKOUTS = (
+    "A server is running on {dir} but its control socket ({socket}) did not answer: {error}. "
+    "List lockouts through its websocket API as an administrator (config/auth/lockouts/list)."
+)
+NO_LOCKOUTS = (
+    "No server is running on {dir}, so nobody is locked out: login lockouts live in a running "
+    "server's memory and end when it stops. Run this while the server runs to see them."
+)
 
 
 def _bans(config_dir: Path) -> Any:
@@ -380,11 +387,53 @@ def cmd_bans_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_lockouts(args: argparse.Namespace) -> int:
-    """lockouts list|clear: nothing to do without a running server; with one, where to go."""
+def _server_running(config_dir: Path) -> bool:
+    """Whether a server holds the directory (probing the lock releases it at once)."""
+    if not config_dir.is_dir():
+        raise CliError(f"{config_dir} does not exist")
+    lock = ConfigDirLock(config_dir)
+    try:
+        lock.acquire("lockouts")
+    except StorageError:
+        return True
+    lock.release()
+    return False
+
+
+def cmd_lockouts_list(args: argparse.Namespace) -> int:
+    """Ask the running server for its lockouts (over the control socket); without one, say why there are none."""
+    from . import control
+
+    config_dir = _config_dir(args)
+    if not _server_running(config_dir):
+        print(NO_LOCKOUTS.format(dir=config_dir))
+        return 0
+    try:
+        lockouts = asyncio.run(control.async_ask(config_dir, "lockouts"))
+    except (OSError, ValueError) as err:
+        socket = control.socket_path(config_dir)
+        raise CliError(UNREACHABLE_SERVER_LOCKOUTS.format(dir=config_dir, socket=socket, error=err)) from None
+    for item in lockouts:
+        who = " ".join(
+            part
+            for part in (
+                f"address {item['ip_address']}" if item.get("ip_address") else "",
+                f"user {item['username']}" if item.get("username") else "",
+            )
+            if part
+        )
+        print(f"{who} ({item['type']}): {item['failures']} failures, locked for {item['retry_after']} s more")
+    if lockouts:
+        print()
+    print(f"Total lockouts: {len(lockouts)}")
+    return 0
+
+
+def cmd_lockouts_clear(args: argparse.Namespace) -> int:
+    """Without a running server there is nothing to clear; with one, where to go."""
     config_dir = _config_dir(args)
     with _holding_lock(config_dir, "lockouts", RUNNING_SERVER_LOCKOUTS):
-        print(NO_LOCKOUTS)
+        print(NO_LOCKOUTS.format(dir=config_dir))
     return 0
 
 
@@ -436,8 +485,8 @@ def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     bans_remove.set_defaults(func=cmd_bans_remove)
     lockouts = sub.add_parser("lockouts", help="login lockouts (kept in a running server's memory)")
     lockouts_sub = lockouts.add_subparsers(dest="lockouts_command", required=True, metavar="LOCKOUTS_COMMAND")
-    lockouts_sub.add_parser("list", help="list lockouts").set_defaults(func=cmd_lockouts)
-    lockouts_sub.add_parser("clear", help="clear lockouts").set_defaults(func=cmd_lockouts)
+    lockouts_sub.add_parser("list", help="list lockouts (asks the running server)").set_defaults(func=cmd_lockouts_list)
+    lockouts_sub.add_parser("clear", help="clear lockouts").set_defaults(func=cmd_lockouts_clear)
 
     reset = sub.add_parser("reset", help="lost owner password: remove auth data (keeps a backup)")
     reset.add_argument("--yes", action="store_true", help="do not ask")

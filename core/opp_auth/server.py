@@ -11,8 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
+from . import control
 from .config import Config, load_config
-from .http.app import create_app
+from .http.app import THROTTLE_KEY, create_app
 from .manager import AuthManager
 from .plugins import OppAuthPluginManager, make_plugin_manager
 from .storage import ConfigDirLock, remove_stale_temporaries
@@ -78,10 +79,12 @@ async def async_serve(
         for bind_host in [hosts] if isinstance(hosts, str) else hosts:
             site = web.TCPSite(runner, bind_host, bind_port, ssl_context=ssl_context, reuse_address=True)
             await site.start()
+        control_runner = await control.async_start(config_dir, app[THROTTLE_KEY])
         scheme = "https" if ssl_context else "http"
         shown = hosts if isinstance(hosts, str) else hosts[0]
         _LOGGER.warning("opp-auth %s serving %s on %s://%s:%s/", auth.version, config_dir, scheme, shown, bind_port)
         await stop.wait()
+        await control.async_stop(config_dir, control_runner)
         await runner.cleanup()
     finally:
         lock.release()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -100,12 +102,13 @@ def test_bans_remove_of_a_non_address_is_an_error(banned: Path) -> None:
     assert result.stderr == "Error: example.com is not an IP address\n"
 
 
-def test_lockouts_without_a_server_say_there_are_none(config_dir: Path) -> None:
+def test_lockouts_without_a_server_say_why_there_are_none(config_dir: Path) -> None:
     for command in ("list", "clear"):
         result = opp_auth(config_dir, "lockouts", command)
-        assert (result.returncode, result.stdout) == (
-            0,
-            "No lockouts: login lockouts live in a running server's memory and end when it stops.\n",
+        assert result.returncode == 0
+        assert result.stdout == (
+            f"No server is running on {config_dir}, so nobody is locked out: login lockouts live in a running "
+            "server's memory and end when it stops. Run this while the server runs to see them.\n"
         )
 
 
@@ -129,7 +132,63 @@ def test_bans_list_works_while_the_server_runs(server: str, banned: Path) -> Non
     assert result.stdout.endswith("Total bans: 2\n")
 
 
-def test_lockouts_while_the_server_runs_point_to_the_websocket_api(server: str, banned: Path) -> None:
+def test_lockouts_list_asks_the_running_server(server: str, banned: Path) -> None:
+    """The server's in-memory lockouts, through its control socket (owner-only, in .storage)."""
     result = opp_auth(banned, "lockouts", "list")
+    assert (result.returncode, result.stdout) == (0, "Total lockouts: 0\n"), result.stderr
+    sock = banned / ".storage" / ".opp-auth.sock"
+    assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o600
+
+
+async def test_lockouts_list_shows_a_locked_account(server: str, banned: Path) -> None:
+    """Failed logins past the free ones lock the (address, account) pair; the CLI sees the lock while it lasts."""
+    client_id = f"{server}/"
+    async with aiohttp.ClientSession() as session:
+        failures = 0
+        while failures < 7:
+            async with session.post(f"{server}/auth/login_flow", json={
+                "client_id": client_id, "handler": ["openpeerpower", None], "redirect_uri": client_id,
+            }) as resp:
+                flow = await resp.json()
+            async with session.post(f"{server}/auth/login_flow/{flow['flow_id']}", json={
+                "client_id": client_id, "username": "Mallory", "password": "guess"}) as resp:
+                if resp.status == 429:
+                    await asyncio.sleep(float(resp.headers["Retry-After"]))
+                    continue
+                assert (await resp.json())["errors"] == {"base": "invalid_auth"}
+                failures += 1
+    result = await asyncio.to_thread(opp_auth, banned, "lockouts", "list")
+    assert result.returncode == 0, result.stderr
+    assert "address 127.0.0.1 user mallory (address_and_user): 7 failures, locked for" in result.stdout
+    assert result.stdout.endswith("Total lockouts: 1\n")
+
+
+def test_lockouts_clear_while_the_server_runs_points_to_the_websocket_api(server: str, banned: Path) -> None:
+    result = opp_auth(banned, "lockouts", "clear")
     assert result.returncode == 1
-    assert "config/auth/lockouts/list" in result.stderr
+    assert "config/auth/lockouts/clear" in result.stderr
+
+
+def test_control_socket_replaces_a_stale_one_and_goes_away_at_stop(banned: Path, tmp_path: Path) -> None:
+    """A file left where the socket goes (a crash) is replaced; a stopped server removes its socket."""
+    sock = banned / ".storage" / ".opp-auth.sock"
+    sock.parent.mkdir(exist_ok=True)
+    sock.write_text("left by a crash")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert OPP_AUTH is not None
+    proc = subprocess.Popen(
+        [OPP_AUTH, "-c", str(banned), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not (sock.exists() and stat.S_ISSOCK(sock.stat().st_mode)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert opp_auth(banned, "lockouts", "list").stdout == "Total lockouts: 0\n"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert not sock.exists()
