@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +290,18 @@ async def test_companion_app_starts_a_login_flow(ha: Any) -> None:
         "redirect_uri": "homeassistant://auth-callback", "response_type": "code",
     }) as resp:
         assert resp.status == 200, await resp.text()
+
+
+async def test_onboarding_a_fresh_homeassistant_directory(tmp_path: Path, opp_auth_client: Any) -> None:
+    """A new homeassistant: directory onboards its owner into auth_provider.homeassistant, as Home Assistant would."""
+    (tmp_path / "configuration.yaml").write_text("homeassistant:\n  name: Home\n", encoding="utf-8")
+    client = await serve(opp_auth_client, tmp_path)
+    async with client.request("POST", "/api/onboarding/users", json={
+        "name": "Paulus", "username": "Paulus", "password": PASSWORD, "client_id": CLIENT_ID, "language": "en",
+    }) as resp:
+        assert resp.status == 200, await resp.text()
+    logins = json.loads((tmp_path / ".storage" / "auth_provider.homeassistant").read_text(encoding="utf-8"))
+    assert [u["username"] for u in logins["data"]["users"]] == ["paulus"]
+    assert not (tmp_path / ".storage" / "auth_provider.openpeerpower").exists()
+    tokens = await client.login.tokens(HA_LOCAL, [{"username": "paulus", "password": PASSWORD}])
+    assert client.app[AUTH_KEY].validate_access_token(tokens["access_token"]).user.is_owner

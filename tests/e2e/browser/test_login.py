@@ -81,6 +81,20 @@ async def test_success_redirects_with_code_and_state(serve: Any, page: Any) -> N
     assert status == 200 and body["token_type"] == "Bearer"
 
 
+async def test_own_login_page_reads_home_assistants_providers_object(serve: Any, page: Any) -> None:
+    """With http: auth_api: homeassistant, /auth/providers is an object; opp-auth's own page still logs in."""
+    server = await serve(http={"auth_api": "homeassistant"})
+    await server.onboard()
+    status, body = await server.call("GET", "/auth/providers")
+    assert status == 200 and isinstance(body, dict), body
+    await page.goto(server.url("/"))
+    await page.wait_for_url(re.compile(r"/auth/authorize\?"))
+    await page.get_by_label("Username").fill("paulus")
+    await page.get_by_label("Password").fill("correct horse")
+    await page.get_by_role("button", name="Log in", exact=True).click()
+    await page.get_by_text("You are logged in.").wait_for()
+
+
 async def test_invalid_client_id_is_shown_as_the_seed_pictures_it(serve: Any, page: Any) -> None:
     """A public IP address as client id: 'Error: invalid client id or redirect url'."""
     server = await serve()

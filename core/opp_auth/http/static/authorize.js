@@ -235,7 +235,9 @@ async function start() {
     location.assign("/onboarding.html");
     return;
   }
-  providers = result.ok && Array.isArray(result.body) ? result.body : [];
+  // A list (Open Peer Power 2021), or {providers, preselect_remember_me} (http: auth_api: homeassistant).
+  const listed = result.ok && result.body && !Array.isArray(result.body) ? result.body.providers : result.body;
+  providers = result.ok && Array.isArray(listed) ? listed : [];
   if (!result.ok && result.status === 0) { show(error(message("cannot_connect"))); return; }
   passkeyProvider = providers.find((provider) => provider.type === PASSKEY_PROVIDER) || null;
   providers = providers.filter((provider) => provider !== passkeyProvider);
