@@ -305,3 +305,42 @@ async def test_onboarding_a_fresh_homeassistant_directory(tmp_path: Path, opp_au
     assert not (tmp_path / ".storage" / "auth_provider.openpeerpower").exists()
     tokens = await client.login.tokens(HA_LOCAL, [{"username": "paulus", "password": PASSWORD}])
     assert client.app[AUTH_KEY].validate_access_token(tokens["access_token"]).user.is_owner
+
+
+async def test_admin_change_username_as_home_assistants_frontend_sends_it(ha: Any, ha_dir: dict[str, Any]) -> None:
+    """An administrator renames Anne's login; she logs in with the new name, the old one and a taken one fail."""
+    anne = "b2c3d4e5f6a74b8c9d0e1f2a3b4c5d6e"
+    tokens = await ha_tokens(ha, ha_dir)
+    ws = await ws_session(ha, tokens["access_token"])
+    kind = "config/auth_provider/homeassistant/admin_change_username"
+    await ws.send_json({"id": 1, "type": kind, "user_id": anne, "username": "paulus"})
+    assert (await ws.receive_json())["error"]["code"] == "username_exists"
+    await ws.send_json({"id": 2, "type": kind, "user_id": "nobody", "username": "x"})
+    assert (await ws.receive_json())["error"]["code"] == "user_not_found"
+    await ws.send_json({"id": 3, "type": kind, "user_id": anne, "username": "  Annie "})
+    assert (await ws.receive_json())["success"] is True
+    await ws.close()
+    logins = json.loads((ha_dir["dir"] / ".storage" / "auth_provider.homeassistant").read_text(encoding="utf-8"))
+    assert [u["username"] for u in logins["data"]["users"]] == ["paulus", "annie", "guest"]
+    secret = ha_dir["totp"][anne]
+    for username, ok in (("anne", False), ("annie", True)):
+        status, step = await ha.login.start(HA_LOCAL)
+        status, step = await ha.login.step(step["flow_id"], username=username, password="anne's own secret")
+        if not ok:
+            assert step.get("errors") == {"base": "invalid_auth"}, step
+            continue
+        status, step = await ha.login.step(step["flow_id"], code=pyotp.TOTP(secret).now())
+        assert step["type"] == "create_entry", step
+        status, body = await ha.login.token(grant_type="authorization_code", client_id=CLIENT_ID, code=step["result"])
+        assert ha.app[AUTH_KEY].validate_access_token(body["access_token"]).user.id == anne
+
+
+async def test_admin_change_username_needs_an_administrator(ha: Any, ha_dir: dict[str, Any]) -> None:
+    """Anne (a user, not an administrator) may not rename anyone."""
+    stored = ha_dir["tokens"]["3d4e5f6a7b8c43041526d7e8f90a1b2c"]["token"]
+    status, body = await ha.login.token(grant_type="refresh_token", client_id=HA_CLIENT_ID, refresh_token=stored)
+    ws = await ws_session(ha, body["access_token"])
+    await ws.send_json({"id": 1, "type": "config/auth_provider/homeassistant/admin_change_username",
+                        "user_id": OWNER_ID, "username": "mallory"})
+    assert (await ws.receive_json())["error"]["code"] == "unauthorized"
+    await ws.close()

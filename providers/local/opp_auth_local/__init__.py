@@ -186,6 +186,22 @@ class Data:
             raise InvalidUser("User not found")
         self._users = [u for u in self._users if u is not entry]
 
+    def change_username(self, username: str, new_username: str) -> str:
+        """Rename a login; returns the stored (normalised) new name."""
+        entry = self.get(username)
+        if entry is None:
+            raise InvalidUser("User not found")
+        new = self.normalize_username(new_username)
+        if not new:
+            raise InvalidUser("Username must not be empty")
+        found = self._by_name.get(new)
+        if found is not None and found is not entry:
+            raise InvalidUser("Username already exists")
+        del self._by_name[self.normalize_username(entry["username"])]
+        entry["username"] = new
+        self._by_name[new] = entry
+        return new
+
     def change_password(self, username: str, new_password: str) -> None:
         """Set a new password (blocking: bcrypt)."""
         entry = self.get(username)
@@ -258,6 +274,19 @@ class LocalAuthProvider(AuthProvider):
         self.check_password_policy(new_password, username)
         await self.auth.async_password_check(self.data.change_password, username, new_password)
         await self.data.async_save()
+
+    async def async_change_username(self, credentials: Credentials, new_username: str) -> None:
+        """Rename a login and the credentials that use it (sessions stay valid, as in Home Assistant)."""
+        old = credentials.data["username"]
+        new = self.data.change_username(old, new_username)
+        try:
+            await self.data.async_save()
+        except Exception:
+            self.data.change_username(new, old)
+            raise
+        credentials.data = {**credentials.data, "username": new}
+        self.auth.store.reindex_credentials()
+        await self.auth.store.async_save()
 
     def credential_key(self, data: dict[str, Any]) -> str:
         """Credentials match on the normalised username."""

@@ -27,6 +27,7 @@ from opp_auth.throttle import too_many_attempts_message
 if TYPE_CHECKING:
     from . import LocalAuthProvider
 
+
 TYPES = ("openpeerpower", "homeassistant")
 PREFIX = "config/auth_provider/openpeerpower/"
 HA_PREFIX = "config/auth_provider/homeassistant/"
@@ -164,6 +165,32 @@ async def admin_change_password(conn: ActiveConnection, msg: dict[str, Any]) -> 
     conn.send_result(msg["id"])
 
 
+@require_admin
+@websocket_command(
+    {
+        vol.Required("type"): "config/auth_provider/openpeerpower/admin_change_username",
+        vol.Required("user_id"): str,
+        vol.Required("username"): vol.All(str, vol.Length(min=1, max=100)),
+    }
+)
+async def admin_change_username(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+    """An administrator renames a user's login (Home Assistant's frontend offers it); sessions stay valid."""
+    from . import InvalidUser  # the package imports this module first
+
+    provider = _provider(conn)
+    user = await conn.auth.async_get_user(msg["user_id"])
+    if user is None:
+        raise CommandError("user_not_found", "User not found")
+    credentials = _local_credentials(user)
+    if credentials is None:
+        raise CommandError("credentials_not_found", "Credentials not found")
+    try:
+        await provider.async_change_username(credentials, msg["username"])
+    except InvalidUser as err:
+        raise CommandError("username_exists" if "exists" in str(err) else "invalid_username", str(err)) from err
+    conn.send_result(msg["id"])
+
+
 def _ha_alias(handler: Any) -> tuple[Any, dict[Any, Any]]:
     """The handler again under Home Assistant's command name, with the same guards."""
 
@@ -183,7 +210,7 @@ def _ha_alias(handler: Any) -> tuple[Any, dict[Any, Any]]:
 
 def register_commands(register: Any) -> None:
     """Register every command of this module, under both names."""
-    for handler in (create, delete, change_password, admin_change_password):
+    for handler in (create, delete, change_password, admin_change_password, admin_change_username):
         register(handler)
         alias, schema = _ha_alias(handler)
         register(alias, schema)
