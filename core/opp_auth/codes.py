@@ -4,7 +4,12 @@ A code is issued only by the login engine (``login_flow.py``) after the one MFA
 decision, for one purpose: ``authorize`` codes are redeemed by ``/auth/token``,
 ``link_user`` codes by ``/auth/link_user``. Redeeming checks the client id and
 the purpose; a code presented for the wrong purpose is used up. Codes live ten
-minutes and at most ``MAX_CODES`` are kept (the oldest is dropped first).
+minutes and are fair shares by the address they were issued to
+(:class:`opp_auth.shares.AddressShares`): at most ``MAX_CODES`` for strangers
+and as many for addresses that logged in before or sit in a trusted network,
+``MAX_CODES_PER_ADDRESS`` per address and ``MAX_CODES_PER_PREFIX`` per IPv4 /24
+or IPv6 /64. Past its share an address, prefix or full pool loses its own
+oldest code, never the code of an address that holds less.
 """
 
 from __future__ import annotations
@@ -12,15 +17,19 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import NamedTuple
 
 from .models import Credentials
+from .shares import AddressShares, KnownAddresses
 
 AUTHORIZE = "authorize"
 LINK_USER = "link_user"
 PURPOSES = frozenset({AUTHORIZE, LINK_USER})
 CODE_TTL = 600.0
 MAX_CODES = 10000
+MAX_CODES_PER_ADDRESS = 30
+MAX_CODES_PER_PREFIX = 100
 
 
 class _Entry(NamedTuple):
@@ -32,27 +41,48 @@ class _Entry(NamedTuple):
 class AuthorizationCodes:
     """The codes waiting to be redeemed (in memory only, like Open Peer Power's)."""
 
-    def __init__(self, *, ttl: float = CODE_TTL, max_codes: int = MAX_CODES) -> None:
-        """Codes live ttl seconds; at most max_codes at once."""
+    def __init__(
+        self,
+        *,
+        ttl: float = CODE_TTL,
+        max_codes: int = MAX_CODES,
+        max_per_address: int = MAX_CODES_PER_ADDRESS,
+        max_per_prefix: int = MAX_CODES_PER_PREFIX,
+        known: KnownAddresses | None = None,
+        trusted: Callable[[str], bool] | None = None,
+    ) -> None:
+        """Codes live ttl seconds; at most max_codes at once in each pool."""
         self.ttl = ttl
-        self.max_codes = max_codes
+        self.shares = AddressShares(
+            max_codes, max_per_address, max_per_prefix, known=known, trusted=trusted, displace_own=True
+        )
         self._codes: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+
+    @property
+    def max_codes(self) -> int:
+        """Codes each pool (strangers, privileged) holds at most."""
+        return self.shares.strangers.capacity
+
+    @max_codes.setter
+    def max_codes(self, value: int) -> None:
+        self.shares.configure(capacity=value)
 
     def __len__(self) -> int:
         """How many codes are waiting (expired ones included until the next issue)."""
         return len(self._codes)
 
-    def issue(self, client_id: str, credentials: Credentials, purpose: str) -> str:
-        """A new code for credentials, redeemable once by client_id for purpose."""
+    def issue(self, client_id: str, credentials: Credentials, purpose: str, *, ip_address: str | None = None) -> str:
+        """A new code for credentials, redeemable once by client_id for purpose; ip_address: who gets it."""
         if purpose not in PURPOSES:
             raise ValueError(f"unknown authorization code purpose {purpose!r}")
         if not isinstance(credentials, Credentials):
             raise TypeError("an authorization code carries Credentials")
         self._purge()
-        while len(self._codes) >= self.max_codes:
-            self._codes.popitem(last=False)
         code = secrets.token_hex(16)
-        self._codes[(client_id, code)] = _Entry(time.monotonic(), purpose, credentials)
+        key = (client_id, code)
+        for old in self.shares.admit(key, ip_address):
+            self._codes.pop(old, None)  # type: ignore[call-overload]
+        self._codes[key] = _Entry(time.monotonic(), purpose, credentials)
         return code
 
     def redeem(self, client_id: object, code: object, purpose: str) -> Credentials | None:
@@ -60,6 +90,7 @@ class AuthorizationCodes:
         if not isinstance(client_id, str) or not isinstance(code, str):
             return None
         entry = self._codes.pop((client_id, code), None)
+        self.shares.release((client_id, code))
         if entry is None or time.monotonic() - entry.created > self.ttl or entry.purpose != purpose:
             return None
         return entry.credentials
@@ -71,7 +102,16 @@ class AuthorizationCodes:
             entry = next(iter(self._codes.values()))
             if now - entry.created <= self.ttl:
                 break
-            self._codes.popitem(last=False)
+            self.shares.release(self._codes.popitem(last=False)[0])
 
 
-__all__ = ["AUTHORIZE", "CODE_TTL", "LINK_USER", "MAX_CODES", "PURPOSES", "AuthorizationCodes"]
+__all__ = [
+    "AUTHORIZE",
+    "CODE_TTL",
+    "LINK_USER",
+    "MAX_CODES",
+    "MAX_CODES_PER_ADDRESS",
+    "MAX_CODES_PER_PREFIX",
+    "PURPOSES",
+    "AuthorizationCodes",
+]

@@ -117,6 +117,7 @@ class FlowManager:
         self._step_locks: dict[str, asyncio.Lock] = {}
         self.max_flows = max_flows
         self.ttl = ttl
+        self._pending = 0
 
     async def async_create_flow(self, handler_key: Any, *, context: dict[str, Any], data: Any) -> FlowHandler:
         """Build the handler for handler_key (raise UnknownHandler)."""
@@ -133,8 +134,7 @@ class FlowManager:
             flow_id, flow = next(iter(self._flows.items()))
             if flow.deadline > now:
                 break
-            del self._flows[flow_id]
-            self._step_locks.pop(flow_id, None)
+            self._forget(flow_id)
 
     def async_progress(self) -> list[FlowHandler]:
         """Flows in progress."""
@@ -154,20 +154,24 @@ class FlowManager:
     ) -> FlowResult:
         """Start a flow and run its first step (init, unless context says otherwise)."""
         self._purge_expired()
-        if len(self._flows) >= self.max_flows:
-            raise TooManyFlows(f"{len(self._flows)} flows in progress")
         context = dict(context or {})
+        flow_id = uuid.uuid4().hex
+        self._admit(flow_id, context)
         try:
             flow = await self.async_create_flow(handler_key, context=context, data=data)
         except FlowError:
+            self._release(flow_id)
             raise
         except Exception:
+            self._release(flow_id)
             _LOGGER.exception("Error creating a flow for %s", handler_key)
             aborted = FlowHandler()
-            aborted.flow_id = uuid.uuid4().hex
+            aborted.flow_id = flow_id
             aborted.handler = handler_key
             return aborted.async_abort(reason="unknown_error")
-        flow.flow_id = uuid.uuid4().hex
+        if not self._holds_place(flow_id):  # displaced while the handler was being built
+            raise TooManyFlows("displaced by a fairer share")
+        flow.flow_id = flow_id
         flow.handler = handler_key
         flow.context = context
         flow.created = time.monotonic()
@@ -193,33 +197,54 @@ class FlowManager:
                 return await self._async_handle_step(flow, cur_step["step_id"], user_input)
             finally:
                 if flow_id not in self._flows:
-                    self._step_locks.pop(flow_id, None)
+                    self._forget(flow_id)
 
     def async_abort(self, flow_id: str) -> None:
         """Forget a flow (UnknownFlow if there is none)."""
-        self._step_locks.pop(flow_id, None)
-        if self._flows.pop(flow_id, None) is None:
+        if self._forget(flow_id) is None:
             raise UnknownFlow(flow_id)
+
+    # ---- the cap: one place per flow, taken before its handler is built -------------------------
+
+    def _admit(self, flow_id: str, context: dict[str, Any]) -> None:
+        """Take a place for a new flow (raise TooManyFlows); a subclass may share places out fairly."""
+        if len(self._flows) + self._pending >= self.max_flows:
+            raise TooManyFlows(f"{len(self._flows)} flows in progress")
+        self._pending += 1
+
+    def _holds_place(self, flow_id: str) -> bool:
+        """Whether the flow being built still holds the place _admit gave it (and turn it into a flow)."""
+        self._pending -= 1
+        return True
+
+    def _release(self, flow_id: str) -> None:
+        """Give back the place of a flow that was never built."""
+        self._pending -= 1
+
+    def _forget(self, flow_id: str) -> FlowHandler | None:
+        """Remove a flow and everything kept for it (the one way flows leave); None if there was none."""
+        self._step_locks.pop(flow_id, None)
+        return self._flows.pop(flow_id, None)
 
     async def _async_handle_step(self, flow: FlowHandler, step_id: str, user_input: Any) -> FlowResult:
         """Run one step; an exception inside a handler ends the flow with abort unknown_error."""
         method = f"async_step_{step_id}"
         if not hasattr(flow, method):
-            self._flows.pop(flow.flow_id, None)
+            self._forget(flow.flow_id)
             raise UnknownStep(f"Handler {flow.__class__.__name__} doesn't support step {step_id}")
         try:
             result: FlowResult = await getattr(flow, method)(user_input)
             if result["type"] != RESULT_TYPE_FORM:
                 result = await self.async_finish_flow(flow, result)
         except FlowError:
-            self._flows.pop(flow.flow_id, None)
+            self._forget(flow.flow_id)
             raise
         except Exception:
             _LOGGER.exception("Error in step %s of flow %s (%s)", step_id, flow.flow_id, flow.handler)
-            self._flows.pop(flow.flow_id, None)
+            self._forget(flow.flow_id)
             return flow.async_abort(reason="unknown_error")
         if result["type"] == RESULT_TYPE_FORM:
             flow.cur_step = result
         else:
-            self._flows.pop(flow.flow_id, None)
+            self._forget(flow.flow_id)
         return result

@@ -24,6 +24,7 @@ import inspect
 import logging
 import time
 import unicodedata
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
@@ -43,6 +44,7 @@ from .flow import (
 from .mfa import MfaAbort
 from .models import Credentials, RefreshToken, User
 from .providers import InvalidAuthError, ProviderUnavailableError
+from .shares import AddressShares, Full, KnownAddresses
 
 if TYPE_CHECKING:
     from .manager import AuthManager
@@ -51,7 +53,9 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 MFA_SESSION_EXPIRATION = 300.0
+MAX_FLOWS = 1000
 MAX_FLOWS_PER_ADDRESS = 30
+MAX_FLOWS_PER_PREFIX = 100
 USERNAME_PASSWORD_SCHEMA = vol.Schema({vol.Required("username"): str, vol.Required("password"): str})
 # Never part of a username: control characters (Cc: NUL, CR, LF, NEL...), format characters
 # (Cf: bidi overrides, zero-width characters, BOM), line and paragraph separators, surrogates.
@@ -232,31 +236,80 @@ class UsernamePasswordLoginFlow(LoginFlow):
 
 
 class LoginFlowManager(FlowManager):
-    """Login flows keyed by provider (type, id); results become Credentials."""
+    """Login flows keyed by provider (type, id); results become Credentials.
+
+    Flows in progress are fair shares (:class:`opp_auth.shares.AddressShares`
+    on the context's ``ip_address``): at most ``max_flows`` for strangers plus
+    ``max_flows`` for addresses that logged in before or sit in a trusted
+    network, ``max_per_address`` per address and ``max_per_prefix`` per IPv4
+    /24 or IPv6 /64. A refused start raises TooManyFlows (HTTP 429).
+    """
 
     def __init__(
         self,
         auth: AuthManager,
         *,
-        max_flows: int = 1000,
+        max_flows: int = MAX_FLOWS,
         ttl: float = 600.0,
         max_per_address: int = MAX_FLOWS_PER_ADDRESS,
+        max_per_prefix: int = MAX_FLOWS_PER_PREFIX,
+        known: KnownAddresses | None = None,
+        trusted: Callable[[str], bool] | None = None,
     ) -> None:
-        """Flows for the manager's providers; at most max_per_address in progress per context ip_address."""
+        """Flows for the manager's providers, shared out by the address in each flow's context."""
+        self.shares = AddressShares(max_flows, max_per_address, max_per_prefix, known=known, trusted=trusted)
         super().__init__(max_flows=max_flows, ttl=ttl)
         self.auth = auth
-        self.max_per_address = max_per_address
 
-    async def async_init(
-        self, handler_key: Any, *, context: dict[str, Any] | None = None, data: Any = None
-    ) -> FlowResult:
-        """Start a login flow unless its address already has max_per_address in progress."""
-        ip_address = (context or {}).get("ip_address")
-        if ip_address is not None:
-            in_progress = sum(1 for flow in self.async_progress() if flow.context.get("ip_address") == ip_address)
-            if in_progress >= self.max_per_address:
-                raise TooManyFlows(f"{in_progress} flows in progress from {ip_address}")
-        return await super().async_init(handler_key, context=context, data=data)
+    @property
+    def max_flows(self) -> int:
+        """Flows each pool (strangers, privileged) holds at most."""
+        return self.shares.strangers.capacity
+
+    @max_flows.setter
+    def max_flows(self, value: int) -> None:
+        self.shares.configure(capacity=value)
+
+    @property
+    def max_per_address(self) -> int:
+        """Flows one address holds at most."""
+        return self.shares.strangers.per_address
+
+    @max_per_address.setter
+    def max_per_address(self, value: int) -> None:
+        self.shares.configure(per_address=value)
+
+    @property
+    def max_per_prefix(self) -> int:
+        """Flows one IPv4 /24 or IPv6 /64 holds at most."""
+        return self.shares.strangers.per_group
+
+    @max_per_prefix.setter
+    def max_per_prefix(self, value: int) -> None:
+        self.shares.configure(per_prefix=value)
+
+    def _admit(self, flow_id: str, context: dict[str, Any]) -> None:
+        """A place in the address's share, maybe displacing the oldest flow of the largest prefix."""
+        ip_address = context.get("ip_address")
+        try:
+            displaced = self.shares.admit(flow_id, ip_address)
+        except Full as err:
+            raise TooManyFlows(f"no place for a login flow from {ip_address}: {err}") from None
+        for old in displaced:
+            self._forget(str(old))
+
+    def _holds_place(self, flow_id: str) -> bool:
+        """Whether the flow was not displaced while its handler was built."""
+        return flow_id in self.shares
+
+    def _release(self, flow_id: str) -> None:
+        """Give back the place of a flow that was never built."""
+        self.shares.release(flow_id)
+
+    def _forget(self, flow_id: str) -> FlowHandler | None:
+        """Remove the flow and free its place."""
+        self.shares.release(flow_id)
+        return super()._forget(flow_id)
 
     async def async_create_flow(self, handler_key: Any, *, context: dict[str, Any], data: Any) -> FlowHandler:
         """Ask the provider for a new login flow."""
@@ -419,12 +472,18 @@ class LoginFlowManager(FlowManager):
                 "reason": "unknown_error",
                 "description_placeholders": None,
             }
-        result["result"] = self.auth.codes.issue(client_id, credentials, purpose)
+        # First the success (the address becomes known), so the code takes a place in the known share.
         self.auth.note_login_success(ip_address, self.auth.store.user_for_credentials(credentials), credentials)
+        result["result"] = self.auth.codes.issue(client_id, credentials, purpose, ip_address=ip_address)
         return result
 
     async def async_code_for_credentials(
-        self, client_id: str, credentials: Credentials, *, session: RefreshToken | None = None
+        self,
+        client_id: str,
+        credentials: Credentials,
+        *,
+        session: RefreshToken | None = None,
+        ip_address: str | None = None,
     ) -> str:
         """An ``authorize`` code outside a login flow (onboarding), after the same MFA decision.
 
@@ -442,4 +501,4 @@ class LoginFlowManager(FlowManager):
             )
             if not same_session:
                 raise MfaRequired(user.id)
-        return self.auth.codes.issue(client_id, credentials, AUTHORIZE)
+        return self.auth.codes.issue(client_id, credentials, AUTHORIZE, ip_address=ip_address)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import secrets
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 from . import __version__
 from .codes import AuthorizationCodes
-from .login_flow import LoginFlowManager
+from .login_flow import MAX_FLOWS, LoginFlowManager
 from .mfa import MfaModule, MfaSetupFlowManager
 from .models import (
     ACCESS_TOKEN_EXPIRATION,
@@ -32,6 +33,7 @@ from .models import (
 from .plugins import OppAuthPluginManager
 from .providers import LOCAL_PROVIDER_TYPES, AuthProvider, InvalidAuthError, credential_lookup_key
 from .sessions import AccessPolicy
+from .shares import KnownAddresses, network_checker
 from .storage import StorageError, Store
 from .store import AuthStore
 from .tokens import EXP_LEEWAY, TokenCache, check_claims, decode_jwt, encode_jwt, unverified_claims, verify_signature
@@ -61,7 +63,7 @@ class AuthManager:
         mfa_configs: list[tuple[type[MfaModule], dict[str, Any]]] = (),  # type: ignore[assignment]
         http_config: dict[str, Any] | None = None,
         config_blocks: dict[str, Any] | None = None,
-        max_login_flows: int = 1000,
+        max_login_flows: int = MAX_FLOWS,
         max_password_checks: int | None = None,
         refresh_token_expiry: timedelta | None = REFRESH_TOKEN_EXPIRY,
         purge_expired_tokens: bool = True,
@@ -92,11 +94,24 @@ class AuthManager:
                 self._providers[extra.key] = extra
                 self._offered_by[extra.key] = module.id
         self.access = AccessPolicy(self._providers)
-        self.login_flow = LoginFlowManager(self, max_flows=max_login_flows)
+        # Addresses accounts logged in from, and trusted networks: their share of what anonymous
+        # callers fill (login flows, authorization codes) cannot be taken by strangers (shares.py).
+        self.known_addresses = KnownAddresses()
+        trusted = network_checker(
+            [
+                net
+                for p in self._providers.values()
+                for net in (getattr(p, "trusted_networks", None) or ())
+                if isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+            ]
+            + list(self.http_config.get("ban_allowlist") or ())
+        )
+        self.login_flow = LoginFlowManager(self, max_flows=max_login_flows, known=self.known_addresses, trusted=trusted)
         self.mfa_setup_flow = MfaSetupFlowManager(self)
         self.user_settings = UserSettings(self)
-        # One-time authorization codes; only the login engine (login_flow.py) issues them.
-        self.codes = AuthorizationCodes()
+        # One-time authorization codes; only the login engine (login_flow.py) issues them. Fair shares
+        # by address like the login flows (shares.py).
+        self.codes = AuthorizationCodes(known=self.known_addresses, trusted=trusted)
         self._token_cache = TokenCache()
         self._password_checks = asyncio.Semaphore(max_password_checks or max(2, os.cpu_count() or 2))
         self._sign_secret = secrets.token_hex(32)
@@ -123,6 +138,8 @@ class AuthManager:
         self.store.idle_expiry = self.refresh_token_expiry.total_seconds() if self.refresh_token_expiry else None
         await self.store.async_load()
         self.store.reindex_credentials()
+        for refresh_token in self.store.refresh_tokens():
+            self.known_addresses.add(refresh_token.user.id, refresh_token.last_used_ip)
         await self.user_settings.async_load()
         for module in self._mfa_modules.values():
             await module.async_initialize()
@@ -532,6 +549,7 @@ class AuthManager:
         await self.async_validate_refresh_token(refresh_token, remote_ip)
         refresh_token.last_used_at = utcnow()
         refresh_token.last_used_ip = remote_ip
+        self.known_addresses.add(refresh_token.user.id, remote_ip)
         if refresh_token.expire_at is not None:
             refresh_token.expire_at = self.store.default_expire_at(TOKEN_TYPE_NORMAL)
         self.store.schedule_usage_save()
@@ -634,7 +652,9 @@ class AuthManager:
         )
 
     def note_login_success(self, remote_ip: str | None, user: User | None, credential: Credentials | None) -> None:
-        """Tell plugins a login succeeded (fire and forget)."""
+        """Tell plugins a login succeeded (fire and forget); remote_ip is a known address of the account from now on."""
+        account = user.id if user is not None else (credential.id if credential is not None else None)
+        self.known_addresses.add(account, remote_ip)
         self._spawn(self._async_fire("opp_auth_login_succeeded", remote_ip=remote_ip, user=user, credential=credential))
 
     def login_retry_after(self, remote_ip: str | None, username: str | None) -> float:

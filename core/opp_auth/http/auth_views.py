@@ -43,10 +43,15 @@ POST /auth/login_flow/{flow_id}  (JSON: client_id plus the step's fields)
     open, so the same step can be submitted again after N seconds. The
     account of the MFA steps is the username given in the first step.
 
-    Limits: a flow start is refused with 429 ``Too many logins in progress,
-    try again later`` when 1000 flows are in progress, or 30 from the
-    client's address (flows expire after ten minutes). A body over 16 MiB
-    gets 413 ``{"message": "Request body too large: ..."}``.
+    Limits (fair shares, ``opp_auth.shares``): a flow start is refused with
+    429 ``Too many logins in progress, try again later`` when the client's
+    address has 30 flows in progress, or its network prefix (IPv4 /24, IPv6
+    /64) 100, or when the 1000 places for strangers are taken and its prefix
+    holds as many as the largest (a smaller prefix takes the place of the
+    largest prefix's oldest flow). Addresses that logged in before and
+    trusted networks have 1000 places of their own. Flows expire after ten
+    minutes. A body over 16 MiB gets 413 ``{"message": "Request body too
+    large: ..."}``.
 
 DELETE /auth/login_flow/{flow_id}
     Aborts a flow: ``{"message": "Flow aborted"}``.

@@ -29,6 +29,7 @@ from .view import (
     CLIENT_SESSION_KEY,
     KEY_REFRESH_TOKEN_ID,
     auth_of,
+    client_ip,
     json_message,
     json_response,
     read_json,
@@ -157,8 +158,11 @@ async def onboarding_users(request: web.Request) -> web.Response:
             raise
         await onboarding.async_mark_done(STEP_USER)
         await auth.user_settings.async_update(user.id, {"language": data["language"]})
+        auth.known_addresses.add(user.id, client_ip(request))  # the owner is at home: a known address
         try:
-            code = await auth.login_flow.async_code_for_credentials(data["client_id"], credentials)
+            code = await auth.login_flow.async_code_for_credentials(
+                data["client_id"], credentials, ip_address=client_ip(request)
+            )
         except MfaRequired:
             return json_message("Multi-factor authentication required; log in", 403)
     return json_response({"auth_code": code})
@@ -200,7 +204,7 @@ async def onboarding_integration(request: web.Request) -> web.Response:
             return json_message("Credentials for user not available", 403)
         try:
             code = await auth.login_flow.async_code_for_credentials(
-                data["client_id"], refresh_token.credential, session=refresh_token
+                data["client_id"], refresh_token.credential, session=refresh_token, ip_address=client_ip(request)
             )
         except MfaRequired:
             return json_message("Multi-factor authentication required; log in", 403)
