@@ -45,6 +45,7 @@ _T = TypeVar("_T")
 REFRESH_TOKEN_EXPIRY = timedelta(days=90)
 PURGE_INTERVAL = 3600.0
 SECRET_FILE = ".opp-auth-secret"
+SECRET_BYTES = 32
 
 
 class AuthManagerError(Exception):
@@ -675,14 +676,14 @@ def load_server_secret(config_dir: str) -> bytes:
     try:
         with open(path, "rb") as handle:
             secret = bytes.fromhex(handle.read().decode().strip())
-        if len(secret) >= 32:
+        if len(secret) >= SECRET_BYTES:
             return secret
         raise ValueError("too short")
     except FileNotFoundError:
         pass
     except (ValueError, UnicodeDecodeError) as err:
         raise StorageError(f"{path} is not a valid opp-auth secret ({err}); restore it from a backup") from err
-    secret = secrets.token_bytes(32)
+    secret = secrets.token_bytes(SECRET_BYTES)
     os.makedirs(config_dir, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:

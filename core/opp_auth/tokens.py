@@ -14,11 +14,13 @@ import base64
 import binascii
 import hmac
 import json
+import re
 import time
 from collections import OrderedDict
 from typing import Any
 
 EXP_LEEWAY = 10
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=").decode()
 
 
@@ -28,8 +30,20 @@ def _b64encode(raw: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    """Decode unpadded base64url (raises ValueError); a2b_base64 ignores surplus padding."""
-    return binascii.a2b_base64(text.replace("-", "+").replace("_", "/") + "==")
+    """Decode canonical unpadded base64url (RFC 7515 section 2), else raise ValueError.
+
+    Only one spelling of given bytes is accepted: no ``=`` padding, no ``+`` or
+    ``/`` of standard base64, no whitespace, and the unused low bits of the
+    last character zero (``...Q`` and ``...R`` would otherwise both decode to
+    the same bytes). So a token has one string form, and the string a client
+    presents is the one that was signed and cached.
+    """
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not canonical unpadded base64url")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64encode(raw) != text:
+        raise ValueError("not canonical base64url: unused bits set")
+    return raw
 
 
 def _sign(key: str, signing_input: str) -> bytes:

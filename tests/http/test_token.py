@@ -205,6 +205,46 @@ async def test_revoke_always_answers_200(client: Any, form: dict[str, str]) -> N
     assert (status, body) == (200, None)
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"grant_type": "junk"},
+        {"grant_type": ""},
+        {"grant_type": "refresh_token"},
+        {"grant_type": "authorization_code"},
+    ],
+)
+async def test_revoke_mixed_with_a_grant_is_refused_and_revokes_nothing(client: Any, extra: dict[str, str]) -> None:
+    """action=revoke is the whole request: with any grant_type it is 400 invalid_request and the token lives."""
+    tokens = await client.login.tokens(HANDLER, [ALICE])
+    status, body, headers = await token_request(client, action="revoke", token=tokens["refresh_token"], **extra)
+    assert (status, body["error"]) == (400, "invalid_request")
+    assert headers["Cache-Control"] == "no-store"
+    assert (await api_status(client, f"Bearer {tokens['access_token']}"))[0] == 200
+
+
+@pytest.mark.parametrize("action", ["", "Revoke", "revoke ", "delete", "revoke\x00"])
+async def test_another_action_is_invalid_request_even_with_a_good_grant(client: Any, action: str) -> None:
+    tokens = await client.login.tokens(HANDLER, [ALICE])
+    status, body, _ = await token_request(
+        client, action=action, grant_type="refresh_token", client_id=CLIENT_ID, refresh_token=tokens["refresh_token"]
+    )
+    assert (status, body["error"]) == (400, "invalid_request")
+    status, body, _ = await token_request(client, action=action, token=tokens["refresh_token"])
+    assert (status, body["error"]) == (400, "invalid_request")
+    assert (await api_status(client, f"Bearer {tokens['access_token']}"))[0] == 200
+
+
+@pytest.mark.parametrize("field", ["action", "grant_type", "token"])
+async def test_a_field_given_twice_is_invalid_request(client: Any, field: str) -> None:
+    tokens = await client.login.tokens(HANDLER, [ALICE])
+    form = [("action", "revoke"), ("token", tokens["refresh_token"]), (field, "revoke")]
+    async with client.request("POST", "/auth/token", data=form) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"] == "invalid_request"
+    assert (await api_status(client, f"Bearer {tokens['access_token']}"))[0] == 200
+
+
 @pytest.mark.parametrize("form", [{}, {"grant_type": "password"}, {"grant_type": "client_credentials"}])
 async def test_other_grant_types_are_unsupported(client: Any, form: dict[str, str]) -> None:
     """Anything but the two grants."""

@@ -61,10 +61,14 @@ POST /auth/token  (form-urlencoded)
     flow or of onboarding; a ``link_user`` code is 400 ``invalid_request``
     ``Invalid code``): a new refresh token and access token.
     ``grant_type=refresh_token`` (refresh_token, client_id): a new access
-    token. ``action=revoke`` (token): deletes the refresh token,
-    always 200. Errors follow OAuth 2: ``{"error": ..., "error_description": ...}``.
-    With ``auth_api: homeassistant`` the authorization-code answer also carries
-    ``ha_auth_provider`` (the type of the provider the user logged in with).
+    token. ``action=revoke`` (token; Open Peer Power's form of RFC 7009
+    revocation): deletes the refresh token if there is one, 200 with an empty
+    body either way. ``action`` with another value or together with any
+    ``grant_type``, or ``action``, ``grant_type`` or ``token`` given twice, is
+    400 ``invalid_request``. Errors follow OAuth 2: ``{"error": ...,
+    "error_description": ...}``. With ``auth_api: homeassistant`` the
+    authorization-code answer also carries ``ha_auth_provider`` (the type of
+    the provider the user logged in with).
 
 POST /auth/revoke  (form-urlencoded or multipart: token)
     Deletes the refresh token, always 200 (Home Assistant's logout, as
@@ -83,6 +87,7 @@ from typing import Any
 
 import voluptuous as vol
 from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
 
 from ..codes import AUTHORIZE, LINK_USER
 from ..flow import (
@@ -266,8 +271,17 @@ async def token_view(request: web.Request) -> web.Response:
     except web.HTTPException:
         raise  # 413 for a body over the size limit
     except Exception:  # noqa: BLE001 - any undecodable body is a bad request
-        data = {}  # type: ignore[assignment]
-    if data.get("action") == "revoke":
+        data = MultiDictProxy(MultiDict())
+    for field in ("action", "grant_type", "token"):
+        if len(data.getall(field, [])) > 1:
+            _failed(request, "invalid_token")
+            return _oauth_error("invalid_request", f"{field} given more than once")
+    if "action" in data:
+        # A revocation is action=revoke (with token) and nothing that names a grant: a request
+        # that is both, or another action, is not guessed at (RFC 6749 5.2 invalid_request).
+        if data["action"] != "revoke" or "grant_type" in data:
+            _failed(request, "invalid_token")
+            return _oauth_error("invalid_request", "action=revoke takes a token and no grant_type")
         return await _revoke(request, data.get("token"))
     grant_type = data.get("grant_type")
     if grant_type == "authorization_code":

@@ -1,0 +1,123 @@
+"""JWTs have one spelling: canonical base64url without padding in header, payload and signature (issue 11 item 8)."""
+
+from __future__ import annotations
+
+import base64
+import string
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from opp_auth import AuthManager
+from opp_auth.testing import CLIENT_ID
+from opp_auth.tokens import decode_jwt, encode_jwt
+
+KEY = "k" * 64
+ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+
+
+def token_where(predicate: Callable[[list[str]], bool]) -> str:
+    """A fresh valid token whose [header, payload, signature] satisfies predicate."""
+    for n in range(10000):
+        token = encode_jwt({"iss": "x", "exp": time.time() + 600, "n": n, "s": "?>~" * (n % 5)}, KEY)
+        if predicate(token.split(".")):
+            return token
+    raise AssertionError("no such token")
+
+
+def lenient(text: str) -> bytes:
+    """What a forgiving decoder makes of text (the same bytes as the canonical form, for these tests)."""
+    return base64.b64decode(text.replace("-", "+").replace("_", "/") + "===", validate=False)
+
+
+def with_part(token: str, index: int, part: str) -> str:
+    """token with one of its three parts replaced."""
+    parts = token.split(".")
+    parts[index] = part
+    return ".".join(parts)
+
+
+def flip_unused_bits(part: str) -> str:
+    """part with its last character changed in bits that carry no data (same decoded bytes)."""
+    assert len(part) % 4 in (2, 3)
+    last = ALPHABET.index(part[-1])
+    return part[:-1] + ALPHABET[last + 1]
+
+
+def test_the_canonical_token_verifies() -> None:
+    token = encode_jwt({"iss": "x", "exp": time.time() + 600}, KEY)
+    assert decode_jwt(token, KEY) is not None
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+@pytest.mark.parametrize("padding", ["=", "==", "==="])
+def test_padding_on_any_part_is_refused(index: int, padding: str) -> None:
+    token = encode_jwt({"iss": "x", "exp": time.time() + 600}, KEY)
+    part = token.split(".")[index]
+    assert lenient(part + padding) == lenient(part)
+    assert decode_jwt(with_part(token, index, part + padding), KEY) is None
+
+
+@pytest.mark.parametrize("index", [1, 2])
+def test_standard_base64_alphabet_is_refused(index: int) -> None:
+    token = token_where(lambda parts: "-" in parts[index] or "_" in parts[index])
+    part = token.split(".")[index]
+    standard = part.replace("-", "+").replace("_", "/")
+    assert base64.b64decode(standard + "=" * (-len(standard) % 4)) == lenient(part)
+    assert decode_jwt(with_part(token, index, standard), KEY) is None
+
+
+@pytest.mark.parametrize("index", [1, 2])
+def test_non_canonical_trailing_bits_are_refused(index: int) -> None:
+    token = token_where(lambda parts: len(parts[index]) % 4 in (2, 3))
+    part = token.split(".")[index]
+    other = flip_unused_bits(part)
+    assert other != part and lenient(other) == lenient(part)
+    assert decode_jwt(with_part(token, index, other), KEY) is None
+
+
+@pytest.mark.parametrize("junk", [" ", "\n", "\t", "!", "é", "\x00", "a", "aaaaa"])
+def test_junk_inside_or_after_a_part_is_refused(junk: str) -> None:
+    token = encode_jwt({"iss": "x", "exp": time.time() + 600}, KEY)
+    for index in range(3):
+        part = token.split(".")[index]
+        assert decode_jwt(with_part(token, index, part + junk), KEY) is None
+        assert decode_jwt(with_part(token, index, part[:4] + junk + part[4:]), KEY) is None
+
+
+async def bearer(auth: AuthManager) -> str:
+    """A real access token of a real refresh token."""
+    user = await auth.async_create_user("Owner")
+    refresh = await auth.async_create_refresh_token(user, CLIENT_ID)
+    return await auth.async_create_access_token(refresh)
+
+
+async def test_access_tokens_of_the_manager_have_one_spelling(opp_auth_factory: Any) -> None:
+    auth = await opp_auth_factory(mfa_modules=[])
+    token = await bearer(auth)
+    header, payload, sig = token.split(".")
+    assert auth.validate_access_token(token) is not None  # cached from here on: the variants must still fail
+    variants = [
+        token + "==",
+        f"{header}.{payload}.{sig}=",
+        f"{header}=.{payload}.{sig}",
+        f"{header}.{payload}==.{sig}",
+        f"{header}.{payload}.{flip_unused_bits(sig)}",
+        f"{header}.{payload}.{sig.replace('-', '+').replace('_', '/')}" if set(sig) & set("-_") else token + " ",
+    ]
+    for variant in variants:
+        assert auth.validate_access_token(variant) is None, variant
+
+
+async def test_signed_paths_have_one_spelling(opp_auth_factory: Any) -> None:
+    auth = await opp_auth_factory(mfa_modules=[])
+    user = await auth.async_create_user("Owner")
+    refresh = await auth.async_create_refresh_token(user, CLIENT_ID)
+    path = auth.sign_path("/api/states", timedelta(seconds=30), refresh_token_id=refresh.id)
+    signature = path.split("authSig=", 1)[1]
+    assert auth.validate_signed_path("/api/states", signature, []) is not None
+    assert auth.validate_signed_path("/api/states", signature + "==", []) is None
+    assert auth.validate_signed_path("/api/states", flip_unused_bits(signature), []) is None
