@@ -118,6 +118,6 @@ async def test_signed_paths_have_one_spelling(opp_auth_factory: Any) -> None:
     refresh = await auth.async_create_refresh_token(user, CLIENT_ID)
     path = auth.sign_path("/api/states", timedelta(seconds=30), refresh_token_id=refresh.id)
     signature = path.split("authSig=", 1)[1]
-    assert auth.validate_signed_path("/api/states", signature, []) is not None
-    assert auth.validate_signed_path("/api/states", signature + "==", []) is None
-    assert auth.validate_signed_path("/api/states", flip_unused_bits(signature), []) is None
+    assert auth.validate_signed_path("/api/states", signature, [], "127.0.0.1") is not None
+    assert auth.validate_signed_path("/api/states", signature + "==", [], "127.0.0.1") is None
+    assert auth.validate_signed_path("/api/states", flip_unused_bits(signature), [], "127.0.0.1") is None
