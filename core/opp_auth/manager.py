@@ -255,11 +255,11 @@ class AuthManager:
 
     def owner(self) -> User | None:
         """The owner, if one exists."""
-        return next((u for u in self.store.users() if u.is_owner), None)
+        return self.store.owner()
 
     def has_non_system_user(self) -> bool:
         """Whether any person (not an integration) has an account."""
-        return any(not u.system_generated for u in self.store.users())
+        return self.store.has_non_system_user()
 
     def _groups_for(self, group_ids: list[str] | None) -> list[Any]:
         """Resolve group ids or refuse."""
@@ -367,12 +367,7 @@ class AuthManager:
         groups = self._groups_for(group_ids) if group_ids is not None else None
         if is_active is False and user.is_owner:
             raise AuthManagerError("Unable to deactivate the owner")
-        if name is not None:
-            user.name = name
-        if groups is not None:
-            user.groups = self.store.shared_groups(groups)
-        if is_active is not None:
-            user.is_active = is_active
+        self.store.update_user(user, name=name, is_active=is_active, groups=groups)
         await self.store.async_save()
         await self._async_fire("opp_auth_user_updated", user=user)
 
@@ -490,13 +485,13 @@ class AuthManager:
     async def async_set_expiry(self, refresh_token: RefreshToken, enable: bool) -> None:
         """Switch idle expiry on or off for one token (Home Assistant's per-token switch)."""
         period = self.refresh_token_expiry.total_seconds() if self.refresh_token_expiry else None
-        refresh_token.expire_at = time.time() + period if enable and period else None
+        self.store.set_token_expiry(refresh_token, time.time() + period if enable and period else None)
         await self.store.async_save()
 
     async def async_purge_expired_tokens(self) -> int:
         """Remove every expired refresh token; returns how many."""
         now = time.time()
-        expired = [t for t in self.store.refresh_tokens() if self.is_expired(t, now)]
+        expired = await self.store.async_expired_tokens(now)
         for token in expired:
             self.store.remove_refresh_token(token)
         if expired:
@@ -553,7 +548,7 @@ class AuthManager:
         self.known_addresses.add(refresh_token.user.id, remote_ip)
         if refresh_token.expire_at is not None:
             refresh_token.expire_at = self.store.default_expire_at(TOKEN_TYPE_NORMAL)
-        self.store.schedule_usage_save()
+        self.store.schedule_usage_save(refresh_token)
         now = int(time.time())
         return encode_jwt(
             {

@@ -20,6 +20,8 @@ GROUP_ID_USER = "system-users"
 GROUP_ID_READ_ONLY = "system-read-only"
 
 ACCESS_TOKEN_EXPIRATION = timedelta(minutes=30)
+# Up to this many refresh tokens a user keeps them in a tuple (small), beyond in a dict (O(1) changes).
+SMALL_TOKEN_COUNT = 8
 
 
 def new_id() -> str:
@@ -86,13 +88,47 @@ class User:
     local_only: bool = False
     groups: Sequence[Group] = ()
     credentials: Sequence[Credentials] = ()
-    # A tuple, not a dict: most users hold one or two tokens, and a dict costs 184 bytes.
-    token_list: tuple[RefreshToken, ...] = ()
+    # The user's tokens: a tuple while there are few (most users hold one or two, and a dict
+    # costs 184 bytes), a dict by id beyond SMALL_TOKEN_COUNT, so adding and removing one
+    # stays O(1) for a user with thousands. Changed only by AuthStore (add_token / discard_token).
+    _tokens: tuple[RefreshToken, ...] | dict[str, RefreshToken] = ()
+
+    @property
+    def token_list(self) -> tuple[RefreshToken, ...]:
+        """The user's refresh tokens, oldest first (a snapshot)."""
+        tokens = self._tokens
+        return tokens if isinstance(tokens, tuple) else tuple(tokens.values())
+
+    @property
+    def token_count(self) -> int:
+        """How many refresh tokens the user holds."""
+        return len(self._tokens)
 
     @property
     def refresh_tokens(self) -> dict[str, RefreshToken]:
         """The user's refresh tokens by id (a fresh dict; change tokens through the manager)."""
-        return {token.id: token for token in self.token_list}
+        tokens = self._tokens
+        return {token.id: token for token in tokens} if isinstance(tokens, tuple) else dict(tokens)
+
+    def add_token(self, token: RefreshToken) -> None:
+        """Attach a token (the store's index keeps it; O(1))."""
+        tokens = self._tokens
+        if isinstance(tokens, dict):
+            tokens[token.id] = token
+        elif len(tokens) < SMALL_TOKEN_COUNT:
+            self._tokens = (*tokens, token)
+        else:
+            self._tokens = {t.id: t for t in tokens}
+            self._tokens[token.id] = token
+
+    def discard_token(self, token: RefreshToken) -> None:
+        """Detach a token if attached (O(1))."""
+        tokens = self._tokens
+        if isinstance(tokens, dict):
+            if tokens.get(token.id) is token:
+                del tokens[token.id]
+        elif token in tokens:
+            self._tokens = tuple(t for t in tokens if t is not token)
 
     @property
     def is_admin(self) -> bool:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .journal import Journal, UnstorableValueError, digest_chunks, journal_path, records_after_base
+
 _LOGGER = logging.getLogger(__name__)
 
 STORAGE_DIR = ".storage"
@@ -164,12 +166,22 @@ def _fsync_dir(folder: Path) -> None:
 
 def read_envelope(path: Path) -> dict[str, Any] | None:
     """Read and check a storage file; None when it does not exist."""
+    raw = _read_raw(path)
+    return None if raw is None else parse_envelope(path, raw)
+
+
+def _read_raw(path: Path) -> bytes | None:
+    """A file's bytes; None when it does not exist."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as err:
         raise StorageError(f"Cannot read {path}: {err.strerror}. Check its permissions.") from err
+
+
+def parse_envelope(path: Path, raw: bytes) -> dict[str, Any]:
+    """Parse and check the bytes of a storage file."""
     try:
         envelope = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
@@ -196,8 +208,13 @@ class Store:
         *,
         private: bool = True,
         migrate: Callable[[int, Any], Any] | None = None,
+        journal: bool = False,
     ) -> None:
-        """Name the file; nothing is read until async_load."""
+        """Name the file; nothing is read until async_load.
+
+        With journal=True changes are appended to ``.<key>.journal`` (journal_append, then
+        async_commit) and the file itself is rewritten only by compactions (module journal).
+        """
         self.key = key
         self.version = version
         self.path = Path(config_dir) / STORAGE_DIR / key
@@ -211,6 +228,12 @@ class Store:
         # The data function of a write that failed, until a later write succeeds.
         self._unsaved: Callable[[], Any] | None = None
         self._broken = False
+        self.journal = Journal(journal_path(self.path), private) if journal else None
+        # What a compaction writes (the store's whole data), set by the journal's owner.
+        self.snapshot_func: Callable[[], Any] | None = None
+        self.base_size = 0
+        self._compaction: asyncio.Future[None] | None = None
+        self._compact_after = 0.0
 
     async def async_load(self) -> Any | None:
         """Load the data once (concurrent callers share the read); None when there is no file."""
@@ -247,12 +270,140 @@ class Store:
             return data
         return envelope["data"]
 
+    async def async_load_journaled(self) -> tuple[Any | None, list[dict[str, Any]]]:
+        """The file's data and the journal's change records it does not contain, in order."""
+        assert self.journal is not None, "not a journaled store"
+        loop = asyncio.get_running_loop()
+        try:
+            envelope, records = await loop.run_in_executor(None, self._read_journaled)
+        except StorageError:
+            self._broken = True
+            raise
+        if envelope is None:
+            return None, records
+        if envelope["version"] != self.version:
+            if self._migrate is None or envelope["version"] > self.version:
+                self._broken = True
+                raise StorageError(
+                    f"{self.path} has version {envelope['version']}, this opp-auth reads version "
+                    f"{self.version}. It was written by a newer release: upgrade opp-auth."
+                )
+            return self._migrate(envelope["version"], envelope["data"]), records
+        return envelope["data"], records
+
+    def _read_journaled(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Worker thread: read the base and the journal; keep the records the base lacks."""
+        assert self.journal is not None
+        raw = _read_raw(self.path)
+        envelope = None if raw is None else parse_envelope(self.path, raw)
+        self.base_size = 0 if raw is None else len(raw)
+        try:
+            records = self.journal.load()
+        except OSError as err:
+            raise StorageError(
+                f"Cannot read {self.journal.path}: {err.strerror or err}. Check its permissions."
+            ) from err
+        return envelope, records_after_base(records, raw)
+
+    def journal_append(self, record: dict[str, Any]) -> int:
+        """Queue a change record (call before changing memory); StorageError when it cannot be stored."""
+        assert self.journal is not None, "not a journaled store"
+        if self._broken:
+            raise StorageError(f"Not writing {self.path}: it could not be read at start-up.")
+        try:
+            return self.journal.append(record)
+        except UnstorableValueError as err:
+            _LOGGER.error("Refusing a change to %s: %s", self.path, err)
+            raise StorageError(f"Cannot serialise a change to {self.path}: {err}") from err
+
+    async def async_commit(self) -> None:
+        """Return once every queued change record is durable; compacts in the background when due."""
+        assert self.journal is not None, "not a journaled store"
+        if self._broken:
+            raise StorageError(f"Not writing {self.path}: it could not be read at start-up.")
+        try:
+            await self.journal.async_commit()
+        except OSError as err:
+            _LOGGER.error("Cannot write %s: %s", self.journal.path, err.strerror or err)
+            raise StorageError(
+                f"Cannot write {self.journal.path}: {err.strerror or err}. Check free space and permissions."
+            ) from err
+        if self.journal.size > self.compact_threshold:
+            self.schedule_compaction()
+
+    @property
+    def compact_threshold(self) -> int:
+        """Journal bytes that call for a compaction: a share of the base, within bounds."""
+        return max(COMPACT_MIN_BYTES, min(self.base_size // 2, COMPACT_MAX_BYTES))
+
+    def schedule_compaction(self) -> None:
+        """Compact in the background unless one runs or a failed one waits to be retried."""
+        if self._compaction is not None or self.snapshot_func is None or time.monotonic() < self._compact_after:
+            return
+        task = self._compaction = asyncio.ensure_future(self.async_compact())
+        task.add_done_callback(self._compaction_done)
+
+    def _compaction_done(self, task: asyncio.Future[None]) -> None:
+        """Forget the finished compaction; after a failure wait before the next try."""
+        self._compaction = None
+        if not task.cancelled() and task.exception() is not None:
+            self._compact_after = time.monotonic() + COMPACT_RETRY_DELAY
+            _LOGGER.error("Compacting %s failed (retried later): %s", self.path, task.exception())
+
+    async def async_compact(self, data_func: Callable[[], Any] | None = None) -> None:
+        """Write the whole data to the file and cut the journal down to the changes it lacks.
+
+        Order (module journal): marker record durable, then the new file renamed into
+        place, then the journal rewritten. A crash between any two steps leaves files
+        that load to the same data.
+        """
+        assert self.journal is not None, "not a journaled store"
+        func = data_func or self.snapshot_func
+        assert func is not None, "nothing to compact"
+        journal = self.journal
+        async with self._write_lock:
+            if self._broken:
+                raise StorageError(f"Not writing {self.path}: it could not be read at start-up.")
+            loop = asyncio.get_running_loop()
+            upto = journal.last_seq
+            snapshot = _snapshot(func())
+            try:
+                if _has_records(snapshot):
+                    chunks = await _async_encode_chunks(self.key, self.version, snapshot)
+                else:
+                    chunks = await loop.run_in_executor(
+                        None, lambda: list(encode_envelope_chunks(self.key, self.version, snapshot))
+                    )
+            except (TypeError, ValueError) as err:
+                _LOGGER.error("Cannot serialise the data of %s: %s", self.path, err)
+                raise StorageError(f"Cannot serialise the data of {self.path}: {err}") from err
+            size, sha256 = await loop.run_in_executor(None, digest_chunks, chunks)
+            self.journal_append({"base": {"upto": upto, "size": size, "sha256": sha256}})
+            try:
+                await journal.async_commit()
+                await loop.run_in_executor(None, write_atomic, self.path, chunks, self._private)
+                self.base_size = size
+                del chunks
+                await journal.async_drop_through(upto)
+            except OSError as err:
+                _LOGGER.error("Cannot write %s: %s", self.path, err.strerror or err)
+                raise StorageError(
+                    f"Cannot write {self.path}: {err.strerror or err}. Check free space and permissions."
+                ) from err
+
     async def async_save(self, data: Any) -> None:
         """Write data now; returns when it is durable on disk."""
         await self.async_save_func(lambda: data)
 
     async def async_save_func(self, data_func: Callable[[], Any]) -> None:
         """Write what data_func returns; concurrent callers share one write that includes their change."""
+        if self.journal is not None:
+            # The whole data of a journaled store is written by a compaction (the journal stays consistent).
+            self._cancel_delay()
+            self._data_func = None
+            await self.async_commit()
+            await self.async_compact(data_func)
+            return
         self._cancel_delay()
         self._data_func = data_func
         if self._pending is not None:
@@ -281,6 +432,9 @@ class Store:
 
     async def async_wait_saved(self) -> None:
         """Return once every change a save was asked for is on disk, retrying one whose write failed."""
+        if self.journal is not None:
+            await self.async_commit()
+            return
         if self._pending is not None:
             await asyncio.shield(self._pending)
             return
@@ -318,7 +472,15 @@ class Store:
         return self._data_func is not None
 
     async def async_flush(self) -> None:
-        """Write any delayed save now (at shutdown)."""
+        """Write any delayed save now (at shutdown); a journaled store leaves a whole file and no journal."""
+        if self.journal is not None:
+            self._cancel_delay()
+            if self._compaction is not None:
+                await asyncio.gather(self._compaction, return_exceptions=True)
+            await self.async_commit()
+            if self.journal.size and self.snapshot_func is not None:
+                await self.async_compact()
+            return
         if self._data_func is not None:
             await self.async_save_func(self._data_func)
         async with self._write_lock:
@@ -358,6 +520,8 @@ class Store:
         self._data_func = None
         async with self._write_lock:
             await asyncio.get_running_loop().run_in_executor(None, _unlink_quiet, self.path)
+            if self.journal is not None:
+                await asyncio.get_running_loop().run_in_executor(None, _unlink_quiet, self.journal.path)
 
 
 def _snapshot(data: Any) -> Any:
@@ -373,6 +537,11 @@ def _snapshot(data: Any) -> Any:
 
 
 ENCODE_SLICE = 0.001
+# Compaction bounds: a journal is compacted once it outgrows half the file, but never
+# below the minimum (small stores) nor beyond the maximum (it is replayed at start).
+COMPACT_MIN_BYTES = 256 * 1024
+COMPACT_MAX_BYTES = 16 * 1024 * 1024
+COMPACT_RETRY_DELAY = 60.0
 
 
 def _has_records(data: Any) -> bool:

@@ -1,18 +1,29 @@
 """AuthStore: users, groups, credentials and refresh tokens, indexed for O(1) lookups.
 
-Persisted in ``.storage/auth`` (version 1) in Open Peer Power's format. Changes
-that a client is told about (a user or token created or removed) are written
-before the caller returns; token usage (last_used_at/ip) only marks the store
-dirty and is written by a slow delayed save, so using a token never rewrites
-the file on its own.
+Persisted in ``.storage/auth`` (version 1) in Open Peer Power's format, with the
+changes since its last rewrite in the journal ``.storage/.auth.journal`` (module
+journal). Every change goes through a method of AuthStore, which first encodes the
+change's journal record (a change that cannot be stored is refused before memory
+changes) and then changes memory; ``async_save`` returns once the records are
+durable, so what a client is told about is on disk, at a cost proportional to the
+change. The file itself is rewritten in the background (compaction) and at
+shutdown, so a stopped server leaves a whole ``auth`` file and no journal. Token
+usage (last_used_at/ip, the idle expiry) is journaled by a slow delayed write, so
+using a token never writes on its own.
+
+Indexes are O(1) per change: users, credentials (by id, by provider and login,
+by provider), refresh tokens (by id, by digest of the secret, per user), the
+owners and the count of people (non-system users).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,7 +43,7 @@ from .models import (
     system_group,
 )
 from .providers import credential_lookup_key
-from .storage import RecordList, Store
+from .storage import RecordList, StorageError, Store
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -69,11 +80,15 @@ class AuthStore:
 
     def __init__(self, config_dir: str) -> None:
         """Nothing is loaded until async_load."""
-        self._store = Store(config_dir, STORAGE_KEY, STORAGE_VERSION, private=True)
+        self._store = Store(config_dir, STORAGE_KEY, STORAGE_VERSION, private=True, journal=True)
+        self._store.snapshot_func = self._data_to_save
         self._users: dict[str, User] = {}
+        self._owners: dict[str, User] = {}
+        self._people = 0  # users that are not system-generated
         self._groups: dict[str, Group] = {}
         self._credentials: dict[str, Credentials] = {}
         self._cred_index: dict[tuple[str, str | None, str], Credentials] = {}
+        self._creds_by_provider: dict[tuple[str, str | None], dict[str, Credentials]] = {}
         # Providers may normalise credential data (case-insensitive usernames); the manager sets this.
         self.key_for: Callable[[str, str | None, dict[str, Any]], str] = lambda _t, _i, data: credential_lookup_key(
             data
@@ -85,6 +100,10 @@ class AuthStore:
         self.idle_expiry: float | None = None
         self._group_sets: dict[tuple[str, ...], tuple[Group, ...]] = {}
         self.loaded = False
+        self._journaling = True
+        self._usage_dirty: dict[str, RefreshToken] = {}
+        self._usage_handle: asyncio.TimerHandle | None = None
+        self._usage_task: asyncio.Future[None] | None = None
 
     # ---- loading -------------------------------------------------------------------------
 
@@ -92,8 +111,10 @@ class AuthStore:
         """Read .storage/auth (once), applying Open Peer Power's soft migrations."""
         if self.loaded:
             return
-        data = await self._store.async_load()
+        data, records = await self._store.async_load_journaled()
         self._build(data)
+        for record in records:
+            self._replay(record)
         self.loaded = True
 
     def _build(self, data: dict[str, Any] | None) -> None:
@@ -137,7 +158,7 @@ class AuthStore:
             if not has_groups and not user.system_generated:
                 member_of = [groups[GROUP_ID_ADMIN]]
             user.groups = self.shared_groups(member_of)
-            self._users[user.id] = user
+            self._put_user(user)
         for cdata in data.get("credentials", []):
             owner = self._users.get(cdata.get("user_id"))
             if owner is None:
@@ -153,6 +174,92 @@ class AuthStore:
             self._index_credentials(owner, cred)
         for rdata in data.get("refresh_tokens", []):
             self._load_token(rdata)
+
+    def _replay(self, record: dict[str, Any]) -> None:
+        """Apply one journal record (set or delete a whole entry by id: replaying one twice is harmless).
+
+        An entry whose user or credentials are missing is skipped: that can only happen
+        when the base already holds a later state in which they were removed, and the
+        journal removes this entry again further on.
+        """
+        kind = record.get("t")
+        try:
+            if kind == "token":
+                self._load_token(record["v"])
+            elif kind == "del_token":
+                token = self._tokens_by_id.get(record["id"])
+                if token is not None:
+                    self._unindex_token(token)
+            elif kind == "usage":
+                token = self._tokens_by_id.get(record["id"])
+                if token is not None:
+                    token.last_used_at = _parse_dt(record.get("last_used_at"))
+                    token.last_used_ip = _intern(record.get("last_used_ip"))
+                    token.expire_at = _expire_value(record.get("expire_at"))
+            elif kind == "user":
+                self._replay_user(record["v"])
+            elif kind == "del_user":
+                user = self._users.get(record["id"])
+                if user is not None:
+                    self._do_remove_user(user)
+            elif kind == "cred":
+                self._replay_credentials(record["v"])
+            elif kind == "del_cred":
+                cred = self._credentials.get(record["id"])
+                if cred is not None:
+                    self._do_remove_credentials(cred)
+            elif kind == "group":
+                gdata = record["v"]
+                gid = gdata["id"]
+                self._groups[gid] = (
+                    system_group(gid)
+                    if gid in SYSTEM_GROUPS
+                    else Group(id=gid, name=gdata.get("name"), policy=gdata["policy"])
+                )
+            else:
+                _LOGGER.warning("Ignoring journal record %s of unknown type %r", record.get("n"), kind)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            _LOGGER.error("Ignoring malformed journal record %s (%s): %s", record.get("n"), kind, err)
+
+    def _replay_user(self, udata: dict[str, Any]) -> None:
+        """A user record: update the user in place, or add them."""
+        groups = self.shared_groups([self._groups[g] for g in udata.get("group_ids", []) if g in self._groups])
+        user = self._users.get(udata["id"])
+        is_new = user is None
+        if user is None:
+            user = User(id=udata["id"], name=udata.get("name"))
+        user.name = udata.get("name")
+        user.is_active = bool(udata.get("is_active", False))
+        user.local_only = bool(udata.get("local_only", False))
+        user.groups = groups
+        if is_new:
+            user.is_owner = bool(udata.get("is_owner", False))
+            user.system_generated = bool(udata.get("system_generated", False))
+            self._put_user(user)
+        else:
+            self._set_flags(user, bool(udata.get("is_owner", False)), bool(udata.get("system_generated", False)))
+
+    def _replay_credentials(self, cdata: dict[str, Any]) -> None:
+        """A credentials record: replace them, or link them to their user."""
+        owner = self._users.get(cdata["user_id"])
+        old = self._credentials.get(cdata["id"])
+        if old is not None:
+            self._do_remove_credentials(old, keep_tokens=True)
+        if owner is None:
+            return
+        cred = Credentials(
+            id=cdata["id"],
+            auth_provider_type=cdata["auth_provider_type"],
+            auth_provider_id=cdata.get("auth_provider_id"),
+            data=cdata.get("data") or {},
+            is_new=False,
+            user_id=owner.id,
+        )
+        self._index_credentials(owner, cred)
+        if old is not None:
+            for token in owner.token_list:
+                if token.credential is old:
+                    token.credential = cred
 
     def _load_token(self, rdata: dict[str, Any]) -> None:
         """One refresh token from the file, skipping pre-0.76 and broken records.
@@ -191,9 +298,10 @@ class AuthStore:
             token_type = TOKEN_TYPE_SYSTEM if rdata.get("client_id") is None else TOKEN_TYPE_NORMAL
         credential_id = rdata.get("credential_id")
         cred = self._credentials.get(credential_id) if isinstance(credential_id, str) and credential_id else None
-        expire_at = rdata.get("expire_at") if "expire_at" in rdata else self.default_expire_at(token_type)
-        if not isinstance(expire_at, (int, float)) or isinstance(expire_at, bool):
-            expire_at = None
+        expire_at = _expire_value(rdata["expire_at"]) if "expire_at" in rdata else self.default_expire_at(token_type)
+        previous = self._tokens_by_id.get(rdata["id"])
+        if previous is not None:
+            self._unindex_token(previous)
         token = RefreshToken(
             id=rdata["id"],
             user=user,
@@ -227,23 +335,115 @@ class AuthStore:
         }
 
     async def async_save(self) -> None:
-        """Write now and wait until it is durable (for changes a client is told about)."""
-        await self._store.async_save_func(self._data_to_save)
+        """Return once every change made so far is durable (its journal records are on disk)."""
+        await self._store.async_commit()
 
     async def async_wait_saved(self) -> None:
         """Wait until changes already made are durable (a write in flight, or one that failed, is retried)."""
-        await self._store.async_wait_saved()
+        await self._store.async_commit()
 
-    def schedule_usage_save(self) -> None:
-        """Write token usage eventually (coalesced, slow)."""
-        if not self._store.has_pending_save:
-            self._store.async_delay_save(self._data_to_save, USAGE_SAVE_DELAY)
+    async def async_compact(self) -> None:
+        """Rewrite .storage/auth with everything and empty the journal (also done in the background)."""
+        await self._store.async_compact()
+
+    def schedule_usage_save(self, token: RefreshToken | None = None) -> None:
+        """Journal a token's usage eventually (coalesced, slow); without a token, every token's."""
+        if token is None:
+            self._usage_dirty.update(self._tokens_by_id)
+        else:
+            self._usage_dirty[token.id] = token
+        if self._usage_handle is None and self._usage_task is None:
+            self._usage_handle = asyncio.get_running_loop().call_later(USAGE_SAVE_DELAY, self._usage_timer)
+
+    def _usage_timer(self) -> None:
+        """Timer callback: journal the usage noted since the last write."""
+        self._usage_handle = None
+        task = self._usage_task = asyncio.ensure_future(self._async_write_usage())
+        task.add_done_callback(self._usage_written)
+
+    def _usage_written(self, task: asyncio.Future[None]) -> None:
+        """Log a failed usage write (nobody waits for it); the next use tries again."""
+        self._usage_task = None
+        if not task.cancelled() and task.exception() is not None:
+            _LOGGER.error("Saving token usage failed: %s", task.exception())
+
+    async def _async_write_usage(self) -> None:
+        """Append one usage record per token used since the last write, then commit."""
+        dirty, self._usage_dirty = self._usage_dirty, {}
+        for token_id, token in dirty.items():
+            if self._tokens_by_id.get(token_id) is token:
+                self._log(
+                    {
+                        "t": "usage",
+                        "id": token_id,
+                        "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
+                        "last_used_ip": token.last_used_ip,
+                        "expire_at": token.expire_at,
+                    }
+                )
+        await self._store.async_commit()
 
     async def async_flush(self) -> None:
-        """Write anything pending (shutdown)."""
-        await self._store.async_flush()
+        """Write everything, usage included, into a whole .storage/auth (shutdown)."""
+        if self._usage_handle is not None:
+            self._usage_handle.cancel()
+            self._usage_handle = None
+        if self._usage_task is not None:
+            await asyncio.gather(self._usage_task, return_exceptions=True)
+        try:
+            if self._usage_dirty:
+                await self._async_write_usage()
+            await self._store.async_flush()
+        except StorageError as err:
+            # Nobody is left to tell: what reached the disk loads consistently at the next start.
+            _LOGGER.error("Changes not saved at shutdown: %s", err)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        """Queue a change's journal record before memory changes (StorageError: refused, nothing changed)."""
+        if self._journaling:
+            self._store.journal_append(record)
+
+    @contextlib.contextmanager
+    def unjournaled(self) -> Iterator[None]:
+        """Change memory without journaling (building a store the way a load does; write it with async_compact)."""
+        self._journaling = False
+        try:
+            yield
+        finally:
+            self._journaling = True
 
     # ---- indexes -------------------------------------------------------------------------
+
+    def _put_user(self, user: User) -> None:
+        """Index a user."""
+        self._users[user.id] = user
+        if user.is_owner:
+            self._owners[user.id] = user
+        if not user.system_generated:
+            self._people += 1
+
+    def _set_flags(self, user: User, is_owner: bool, system_generated: bool) -> None:
+        """Change the flags the owner and people indexes follow (the user keeps their place)."""
+        if user.id in self._users:
+            if user.is_owner:
+                self._owners.pop(user.id, None)
+            if not user.system_generated:
+                self._people -= 1
+        user.is_owner = is_owner
+        user.system_generated = system_generated
+        if user.id in self._users:
+            if is_owner:
+                self._owners[user.id] = user
+            if not system_generated:
+                self._people += 1
+
+    def _unput_user(self, user: User) -> None:
+        """Forget a user in the indexes."""
+        if self._users.pop(user.id, None) is None:
+            return
+        self._owners.pop(user.id, None)
+        if not user.system_generated:
+            self._people -= 1
 
     def _index_credentials(self, user: User, cred: Credentials) -> None:
         """Attach credentials to a user and index them."""
@@ -252,6 +452,7 @@ class AuthStore:
         user.credentials = (*user.credentials, cred)
         self._credentials[cred.id] = cred
         self._cred_index[self._cred_key(cred)] = cred
+        self._creds_by_provider.setdefault(cred.provider_key, {})[cred.id] = cred
 
     def _cred_key(self, cred: Credentials) -> tuple[str, str | None, str]:
         """The credential index key."""
@@ -271,19 +472,21 @@ class AuthStore:
         key = self._cred_key(cred)
         if self._cred_index.get(key) is cred:
             del self._cred_index[key]
+        by_provider = self._creds_by_provider.get(cred.provider_key)
+        if by_provider is not None and by_provider.get(cred.id) is cred:
+            del by_provider[cred.id]
 
     def _index_token(self, token: RefreshToken) -> None:
         """Attach a token to its user and index it."""
-        user = token.user
-        user.token_list = (*user.token_list, token)
+        token.user.add_token(token)
         self._tokens_by_id[token.id] = token
         self._tokens_by_token[token.token_hash] = token
 
     def _unindex_token(self, token: RefreshToken) -> None:
         """Forget a token."""
-        user = token.user
-        user.token_list = tuple(t for t in user.token_list if t is not token)
+        token.user.discard_token(token)
         self._tokens_by_id.pop(token.id, None)
+        self._usage_dirty.pop(token.id, None)
         if self._tokens_by_token.get(token.token_hash) is token:
             del self._tokens_by_token[token.token_hash]
 
@@ -309,9 +512,17 @@ class AuthStore:
         """A group by id."""
         return self._groups.get(group_id)
 
+    def owner(self) -> User | None:
+        """The owner (the first, should there be several), if one exists; O(1)."""
+        return next(iter(self._owners.values()), None)
+
+    def has_non_system_user(self) -> bool:
+        """Whether any person (not an integration) has an account; O(1)."""
+        return self._people > 0
+
     def credentials_for_provider(self, key: tuple[str, str | None]) -> list[Credentials]:
-        """Credentials issued by one provider."""
-        return [c for c in self._credentials.values() if (c.auth_provider_type, c.auth_provider_id) == key]
+        """Credentials issued by one provider (an index: no scan of other providers' credentials)."""
+        return list(self._creds_by_provider.get(key, {}).values())
 
     def find_credentials(self, key: tuple[str, str | None], data: dict[str, Any]) -> Credentials | None:
         """Credentials of a provider with exactly this data."""
@@ -345,12 +556,55 @@ class AuthStore:
         """Every refresh token."""
         return list(self._tokens_by_id.values())
 
+    async def async_expired_tokens(self, now: float) -> list[RefreshToken]:
+        """Tokens whose idle expiry is past, looked for in slices of about 1 ms (no loop stall)."""
+        expired: list[RefreshToken] = []
+        tokens = list(self._tokens_by_id.values())
+        step = 2000
+        for start in range(0, len(tokens), step):
+            expired.extend(t for t in tokens[start : start + step] if t.expire_at is not None and now > t.expire_at)
+            if start + step < len(tokens):
+                await asyncio.sleep(0)
+        # Tokens removed meanwhile are not returned.
+        return [t for t in expired if self._tokens_by_id.get(t.id) is t]
+
     # ---- changes (callers save) ---------------------------------------------------------
 
     def add_user(self, user: User) -> None:
         """Insert a user."""
         user.groups = self.shared_groups(user.groups)
-        self._users[user.id] = user
+        self._log({"t": "user", "v": _user_record(user)})
+        self._put_user(user)
+
+    def update_user(
+        self,
+        user: User,
+        *,
+        name: str | None = None,
+        is_active: bool | None = None,
+        groups: Any = None,
+        is_owner: bool | None = None,
+    ) -> None:
+        """Change a user's name, activity, groups or ownership (None: unchanged)."""
+        record = _user_record(user)
+        if name is not None:
+            record["name"] = name
+        if is_active is not None:
+            record["is_active"] = is_active
+        shared = self.shared_groups(groups) if groups is not None else None
+        if shared is not None:
+            record["group_ids"] = [g.id for g in shared]
+        if is_owner is not None:
+            record["is_owner"] = is_owner
+        self._log({"t": "user", "v": record})
+        if name is not None:
+            user.name = name
+        if is_active is not None:
+            user.is_active = is_active
+        if shared is not None:
+            user.groups = shared
+        if is_owner is not None:
+            self._set_flags(user, is_owner, user.system_generated)
 
     def default_expire_at(self, token_type: str) -> float | None:
         """When a normal token that was just made or used expires (None: never)."""
@@ -365,39 +619,73 @@ class AuthStore:
 
     def remove_user(self, user: User) -> list[RefreshToken]:
         """Delete a user with their credentials and tokens; returns the removed tokens."""
+        if user.id in self._users:
+            self._log({"t": "del_user", "id": user.id})
+        return self._do_remove_user(user)
+
+    def _do_remove_user(self, user: User) -> list[RefreshToken]:
+        """Remove a user and what hangs off them from memory."""
         for cred in user.credentials:
             self._unindex_credentials(cred)
         tokens = list(user.token_list)
         for token in tokens:
             self._unindex_token(token)
-        self._users.pop(user.id, None)
+        self._unput_user(user)
         return tokens
 
     def add_group(self, group: Group) -> None:
         """Insert a group."""
+        self._log({"t": "group", "v": _group_record(group)})
         self._groups[group.id] = group
 
     def link_credentials(self, user: User, credentials: Credentials) -> None:
         """Attach credentials to a user."""
+        record = _credential_record(credentials)
+        record["user_id"] = user.id
+        self._log({"t": "cred", "v": record})
         self._index_credentials(user, credentials)
 
     def remove_credentials(self, credentials: Credentials) -> None:
         """Detach and forget credentials (tokens minted through them are removed too)."""
+        if self._credentials.get(credentials.id) is credentials:
+            self._log({"t": "del_cred", "id": credentials.id})
+        self._do_remove_credentials(credentials)
+
+    def _do_remove_credentials(self, credentials: Credentials, keep_tokens: bool = False) -> None:
+        """Remove credentials (and, unless keep_tokens, the tokens minted through them) from memory."""
         user = self.user_for_credentials(credentials)
         self._unindex_credentials(credentials)
         if user is not None:
             user.credentials = tuple(c for c in user.credentials if c is not credentials)
-            for token in user.token_list:
-                if token.credential is credentials:
-                    self._unindex_token(token)
+            if not keep_tokens:
+                for token in user.token_list:
+                    if token.credential is credentials:
+                        self._unindex_token(token)
 
     def add_refresh_token(self, token: RefreshToken) -> None:
         """Insert a token."""
+        self._log({"t": "token", "v": _token_record(token)})
         self._index_token(token)
 
     def remove_refresh_token(self, token: RefreshToken) -> None:
         """Delete a token."""
+        if self._tokens_by_id.get(token.id) is token:
+            self._log({"t": "del_token", "id": token.id})
         self._unindex_token(token)
+
+    def set_token_expiry(self, token: RefreshToken, expire_at: float | None) -> None:
+        """Set when an unused token expires (None: never)."""
+        record = _token_record(token)
+        record["expire_at"] = expire_at
+        self._log({"t": "token", "v": record})
+        token.expire_at = expire_at
+
+
+def _expire_value(value: Any) -> float | None:
+    """A stored expire_at: epoch seconds, or None."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    return value
 
 
 _INTERNED: dict[str, str] = {}

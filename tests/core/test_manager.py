@@ -26,6 +26,7 @@ from opp_auth.flow import TooManyFlows, UnknownFlow
 from opp_auth.manager import AuthManager, AuthManagerError
 from opp_auth.models import GROUP_ID_ADMIN, GROUP_ID_USER
 from opp_auth.providers import InvalidAuthError
+from opp_auth.store import AuthStore
 
 Factory = Callable[..., Awaitable[AuthManager]]
 
@@ -182,8 +183,11 @@ async def test_created_refresh_token_is_on_disk_when_call_returns(auth: AuthMana
     """Tokens handed to clients are durable at once."""
     user, _ = await new_user(auth)
     token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    stored = json.loads((config_dir / ".storage" / "auth").read_text(encoding="utf-8"))
-    assert token.id in [t["id"] for t in stored["data"]["refresh_tokens"]]
+    # What a restarted server reads: the file and the journal of changes since it was written.
+    again = AuthStore(str(config_dir))
+    again.keyring = auth.store.keyring
+    await again.async_load()
+    assert again.get_refresh_token(token.id) is not None
 
 
 # ---- users ------------------------------------------------------------------------------
@@ -795,6 +799,11 @@ async def test_create_user_with_credentials_writes_both_at_once(auth: AuthManage
     credentials = auth.auth_providers[0].async_create_credentials({"username": "owner"})
     user = await auth.async_create_user("Owner", [GROUP_ID_ADMIN], is_owner=True, credentials=credentials)
     assert len(saves) == 1
+    # Both records are in one journal line, which a crash keeps or tears whole.
+    (line,) = (config_dir / ".storage" / ".auth.journal").read_bytes().splitlines()
+    kinds = [record["t"] for record in json.loads(line.rsplit(b"\t", 1)[0])]
+    assert kinds == ["user", "cred"]
+    await auth.store.async_compact()
     data = json.loads((config_dir / ".storage" / "auth").read_text())["data"]
     assert [c["user_id"] for c in data["credentials"]] == [user.id]
 

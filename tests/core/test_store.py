@@ -181,11 +181,11 @@ def upgraded(opp_file: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_open_peer_power_file_round_trips_unchanged(config_dir: Path) -> None:
-    """Load then save writes back what Open Peer Power wrote, except that secrets become digests."""
+    """Load then a rewrite (compaction) writes back what Open Peer Power wrote, except that secrets become digests."""
     path = write_auth(config_dir, OPP_AUTH_FILE["data"])
     store = AuthStore(str(config_dir))
     await store.async_load()
-    await store.async_save()
+    await store.async_compact()
     written = json.loads(path.read_text(encoding="utf-8"))
     assert written == upgraded(OPP_AUTH_FILE)
     assert all("token" not in record for record in written["data"]["refresh_tokens"])
@@ -196,7 +196,7 @@ async def test_tokens_written_as_digests_load_again(config_dir: Path) -> None:
     path = write_auth(config_dir, OPP_AUTH_FILE["data"])
     store = AuthStore(str(config_dir))
     await store.async_load()
-    await store.async_save()
+    await store.async_compact()
     again = AuthStore(str(config_dir))
     await again.async_load()
     assert again.get_refresh_token_by_token(hexes("c")).id == TOKEN_LONG_ID  # type: ignore[union-attr]
@@ -351,7 +351,7 @@ async def test_unknown_fields_are_ignored_and_not_written_back(config_dir: Path)
     path = write_auth(config_dir, data)
     store = AuthStore(str(config_dir))
     await store.async_load()
-    await store.async_save()
+    await store.async_compact()
     assert json.loads(path.read_text(encoding="utf-8")) == upgraded(OPP_AUTH_FILE)
 
 
@@ -440,5 +440,5 @@ async def test_local_only_flag_round_trips_when_set(config_dir: Path) -> None:
     store = AuthStore(str(config_dir))
     await store.async_load()
     assert store.get_user(ALICE_ID).local_only is True  # type: ignore[union-attr]
-    await store.async_save()
+    await store.async_compact()
     assert json.loads(path.read_text(encoding="utf-8"))["data"] == upgraded({"data": data})["data"]

@@ -31,12 +31,16 @@ def auth_file(config_dir: Path) -> dict[str, Any]:
 
 
 async def test_auth_file_holds_no_refresh_secret_and_no_signing_key(opp_auth_factory: Any, config_dir: Path) -> None:
-    """A stolen .storage/auth has only digests: neither the refresh token nor its signing key is in it."""
+    """A stolen .storage/auth or its journal has only digests: neither the refresh token nor its signing key."""
     auth = await make(opp_auth_factory)
     user = await auth.async_create_user("U", ["system-users"])
     token = await auth.async_create_refresh_token(user, CLIENT_ID)
     secret = token.token
     assert secret is not None
+    journal = (config_dir / ".storage" / ".auth.journal").read_text()
+    assert token.id in journal
+    assert secret not in journal and token.jwt_key not in journal
+    await auth.store.async_compact()
     text = (config_dir / ".storage" / "auth").read_text()
     assert secret not in text and token.jwt_key not in text
     (record,) = auth_file(config_dir)["data"]["refresh_tokens"]

@@ -119,6 +119,23 @@ async def grant(client: OppAuthClient) -> tuple[int, str, Any]:
         return resp.status, resp.content_type, await resp.json(content_type=None)
 
 
+# A change is appended to the journal (.storage/.auth.journal): on a full disk an append that
+# fits in the room left in the file's last block is still written (and durable). These many
+# grants are more than enough to use that room up, so the next write has to fail.
+GRANTS_TO_FILL = 20
+
+
+async def refused_grant(storage: StorageMount, client: OppAuthClient) -> tuple[int, str, Any, dict[str, bytes]]:
+    """Fill the disk, then grant until a grant is refused: its answer and the files just before it."""
+    storage.fill()
+    for _ in range(GRANTS_TO_FILL):
+        before = storage.files()
+        status, content_type, body = await grant(client)
+        if status != 200:
+            return status, content_type, body, before
+    pytest.fail(f"{GRANTS_TO_FILL} grants were saved on a full disk")
+
+
 async def refresh(client: OppAuthClient, refresh_token: str) -> int:
     """Status of a refresh grant."""
     status, _ = await client.login.token(grant_type="refresh_token", client_id=CLIENT_ID, refresh_token=refresh_token)
@@ -132,8 +149,7 @@ async def test_token_grant_on_a_full_disk_answers_503_with_a_message(
     storage: StorageMount, client: OppAuthClient
 ) -> None:
     await login(client)
-    storage.fill()
-    status, content_type, body = await grant(client)
+    status, content_type, body, _ = await refused_grant(storage, client)
     assert (status, content_type) == (503, "application/json")
     assert body == {"message": STORAGE_UNAVAILABLE_MESSAGE}
 
@@ -151,16 +167,15 @@ async def test_failed_write_on_a_full_disk_leaves_the_files_intact_and_no_tempor
     storage: StorageMount, client: OppAuthClient
 ) -> None:
     await login(client)
-    before = storage.files()
-    storage.fill()
-    status, _, _ = await grant(client)
+    status, _, _, before = await refused_grant(storage, client)
     assert status == 503
+    # A write cut short by the full disk is cut off the journal again.
     assert storage.files() == before
 
 
 async def test_revocation_on_a_full_disk_answers_503(storage: StorageMount, client: OppAuthClient) -> None:
     tokens = await login(client)
-    storage.fill()
+    await refused_grant(storage, client)
     async with client.request("POST", "/auth/token", data={"action": "revoke", "token": tokens["refresh_token"]}) as resp:
         assert resp.status == 503
         assert await resp.json() == {"message": STORAGE_UNAVAILABLE_MESSAGE}
@@ -176,7 +191,7 @@ async def test_retried_revocation_on_a_full_disk_is_not_acknowledged(
     storage: StorageMount, client: OppAuthClient
 ) -> None:
     tokens = await login(client)
-    storage.fill()
+    await refused_grant(storage, client)
     assert await revoke(client, tokens["refresh_token"]) == 503
     # The token is gone from memory but not from the file: a 200 now would be a promise not kept.
     assert await revoke(client, tokens["refresh_token"]) == 503
@@ -186,7 +201,7 @@ async def test_revocation_retried_once_space_is_freed_survives_a_restart(
     storage: StorageMount, client: OppAuthClient, opp_auth_factory: Any, opp_auth_client: Any
 ) -> None:
     tokens = await login(client)
-    storage.fill()
+    await refused_grant(storage, client)
     assert await revoke(client, tokens["refresh_token"]) == 503
     storage.free()
     assert await revoke(client, tokens["refresh_token"]) == 200
@@ -211,7 +226,7 @@ async def test_long_lived_token_on_a_full_disk_gets_an_error_reply_and_the_socke
     storage: StorageMount, client: OppAuthClient
 ) -> None:
     tokens = await login(client)
-    storage.fill()
+    await refused_grant(storage, client)
     async with client.session.ws_connect(client.url("/api/websocket")) as ws:
         assert (await ws.receive_json(timeout=5))["type"] == "auth_required"
         await ws.send_json({"type": "auth", "access_token": tokens["access_token"]})
