@@ -539,7 +539,8 @@ def _snapshot(data: Any) -> Any:
 ENCODE_SLICE = 0.001
 # Compaction bounds: a journal is compacted once it outgrows half the file, but never
 # below the minimum (small stores) nor beyond the maximum (it is replayed at start).
-COMPACT_MIN_BYTES = 256 * 1024
+# OPP_AUTH_COMPACT_MIN_BYTES lowers the minimum (the crash tests compact every few writes).
+COMPACT_MIN_BYTES = int(os.environ.get("OPP_AUTH_COMPACT_MIN_BYTES", 256 * 1024))
 COMPACT_MAX_BYTES = 16 * 1024 * 1024
 COMPACT_RETRY_DELAY = 60.0
 

@@ -1,10 +1,12 @@
-"""Crash safety (issue 8): SIGKILL mid-traffic loses nothing acknowledged; corrupt files stop the start.
+"""Crash safety (issues 8, 13): SIGKILL mid-traffic loses nothing acknowledged; corrupt files stop the start.
 
 The kill test runs the installed `opp-auth serve` and, many times over, lets clients log in,
 create and revoke tokens, kills the server with SIGKILL at a random moment, checks that every
 .storage file is whole, restarts it and checks that everything the server answered before
-the kill is still so. OPP_AUTH_CRASH_ITERATIONS sets how many kills (default 15);
-OPP_AUTH_CRASH_SEED replays a run (the seed is printed on failure).
+the kill is still so. Changes go to the journal (.storage/.auth.journal) and the server is
+told to compact it every few kilobytes (OPP_AUTH_COMPACT_MIN_BYTES), so kills land during
+appends and during compactions; the test counts both. OPP_AUTH_CRASH_ITERATIONS sets how
+many kills (default 15); OPP_AUTH_CRASH_SEED replays a run (the seed is printed on failure).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import aiohttp
 import bcrypt
 import pytest
 
+from opp_auth.journal import parse_journal
 from opp_auth.testing import CLIENT_ID, LoginFlowDriver
 
 OPP_AUTH = shutil.which("opp-auth", path=str(Path(sys.executable).parent)) or shutil.which("opp-auth")
@@ -41,6 +44,9 @@ POOL_LIMIT = 30
 # Failed refresh grants count as failed logins (throttling); each server life checks at most this many.
 FAILING_CHECKS_PER_LIFE = 8
 CONNECTION_LOST = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+# Compact the auth journal once it passes this many bytes (or half the file): every few logins.
+COMPACT_BYTES = "2048"
+JOURNAL = ".auth.journal"
 
 
 def free_port() -> int:
@@ -79,6 +85,22 @@ def check_storage_files(storage: Path) -> None:
         assert isinstance(envelope.get("version"), int), path
         assert envelope.get("key") == path.name, path
         assert "data" in envelope, path
+
+
+def journal_state(storage: Path, ledger: Ledger) -> tuple[int, int] | None:
+    """Count what the kill left in the journal; the auth file's (inode, mtime) to see compactions."""
+    journal = storage / JOURNAL
+    if journal.exists():
+        raw = journal.read_bytes()
+        _, whole = parse_journal(raw)
+        ledger.counts["kills with a journal"] += 1
+        if whole < len(raw):
+            ledger.counts["torn journal writes"] += 1
+    auth = storage / "auth"
+    if not auth.exists():
+        return None
+    info = auth.stat()
+    return (info.st_ino, info.st_mtime_ns)
 
 
 def temporary_files(storage: Path) -> set[str]:
@@ -134,6 +156,7 @@ class Server:
             self.proc = subprocess.Popen(
                 [OPP_AUTH, "-c", str(self.config_dir), "serve", "--host", "127.0.0.1", "--port", str(port)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, "OPP_AUTH_COMPACT_MIN_BYTES": COMPACT_BYTES},
             )
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
@@ -367,6 +390,7 @@ async def test_kill_9_at_random_moments_loses_nothing_acknowledged(config_dir: P
         async with aiohttp.ClientSession() as session:
             tokens = await Client(session, server.url).tokens(ANCHOR)
         anchor = Token(tokens["refresh_token"], token_id(tokens["access_token"]), ANCHOR)
+        last_auth_file = journal_state(storage, ledger)
         for life in range(ITERATIONS):
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
                 client = Client(session, server.url)
@@ -383,6 +407,10 @@ async def test_kill_9_at_random_moments_loses_nothing_acknowledged(config_dir: P
                 server.kill()
                 await run_workers(workers)
             check_storage_files(storage)
+            auth_file = journal_state(storage, ledger)
+            if auth_file != last_auth_file:
+                ledger.counts["lives with a compaction"] += 1
+            last_auth_file = auth_file
             left_by_kill = temporary_files(storage)
             ledger.counts["temporary files left"] += len(left_by_kill)
             await server.start()
@@ -396,7 +424,8 @@ async def test_kill_9_at_random_moments_loses_nothing_acknowledged(config_dir: P
         server.kill()
     print(f"{ITERATIONS} kills, seed {seed}: {dict(ledger.counts)}")
     # Acknowledged writes of every kind, and kills that cut requests short, or nothing was tested.
-    for kind in ("logged in", "revoked", "long-lived created", "long-lived deleted", "cut short"):
+    kinds = ("logged in", "revoked", "long-lived created", "long-lived deleted", "cut short", "kills with a journal")
+    for kind in (*kinds, "lives with a compaction"):
         assert ledger.counts[kind] > 0, (kind, dict(ledger.counts))
 
 
