@@ -19,6 +19,8 @@ import aiohttp
 import bcrypt
 import pytest
 
+from opp_auth.models import User
+from opp_auth.store import AuthStore
 from opp_auth.testing import LoginFlowDriver
 
 OPP_AUTH = shutil.which("opp-auth", path=str(Path(sys.executable).parent)) or shutil.which("opp-auth")
@@ -323,6 +325,27 @@ async def test_reset_moves_auth_files_to_backup_and_reopens_onboarding(
     status, _, body = await get(f"{server.url}/auth/providers")
     assert status == 400
     assert json.loads(body)["code"] == "onboarding_required"
+
+
+async def test_reset_after_a_crash_moves_the_journal_with_the_file(config_dir: Path) -> None:
+    added = opp_auth(config_dir, "auth", "add", "boss", "--owner", "--password-stdin", stdin=PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    # A server that died without shutting down leaves its latest changes in the journal.
+    store = AuthStore(str(config_dir))
+    await store.async_load()
+    store.add_user(User(name="made before the crash", is_active=True))
+    await store.async_save()
+    storage = config_dir / ".storage"
+    journal = (storage / ".auth.journal").read_bytes()
+
+    reset = opp_auth(config_dir, "reset", "--yes")
+    assert reset.returncode == 0, reset.stderr
+    assert not (storage / ".auth.journal").exists()
+    [backup] = list(storage.glob("backup-*"))
+    assert (backup / ".auth.journal").read_bytes() == journal
+    fresh = AuthStore(str(config_dir))
+    await fresh.async_load()
+    assert fresh.users() == []
 
 
 def test_reset_without_yes_and_without_terminal_changes_nothing(paulus: Path) -> None:
