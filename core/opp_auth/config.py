@@ -107,6 +107,12 @@ def _check_providers(value: list[Any]) -> list[Any]:
     return value
 
 
+# When a user with a second factor enrolled must pass it at login (openpeerpower: mfa_required:).
+MFA_EVERYWHERE = "everywhere"
+MFA_OUTSIDE_LOCAL_NETWORK = "outside_local_network"
+MFA_NEVER = "never"
+MFA_POLICIES = (MFA_EVERYWHERE, MFA_OUTSIDE_LOCAL_NETWORK, MFA_NEVER)
+
 _ENTRY = vol.Schema(
     {vol.Required("type"): str, vol.Optional("id"): vol.Any(str, None), vol.Optional("name"): vol.Any(str, None)},
     extra=vol.ALLOW_EXTRA,
@@ -117,6 +123,9 @@ CORE_SCHEMA = vol.Schema(
         vol.Optional("auth_providers"): vol.All(_list_of_dicts, _check_providers, [_ENTRY]),
         vol.Optional("auth_mfa_modules"): vol.All(
             lambda v: [] if v is None else v, lambda v: [v] if isinstance(v, dict) else v, [_ENTRY]
+        ),
+        vol.Optional("mfa_required", default=MFA_EVERYWHERE): vol.In(
+            MFA_POLICIES, msg=f"must be one of {', '.join(MFA_POLICIES)}"
         ),
         vol.Optional("refresh_token_expiry_days", default=90): vol.Any(
             None, vol.All(vol.Coerce(int), vol.Range(min=1, max=36500))
@@ -211,6 +220,7 @@ class Config:
     blocks: dict[str, Any] = field(default_factory=dict)
     filename: str = CONFIG_FILE
     refresh_token_expiry_days: int | None = 90
+    mfa_required: str = MFA_EVERYWHERE
     # openpeerpower or homeassistant: the core block this directory uses.
     core_block: str = CORE_BLOCK_OPP
     # Top-level blocks nothing here reads (automation:, sensor: ...), for check-config to name.
@@ -266,6 +276,7 @@ def validate_config(
         config_dir=config_dir,
         http=http,
         refresh_token_expiry_days=core["refresh_token_expiry_days"],
+        mfa_required=core["mfa_required"],
         core_block=block,
     )
     provider_entries = core.get("auth_providers")

@@ -95,15 +95,20 @@ class MfaRequired(FlowError):
     """A code was asked outside a login flow for a user who has MFA enrolled."""
 
 
-async def async_required_mfa(auth: AuthManager, credentials: Credentials) -> tuple[User | None, dict[str, str]]:
+async def async_required_mfa(
+    auth: AuthManager, credentials: Credentials, ip_address: str | None = None
+) -> tuple[User | None, dict[str, str]]:
     """THE MFA decision: the user behind credentials and the modules (id -> name) of which one must be passed.
 
     No user yet (new credentials) means no module. A module that fails to say
     whether the user is enrolled raises: the caller's flow aborts (fail closed).
+    The ``mfa_required`` policy (``auth.mfa_required_from``) may waive the
+    factor for a login from ``ip_address`` (None: unknown, never waived by
+    ``outside_local_network``).
     """
     user = auth.store.user_for_credentials(credentials)
-    if user is None:
-        return None, {}
+    if user is None or not auth.mfa_required_from(ip_address):
+        return user, {}
     return user, await auth.async_get_enabled_mfa(user)
 
 
@@ -347,7 +352,7 @@ class LoginFlowManager(FlowManager):
         ):
             _LOGGER.error("Provider %s finished a login with credentials not its own; refused", provider.key)
             return flow.async_abort(reason="unknown_error")
-        user, modules = await async_required_mfa(self.auth, credentials)
+        user, modules = await async_required_mfa(self.auth, credentials, flow.context.get("ip_address"))
         proven = offering_module is not None and offering_module in modules  # that factor was just proven
         if user is not None and modules and not proven and not flow.mfa_passed(user, modules):
             flow.credential = credentials

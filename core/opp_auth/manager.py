@@ -68,12 +68,14 @@ class AuthManager:
         max_password_checks: int | None = None,
         refresh_token_expiry: timedelta | None = REFRESH_TOKEN_EXPIRY,
         purge_expired_tokens: bool = True,
+        mfa_required: str = "everywhere",
     ) -> None:
         """Build providers and modules from validated configuration; call async_setup next."""
         self.config_dir = str(config_dir)
         self.pm = pm
         self.http_config = http_config or {}
         self.config_blocks = config_blocks or {}
+        self.mfa_required = mfa_required
         self.store = AuthStore(self.config_dir)
         self._providers: OrderedDict[tuple[str, str | None], AuthProvider] = OrderedDict()
         for cls, conf in provider_configs:
@@ -406,6 +408,19 @@ class AuthManager:
         if module is None:
             raise AuthManagerError(f"Unable find multi-factor auth module: {mfa_module_id}")
         await module.async_depose_user(user.id)
+
+    def mfa_required_from(self, ip_address: str | None) -> bool:
+        """Whether the mfa_required policy asks enrolled users for a second factor at a login from ip_address.
+
+        ``everywhere`` (the default) and an unknown address: yes; ``never``: no;
+        ``outside_local_network``: only when the address is not loopback,
+        private or link-local (after the http block's proxy handling).
+        """
+        if self.mfa_required == "never":
+            return False
+        if self.mfa_required == "outside_local_network":
+            return not is_local_address(ip_address)
+        return True
 
     async def async_get_enabled_mfa(self, user: User) -> dict[str, str]:
         """module id -> name of the modules the user is enrolled in, in configuration order."""

@@ -33,6 +33,7 @@ def build_auth(config: Config, pm: OppAuthPluginManager, **kwargs: Any) -> AuthM
         http_config=config.http,
         config_blocks=config.blocks,
         refresh_token_expiry=expiry_of(config),
+        mfa_required=config.mfa_required,
         **kwargs,
     )
 

@@ -135,6 +135,7 @@ async def opp_auth_factory(config_dir: Path) -> AsyncIterator[Callable[..., Awai
         load_entrypoints: bool = True,
         setup: bool = True,
         blocks: dict[str, Any] | None = None,
+        mfa_required: str | None = None,
         **kwargs: Any,
     ) -> AuthManager:
         pm = make_plugin_manager(load_entrypoints=load_entrypoints, plugins=plugins)
@@ -143,6 +144,8 @@ async def opp_auth_factory(config_dir: Path) -> AsyncIterator[Callable[..., Awai
             core["auth_providers"] = providers
         if mfa_modules is not None:
             core["auth_mfa_modules"] = mfa_modules
+        if mfa_required is not None:
+            core["mfa_required"] = mfa_required
         # blocks: other top-level blocks of configuration.yaml that plugins own (e.g. notify:).
         raw: dict[str, Any] = {**(blocks or {}), "openpeerpower": core, "http": http or {}}
         config = validate_config(raw, pm, config_dir=config_dir, allow_insecure_example=True)
@@ -153,7 +156,7 @@ async def opp_auth_factory(config_dir: Path) -> AsyncIterator[Callable[..., Awai
             mfa_configs=config.mfa_modules,
             http_config=config.http,
             config_blocks=config.blocks,
-            **{"refresh_token_expiry": expiry_of(config), **kwargs},
+            **{"refresh_token_expiry": expiry_of(config), "mfa_required": config.mfa_required, **kwargs},
         )
         if setup:
             await auth.async_setup()

@@ -112,6 +112,7 @@ async def serve(config_dir: Path) -> AsyncIterator[Callable[..., Awaitable[Serve
         http: dict[str, Any] | None = None,
         port: int | None = None,
         localhost: bool = False,
+        mfa_required: str | None = None,
     ) -> Server:
         """localhost=True: reached as http://localhost:PORT (WebAuthn refuses IP addresses); port None picks one."""
         if localhost and port is None:
@@ -121,9 +122,11 @@ async def serve(config_dir: Path) -> AsyncIterator[Callable[..., Awaitable[Serve
         pm = make_plugin_manager(load_entrypoints=True)
         raw = {"openpeerpower": {"auth_providers": providers or [{"type": "openpeerpower"}],
                                  "auth_mfa_modules": mfa_modules or []}, "http": http or {}}
+        if mfa_required is not None:
+            raw["openpeerpower"]["mfa_required"] = mfa_required
         config = validate_config(raw, pm, config_dir=config_dir, allow_insecure_example=True)
         auth = AuthManager(str(config_dir), pm, provider_configs=config.providers, mfa_configs=config.mfa_modules,
-                           http_config=config.http, config_blocks=config.blocks)
+                           http_config=config.http, config_blocks=config.blocks, mfa_required=config.mfa_required)
         server = TestServer(create_app(auth), host="127.0.0.1", port=port)
         await server.start_server()
         servers.append(server)

@@ -181,3 +181,43 @@ async def test_admin_removes_a_users_passkey_on_the_users_page(serve: Any, page:
     await box.get_by_role("button", name="Delete Lost phone").click()
     await box.get_by_text("You have no passkeys yet.").wait_for()
     assert module.passkeys(owner.id) == []
+
+
+async def test_policy_asks_the_passkey_only_from_outside_the_local_network(serve: Any, page: Any, sign_in: Any) -> None:
+    """mfa_required: outside_local_network: the password alone from 127.0.0.1, password plus passkey from 203.0.113.7.
+
+    The outside address reaches the server as X-Forwarded-For through a trusted proxy (127.0.0.1 here).
+    """
+    port = free_port()
+    server = await serve(
+        mfa_modules=[webauthn(port, passwordless=False)],
+        port=port,
+        localhost=True,
+        mfa_required="outside_local_network",
+        http={"use_x_forwarded_for": True, "trusted_proxies": ["127.0.0.1"]},
+    )
+    await server.onboard()
+    cdp, authenticator_id = await enrol(page, server, sign_in, "Phone")
+    module = server.auth.get_auth_mfa_module("webauthn")
+    owner = server.auth.owner()
+
+    await log_out(page)
+    await password_login(page)
+    await page.wait_for_url(server.url("/"))
+    await page.get_by_text("You are logged in.").wait_for()
+    assert module.passkeys(owner.id)[0]["last_used_at"] is None  # not asked at home
+
+    await page.context.set_extra_http_headers({"X-Forwarded-For": "203.0.113.7"})
+    await log_out(page)
+    await password_login(page)
+    await page.wait_for_url(server.url("/"))
+    await page.get_by_text("You are logged in.").wait_for()
+    assert module.passkeys(owner.id)[0]["last_used_at"] is not None  # asked from outside, and given
+    assert (await credentials_of(cdp, authenticator_id))[0]["signCount"] >= 1
+
+    # From outside, without the passkey the password alone does not get in.
+    await cdp.send("WebAuthn.clearCredentials", {"authenticatorId": authenticator_id})
+    await log_out(page)
+    await password_login(page)
+    await page.get_by_text("The passkey request was cancelled or timed out.").wait_for(timeout=20000)
+    assert "/auth/authorize" in page.url

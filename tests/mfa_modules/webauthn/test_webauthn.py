@@ -366,3 +366,30 @@ async def test_stored_under_its_own_key_without_secrets_in_lists(auth: Any, auth
     assert record["id"] == passkey["id"] and record["public_key"] and record["sign_count"] == 0
     assert passkey["name"] == "My phone" and passkey["model"] == "iCloud Keychain"
     assert set(passkey) == {"id", "name", "created_at", "last_used_at", "model", "backed_up"}
+
+
+async def test_passkey_totp_and_recovery_code_are_each_enough(opp_auth_factory: Any, authenticator: Any) -> None:
+    """A user with passkeys, TOTP and recovery codes picks any of them; a client without WebAuthn picks TOTP."""
+    import pyotp
+
+    auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=[{"type": "totp"}, CONFIG])
+    user = await make_user(auth)
+    await enrol(auth.get_auth_mfa_module("webauthn"), authenticator, user.id)
+    totp = auth.get_auth_mfa_module("totp")
+    secret = await totp.async_setup_user(user.id, {})
+    recovery = await totp.async_new_recovery_codes(user.id)
+
+    async def choose(module_id: str) -> dict[str, Any]:
+        choice = await run_login_flow(auth, ("insecure_example", None), LOGIN)
+        assert choice["step_id"] == "select_mfa_module", choice
+        return await auth.login_flow.async_configure(choice["flow_id"], {"multi_factor_auth_module": module_id})
+
+    form = await choose("webauthn")
+    assertion = authenticator.get(form["description_placeholders"]["challenge"]["webauthn"])
+    assert (await auth.login_flow.async_configure(form["flow_id"], {"credential": assertion}))["type"] == "create_entry"
+    form = await choose("totp")
+    assert "challenge" not in form["description_placeholders"]
+    result = await auth.login_flow.async_configure(form["flow_id"], {"code": pyotp.TOTP(secret).now()})
+    assert result["type"] == "create_entry"
+    form = await choose("totp")
+    assert (await auth.login_flow.async_configure(form["flow_id"], {"code": recovery[0]}))["type"] == "create_entry"
