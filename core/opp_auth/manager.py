@@ -30,6 +30,7 @@ from .models import (
     User,
     utcnow,
 )
+from .network import is_local_address
 from .plugins import OppAuthPluginManager
 from .providers import LOCAL_PROVIDER_TYPES, AuthProvider, InvalidAuthError, credential_lookup_key
 from .sessions import AccessPolicy
