@@ -317,8 +317,12 @@ async def test_admin_change_username_as_home_assistants_frontend_sends_it(ha: An
     assert (await ws.receive_json())["error"]["code"] == "username_exists"
     await ws.send_json({"id": 2, "type": kind, "user_id": "nobody", "username": "x"})
     assert (await ws.receive_json())["error"]["code"] == "user_not_found"
-    await ws.send_json({"id": 3, "type": kind, "user_id": anne, "username": "  Annie "})
-    assert (await ws.receive_json())["success"] is True
+    await ws.send_json({"id": 21, "type": kind, "user_id": anne, "username": "an\u2028ne"})
+    assert (await ws.receive_json())["error"]["code"] == "invalid_username"
+    await ws.send_json({"id": 22, "type": kind, "user_id": anne, "username": "   "})
+    assert (await ws.receive_json())["error"]["code"] == "invalid_username"
+    await ws.send_json({"id": 23, "type": kind, "user_id": anne, "username": "  Annie "})
+    assert (await ws.receive_json())["success"] is True, "rename"
     await ws.close()
     logins = json.loads((ha_dir["dir"] / ".storage" / "auth_provider.homeassistant").read_text(encoding="utf-8"))
     assert [u["username"] for u in logins["data"]["users"]] == ["paulus", "annie", "guest"]

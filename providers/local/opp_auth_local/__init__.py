@@ -277,6 +277,8 @@ class LocalAuthProvider(AuthProvider):
 
     async def async_change_username(self, credentials: Credentials, new_username: str) -> None:
         """Rename a login and the credentials that use it (sessions stay valid, as in Home Assistant)."""
+        if not is_safe_username(new_username):
+            raise InvalidUsername(UNSAFE_USERNAME_MESSAGE)
         old = credentials.data["username"]
         new = self.data.change_username(old, new_username)
         try:

@@ -186,6 +186,8 @@ async def admin_change_username(conn: ActiveConnection, msg: dict[str, Any]) -> 
         raise CommandError("credentials_not_found", "Credentials not found")
     try:
         await provider.async_change_username(credentials, msg["username"])
+    except ValueError as err:  # InvalidUsername: one the login form would refuse
+        raise CommandError("invalid_username", str(err)) from err
     except InvalidUser as err:
         raise CommandError("username_exists" if "exists" in str(err) else "invalid_username", str(err)) from err
     conn.send_result(msg["id"])
