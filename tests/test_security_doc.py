@@ -61,9 +61,9 @@ WORDS = {
 ROW = re.compile(r"^\|(?P<what>[^|]+)\|(?P<value>[^|]+)\|\s*`(?P<source>[^`]+)`\s*\|\s*$")
 VALUE = re.compile(r"^\s*(?P<number>-?\d+(?:\.\d+)?)\s*(?P<unit>[A-Za-z]*)\s*$")
 # Digits that are names, not limits: SPEC/RFC sections, SPEC bug numbers, algorithm names, HTTP statuses,
-# file modes, Unicode code points, and the 2^(n-5) formula (its numbers are rows of their own).
+# octal file modes (0600), Unicode code points, and the 2^(n-5) formula (its numbers are rows of their own).
 NOT_LIMITS = re.compile(
-    r"SPEC \d+(?:\.\d+)*|RFC \d+(?: section [\d.]+)?|\bG\d+\b|SHA-\d+|HMAC-SHA\d+|\bmode 0\d+|\d+\^\([^)]*\)"
+    r"SPEC \d+(?:\.\d+)*|RFC \d+(?: section [\d.]+)?|\bG\d+\b|SHA-\d+|HMAC-SHA\d+|\b0[0-7]{3}\b|\d+\^\([^)]*\)"
     r"|\bU\+[0-9A-Fa-f]{4,6}\b"
     r"|\b(?:200|400|401|403|404|405|413|429|500|503)s?\b"
 )
