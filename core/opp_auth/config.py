@@ -170,6 +170,7 @@ LOGIN_THROTTLE_SCHEMA = vol.Schema(
         vol.Optional("attempts_per_address_and_user", default=5): _ATTEMPTS,
         vol.Optional("attempts_per_user", default=10): _ATTEMPTS,
         vol.Optional("attempts_per_address", default=20): _ATTEMPTS,
+        vol.Optional("attempts_per_prefix", default=100): _ATTEMPTS,
         vol.Optional("max_lock_seconds", default=900): _SECONDS,
         vol.Optional("reset_after_seconds", default=3600): _SECONDS,
     }

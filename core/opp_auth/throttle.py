@@ -9,7 +9,7 @@ provider: HTTP 429 with ``Retry-After`` for the login flow, ``auth_invalid``
 in the websocket auth phase, the error ``too_many_attempts`` for websocket
 commands that check a password or code (change_password, TOTP recovery codes).
 
-Three counters, each in a bounded LRU map, each forgotten ``reset_after_seconds``
+Four counters, each in a bounded LRU map, each forgotten ``reset_after_seconds``
 after its last failure (the "decay"):
 
 - per (address, account): ``attempts_per_address_and_user`` failures are free,
@@ -25,6 +25,12 @@ after its last failure (the "decay"):
   anywhere they logged in before) is not locked out by strangers.
 - per address: ``attempts_per_address`` free failures across all accounts (a
   password spray from one address), never applied to allow-listed networks.
+- per prefix (IPv4 /24, IPv6 /64): ``attempts_per_prefix`` free failures across
+  all accounts and all addresses of the prefix, so a spray that takes a new
+  address of its /64 for each guess is braked all the same. Never applied to
+  allow-listed networks, nor to an address some account logged in from (so a
+  neighbour in the owner's /24, or a spray from the owner's /64, does not lock
+  the owner out at home).
 
 Locks are always temporary; nothing here is written to disk, and a restart
 forgets everything. A success clears the pair (address, account) for every
@@ -49,6 +55,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .network import address_and_prefix
 from .plugins import hookimpl
 
 _LOGGER = logging.getLogger(__name__)
@@ -59,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "attempts_per_address_and_user": 5,
     "attempts_per_user": 10,
     "attempts_per_address": 20,
+    "attempts_per_prefix": 100,
     "max_lock_seconds": 900,
     "reset_after_seconds": 3600,
 }
@@ -70,6 +78,7 @@ IGNORED_REASONS = frozenset({"unauthorized"})
 KIND_PAIR = "address_and_user"
 KIND_USER = "user"
 KIND_ADDRESS = "address"
+KIND_PREFIX = "prefix"
 
 
 def too_many_attempts_message(seconds: float) -> str:
@@ -113,6 +122,12 @@ def in_networks(ip: str | None, networks: list[Any]) -> bool:
     return any(address in net for net in networks if net.version == address.version)
 
 
+def _prefix(ip: str) -> str | None:
+    """The IPv4 /24 or IPv6 /64 of ip; None when ip is not an address."""
+    parsed = address_and_prefix(ip)
+    return parsed[1] if parsed is not None else None
+
+
 class _Counters:
     """failures and last failure time per key, LRU-bounded, forgotten after a quiet period."""
 
@@ -153,6 +168,7 @@ class LoginThrottle:
         attempts_per_address_and_user: int = 5,
         attempts_per_user: int = 10,
         attempts_per_address: int = 20,
+        attempts_per_prefix: int = 100,
         max_lock_seconds: float = 900,
         reset_after_seconds: float = 3600,
         allowlist: Iterable[Any] = (),
@@ -165,6 +181,7 @@ class LoginThrottle:
             KIND_PAIR: attempts_per_address_and_user,
             KIND_USER: attempts_per_user,
             KIND_ADDRESS: attempts_per_address,
+            KIND_PREFIX: attempts_per_prefix,
         }
         self.max_lock = float(max_lock_seconds)
         self.allowlist = parse_networks(allowlist)
@@ -172,6 +189,7 @@ class LoginThrottle:
         self.max_tracked = max_tracked
         self.maps = {kind: _Counters(max_tracked, float(reset_after_seconds)) for kind in self.free}
         self._known: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+        self._known_refs: dict[str, int] = {}  # address -> how many accounts logged in from it
 
     @classmethod
     def from_http_config(cls, http_config: dict[str, Any], **kwargs: Any) -> LoginThrottle:
@@ -189,6 +207,10 @@ class LoginThrottle:
         """Whether the account lock is waived for ip (allow-listed, or the account logged in from it)."""
         known = self._known.get(username)
         return (known is not None and ip in known) or self.is_allowlisted(ip)
+
+    def is_known_address(self, ip: str | None) -> bool:
+        """Whether some account logged in from ip (the last 16 addresses of each account)."""
+        return ip in self._known_refs
 
     def _wait(self, kind: str, key: Any, now: float) -> float:
         """Seconds left of the lock a counter imposes."""
@@ -210,6 +232,9 @@ class LoginThrottle:
         wait = 0.0
         if ip is not None and not self.is_allowlisted(ip):
             wait = self._wait(KIND_ADDRESS, ip, now)
+            prefix = _prefix(ip)
+            if prefix is not None and not self.is_known_address(ip):
+                wait = max(wait, self._wait(KIND_PREFIX, prefix, now))
         if user is not None:
             wait = max(wait, self._wait(KIND_PAIR, (ip, user), now))
             if not self.is_trusted(ip, user):
@@ -226,6 +251,9 @@ class LoginThrottle:
         user = normalize_username(username)
         if ip is not None and not self.is_allowlisted(ip):
             self.maps[KIND_ADDRESS].add(ip, now)
+            prefix = _prefix(ip)
+            if prefix is not None:
+                self.maps[KIND_PREFIX].add(prefix, now)
         if user is not None:
             self.maps[KIND_PAIR].add((ip, user), now)
             if not self.is_trusted(ip, user):
@@ -239,13 +267,23 @@ class LoginThrottle:
             assert name is not None
             self.maps[KIND_PAIR].items.pop((ip, name), None)
             known = self._known.pop(name, None) or OrderedDict()
-            known.pop(ip, None)
-            known[ip] = None
+            if ip in known:
+                known.move_to_end(ip)
+            else:
+                known[ip] = None
+                self._known_refs[ip] = self._known_refs.get(ip, 0) + 1
             while len(known) > KNOWN_ADDRESSES_PER_USER:
-                known.popitem(last=False)
+                self._unref(known.popitem(last=False)[0])
             self._known[name] = known
             while len(self._known) > self.max_tracked:
-                self._known.popitem(last=False)
+                for old in self._known.popitem(last=False)[1]:
+                    self._unref(old)
+
+    def _unref(self, ip: str) -> None:
+        """One account fewer remembers ip."""
+        left = self._known_refs.pop(ip) - 1
+        if left:
+            self._known_refs[ip] = left
 
     # ---- administration ---------------------------------------------------------------------
 
@@ -258,7 +296,7 @@ class LoginThrottle:
                 wait = self._wait(kind, key, now)
                 if wait <= 0:
                     continue
-                ip, user = key if kind == KIND_PAIR else ((key, None) if kind == KIND_ADDRESS else (None, key))
+                ip, user = key if kind == KIND_PAIR else ((None, key) if kind == KIND_USER else (key, None))
                 found.append(
                     {
                         "type": kind,
@@ -281,6 +319,8 @@ class LoginThrottle:
                     match = (ip is None or key[0] == ip) and (user is None or key[1] == user)
                 elif kind == KIND_USER:
                     match = ip is None and (user is None or key == user)
+                elif kind == KIND_PREFIX:
+                    match = user is None and (ip is None or key == ip or key == _prefix(ip))
                 else:
                     match = user is None and (ip is None or key == ip)
                 if match:

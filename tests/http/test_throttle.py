@@ -222,6 +222,7 @@ def test_http_block_defaults_turn_throttling_on() -> None:
         "attempts_per_address_and_user": 5,
         "attempts_per_user": 10,
         "attempts_per_address": 20,
+        "attempts_per_prefix": 100,
         "max_lock_seconds": 900,
         "reset_after_seconds": 3600,
     }

@@ -3,11 +3,13 @@
 - ``config/auth/bans/list`` → ``[{"ip_address", "banned_at"}]`` (ISO-8601), oldest first.
 - ``config/auth/bans/remove`` ``{ip_address}`` → ``null``; lifts the ban now and
   rewrites ``ip_bans.yaml``; error ``not_found`` "IP address is not banned".
-- ``config/auth/lockouts/list`` → ``[{"type": "address_and_user"|"user"|"address",
+- ``config/auth/lockouts/list`` → ``[{"type": "address_and_user"|"user"|"address"|"prefix",
   "ip_address", "username", "failures", "retry_after"}]``: the throttle counters
-  refusing attempts right now, longest lock first (``retry_after`` in seconds).
+  refusing attempts right now, longest lock first (``retry_after`` in seconds;
+  for ``prefix`` the ``ip_address`` is the network, e.g. ``2001:db8::/64``).
 - ``config/auth/lockouts/clear`` ``{ip_address?, username?}`` → ``{"cleared": n}``:
-  forgets the matching counters (locked or not); neither key clears everything.
+  forgets the matching counters (locked or not), an address's prefix counter
+  included; neither key clears everything.
 """
 
 from __future__ import annotations
