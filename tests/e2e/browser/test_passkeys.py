@@ -88,6 +88,8 @@ async def enrol(page: Any, server: Any, sign_in: Any, name: str) -> Any:
     module = server.auth.get_auth_mfa_module("webauthn")
     assert len(held) == 1 and held[0]["isResidentCredential"] is True
     assert [p["name"] for p in module.passkeys(server.auth.owner().id)] == [name]
+    # The multi-factor list shows the module enabled now.
+    await page.locator('#mfa [data-module="webauthn"] .tag.on').wait_for()
     # The model comes from the authenticator's AAGUID; the list shows it next to the name.
     assert module.passkeys(server.auth.owner().id)[0]["model"] == "Chromium virtual authenticator"
     await section.locator(".passkey .tag", has_text="Chromium virtual authenticator").wait_for()

@@ -80,6 +80,7 @@ export async function conditionalAvailable() {
 
 // ---- profile page -----------------------------------------------------------------------------------
 
+function refreshMfa(ctx) { if (ctx.refreshMfa) ctx.refreshMfa(); }
 function status() { return el("p", { class: "status", role: "status" }); }
 function say(node, text, isError = false) { node.textContent = text; node.classList.toggle("error", isError); }
 
@@ -118,7 +119,7 @@ function renderPasskeys(body, ctx, listing) {
       onclick: async () => {
         if (!confirm(t("passkey.remove_confirm", { name: passkey.name }))) return;
         try { await ctx.conn.call({ type: "auth/webauthn/remove", passkey_id: passkey.id }); } catch (err) { say(note, commandMessage(err), true); return; }
-        await ctx.reloadUser(); await reload(body, ctx);
+        await ctx.reloadUser(); refreshMfa(ctx); await reload(body, ctx);
       } }, t("common.delete"))]));
   const add = el("button", { type: "button", id: "passkey-add", onclick: () => {
     if (!supported()) { say(note, t("passkey.unsupported"), true); return; }
@@ -146,6 +147,7 @@ function renderAdd(body, ctx) {
     } catch (err) { say(note, err && err.code ? commandMessage(err) : ceremonyMessage(err), true); return; }
     try { await ctx.conn.call({ type: "auth/webauthn/register", name, credential }); } catch (err) { say(note, commandMessage(err), true); return; }
     await ctx.reloadUser();
+    refreshMfa(ctx);
     await reload(body, ctx);
     say(body.querySelector(".status"), t("passkey.added", { name }));
   });

@@ -92,6 +92,7 @@ export function field(id, label, type = "text", autocomplete = "off", value = un
 function mfaSection(ctx) {
   const body = el("div", { class: "body" });
   const node = section("mfa", t("profile.mfa"), el("p", { class: "muted" }, t("profile.mfa_help")), body);
+  ctx.refreshMfa = () => renderMfa(body, ctx);  // the passkey section enrols outside this list
   renderMfa(body, ctx);
   return node;
 }
