@@ -61,11 +61,12 @@ MAX_NAME_LENGTH = 64
 PROOF_WINDOW = 300.0  # seconds a password or factor proof lets a session add a passkey
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
-RP_ID_MESSAGE = (
-    "rp_id is required: the domain name the pages are served on, without scheme or port "
-    "(e.g. opp.example.com, or localhost). Choose it once: passkeys are bound to it, and "
-    "changing it later invalidates every enrolled passkey"
+RP_ID_HELP = (
+    "the domain name the pages are served on, without scheme or port (e.g. opp.example.com, or "
+    "localhost). Choose it once: passkeys are bound to it, and changing it later invalidates every "
+    "enrolled passkey"
 )
+RP_ID_MESSAGE = f"rp_id is required: {RP_ID_HELP}"
 
 
 def _rp_id(value: Any) -> str:
@@ -78,9 +79,9 @@ def _rp_id(value: Any) -> str:
     except ValueError:
         pass
     else:
-        raise vol.Invalid(f"rp_id {value!r} is an IP address; WebAuthn needs a domain name. {RP_ID_MESSAGE}")
+        raise vol.Invalid(f"rp_id {value!r} is an IP address, which WebAuthn refuses; rp_id is {RP_ID_HELP}")
     if not all(_HOST_LABEL.match(label) for label in host.split(".")) or len(host) > 253:
-        raise vol.Invalid(f"rp_id {value!r} is not a domain name. {RP_ID_MESSAGE}")
+        raise vol.Invalid(f"rp_id {value!r} is not a domain name; rp_id is {RP_ID_HELP}")
     return host
 
 

@@ -393,3 +393,48 @@ async def test_passkey_totp_and_recovery_code_are_each_enough(opp_auth_factory: 
     assert result["type"] == "create_entry"
     form = await choose("totp")
     assert (await auth.login_flow.async_configure(form["flow_id"], {"code": recovery[0]}))["type"] == "create_entry"
+
+
+@pytest.mark.parametrize(
+    ("entry", "line", "words"),
+    [
+        ("    - type: webauthn\n      rp_name: Home\n", 5, ["rp_id", "invalidates every enrolled passkey"]),
+        ("    - type: webauthn\n      rp_id: 10.0.0.2\n", 6, ["rp_id", "IP address"]),
+        (
+            "    - type: webauthn\n      rp_id: opp.example.com\n      origins: [https://evil.example.net]\n",
+            7,
+            ["origins"],
+        ),
+        ("    - type: webauthn\n      rp_id: opp.example.com\n      timeout: 5\n", 7, ["timeout"]),
+    ],
+)
+def test_configuration_errors_name_file_line_and_key(config_dir: Any, entry: str, line: int, words: list[str]) -> None:
+    """As check-config and the server report them: the file, a line of the entry, the key and why."""
+    from opp_auth.config import ConfigError, load_config
+    from opp_auth.plugins import make_plugin_manager
+
+    (config_dir / "configuration.yaml").write_text(
+        "openpeerpower:\n  auth_providers:\n    - type: openpeerpower\n  auth_mfa_modules:\n" + entry, encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(config_dir, make_plugin_manager(load_entrypoints=True))
+    message = str(err.value)
+    assert "configuration.yaml" in message and f"line {line}" in message, message
+    assert all(word in message for word in words), message
+
+
+async def test_a_passkey_belongs_to_one_account(auth: Any, authenticator: Any) -> None:
+    """The same credential id cannot be enrolled for a second account."""
+    from opp_auth_webauthn import CeremonyError
+
+    module = auth.get_auth_mfa_module("webauthn")
+    mia = await make_user(auth)
+    otto = await make_user(auth, [{"username": "other", "password": "other-pass"}])
+    passkey = await enrol(module, authenticator, mia.id)
+    stored = module._users[mia.id]["passkeys"][0]
+    with pytest.raises(CeremonyError) as err:
+        await module.async_setup_user(
+            otto.id, {"id": passkey["id"], "public_key": stored["public_key"], "name": "Copy"}
+        )
+    assert err.value.code == "already_registered"
+    assert not await module.async_is_user_setup(otto.id)
