@@ -5,7 +5,9 @@ Starts `opp-auth serve` (a subprocess, reverse-proxy headers trusted from
 --addresses different X-Forwarded-For client addresses (only header values:
 every request goes to 127.0.0.1) and reports the server's resident set size
 (RSS) before and after, and how the requests were answered (200 until the
-caps on flows in progress are reached, then 429).
+fair shares of flows in progress are taken, then 429, and 200 again for a
+prefix holding fewer flows than the largest, which takes the place of that
+prefix's oldest flow: the number in progress stays bounded either way).
 """
 
 from __future__ import annotations

@@ -163,8 +163,8 @@ async def _serve(config_dir: str, url: str) -> None:
     """The real application with the ldap provider and one bearer token; READY line on stdout."""
 
     auth = make_auth(config_dir, [provider_config(url, 4)])
-    # All the bench's logins come from 127.0.0.1: lift the per-address cap on flows in progress.
-    auth.login_flow.max_per_address = 10 * CONCURRENT_LOGINS
+    # All the bench's logins come from 127.0.0.1: lift the per-address and per-prefix caps on flows in progress.
+    auth.login_flow.max_per_address = auth.login_flow.max_per_prefix = 10 * CONCURRENT_LOGINS
     await auth.async_setup()
     await serve_with_api_token(auth)
     await auth.async_shutdown()
