@@ -7,13 +7,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import voluptuous as vol
 
-from .flow import FlowHandler, FlowManager, FlowResult, UnknownHandler
+from .flow import FlowHandler, FlowManager, FlowResult, TooManyFlows, UnknownHandler
+from .shares import FairPool, Full
 
 if TYPE_CHECKING:
     from .manager import AuthManager
     from .providers import AuthProvider
 
 _LOGGER = logging.getLogger(__name__)
+
+MAX_SETUP_FLOWS = 1000
+MAX_SETUP_FLOWS_PER_USER = 10
 
 MFA_CONFIG_SCHEMA = vol.Schema(
     {
@@ -154,12 +158,43 @@ class SetupFlow(FlowHandler):
 
 
 class MfaSetupFlowManager(FlowManager):
-    """Enrolment flows keyed by module id; each belongs to the user who started it."""
+    """Enrolment flows keyed by module id; each belongs to the user who started it.
+
+    Fair shares by user (:class:`opp_auth.shares.FairPool`): a user has at
+    most ``MAX_SETUP_FLOWS_PER_USER`` in progress, and when all
+    ``MAX_SETUP_FLOWS`` places are taken a user holding fewer than the largest
+    holder takes the place of that user's oldest flow, so no user can keep
+    another from enrolling.
+    """
 
     def __init__(self, auth: AuthManager) -> None:
         """Flows for the manager's modules."""
-        super().__init__(max_flows=1000, ttl=600.0)
+        self.shares = FairPool(MAX_SETUP_FLOWS, MAX_SETUP_FLOWS_PER_USER, MAX_SETUP_FLOWS_PER_USER)
+        super().__init__(max_flows=MAX_SETUP_FLOWS, ttl=600.0)
         self.auth = auth
+
+    def _admit(self, flow_id: str, context: dict[str, Any]) -> None:
+        """A place in the user's share (raise TooManyFlows)."""
+        user_id = context.get("user_id")
+        try:
+            displaced = self.shares.admit(flow_id, user_id, user_id)
+        except Full as err:
+            raise TooManyFlows(f"no place for an MFA set-up of {user_id}: {err}") from None
+        for old in displaced:
+            self._forget(str(old))
+
+    def _holds_place(self, flow_id: str) -> bool:
+        """Whether the flow was not displaced while it was built."""
+        return flow_id in self.shares
+
+    def _release(self, flow_id: str) -> None:
+        """Give back the place of a flow that was never built."""
+        self.shares.release(flow_id)
+
+    def _forget(self, flow_id: str) -> FlowHandler | None:
+        """Remove the flow and free its place."""
+        self.shares.release(flow_id)
+        return super()._forget(flow_id)
 
     async def async_create_flow(self, handler_key: Any, *, context: dict[str, Any], data: Any) -> FlowHandler:
         """The module's setup flow for context['user_id']."""

@@ -329,3 +329,31 @@ def test_shares_refuse_the_same_key_twice() -> None:
     shares.admit("k", "203.0.113.1")
     with pytest.raises(ValueError):
         shares.admit("k", "203.0.113.1")
+
+
+# ---- MFA set-up flows (logged-in users only, but one cap for all of them) ---------------------
+
+
+async def test_mfa_setup_flows_are_shared_out_per_user(opp_auth_factory: Any) -> None:
+    from opp_auth.mfa import MAX_SETUP_FLOWS_PER_USER
+
+    mfa = {"type": "insecure_example", "data": []}
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[mfa])
+    setups = auth.mfa_setup_flow
+    setups.shares.capacity = 30
+
+    async def setup(user_id: str) -> str:
+        result = await setups.async_init("insecure_example", context={"user_id": user_id})
+        assert result["type"] == "form"
+        return str(result["flow_id"])
+
+    mine = [await setup("greedy") for _ in range(MAX_SETUP_FLOWS_PER_USER)]
+    with pytest.raises(TooManyFlows):
+        await setup("greedy")
+    for n in range(40):  # many users fill the pool, each a little
+        await setup(f"user{n % 20}")
+    assert len(setups.async_progress()) == 30
+    assert setups.shares.address_count("greedy") < MAX_SETUP_FLOWS_PER_USER  # the largest gave way first
+    owner = await setup("owner")
+    assert setups.async_get(owner)
+    assert len(mine) == MAX_SETUP_FLOWS_PER_USER

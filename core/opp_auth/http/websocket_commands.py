@@ -7,7 +7,7 @@ from typing import Any
 
 import voluptuous as vol
 
-from ..flow import FlowError, InvalidInput, UnknownFlow, UnknownHandler
+from ..flow import FlowError, InvalidInput, TooManyFlows, UnknownFlow, UnknownHandler
 from ..manager import AuthManagerError
 from ..models import GROUP_ID_ADMIN, TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN, RefreshToken, User
 from ..providers import LOCAL_PROVIDER_TYPES, InvalidAuthError
@@ -238,6 +238,8 @@ async def setup_mfa(conn: ActiveConnection, msg: dict[str, Any]) -> None:
         result = await flow_manager.async_init(module_id, context={"user_id": conn.user.id})
     except UnknownHandler:
         raise CommandError("no_module", f"MFA module {module_id} is not found") from None
+    except TooManyFlows:
+        raise CommandError("too_many_flows", "Too many MFA set-ups in progress, try again later") from None
     conn.send_result(msg["id"], _setup_result_json(result))
 
 
