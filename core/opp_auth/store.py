@@ -44,6 +44,7 @@ from .models import (
 )
 from .providers import credential_lookup_key
 from .storage import RecordList, StorageError, Store
+from .validation import check_storable
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -399,8 +400,13 @@ class AuthStore:
             _LOGGER.error("Changes not saved at shutdown: %s", err)
 
     def _log(self, record: dict[str, Any]) -> None:
-        """Queue a change's journal record before memory changes (StorageError: refused, nothing changed)."""
+        """Queue a change's journal record before memory changes (StorageError: refused, nothing changed).
+
+        The record is checked first (opp_auth.validation.check_storable): a value the file could not
+        hold (a lone surrogate, NaN, nesting past the limit) raises InvalidData and nothing changes.
+        """
         if self._journaling:
+            check_storable(record.get("v", record), str(record.get("t", "record")))
             self._store.journal_append(record)
 
     @contextlib.contextmanager
@@ -571,7 +577,8 @@ class AuthStore:
     # ---- changes (callers save) ---------------------------------------------------------
 
     def add_user(self, user: User) -> None:
-        """Insert a user."""
+        """Insert a user (InvalidData, before any change, for a record the file could not hold)."""
+        check_storable(_user_record(user), "user")
         user.groups = self.shared_groups(user.groups)
         self._log({"t": "user", "v": _user_record(user)})
         self._put_user(user)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from .validation import check_storable
+
 if TYPE_CHECKING:
     from .manager import AuthManager
 
@@ -34,8 +36,14 @@ class UserSettings:
         return dict(values) if key is None else values.get(key)
 
     async def async_update(self, user_id: str, values: dict[str, Any]) -> None:
-        """Set values (None removes a key) and save; refuses oversized data with ValueError."""
-        current = dict(self._data.get(user_id, {}))
+        """Set values (None removes a key) and save; refuses oversized or unstorable data with ValueError.
+
+        Nothing changes in memory unless it is written: values are checked
+        first (opp_auth.validation), and a failed save puts the old values back.
+        """
+        check_storable(values, "value")
+        previous = self._data.get(user_id)
+        current = dict(previous or {})
         for key, value in values.items():
             if value is None:
                 current.pop(key, None)
@@ -46,7 +54,15 @@ class UserSettings:
         if len(current) > MAX_KEYS:
             raise ValueError(f"At most {MAX_KEYS} settings per user")
         self._data[user_id] = current
-        await self._save()
+        try:
+            await self._save()
+        except BaseException:
+            if self._data.get(user_id) is current:
+                if previous is None:
+                    del self._data[user_id]
+                else:
+                    self._data[user_id] = previous
+            raise
 
     async def async_remove_user(self, user_id: str) -> None:
         """Forget a removed user's settings."""

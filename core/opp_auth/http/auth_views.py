@@ -87,7 +87,6 @@ from typing import Any
 
 import voluptuous as vol
 from aiohttp import web
-from multidict import MultiDict, MultiDictProxy
 
 from ..codes import AUTHORIZE, LINK_USER
 from ..flow import (
@@ -111,10 +110,12 @@ from .view import (
     KEY_AUTHENTICATED,
     KEY_REFRESH_TOKEN_ID,
     KEY_USER,
+    FormError,
     auth_of,
     client_ip,
     json_message,
     json_response,
+    read_form,
     read_json,
     require_auth,
 )
@@ -267,11 +268,13 @@ def _oauth_error(error: str, description: str | None = None, status: int = 400) 
 async def token_view(request: web.Request) -> web.Response:
     """POST /auth/token: grant, refresh or revoke."""
     try:
-        data = await request.post()
-    except web.HTTPException:
-        raise  # 413 for a body over the size limit
-    except Exception:  # noqa: BLE001 - any undecodable body is a bad request
-        data = MultiDictProxy(MultiDict())
+        data = await read_form(request)
+    except FormError as err:
+        # A form that cannot be read at all: 413 in the API's message shape, 400 as OAuth's invalid_request.
+        _failed(request, "invalid_token")
+        if err.status == 413:
+            return json_message(err.message, 413)
+        return _oauth_error("invalid_request", err.message)
     for field in ("action", "grant_type", "token"):
         if len(data.getall(field, [])) > 1:
             _failed(request, "invalid_token")

@@ -17,6 +17,7 @@ from aiohttp import hdrs, web
 
 from ..models import User
 from ..storage import STORAGE_UNAVAILABLE_MESSAGE, StorageError
+from ..validation import CODE_INVALID_FORMAT, InvalidData
 from .forwarded import ForwardedError, resolve_forwarded
 from .view import (
     KEY_AUTHENTICATED,
@@ -143,6 +144,9 @@ def build_pipeline(
         except StorageError:
             # The store has logged which file and why; the client is told the change was not saved.
             response = json_message(STORAGE_UNAVAILABLE_MESSAGE, 503)
+        except InvalidData as err:
+            # The store refused a value before changing anything (opp_auth.validation.check_storable).
+            response = json_message(str(err), 400, CODE_INVALID_FORMAT)
         except web.HTTPRequestEntityTooLarge:
             # aiohttp's own answer is plain text; API clients expect JSON.
             response = json_message(f"Request body too large: the limit is {request.client_max_size} bytes", 413)

@@ -2,6 +2,9 @@
 
 GET  /api/onboarding              ``[{"step": "user", "done": bool}, ...]`` (no auth)
 POST /api/onboarding/users        name, username, password, client_id, language -> ``{"auth_code"}`` (no auth)
+                                  name and username 1-100 characters, password at most 1024, client_id
+                                  at most 2048, language 1-35: every field is checked before anything is
+                                  created, so a refused request (400) leaves no owner and no step done.
 POST /api/onboarding/core_config  (auth) -> ``{}``
 POST /api/onboarding/analytics    (auth) -> ``{}``
 POST /api/onboarding/integration  (auth) client_id, redirect_uri -> ``{"auth_code"}``
@@ -101,16 +104,26 @@ class Onboarding:
             await self.async_save()
 
 
+# Every field is bounded here, so the user step refuses bad input before it creates anything.
+MAX_NAME_LENGTH = 100
+MAX_PASSWORD_LENGTH = 1024
+MAX_URL_LENGTH = 2048
+MAX_LANGUAGE_LENGTH = 35  # the longest BCP 47 tag in common use
 USER_SCHEMA = vol.Schema(
     {
-        vol.Required("name"): vol.All(str, vol.Length(min=1, max=100)),
-        vol.Required("username"): vol.All(str, vol.Length(min=1, max=100)),
-        vol.Required("password"): vol.All(str, vol.Length(min=1)),
-        vol.Required("client_id"): str,
-        vol.Required("language"): str,
+        vol.Required("name"): vol.All(str, vol.Length(min=1, max=MAX_NAME_LENGTH)),
+        vol.Required("username"): vol.All(str, vol.Length(min=1, max=MAX_NAME_LENGTH)),
+        vol.Required("password"): vol.All(str, vol.Length(min=1, max=MAX_PASSWORD_LENGTH)),
+        vol.Required("client_id"): vol.All(str, vol.Length(max=MAX_URL_LENGTH)),
+        vol.Required("language"): vol.All(str, vol.Length(min=1, max=MAX_LANGUAGE_LENGTH)),
     }
 )
-INTEGRATION_SCHEMA = vol.Schema({vol.Required("client_id"): str, vol.Required("redirect_uri"): str})
+INTEGRATION_SCHEMA = vol.Schema(
+    {
+        vol.Required("client_id"): vol.All(str, vol.Length(max=MAX_URL_LENGTH)),
+        vol.Required("redirect_uri"): vol.All(str, vol.Length(max=MAX_URL_LENGTH)),
+    }
+)
 
 
 async def onboarding_status(request: web.Request) -> web.Response:

@@ -14,6 +14,12 @@ Protocol (Open Peer Power's, so existing clients work unchanged):
    true, "result": ...}`` or ``{"id", "type": "result", "success": false,
    "error": {"code", "message"}}``.
 
+Limits (opp_auth.validation): a frame nested deeper than 32 levels is never
+parsed; the connection closes with code 1007 and the reason. A command
+holding a lone surrogate, a string over 65,536 characters or a number JSON
+cannot spell (NaN, Infinity) is answered ``invalid_format`` and nothing of
+it is kept. Frames are at most 4 MiB.
+
 A connection is closed within a second when the refresh token it
 authenticated with is deleted, or its user is deactivated or removed. The auth
 phase and every later message ask the one access decision
@@ -33,12 +39,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..models import RefreshToken, User
 from ..plugins import hookimpl
 from ..storage import STORAGE_UNAVAILABLE_MESSAGE, StorageError
 from ..throttle import too_many_attempts_message
+from ..validation import InvalidData, check_json_text, check_value
 from .view import auth_of, client_ip
 
 if TYPE_CHECKING:
@@ -215,6 +222,9 @@ class ActiveConnection:
         self.last_id = 0
         self.closing = False
         self._close_requested = False
+        # How the writer closes the socket: code and reason the client is told (None: a normal close).
+        self.close_code: int | None = None
+        self.close_reason = ""
         self.data: dict[str, Any] = {}
 
     def send_message(self, message: dict[str, Any]) -> None:
@@ -236,11 +246,16 @@ class ActiveConnection:
             {"id": msg_id, "type": "result", "success": False, "error": {"code": code, "message": message}}
         )
 
-    def close(self, reason: str) -> None:
-        """Close the connection soon; a reply the current handler sends right after still goes out."""
+    def close(self, reason: str, code: int | None = None) -> None:
+        """Close the connection soon; a reply the current handler sends right after still goes out.
+
+        With a code, the close frame carries it and the reason (clients see why).
+        """
         if self._close_requested:
             return
         self._close_requested = True
+        if code is not None:
+            self.close_code, self.close_reason = code, reason
         _LOGGER.debug("Closing websocket of %s: %s", self.user.id, reason)
         asyncio.get_running_loop().call_soon(self._finish_close)
 
@@ -266,9 +281,11 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: A
     if msg.type != WSMsgType.TEXT:
         return None
     try:
+        check_json_text(msg.data)
         data = AUTH_MESSAGE_SCHEMA(json.loads(msg.data))
+        check_value(data)
     except (ValueError, vol.Invalid) as err:
-        error = str(err) if isinstance(err, vol.Invalid) else "Invalid JSON"
+        error = str(err) if isinstance(err, (vol.Invalid, InvalidData)) else "Invalid JSON"
         await ws.send_json({"type": "auth_invalid", "message": f"Auth message incorrectly formatted: {error}"})
         return None
     wait = auth.login_retry_after(client_ip(request), None)
@@ -330,7 +347,12 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
             allowance = min(RATE_BURST, allowance + (now - last) * RATE_PER_SECOND)
             last = now
             try:
+                # Before parsing: nesting that would exhaust the parser's stack is refused unread.
+                check_json_text(msg.data)
                 payload = json.loads(msg.data)
+            except InvalidData as err:
+                conn.close(f"Invalid JSON: {err}", WSCloseCode.INVALID_TEXT)
+                break
             except ValueError:
                 conn.close("invalid JSON")
                 break
@@ -379,7 +401,10 @@ async def _writer(conn: ActiveConnection) -> None:
                 if rest is not None and not conn.ws.closed:
                     with contextlib.suppress(ConnectionError, RuntimeError):
                         await conn.ws.send_str(rest)
-            await conn.ws.close()
+            if conn.close_code is not None:
+                await conn.ws.close(code=conn.close_code, message=conn.close_reason.encode()[:123])
+            else:
+                await conn.ws.close()
             return
         if conn.ws.closed:
             return
@@ -392,8 +417,10 @@ async def _writer(conn: ActiveConnection) -> None:
 def _dispatch(conn: ActiveConnection, registry: CommandRegistry, message: Any) -> asyncio.Future[None] | None:
     """Validate one message and start its handler."""
     try:
+        # Every command of every plugin: nothing that could not be stored or echoed reaches a handler.
+        check_value(message)
         message = BASE_COMMAND_SCHEMA(message)
-    except vol.Invalid as err:
+    except (vol.Invalid, InvalidData) as err:
         raw_id = message.get("id") if isinstance(message, dict) else None
         msg_id = raw_id if isinstance(raw_id, int) else 0
         conn.send_error(msg_id, ERR_INVALID_FORMAT, f"Message incorrectly formatted: {err}")
@@ -440,6 +467,9 @@ async def _run(conn: ActiveConnection, handler: CommandHandler, schema: vol.Sche
             await result
     except CommandError as err:
         conn.send_error(msg_id, err.code, err.message)
+    except InvalidData as err:
+        # The store refused a value before changing anything (opp_auth.validation.check_storable).
+        conn.send_error(msg_id, ERR_INVALID_FORMAT, str(err))
     except TimeoutError:
         conn.send_error(msg_id, ERR_TIMEOUT, "Timeout")
     except asyncio.CancelledError:
