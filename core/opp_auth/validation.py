@@ -95,6 +95,7 @@ def loads(
     max_bytes: int | None = None,
     max_depth: int = MAX_JSON_DEPTH,
     max_length: int = MAX_STRING_LENGTH,
+    what: str = "value",
 ) -> Any:
     """Parse JSON text that passes every limit; InvalidData (a ValueError) otherwise.
 
@@ -111,7 +112,7 @@ def loads(
         value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:  # the pre-scan makes this unreachable; kept so no input can raise it
         raise InvalidData(f"JSON nested deeper than {max_depth} levels") from None
-    check_value(value, max_depth=max_depth, max_length=max_length)
+    check_value(value, max_depth=max_depth, max_length=max_length, what=what)
     return value
 
 

@@ -125,7 +125,7 @@ async def read_json(request: web.Request, schema: vol.Schema) -> tuple[Any, web.
     if len(body) > MAX_JSON_BODY_BYTES:
         return None, _too_large(MAX_JSON_BODY_BYTES)
     try:
-        data = validation.loads(body) if body else None
+        data = validation.loads(body, what="body") if body else None
     except InvalidData as err:
         _LOGGER.warning("Refused a JSON body: %s", err)
         return None, invalid_format(err)

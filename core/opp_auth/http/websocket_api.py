@@ -283,7 +283,7 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: A
     try:
         check_json_text(msg.data)
         data = AUTH_MESSAGE_SCHEMA(json.loads(msg.data))
-        check_value(data)
+        check_value(data, what="message")
     except (ValueError, vol.Invalid) as err:
         error = str(err) if isinstance(err, (vol.Invalid, InvalidData)) else "Invalid JSON"
         await ws.send_json({"type": "auth_invalid", "message": f"Auth message incorrectly formatted: {error}"})
@@ -418,7 +418,7 @@ def _dispatch(conn: ActiveConnection, registry: CommandRegistry, message: Any) -
     """Validate one message and start its handler."""
     try:
         # Every command of every plugin: nothing that could not be stored or echoed reaches a handler.
-        check_value(message)
+        check_value(message, what="message")
         message = BASE_COMMAND_SCHEMA(message)
     except (vol.Invalid, InvalidData) as err:
         raw_id = message.get("id") if isinstance(message, dict) else None
