@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..manager import AuthManager
 from ..throttle import PLUGIN_NAME as THROTTLE_PLUGIN_NAME
@@ -25,6 +26,27 @@ BAN_KEY: web.AppKey[BanManager] = web.AppKey("opp_auth_ban")
 THROTTLE_KEY: web.AppKey[LoginThrottle] = web.AppKey("opp_auth_throttle")
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a traceback for every request its parser refuses (a 400 it answers itself).
+
+    A malformed or over-long request line or header is the client's doing, not
+    a server fault: it is logged as one warning line, without the traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite parser refusals; let everything else through unchanged."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.getMessage()}: {exc.code} {exc.message}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
+_MALFORMED_REQUEST_FILTER = MalformedRequestFilter()
+
+
 def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> web.Application:
     """An application serving auth's APIs and pages; auth is set up on start-up."""
     http_config = http_config if http_config is not None else auth.http_config
@@ -36,6 +58,7 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
     )
     throttle = LoginThrottle.from_http_config(http_config)
     app = web.Application(client_max_size=MAX_BODY_SIZE)
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUEST_FILTER)  # once: filters are a set
     app[AUTH_KEY] = auth
     app[CONFIG_KEY] = http_config
     app[BAN_KEY] = ban

@@ -150,6 +150,11 @@ def build_pipeline(
         except web.HTTPRequestEntityTooLarge:
             # aiohttp's own answer is plain text; API clients expect JSON.
             response = json_message(f"Request body too large: the limit is {request.client_max_size} bytes", 413)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise  # redirects
+            # aiohttp's refusals (static files, a websocket request without upgrade) in the API's JSON shape.
+            response = _json_refusal(exc)
 
         if response.status == 401 and ban_active:
             auth.note_login_failure(remote, None, None, "unauthorized")
@@ -160,6 +165,17 @@ def build_pipeline(
         return response
 
     return wrap
+
+
+def _json_refusal(exc: web.HTTPException) -> web.Response:
+    """An aiohttp HTTPException as {"message": ...}, keeping its headers (Allow, ...)."""
+    text = exc.text or ""
+    message = exc.reason if text in ("", f"{exc.status}: {exc.reason}") else text.strip()
+    response = json_message(message, exc.status)
+    for name, value in exc.headers.items():
+        if name not in (hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH):
+            response.headers[name] = value
+    return response
 
 
 async def unmatched(request: web.Request) -> web.StreamResponse:
