@@ -316,11 +316,11 @@ async def _revoke(request: web.Request, token: Any) -> web.Response:
 async def revoke_view(request: web.Request) -> web.Response:
     """POST /auth/revoke: Home Assistant's logout (a form with token)."""
     try:
-        data = await request.post()
-    except web.HTTPException:
-        raise  # 413 for a body over the size limit
-    except Exception:  # noqa: BLE001 - an undecodable body revokes nothing, like an empty one
-        data = {}  # type: ignore[assignment]
+        data = await read_form(request)
+    except FormError as err:
+        if err.status == 413:
+            return json_message(err.message, 413)
+        data = {}  # a form that cannot be read (odd charset, broken multipart) revokes nothing, like an empty one
     return await _revoke(request, data.get("token"))
 
 
