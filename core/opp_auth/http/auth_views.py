@@ -53,10 +53,17 @@ POST /auth/login_flow/{flow_id}  (JSON: client_id plus the step's fields)
     minutes. A body over 16 MiB gets 413 ``{"message": "Request body too
     large: ..."}``.
 
+    JSON bodies (here and on every JSON route; ``http/view.py`` ``read_json``,
+    limits in ``opp_auth.validation``): over 1 MiB is 413; nested deeper
+    than 32 levels (checked before parsing), a string that is not Unicode
+    scalar values (a lone surrogate) or longer than 65,536 characters, NaN or
+    Infinity is 400 ``{"message": "Invalid JSON: body[...] ...", "code":
+    "invalid_format"}``.
+
 DELETE /auth/login_flow/{flow_id}
     Aborts a flow: ``{"message": "Flow aborted"}``.
 
-POST /auth/token  (form-urlencoded)
+POST /auth/token  (form-urlencoded or multipart/form-data)
     ``grant_type=authorization_code`` (client_id, code of an ``authorize``
     flow or of onboarding; a ``link_user`` code is 400 ``invalid_request``
     ``Invalid code``): a new refresh token and access token.
@@ -69,11 +76,16 @@ POST /auth/token  (form-urlencoded)
     "error_description": ...}``. With ``auth_api: homeassistant`` the
     authorization-code answer also carries ``ha_auth_provider`` (the type of
     the provider the user logged in with).
+    The form (``http/view.py`` ``read_form``): UTF-8 or ASCII only, in the
+    form's and in every part's charset (another, such as ``unicode_escape``,
+    is 400 ``invalid_request``), plain text fields only (no files, no nested
+    or encoded parts), at most 64 fields and 64 KiB (413).
 
 POST /auth/revoke  (form-urlencoded or multipart: token)
     Deletes the refresh token, always 200 (Home Assistant's logout, as
     home-assistant-js-websocket's ``auth.revoke()`` posts it; same as
-    ``/auth/token`` with ``action=revoke``).
+    ``/auth/token`` with ``action=revoke``). A form that cannot be read
+    (see above) revokes nothing and is still 200; over the limits, 413.
 
 POST /auth/link_user  (bearer; JSON: client_id, code)
     Adds the credentials of a finished ``link_user`` login flow to the caller;
