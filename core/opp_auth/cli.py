@@ -282,9 +282,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     config_dir = _config_dir(args)
     storage = config_dir / STORAGE_DIR
     # A journal goes with its file (a crash leaves one: .auth.journal), or it would bring changes back.
-    present = [
-        entry for name in RESET_FILES for entry in (name, f".{name}.journal") if (storage / entry).exists()
-    ]
+    present = [entry for name in RESET_FILES for entry in (name, f".{name}.journal") if (storage / entry).exists()]
     if not present:
         print("Nothing to reset: no authentication data found.")
         return 0

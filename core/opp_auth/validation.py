@@ -32,6 +32,8 @@ from collections.abc import Iterable
 from itertools import accumulate
 from typing import Any
 
+from .storage import StorageError
+
 MAX_JSON_DEPTH = 32
 MAX_STRING_LENGTH = 65536
 MAX_JSON_BODY_BYTES = 1024 * 1024
@@ -43,8 +45,13 @@ FORM_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 CODE_INVALID_FORMAT = "invalid_format"
 
 
-class InvalidData(ValueError):
-    """A value that may not be stored or answered; str() says what and where (a JSON path)."""
+class InvalidData(StorageError, ValueError):
+    """A value that may not be stored or answered; str() says what and where (a JSON path).
+
+    A StorageError too (the change cannot be stored), so callers that handle those refuse
+    it as well; the HTTP pipeline and the websocket answer it 400 / ``invalid_format``,
+    never 503, by catching it first.
+    """
 
     code = CODE_INVALID_FORMAT
 

@@ -84,14 +84,25 @@ def user_data_text(msg_id: int, key: str, value_text: str) -> str:
 
 
 def auth_file(config_dir: Path) -> bytes:
-    """The bytes of .storage/auth."""
-    return (config_dir / ".storage" / "auth").read_bytes()
+    """What is on disk of the auth store: .storage/auth and its journal (either may not exist yet)."""
+    folder = config_dir / ".storage"
+    return b"".join(path.read_bytes() for path in (folder / "auth", folder / ".auth.journal") if path.exists())
 
 
 def strict_json(raw: bytes) -> Any:
     """Parse a storage file as a strict JSON reader would (no NaN, no lone surrogates)."""
     text = raw.decode("utf-8")
     return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in a storage file"))
+
+
+def check_storage_is_strict_json(config_dir: Path) -> None:
+    """Every .storage file, and every line of every journal, is strict JSON."""
+    for path in sorted((config_dir / ".storage").iterdir()):
+        if path.name.endswith(".journal"):
+            for line in path.read_bytes().splitlines():
+                strict_json(line.split(b"\t", 1)[0])
+        elif path.is_file() and not path.name.startswith("."):
+            strict_json(path.read_bytes())
 
 
 # ---- item 2: a poisoned value made every later save fail -----------------------------------------
@@ -116,7 +127,7 @@ async def test_lone_surrogate_client_name_is_refused_and_revocations_survive_a_r
     await ws.close()
 
     assert (await client.login.token(action="revoke", token=second["refresh_token"]))[0] == 200
-    strict_json(auth_file(config_dir))
+    check_storage_is_strict_json(config_dir)
     client = await restart(client, opp_auth_factory, opp_auth_client)
     status, body = await client.login.token(
         grant_type="refresh_token", refresh_token=second["refresh_token"], client_id=CLIENT_ID
@@ -228,7 +239,7 @@ async def test_onboarding_name_with_a_surrogate_creates_nothing(
     async with client.request("POST", "/api/onboarding/users", json=OWNER) as resp:
         assert resp.status == 200, await resp.text()
         assert "auth_code" in await resp.json()
-    strict_json(auth_file(config_dir))
+    check_storage_is_strict_json(config_dir)
 
 
 # ---- item 5: 500s from deep JSON, odd charsets and long fields ---------------------------------------
@@ -450,4 +461,6 @@ async def test_store_refuses_unstorable_records_before_changing_memory(
         await auth.async_update_user(owner, name="\ud800")
     assert owner.name == "Owner"
     await auth.async_update_user(owner, name="Paulus")
-    assert [u["name"] for u in strict_json(auth_file(config_dir))["data"]["users"]] == ["Paulus"]
+    assert [u.name for u in auth.store.users()] == ["Paulus"]
+    assert b"Paulus" in auth_file(config_dir)
+    check_storage_is_strict_json(config_dir)

@@ -676,8 +676,15 @@ def test_hostile_input_everywhere_then_saves_restarts_and_honours_revocations(
         opp_auth_local.BCRYPT_ROUNDS = 12
 
     for path in sorted((site.config_dir / ".storage").iterdir()):
-        if path.is_file() and not path.name.startswith("."):
-            json.loads(path.read_bytes().decode("utf-8"), parse_constant=lambda c: pytest.fail(f"{c} in .storage"))
+        # The base files, and each line of the journals beside them (JSON, a tab, a checksum).
+        if path.name.endswith(".journal"):
+            texts = [line.split(b"\t", 1)[0] for line in path.read_bytes().splitlines()]
+        elif path.is_file() and not path.name.startswith("."):
+            texts = [path.read_bytes()]
+        else:
+            continue
+        for text in texts:
+            json.loads(text.decode("utf-8"), parse_constant=lambda c: pytest.fail(f"{c} in .storage"))
 
     site.run(site.stop())
     site.run(site.start())  # a new manager and application over the same directory

@@ -141,12 +141,12 @@ def build_pipeline(
 
         try:
             response = await handler(request)
-        except StorageError:
-            # The store has logged which file and why; the client is told the change was not saved.
-            response = json_message(STORAGE_UNAVAILABLE_MESSAGE, 503)
         except InvalidData as err:
             # The store refused a value before changing anything (opp_auth.validation.check_storable).
             response = json_message(str(err), 400, CODE_INVALID_FORMAT)
+        except StorageError:
+            # The store has logged which file and why; the client is told the change was not saved.
+            response = json_message(STORAGE_UNAVAILABLE_MESSAGE, 503)
         except web.HTTPRequestEntityTooLarge:
             # aiohttp's own answer is plain text; API clients expect JSON.
             response = json_message(f"Request body too large: the limit is {request.client_max_size} bytes", 413)
