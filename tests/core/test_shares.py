@@ -357,3 +357,24 @@ async def test_mfa_setup_flows_are_shared_out_per_user(opp_auth_factory: Any) ->
     owner = await setup("owner")
     assert setups.async_get(owner)
     assert len(mine) == MAX_SETUP_FLOWS_PER_USER
+
+
+async def test_the_start_remembers_the_most_recently_used_stored_addresses(opp_auth_factory: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
+    now = datetime.now(UTC)
+    for n in range(5):
+        user = await auth.async_create_user(f"u{n}")
+        token = await auth.async_create_refresh_token(user, CLIENT_ID)
+        token.last_used_ip, token.last_used_at = f"203.0.113.{n}", now - timedelta(days=n)
+    naive = await auth.async_create_refresh_token(await auth.async_create_user("old"), CLIENT_ID)
+    naive.last_used_ip, naive.last_used_at = "198.51.100.1", datetime(2020, 1, 1)  # a naive time from an old file
+    auth.known_addresses = KnownAddresses(max_accounts=2)
+    auth._remember_addresses_of_stored_tokens()
+    assert [
+        ip for ip in ("203.0.113.0", "203.0.113.1", "203.0.113.2", "198.51.100.1") if ip in auth.known_addresses
+    ] == [
+        "203.0.113.0",
+        "203.0.113.1",
+    ]
