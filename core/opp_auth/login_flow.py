@@ -25,7 +25,7 @@ import logging
 import time
 import unicodedata
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import voluptuous as vol
 
@@ -43,14 +43,15 @@ from .flow import (
 )
 from .mfa import MfaAbort
 from .models import Credentials, RefreshToken, User
-from .providers import InvalidAuthError, ProviderUnavailableError
+from .providers import AuthProvider, InvalidAuthError, ProviderUnavailableError
 from .shares import AddressShares, Full, KnownAddresses
 
 if TYPE_CHECKING:
+    from .context import PluginContext
     from .manager import AuthManager
-    from .providers import AuthProvider
 
 _LOGGER = logging.getLogger(__name__)
+_P = TypeVar("_P", bound=AuthProvider)
 
 MFA_SESSION_EXPIRATION = 300.0
 MAX_FLOWS = 1000
@@ -112,24 +113,29 @@ async def async_required_mfa(
     return user, await auth.async_get_enabled_mfa(user)
 
 
-class LoginFlow(FlowHandler):
+class LoginFlow(FlowHandler, Generic[_P]):
     """A provider's login flow; implement async_step_init and call async_finish with the result.
 
     The MFA steps (``select_mfa_module`` and ``mfa``) are inherited: a provider
     writes only its first step.
     """
 
-    def __init__(self, auth_provider: AuthProvider) -> None:
+    def __init__(self, auth_provider: _P) -> None:
         """Start a login with this provider."""
-        self._auth_provider = auth_provider
+        self._auth_provider: _P = auth_provider
         self._auth_module_id: str | None = None
-        self._auth_manager: AuthManager = auth_provider.auth
+        self._auth_manager: PluginContext = auth_provider.auth
         self.available_mfa_modules: dict[str, str] = {}
         self.invalid_mfa_times = 0
         self.user: User | None = None
         self.credential: Credentials | None = None
         # (user id, module id) of the MFA module this flow passed; only async_step_mfa sets it.
         self._mfa_passed: tuple[str, str] | None = None
+
+    @property
+    def provider(self) -> _P:
+        """The provider this login is with; ``class MyFlow(LoginFlow[MyProvider])`` types it as yours."""
+        return self._auth_provider
 
     def mfa_passed(self, user: User, modules: dict[str, str]) -> bool:
         """Whether this flow passed one of the modules for this user."""
@@ -164,7 +170,7 @@ class LoginFlow(FlowHandler):
         auth_module = self._auth_manager.get_auth_mfa_module(self._auth_module_id)
         if auth_module is None:
             return await self.async_step_select_mfa_module(user_input={})
-        if user_input is None and hasattr(auth_module, "async_initialize_login_mfa_step"):
+        if user_input is None:
             try:
                 await auth_module.async_initialize_login_mfa_step(self.user.id)
             except MfaAbort as err:
@@ -183,12 +189,13 @@ class LoginFlow(FlowHandler):
             self.invalid_mfa_times += 1
             if self.invalid_mfa_times >= auth_module.MAX_RETRY_TIME > 0:
                 return self.async_abort(reason="too_many_retry")
-            after_failure = getattr(auth_module, "async_after_failed_validation", None)
-            if after_failure is not None:
-                try:
-                    await after_failure(self.user.id)
-                except MfaAbort as err:
-                    return self.async_abort(reason=err.reason)
+            try:
+                await auth_module.async_after_failed_validation(self.user.id)
+            except MfaAbort as err:
+                return self.async_abort(reason=err.reason)
+            except Exception:
+                _LOGGER.exception("MFA module %s failed after a wrong code; login refused", auth_module.id)
+                return self.async_abort(reason="unknown_error")
         placeholders: dict[str, Any] = {"mfa_module_name": auth_module.name, "mfa_module_id": auth_module.id}
         challenge = await auth_module.async_login_challenge(self.user.id, self.flow_id)
         if challenge is not None:
@@ -202,7 +209,7 @@ class LoginFlow(FlowHandler):
         return self.async_create_entry(title=self._auth_provider.name, data=flow_result)
 
 
-class UsernamePasswordLoginFlow(LoginFlow):
+class UsernamePasswordLoginFlow(LoginFlow[_P]):
     """A login flow whose one step is a username/password form.
 
     Return it (or a subclass) from ``async_login_flow``. By default the pair goes
@@ -234,7 +241,7 @@ class UsernamePasswordLoginFlow(LoginFlow):
 
     async def async_check_login(self, username: str, password: str) -> dict[str, Any]:
         """Check the pair with the provider's async_validate_login; return the flow result."""
-        checked = self._auth_provider.async_validate_login(username, password)  # type: ignore[attr-defined]
+        checked = self._auth_provider.async_validate_login(username, password)
         if inspect.isawaitable(checked):
             await checked
         return {"username": username}

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 from . import __version__
 from .codes import AuthorizationCodes
+from .context import PluginContext
+from .errors import AuthManagerError
 from .login_flow import MAX_FLOWS, LoginFlowManager
 from .mfa import MfaModule, MfaSetupFlowManager
 from .models import (
@@ -50,10 +52,6 @@ SECRET_FILE = ".opp-auth-secret"
 SECRET_BYTES = 32
 
 
-class AuthManagerError(Exception):
-    """An operation was refused; str() is the reason shown to the caller."""
-
-
 class AuthManager:
     """Users, tokens, providers and MFA modules of one application."""
 
@@ -79,13 +77,14 @@ class AuthManager:
         self.config_blocks = config_blocks or {}
         self.mfa_required = mfa_required
         self.store = AuthStore(self.config_dir)
+        self.context = PluginContext(self)
         self._providers: OrderedDict[tuple[str, str | None], AuthProvider] = OrderedDict()
         for cls, conf in provider_configs:
-            provider = cls(self, conf)
+            provider = cls(self.context, conf)
             self._providers[provider.key] = provider
         self._mfa_modules: OrderedDict[str, MfaModule] = OrderedDict()
         for mcls, conf in mfa_configs:
-            module = mcls(self, conf)
+            module = mcls(self.context, conf)
             self._mfa_modules[module.id] = module
         # Providers an MFA module adds (a passkey login): key -> the module, whose factor their flow proves.
         self._offered_by: dict[tuple[str, str | None], str] = {}
@@ -666,7 +665,7 @@ class AuthManager:
 
     async def _async_fire(self, hookname: str, **kwargs: Any) -> None:
         """Call an event hook through pluggy and await the results; one plugin's failure is logged by its guard."""
-        await self.pm.acall(hookname, auth=self, **kwargs)
+        await self.pm.acall(hookname, auth=self.context, **kwargs)
 
     def note_login_failure(
         self, remote_ip: str | None, provider: tuple[str, str | None] | None, username: str | None, reason: str
@@ -687,7 +686,7 @@ class AuthManager:
 
     def login_retry_after(self, remote_ip: str | None, username: str | None) -> float:
         """Seconds before remote_ip may try to log in as username (0: now), as the throttling plugins say."""
-        waits = self.pm.call("opp_auth_login_retry_after", auth=self, remote_ip=remote_ip, username=username)
+        waits = self.pm.call("opp_auth_login_retry_after", auth=self.context, remote_ip=remote_ip, username=username)
         return max((float(w) for w in waits if isinstance(w, (int, float)) and w > 0), default=0.0)
 
     def _spawn(self, coro: Any) -> None:

@@ -11,6 +11,7 @@ from .flow import FlowHandler, FlowManager, FlowResult, TooManyFlows, UnknownHan
 from .shares import FairPool, Full
 
 if TYPE_CHECKING:
+    from .context import PluginContext
     from .manager import AuthManager
     from .providers import AuthProvider
 
@@ -45,9 +46,9 @@ class MfaModule:
     Subclass it, set ``TYPE`` and ``CONFIG_SCHEMA``, implement
     :attr:`input_schema`, :meth:`async_setup_flow`, :meth:`async_setup_user`,
     :meth:`async_depose_user`, :meth:`async_is_user_setup` and
-    :meth:`async_validate`. Optionally implement
-    ``async_initialize_login_mfa_step(user_id)`` (called when the code form is
-    first shown, e.g. to send a code) and ``async_after_failed_validation(user_id)``
+    :meth:`async_validate`. Optionally override
+    :meth:`async_initialize_login_mfa_step` (called when the code form is
+    first shown, e.g. to send a code) and :meth:`async_after_failed_validation`
     (called after each wrong code that does not end the flow); either may raise
     :class:`MfaAbort` to end the login with that reason. Register it from the
     ``opp_auth_register_mfa_modules`` hook.
@@ -58,8 +59,8 @@ class MfaModule:
     MAX_RETRY_TIME: ClassVar[int] = 3
     CONFIG_SCHEMA: ClassVar[vol.Schema] = MFA_CONFIG_SCHEMA
 
-    def __init__(self, auth: AuthManager, config: dict[str, Any]) -> None:
-        """Keep the manager and the validated configuration."""
+    def __init__(self, auth: PluginContext, config: dict[str, Any]) -> None:
+        """Keep the plugin context (``self.auth``) and the validated configuration."""
         self.auth = auth
         self.config = config
 
@@ -106,6 +107,18 @@ class MfaModule:
         """Whether the submitted code is right."""
         raise NotImplementedError
 
+    async def async_initialize_login_mfa_step(self, user_id: str) -> None:
+        """Called when a login first shows this module's code form (e.g. to send a code); optional.
+
+        Raise :class:`MfaAbort` to end the login with its reason.
+        """
+
+    async def async_after_failed_validation(self, user_id: str) -> None:
+        """Called after each wrong code that does not end the login (e.g. to send a new one); optional.
+
+        Raise :class:`MfaAbort` to end the login with its reason.
+        """
+
     async def async_login_challenge(self, user_id: str, flow_id: str) -> dict[str, Any] | None:
         """Data the client needs to answer this login's ``mfa`` form, or None (the default: a typed code).
 
@@ -147,6 +160,11 @@ class SetupFlow(FlowHandler):
     def user_id(self) -> str:
         """The user this enrolment belongs to."""
         return self._user_id
+
+    @property
+    def setup_schema(self) -> vol.Schema:
+        """The enrolment form's schema."""
+        return self._setup_schema
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """Show the setup form; with input, enrol the user."""

@@ -11,8 +11,8 @@ import voluptuous as vol
 from .models import Credentials, RefreshToken, UserMeta
 
 if TYPE_CHECKING:
+    from .context import PluginContext
     from .login_flow import LoginFlow
-    from .manager import AuthManager
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ class AuthProvider:
     CHECKS_EVERY_REQUEST: ClassVar[bool] = False
     """Set to have validate_access asked on every request made with this provider's tokens."""
 
-    def __init__(self, auth: AuthManager, config: dict[str, Any]) -> None:
-        """Keep the manager and this provider's validated configuration."""
+    def __init__(self, auth: PluginContext, config: dict[str, Any]) -> None:
+        """Keep the plugin context (``self.auth``) and this provider's validated configuration."""
         self.auth = auth
         self.config = config
 
@@ -98,7 +98,7 @@ class AuthProvider:
 
     async def async_credentials(self) -> list[Credentials]:
         """Every stored credential issued by this provider."""
-        return self.auth.store.credentials_for_provider(self.key)
+        return self.auth.credentials_for_provider(self.key)
 
     def async_create_credentials(self, data: dict[str, Any]) -> Credentials:
         """New, unsaved credentials of this provider."""
@@ -106,13 +106,13 @@ class AuthProvider:
 
     def async_find_credentials(self, data: dict[str, Any]) -> Credentials | None:
         """Stored credentials of this provider with exactly this data (O(1))."""
-        return self.auth.store.find_credentials(self.key, data)
+        return self.auth.find_credentials(self.key, data)
 
     def credential_key(self, data: dict[str, Any]) -> str:
         """Index key of credential data; override to match case-insensitively and the like."""
         return credential_lookup_key(data)
 
-    async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:
+    async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow[Any]:
         """The login flow for a new attempt; context has ip_address and credential_only."""
         raise NotImplementedError
 
@@ -128,6 +128,16 @@ class AuthProvider:
     async def async_user_meta_for_credentials(self, credentials: Credentials) -> UserMeta:
         """Name, active flag and group for a user created from new credentials."""
         raise NotImplementedError
+
+    async def async_validate_login(self, username: str, password: str) -> None:
+        """Check a username/password pair (used by :class:`opp_auth.UsernamePasswordLoginFlow`).
+
+        Raise :class:`InvalidAuthError` when it is wrong and
+        :class:`ProviderUnavailableError` when it cannot be checked now. Only
+        providers whose login flow is a ``UsernamePasswordLoginFlow`` (without
+        its own ``async_check_login``) implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not check usernames and passwords")
 
     async def async_validate_refresh_token(self, refresh_token: RefreshToken, remote_ip: str | None = None) -> None:
         """Raise InvalidAuthError to refuse minting an access token (e.g. address no longer trusted)."""

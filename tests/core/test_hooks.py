@@ -12,8 +12,9 @@ import voluptuous as vol
 from aiohttp import web
 
 import opp_auth.hookspecs
-from opp_auth import AuthManager, AuthProvider, MfaModule, hookimpl, hookspec, request_user, websocket_command
+from opp_auth import AuthProvider, MfaModule, hookimpl, hookspec, request_user, websocket_command
 from opp_auth.cli import build_parser
+from opp_auth.manager import AuthManager
 from opp_auth.plugins import make_plugin_manager
 from opp_auth.testing import CLIENT_ID
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from opp_auth import AuthManager
+from opp_auth.manager import AuthManager
 from opp_auth.storage import STORAGE_UNAVAILABLE_MESSAGE
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 

@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from opp_auth import AuthManager, RefreshToken, User
+from opp_auth import RefreshToken, User
+from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 
 WS_REPLY_TIMEOUT = 5.0

@@ -26,7 +26,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from opp_auth import AuthManager, AuthProvider, RefreshToken, User, hookimpl
+from opp_auth import AuthProvider, RefreshToken, User, hookimpl
+from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID
 
 PUBLIC = "203.0.113.7"
@@ -40,6 +41,7 @@ class PerRequestProvider(AuthProvider):
 
     TYPE = "access_test_per_request"
     CHECKS_EVERY_REQUEST = True
+
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [ipaddress.ip_network("0.0.0.0/0")]

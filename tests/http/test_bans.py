@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from opp_auth import GROUP_ID_ADMIN, AuthManager
+from opp_auth import GROUP_ID_ADMIN
 from opp_auth.http.ban import BanManager
+from opp_auth.manager import AuthManager
 
 PROVIDER = {"type": "insecure_example", "users": [{"username": "alice", "password": "alice-pw", "name": "Alice"}]}
 PROXIED = {"use_x_forwarded_for": True, "trusted_proxies": ["127.0.0.1"]}

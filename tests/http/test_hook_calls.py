@@ -13,8 +13,9 @@ import pytest
 from aiohttp import web
 
 import opp_auth.hookspecs
-from opp_auth import AuthManager, hookimpl
+from opp_auth import hookimpl
 from opp_auth.cli import build_parser
+from opp_auth.manager import AuthManager
 from opp_auth.plugins import PluginError, make_plugin_manager
 from opp_auth.testing import CLIENT_ID, LoginFlowDriver
 

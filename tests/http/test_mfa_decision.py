@@ -525,8 +525,8 @@ class BadgeLoginFlow(LoginFlow):
 
     async def async_step_init(self, user_input: dict[str, str] | None = None) -> Any:
         if user_input is not None:
-            (alice,) = [u for u in self._auth_manager.store.users() if u.name == "Alice"]
-            module = self._auth_manager.get_auth_mfa_module("badge")
+            (alice,) = [u for u in self.provider.auth.users() if u.name == "Alice"]
+            module = self.provider.auth.get_auth_mfa_module("badge")
             assert module is not None
             if await module.async_validate(alice.id, user_input):
                 return await self.async_finish(alice.credentials[0])

@@ -12,13 +12,14 @@ import pytest
 import voluptuous as vol
 from aiohttp import web
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER, AuthManager, User
+from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER, User
 from opp_auth.codes import AUTHORIZE, MAX_CODES
 from opp_auth.config import HTTP_SCHEMA
 from opp_auth.http import websocket_api
 from opp_auth.http.app import MAX_BODY_SIZE
 from opp_auth.http.websocket_api import MAX_CONNECTIONS_PER_USER, RATE_BURST
 from opp_auth.login_flow import MAX_FLOWS_PER_ADDRESS
+from opp_auth.manager import AuthManager
 from opp_auth.models import Credentials
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 from opp_auth.throttle import LoginThrottle

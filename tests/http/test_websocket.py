@@ -14,16 +14,9 @@ import aiohttp
 import pytest
 import voluptuous as vol
 
-from opp_auth import (
-    GROUP_ID_ADMIN,
-    GROUP_ID_USER,
-    AuthManager,
-    CommandError,
-    Unauthorized,
-    User,
-    hookimpl,
-)
+from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER, CommandError, Unauthorized, User, hookimpl
 from opp_auth.http import websocket_api
+from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 
 ALICE_LOGIN = [{"username": "alice", "password": "alice-pw"}]

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, AuthManager, User
+from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, User
+from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 
 PROVIDERS = [{"type": "insecure_example", "users": [{"username": "alice", "password": "alice-pw", "name": "Alice"}]}]

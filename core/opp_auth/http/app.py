@@ -77,7 +77,7 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
     pages.add_security_headers(app)
     openapi.add_routes(app)
     setup_websocket(app, auth)
-    auth.pm.hook.opp_auth_register_routes(app=app, auth=auth)
+    auth.pm.hook.opp_auth_register_routes(app=app, auth=auth.context)
     wrap_routes(app, build_pipeline(auth, http_config, ban))
 
     async def on_startup(app: web.Application) -> None:

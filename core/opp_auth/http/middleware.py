@@ -24,6 +24,7 @@ from .view import (
     KEY_CLIENT_IP,
     KEY_REFRESH_TOKEN_ID,
     KEY_USER,
+    WS_GUARD_MARKERS,
     Handler,
     json_message,
 )
@@ -199,13 +200,18 @@ def wrap_routes(app: web.Application, wrap: Callable[[Handler], Handler]) -> Non
     # Last resource: unknown paths and methods pass the pipeline too (filter, bans, CORS preflight).
     app.router.add_route(hdrs.METH_ANY, "/{tail:.*}", unmatched)
     for route in app.router.routes():
+        if any(hasattr(route.handler, marker) for marker in WS_GUARD_MARKERS):
+            raise TypeError(
+                f"Route {route.method} {route.resource.canonical if route.resource else '?'} is served by "
+                f"{route.handler!r}, a websocket command handler; HTTP routes take opp_auth.http_require_* guards."
+            )
         # aiohttp keeps the handler in a private attribute and offers no public setter.
         route._handler = wrap(route.handler)  # type: ignore[assignment]
 
 
 async def _plugin_authenticate(auth: AuthManager, request: web.Request) -> bool:
     """Ask the request-authenticator chain through pluggy: the first non-None answer wins; a failure refuses."""
-    result = await auth.pm.acall("opp_auth_authenticate_request", request=request, auth=auth)
+    result = await auth.pm.acall("opp_auth_authenticate_request", request=request, auth=auth.context)
     if not isinstance(result, User):
         return False
     # The same access decision as every other way in (active, local_only).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -74,8 +75,35 @@ def request_user(request: web.Request) -> Any:
     return request.get(KEY_USER) if request.get(KEY_AUTHENTICATED) else None
 
 
-def require_auth(handler: Handler) -> Handler:
-    """Answer 401 unless the auth middleware authenticated the request."""
+def handler_arity(func: Callable[..., Any]) -> int | None:
+    """How many positional arguments func requires (None when it cannot be told)."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    return sum(
+        1
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    )
+
+
+WS_GUARD_MARKERS = ("_ws_command", "_ws_admin", "_ws_user_guard")
+
+
+def _check_http_handler(handler: Callable[..., Any], guard: str) -> None:
+    """Refuse, at decoration, to guard what is not an aiohttp handler ``(request)``."""
+    if any(hasattr(handler, marker) for marker in WS_GUARD_MARKERS) or handler_arity(handler) not in (None, 1):
+        raise TypeError(
+            f"opp_auth.{guard} guards HTTP handlers (request) -> response, but "
+            f"{getattr(handler, '__qualname__', handler)!r} looks like a websocket command handler "
+            f"(connection, msg): guard it with opp_auth.ws_require_admin / ws_require_user instead."
+        )
+
+
+def http_require_auth(handler: Handler) -> Handler:
+    """HTTP guard: answer 401 unless the request was authenticated (any active user)."""
+    _check_http_handler(handler, "http_require_auth")
 
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
@@ -85,11 +113,13 @@ def require_auth(handler: Handler) -> Handler:
         return await handler(request)
 
     wrapper.requires_auth = True  # type: ignore[attr-defined]
+    wrapper._http_guard = "http_require_auth"  # type: ignore[attr-defined]
     return wrapper
 
 
-def require_admin(handler: Handler) -> Handler:
-    """Answer 401 unless the user is authenticated and an administrator."""
+def http_require_admin(handler: Handler) -> Handler:
+    """HTTP guard: answer 401 unless the request was authenticated as an administrator."""
+    _check_http_handler(handler, "http_require_admin")
 
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
@@ -99,7 +129,14 @@ def require_admin(handler: Handler) -> Handler:
             return json_message("Unauthorized", 401)
         return await handler(request)
 
+    wrapper.requires_auth = True  # type: ignore[attr-defined]
+    wrapper._http_guard = "http_require_admin"  # type: ignore[attr-defined]
     return wrapper
+
+
+# The core's views use the short names.
+require_auth = http_require_auth
+require_admin = http_require_admin
 
 
 def invalid_format(err: InvalidData) -> web.Response:

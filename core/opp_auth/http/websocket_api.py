@@ -46,9 +46,10 @@ from ..plugins import hookimpl
 from ..storage import STORAGE_UNAVAILABLE_MESSAGE, StorageError
 from ..throttle import too_many_attempts_message
 from ..validation import InvalidData, check_json_text, check_value
-from .view import auth_of, client_ip
+from .view import auth_of, client_ip, handler_arity
 
 if TYPE_CHECKING:
+    from ..context import PluginContext
     from ..manager import AuthManager
 
 _LOGGER = logging.getLogger(__name__)
@@ -117,23 +118,40 @@ def websocket_command(schema: dict[Any, Any]) -> Callable[[CommandHandler], Comm
     return decorate
 
 
-def require_admin(func: CommandHandler) -> CommandHandler:
-    """Only administrators (and the owner) may run the command."""
+def _check_ws_handler(func: Callable[..., Any], guard: str) -> None:
+    """Refuse, at decoration or registration, what is not a websocket command handler ``(connection, msg)``."""
+    if hasattr(func, "_http_guard") or handler_arity(func) not in (None, 2):
+        raise TypeError(
+            f"opp_auth.{guard} guards websocket command handlers (connection, msg), but "
+            f"{getattr(func, '__qualname__', func)!r} looks like an HTTP handler (request): "
+            f"guard it with opp_auth.http_require_auth / http_require_admin instead."
+        )
+
+
+def ws_require_admin(func: CommandHandler) -> CommandHandler:
+    """Websocket guard: only administrators (and the owner) may run the command."""
+    _check_ws_handler(func, "ws_require_admin")
     func._ws_admin = True  # type: ignore[attr-defined]
     return func
 
 
-def require_user(
+def ws_require_user(
     *, allow_system_user: bool = True, only_active_user: bool = True
 ) -> Callable[[CommandHandler], CommandHandler]:
-    """Guard a command by the kind of user (Open Peer Power's ws_require_user)."""
+    """Websocket guard by the kind of user (Open Peer Power's ws_require_user)."""
 
     def decorate(func: CommandHandler) -> CommandHandler:
         """Record the guard."""
+        _check_ws_handler(func, "ws_require_user")
         func._ws_user_guard = (allow_system_user, only_active_user)  # type: ignore[attr-defined]
         return func
 
     return decorate
+
+
+# The core's commands use the short names.
+require_admin = ws_require_admin
+require_user = ws_require_user
 
 
 class CommandRegistry:
@@ -145,6 +163,7 @@ class CommandRegistry:
 
     def register(self, handler: CommandHandler, schema: dict[Any, Any] | vol.Schema | None = None) -> None:
         """Add a command; the schema comes from @websocket_command unless given."""
+        _check_ws_handler(handler, "websocket_command")
         if schema is not None:
             handler = websocket_command(schema if isinstance(schema, dict) else schema.schema)(handler)
         compiled = getattr(handler, "_ws_schema", None)
@@ -263,6 +282,11 @@ class ActiveConnection:
         """Stop accepting messages and tell the writer to end."""
         self.closing = True
         self.outgoing.put_nowait(None)
+
+    @property
+    def context(self) -> PluginContext:
+        """What a plugin's command may ask of the server (``conn.auth`` is the core's own)."""
+        return self.auth.context
 
     @property
     def refresh_token(self) -> RefreshToken | None:

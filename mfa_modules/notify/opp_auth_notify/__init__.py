@@ -80,7 +80,10 @@ def _slug(value: str) -> str:
 
 
 def installed_platforms(pm: Any) -> dict[str, type[NotifyPlatform]]:
-    """Platform classes registered through opp_auth_notify_register_platforms, by name."""
+    """Platform classes registered through opp_auth_notify_register_platforms, by name.
+
+    ``pm`` is anything with pluggy's ``hook`` relay: the plugin manager (config time) or the PluginContext.
+    """
     platforms: dict[str, type[NotifyPlatform]] = {}
     caller = getattr(pm.hook, "opp_auth_notify_register_platforms", None)
     if caller is None:
@@ -170,7 +173,7 @@ class NotifyAuthModule(MfaModule):
         self._users: dict[str, dict[str, Any]] = {}
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._send_times: OrderedDict[str, deque[float]] = OrderedDict()
-        platforms = installed_platforms(auth.pm)
+        platforms = installed_platforms(auth)
         self.services: dict[str, NotifyPlatform] = {}
         for entry in auth.config_blocks.get(CONFIG_BLOCK) or []:
             cls = platforms.get(entry["platform"])
@@ -420,7 +423,7 @@ class NotifySetupFlow(SetupFlow):
                     self._resends += 1
         return self.async_show_form(
             step_id="setup",
-            data_schema=self._setup_schema,
+            data_schema=self.setup_schema,
             description_placeholders={"notify_service": self._service},
             errors=errors,
         )

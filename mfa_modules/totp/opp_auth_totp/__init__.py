@@ -22,10 +22,9 @@ from opp_auth import (
     MfaModule,
     SetupFlow,
     hookimpl,
-    require_user,
     websocket_command,
+    ws_require_user,
 )
-from opp_auth.throttle import too_many_attempts_message
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -226,13 +225,13 @@ class TotpSetupFlow(SetupFlow):
             errors["base"] = "invalid_code"
         return self.async_show_form(
             step_id="init",
-            data_schema=self._setup_schema,
+            data_schema=self.setup_schema,
             description_placeholders={"code": self._secret, "url": self._url, "qr_code": self._svg},
             errors=errors,
         )
 
 
-@require_user(allow_system_user=False)
+@ws_require_user(allow_system_user=False)
 @websocket_command(
     {
         vol.Required("type"): "auth/totp/recovery_codes",
@@ -242,26 +241,26 @@ class TotpSetupFlow(SetupFlow):
 )
 async def recovery_codes_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """A new set of recovery codes, after proving possession with a current code."""
-    module = conn.auth.get_auth_mfa_module(msg["mfa_module_id"])
+    module = conn.context.get_auth_mfa_module(msg["mfa_module_id"])
     if not isinstance(module, TotpAuthModule):
         raise CommandError("no_module", f"MFA module {msg['mfa_module_id']} is not found")
     if not await module.async_is_user_setup(conn.user.id):
         raise CommandError("not_set_up", "Two-factor authentication is not set up")
-    wait = conn.auth.login_retry_after(conn.remote, conn.user.name)
+    wait = conn.context.login_retry_after(conn.remote, conn.user.name)
     if wait > 0:
-        raise CommandError("too_many_attempts", too_many_attempts_message(wait))
+        raise CommandError("too_many_attempts", conn.context.too_many_attempts_message(wait))
     if not module.is_current_code(conn.user.id, msg["code"]):
-        conn.auth.note_login_failure(conn.remote, None, conn.user.name, "invalid_code")
+        conn.context.note_login_failure(conn.remote, None, conn.user.name, "invalid_code")
         raise CommandError("invalid_code", "Invalid code")
     conn.send_result(msg["id"], {"recovery_codes": await module.async_new_recovery_codes(conn.user.id)})
 
 
-@require_user(allow_system_user=False)
+@ws_require_user(allow_system_user=False)
 @websocket_command({vol.Required("type"): "auth/totp/info"})
 async def info_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """The caller's enrolments in totp modules and how many recovery codes each has left."""
     modules = {}
-    for module in conn.auth.auth_mfa_modules:
+    for module in conn.context.auth_mfa_modules:
         if isinstance(module, TotpAuthModule) and await module.async_is_user_setup(conn.user.id):
             modules[module.id] = {"recovery_codes_left": module.recovery_codes_left(conn.user.id)}
     conn.send_result(msg["id"], {"modules": modules})

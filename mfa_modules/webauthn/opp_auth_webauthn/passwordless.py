@@ -53,10 +53,8 @@ class PasskeyLoginProvider(AuthProvider):
         raise NotImplementedError
 
 
-class PasskeyLoginFlow(LoginFlow):
+class PasskeyLoginFlow(LoginFlow["PasskeyLoginProvider"]):
     """One step: the browser's assertion for a discoverable credential."""
-
-    _auth_provider: PasskeyLoginProvider
 
     @property
     def _binding(self) -> str:
@@ -65,7 +63,7 @@ class PasskeyLoginFlow(LoginFlow):
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """Show the request options; check the assertion."""
-        module = self._auth_provider.module
+        module = self.provider.module
         if self.context.get("credential_only"):
             return self.async_abort(reason="not_supported")
         errors: dict[str, str] = {}
@@ -96,12 +94,12 @@ class PasskeyLoginFlow(LoginFlow):
                 "Passwordless login refused: passkey %r did not verify its user", assertion.passkey.get("name")
             )
             return None
-        user = self._auth_manager.get_user(assertion.user_id)
+        user = self.provider.auth.get_user(assertion.user_id)
         if user is None or not user.is_active or user.system_generated:
             _LOGGER.info("Passwordless login refused: user %s is missing or inactive", assertion.user_id)
             return None
         for credentials in user.credentials:
-            if self._auth_manager.get_auth_provider(credentials.auth_provider_type, credentials.auth_provider_id):
+            if self.provider.auth.get_auth_provider(credentials.auth_provider_type, credentials.auth_provider_id):
                 self.user = user
                 return credentials
         _LOGGER.info("Passwordless login refused: user %s has no credentials of a configured provider", user.id)

@@ -27,7 +27,7 @@ from typing import Any
 
 import voluptuous as vol
 
-from opp_auth import ActiveConnection, CommandError, require_admin, require_user, websocket_command
+from opp_auth import ActiveConnection, CommandError, websocket_command, ws_require_admin, ws_require_user
 
 from . import CeremonyError, WebauthnAuthModule  # defined before the package imports this module
 
@@ -38,7 +38,7 @@ TEXT = vol.All(str, vol.Length(max=4096))
 def _module(conn: ActiveConnection, msg: dict[str, Any]) -> WebauthnAuthModule:
     """The webauthn module named by mfa_module_id, else the first configured."""
     wanted = msg.get("mfa_module_id")
-    for module in conn.auth.auth_mfa_modules:
+    for module in conn.context.auth_mfa_modules:
         if isinstance(module, WebauthnAuthModule) and wanted in (None, module.id):
             return module
     raise CommandError(
@@ -58,7 +58,7 @@ def _ceremony(err: Exception) -> CommandError:
 
 async def _refresh_token(conn: ActiveConnection) -> Any:
     """The caller's refresh token."""
-    token = await conn.auth.async_get_refresh_token(conn.refresh_token_id)
+    token = await conn.context.async_get_refresh_token(conn.refresh_token_id)
     if token is None:
         raise CommandError("unauthorized", "The session has ended")
     return token
@@ -66,12 +66,12 @@ async def _refresh_token(conn: ActiveConnection) -> Any:
 
 def _throttle(conn: ActiveConnection) -> None:
     """Refuse while the caller's address and account are throttled."""
-    wait = conn.auth.login_retry_after(conn.remote, conn.user.name)
+    wait = conn.context.login_retry_after(conn.remote, conn.user.name)
     if wait > 0:
         raise CommandError("too_many_attempts", f"Too many login attempts, try again in {math.ceil(wait)} seconds")
 
 
-@require_user(allow_system_user=False)
+@ws_require_user(allow_system_user=False)
 @websocket_command({vol.Required("type"): "auth/webauthn/passkeys", MODULE_ID: str})
 async def passkeys_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """The caller's passkeys, and how long this session may still add one without re-authenticating."""
@@ -87,7 +87,7 @@ async def passkeys_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     )
 
 
-@require_user(allow_system_user=False)
+@ws_require_user(allow_system_user=False)
 @websocket_command({vol.Required("type"): "auth/webauthn/reauth_options", MODULE_ID: str})
 async def reauth_options_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """Request options to re-authenticate this session with one of the caller's passkeys."""
@@ -106,7 +106,7 @@ def _code_input(module: Any, code: str) -> dict[str, str]:
 async def _password_ok(conn: ActiveConnection, password: str) -> bool:
     """Whether password is right for one of the caller's username/password credentials."""
     for credentials in conn.user.credentials:
-        provider = conn.auth.get_auth_provider(credentials.auth_provider_type, credentials.auth_provider_id)
+        provider = conn.context.get_auth_provider(credentials.auth_provider_type, credentials.auth_provider_id)
         check = getattr(provider, "async_validate_login", None)
         username = credentials.data.get("username") if isinstance(credentials.data, dict) else None
         if check is None or not isinstance(username, str):
@@ -121,7 +121,7 @@ async def _password_ok(conn: ActiveConnection, password: str) -> bool:
     return False
 
 
-@require_user(allow_system_user=False)
+@ws_require_user(allow_system_user=False)
 @websocket_command(
     {
         vol.Required("type"): "auth/webauthn/reauth",
@@ -138,14 +138,14 @@ async def reauth_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     _throttle(conn)
     if "password" in msg:
         if not await _password_ok(conn, msg["password"]):
-            conn.auth.note_login_failure(conn.remote, None, conn.user.name, "invalid_auth")
+            conn.context.note_login_failure(conn.remote, None, conn.user.name, "invalid_auth")
             raise CommandError("invalid_auth", "Invalid password")
     elif "code" in msg:
-        other = conn.auth.get_auth_mfa_module(msg.get("code_module_id") or "totp")
+        other = conn.context.get_auth_mfa_module(msg.get("code_module_id") or "totp")
         if other is None or other is module or not await other.async_is_user_setup(conn.user.id):
             raise CommandError("not_set_up", "That two-factor module is not set up for you")
         if await other.async_validate(conn.user.id, _code_input(other, msg["code"].strip())) is not True:
-            conn.auth.note_login_failure(conn.remote, None, conn.user.name, "invalid_code")
+            conn.context.note_login_failure(conn.remote, None, conn.user.name, "invalid_code")
             raise CommandError("invalid_code", "Invalid code")
     elif "credential" in msg:
         try:
@@ -153,7 +153,7 @@ async def reauth_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
                 f"reauth:{conn.refresh_token_id}", msg["credential"], user_id=conn.user.id
             )
         except CeremonyError as err:
-            conn.auth.note_login_failure(conn.remote, None, conn.user.name, "invalid_code")
+            conn.context.note_login_failure(conn.remote, None, conn.user.name, "invalid_code")
             raise CommandError("invalid_code", err.message) from err
     else:
         raise CommandError("invalid_format", "Give password, code or credential")
@@ -167,7 +167,7 @@ async def _require_proof(conn: ActiveConnection, module: WebauthnAuthModule) -> 
         raise CommandError("reauth_required", "Confirm it is you (password or another factor) before adding a passkey")
 
 
-@require_user(allow_system_user=False)
+@ws_require_user(allow_system_user=False)
 @websocket_command({vol.Required("type"): "auth/webauthn/register_options", MODULE_ID: str})
 async def register_options_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """Creation options for a new passkey of the caller (after a recent proof)."""
@@ -179,7 +179,7 @@ async def register_options_command(conn: ActiveConnection, msg: dict[str, Any]) 
     )
 
 
-@require_user(allow_system_user=False)
+@ws_require_user(allow_system_user=False)
 @websocket_command(
     {
         vol.Required("type"): "auth/webauthn/register",
@@ -201,7 +201,7 @@ async def register_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     conn.send_result(msg["id"], passkey)
 
 
-@require_user(allow_system_user=False)
+@ws_require_user(allow_system_user=False)
 @websocket_command(
     {
         vol.Required("type"): "auth/webauthn/rename",
@@ -219,7 +219,7 @@ async def rename_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
         raise _ceremony(err) from err
 
 
-@require_user(allow_system_user=False)
+@ws_require_user(allow_system_user=False)
 @websocket_command({vol.Required("type"): "auth/webauthn/remove", MODULE_ID: str, vol.Required("passkey_id"): TEXT})
 async def remove_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """Remove one of the caller's passkeys."""
@@ -231,19 +231,19 @@ async def remove_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     conn.send_result(msg["id"])
 
 
-@require_admin
+@ws_require_admin
 @websocket_command(
     {vol.Required("type"): "auth/webauthn/admin/passkeys", MODULE_ID: str, vol.Required("user_id"): TEXT}
 )
 async def admin_passkeys_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """A user's passkeys (administrators)."""
     module = _module(conn, msg)
-    if conn.auth.get_user(msg["user_id"]) is None:
+    if conn.context.get_user(msg["user_id"]) is None:
         raise CommandError("not_found", "User not found")
     conn.send_result(msg["id"], {"mfa_module_id": module.id, "passkeys": module.passkeys(msg["user_id"])})
 
 
-@require_admin
+@ws_require_admin
 @websocket_command(
     {
         vol.Required("type"): "auth/webauthn/admin/remove",

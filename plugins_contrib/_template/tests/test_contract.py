@@ -10,8 +10,7 @@ import pytest
 import voluptuous as vol
 from opp_auth_myprovider import MyAuthProvider
 
-from opp_auth import AuthManager
-from opp_auth.testing import ProviderContract
+from opp_auth.testing import AuthManager, ProviderContract
 
 # Cost 4 keeps the tests fast; real hashes use bcrypt's default (12).
 PASSWORD_HASH = bcrypt.hashpw(b"right-pass", bcrypt.gensalt(rounds=4)).decode()

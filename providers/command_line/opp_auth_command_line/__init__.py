@@ -226,12 +226,12 @@ class CommandLineAuthProvider(AuthProvider):
         )
 
 
-class CommandLineLoginFlow(UsernamePasswordLoginFlow):
+class CommandLineLoginFlow(UsernamePasswordLoginFlow[CommandLineAuthProvider]):
     """Ask for username and password."""
 
     async def async_check_login(self, username: str, password: str) -> dict[str, Any]:
         """Run the program on the stripped username; the result carries that username and any meta."""
-        provider: CommandLineAuthProvider = self._auth_provider  # type: ignore[assignment]
+        provider = self.provider
         username = username.strip()
         meta = await provider.async_validate_login(username, password)
         result: dict[str, Any] = {"username": username}

@@ -295,12 +295,12 @@ class LdapAuthProvider(AuthProvider):
         return UserMeta(name=identity.name or identity.username, is_active=True, group=identity.group)
 
 
-class LdapLoginFlow(UsernamePasswordLoginFlow):
+class LdapLoginFlow(UsernamePasswordLoginFlow[LdapAuthProvider]):
     """Ask for username and password."""
 
     async def async_check_login(self, username: str, password: str) -> dict[str, Any]:
         """Check the login against the directory; the result carries the entry's own username."""
-        provider: LdapAuthProvider = self._auth_provider  # type: ignore[assignment]
+        provider = self.provider
         identity = await provider.async_authenticate(username, password)
         return {"username": identity.username, "identity": identity}
 

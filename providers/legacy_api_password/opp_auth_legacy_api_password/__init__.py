@@ -25,12 +25,12 @@ from opp_auth import (
     GROUP_ID_READ_ONLY,
     GROUP_ID_USER,
     PROVIDER_CONFIG_SCHEMA,
-    AuthManager,
-    AuthManagerError,
     AuthProvider,
     Credentials,
     FlowResult,
+    InvalidAuthError,
     LoginFlow,
+    PluginContext,
     User,
     UserMeta,
     client_ip,
@@ -86,7 +86,7 @@ class LegacyApiPasswordAuthProvider(AuthProvider):
     DEFAULT_TITLE = "Legacy API Password"
     CONFIG_SCHEMA = CONFIG_SCHEMA
 
-    def __init__(self, auth: AuthManager, config: dict[str, Any]) -> None:
+    def __init__(self, auth: PluginContext, config: dict[str, Any]) -> None:
         """Keep the configuration; the lock makes the first request-login create one user only."""
         super().__init__(auth, config)
         self._user_lock = asyncio.Lock()
@@ -131,20 +131,19 @@ class LegacyApiPasswordAuthProvider(AuthProvider):
             credentials = await self.async_get_or_create_credentials({})
             try:
                 return await self.auth.async_get_or_create_user(credentials)
-            except AuthManagerError as err:
+            except InvalidAuthError as err:
                 _LOGGER.error("Cannot find or create the legacy API password user: %s", err)
                 return None
 
 
-class LegacyLoginFlow(LoginFlow):
+class LegacyLoginFlow(LoginFlow[LegacyApiPasswordAuthProvider]):
     """Ask for the API password."""
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """Show the form; check the password."""
         errors: dict[str, str] = {}
         if user_input is not None:
-            provider: LegacyApiPasswordAuthProvider = self._auth_provider  # type: ignore[assignment]
-            if provider.check_password(user_input["password"]):
+            if self.provider.check_password(user_input["password"]):
                 return await self.async_finish({})
             errors["base"] = "invalid_auth"
         return self.async_show_form(
@@ -179,8 +178,8 @@ class _Nudger:
         _NUDGE_LOGGER.log(level, "You need to use a bearer token to access %s from %s", path, remote)
 
 
-# One nudger per server (AuthManager), so each server logs each path once.
-_NUDGERS: weakref.WeakKeyDictionary[AuthManager, _Nudger] = weakref.WeakKeyDictionary()
+# One nudger per server (its PluginContext), so each server logs each path once.
+_NUDGERS: weakref.WeakKeyDictionary[PluginContext, _Nudger] = weakref.WeakKeyDictionary()
 
 
 def supplied_passwords(request: web.Request) -> list[str]:
@@ -213,12 +212,12 @@ async def _authenticate(providers: list[LegacyApiPasswordAuthProvider], password
 
 
 @hookimpl
-def opp_auth_authenticate_request(request: web.Request, auth: AuthManager) -> Any:
+def opp_auth_authenticate_request(request: web.Request, auth: PluginContext) -> Any:
     """Accept the legacy password when this provider is configured; nudge towards bearer tokens."""
     passwords = supplied_passwords(request)
     if not passwords:
         return None
-    providers: list[LegacyApiPasswordAuthProvider] = auth.get_auth_providers(TYPE)  # type: ignore[assignment]
+    providers = [p for p in auth.get_auth_providers(TYPE) if isinstance(p, LegacyApiPasswordAuthProvider)]
     nudger = _NUDGERS.get(auth)
     if nudger is None:
         nudger = _NUDGERS[auth] = _Nudger()

@@ -266,8 +266,7 @@ class LocalAuthProvider(AuthProvider):
         await self.data.async_save()
         cred = self.async_find_credentials({"username": username})
         if cred is not None:
-            self.auth.store.remove_credentials(cred)
-            await self.auth.store.async_save()
+            await self.auth.async_forget_credentials(cred)
 
     async def async_change_password(self, username: str, new_password: str) -> None:
         """Set a new password and save it."""

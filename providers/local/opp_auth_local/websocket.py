@@ -19,10 +19,9 @@ from opp_auth import (
     Unauthorized,
     User,
     is_safe_username,
-    require_admin,
     websocket_command,
+    ws_require_admin,
 )
-from opp_auth.throttle import too_many_attempts_message
 
 if TYPE_CHECKING:
     from . import LocalAuthProvider
@@ -36,9 +35,11 @@ HA_PREFIX = "config/auth_provider/homeassistant/"
 def _provider(conn: ActiveConnection) -> LocalAuthProvider:
     """The configured local provider, or an error reply."""
     for provider_type in TYPES:
-        provider = conn.auth.get_auth_provider(provider_type, None)
-        if provider is not None:
-            return provider  # type: ignore[return-value]
+        from . import LocalAuthProvider  # the package imports this module
+
+        provider = conn.context.get_auth_provider(provider_type, None)
+        if isinstance(provider, LocalAuthProvider):
+            return provider
     raise CommandError("not_configured", "The local auth provider (openpeerpower or homeassistant) is not configured")
 
 
@@ -47,15 +48,30 @@ def _local_credentials(user: User) -> Credentials | None:
     return next((c for c in user.credentials if c.auth_provider_type in TYPES), None)
 
 
+_COMMANDS: dict[Any, tuple[dict[Any, Any], bool]] = {}
+_ADMIN = {"create", "delete", "admin_change_password", "admin_change_username"}
+
+
+def _command(schema: dict[Any, Any]) -> Any:
+    """websocket_command, remembering the schema (and whether admins only) for the Home Assistant alias."""
+
+    def decorate(func: Any) -> Any:
+        handler = websocket_command(schema)(func)
+        _COMMANDS[handler] = (schema, func.__name__ in _ADMIN)
+        return handler
+
+    return decorate
+
+
 async def _revoke_tokens(conn: ActiveConnection, user: User, keep: str | None) -> None:
     """After a password change, every other session must log in again (G10)."""
     for token in list(user.refresh_tokens.values()):
         if token.id != keep:
-            await conn.auth.async_remove_refresh_token(token)
+            await conn.context.async_remove_refresh_token(token)
 
 
-@require_admin
-@websocket_command(
+@ws_require_admin
+@_command(
     {
         vol.Required("type"): "config/auth_provider/openpeerpower/create",
         vol.Required("user_id"): str,
@@ -66,7 +82,7 @@ async def _revoke_tokens(conn: ActiveConnection, user: User, keep: str | None) -
 async def create(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """Give a user a username and password."""
     provider = _provider(conn)
-    user = await conn.auth.async_get_user(msg["user_id"])
+    user = conn.context.get_user(msg["user_id"])
     if user is None:
         raise CommandError("not_found", "User not found")
     if user.system_generated:
@@ -85,21 +101,21 @@ async def create(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     except Exception as err:
         raise CommandError("username_exists", str(err)) from err
     credentials = await provider.async_get_or_create_credentials({"username": msg["username"]})
-    await conn.auth.async_link_user(user, credentials)
+    await conn.context.async_link_user(user, credentials)
     conn.send_result(msg["id"])
 
 
-@require_admin
-@websocket_command({vol.Required("type"): "config/auth_provider/openpeerpower/delete", vol.Required("username"): str})
+@ws_require_admin
+@_command({vol.Required("type"): "config/auth_provider/openpeerpower/delete", vol.Required("username"): str})
 async def delete(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """Remove a username (and its credentials); never the owner's (G9)."""
     provider = _provider(conn)
     credentials = provider.async_find_credentials({"username": msg["username"]})
     if credentials is not None:
-        owner = conn.auth.store.user_for_credentials(credentials)
+        owner = conn.context.user_for_credentials(credentials)
         if owner is not None and owner.is_owner:
             raise CommandError("cannot_delete_owner", "Unable to remove the owner's username")
-        await conn.auth.async_remove_credentials(credentials)
+        await conn.context.async_remove_credentials(credentials)
         conn.send_result(msg["id"])
         return
     if provider.data.get(msg["username"]) is None:
@@ -108,7 +124,7 @@ async def delete(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     conn.send_result(msg["id"])
 
 
-@websocket_command(
+@_command(
     {
         vol.Required("type"): "config/auth_provider/openpeerpower/change_password",
         vol.Required("current_password"): str,
@@ -122,13 +138,13 @@ async def change_password(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     if credentials is None:
         raise CommandError("credentials_not_found", "Credentials not found")
     username = credentials.data["username"]
-    wait = conn.auth.login_retry_after(conn.remote, username)
+    wait = conn.context.login_retry_after(conn.remote, username)
     if wait > 0:
-        raise CommandError("too_many_attempts", too_many_attempts_message(wait))
+        raise CommandError("too_many_attempts", conn.context.too_many_attempts_message(wait))
     try:
         await provider.async_validate_login(username, msg["current_password"])
     except InvalidAuthError:
-        conn.auth.note_login_failure(conn.remote, provider.key, username, "invalid_current_password")
+        conn.context.note_login_failure(conn.remote, provider.key, username, "invalid_current_password")
         raise CommandError("invalid_current_password", "Invalid current password") from None
     try:
         await provider.async_change_password(username, msg["new_password"])
@@ -138,8 +154,8 @@ async def change_password(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     conn.send_result(msg["id"])
 
 
-@require_admin
-@websocket_command(
+@ws_require_admin
+@_command(
     {
         vol.Required("type"): "config/auth_provider/openpeerpower/admin_change_password",
         vol.Required("user_id"): str,
@@ -151,7 +167,7 @@ async def admin_change_password(conn: ActiveConnection, msg: dict[str, Any]) -> 
     if not conn.user.is_owner:
         raise Unauthorized()
     provider = _provider(conn)
-    user = await conn.auth.async_get_user(msg["user_id"])
+    user = conn.context.get_user(msg["user_id"])
     if user is None:
         raise CommandError("user_not_found", "User not found")
     credentials = _local_credentials(user)
@@ -165,8 +181,8 @@ async def admin_change_password(conn: ActiveConnection, msg: dict[str, Any]) -> 
     conn.send_result(msg["id"])
 
 
-@require_admin
-@websocket_command(
+@ws_require_admin
+@_command(
     {
         vol.Required("type"): "config/auth_provider/openpeerpower/admin_change_username",
         vol.Required("user_id"): str,
@@ -178,7 +194,7 @@ async def admin_change_username(conn: ActiveConnection, msg: dict[str, Any]) -> 
     from . import InvalidUser  # the package imports this module first
 
     provider = _provider(conn)
-    user = await conn.auth.async_get_user(msg["user_id"])
+    user = conn.context.get_user(msg["user_id"])
     if user is None:
         raise CommandError("user_not_found", "User not found")
     credentials = _local_credentials(user)
@@ -193,26 +209,23 @@ async def admin_change_username(conn: ActiveConnection, msg: dict[str, Any]) -> 
     conn.send_result(msg["id"])
 
 
-def _ha_alias(handler: Any) -> tuple[Any, dict[Any, Any]]:
-    """The handler again under Home Assistant's command name, with the same guards."""
+def _ha_alias(handler: Any) -> Any:
+    """The handler again under Home Assistant's command name, with the same guard."""
+    schema, admin = _COMMANDS[handler]
 
     async def alias(conn: ActiveConnection, msg: dict[str, Any]) -> None:
         """Run the openpeerpower command."""
         await handler(conn, msg)
 
-    for guard in ("_ws_admin", "_ws_user_guard"):
-        if hasattr(handler, guard):
-            setattr(alias, guard, getattr(handler, guard))
-    schema = {
-        key: (HA_PREFIX + value.removeprefix(PREFIX) if str(key) == "type" else value)
-        for key, value in handler._ws_schema.schema.items()
+    ha_schema = {
+        key: (HA_PREFIX + value.removeprefix(PREFIX) if str(key) == "type" else value) for key, value in schema.items()
     }
-    return alias, schema
+    alias = websocket_command(ha_schema)(alias)
+    return ws_require_admin(alias) if admin else alias
 
 
 def register_commands(register: Any) -> None:
     """Register every command of this module, under both names."""
     for handler in (create, delete, change_password, admin_change_password, admin_change_username):
         register(handler)
-        alias, schema = _ha_alias(handler)
-        register(alias, schema)
+        register(_ha_alias(handler))

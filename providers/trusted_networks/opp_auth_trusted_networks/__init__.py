@@ -191,7 +191,7 @@ class TrustedNetworksAuthProvider(AuthProvider):
 
     def available_users(self, ip: IPAddress) -> dict[str, str | None]:
         """user id -> name of the users a client at ip may log in as, in store order."""
-        users = [u for u in self.auth.store.users() if not u.system_generated and u.is_active]
+        users = [u for u in self.auth.users() if not u.system_generated and u.is_active]
         for network, entries in self.trusted_users.items():
             if ip not in network:
                 continue
@@ -212,7 +212,7 @@ class TrustedNetworksAuthProvider(AuthProvider):
     async def async_get_or_create_credentials(self, flow_result: dict[str, Any]) -> Credentials:
         """This provider's credentials of an existing active person, linked to them at once."""
         user_id = flow_result.get("user")
-        user = self.auth.store.get_user(user_id) if isinstance(user_id, str) else None
+        user = self.auth.get_user(user_id) if isinstance(user_id, str) else None
         if user is None or user.system_generated or not user.is_active:
             raise InvalidAuthError("invalid user")
         data = self.credential_data({"user": user.id})
@@ -238,7 +238,7 @@ class TrustedNetworksAuthProvider(AuthProvider):
             raise InvalidAuthError(reason)
 
 
-class TrustedNetworksLoginFlow(LoginFlow):
+class TrustedNetworksLoginFlow(LoginFlow[TrustedNetworksAuthProvider]):
     """Pick a user (or be logged in straight away when bypass is on and there is one)."""
 
     def __init__(self, auth_provider: TrustedNetworksAuthProvider, ip: IPAddress | None) -> None:
@@ -248,7 +248,7 @@ class TrustedNetworksLoginFlow(LoginFlow):
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """Refuse untrusted addresses; show or check the user choice."""
-        provider: TrustedNetworksAuthProvider = self._auth_provider  # type: ignore[assignment]
+        provider = self.provider
         if self._ip is None or provider.refusal(self._ip) is not None:
             return self.async_abort(reason="not_allowed")
         candidates = provider.available_users(self._ip)

@@ -14,7 +14,8 @@ import pytest
 import voluptuous as vol
 from opp_auth_htpasswd import HtpasswdAuthProvider
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, AuthManager
+from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER
+from opp_auth.manager import AuthManager
 
 HANDLER = ("htpasswd", None)
 ONLY_BCRYPT = "only bcrypt entries (htpasswd -B) are supported"

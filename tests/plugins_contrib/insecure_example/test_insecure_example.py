@@ -13,8 +13,8 @@ import pytest
 from opp_auth_insecure_example import ExampleMfaModule
 
 import opp_auth
-from opp_auth import AuthManager
 from opp_auth.config import load_config
+from opp_auth.manager import AuthManager
 from opp_auth.plugins import make_plugin_manager
 from opp_auth.yaml import ConfigError
 

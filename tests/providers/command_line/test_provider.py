@@ -18,7 +18,8 @@ import pytest
 import voluptuous as vol
 from opp_auth_command_line import CONFIG_SCHEMA, CommandLineAuthProvider
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, AuthManager, InvalidAuthError
+from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, InvalidAuthError
+from opp_auth.manager import AuthManager
 from opp_auth.testing import run_login_flow
 
 HANDLER = ("command_line", None)

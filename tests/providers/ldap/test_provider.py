@@ -14,7 +14,8 @@ import ldap3
 import pytest
 from opp_auth_ldap import LdapAuthProvider
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, AuthManager, InvalidAuthError
+from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, InvalidAuthError
+from opp_auth.manager import AuthManager
 from opp_auth.testing import run_login_flow
 
 from .conftest import (

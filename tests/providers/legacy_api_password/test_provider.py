@@ -12,8 +12,9 @@ import opp_auth_legacy_api_password
 import pytest
 from opp_auth_legacy_api_password import USER_NAME, LegacyApiPasswordAuthProvider
 
-from opp_auth import PROVIDER_CONFIG_SCHEMA, AuthManager, AuthProvider, hookimpl
+from opp_auth import PROVIDER_CONFIG_SCHEMA, AuthProvider, hookimpl
 from opp_auth.config import load_config
+from opp_auth.manager import AuthManager
 from opp_auth.plugins import OppAuthPluginManager, make_plugin_manager
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 from opp_auth.yaml import ConfigError
@@ -262,7 +263,7 @@ async def test_nudge_memory_is_bounded(
         "You need to use a bearer token to access /api/p1 from 127.0.0.1",
         "Legacy API passwords were sent to more than 2 paths; not logging further paths",
     ]
-    assert len(opp_auth_legacy_api_password._NUDGERS[auth]._paths) == 2
+    assert len(opp_auth_legacy_api_password._NUDGERS[auth.context]._paths) == 2
 
 
 async def test_no_nudge_without_a_legacy_password(

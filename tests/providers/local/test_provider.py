@@ -19,7 +19,7 @@ import opp_auth_local
 import pytest
 from opp_auth_local import STORAGE_KEY, InvalidUser, LocalAuthProvider, PasswordTooLong
 
-from opp_auth import AuthManager
+from opp_auth.manager import AuthManager
 from opp_auth.yaml import ConfigError
 
 HANDLER = ("openpeerpower", None)

@@ -16,7 +16,8 @@ import opp_auth_local
 import pytest
 from opp_auth_local import STORAGE_KEY, LocalAuthProvider
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER, AuthManager, AuthProvider, InvalidAuthError, User, hookimpl
+from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER, AuthProvider, InvalidAuthError, User, hookimpl
+from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 
 PREFIX = "config/auth_provider/openpeerpower/"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from opp_auth import AuthManager
+from opp_auth.manager import AuthManager
 from opp_auth.testing import HOSTILE_STRINGS, LOGIN_CONTEXT, ProviderContract
 
 

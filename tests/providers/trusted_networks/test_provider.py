@@ -15,8 +15,10 @@ import pytest
 import voluptuous as vol
 from opp_auth_trusted_networks import CONFIG_SCHEMA, NOT_TRUSTED, PROXY_ADDRESS, TrustedNetworksAuthProvider
 
-from opp_auth import AuthManager, Group, InvalidAuthError
+from opp_auth import InvalidAuthError
 from opp_auth.config import load_config
+from opp_auth.manager import AuthManager
+from opp_auth.models import Group
 from opp_auth.plugins import make_plugin_manager
 from opp_auth.testing import CLIENT_ID, LoginFlowDriver, OppAuthClient
 

@@ -1,0 +1,195 @@
+"""PluginContext: the narrow object a plugin is handed instead of the AuthManager.
+
+A provider and an MFA module find it as ``self.auth``; a websocket command as
+``conn.context``; every hook that takes ``auth`` receives it. It is the whole of
+what a plugin may ask of the running server:
+
+- files and configuration: :attr:`config_dir`, :attr:`http_config`,
+  :attr:`config_blocks`, :attr:`version`, :meth:`storage` (a versioned JSON file
+  of the plugin's own under ``.storage``), :attr:`hook` (to call hooks a plugin
+  declared itself);
+- work off the event loop: :meth:`async_add_executor_job`,
+  :meth:`async_password_check` (bounded, for bcrypt and the like);
+- users and credentials: :meth:`get_user`, :meth:`users`, :meth:`owner`,
+  :meth:`user_for_credentials`, :meth:`credentials_for_provider`,
+  :meth:`find_credentials`, :meth:`async_get_or_create_user`,
+  :meth:`async_link_user`, :meth:`async_remove_credentials`,
+  :meth:`async_forget_credentials`;
+- sessions: :meth:`async_get_refresh_token`, :meth:`async_remove_refresh_token`;
+- the other plugins' objects: :meth:`get_auth_provider`,
+  :meth:`get_auth_providers`, :meth:`get_auth_mfa_module`,
+  :attr:`auth_mfa_modules`;
+- login attempts: :meth:`login_retry_after`, :meth:`too_many_attempts_message`,
+  :meth:`note_login_failure`.
+
+Everything else of the core is internal and may change between releases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import AuthManagerError
+from .providers import InvalidAuthError
+from .throttle import too_many_attempts_message
+
+if TYPE_CHECKING:
+    from .manager import AuthManager
+    from .mfa import MfaModule
+    from .models import Credentials, RefreshToken, User
+    from .providers import AuthProvider
+    from .storage import Store
+
+_T = TypeVar("_T")
+
+
+class PluginContext:
+    """What the server offers a plugin (see the module docstring for the list)."""
+
+    def __init__(self, manager: AuthManager) -> None:
+        """Bind to one server's manager (the core builds this; plugins only receive it)."""
+        self.__manager = manager
+
+    # ---- files and configuration ---------------------------------------------------------
+
+    @property
+    def config_dir(self) -> str:
+        """The configuration directory."""
+        return self.__manager.config_dir
+
+    @property
+    def http_config(self) -> Mapping[str, Any]:
+        """The validated ``http:`` block (read-only)."""
+        return MappingProxyType(self.__manager.http_config)
+
+    @property
+    def config_blocks(self) -> Mapping[str, Any]:
+        """Validated top-level blocks plugins registered through ``opp_auth_register_config`` (read-only)."""
+        return MappingProxyType(self.__manager.config_blocks)
+
+    @property
+    def version(self) -> str:
+        """The server version."""
+        return self.__manager.version
+
+    @property
+    def hook(self) -> Any:
+        """pluggy's hook relay, to call hooks a plugin added itself (``opp_auth_add_hookspecs``)."""
+        return self.__manager.pm.hook
+
+    def storage(
+        self, key: str, version: int, *, private: bool = True, migrate: Callable[[int, Any], Any] | None = None
+    ) -> Store:
+        """A versioned JSON file ``.storage/<key>`` for the plugin's own data (atomic, durable writes)."""
+        return self.__manager.storage(key, version, private=private, migrate=migrate)
+
+    # ---- work off the event loop ---------------------------------------------------------
+
+    async def async_add_executor_job(self, func: Callable[..., _T], *args: Any) -> _T:
+        """Run blocking work (files, sockets, subprocess waits) in the executor."""
+        return await self.__manager.async_add_executor_job(func, *args)
+
+    async def async_password_check(self, func: Callable[..., _T], *args: Any) -> _T:
+        """Run a CPU-heavy password check in the executor, a bounded number at once."""
+        return await self.__manager.async_password_check(func, *args)
+
+    # ---- users and credentials -----------------------------------------------------------
+
+    def get_user(self, user_id: str) -> User | None:
+        """A user by id."""
+        return self.__manager.get_user(user_id)
+
+    def users(self) -> list[User]:
+        """Every user, in creation order."""
+        return self.__manager.store.users()
+
+    def owner(self) -> User | None:
+        """The owner, if one exists."""
+        return self.__manager.owner()
+
+    def user_for_credentials(self, credentials: Credentials) -> User | None:
+        """The user stored credentials are linked to."""
+        return self.__manager.store.user_for_credentials(credentials)
+
+    def credentials_for_provider(self, provider_key: tuple[str, str | None]) -> list[Credentials]:
+        """Every stored credential of the provider (type, id)."""
+        return self.__manager.store.credentials_for_provider(provider_key)
+
+    def find_credentials(self, provider_key: tuple[str, str | None], data: dict[str, Any]) -> Credentials | None:
+        """Stored credentials of the provider with exactly this data (as the provider keys it)."""
+        return self.__manager.store.find_credentials(provider_key, data)
+
+    async def async_get_or_create_user(self, credentials: Credentials) -> User:
+        """The user behind credentials; new credentials get a new user from the provider's meta.
+
+        Raises :class:`~opp_auth.InvalidAuthError` when that cannot be (e.g. the credentials' user is gone).
+        """
+        try:
+            return await self.__manager.async_get_or_create_user(credentials)
+        except AuthManagerError as err:
+            raise InvalidAuthError(str(err)) from err
+
+    async def async_link_user(self, user: User, credentials: Credentials) -> None:
+        """Attach credentials to a user; :class:`~opp_auth.InvalidAuthError` when another user holds them."""
+        try:
+            await self.__manager.async_link_user(user, credentials)
+        except AuthManagerError as err:
+            raise InvalidAuthError(str(err)) from err
+
+    async def async_remove_credentials(self, credentials: Credentials) -> None:
+        """Remove credentials; their provider is told first (``async_will_remove_credentials``)."""
+        await self.__manager.async_remove_credentials(credentials)
+
+    async def async_forget_credentials(self, credentials: Credentials) -> None:
+        """Remove credentials whose provider already dropped its own data (the provider is not told)."""
+        store = self.__manager.store
+        store.remove_credentials(credentials)
+        await store.async_save()
+
+    # ---- sessions ----------------------------------------------------------------------------
+
+    async def async_get_refresh_token(self, token_id: str) -> RefreshToken | None:
+        """A refresh token by id."""
+        return await self.__manager.async_get_refresh_token(token_id)
+
+    async def async_remove_refresh_token(self, refresh_token: RefreshToken) -> None:
+        """Revoke a refresh token and every access token it minted (open websockets close)."""
+        await self.__manager.async_remove_refresh_token(refresh_token)
+
+    # ---- providers and modules ---------------------------------------------------------------
+
+    def get_auth_provider(self, provider_type: str, provider_id: str | None) -> AuthProvider | None:
+        """A configured provider by (type, id)."""
+        return self.__manager.get_auth_provider(provider_type, provider_id)
+
+    def get_auth_providers(self, provider_type: str) -> list[AuthProvider]:
+        """Every configured provider of a type."""
+        return self.__manager.get_auth_providers(provider_type)
+
+    def get_auth_mfa_module(self, module_id: str) -> MfaModule | None:
+        """A configured MFA module by id."""
+        return self.__manager.get_auth_mfa_module(module_id)
+
+    @property
+    def auth_mfa_modules(self) -> list[MfaModule]:
+        """Configured MFA modules in configuration order."""
+        return self.__manager.auth_mfa_modules
+
+    # ---- login attempts ------------------------------------------------------------------------
+
+    def login_retry_after(self, remote_ip: str | None, username: str | None) -> float:
+        """Seconds remote_ip must wait before trying username again (0: now), as the throttles say."""
+        return self.__manager.login_retry_after(remote_ip, username)
+
+    @staticmethod
+    def too_many_attempts_message(wait: float) -> str:
+        """The message shown to a throttled client ("Too many login attempts, try again in N seconds")."""
+        return too_many_attempts_message(wait)
+
+    def note_login_failure(
+        self, remote_ip: str | None, provider: tuple[str, str | None] | None, username: str | None, reason: str
+    ) -> None:
+        """Report a failed attempt (wrong password or code): throttles, bans and audit hear of it."""
+        self.__manager.note_login_failure(remote_ip, provider, username, reason)
