@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from opp_auth import AuthManager
 from opp_auth.config import validate_config
+from opp_auth.manager import AuthManager
 from opp_auth.plugins import make_plugin_manager
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "security.md"

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opp_auth import AuthManager
 from opp_auth.codes import AUTHORIZE
 from opp_auth.flow import TooManyFlows
 from opp_auth.login_flow import MAX_FLOWS, MAX_FLOWS_PER_ADDRESS, MAX_FLOWS_PER_PREFIX
+from opp_auth.manager import AuthManager
 from opp_auth.models import Credentials
 from opp_auth.network import address_and_prefix
 from opp_auth.shares import AddressShares, FairPool, Full, KnownAddresses

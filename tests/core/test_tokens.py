@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from opp_auth import AuthManager
+from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID
 from opp_auth.tokens import decode_jwt, encode_jwt
 

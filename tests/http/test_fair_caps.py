@@ -13,8 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from opp_auth import AuthManager
 from opp_auth.login_flow import MAX_FLOWS, MAX_FLOWS_PER_ADDRESS, MAX_FLOWS_PER_PREFIX
+from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID, REDIRECT_URI, OppAuthClient
 
 HANDLER = ["insecure_example", None]
