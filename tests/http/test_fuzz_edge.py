@@ -509,7 +509,8 @@ class Fuzzer:
                 text += "".join(f",{json.dumps(k)}:{render(v)}" for k, v in case.fields.items()) + "}"
                 text = f"[{text}]" if case.batch else text
             try:
-                await ws.send_str(text)
+                # A raw lone surrogate cannot be UTF-8: it goes out as the bytes a broken client would send.
+                await ws.send_frame(text.encode("utf-8", "surrogatepass"), aiohttp.WSMsgType.TEXT)
             except ConnectionError:
                 # The server closed this socket after the previous frame (as it should, for some): reopen.
                 assert attempt == 1
