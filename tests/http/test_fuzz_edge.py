@@ -22,6 +22,7 @@ others. The storage files are strict JSON.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -285,7 +286,7 @@ class HttpCase:
     fields: dict[str, Any]
     raw: Any
     charset: str | None
-    bearer: bool
+    bearer: bool | str  # True: the fuzzer's valid token; a string: that Authorization header
     address: str
     route_method: str = ""  # the router's method ("*" for any), when method was chosen for it
 
@@ -306,6 +307,29 @@ SWEEP_ENCODINGS = {
     "application/x-www-form-urlencoded": "urlencoded",
     "multipart/form-data": "multipart",
 }
+
+
+def _jwt_like(payload: bytes) -> str:
+    """A token shaped like an HS256 JWT around any payload (unsigned)."""
+    return (
+        "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."
+        + base64.urlsafe_b64encode(payload).decode().rstrip("=")
+        + ".c2ln"
+    )
+
+
+# Authorization headers a client could send (within what an HTTP header can carry).
+HOSTILE_AUTHORIZATION = [
+    "Bearer ",
+    "Bearer x.y.z",
+    "bearer x",
+    "Basic YWxhZGRpbjpvcGVuc2VzYW1l",
+    "Bearer " + "a" * 9000,
+    "Bearer \xff\xfe\x80",
+    _jwt_like(b"[" * 2000 + b"]" * 2000),  # nested past the parser's recursion limit
+    _jwt_like(b'{"iss": "\\ud800", "exp": 1e999}'),
+    _jwt_like(b'{"iss": ["x"], "exp": NaN}'),
+]
 CHARSETS = [None, "utf-8", "UTF-8", "us-ascii", "unicode_escape", "utf-16", "latin-1", "no-such-charset", "utf-7"]
 
 
@@ -328,7 +352,7 @@ def http_cases(routes: list[tuple[str, str]], context: Context) -> st.SearchStra
             fields={name: draw(values) for name in chosen},
             raw=draw(hostile_value),
             charset=draw(st.sampled_from(CHARSETS)),
-            bearer=draw(st.booleans()),
+            bearer=draw(st.one_of(st.booleans(), st.sampled_from(HOSTILE_AUTHORIZATION))),
             address=draw(st.sampled_from(FUZZ_ADDRESSES)),
             route_method=route_method,
         )
@@ -376,13 +400,13 @@ def multipart_body(fields: dict[str, Any], charset: str | None) -> tuple[bytes, 
 PARSER_LINE_LIMIT = 8190
 
 
-def check_http_answer(case: HttpCase, path: str, status: int, content_type: str, body: bytes) -> None:
+def check_http_answer(case: HttpCase, longest_line: int, status: int, content_type: str, body: bytes) -> None:
     """No 5xx; a refusal is JSON in the documented shape (or a documented non-JSON answer)."""
     where = f"{case.method} {case.template} ({case.encoding}) -> {status} {body[:300]!r}"
     assert status < 500, where
     if status < 400:
         return
-    if len(path) > PARSER_LINE_LIMIT - 100:
+    if longest_line > PARSER_LINE_LIMIT - 100:
         assert status == 400, where
         return
     if case.method == "HEAD":
@@ -407,8 +431,10 @@ async def send_http(site: Site, case: HttpCase, bearer: str) -> None:
     """Send one request and check its answer."""
     report(f"http: {short(case)}")
     headers = {"X-Forwarded-For": case.address}
-    if case.bearer:
+    if case.bearer is True:
         headers["Authorization"] = f"Bearer {bearer}"
+    elif isinstance(case.bearer, str):
+        headers["Authorization"] = case.bearer
     path_value = as_text(case.path_value)
     if path_value == "FLOW":
         path_value = await start_flow(site, case.address)
@@ -442,14 +468,16 @@ async def send_http(site: Site, case: HttpCase, bearer: str) -> None:
         path = f"{path}?{query}" if query else path
     if case.template == "/api/websocket" and case.method == "GET":
         headers.pop("Upgrade", None)
+    # The request line or a header over aiohttp's parser limit is answered by aiohttp itself.
+    longest_line = max(len(path), *(len(name) + 2 + len(value) for name, value in headers.items()))
     try:
         status, content_type, body = await site.request(case.method, path, headers=headers, **kwargs)
     except aiohttp.ClientResponseError as err:
         # aiohttp's server answers an over-long request line itself, with a body even to HEAD,
         # which aiohttp's client then refuses to parse: still a 400, never a server error.
-        assert len(path) > PARSER_LINE_LIMIT - 100 and err.status == 400, f"{case.method} {case.template}: {err}"
+        assert longest_line > PARSER_LINE_LIMIT - 100 and err.status == 400, f"{case.method} {case.template}: {err}"
         return
-    check_http_answer(case, path, status, content_type, body)
+    check_http_answer(case, longest_line, status, content_type, body)
 
 
 async def start_flow(site: Site, address: str) -> str:
