@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from opp_auth import GROUP_ID_ADMIN, AuthManager
+from opp_auth import GROUP_ID_ADMIN
+from opp_auth.manager import AuthManager
 from opp_auth.storage import StorageError, Store
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 from opp_auth.validation import MAX_FORM_BYTES, MAX_FORM_FIELDS, MAX_JSON_BODY_BYTES

@@ -40,11 +40,11 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from yarl import URL
 
-from opp_auth import AuthManager
 from opp_auth.config import validate_config
 from opp_auth.http.app import create_app
 from opp_auth.http.openapi import OPENAPI_FILE
 from opp_auth.http.websocket_api import WS_COMMANDS_KEY
+from opp_auth.manager import AuthManager
 from opp_auth.models import GROUP_ID_ADMIN, GROUP_ID_USER
 from opp_auth.plugins import make_plugin_manager
 from opp_auth.testing import CLIENT_ID, REDIRECT_URI
