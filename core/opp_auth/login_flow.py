@@ -24,7 +24,7 @@ import inspect
 import logging
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import voluptuous as vol
@@ -393,8 +393,19 @@ class LoginFlowManager(FlowManager):
         redirect_uri: str,
         purpose: str = AUTHORIZE,
         client_ok: bool,
+        peer_address: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> FlowResult:
         """Start a login for client_id (client_ok: the transport's verdict on client id and redirect uri).
+
+        peer_address (the direct peer of the connection, before any reverse-proxy
+        handling) and headers (the starting request's headers, a read-only
+        case-insensitive multi-mapping) go into the flow context as
+        ``peer_address`` and ``headers`` for a provider that trusts what a
+        reverse proxy says (trusted_header). ``headers`` is there for
+        ``async_login_flow`` and the first run of ``async_step_init`` only: the
+        engine drops it from the context once the first step has run, so a flow
+        never keeps cookies or authorization headers for its lifetime.
 
         Raises InvalidClient, UnknownHandler, UnknownStep or TooManyFlows (each
         failure reported); returns the first step's result, a create_entry
@@ -414,11 +425,16 @@ class LoginFlowManager(FlowManager):
                     "purpose": purpose,
                     "client_id": client_id,
                     "redirect_uri": redirect_uri,
+                    "peer_address": peer_address,
+                    "headers": headers,
                 },
             )
         except UnknownHandler:
             self._failed(ip_address, "invalid_handler")
             raise
+        flow = self._flows.get(result.get("flow_id"))  # type: ignore[arg-type]
+        if flow is not None:
+            flow.context.pop("headers", None)
         return self._outcome(result, ip_address=ip_address, client_id=client_id, purpose=purpose, username=None)
 
     async def async_login_step(

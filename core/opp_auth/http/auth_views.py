@@ -127,6 +127,7 @@ from .view import (
     client_ip,
     json_message,
     json_response,
+    peer_address,
     read_form,
     read_json,
     require_auth,
@@ -207,6 +208,8 @@ async def login_flow_start(request: web.Request) -> web.Response:
             redirect_uri=redirect_uri,
             purpose=data["type"],
             client_ok=await indieauth.verify_redirect_uri(request.app.get(CLIENT_SESSION_KEY), client_id, redirect_uri),
+            peer_address=peer_address(request),
+            headers=request.headers,
         )
     except InvalidClient:
         return json_message("invalid client id or redirect uri", 400)

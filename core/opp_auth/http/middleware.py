@@ -22,6 +22,7 @@ from .forwarded import ForwardedError, resolve_forwarded
 from .view import (
     KEY_AUTHENTICATED,
     KEY_CLIENT_IP,
+    KEY_PEER_IP,
     KEY_REFRESH_TOKEN_ID,
     KEY_USER,
     WS_GUARD_MARKERS,
@@ -80,6 +81,7 @@ def build_pipeline(
             _LOGGER.warning("Filtered a potential harmful request to: %s", raw_path)
             return json_message("Bad request", 400)
 
+        peer = request.remote  # the direct peer of the connection, before any X-Forwarded-For
         if hdrs.X_FORWARDED_FOR in request.headers:
             try:
                 forwarded = resolve_forwarded(request.remote, request.headers, use_xff, trusted_proxies)
@@ -95,6 +97,7 @@ def build_pipeline(
                 request = request.clone(**changes)
         remote = request.remote
         request[KEY_CLIENT_IP] = remote
+        request[KEY_PEER_IP] = peer
 
         if ban_active and remote in ban.banned and ban.is_banned(remote):  # type: ignore[union-attr]
             return json_message("Forbidden", 403)

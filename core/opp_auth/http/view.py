@@ -38,6 +38,7 @@ KEY_AUTHENTICATED: web.RequestKey[bool] = web.RequestKey("opp_authenticated", bo
 KEY_USER: web.RequestKey[Any] = web.RequestKey("opp_user", object)
 KEY_REFRESH_TOKEN_ID: web.RequestKey[str] = web.RequestKey("opp_refresh_token_id", str)
 KEY_CLIENT_IP: web.RequestKey[str | None] = web.RequestKey("opp_client_ip")
+KEY_PEER_IP: web.RequestKey[str | None] = web.RequestKey("opp_peer_ip")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -68,6 +69,11 @@ def auth_of(request: web.Request) -> AuthManager:
 def client_ip(request: web.Request) -> str | None:
     """The client address after reverse-proxy handling (use this, never a raw header)."""
     return request[KEY_CLIENT_IP] if KEY_CLIENT_IP in request else request.remote
+
+
+def peer_address(request: web.Request) -> str | None:
+    """The direct peer of the connection, never changed by X-Forwarded-For (a reverse proxy's own address)."""
+    return request[KEY_PEER_IP] if KEY_PEER_IP in request else request.remote
 
 
 def request_user(request: web.Request) -> Any:
