@@ -243,7 +243,7 @@ class TrustedHeaderLoginFlow(LoginFlow):
             return self.async_abort(reason=NOT_ALLOWED)
         if not provider.config["create_users"]:
             existing = provider.async_find_credentials({"username": identity.username})
-            if existing is None or provider.auth.store.user_for_credentials(existing) is None:
+            if existing is None or provider.auth.user_for_credentials(existing) is None:
                 _LOGGER.info("trusted_header login refused: no user %r and create_users is false", identity.username)
                 return self.async_abort(reason=NOT_ALLOWED)
         return await self.async_finish({"username": identity.username, "identity": identity})

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from opp_auth import AuthManager
+from opp_auth.manager import AuthManager
 from opp_auth.testing import HOSTILE_STRINGS, LOGIN_CONTEXT, ProviderContract, run_login_flow
 
 

@@ -20,7 +20,8 @@ import voluptuous as vol
 from multidict import CIMultiDict
 from opp_auth_trusted_header import CONFIG_SCHEMA
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, AuthManager
+from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER
+from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID, REDIRECT_URI, OppAuthClient
 
 from .conftest import PROXY_SOURCE, USERS, Nginx
