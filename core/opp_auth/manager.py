@@ -548,6 +548,15 @@ class AuthManager:
         await self.store.async_save()
         await self._async_fire("opp_auth_refresh_token_removed", refresh_token=refresh_token)
 
+    async def async_remove_refresh_tokens(self, refresh_tokens: list[RefreshToken]) -> None:
+        """Revoke several refresh tokens with one durable write (a user's "log out everywhere")."""
+        removed = [t for t in refresh_tokens if self.store.get_refresh_token(t.id) is t]
+        for token in removed:
+            self.store.remove_refresh_token(token)
+        await self.store.async_save()
+        for token in removed:
+            await self._async_fire("opp_auth_refresh_token_removed", refresh_token=token)
+
     async def async_validate_refresh_token(self, refresh_token: RefreshToken, remote_ip: str | None = None) -> None:
         """Ask the issuing provider whether the token may still be used (raises InvalidAuthError)."""
         # The user's part of the access decision; the provider speaks for its own rule below

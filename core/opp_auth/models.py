@@ -110,6 +110,13 @@ class User:
         tokens = self._tokens
         return {token.id: token for token in tokens} if isinstance(tokens, tuple) else dict(tokens)
 
+    def get_token(self, token_id: str) -> RefreshToken | None:
+        """One of the user's refresh tokens by id (O(1); no dict of them all is built)."""
+        tokens = self._tokens
+        if isinstance(tokens, dict):
+            return tokens.get(token_id)
+        return next((t for t in tokens if t.id == token_id), None)
+
     def add_token(self, token: RefreshToken) -> None:
         """Attach a token (the store's index keeps it; O(1))."""
         tokens = self._tokens
