@@ -90,11 +90,73 @@ def emit(results: list[Result]) -> None:
     print(RESULT_PREFIX + json.dumps([asdict(r) for r in results]), flush=True)
 
 
-def parse_args(description: str) -> argparse.Namespace:
-    """The options every script accepts."""
+# Store sizes every figure is taken at (bench/README.md); --quick uses smaller ones.
+SIZES = (1, 10_000, 100_000)
+QUICK_SIZES = (1, 1_000)
+
+
+def parse_args(description: str, default_users: int = 100_000) -> argparse.Namespace:
+    """The options every script accepts: --quick, and --users (the store size of this run)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--users", type=int, default=default_users, help="users in the store (each with a token)")
     return parser.parse_args()
+
+
+def users_label(users: int) -> str:
+    """ "1 user", "10,000 users"."""
+    return f"{users:,} user" + ("s" if users != 1 else "")
+
+
+CACHE_DIR = Path(os.environ.get("OPP_AUTH_BENCH_CACHE", "/tmp/opp-auth-bench-cache"))
+BENCH_PASSWORD = "bench-password"
+# One bcrypt hash (cost 4) shared by every generated login: 100,000 cost-12 hashes would take hours.
+_CHEAP_HASH: bytes | None = None
+
+
+def prepared_config(users: int, dest: str | os.PathLike[str]) -> Path:
+    """A configuration directory at dest with users people, each with a local login and a refresh token.
+
+    .storage/auth (compacted, no journal), .storage/auth_provider.openpeerpower (logins user0..,
+    a cost-4 hash each) and the server secret, as a server that ran for a while leaves them.
+    Built once per size under CACHE_DIR and copied, so each run starts from the same files.
+    """
+    import asyncio
+    import concurrent.futures
+    import shutil
+
+    cached = CACHE_DIR / f"users-{users}"
+    if not (cached / "ready").exists():
+        shutil.rmtree(cached, ignore_errors=True)
+        cached.mkdir(parents=True)
+        # In a thread of its own: callers may be inside an event loop already.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, _build_config(cached, users)).result()
+        (cached / "ready").write_text("ok")
+    dest = Path(dest)
+    shutil.copytree(cached, dest, dirs_exist_ok=True)
+    (dest / "ready").unlink()
+    return dest
+
+
+async def _build_config(config_dir: Path, users: int) -> None:
+    """Write the files prepared_config copies."""
+    import base64
+
+    import bcrypt
+
+    from opp_auth.manager import load_server_secret
+
+    keyring = KeyRing(load_server_secret(str(config_dir)))
+    store = AuthStore(str(config_dir))
+    store.keyring = keyring
+    await store.async_load()
+    populate(store, users, credentials=True)
+    await store.async_compact()
+    hashed = base64.b64encode(bcrypt.hashpw(BENCH_PASSWORD.encode(), bcrypt.gensalt(4))).decode()
+    logins = {"version": 1, "key": "auth_provider.openpeerpower",
+              "data": {"users": [{"username": f"user{i}", "password": hashed} for i in range(users)]}}
+    (config_dir / ".storage" / "auth_provider.openpeerpower").write_text(json.dumps(logins))
 
 
 def make_auth(config_dir: str | os.PathLike[str], providers: list[dict[str, Any]], http: dict[str, Any] | None = None) -> AuthManager:
@@ -124,7 +186,17 @@ def populate(store: AuthStore, count: int, *, credentials: bool = False, version
     if store.keyring is None:
         store.keyring = bench_keyring()
     groups = store.shared_groups([group])
-    tokens = []
+    tokens: list[RefreshToken] = []
+    # As a load builds them: no journal records (write the result with store.async_compact()).
+    with store.unjournaled():
+        _populate(store, count, groups, tokens, credentials, version)
+    return tokens
+
+
+def _populate(
+    store: AuthStore, count: int, groups: Any, tokens: list[RefreshToken], credentials: bool, version: str
+) -> None:
+    """populate's loop."""
     for i in range(count):
         user = User(name=f"user {i}", is_active=True, groups=groups)
         store.add_user(user)
@@ -139,7 +211,6 @@ def populate(store: AuthStore, count: int, *, credentials: bool = False, version
         )
         store.add_refresh_token(token)
         tokens.append(token)
-    return tokens
 
 
 def bench_keyring() -> KeyRing:
@@ -162,15 +233,26 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def machine() -> dict[str, str]:
-    """Core count, CPU model and Python version of this machine."""
+    """Core count, CPU model (as lscpu names it) and Python version of this machine."""
+    import subprocess
+
     model = "unknown"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
                 model = line.split(":", 1)[1].strip()
                 break
-    except OSError:
+    except (OSError, subprocess.SubprocessError):
         pass
+    if model == "unknown":
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
     return {
         "nproc": str(os.cpu_count()),
         "cpu": model,

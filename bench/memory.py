@@ -92,7 +92,7 @@ async def write_store(config_dir: str, users: int) -> int:
     store = AuthStore(config_dir)
     await store.async_load()
     populate(store, users)
-    await store.async_save()
+    await store.async_compact()
     return (Path(config_dir) / ".storage" / "auth").stat().st_size
 
 
@@ -102,13 +102,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "METHOD", "DIR", "USERS"))
     parser.add_argument("--credentials", action="store_true")
+    parser.add_argument("--users", type=int, default=100_000)
     args = parser.parse_args()
     if args.child:
         mode, method, config_dir, users = args.child
         print(json.dumps(asyncio.run(measure_child(mode, method, config_dir, int(users), args.credentials))))
         return
 
-    users = 10_000 if args.quick else 100_000
+    users = min(args.users, 10_000) if args.quick else args.users
     label = f"{users:,} users"
     with tempfile.TemporaryDirectory() as config_dir:
         asyncio.run(write_store(config_dir, users))

@@ -549,13 +549,22 @@ class AuthManager:
         await self._async_fire("opp_auth_refresh_token_removed", refresh_token=refresh_token)
 
     async def async_remove_refresh_tokens(self, refresh_tokens: list[RefreshToken]) -> None:
-        """Revoke several refresh tokens with one durable write (a user's "log out everywhere")."""
-        removed = [t for t in refresh_tokens if self.store.get_refresh_token(t.id) is t]
-        for token in removed:
-            self.store.remove_refresh_token(token)
+        """Revoke several refresh tokens with one durable write (a user's "log out everywhere").
+
+        Returns once the revocation is durable; plugins are told about each token in the
+        background (10,000 hook calls would otherwise hold the answer).
+        """
+        removed = self.store.remove_refresh_tokens(refresh_tokens)
         await self.store.async_save()
-        for token in removed:
+        if removed:
+            self._spawn(self._async_fire_removed(removed))
+
+    async def _async_fire_removed(self, tokens: list[RefreshToken]) -> None:
+        """opp_auth_refresh_token_removed for each token, yielding to other work between them."""
+        for index, token in enumerate(tokens):
             await self._async_fire("opp_auth_refresh_token_removed", refresh_token=token)
+            if index % 100 == 99:
+                await asyncio.sleep(0)
 
     async def async_validate_refresh_token(self, refresh_token: RefreshToken, remote_ip: str | None = None) -> None:
         """Ask the issuing provider whether the token may still be used (raises InvalidAuthError)."""

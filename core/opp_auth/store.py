@@ -191,6 +191,11 @@ class AuthStore:
                 token = self._tokens_by_id.get(record["id"])
                 if token is not None:
                     self._unindex_token(token)
+            elif kind == "del_tokens":
+                for token_id in record["ids"]:
+                    token = self._tokens_by_id.get(token_id)
+                    if token is not None:
+                        self._unindex_token(token)
             elif kind == "usage":
                 token = self._tokens_by_id.get(record["id"])
                 if token is not None:
@@ -678,6 +683,15 @@ class AuthStore:
         if self._tokens_by_id.get(token.id) is token:
             self._log({"t": "del_token", "id": token.id})
         self._unindex_token(token)
+
+    def remove_refresh_tokens(self, tokens: list[RefreshToken]) -> list[RefreshToken]:
+        """Delete several tokens with one journal record; returns those that were there."""
+        present = [t for t in tokens if self._tokens_by_id.get(t.id) is t]
+        if present:
+            self._log({"t": "del_tokens", "ids": [t.id for t in present]})
+        for token in present:
+            self._unindex_token(token)
+        return present
 
     def set_token_expiry(self, token: RefreshToken, expire_at: float | None) -> None:
         """Set when an unused token expires (None: never)."""
