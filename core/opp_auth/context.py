@@ -80,10 +80,19 @@ class PluginContext:
         return self.__manager.pm.hook
 
     def storage(
-        self, key: str, version: int, *, private: bool = True, migrate: Callable[[int, Any], Any] | None = None
+        self,
+        key: str,
+        version: int,
+        *,
+        private: bool = True,
+        migrate: Callable[[int, Any], Any] | None = None,
+        journal: bool = False,
     ) -> Store:
-        """A versioned JSON file ``.storage/<key>`` for the plugin's own data (atomic, durable writes)."""
-        return self.__manager.storage(key, version, private=private, migrate=migrate)
+        """A versioned JSON file ``.storage/<key>`` for the plugin's own data (atomic, durable writes).
+
+        journal=True: ``Store.async_save_changes`` appends only the changed entries (module journal).
+        """
+        return self.__manager.storage(key, version, private=private, migrate=migrate, journal=journal)
 
     # ---- work off the event loop ---------------------------------------------------------
 

@@ -72,6 +72,7 @@ class AuthManager:
     ) -> None:
         """Build providers and modules from validated configuration; call async_setup next."""
         self.config_dir = str(config_dir)
+        self._journaled_stores: list[Store] = []  # before the plugins, which ask for their stores
         self.pm = pm
         self.http_config = http_config or {}
         self.config_blocks = config_blocks or {}
@@ -183,12 +184,30 @@ class AuthManager:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.store.async_flush()
+        for store in self._journaled_stores:
+            try:
+                await store.async_flush()
+            except StorageError as err:
+                _LOGGER.error("Changes not saved at shutdown: %s", err)
 
     def storage(
-        self, key: str, version: int, *, private: bool = True, migrate: Callable[[int, Any], Any] | None = None
+        self,
+        key: str,
+        version: int,
+        *,
+        private: bool = True,
+        migrate: Callable[[int, Any], Any] | None = None,
+        journal: bool = False,
     ) -> Store:
-        """A versioned JSON file under .storage for a plugin's own data."""
-        return Store(self.config_dir, key, version, private=private, migrate=migrate)
+        """A versioned JSON file under .storage for a plugin's own data.
+
+        journal=True: changes saved with Store.async_save_changes cost what changed (see storage.Store).
+        """
+        store = Store(self.config_dir, key, version, private=private, migrate=migrate, journal=journal)
+        if journal:
+            # Flushed at shutdown, so a stopped server leaves whole files and no journal.
+            self._journaled_stores.append(store)
+        return store
 
     @property
     def version(self) -> str:

@@ -249,7 +249,10 @@ class Store:
             self._load_task = None
 
     async def _async_load(self) -> Any | None:
-        """Read, check and migrate the file in an executor."""
+        """Read, check and migrate the file in an executor (and replay its journal, if any)."""
+        if self.journal is not None:
+            data, records = await self.async_load_journaled()
+            return apply_path_records(data, records, self.path)
         loop = asyncio.get_running_loop()
         try:
             envelope = await loop.run_in_executor(None, read_envelope, self.path)
@@ -391,8 +394,30 @@ class Store:
                     f"Cannot write {self.path}: {err.strerror or err}. Check free space and permissions."
                 ) from err
 
+    async def async_save_changes(self, data: Any, paths: Iterable[tuple[str, ...]]) -> None:
+        """Make the entries of data at paths durable (each path a chain of dict keys; a missing entry
+        is recorded as deleted). A journaled store appends one record per path, a plain one writes
+        the whole data. The store keeps data as what its compactions write: pass the live object
+        and journal every change of it, here or with async_save.
+        """
+        if self.journal is None:
+            await self.async_save(data)
+            return
+        self.snapshot_func = lambda: data
+        records = []
+        for path in paths:
+            node: Any = data
+            for key in path:
+                node = node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
+            records.append({"t": "del", "p": list(path)} if node is _MISSING else {"t": "set", "p": list(path), "v": node})
+        for record in records:
+            self.journal_append(record)
+        await self.async_commit()
+
     async def async_save(self, data: Any) -> None:
         """Write data now; returns when it is durable on disk."""
+        if self.journal is not None:
+            self.snapshot_func = lambda: data
         await self.async_save_func(lambda: data)
 
     async def async_save_func(self, data_func: Callable[[], Any]) -> None:
@@ -522,6 +547,34 @@ class Store:
             await asyncio.get_running_loop().run_in_executor(None, _unlink_quiet, self.path)
             if self.journal is not None:
                 await asyncio.get_running_loop().run_in_executor(None, _unlink_quiet, self.journal.path)
+
+
+_MISSING = object()
+
+
+def apply_path_records(data: Any, records: list[dict[str, Any]], path: Path) -> Any:
+    """Replay the set/del records of a journaled plugin store over its file's data."""
+    for record in records:
+        keys = record.get("p")
+        if not isinstance(keys, list) or not keys or record.get("t") not in ("set", "del"):
+            _LOGGER.error("Ignoring journal record %s of %s: not a set or del", record.get("n"), path)
+            continue
+        if data is None:
+            data = {}
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                if record["t"] == "del":
+                    break
+                child = node[key] = {}
+            node = child
+        else:
+            if record["t"] == "set":
+                node[keys[-1]] = record.get("v")
+            else:
+                node.pop(keys[-1], None)
+    return data
 
 
 def _snapshot(data: Any) -> Any:

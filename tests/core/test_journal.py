@@ -612,3 +612,34 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(config_dir: 
     assert not journal_file(config_dir).exists()
     assert json.loads(auth_file(config_dir).read_text())["key"] == "auth"
     shutil.rmtree(config_dir / ".storage")
+
+
+# ---- plugin stores (TOTP's replay counters are written at every login) --------------------------
+
+
+async def test_a_journaled_plugin_store_records_only_the_changed_entries(config_dir: Path) -> None:
+    from opp_auth.storage import Store
+
+    store = Store(config_dir, "auth_module.totp", 1, journal=True)
+    data: dict[str, Any] = {"users": {f"user{i}": "A" * 32 for i in range(500)}, "last_used": {}}
+    await store.async_save(data)  # a whole file, as at enrolment of many users
+    base = auth_file(config_dir).with_name("auth_module.totp").read_bytes()
+    data["last_used"]["user7"] = 1234
+    await store.async_save_changes(data, [("last_used", "user7")])
+    del data["users"]["user8"]
+    await store.async_save_changes(data, [("users", "user8"), ("last_used", "user8")])
+    journal = config_dir / ".storage" / ".auth_module.totp.journal"
+    assert journal.stat().st_size < 300, "two small records, not the 500 users again"
+    assert auth_file(config_dir).with_name("auth_module.totp").read_bytes() == base
+    assert await Store(config_dir, "auth_module.totp", 1, journal=True).async_load() == data
+    # A crash that tore the last write loads the state before it.
+    raw = journal.read_bytes()
+    journal.write_bytes(raw[:-5])
+    before = copy.deepcopy(data)
+    before["users"]["user8"] = "A" * 32
+    assert await Store(config_dir, "auth_module.totp", 1, journal=True).async_load() == before
+    journal.write_bytes(raw)
+    await store.async_flush()
+    assert not journal.exists()
+    envelope = json.loads(auth_file(config_dir).with_name("auth_module.totp").read_text())
+    assert envelope["key"] == "auth_module.totp" and envelope["data"] == data

@@ -95,7 +95,8 @@ class TotpAuthModule(MfaModule):
     def __init__(self, auth: Any, config: dict[str, Any]) -> None:
         """Nothing loaded yet."""
         super().__init__(auth, config)
-        self._store = auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True)
+        # Journaled: a login writes its user's replay counter, not every user's secret.
+        self._store = auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True, journal=True)
         self._users: dict[str, str] = {}
         self._recovery: dict[str, dict[str, Any]] = {}
         self._last_used: dict[str, int] = {}
@@ -112,10 +113,11 @@ class TotpAuthModule(MfaModule):
         self._recovery = {uid: r for uid, r in (data.get("recovery_codes") or {}).items() if isinstance(r, dict)}
         self._last_used = {uid: c for uid, c in (data.get("last_used") or {}).items() if isinstance(c, int)}
 
-    async def _async_save(self) -> None:
-        """Write now (Open Peer Power's format plus our extra keys)."""
-        await self._store.async_save(
-            {"users": self._users, "recovery_codes": self._recovery, "last_used": self._last_used}
+    async def _async_save(self, user_id: str, *sections: str) -> None:
+        """Make the user's entries in sections durable (Open Peer Power's format plus our extra keys)."""
+        await self._store.async_save_changes(
+            {"users": self._users, "recovery_codes": self._recovery, "last_used": self._last_used},
+            [(section, user_id) for section in sections or ("users", "recovery_codes", "last_used")],
         )
 
     async def async_setup_flow(self, user_id: str) -> SetupFlow:
@@ -128,7 +130,7 @@ class TotpAuthModule(MfaModule):
         secret = (setup_data or {}).get("secret") or pyotp.random_base32(SECRET_LENGTH)
         self._users[user_id] = secret
         self._last_used.pop(user_id, None)
-        await self._async_save()
+        await self._async_save(user_id, "users", "last_used")
         return secret
 
     async def async_new_recovery_codes(self, user_id: str) -> list[str]:
@@ -137,7 +139,7 @@ class TotpAuthModule(MfaModule):
         codes = [_new_recovery_code() for _ in range(count)]
         salt = secrets.token_hex(8)
         self._recovery[user_id] = {"salt": salt, "hashes": [_hash_recovery(salt, c) for c in codes]}
-        await self._async_save()
+        await self._async_save(user_id, "recovery_codes")
         return codes
 
     def recovery_codes_left(self, user_id: str) -> int:
@@ -150,7 +152,7 @@ class TotpAuthModule(MfaModule):
         changed |= self._recovery.pop(user_id, None) is not None
         changed |= self._last_used.pop(user_id, None) is not None
         if changed:
-            await self._async_save()
+            await self._async_save(user_id)
 
     async def async_is_user_setup(self, user_id: str) -> bool:
         """Whether the user has a secret."""
@@ -168,7 +170,7 @@ class TotpAuthModule(MfaModule):
             if timecode is None or timecode <= self._last_used.get(user_id, -1):
                 return False
             self._last_used[user_id] = timecode
-            await self._async_save()
+            await self._async_save(user_id, "last_used")
             return True
         return await self._async_use_recovery_code(user_id, code)
 
@@ -185,7 +187,7 @@ class TotpAuthModule(MfaModule):
         if match is None:
             return False
         entry["hashes"] = [h for h in entry["hashes"] if h != match]
-        await self._async_save()
+        await self._async_save(user_id, "recovery_codes")
         _LOGGER.info("User %s logged in with a recovery code (%d left)", user_id, len(entry["hashes"]))
         return True
 

@@ -14,6 +14,7 @@ from typing import Any
 import pyotp
 import pytest
 
+from opp_auth.storage import Store
 from opp_auth.testing import MfaContract, run_login_flow
 
 LOGIN = [{"username": "mfa-user", "password": "mfa-pass"}]
@@ -43,6 +44,11 @@ def next_step(at: float | None = None) -> float:
 async def auth(opp_auth_factory: Any) -> Any:
     """Example provider plus totp."""
     return await opp_auth_factory(providers=PROVIDERS, mfa_modules=[{"type": "totp"}])
+
+
+async def fresh_load(auth: Any) -> Any:
+    """What a restarted server reads of the TOTP store: its file and its journal."""
+    return await Store(auth.config_dir, "auth_module.totp", 1, journal=True).async_load()
 
 
 async def make_user(auth: Any) -> Any:
@@ -113,6 +119,9 @@ async def test_setup_with_oathtool_code_enrols_without_echoing_the_secret(auth: 
     assert len(codes) == 10 and len(set(codes)) == 10
     module = auth.get_auth_mfa_module("totp")
     assert await module.async_is_user_setup(user.id)
+    # Changes are journaled (.auth_module.totp.journal); a compaction writes Open Peer Power's file.
+    assert (await fresh_load(auth))["users"] == {user.id: secret}
+    await module._store.async_compact()
     stored = json.loads(auth.config_dir and open(f"{auth.config_dir}/.storage/auth_module.totp").read())
     assert stored["version"] == 1 and stored["key"] == "auth_module.totp"
     assert stored["data"]["users"] == {user.id: secret}
@@ -203,7 +212,7 @@ async def test_depose_forgets_secret_and_recovery_codes(auth: Any) -> None:
     await enrol_through_flow(auth, user)
     module = auth.get_auth_mfa_module("totp")
     await module.async_depose_user(user.id)
-    stored = json.loads(open(f"{auth.config_dir}/.storage/auth_module.totp").read())["data"]
+    stored = await fresh_load(auth)
     assert user.id not in stored["users"] and user.id not in stored["recovery_codes"]
 
 
