@@ -409,7 +409,9 @@ class Store:
             node: Any = data
             for key in path:
                 node = node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
-            records.append({"t": "del", "p": list(path)} if node is _MISSING else {"t": "set", "p": list(path), "v": node})
+            records.append(
+                {"t": "del", "p": list(path)} if node is _MISSING else {"t": "set", "p": list(path), "v": node}
+            )
         for record in records:
             self.journal_append(record)
         await self.async_commit()
