@@ -178,7 +178,12 @@ async def providers_view(request: web.Request) -> web.Response:
     """GET /auth/providers."""
     if not request.app[ONBOARDED_KEY]():
         return json_message("Onboarding not finished", 400, "onboarding_required")
-    providers = [{"name": p.name, "id": p.id, "type": p.type} for p in auth_of(request).auth_providers]
+    auth = auth_of(request)
+    listed = auth.auth_providers
+    if speaks_home_assistant(request):
+        # Home Assistant's login page cannot answer a login an MFA module adds (a passkey's WebAuthn challenge).
+        listed = [p for p in listed if auth.mfa_module_offering(p) is None]
+    providers = [{"name": p.name, "id": p.id, "type": p.type} for p in listed]
     if speaks_home_assistant(request):
         return json_response({"providers": providers, "preselect_remember_me": is_local_address(client_ip(request))})
     return json_response(providers)

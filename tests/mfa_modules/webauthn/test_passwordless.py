@@ -159,3 +159,32 @@ async def test_over_http_a_passkey_gets_tokens(auth: Any, authenticator: Any, op
     assert status == 200
     refresh = await auth.async_get_refresh_token_by_token(tokens["refresh_token"])
     assert refresh.user is mia
+
+
+def mark_onboarded(config_dir: Any) -> None:
+    """.storage/onboarding with every step done, so /auth/providers answers."""
+    storage = config_dir / ".storage"
+    storage.mkdir(exist_ok=True)
+    (storage / "onboarding").write_text(
+        json.dumps({"version": 4, "key": "onboarding", "data": {"done": ["user", "core_config", "analytics", "integration"]}})
+    )
+
+
+@pytest.mark.parametrize(
+    ("auth_api", "listed"),
+    [
+        ("openpeerpower", [{"name": "Unnamed auth provider", "id": None, "type": "insecure_example"}, {"name": "Passkey", "id": None, "type": "webauthn"}]),
+        ("homeassistant", [{"name": "Unnamed auth provider", "id": None, "type": "insecure_example"}]),
+    ],
+)
+async def test_providers_list_the_passkey_login_only_to_pages_that_can_run_it(
+    config_dir: Any, opp_auth_factory: Any, opp_auth_client: Any, auth_api: str, listed: list[dict[str, Any]]
+) -> None:
+    """opp-auth's pages get the passkey login; Home Assistant's login page (no WebAuthn) does not see it."""
+    mark_onboarded(config_dir)
+    auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=[WEBAUTHN], http={"auth_api": auth_api})
+    client = await opp_auth_client(auth)
+    async with client.request("GET", "/auth/providers") as resp:
+        body = await resp.json()
+    assert resp.status == 200
+    assert (body["providers"] if auth_api == "homeassistant" else body) == listed
