@@ -171,3 +171,29 @@ async def test_pages_cannot_be_framed(serve: Any, context: Any, watch_csp: Any) 
     assert not frame.url.startswith(server.base), frame.url
     assert "frame-ancestors" in " ".join(violations), violations
     await page.close()
+
+
+async def test_proxy_named_login_waits_for_a_click_for_a_foreign_client(serve: Any, context: Any) -> None:
+    """trusted_header finishes with no form too: the same rule holds the code for another application."""
+    server = await serve(
+        providers=[{"type": "trusted_header"}, {"type": "openpeerpower"}],
+        http={"use_x_forwarded_for": True, "trusted_proxies": ["127.0.0.1"]},
+    )
+    await server.onboard()
+    page = await context.new_page()
+    page.set_default_timeout(8000)
+    # As a forward-authentication proxy in front of the server would add it.
+    await page.set_extra_http_headers({"Remote-User": "proxied"})
+    seen = await capture(page, EVIL)
+    await page.goto(authorize(server, f"{EVIL}/", f"{EVIL}/steal"))
+    confirm = page.get_by_role("button", name="Log in to evil.example")
+    await confirm.wait_for()
+    await asyncio.sleep(0.5)
+    assert seen == []
+    await confirm.click()
+    await page.wait_for_url(re.compile(r"^https://evil\.example/steal\?"))
+    assert len(seen) == 1
+    # The pages' own client still logs in through the proxy without a click.
+    await page.goto(server.url("/"))
+    await page.get_by_text("You are logged in.").wait_for()
+    await page.close()
