@@ -414,10 +414,11 @@ def test_configuration_errors_name_file_line_and_key(config_dir: Any, entry: str
     from opp_auth.plugins import make_plugin_manager
 
     (config_dir / "configuration.yaml").write_text(
-        "openpeerpower:\n  auth_providers:\n    - type: openpeerpower\n  auth_mfa_modules:\n" + entry, encoding="utf-8"
+        "openpeerpower:\n  auth_providers:\n    - {type: insecure_example, users: []}\n  auth_mfa_modules:\n" + entry,
+        encoding="utf-8",
     )
     with pytest.raises(ConfigError) as err:
-        load_config(config_dir, make_plugin_manager(load_entrypoints=True))
+        load_config(config_dir, make_plugin_manager(load_entrypoints=True), allow_insecure_example=True)
     message = str(err.value)
     assert "configuration.yaml" in message and f"line {line}" in message, message
     assert all(word in message for word in words), message
