@@ -443,7 +443,7 @@ async def test_refresh_tokens_lists_only_callers_tokens(connect: Any, auth: Auth
     entry = listed[other.id]
     assert set(entry) == {
         "id", "client_id", "client_name", "client_icon", "type", "created_at", "is_current", "last_used_at", "last_used_ip",
-        "expire_at",
+        "expire_at", "auth_provider_type",
     }
     assert entry["client_id"] == "https://example.com/app" and entry["type"] == "normal"
     assert datetime.fromisoformat(entry["created_at"]) == other.created_at
