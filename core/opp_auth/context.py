@@ -14,7 +14,7 @@ what a plugin may ask of the running server:
   :meth:`user_for_credentials`, :meth:`credentials_for_provider`,
   :meth:`find_credentials`, :meth:`async_get_or_create_user`,
   :meth:`async_link_user`, :meth:`async_remove_credentials`,
-  :meth:`async_forget_credentials`;
+  :meth:`async_forget_credentials`, :meth:`async_update_credentials_data`;
 - sessions: :meth:`async_get_refresh_token`, :meth:`async_remove_refresh_token`;
 - the other plugins' objects: :meth:`get_auth_provider`,
   :meth:`get_auth_providers`, :meth:`get_auth_mfa_module`,
@@ -155,6 +155,12 @@ class PluginContext:
         """Remove credentials whose provider already dropped its own data (the provider is not told)."""
         store = self.__manager.store
         store.remove_credentials(credentials)
+        await store.async_save()
+
+    async def async_update_credentials_data(self, credentials: Credentials, data: dict[str, Any]) -> None:
+        """Replace the data of linked credentials (the provider renamed the login); sessions stay valid."""
+        store = self.__manager.store
+        store.update_credentials_data(credentials, dict(data))
         await store.async_save()
 
     # ---- sessions ----------------------------------------------------------------------------

@@ -656,6 +656,17 @@ class AuthStore:
         self._log({"t": "cred", "v": record})
         self._index_credentials(user, credentials)
 
+    def update_credentials_data(self, credentials: Credentials, data: dict[str, Any]) -> None:
+        """Replace what linked credentials identify (a login its provider renamed); their tokens keep them."""
+        record = _credential_record(credentials)
+        record["data"] = data
+        self._log({"t": "cred", "v": record})
+        old_key = self._cred_key(credentials)
+        if self._cred_index.get(old_key) is credentials:
+            del self._cred_index[old_key]
+        credentials.data = data
+        self._cred_index[self._cred_key(credentials)] = credentials
+
     def remove_credentials(self, credentials: Credentials) -> None:
         """Detach and forget credentials (tokens minted through them are removed too)."""
         if self._credentials.get(credentials.id) is credentials:

@@ -336,12 +336,12 @@ async def _revoke(request: web.Request, token: Any) -> web.Response:
 async def revoke_view(request: web.Request) -> web.Response:
     """POST /auth/revoke: Home Assistant's logout (a form with token)."""
     try:
-        data = await read_form(request)
+        token = (await read_form(request)).get("token")
     except FormError as err:
         if err.status == 413:
             return json_message(err.message, 413)
-        data = {}  # a form that cannot be read (odd charset, broken multipart) revokes nothing, like an empty one
-    return await _revoke(request, data.get("token"))
+        token = None  # a form that cannot be read (odd charset, broken multipart) revokes nothing, like an empty one
+    return await _revoke(request, token)
 
 
 async def _grant_authorization_code(request: web.Request, data: Any) -> web.Response:

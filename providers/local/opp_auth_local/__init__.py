@@ -285,9 +285,7 @@ class LocalAuthProvider(AuthProvider):
         except Exception:
             self.data.change_username(new, old)
             raise
-        credentials.data = {**credentials.data, "username": new}
-        self.auth.store.reindex_credentials()
-        await self.auth.store.async_save()
+        await self.auth.async_update_credentials_data(credentials, {**credentials.data, "username": new})
 
     def credential_key(self, data: dict[str, Any]) -> str:
         """Credentials match on the normalised username."""

