@@ -1,8 +1,13 @@
 """Every hook opp-auth calls. Each docstring is the reference documentation.
 
-pluggy calls hooks synchronously. An implementation of a hook marked
-"awaited" may return an awaitable and the core awaits it. Hooks are only ever
-added, never renamed.
+Every hook is called through pluggy (``pm.hook.<name>(...)``): an
+implementation may accept any subset of the arguments, and
+``@hookimpl(wrapper=True)`` works on every hook but the historic one. pluggy
+calls are synchronous; an implementation of a hook whose docstring says
+"Awaited" may return an awaitable and the core awaits it. Each docstring says
+how results combine (every implementation called, or the first non-None
+result wins) and what one plugin's exception does (``HOOK_FAILURE``). Hooks
+are only ever added, never renamed.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import pluggy
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from .manager import AuthManager
+    from .context import PluginContext
     from .models import Credentials, RefreshToken, User
 
 PROJECT = "opp_auth"
@@ -52,7 +57,9 @@ def opp_auth_add_hookspecs(pm: pluggy.PluginManager) -> None:
 
     :param pm: the plugin manager; call ``pm.add_hookspecs(module)``.
 
-    Historic: plugins registered later still receive the call.
+    Results: none (every implementation is called). Not awaited. Historic:
+    plugins registered later still receive the call, so no wrappers. An
+    exception stops start-up naming the plugin.
     """
 
 
@@ -64,6 +71,9 @@ def opp_auth_register_auth_providers(register: Any) -> None:
         subclasses :class:`opp_auth.AuthProvider` and sets ``TYPE`` (the YAML
         ``type``) and ``CONFIG_SCHEMA``. Registering a type twice is an error
         naming both distributions.
+
+    Results: none (every implementation is called). Not awaited. An exception
+    stops start-up with a message naming the plugin and its distribution.
     """
 
 
@@ -73,21 +83,28 @@ def opp_auth_register_mfa_modules(register: Any) -> None:
 
     :param register: call ``register(ModuleClass)`` once per class; the class
         subclasses :class:`opp_auth.MfaModule` and sets ``TYPE``.
+
+    Results: none (every implementation is called). Not awaited. An exception
+    stops start-up with a message naming the plugin and its distribution.
     """
 
 
 @hookspec(firstresult=True)
-def opp_auth_authenticate_request(request: web.Request, auth: AuthManager) -> Any:
+def opp_auth_authenticate_request(request: web.Request, auth: PluginContext) -> Any:
     """Authenticate an HTTP request that carried no valid bearer token or signed path.
 
     :param request: the aiohttp request (``opp_auth.client_ip(request)`` is
         the client address after reverse-proxy handling).
-    :param auth: the auth manager.
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
     :return: ``None`` when the request is not this plugin's to judge (the next
-        implementation is asked), else an awaitable or value that resolves to a
-        :class:`opp_auth.User` (authenticated), or ``False`` (refused).
+        implementation is asked), else a :class:`opp_auth.User`
+        (authenticated), ``False`` (refused), or an awaitable resolving to one
+        of those -- decide synchronously whether to answer, since a returned
+        awaitable is an answer.
 
-    The first non-None result wins.
+    Results: the first non-None result wins. Awaited. The user then passes the
+    same access decision as every other way in (active, ``local_only``). An
+    exception refuses the request (fail closed) and is logged naming the plugin.
     """
 
 
@@ -101,20 +118,38 @@ def opp_auth_register_config(register: Any, pm: pluggy.PluginManager) -> None:
         as ``None``.
     :param pm: the plugin manager (optional to accept), for a schema that asks
         the plugin's own hooks (the notify module's delivery platforms).
+
+    Results: none (every implementation is called). Not awaited. An exception
+    stops start-up naming the plugin.
     """
 
 
 @hookspec
-def opp_auth_register_routes(app: web.Application, auth: AuthManager) -> None:
-    """Add aiohttp routes to the application before it starts."""
+def opp_auth_register_routes(app: web.Application, auth: PluginContext) -> None:
+    """Add aiohttp routes to the application before it starts.
+
+    :param app: the aiohttp application; add routes with ``app.router``. They
+        run behind the core's pipeline (filter, bans, authentication, CORS);
+        guard handlers with ``opp_auth.http_require_auth`` / ``http_require_admin``.
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+
+    Results: none (every implementation is called). Not awaited. An exception
+    stops start-up naming the plugin.
+    """
 
 
 @hookspec
 def opp_auth_register_websocket_commands(register: Any) -> None:
     """Add websocket commands.
 
-    :param register: call ``register(handler, schema)`` where ``schema`` is a
-        voluptuous dict schema containing ``vol.Required("type"): "<command>"``.
+    :param register: call ``register(handler)`` for a handler decorated with
+        ``@opp_auth.websocket_command(schema)``, or ``register(handler, schema)``
+        where ``schema`` is a voluptuous dict schema containing
+        ``vol.Required("type"): "<command>"``; guard it with
+        ``opp_auth.ws_require_admin`` / ``ws_require_user``.
+
+    Results: none (every implementation is called). Not awaited. An exception
+    stops start-up naming the plugin.
     """
 
 
@@ -124,67 +159,144 @@ def opp_auth_register_commands(cli: Any) -> None:
 
     :param cli: an ``argparse`` sub-parsers object; set ``func`` with
         ``parser.set_defaults(func=...)`` taking ``(args)`` and returning an exit code.
+
+    Results: none (every implementation is called). Not awaited. An exception
+    stops the program naming the plugin.
     """
 
 
 @hookspec
-def opp_auth_startup(auth: AuthManager) -> Any:
-    """Open resources (connection pools, mail clients) when the server starts. Awaited."""
+def opp_auth_startup(auth: PluginContext) -> Any:
+    """Open resources (connection pools, mail clients) when the server starts.
+
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+
+    Results: none (every implementation is called). Awaited. An exception is
+    logged naming the plugin; the server still starts.
+    """
 
 
 @hookspec
-def opp_auth_shutdown(auth: AuthManager) -> Any:
-    """Close resources when the server stops. Awaited."""
+def opp_auth_shutdown(auth: PluginContext) -> Any:
+    """Close resources when the server stops.
+
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+
+    Results: none (every implementation is called). Awaited. An exception is
+    logged naming the plugin; the others still run.
+    """
 
 
 @hookspec
 def opp_auth_login_failed(
-    auth: AuthManager, remote_ip: str | None, provider: tuple[str, str | None] | None, username: str | None, reason: str
+    auth: PluginContext,
+    remote_ip: str | None,
+    provider: tuple[str, str | None] | None,
+    username: str | None,
+    reason: str,
 ) -> Any:
-    """A login attempt or request failed authentication (ban, lockout, audit, metrics). Awaited.
+    """A login attempt or request failed authentication (ban, lockout, audit, metrics).
 
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+    :param remote_ip: the client address after reverse-proxy handling, or None.
+    :param provider: ``(type, id)`` of the provider the attempt was made with, or None.
+    :param username: the name the attempt gave (as typed), or None.
     :param reason: ``invalid_auth``, ``invalid_code``, ``invalid_token`` or another error key.
+
+    Results: none (every implementation is called). Awaited, in the background
+    (the client's answer does not wait). An exception is logged naming the plugin.
     """
 
 
 @hookspec
 def opp_auth_login_succeeded(
-    auth: AuthManager, remote_ip: str | None, user: User | None, credential: Credentials | None
+    auth: PluginContext, remote_ip: str | None, user: User | None, credential: Credentials | None
 ) -> Any:
-    """A login finished successfully. Awaited."""
+    """A login finished successfully (a code was issued, or a websocket passed its auth phase).
+
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+    :param remote_ip: the client address after reverse-proxy handling, or None.
+    :param user: the user who logged in, or None when the credentials are not linked yet.
+    :param credential: the credentials of the login, or None (websocket).
+
+    Results: none (every implementation is called). Awaited, in the
+    background. An exception is logged naming the plugin.
+    """
 
 
 @hookspec
-def opp_auth_user_created(auth: AuthManager, user: User) -> Any:
-    """A user was created. Awaited."""
+def opp_auth_user_created(auth: PluginContext, user: User) -> Any:
+    """A user was created.
+
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+    :param user: the new user (saved).
+
+    Results: none (every implementation is called). Awaited before the
+    operation returns. An exception is logged naming the plugin.
+    """
 
 
 @hookspec
-def opp_auth_user_updated(auth: AuthManager, user: User) -> Any:
-    """A user was renamed, (de)activated or regrouped. Awaited."""
+def opp_auth_user_updated(auth: PluginContext, user: User) -> Any:
+    """A user was renamed, (de)activated or regrouped.
+
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+    :param user: the user as saved after the change.
+
+    Results: none (every implementation is called). Awaited before the
+    operation returns. An exception is logged naming the plugin.
+    """
 
 
 @hookspec
-def opp_auth_user_removed(auth: AuthManager, user: User) -> Any:
-    """A user was removed. Awaited."""
+def opp_auth_user_removed(auth: PluginContext, user: User) -> Any:
+    """A user was removed (with their credentials and refresh tokens).
+
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+    :param user: the removed user (no longer in the store).
+
+    Results: none (every implementation is called). Awaited before the
+    operation returns. An exception is logged naming the plugin.
+    """
 
 
 @hookspec
-def opp_auth_refresh_token_created(auth: AuthManager, refresh_token: RefreshToken) -> Any:
-    """A refresh token was created. Awaited."""
+def opp_auth_refresh_token_created(auth: PluginContext, refresh_token: RefreshToken) -> Any:
+    """A refresh token was created.
+
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+    :param refresh_token: the new token (saved; ``refresh_token.user`` is its user).
+
+    Results: none (every implementation is called). Awaited before the
+    operation returns. An exception is logged naming the plugin.
+    """
 
 
 @hookspec
-def opp_auth_refresh_token_removed(auth: AuthManager, refresh_token: RefreshToken) -> Any:
-    """A refresh token was removed (revoked, deleted, or its user removed). Awaited."""
+def opp_auth_refresh_token_removed(auth: PluginContext, refresh_token: RefreshToken) -> Any:
+    """A refresh token was removed (revoked, deleted, expired, or its user removed).
+
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+    :param refresh_token: the removed token; access tokens it minted no longer work.
+
+    Results: none (every implementation is called). Awaited before the
+    operation returns. An exception is logged naming the plugin.
+    """
 
 
 @hookspec
-def opp_auth_login_retry_after(auth: AuthManager, remote_ip: str | None, username: str | None) -> Any:
+def opp_auth_login_retry_after(auth: PluginContext, remote_ip: str | None, username: str | None) -> Any:
     """Seconds ``remote_ip`` must wait before it may try to log in as ``username`` (throttling).
 
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+    :param remote_ip: the client address after reverse-proxy handling, or None.
+    :param username: the account the attempt names, or None when it names none
+        (websocket auth).
+    :return: seconds to wait; ``None`` or ``0`` lets the attempt through.
+
     Called before each login step (password, MFA code, websocket auth,
-    change-password); not awaited, so answer from memory. Return ``None`` or
-    ``0`` to let the attempt through; the largest answer of all plugins wins.
-    ``username`` is None when the attempt names no account (websocket auth).
+    change-password). Results: every implementation is asked and the largest
+    answer wins. Not awaited, so answer from memory. An exception counts as
+    "wait" (fail closed: ``FAIL_CLOSED_RETRY_AFTER`` seconds) and is logged
+    naming the plugin.
     """

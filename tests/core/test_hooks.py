@@ -31,6 +31,35 @@ def test_every_hook_is_documented_and_has_a_test_here() -> None:
         assert f"test_hook_{name}" in tests, f"{name} has no test"
 
 
+def test_every_hookspec_documents_arguments_results_and_awaiting() -> None:
+    """:param: for each argument; how results combine; whether the core awaits; failure matches HOOK_FAILURE."""
+    for name in HOOKS:
+        spec = getattr(opp_auth.hookspecs, name)
+        doc = inspect.getdoc(spec) or ""
+        for arg in inspect.signature(spec).parameters:
+            assert f":param {arg}:" in doc, f"{name} does not document its argument {arg}"
+        firstresult = bool(getattr(spec, "opp_auth_spec", {}).get("firstresult"))
+        if firstresult:
+            assert "first non-None result wins" in doc, f"{name}: say that the first non-None result wins"
+        else:
+            assert "every implementation is" in doc, f"{name}: say that every implementation is called/asked"
+        assert ("Not awaited" in doc) != ("Awaited" in doc), f"{name}: say whether the core awaits it (exactly once)"
+        failure = opp_auth.hookspecs.HOOK_FAILURE.get(name, opp_auth.hookspecs.RAISE)
+        if failure is opp_auth.hookspecs.RAISE:
+            assert "stops" in doc, f"{name}: say that an exception stops start-up"
+        else:
+            assert "naming the plugin" in doc, f"{name}: say that an exception is logged naming the plugin"
+
+
+def test_plugin_guide_lists_every_hook() -> None:
+    """docs/plugins.md has a row for every hook of hookspecs.py."""
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    for name in HOOKS:
+        assert f"`{name}" in guide, f"docs/plugins.md does not list {name}"
+
+
 class Spy:
     """Records every event hook call."""
 
