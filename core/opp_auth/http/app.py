@@ -15,7 +15,7 @@ from ..throttle import LoginThrottle
 from . import auth_views, onboarding, openapi, pages
 from .ban import BanManager
 from .ban_commands import BAN_PLUGIN_NAME
-from .middleware import build_pipeline, wrap_routes
+from .middleware import build_pipeline, check_routes
 from .view import AUTH_KEY, CLIENT_SESSION_KEY, CONFIG_KEY
 from .websocket_api import setup_websocket
 
@@ -78,7 +78,9 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
     openapi.add_routes(app)
     setup_websocket(app, auth)
     auth.pm.hook.opp_auth_register_routes(app=app, auth=auth.context)
-    wrap_routes(app, build_pipeline(auth, http_config, ban))
+    # First in the list: the outermost, so a plugin's own middleware already sees the authenticated user.
+    app.middlewares.insert(0, build_pipeline(auth, http_config, ban))
+    check_routes(app)
 
     async def on_startup(app: web.Application) -> None:
         """Load data and open resources before serving."""

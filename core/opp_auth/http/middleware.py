@@ -1,19 +1,21 @@
 """The request pipeline: security filter, reverse proxy, bans, authentication and CORS.
 
-One function wraps each route's handler instead of five aiohttp middlewares:
-aiohttp's middleware machinery alone costs more per request than the whole
-pipeline, and the stack must cost little next to a bare handler (bench/).
+One aiohttp middleware (public API: ``@web.middleware`` in ``app.middlewares``)
+instead of five: it covers every route whenever it was added, and paths or
+methods no route serves, which it answers in the API's JSON shape (404, or 405
+with ``Allow``). aiohttp caches the middleware chain per handler, so the whole
+stack costs little next to a bare handler (bench/http_throughput.py).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
 from ..models import User
 from ..storage import STORAGE_UNAVAILABLE_MESSAGE, StorageError
@@ -53,10 +55,8 @@ CORS_ALLOWED_HEADERS = "Origin, Accept, X-Requested-With, Content-Type, Authoriz
 CORS_ANY_ORIGIN_PATHS = frozenset({"/auth/token", "/auth/revoke"})
 
 
-def build_pipeline(
-    auth: AuthManager, http_config: dict[str, Any], ban: BanManager | None
-) -> Callable[[Handler], Handler]:
-    """A function that wraps a route handler in the pipeline for this configuration."""
+def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManager | None) -> Middleware:
+    """The pipeline middleware for this configuration (append it to ``app.middlewares``)."""
     use_xff = bool(http_config.get("use_x_forwarded_for"))
     trusted_proxies = list(http_config.get("trusted_proxies") or [])
     cors_origins = frozenset(http_config.get("cors_allowed_origins") or [])
@@ -64,16 +64,7 @@ def build_pipeline(
     authenticators = auth.pm.hook.opp_auth_authenticate_request
     validate_token = auth.validate_access_token
 
-    def wrap(handler: Handler) -> Handler:
-        """The handler behind the pipeline."""
-
-        async def pipeline(request: web.Request) -> web.StreamResponse:
-            """Run the pipeline around the handler."""
-            return await run(request, handler)
-
-        pipeline.__wrapped__ = handler  # type: ignore[attr-defined]
-        return pipeline
-
+    @web.middleware
     async def run(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Filter, resolve the client, check bans, authenticate, call the handler, add CORS."""
         raw_path = request.raw_path
@@ -144,7 +135,8 @@ def build_pipeline(
             return json_message("Forbidden", 403)
 
         try:
-            response = await handler(request)
+            unmatched = request.match_info.http_exception
+            response = await handler(request) if unmatched is None else _unmatched(unmatched)
         except InvalidData as err:
             # The store refused a value before changing anything (opp_auth.validation.check_storable).
             response = json_message(str(err), 400, CODE_INVALID_FORMAT)
@@ -168,7 +160,7 @@ def build_pipeline(
             response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = "*"
         return response
 
-    return wrap
+    return run
 
 
 def _json_refusal(exc: web.HTTPException) -> web.Response:
@@ -182,34 +174,25 @@ def _json_refusal(exc: web.HTTPException) -> web.Response:
     return response
 
 
-async def unmatched(request: web.Request) -> web.StreamResponse:
-    """Paths no route serves (after the pipeline: filter, bans, CORS preflight): 404, or 405 with Allow."""
-    allowed: set[str] = set()
-    for resource in request.app.router.resources():
-        if resource is request.match_info.route.resource:
-            continue
-        match, methods = await resource.resolve(request)
-        if match is None:
-            allowed |= methods
-    if allowed:
+def _unmatched(exc: web.HTTPException) -> web.Response:
+    """No route serves the path (404) or the method (405 with Allow), in the API's JSON shape."""
+    if isinstance(exc, web.HTTPMethodNotAllowed):
         return web.json_response(
-            {"message": "Method not allowed"}, status=405, headers={hdrs.ALLOW: ",".join(sorted(allowed))}
+            {"message": "Method not allowed"}, status=405, headers={hdrs.ALLOW: ",".join(sorted(exc.allowed_methods))}
         )
-    return json_message("Not found", 404)
+    if isinstance(exc, web.HTTPNotFound):
+        return json_message("Not found", 404)
+    return _json_refusal(exc)
 
 
-def wrap_routes(app: web.Application, wrap: Callable[[Handler], Handler]) -> None:
-    """Put every registered route's handler behind the pipeline (call once all routes exist)."""
-    # Last resource: unknown paths and methods pass the pipeline too (filter, bans, CORS preflight).
-    app.router.add_route(hdrs.METH_ANY, "/{tail:.*}", unmatched)
+def check_routes(app: web.Application) -> None:
+    """Refuse a route served by a websocket command handler (it would answer every request 500)."""
     for route in app.router.routes():
         if any(hasattr(route.handler, marker) for marker in WS_GUARD_MARKERS):
             raise TypeError(
                 f"Route {route.method} {route.resource.canonical if route.resource else '?'} is served by "
                 f"{route.handler!r}, a websocket command handler; HTTP routes take opp_auth.http_require_* guards."
             )
-        # aiohttp keeps the handler in a private attribute and offers no public setter.
-        route._handler = wrap(route.handler)  # type: ignore[assignment]
 
 
 async def _plugin_authenticate(auth: AuthManager, request: web.Request) -> bool:
