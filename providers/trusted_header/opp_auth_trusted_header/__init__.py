@@ -226,7 +226,7 @@ class TrustedHeaderAuthProvider(AuthProvider):
         return UserMeta(name=identity.name or identity.username, is_active=True, group=identity.group)
 
 
-class TrustedHeaderLoginFlow(LoginFlow):
+class TrustedHeaderLoginFlow(LoginFlow[TrustedHeaderAuthProvider]):
     """No form: the proxy's word finishes the step, or the flow offers nothing."""
 
     def __init__(self, auth_provider: TrustedHeaderAuthProvider, identity: Identity | str) -> None:
@@ -237,7 +237,7 @@ class TrustedHeaderLoginFlow(LoginFlow):
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """Finish with the named user, or abort not_allowed."""
         identity = self._identity
-        provider: TrustedHeaderAuthProvider = self._auth_provider  # type: ignore[assignment]
+        provider = self.provider
         if not isinstance(identity, Identity):
             _LOGGER.info("trusted_header login refused: %s", identity)
             return self.async_abort(reason=NOT_ALLOWED)
