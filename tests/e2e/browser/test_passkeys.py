@@ -223,3 +223,31 @@ async def test_policy_asks_the_passkey_only_from_outside_the_local_network(serve
     await password_login(page)
     await page.get_by_text("The passkey request was cancelled or timed out.").wait_for(timeout=20000)
     assert "/auth/authorize" in page.url
+
+
+async def test_user_with_passkey_and_totp_chooses_either(serve: Any, page: Any, sign_in: Any) -> None:
+    """After the password the page offers both factors: the authenticator app's code, or the passkey."""
+    pyotp = pytest.importorskip("pyotp")
+    port = free_port()
+    server = await serve(mfa_modules=[webauthn(port, passwordless=False), {"type": "totp"}], port=port, localhost=True)
+    await server.onboard()
+    await enrol(page, server, sign_in, "Laptop")
+    secret = await server.auth.get_auth_mfa_module("totp").async_setup_user(server.auth.owner().id, {})
+
+    await log_out(page)
+    await password_login(page)
+    await page.get_by_text("Choose how to confirm it is you.").wait_for()
+    await page.locator("select").select_option("totp")
+    await page.get_by_role("button", name="Next").click()
+    await page.get_by_label("Code").fill(pyotp.TOTP(secret).now())
+    await page.get_by_role("button", name="Next").click()
+    await page.wait_for_url(server.url("/"))
+    await page.get_by_text("You are logged in.").wait_for()
+
+    await log_out(page)
+    await password_login(page)
+    await page.locator("select").select_option("webauthn")
+    await page.get_by_role("button", name="Next").click()
+    await page.wait_for_url(server.url("/"))
+    await page.get_by_text("You are logged in.").wait_for()
+    assert server.auth.get_auth_mfa_module("webauthn").passkeys(server.auth.owner().id)[0]["last_used_at"]
