@@ -16,6 +16,13 @@ _LOGGER = logging.getLogger(__name__)
 RESULT_TYPE_FORM = "form"
 RESULT_TYPE_CREATE_ENTRY = "create_entry"
 RESULT_TYPE_ABORT = "abort"
+# Home Assistant's external step: the user is sent to ``url`` (an identity provider) and comes back
+# through a route of the plugin; the flow stays open meanwhile. ``external_step_done`` says the
+# outside part is over; the client then submits the flow again (no input) to run ``step_id``.
+RESULT_TYPE_EXTERNAL_STEP = "external"
+RESULT_TYPE_EXTERNAL_STEP_DONE = "external_step_done"
+# Results that leave the flow open for a further submission.
+OPEN_RESULTS = frozenset({RESULT_TYPE_FORM, RESULT_TYPE_EXTERNAL_STEP, RESULT_TYPE_EXTERNAL_STEP_DONE})
 
 FlowResult = dict[str, Any]
 
@@ -95,6 +102,34 @@ class FlowHandler:
             "data": data,
             "description": description,
             "description_placeholders": description_placeholders,
+        }
+
+    def async_external_step(
+        self, *, step_id: str, url: str, description_placeholders: dict[str, Any] | None = None
+    ) -> FlowResult:
+        """Send the user to url; the next submission of the flow runs async_step_<step_id> again.
+
+        That submission comes from the client (the login page after the user
+        came back), so its input is whatever the client sent and is not
+        validated against any schema: the step must rely only on what the
+        plugin itself recorded (its callback route), never on the input.
+        """
+        return {
+            "type": RESULT_TYPE_EXTERNAL_STEP,
+            "flow_id": self.flow_id,
+            "handler": self.handler,
+            "step_id": step_id,
+            "url": url,
+            "description_placeholders": description_placeholders,
+        }
+
+    def async_external_step_done(self, *, next_step_id: str) -> FlowResult:
+        """The outside part is over; the next submission (its input ignored) runs async_step_<next_step_id>."""
+        return {
+            "type": RESULT_TYPE_EXTERNAL_STEP_DONE,
+            "flow_id": self.flow_id,
+            "handler": self.handler,
+            "step_id": next_step_id,
         }
 
     def async_abort(self, *, reason: str, description_placeholders: dict[str, Any] | None = None) -> FlowResult:
@@ -188,6 +223,10 @@ class FlowManager:
             flow = self.async_get(flow_id)
             cur_step = flow.cur_step
             assert cur_step is not None
+            if cur_step["type"] == RESULT_TYPE_EXTERNAL_STEP_DONE:
+                user_input = None
+            elif cur_step["type"] == RESULT_TYPE_EXTERNAL_STEP and user_input is not None:
+                user_input = {}  # the client's input is never the outside result (see async_external_step)
             if (schema := cur_step.get("data_schema")) is not None and user_input is not None:
                 try:
                     user_input = schema(user_input)
@@ -234,7 +273,7 @@ class FlowManager:
             raise UnknownStep(f"Handler {flow.__class__.__name__} doesn't support step {step_id}")
         try:
             result: FlowResult = await getattr(flow, method)(user_input)
-            if result["type"] != RESULT_TYPE_FORM:
+            if result["type"] not in OPEN_RESULTS:
                 result = await self.async_finish_flow(flow, result)
         except FlowError:
             self._forget(flow.flow_id)
@@ -243,7 +282,7 @@ class FlowManager:
             _LOGGER.exception("Error in step %s of flow %s (%s)", step_id, flow.flow_id, flow.handler)
             self._forget(flow.flow_id)
             return flow.async_abort(reason="unknown_error")
-        if result["type"] == RESULT_TYPE_FORM:
+        if result["type"] in OPEN_RESULTS:
             flow.cur_step = result
         else:
             self._forget(flow.flow_id)

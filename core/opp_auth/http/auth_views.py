@@ -24,7 +24,10 @@ POST /auth/login_flow  (JSON: client_id, handler [type, id], redirect_uri, type?
     ``authorize`` (default) or ``link_user``: the purpose of the flow's code.
 
 POST /auth/login_flow/{flow_id}  (JSON: client_id plus the step's fields)
-    Submits a step. The client_id must be the one that started the flow and
+    Submits a step. A step may also answer ``external`` (``url``: send the
+    browser there; the provider's plugin brings it back to
+    ``/auth/authorize?resume=<flow_id>``, and the flow is then submitted again
+    with only client_id) or ``external_step_done`` (submit again). The client_id must be the one that started the flow and
     the request must come from the same address. Unknown or expired flow: 404
     ``Invalid flow specified``; input not matching the form: 400 ``User input
     malformed``. A finished flow answers create_entry with ``result`` = an

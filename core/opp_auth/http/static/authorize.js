@@ -7,7 +7,16 @@ import { applyCachedTheme, browserLanguage, setLanguage, t, tOptional } from "/s
 import { flowMessage, readForm, renderField } from "/static/forms.js";
 import { PASSKEY_PROVIDER, ceremonyMessage, conditionalAvailable, getAssertion, passkeyOptions, supported } from "/static/passkeys.js";
 
-const params = new URLSearchParams(location.search);
+// Back from an identity provider (an external step): /auth/authorize?resume=<flow id>. The query this page was
+// opened with was kept in sessionStorage (this tab only) when it sent the browser away.
+const EXTERNAL_KEY = "opp-auth-external:";
+const resumeId = new URLSearchParams(location.search).get("resume");
+const resumedQuery = resumeId ? sessionStorage.getItem(EXTERNAL_KEY + resumeId) : null;
+if (resumeId) {
+  sessionStorage.removeItem(EXTERNAL_KEY + resumeId);
+  if (resumedQuery !== null) history.replaceState(null, "", location.pathname + resumedQuery);
+}
+const params = new URLSearchParams(resumedQuery !== null ? resumedQuery : location.search);
 const clientId = params.get("client_id");
 const redirectUri = params.get("redirect_uri");
 const state = params.get("state");
@@ -27,7 +36,9 @@ let conditional = null;
 function show(...nodes) { content.replaceChildren(...nodes); }
 function error(text) { return el("p", { class: "error", role: "alert" }, text); }
 const message = flowMessage;
-function startOver() { return el("button", { type: "button", onclick: () => startFlow(current) }, t("login.start_over")); }
+function startOver() {
+  return el("button", { type: "button", onclick: () => (current ? startFlow(current) : location.reload()) }, t("login.start_over"));
+}
 
 function parseUrl(text) {
   try { return text ? new URL(text) : null; } catch (err) { return null; }
@@ -93,6 +104,8 @@ function renderStep(step, submitted = false) {
     else finish(step.result);
     return;
   }
+  if (step.type === "external") { goExternal(step); return; }
+  if (step.type === "external_step_done") { continueFlow(step.flow_id); return; }
   const options = passkeyOptions(step);
   if (step.type === "form" && options) { renderPasskeyStep(step, options); return; }
   if (step.type === "abort") { show(error(message(step.reason)), startOver(), otherProviders() || ""); return; }
@@ -125,6 +138,25 @@ function renderStep(step, submitted = false) {
   const first = form.querySelector("input, select");
   if (first) first.focus();
   if (step.step_id === "init") startConditional(form);
+}
+
+// ---- external steps (OpenID Connect and the like) ------------------------------------------------------
+
+function goExternal(step) {
+  const url = parseUrl(step.url);
+  if (!url || !["https:", "http:"].includes(url.protocol)) { show(error(message("unknown_error")), startOver()); return; }
+  sessionStorage.setItem(EXTERNAL_KEY + step.flow_id, location.search);
+  show(el("p", { class: "muted" }, t("login.using", { provider: current ? current.name : url.host })));
+  location.assign(url.toString());
+}
+
+// Submit the flow again without input: the plugin has recorded what the outside part said.
+async function continueFlow(flowId) {
+  const result = await postJSON(`/auth/login_flow/${flowId}`, { client_id: clientId });
+  const handler = result.body && result.body.handler;
+  if (!current && Array.isArray(handler)) current = providers.find((p) => p.type === handler[0] && p.id === handler[1]) || null;
+  if (!result.ok) { show(error(httpError(result)), current ? startOver() : "", otherProviders() || ""); return; }
+  renderStep(result.body);
 }
 
 // ---- passkeys -------------------------------------------------------------------------------------
@@ -243,6 +275,11 @@ async function start() {
   providers = providers.filter((provider) => provider !== passkeyProvider);
   if (!providers.length && passkeyProvider) { startFlow(passkeyProvider); return; }
   if (!providers.length) { show(error(t("login.no_providers"))); return; }
+  if (resumeId) {
+    if (resumedQuery === null) { show(error(message("login_expired")), otherProviders() || ""); return; }
+    continueFlow(resumeId);
+    return;
+  }
   // The first provider starts at once, so a trusted-network bypass needs no click (for this server's own pages).
   startFlow(providers[0], true);
 }
