@@ -1,0 +1,573 @@
+"""Log in through an OpenID Connect provider (type ``oidc``): opp-auth as a relying party.
+
+The login flow is an external step: the page sends the browser to the
+provider's authorization endpoint (authorization code flow, PKCE S256, state
+and nonce), the provider sends it back to ``GET /auth/oidc/callback``, which
+trades the code for tokens, checks the ID token (signature against the
+provider's JWKS, re-fetched once for an unknown ``kid``; ``iss``, ``aud``,
+``azp``, ``exp``, ``iat`` with a small leeway; only asymmetric algorithms, so
+``alg: none`` and HMAC keyed with a public key are refused), records the
+outcome on the flow and sends the browser back to ``/auth/authorize?resume=<flow id>``.
+The page then submits the flow again and the flow finishes (MFA still
+applies). Users are keyed by issuer and ``sub``.
+
+JOSE is joserfc's (the maintained successor of Authlib's jose module, with
+no HTTP client of its own): the HTTP side is the server's own aiohttp, so
+nothing blocks the event loop and no second HTTP stack is pulled in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import ipaddress
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import aiohttp
+import voluptuous as vol
+from aiohttp import web
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from joserfc.jws import extract_compact
+from joserfc.jwt import JWTClaimsRegistry
+
+from opp_auth import (
+    GROUP_ID_ADMIN,
+    GROUP_ID_READ_ONLY,
+    GROUP_ID_USER,
+    PROVIDER_CONFIG_SCHEMA,
+    AuthProvider,
+    Credentials,
+    FlowResult,
+    LoginFlow,
+    RefreshToken,
+    UserMeta,
+    hookimpl,
+    is_safe_username,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+CALLBACK_PATH = "/auth/oidc/callback"
+RESUME_PATH = "/auth/authorize"
+# Only asymmetric signatures: "none" and every HMAC algorithm are refused whatever the token says.
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+LEEWAY = 60
+MAX_BODY = 1024 * 1024
+PENDING_TTL = 600.0
+MAX_PENDING = 1000
+JWKS_MIN_REFETCH = 10.0
+MAX_USERNAME = 256
+
+# Flow abort reasons (the login page has a sentence for each).
+CANNOT_CONNECT = "cannot_connect"
+SSO_FAILED = "sso_failed"
+SSO_DENIED = "sso_denied"
+NOT_MEMBER = "sso_not_member"
+LOGIN_EXPIRED = "login_expired"
+
+
+class OidcError(Exception):
+    """The provider's answer cannot be accepted; str() says why, for the log."""
+
+    def __init__(self, message: str, reason: str = SSO_FAILED) -> None:
+        """Keep the flow abort reason."""
+        super().__init__(message)
+        self.reason = reason
+
+
+def _is_loopback_host(host: str | None) -> bool:
+    """localhost or a loopback address (plain http is allowed only there, for tests and local providers)."""
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _issuer(value: Any) -> str:
+    """An https URL (http only on loopback), without query or fragment; a trailing slash is kept as given."""
+    if not isinstance(value, str):
+        raise vol.Invalid("issuer must be a URL such as https://auth.example.org/application/o/opp/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise vol.Invalid(f"issuer {value!r} is not an https URL")
+    if parts.scheme == "http" and not _is_loopback_host(parts.hostname):
+        raise vol.Invalid(f"issuer {value!r} must use https (plain http only on a loopback address)")
+    if parts.query or parts.fragment:
+        raise vol.Invalid(f"issuer {value!r} must have no query or fragment")
+    return value
+
+
+def _redirect_uri(value: Any) -> str:
+    """The callback URL as the provider knows it: https (http on loopback), ending in /auth/oidc/callback."""
+    text = _issuer(value)
+    if urlsplit(text).path != CALLBACK_PATH:
+        raise vol.Invalid(f"redirect_uri must end in {CALLBACK_PATH}")
+    return text
+
+
+def _scopes(value: Any) -> list[str]:
+    """A list of scopes (or one space-separated string) that includes openid."""
+    items = value.split() if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(s, str) and s and " " not in s for s in items):
+        raise vol.Invalid("scopes must be a list of scope names")
+    if "openid" not in items:
+        raise vol.Invalid("scopes must include openid")
+    return list(dict.fromkeys(items))
+
+
+def _group_list(value: Any) -> list[str]:
+    """None, one group name or a list of them."""
+    values = [] if value is None else value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str) and v.strip() for v in values):
+        raise vol.Invalid("expected a list of group names")
+    return [v.strip() for v in values]
+
+
+_CLAIM = vol.All(str, vol.Length(min=1, max=128))
+
+CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
+    {
+        vol.Required("issuer"): _issuer,
+        vol.Required("client_id"): vol.All(str, vol.Length(min=1, max=512)),
+        vol.Optional("client_secret"): vol.All(str, vol.Length(min=1, max=4096)),
+        vol.Optional("scopes", default=["openid", "profile", "email"]): _scopes,
+        vol.Optional("username_claim", default="preferred_username"): _CLAIM,
+        vol.Optional("name_claim", default="name"): _CLAIM,
+        vol.Optional("groups_claim", default="groups"): _CLAIM,
+        vol.Optional("admin_groups", default=None): _group_list,
+        vol.Optional("user_groups", default=None): _group_list,
+        vol.Optional("read_only_groups", default=None): _group_list,
+        vol.Optional("required_groups", default=None): _group_list,
+        vol.Optional("title"): vol.All(str, vol.Length(min=1, max=200)),
+        vol.Optional("create_users", default=True): bool,
+        vol.Optional("redirect_uri"): _redirect_uri,
+        vol.Optional("timeout", default=10): vol.All(vol.Coerce(float), vol.Range(min=0.1, max=120)),
+    },
+    extra=vol.PREVENT_EXTRA,
+)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def pkce_pair() -> tuple[str, str]:
+    """(code_verifier, S256 code_challenge)."""
+    verifier = secrets.token_urlsafe(48)
+    return verifier, _b64url(hashlib.sha256(verifier.encode()).digest())
+
+
+class Identity:
+    """What the provider said about the person (rides on new credentials as meta; never stored)."""
+
+    def __init__(self, issuer: str, sub: str, username: str, name: str | None, groups: set[str], group: str) -> None:
+        """Keep the claims that matter."""
+        self.issuer = issuer
+        self.sub = sub
+        self.username = username
+        self.name = name
+        self.groups = groups
+        self.group = group
+
+
+class Pending:
+    """A login waiting for the provider: its secrets and, once the callback ran, the outcome."""
+
+    def __init__(self, flow: OidcLoginFlow, redirect_uri: str) -> None:
+        """Fresh state, nonce and PKCE verifier."""
+        self.flow = flow
+        self.redirect_uri = redirect_uri
+        self.state = secrets.token_urlsafe(32)
+        self.nonce = secrets.token_urlsafe(32)
+        self.verifier, self.challenge = pkce_pair()
+        self.expires = time.monotonic() + PENDING_TTL
+
+
+class OidcAuthProvider(AuthProvider):
+    """A relying party of one OpenID provider."""
+
+    TYPE = "oidc"
+    DEFAULT_TITLE = "OpenID Connect"
+    CONFIG_SCHEMA = CONFIG_SCHEMA
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing is fetched before start-up."""
+        super().__init__(*args, **kwargs)
+        self.issuer: str = self.config["issuer"]
+        self._session: aiohttp.ClientSession | None = None
+        self._metadata: dict[str, Any] | None = None
+        self._keys: KeySet | None = None
+        self._keys_refetched = -JWKS_MIN_REFETCH
+        self._lock = asyncio.Lock()
+        self.pending: OrderedDict[str, Pending] = OrderedDict()
+
+    @property
+    def name(self) -> str:
+        """title, else name, else the default."""
+        return str(self.config.get("title") or self.config.get("name") or self.DEFAULT_TITLE)
+
+    # ---- the provider's documents ----------------------------------------------------------
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config["timeout"]))
+        return self._session
+
+    async def _fetch_json(self, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
+        """(status, JSON body) of a request to the provider; OidcError(cannot_connect) when it cannot be had."""
+        try:
+            async with self._http().request(method, url, allow_redirects=False, **kwargs) as resp:
+                body = await resp.content.read(MAX_BODY + 1)
+                if len(body) > MAX_BODY:
+                    raise OidcError(f"{url} answered more than {MAX_BODY} bytes", CANNOT_CONNECT)
+                try:
+                    return resp.status, json.loads(body)
+                except ValueError as err:
+                    raise OidcError(f"{url} answered {resp.status} with no JSON", CANNOT_CONNECT) from err
+        except (aiohttp.ClientError, TimeoutError, UnicodeError, ValueError) as err:
+            if isinstance(err, OidcError):
+                raise
+            raise OidcError(f"{url} cannot be reached: {err!r}", CANNOT_CONNECT) from err
+
+    async def async_metadata(self) -> dict[str, Any]:
+        """The discovery document (fetched once, again after a failure)."""
+        if self._metadata is not None:
+            return self._metadata
+        async with self._lock:
+            if self._metadata is None:
+                url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+                status, doc = await self._fetch_json("GET", url)
+                if status != 200 or not isinstance(doc, dict):
+                    raise OidcError(f"discovery {url} answered {status}", CANNOT_CONNECT)
+                if doc.get("issuer") != self.issuer:
+                    raise OidcError(
+                        f"discovery names issuer {doc.get('issuer')!r}, not {self.issuer!r}", CANNOT_CONNECT
+                    )
+                for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+                    if not isinstance(doc.get(key), str) or urlsplit(doc[key]).scheme not in ("https", "http"):
+                        raise OidcError(f"discovery has no usable {key}", CANNOT_CONNECT)
+                self._metadata = doc
+        return self._metadata
+
+    async def async_keys(self, refetch: bool = False) -> KeySet:
+        """The provider's JWKS; refetch=True fetches again (at most every JWKS_MIN_REFETCH seconds)."""
+        async with self._lock:
+            # A token naming an unknown kid re-fetches, but not more often than every JWKS_MIN_REFETCH seconds,
+            # so a stream of forged kids cannot make us hammer the provider.
+            recent = time.monotonic() - self._keys_refetched < JWKS_MIN_REFETCH
+            if self._keys is None or (refetch and not recent):
+                if refetch:
+                    self._keys_refetched = time.monotonic()
+                metadata = self._metadata or {}
+                status, doc = await self._fetch_json("GET", metadata["jwks_uri"])
+                if status != 200 or not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+                    raise OidcError(f"jwks_uri answered {status} without keys", CANNOT_CONNECT)
+                usable = [k for k in doc["keys"] if isinstance(k, dict) and k.get("kty") in ("RSA", "EC", "OKP")]
+                try:
+                    self._keys = KeySet.import_key_set({"keys": usable})
+                except (JoseError, ValueError, TypeError) as err:
+                    raise OidcError(f"jwks_uri holds unusable keys: {err}", CANNOT_CONNECT) from err
+            return self._keys
+
+    async def async_initialize(self) -> None:
+        """Fetch discovery and keys at start-up so problems are logged early (a login retries)."""
+        try:
+            await self.async_metadata()
+            await self.async_keys()
+        except OidcError as err:
+            _LOGGER.error("OpenID provider %s: %s; logins with it fail until it answers", self.issuer, err)
+
+    async def async_shutdown(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+
+    # ---- the login -------------------------------------------------------------------------
+
+    def _purge(self) -> None:
+        now = time.monotonic()
+        while self.pending:
+            state, pending = next(iter(self.pending.items()))
+            if pending.expires > now and len(self.pending) <= MAX_PENDING:
+                break
+            del self.pending[state]
+
+    def redirect_uri_for(self, context: dict[str, Any]) -> str | None:
+        """The configured redirect_uri, else the login page's own origin (its POST's Origin header)."""
+        if self.config.get("redirect_uri"):
+            return str(self.config["redirect_uri"])
+        headers = context.get("headers") or {}
+        origin = headers.get("Origin") if hasattr(headers, "get") else None
+        if not isinstance(origin, str):
+            return None
+        parts = urlsplit(origin)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.path not in ("", "/"):
+            return None
+        return f"{parts.scheme}://{parts.netloc}{CALLBACK_PATH}"
+
+    async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:
+        """An external step to the provider."""
+        return OidcLoginFlow(self, self.redirect_uri_for(context))
+
+    async def async_authorization_url(self, flow: OidcLoginFlow, redirect_uri: str) -> str:
+        """Register a pending login and return the provider URL to send the browser to."""
+        metadata = await self.async_metadata()
+        self._purge()
+        pending = Pending(flow, redirect_uri)
+        self.pending[pending.state] = pending
+        query = {
+            "response_type": "code",
+            "client_id": self.config["client_id"],
+            "redirect_uri": redirect_uri,
+            "scope": " ".join(self.config["scopes"]),
+            "state": pending.state,
+            "nonce": pending.nonce,
+            "code_challenge": pending.challenge,
+            "code_challenge_method": "S256",
+        }
+        endpoint = metadata["authorization_endpoint"]
+        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(query)
+
+    def take_pending(self, state: str) -> Pending | None:
+        """The pending login of a state, removed (a state works once)."""
+        self._purge()
+        return self.pending.pop(state, None)
+
+    async def async_complete(self, pending: Pending, code: str) -> Identity:
+        """Trade the code, check the ID token, read the claims; OidcError when anything is wrong."""
+        metadata = await self.async_metadata()
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": pending.redirect_uri,
+            "code_verifier": pending.verifier,
+        }
+        kwargs: dict[str, Any] = {}
+        if self.config.get("client_secret"):
+            # client_secret_basic: each part form-urlencoded first (RFC 6749, 2.3.1).
+            pair = f"{quote(self.config['client_id'], safe='')}:{quote(self.config['client_secret'], safe='')}"
+            kwargs["headers"] = {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+        else:
+            form["client_id"] = self.config["client_id"]
+        status, tokens = await self._fetch_json("POST", metadata["token_endpoint"], data=form, **kwargs)
+        if status != 200 or not isinstance(tokens, dict):
+            raise OidcError(f"token endpoint answered {status}: {str(tokens)[:200]}")
+        id_token = tokens.get("id_token")
+        if not isinstance(id_token, str):
+            raise OidcError("token response without id_token")
+        claims = await self.async_verify_id_token(id_token, pending.nonce)
+        access_token = tokens.get("access_token")
+        userinfo_url = metadata.get("userinfo_endpoint")
+        if isinstance(access_token, str) and isinstance(userinfo_url, str):
+            status, info = await self._fetch_json(
+                "GET", userinfo_url, headers={"Authorization": f"Bearer {access_token}"}
+            )
+            if status == 200 and isinstance(info, dict):
+                if info.get("sub") != claims["sub"]:
+                    raise OidcError("userinfo names another subject")
+                claims = {**info, **claims}
+        return self.identity_from(claims)
+
+    async def async_verify_id_token(self, id_token: str, nonce: str) -> dict[str, Any]:
+        """Check signature and claims; return the claims."""
+        try:
+            header = extract_compact(id_token.encode()).protected
+        except (JoseError, ValueError, TypeError) as err:
+            raise OidcError(f"ID token is not a JWS: {err}") from err
+        alg = header.get("alg")
+        supported = (self._metadata or {}).get("id_token_signing_alg_values_supported") or ["RS256"]
+        allowed = [a for a in ASYMMETRIC_ALGORITHMS if a in supported] or ["RS256"]
+        if alg not in allowed:
+            raise OidcError(f"ID token signed with {alg!r}; only {', '.join(allowed)} are accepted")
+        keys = await self.async_keys()
+        kid = header.get("kid")
+        if kid is not None and not any(k.kid == kid for k in keys.keys):
+            keys = await self.async_keys(refetch=True)  # the provider may have rotated its keys
+            if not any(k.kid == kid for k in keys.keys):
+                raise OidcError(f"ID token signed with unknown key {kid!r}")
+        try:
+            token = jwt.decode(id_token, keys, algorithms=allowed)
+        except (JoseError, ValueError, TypeError) as err:
+            raise OidcError(f"ID token signature refused: {err}") from err
+        claims = dict(token.claims)
+        registry = JWTClaimsRegistry(
+            leeway=LEEWAY,
+            iss={"essential": True, "value": self.issuer},
+            sub={"essential": True},
+            aud={"essential": True, "value": self.config["client_id"]},
+            exp={"essential": True},
+            iat={"essential": True},
+            nonce={"essential": True, "value": nonce},
+        )
+        try:
+            registry.validate(claims)
+        except (JoseError, ValueError, TypeError) as err:
+            raise OidcError(f"ID token claims refused: {err}") from err
+        aud = claims["aud"]
+        if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != self.config["client_id"]:
+            raise OidcError("ID token for several audiences without this client as azp")
+        if "azp" in claims and claims["azp"] != self.config["client_id"]:
+            raise OidcError(f"ID token azp is {claims['azp']!r}")
+        if not isinstance(claims["iat"], (int, float)) or claims["iat"] > time.time() + LEEWAY:
+            raise OidcError("ID token issued in the future")
+        if not isinstance(claims["sub"], str) or not claims["sub"] or len(claims["sub"]) > 255:
+            raise OidcError("ID token sub is not a string of 1 to 255 characters")
+        return claims
+
+    def identity_from(self, claims: dict[str, Any]) -> Identity:
+        """Username, name, groups and group from the claims (OidcError when a required group is missing)."""
+        raw = claims.get(self.config["username_claim"])
+        if not isinstance(raw, str) or not raw.strip():
+            raw = claims["sub"]
+        if not is_safe_username(raw) or len(raw) > MAX_USERNAME:
+            raise OidcError(f"claim {self.config['username_claim']} holds an unsafe username")
+        username = raw.strip().casefold()
+        name = claims.get(self.config["name_claim"])
+        if not isinstance(name, str) or not name.strip() or not is_safe_username(name):
+            name = None
+        raw_groups = claims.get(self.config["groups_claim"])
+        groups = {g for g in raw_groups if isinstance(g, str)} if isinstance(raw_groups, list) else set()
+        if self.config["required_groups"] and not groups.intersection(self.config["required_groups"]):
+            raise OidcError(f"{username!r} is in none of the required_groups", NOT_MEMBER)
+        if groups.intersection(self.config["admin_groups"]):
+            group = GROUP_ID_ADMIN
+        elif groups.intersection(self.config["user_groups"]):
+            group = GROUP_ID_USER
+        elif groups.intersection(self.config["read_only_groups"]):
+            group = GROUP_ID_READ_ONLY
+        else:
+            group = GROUP_ID_USER
+        return Identity(self.issuer, claims["sub"], username, name and name.strip(), groups, group)
+
+    # ---- credentials and users -----------------------------------------------------------------
+
+    def credential_data(self, flow_result: dict[str, Any]) -> dict[str, Any]:
+        """Credentials are the issuer and the subject: never a name the provider lets people change."""
+        return {"iss": flow_result["iss"], "sub": flow_result["sub"]}
+
+    async def async_get_or_create_credentials(self, flow_result: dict[str, Any]) -> Credentials:
+        """Existing credentials, or new ones carrying the identity until the user is created."""
+        credentials = await super().async_get_or_create_credentials(flow_result)
+        identity = flow_result.get("identity")
+        if credentials.is_new and isinstance(identity, Identity):
+            credentials.meta = identity
+        return credentials
+
+    async def async_user_meta_for_credentials(self, credentials: Credentials) -> UserMeta:
+        """Name and group from the claims."""
+        identity = credentials.meta if isinstance(credentials.meta, Identity) else None
+        if identity is None:
+            return UserMeta(name=str(credentials.data.get("sub")), is_active=True)
+        return UserMeta(name=identity.name or identity.username, is_active=True, group=identity.group)
+
+    async def async_validate_refresh_token(self, refresh_token: RefreshToken, remote_ip: str | None = None) -> None:
+        """Refresh tokens are accepted while the user exists (see the README on re-checks)."""
+
+
+class OidcLoginFlow(LoginFlow):
+    """init sends the browser to the provider; wait finishes with what the callback recorded."""
+
+    def __init__(self, auth_provider: OidcAuthProvider, redirect_uri: str | None) -> None:
+        """Remember where the provider must send the browser back."""
+        super().__init__(auth_provider)
+        self._redirect_uri = redirect_uri
+        self.outcome: Identity | OidcError | None = None
+
+    async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
+        """Send the browser to the provider."""
+        provider: OidcAuthProvider = self._auth_provider  # type: ignore[assignment]
+        if self._redirect_uri is None:
+            _LOGGER.error("OpenID login refused: no redirect_uri configured and the request has no Origin")
+            return self.async_abort(reason=SSO_FAILED)
+        try:
+            url = await provider.async_authorization_url(self, self._redirect_uri)
+        except OidcError as err:
+            _LOGGER.error("OpenID provider %s: %s", provider.issuer, err)
+            return self.async_abort(reason=err.reason)
+        return self.async_external_step(step_id="wait", url=url)
+
+    async def async_step_wait(self, user_input: dict[str, Any] | None = None) -> FlowResult:
+        """The browser is back: finish with the recorded identity, or abort with the recorded error."""
+        outcome = self.outcome
+        if outcome is None:
+            return self.async_abort(reason=LOGIN_EXPIRED)
+        if isinstance(outcome, OidcError):
+            return self.async_abort(reason=outcome.reason)
+        provider: OidcAuthProvider = self._auth_provider  # type: ignore[assignment]
+        if not provider.config["create_users"]:
+            existing = provider.async_find_credentials({"iss": outcome.issuer, "sub": outcome.sub})
+            if existing is None or provider.auth.user_for_credentials(existing) is None:
+                _LOGGER.info("OpenID login of %r refused: no such user and create_users is false", outcome.username)
+                return self.async_abort(reason=NOT_MEMBER)
+        return await self.async_finish({"iss": outcome.issuer, "sub": outcome.sub, "identity": outcome})
+
+
+def _error_page(message: str, status: int = 400) -> web.Response:
+    """A plain-text page: the callback never answers 500 and never renders provider input as HTML."""
+    return web.Response(text=message, status=status, content_type="text/plain")
+
+
+async def callback_view(request: web.Request) -> web.StreamResponse:
+    """GET /auth/oidc/callback: finish the provider's part of a login, then back to the login page."""
+    context = request.app[CONTEXT_KEY]
+    state = request.query.get("state")
+    if not isinstance(state, str) or not state:
+        return _error_page("This login link is not valid. Start the login again.")
+    pending = None
+    provider: OidcAuthProvider | None = None
+    for candidate in context.get_auth_providers(OidcAuthProvider.TYPE):
+        pending = candidate.take_pending(state)
+        if pending is not None:
+            provider = candidate
+            break
+    if pending is None or provider is None:
+        return _error_page("This login has expired or was already used. Start the login again.")
+    flow = pending.flow
+    error = request.query.get("error")
+    code = request.query.get("code")
+    if error is not None:
+        _LOGGER.info("OpenID provider %s refused the login: %s", provider.issuer, error[:200])
+        flow.outcome = OidcError(f"provider answered error {error[:100]!r}", SSO_DENIED)
+    elif not code:
+        flow.outcome = OidcError("callback without code")
+    else:
+        try:
+            flow.outcome = await provider.async_complete(pending, code)
+        except OidcError as err:
+            _LOGGER.error("OpenID login with %s refused: %s", provider.issuer, err)
+            flow.outcome = err
+        except Exception as err:  # fail closed: never a 500, never a login
+            _LOGGER.exception("OpenID login with %s failed", provider.issuer)
+            flow.outcome = OidcError(f"unexpected error {err!r}")
+    raise web.HTTPFound(f"{RESUME_PATH}?{urlencode({'resume': flow.flow_id})}")
+
+
+CONTEXT_KEY: web.AppKey[Any] = web.AppKey("opp_auth_oidc_context")
+
+
+@hookimpl
+def opp_auth_register_auth_providers(register: Any) -> None:
+    """Ship the oidc provider."""
+    register(OidcAuthProvider)
+
+
+@hookimpl
+def opp_auth_register_routes(app: web.Application, auth: Any) -> None:
+    """The callback route every oidc provider shares (the state says which one); none without one configured."""
+    if not auth.get_auth_providers(OidcAuthProvider.TYPE):
+        return
+    app[CONTEXT_KEY] = auth
+    app.router.add_get(CALLBACK_PATH, callback_view)

@@ -1,0 +1,44 @@
+// A real OpenID provider (panva/oidc-provider) for opp-auth-oidc's tests.
+// Configured by environment: PORT, KEYS (a private JWKS, the first key signs), CLIENTS (a JSON list of
+// client metadata), ACCOUNTS (a JSON object: account id -> claims). The dev interactions log in any
+// account id with any password, then ask for consent. On stdin's end, or SIGTERM, it exits.
+import Provider from "oidc-provider";
+
+const port = Number(process.env.PORT);
+const issuer = `http://127.0.0.1:${port}`;
+const accounts = JSON.parse(process.env.ACCOUNTS || "{}");
+
+const provider = new Provider(issuer, {
+  clients: JSON.parse(process.env.CLIENTS),
+  jwks: JSON.parse(process.env.KEYS),
+  cookies: { keys: ["opp-auth-test-cookie-key"] },
+  pkce: { required: () => true },
+  claims: {
+    openid: ["sub"],
+    profile: ["name", "preferred_username"],
+    email: ["email"],
+    groups: ["groups"],
+  },
+  scopes: ["openid", "offline_access", "profile", "email", "groups"],
+  features: {
+    devInteractions: { enabled: true },
+    backchannelLogout: { enabled: true },
+    rpInitiatedLogout: { enabled: true },
+  },
+  ttl: { IdToken: 3600, AccessToken: 3600, AuthorizationCode: 60, Session: 3600, Interaction: 600, Grant: 3600 },
+  async findAccount(ctx, id) {
+    const claims = accounts[id];
+    if (!claims) return undefined;
+    return { accountId: id, async claims() { return { sub: id, ...claims }; } };
+  },
+  renderError(ctx, out) {
+    ctx.type = "text/plain";
+    ctx.body = `error: ${out.error}: ${out.error_description || ""}`;
+  },
+});
+provider.on("server_error", (ctx, err) => console.error("server_error", err));
+
+const server = provider.listen(port, "127.0.0.1", () => console.log(`listening ${issuer}`));
+process.on("SIGTERM", () => server.close(() => process.exit(0)));
+process.stdin.on("end", () => process.exit(0));
+process.stdin.resume();
