@@ -477,7 +477,7 @@ class OidcAuthProvider(AuthProvider):
         """Refresh tokens are accepted while the user exists (see the README on re-checks)."""
 
 
-class OidcLoginFlow(LoginFlow):
+class OidcLoginFlow(LoginFlow[OidcAuthProvider]):
     """init sends the browser to the provider; wait finishes with what the callback recorded."""
 
     def __init__(self, auth_provider: OidcAuthProvider, redirect_uri: str | None) -> None:
@@ -488,7 +488,7 @@ class OidcLoginFlow(LoginFlow):
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """Send the browser to the provider."""
-        provider: OidcAuthProvider = self._auth_provider  # type: ignore[assignment]
+        provider = self.provider
         if self._redirect_uri is None:
             _LOGGER.error("OpenID login refused: no redirect_uri configured and the request has no Origin")
             return self.async_abort(reason=SSO_FAILED)
@@ -506,7 +506,7 @@ class OidcLoginFlow(LoginFlow):
             return self.async_abort(reason=LOGIN_EXPIRED)
         if isinstance(outcome, OidcError):
             return self.async_abort(reason=outcome.reason)
-        provider: OidcAuthProvider = self._auth_provider  # type: ignore[assignment]
+        provider = self.provider
         if not provider.config["create_users"]:
             existing = provider.async_find_credentials({"iss": outcome.issuer, "sub": outcome.sub})
             if existing is None or provider.auth.user_for_credentials(existing) is None:
