@@ -10,7 +10,6 @@ API_GENERATIONS). Every error names the file, the line, the key and what to do
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import voluptuous as vol
 
+from .network import IPNetwork, parse_network
 from .plugins import OppAuthPluginManager
 from .yaml import ConfigError, Secrets, config_error, load_yaml, where
 
@@ -135,10 +135,10 @@ CORE_SCHEMA = vol.Schema(
 )
 
 
-def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def _network(value: Any) -> IPNetwork:
     """An IP address or CIDR network."""
     try:
-        return ipaddress.ip_network(str(value), strict=False)
+        return parse_network(value)
     except ValueError as err:
         raise vol.Invalid(f"'{value}' is not an IP address or network") from err
 

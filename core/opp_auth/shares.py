@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-from .network import address_and_prefix
+from .network import address_and_prefix, in_networks, parse_networks
 
 KNOWN_ADDRESSES_PER_ACCOUNT = 16
 MAX_KNOWN_ACCOUNTS = 10000
@@ -282,8 +282,6 @@ class AddressShares:
 
 def network_checker(networks: Iterable[Any]) -> Callable[[str], bool] | None:
     """A fast 'is this canonical address in one of networks' test; None when there are none."""
-    from .throttle import in_networks, parse_networks
-
     parsed = parse_networks(networks)
     if not parsed:
         return None

@@ -47,7 +47,6 @@ holds at most ``max_tracked`` entries, dropping the least recently failed.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import time
@@ -55,7 +54,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .network import address_and_prefix
+from .network import address_and_prefix, in_networks, parse_networks
 from .plugins import hookimpl
 
 _LOGGER = logging.getLogger(__name__)
@@ -97,29 +96,6 @@ def normalize_username(username: Any) -> str | None:
         return None
     key = username.strip().casefold()
     return key or None
-
-
-def parse_networks(values: Iterable[Any]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """Networks from strings or network objects (ValueError on a bad one)."""
-    return [
-        v
-        if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network))
-        else ipaddress.ip_network(str(v), strict=False)
-        for v in values
-    ]
-
-
-def in_networks(ip: str | None, networks: list[Any]) -> bool:
-    """Whether ip is inside one of networks (IPv4-mapped IPv6 counts as IPv4)."""
-    if ip is None or not networks:
-        return False
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in net for net in networks if net.version == address.version)
 
 
 def _prefix(ip: str) -> str | None:

@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
+from ..network import in_networks, parse_networks
 from ..plugins import hookimpl
-from ..throttle import in_networks, parse_networks
 
 _LOGGER = logging.getLogger(__name__)
 

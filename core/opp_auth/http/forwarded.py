@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from aiohttp.hdrs import X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ..network import IPAddress, IPNetwork, parse_network, unmapped
+
 _LOGGER = logging.getLogger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Bounds the memory (and log lines) an attacker spraying source addresses,
 # e.g. from an IPv6 /64, can cost.
@@ -80,7 +80,7 @@ def parse_trusted_proxies(values: list[str]) -> list[IPNetwork]:
     for value in values:
         try:
             # Host bits are tolerated: "192.168.1.10/24" plainly means the /24.
-            networks.append(ipaddress.ip_network(str(value).strip(), strict=False))
+            networks.append(parse_network(value))
         except ValueError as err:
             raise ValueError(
                 f"Invalid trusted_proxies entry {value!r}: expected an IP address or network such as 172.30.33.0/24"
@@ -88,18 +88,11 @@ def parse_trusted_proxies(values: list[str]) -> list[IPNetwork]:
     return networks
 
 
-def _unmapped(address: IPAddress) -> IPAddress:
-    """Return the IPv4 address inside an IPv4-mapped IPv6 one, else address."""
-    # A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d, which
-    # would otherwise never match IPv4 trusted_proxies entries.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped
-    return address
-
-
 def _is_trusted(address: IPAddress, trusted_proxies: list[IPNetwork]) -> bool:
     """Return True when address is inside one of the trusted networks."""
-    address = _unmapped(address)
+    # A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d, which
+    # would otherwise never match IPv4 trusted_proxies entries.
+    address = unmapped(address)
     return any(address in network for network in trusted_proxies)
 
 

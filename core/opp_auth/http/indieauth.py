@@ -23,9 +23,10 @@ import aiohttp
 import aiohttp.client_exceptions
 import yarl
 
+from ..network import IPAddress, is_local_client_address, is_public_fetch_address
+
 _LOGGER = logging.getLogger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Tests shrink these; read at call time, so patch the module attribute.
 FETCH_TIMEOUT: float = 5.0
@@ -48,19 +49,6 @@ HA_MOBILE_REDIRECT_URIS: dict[str, frozenset[str]] = {
     ),
 }
 
-_LOOPBACK_NETWORKS = (
-    ipaddress.ip_network("127.0.0.0/8"),
-    ipaddress.ip_network("::1/128"),
-    ipaddress.ip_network("::ffff:127.0.0.0/104"),
-)
-_PRIVATE_NETWORKS = (
-    ipaddress.ip_network("10.0.0.0/8"),
-    ipaddress.ip_network("172.16.0.0/12"),
-    ipaddress.ip_network("192.168.0.0/16"),
-    ipaddress.ip_network("fd00::/8"),
-)
-_NAT64_NETWORK = ipaddress.ip_network("64:ff9b::/96")
-
 # urlsplit silently drops tabs and newlines and strips leading control
 # characters, so "https://exa\nmple.com/" would validate as another URL than
 # the string later compared and echoed; refuse such strings outright.
@@ -76,33 +64,9 @@ class _RefusedAddressError(Exception):
     """The client id's name resolves to an address the fetch must not reach."""
 
 
-def is_local_address(address: IPAddress) -> bool:
-    """Return True for the loopback and private addresses an IP client id may use."""
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
-        return False
-    return any(address in network for network in _LOOPBACK_NETWORKS) or any(
-        address in network for network in _PRIVATE_NETWORKS
-    )
-
-
-def _allow_address(address: IPAddress) -> bool:
-    """Return True when a looked-up name may be fetched from address."""
-    if isinstance(address, ipaddress.IPv6Address):
-        # Addresses embedding an IPv4 one reach that IPv4 host through a
-        # translator, so judge the embedded address too.
-        embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is None and address in _NAT64_NETWORK:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None and not _allow_address(embedded):
-            return False
-    return address.is_global and not (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-    )
+# The address rules live with every other IP helper (opp_auth.network).
+is_local_address = is_local_client_address
+_allow_address = is_public_fetch_address
 
 
 def _parse_url(url: str) -> SplitResult:
