@@ -124,12 +124,19 @@ async def test_every_login_shares_one_credential(opp_auth_factory: Factory, opp_
 
 @pytest.mark.parametrize("password", ["wrong", "", PASSWORD.upper(), PASSWORD + " ", "\ud800"])
 async def test_wrong_password_is_invalid_auth(opp_auth_factory: Factory, opp_auth_client: Any, password: str) -> None:
-    """Any other password (case, spacing, unencodable text) is invalid_auth and creates nobody."""
+    """Any other password (case, spacing) is invalid_auth and creates nobody.
+
+    Unencodable text (a lone surrogate) never reaches the provider: the HTTP edge refuses
+    it with 400 invalid_format (opp_auth.validation); nobody is created either way.
+    """
     auth, client = await serve(opp_auth_factory, opp_auth_client, PROVIDER)
     _, result = await client.login.start(HANDLER)
     status, result = await client.login.step(result["flow_id"], password=password)
-    assert status == 200
-    assert result["type"] == "form" and result["errors"] == {"base": "invalid_auth"}
+    if password == "\ud800":
+        assert (status, result["code"]) == (400, "invalid_format")
+    else:
+        assert status == 200
+        assert result["type"] == "form" and result["errors"] == {"base": "invalid_auth"}
     assert legacy_users(auth) == []
 
 
