@@ -18,6 +18,7 @@ from . import __version__
 from .codes import AuthorizationCodes
 from .context import PluginContext
 from .errors import AuthManagerError
+from .events import Events
 from .login_flow import MAX_FLOWS, LoginFlowManager
 from .mfa import MfaModule, MfaSetupFlowManager
 from .models import (
@@ -79,6 +80,7 @@ class AuthManager:
         self.mfa_required = mfa_required
         self.store = AuthStore(self.config_dir)
         self.context = PluginContext(self)
+        self.events = Events(pm, self.context)
         self._providers: OrderedDict[tuple[str, str | None], AuthProvider] = OrderedDict()
         for cls, conf in provider_configs:
             provider = cls(self.context, conf)
@@ -120,7 +122,6 @@ class AuthManager:
         self._token_cache = TokenCache()
         self._password_checks = asyncio.Semaphore(max_password_checks or max(2, os.cpu_count() or 2))
         self._sign_secret = secrets.token_hex(32)
-        self._background: set[asyncio.Future[Any]] = set()
         self._set_up = False
         self.refresh_token_expiry = refresh_token_expiry
         self._purge = purge_expired_tokens
@@ -181,8 +182,7 @@ class AuthManager:
             await _quiet(provider.async_shutdown(), "provider shutdown")
         for module in self._mfa_modules.values():
             await _quiet(module.async_shutdown(), "MFA module shutdown")
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.events.async_drain()
         await self.store.async_flush()
         for store in self._journaled_stores:
             try:
@@ -698,39 +698,36 @@ class AuthManager:
             return None
         return refresh_token
 
-    # ---- events -----------------------------------------------------------------------------
+    # ---- events (events.py) -------------------------------------------------------------------
 
     async def _async_fire(self, hookname: str, **kwargs: Any) -> None:
-        """Call an event hook through pluggy and await the results; one plugin's failure is logged by its guard."""
-        await self.pm.acall(hookname, auth=self.context, **kwargs)
+        """Fire an event hook and await it (events.Events)."""
+        await self.events.async_fire(hookname, **kwargs)
 
     def note_login_failure(
         self, remote_ip: str | None, provider: tuple[str, str | None] | None, username: str | None, reason: str
     ) -> None:
         """Tell plugins a login failed (fire and forget)."""
-        _LOGGER.warning("Login attempt or request with invalid authentication from %s (%s)", remote_ip, reason)
-        self._spawn(
-            self._async_fire(
-                "opp_auth_login_failed", remote_ip=remote_ip, provider=provider, username=username, reason=reason
-            )
-        )
+        self.events.login_failed(remote_ip, provider, username, reason)
 
     def note_login_success(self, remote_ip: str | None, user: User | None, credential: Credentials | None) -> None:
         """Tell plugins a login succeeded (fire and forget); remote_ip is a known address of the account from now on."""
         account = user.id if user is not None else (credential.id if credential is not None else None)
         self.known_addresses.add(account, remote_ip)
-        self._spawn(self._async_fire("opp_auth_login_succeeded", remote_ip=remote_ip, user=user, credential=credential))
+        self.events.login_succeeded(remote_ip, user, credential)
 
     def login_retry_after(self, remote_ip: str | None, username: str | None) -> float:
         """Seconds before remote_ip may try to log in as username (0: now), as the throttling plugins say."""
-        waits = self.pm.call("opp_auth_login_retry_after", auth=self.context, remote_ip=remote_ip, username=username)
-        return max((float(w) for w in waits if isinstance(w, (int, float)) and w > 0), default=0.0)
+        return self.events.login_retry_after(remote_ip, username)
 
     def _spawn(self, coro: Any) -> None:
-        """Run a coroutine in the background, keeping a reference until it ends."""
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        """Run a coroutine in the background (events.Events keeps the reference)."""
+        self.events.spawn(coro)
+
+    @property
+    def _background(self) -> set[asyncio.Future[Any]]:
+        """Background deliveries still running (tests wait on them)."""
+        return self.events.background
 
 
 def load_server_secret(config_dir: str) -> bytes:
