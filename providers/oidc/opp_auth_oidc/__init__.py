@@ -173,8 +173,18 @@ def pkce_pair() -> tuple[str, str]:
 class Identity:
     """What the provider said about the person (rides on new credentials as meta; never stored)."""
 
-    def __init__(self, issuer: str, sub: str, username: str, name: str | None, groups: set[str], group: str) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        sub: str,
+        username: str,
+        name: str | None,
+        groups: set[str],
+        group: str,
+        sid: str | None = None,
+    ) -> None:
         """Keep the claims that matter."""
+        self.sid = sid
         self.issuer = issuer
         self.sub = sub
         self.username = username
@@ -213,6 +223,12 @@ class OidcAuthProvider(AuthProvider):
         self._keys_refetched = -JWKS_MIN_REFETCH
         self._lock = asyncio.Lock()
         self.pending: OrderedDict[str, Pending] = OrderedDict()
+        # Back-channel logout: the provider session ids (sid) each refresh token came from, kept in
+        # .storage, and the sids of logins whose code is not traded yet, by subject.
+        self._store: Any = None
+        self.token_sids: dict[str, list[str]] = {}
+        self._login_sids: dict[str, list[tuple[str, float]]] = {}
+        self._seen_jti: OrderedDict[str, float] = OrderedDict()
 
     @property
     def name(self) -> str:
@@ -283,7 +299,12 @@ class OidcAuthProvider(AuthProvider):
             return self._keys
 
     async def async_initialize(self) -> None:
-        """Fetch discovery and keys at start-up so problems are logged early (a login retries)."""
+        """Load the session map; fetch discovery and keys so problems are logged early (a login retries)."""
+        self._store = self.auth.storage(f"auth_provider.oidc.{self.id or 'default'}", 1)
+        data = await self._store.async_load()
+        sessions = data.get("token_sids") if isinstance(data, dict) else None
+        if isinstance(sessions, dict):
+            self.token_sids = {str(k): [str(x) for x in v] for k, v in sessions.items() if isinstance(v, list)}
         try:
             await self.async_metadata()
             await self.async_keys()
@@ -450,7 +471,124 @@ class OidcAuthProvider(AuthProvider):
             group = GROUP_ID_READ_ONLY
         else:
             group = GROUP_ID_USER
-        return Identity(self.issuer, claims["sub"], username, name and name.strip(), groups, group)
+        sid = claims.get("sid") if isinstance(claims.get("sid"), str) and len(claims["sid"]) <= 255 else None
+        return Identity(self.issuer, claims["sub"], username, name and name.strip(), groups, group, sid)
+
+    # ---- back-channel logout ----------------------------------------------------------------------
+
+    def note_login_sid(self, sub: str, sid: str | None) -> None:
+        """A login of sub at provider session sid finished; its refresh token is created when the code is traded."""
+        if sid is None:
+            return
+        now = time.monotonic()
+        entries = [(s, t) for s, t in self._login_sids.get(sub, []) if t > now][-16:]
+        entries.append((sid, now + PENDING_TTL))
+        self._login_sids[sub] = entries
+        if len(self._login_sids) > MAX_PENDING:
+            self._login_sids.pop(next(iter(self._login_sids)))
+
+    async def async_refresh_token_created(self, refresh_token: RefreshToken) -> None:
+        """Tie a new refresh token to the provider session(s) its login came from.
+
+        Normally one login waits for its code to be traded. When several logins
+        of one subject wait at once, the token cannot tell which one it is, so it
+        is tied to all of them: a logout of any of those sessions revokes it
+        (fail closed).
+        """
+        credential = refresh_token.credential
+        if credential is None or credential.data.get("iss") != self.issuer:
+            return
+        now = time.monotonic()
+        waiting = [(s, t) for s, t in self._login_sids.get(str(credential.data.get("sub")), []) if t > now]
+        if not waiting:
+            return
+        self.token_sids[refresh_token.id] = sorted({s for s, _ in waiting})
+        if len(waiting) == 1:
+            self._login_sids.pop(str(credential.data.get("sub")), None)
+        await self._save()
+
+    async def async_refresh_token_removed(self, refresh_token: RefreshToken) -> None:
+        """Forget a removed token."""
+        if self.token_sids.pop(refresh_token.id, None) is not None:
+            await self._save()
+
+    async def _save(self) -> None:
+        if self._store is not None:
+            await self._store.async_save({"token_sids": self.token_sids})
+
+    async def async_verify_logout_token(self, token: str) -> dict[str, Any]:
+        """OpenID Connect Back-Channel Logout 1.0, section 2.6; OidcError when refused."""
+        await self.async_metadata()
+        try:
+            header = extract_compact(token.encode()).protected
+        except (JoseError, ValueError, TypeError) as err:
+            raise OidcError(f"logout token is not a JWS: {err}") from err
+        supported = (self._metadata or {}).get("id_token_signing_alg_values_supported") or ["RS256"]
+        allowed = [a for a in ASYMMETRIC_ALGORITHMS if a in supported] or ["RS256"]
+        if header.get("alg") not in allowed:
+            raise OidcError(f"logout token signed with {header.get('alg')!r}")
+        keys = await self.async_keys()
+        kid = header.get("kid")
+        if kid is not None and not any(k.kid == kid for k in keys.keys):
+            keys = await self.async_keys(refetch=True)
+        try:
+            claims = dict(jwt.decode(token, keys, algorithms=allowed).claims)
+            JWTClaimsRegistry(
+                leeway=LEEWAY,
+                iss={"essential": True, "value": self.issuer},
+                aud={"essential": True, "value": self.config["client_id"]},
+                iat={"essential": True},
+                jti={"essential": True},
+            ).validate(claims)
+        except (JoseError, ValueError, TypeError) as err:
+            raise OidcError(f"logout token refused: {err}") from err
+        events = claims.get("events")
+        if not isinstance(events, dict) or not isinstance(
+            events.get("http://schemas.openid.net/event/backchannel-logout"), dict
+        ):
+            raise OidcError("logout token without the back-channel logout event")
+        if "nonce" in claims:
+            raise OidcError("logout token with a nonce")
+        sub, sid = claims.get("sub"), claims.get("sid")
+        if not isinstance(sub, str) and not isinstance(sid, str):
+            raise OidcError("logout token with neither sub nor sid")
+        now = time.monotonic()
+        while self._seen_jti and (next(iter(self._seen_jti.values())) < now or len(self._seen_jti) > 10000):
+            self._seen_jti.popitem(last=False)
+        jti = str(claims["jti"])
+        if jti in self._seen_jti:
+            raise OidcError("logout token replayed")
+        self._seen_jti[jti] = now + 600
+        return claims
+
+    async def async_back_channel_logout(self, claims: dict[str, Any]) -> int:
+        """Revoke the refresh tokens of that provider session (sid), or all of the subject's; how many."""
+        sub, sid = claims.get("sub"), claims.get("sid")
+        victims = []
+        for user in self.auth.users():
+            for refresh_token in list(user.refresh_tokens.values()):
+                credential = refresh_token.credential
+                if credential is None or credential.provider_key != self.key:
+                    continue
+                if isinstance(sub, str) and credential.data.get("sub") != sub:
+                    continue
+                if isinstance(sid, str) and sid not in self.token_sids.get(refresh_token.id, []):
+                    continue
+                victims.append(refresh_token)
+        for refresh_token in victims:
+            await self.auth.async_remove_refresh_token(refresh_token)
+            self.token_sids.pop(refresh_token.id, None)
+        if isinstance(sid, str) and isinstance(sub, str):
+            self._login_sids[sub] = [(s, t) for s, t in self._login_sids.get(sub, []) if s != sid]
+        await self._save()
+        _LOGGER.info(
+            "OpenID back-channel logout from %s (sub %r, sid %r): %d refresh tokens revoked",
+            self.issuer,
+            sub,
+            sid,
+            len(victims),
+        )
+        return len(victims)
 
     # ---- credentials and users -----------------------------------------------------------------
 
@@ -512,7 +650,9 @@ class OidcLoginFlow(LoginFlow[OidcAuthProvider]):
             if existing is None or provider.auth.user_for_credentials(existing) is None:
                 _LOGGER.info("OpenID login of %r refused: no such user and create_users is false", outcome.username)
                 return self.async_abort(reason=NOT_MEMBER)
-        return await self.async_finish({"iss": outcome.issuer, "sub": outcome.sub, "identity": outcome})
+        result = await self.async_finish({"iss": outcome.issuer, "sub": outcome.sub, "identity": outcome})
+        provider.note_login_sid(outcome.sub, outcome.sid)
+        return result
 
 
 def _error_page(message: str, status: int = 400) -> web.Response:
@@ -556,6 +696,42 @@ async def callback_view(request: web.Request) -> web.StreamResponse:
 
 
 CONTEXT_KEY: web.AppKey[Any] = web.AppKey("opp_auth_oidc_context")
+LOGOUT_PATH = "/auth/oidc/backchannel_logout"
+MAX_LOGOUT_TOKEN = 16 * 1024
+
+
+def _logout_answer(status: int, error: str | None = None, description: str | None = None) -> web.Response:
+    body = {} if error is None else {"error": error, "error_description": description or error}
+    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
+
+
+async def backchannel_logout_view(request: web.Request) -> web.StreamResponse:
+    """POST /auth/oidc/backchannel_logout (form: logout_token): the provider ends a session."""
+    context = request.app[CONTEXT_KEY]
+    if request.content_length is not None and request.content_length > MAX_LOGOUT_TOKEN:
+        return _logout_answer(400, "invalid_request", "body too large")
+    try:
+        form = await request.post()
+    except (ValueError, UnicodeDecodeError, web.HTTPException):
+        return _logout_answer(400, "invalid_request", "not a form")
+    token = form.get("logout_token")
+    if not isinstance(token, str) or not token or len(token) > MAX_LOGOUT_TOKEN:
+        return _logout_answer(400, "invalid_request", "logout_token missing")
+    try:
+        issuer = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==")).get("iss")
+    except (ValueError, IndexError, AttributeError, UnicodeDecodeError):
+        return _logout_answer(400, "invalid_request", "logout_token is not a JWT")
+    for provider in context.get_auth_providers(OidcAuthProvider.TYPE):
+        if provider.issuer != issuer:
+            continue
+        try:
+            claims = await provider.async_verify_logout_token(token)
+        except OidcError as err:
+            _LOGGER.warning("Back-channel logout from %s refused: %s", provider.issuer, err)
+            continue
+        await provider.async_back_channel_logout(claims)
+        return _logout_answer(200)
+    return _logout_answer(400, "invalid_request", "logout_token refused")
 
 
 @hookimpl
@@ -571,3 +747,28 @@ def opp_auth_register_routes(app: web.Application, auth: Any) -> None:
         return
     app[CONTEXT_KEY] = auth
     app.router.add_get(CALLBACK_PATH, callback_view)
+    app.router.add_post(LOGOUT_PATH, backchannel_logout_view)
+
+
+def _provider_of(auth: Any, refresh_token: RefreshToken) -> OidcAuthProvider | None:
+    credential = refresh_token.credential
+    if credential is None or credential.auth_provider_type != OidcAuthProvider.TYPE:
+        return None
+    provider = auth.get_auth_provider(OidcAuthProvider.TYPE, credential.auth_provider_id)
+    return provider if isinstance(provider, OidcAuthProvider) else None
+
+
+@hookimpl
+async def opp_auth_refresh_token_created(auth: Any, refresh_token: RefreshToken) -> None:
+    """Tie the token to its provider session (for back-channel logout)."""
+    provider = _provider_of(auth, refresh_token)
+    if provider is not None:
+        await provider.async_refresh_token_created(refresh_token)
+
+
+@hookimpl
+async def opp_auth_refresh_token_removed(auth: Any, refresh_token: RefreshToken) -> None:
+    """Forget a removed token."""
+    provider = _provider_of(auth, refresh_token)
+    if provider is not None:
+        await provider.async_refresh_token_removed(refresh_token)

@@ -6,6 +6,7 @@ own key (which the test generated and handed to it) to try each claim, or with a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -442,3 +443,78 @@ async def test_forged_id_tokens_are_refused(site: Any) -> None:
             pytest.fail(f"{name} was accepted")
     # Small leeway: a token that expired 30 seconds ago still passes.
     assert await provider.async_verify_id_token(sign(claims_for(s, exp=int(time.time()) - 30), key), "n-1")
+
+
+# ---- back-channel logout ---------------------------------------------------------------------
+
+
+async def refresh(s: Site, refresh_token: str) -> int:
+    form = {"grant_type": "refresh_token", "client_id": s.client_id, "refresh_token": refresh_token}
+    async with aiohttp.ClientSession() as session, session.post(f"{s.base}/auth/token", data=form) as resp:
+        return resp.status
+
+
+@pytest.mark.chromium
+async def test_back_channel_logout_of_one_session(site: Any, page: Any) -> None:
+    """Two browsers log in as alice; signing out of one at the provider revokes exactly its refresh token."""
+    s: Site = await site()
+    first = (await trade(s, await browser_login(page, s, "alice")))[1]
+    other_context = await page.context.browser.new_context(locale="en-US")
+    other = await other_context.new_page()
+    second = (await trade(s, await browser_login(other, s, "alice")))[1]
+    assert await refresh(s, first["refresh_token"]) == 200
+    assert await refresh(s, second["refresh_token"]) == 200
+    sids = [tuple(v) for v in s.provider.token_sids.values()]
+    assert len(sids) == 2 and sids[0] != sids[1], sids
+
+    # RP-less logout at the provider in the first browser: the provider posts a logout token to us.
+    await page.goto(f"{s.op.issuer}/session/end")
+    await page.click("button[name=logout][value=yes], button[autofocus]")
+    for _ in range(100):
+        if await refresh(s, first["refresh_token"]) != 200:
+            break
+        await asyncio.sleep(0.1)
+    assert await refresh(s, first["refresh_token"]) == 400, s.op.output
+    assert await refresh(s, second["refresh_token"]) == 200
+    await other_context.close()
+
+
+async def test_logout_tokens_forged_or_without_sid(site: Any) -> None:
+    """Logout tokens are checked like ID tokens plus the event; one without sid revokes all of the user's."""
+    key = make_key("key-1")
+    s: Site = await site(keys=[key])
+    provider = s.provider
+    user = await s.auth.async_create_user("alice", ["system-users"])
+    creds = provider.async_create_credentials({"iss": s.op.issuer, "sub": "alice"})
+    await s.auth.async_link_user(user, creds)
+    tokens = [await s.auth.async_create_refresh_token(user, s.client_id, credential=creds) for _ in range(2)]
+
+    async def post(token: str) -> int:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{s.base}/auth/oidc/backchannel_logout", data={"logout_token": token}) as resp,
+        ):
+            return resp.status
+
+    now = int(time.time())
+    event = {"http://schemas.openid.net/event/backchannel-logout": {}}
+    base = {"iss": s.op.issuer, "aud": CLIENT_ID, "iat": now, "exp": now + 120, "sub": "alice", "events": event}
+    forged = [
+        sign({**base, "jti": "1", "aud": "other"}, key),
+        sign({**base, "jti": "2", "iss": "http://127.0.0.1:1"}, key),
+        sign({**base, "jti": "3", "events": {}}, key),
+        sign({**base, "jti": "4", "nonce": "n"}, key),
+        sign({**base, "jti": "5"}, make_key("key-1")),
+        unsigned({**base, "jti": "6"}),
+        hmac_with(key.as_pem(private=False), {**base, "jti": "7"}),
+        sign({k: v for k, v in base.items() if k != "sub"} | {"jti": "8"}, key),
+        "not.a.jwt",
+        "",
+    ]
+    for token in forged:
+        assert await post(token) == 400, token
+    assert all(s.auth.store.get_refresh_token(t.id) for t in tokens)
+    good = sign({**base, "jti": "9"}, key)
+    assert await post(good) == 200
+    assert not any(s.auth.store.get_refresh_token(t.id) for t in tokens)
+    assert await post(good) == 400  # replayed jti

@@ -31,12 +31,19 @@ const provider = new Provider(issuer, {
     if (!claims) return undefined;
     return { accountId: id, async claims() { return { sub: id, ...claims }; } };
   },
+  // Its SSRF guard refuses loopback addresses, where the tests' opp-auth listens for back-channel logouts.
+  fetch(url, options) {
+    const { dispatcher, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
   renderError(ctx, out) {
     ctx.type = "text/plain";
     ctx.body = `error: ${out.error}: ${out.error_description || ""}`;
   },
 });
 provider.on("server_error", (ctx, err) => console.error("server_error", err));
+provider.on("backchannel.success", (ctx, client, accountId, sid) => console.log(`backchannel.success ${accountId} ${sid}`));
+provider.on("backchannel.error", (ctx, err, client, accountId, sid) => console.log(`backchannel.error ${accountId} ${sid} ${err} ${err.cause}`));
 
 const server = provider.listen(port, "127.0.0.1", () => console.log(`listening ${issuer}`));
 process.on("SIGTERM", () => server.close(() => process.exit(0)));
