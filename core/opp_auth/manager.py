@@ -354,6 +354,11 @@ class AuthManager:
         if provider is None:
             raise AuthManagerError("Credential with unknown provider encountered")
         meta = await provider.async_user_meta_for_credentials(credentials)
+        # Two codes of logins that both found no credentials hold two new Credentials for one person: once
+        # one of them made the user, the other is refused (never a second user with the same credential key).
+        existing = self.store.find_credentials(credentials.provider_key, credentials.data)
+        if existing is not None and existing is not credentials:
+            raise AuthManagerError("These credentials belong to a user created meanwhile; log in again")
         group_id = meta.group or GROUP_ID_USER
         user = User(
             name=meta.name, is_active=meta.is_active, local_only=meta.local_only, groups=self._groups_for([group_id])

@@ -376,3 +376,31 @@ async def test_link_user_without_client_id_is_400(client: Any) -> None:
     status, body = await link_user(client, tokens["access_token"], {"code": "x"})
     assert status == 400
     assert body["message"].startswith("Message format incorrect: ")
+
+
+async def test_two_codes_of_one_new_login_make_one_user(client: Any, auth: Any) -> None:
+    """Red team: two finished logins of a person with no account yet give two codes holding two new,
+    distinct Credentials for the same username; redeeming both (one after the other, or at once) must
+    not create two users holding the same credential key."""
+    import asyncio
+
+    first = await client.login.code(HANDLER, [ALICE])
+    second = await client.login.code(HANDLER, [ALICE])
+    third = await client.login.code(HANDLER, [ALICE])
+    status, body = await client.login.token(grant_type="authorization_code", client_id=CLIENT_ID, code=first)
+    assert status == 200, body
+    results = await asyncio.gather(
+        client.login.token(grant_type="authorization_code", client_id=CLIENT_ID, code=second),
+        client.login.token(grant_type="authorization_code", client_id=CLIENT_ID, code=third),
+    )
+    for status, body in results:
+        assert status in (200, 403), body
+    alices = [u for u in await auth.async_get_users() if u.name == "Alice"]
+    assert len(alices) == 1, [u.id for u in alices]
+    assert len(alices[0].credentials) == 1
+    # Every refresh token handed out belongs to that one user, through the stored credentials.
+    for status, body in results:
+        if status == 200:
+            token = await auth.async_get_refresh_token_by_token(body["refresh_token"])
+            assert token.user is alices[0]
+            assert token.credential is alices[0].credentials[0]
