@@ -27,16 +27,16 @@ class Events:
         """Call an event hook and await every result; one plugin's failure is logged by its guard."""
         await self._pm.acall(hookname, auth=self._context, **kwargs)
 
-    def fire_later(self, hookname: str, **kwargs: Any) -> None:
-        """Fire an event in the background (the caller's answer does not wait for plugins)."""
-        self.spawn(self.async_fire(hookname, **kwargs))
+    def fire_later(self, hookname: str, **kwargs: Any) -> asyncio.Future[Any]:
+        """Fire an event in the background (the caller's answer does not wait for plugins); the task."""
+        return self.spawn(self.async_fire(hookname, **kwargs))
 
     def login_failed(
         self, remote_ip: str | None, provider: tuple[str, str | None] | None, username: str | None, reason: str
-    ) -> None:
-        """A login attempt or request failed: logged, and opp_auth_login_failed in the background."""
+    ) -> asyncio.Future[Any]:
+        """A login attempt or request failed: logged, and opp_auth_login_failed in the background (the task)."""
         _LOGGER.warning("Login attempt or request with invalid authentication from %s (%s)", remote_ip, reason)
-        self.fire_later(
+        return self.fire_later(
             "opp_auth_login_failed", remote_ip=remote_ip, provider=provider, username=username, reason=reason
         )
 
@@ -49,11 +49,12 @@ class Events:
         waits = self._pm.call("opp_auth_login_retry_after", auth=self._context, remote_ip=remote_ip, username=username)
         return max((float(w) for w in waits if isinstance(w, (int, float)) and w > 0), default=0.0)
 
-    def spawn(self, coro: Any) -> None:
-        """Run a coroutine in the background, keeping a reference until it ends."""
+    def spawn(self, coro: Any) -> asyncio.Future[Any]:
+        """Run a coroutine in the background, keeping a reference until it ends; the task."""
         task = asyncio.ensure_future(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+        return task
 
     async def async_drain(self) -> None:
         """Wait for every background delivery (at shutdown)."""

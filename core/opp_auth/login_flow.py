@@ -20,6 +20,8 @@ login the same way through :class:`LoginFlowManager`:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -45,6 +47,7 @@ from .mfa import MfaAbort
 from .models import Credentials, RefreshToken, User
 from .providers import AuthProvider, InvalidAuthError, ProviderUnavailableError
 from .shares import AddressShares, Full, KnownAddresses
+from .throttle import normalize_username
 
 if TYPE_CHECKING:
     from .context import PluginContext
@@ -272,6 +275,9 @@ class LoginFlowManager(FlowManager):
         self.shares = AddressShares(max_flows, max_per_address, max_per_prefix, known=known, trusted=trusted)
         super().__init__(max_flows=max_flows, ttl=ttl)
         self.auth = auth
+        # Steps of one account (or, without a username, one address) run one at a time, each after the
+        # previous one's failure was counted: a burst of simultaneous guesses cannot pass the throttle together.
+        self._attempts: dict[tuple[str, Any], list[Any]] = {}
 
     @property
     def max_flows(self) -> int:
@@ -380,9 +386,9 @@ class LoginFlowManager(FlowManager):
         reason: str,
         provider: tuple[str, str | None] | None = None,
         username: str | None = None,
-    ) -> None:
+    ) -> asyncio.Future[Any]:
         """Report a failed login to the plugins (throttling, bans, audit)."""
-        self.auth.note_login_failure(ip_address, provider, username, reason)
+        return self.auth.note_login_failure(ip_address, provider, username, reason)
 
     async def async_start_login(
         self,
@@ -465,15 +471,45 @@ class LoginFlowManager(FlowManager):
             username = flow.context.get(THROTTLE_USERNAME)
         else:
             flow.context[THROTTLE_USERNAME] = username
-        wait = self.auth.login_retry_after(ip_address, username)
-        if wait > 0:
-            raise LoginThrottled(wait)
-        result = await self.async_configure(flow_id, user_input)
-        purpose = flow.context.get("purpose", AUTHORIZE)
-        return self._outcome(result, ip_address=ip_address, client_id=client_id, purpose=purpose, username=username)
+        account = normalize_username(username)
+        async with self._one_attempt_at_a_time(("ip", ip_address) if account is None else ("user", account)):
+            wait = self.auth.login_retry_after(ip_address, username)
+            if wait > 0:
+                raise LoginThrottled(wait)
+            result = await self.async_configure(flow_id, user_input)
+            purpose = flow.context.get("purpose", AUTHORIZE)
+            reports: list[asyncio.Future[Any]] = []
+            outcome = self._outcome(
+                result, ip_address=ip_address, client_id=client_id, purpose=purpose, username=username, reports=reports
+            )
+            if reports:  # the next attempt of this account is checked against this failure
+                await asyncio.wait(reports, timeout=5)
+        return outcome
+
+    @contextlib.asynccontextmanager
+    async def _one_attempt_at_a_time(self, key: tuple[str, Any]) -> Any:
+        """Hold the lock of key (dropped when nobody holds or waits for it)."""
+        entry = self._attempts.get(key)
+        if entry is None:
+            entry = self._attempts[key] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._attempts[key]
 
     def _outcome(
-        self, result: FlowResult, *, ip_address: str | None, client_id: str, purpose: str, username: Any
+        self,
+        result: FlowResult,
+        *,
+        ip_address: str | None,
+        client_id: str,
+        purpose: str,
+        username: Any,
+        reports: list[asyncio.Future[Any]] | None = None,
     ) -> FlowResult:
         """Report a step's failure, or turn a finished login into an authorization code."""
         if result["type"] != RESULT_TYPE_CREATE_ENTRY:
@@ -482,12 +518,14 @@ class LoginFlowManager(FlowManager):
                 base = "invalid_code"  # the last wrong code ends the flow; it is a failure all the same
             if base in FAILURE_REASONS:
                 handler = result.get("handler")
-                self._failed(
+                report = self._failed(
                     ip_address,
                     base,
                     tuple(handler) if isinstance(handler, (tuple, list)) else None,  # type: ignore[arg-type]
                     username if isinstance(username, str) else None,
                 )
+                if reports is not None:
+                    reports.append(report)
             return result
         credentials = result.pop("result", None)
         result.pop("data", None)

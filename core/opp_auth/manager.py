@@ -711,9 +711,9 @@ class AuthManager:
 
     def note_login_failure(
         self, remote_ip: str | None, provider: tuple[str, str | None] | None, username: str | None, reason: str
-    ) -> None:
-        """Tell plugins a login failed (fire and forget)."""
-        self.events.login_failed(remote_ip, provider, username, reason)
+    ) -> asyncio.Future[Any]:
+        """Tell plugins a login failed (fire and forget; the task is returned for a caller that must wait)."""
+        return self.events.login_failed(remote_ip, provider, username, reason)
 
     def note_login_success(self, remote_ip: str | None, user: User | None, credential: Credentials | None) -> None:
         """Tell plugins a login succeeded (fire and forget); remote_ip is a known address of the account from now on."""

@@ -532,3 +532,27 @@ async def test_simultaneous_websocket_connects_cannot_pass_the_cap_together(
     await asyncio.gather(*(ws.send_json({"type": "auth", "access_token": token}) for ws in sockets))
     answers = [(await ws.receive_json())["type"] for ws in sockets]
     assert sorted(answers) == ["auth_invalid"] * 4 + ["auth_ok"] * 2
+
+
+async def test_simultaneous_wrong_passwords_cannot_pass_the_lock_together(
+    onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Red team: 12 wrong passwords for one account sent at once, each in its own flow, all passed the
+    throttle's check before the first failure was counted (the local provider checks in a thread), so a
+    burst got 30 guesses from one address (1000 from many) where the design allows 5 (10)."""
+    import opp_auth_local
+
+    monkeypatch.setattr(opp_auth_local, "BCRYPT_ROUNDS", 4)
+    auth = await opp_auth_factory(providers=[{"type": "openpeerpower"}], mfa_modules=[])
+    await auth.get_auth_provider("openpeerpower", None).async_add_auth("alice", "alice-password")
+    client = await opp_auth_client(auth)
+    flows = []
+    for _ in range(12):
+        status, body = await client.login.start(["openpeerpower", None])
+        assert status == 200, body
+        flows.append(body["flow_id"])
+    results = await asyncio.gather(
+        *(client.login.step(flow_id, username="alice", password=f"wrong-{n}") for n, flow_id in enumerate(flows))
+    )
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200] * 5 + [429] * 7, results
