@@ -316,13 +316,16 @@ class AuthManager:
         is_owner: bool = False,
         is_active: bool = True,
         credentials: Credentials | None = None,
+        local_only: bool = False,
     ) -> User:
         """Create a person's account (owner only when the caller says so, e.g. onboarding).
 
         Credentials given here are linked in the same write, so a crash never
         leaves the account without its login.
         """
-        user = User(name=name, is_owner=is_owner, is_active=is_active, groups=self._groups_for(group_ids))
+        user = User(
+            name=name, is_owner=is_owner, is_active=is_active, local_only=local_only, groups=self._groups_for(group_ids)
+        )
         if credentials is not None and self.store.find_credentials(credentials.provider_key, credentials.data) not in (
             None,
             credentials,
@@ -403,13 +406,18 @@ class AuthManager:
         await self._async_fire("opp_auth_user_removed", user=user)
 
     async def async_update_user(
-        self, user: User, name: str | None = None, is_active: bool | None = None, group_ids: list[str] | None = None
+        self,
+        user: User,
+        name: str | None = None,
+        is_active: bool | None = None,
+        group_ids: list[str] | None = None,
+        local_only: bool | None = None,
     ) -> None:
-        """Rename, (de)activate or regroup a user."""
+        """Rename, (de)activate, regroup a user or restrict them to the local network (None: unchanged)."""
         groups = self._groups_for(group_ids) if group_ids is not None else None
         if is_active is False and user.is_owner:
             raise AuthManagerError("Unable to deactivate the owner")
-        self.store.update_user(user, name=name, is_active=is_active, groups=groups)
+        self.store.update_user(user, name=name, is_active=is_active, groups=groups, local_only=local_only)
         await self.store.async_save()
         await self._async_fire("opp_auth_user_updated", user=user)
 

@@ -595,9 +595,14 @@ class AuthStore:
         is_active: bool | None = None,
         groups: Any = None,
         is_owner: bool | None = None,
+        local_only: bool | None = None,
     ) -> None:
-        """Change a user's name, activity, groups or ownership (None: unchanged)."""
+        """Change a user's name, activity, groups, ownership or local_only flag (None: unchanged)."""
         record = _user_record(user)
+        if local_only is not None:
+            record.pop("local_only", None)
+            if local_only:
+                record["local_only"] = True
         if name is not None:
             record["name"] = name
         if is_active is not None:
@@ -616,6 +621,8 @@ class AuthStore:
             user.groups = shared
         if is_owner is not None:
             self._set_flags(user, is_owner, user.system_generated)
+        if local_only is not None:
+            user.local_only = local_only
 
     def default_expire_at(self, token_type: str) -> float | None:
         """When a normal token that was just made or used expires (None: never)."""

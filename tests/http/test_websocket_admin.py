@@ -94,6 +94,7 @@ async def test_list_users(
         "is_owner": True,
         "is_active": True,
         "system_generated": False,
+        "local_only": False,
         "group_ids": [GROUP_ID_ADMIN],
         "credentials": [],
     }
@@ -223,3 +224,23 @@ async def test_cannot_delete_owner(as_admin: Any, owner: User, auth: AuthManager
 async def test_owner_may_administer(connect: Any, auth: AuthManager, owner: User, bob: User) -> None:
     session = await connect.user(auth, owner)
     assert {u["name"] for u in await session.result("config/auth/list")} == {"Paulus", "Bob"}
+
+
+async def test_local_only_set_by_create_and_update_is_kept_and_enforced(
+    as_admin: Any, auth: AuthManager, bob: User, opp_auth_factory: Any
+) -> None:
+    """Red team: config/auth/create and config/auth/update took local_only and answered success, but
+    dropped it, so a user the administrator restricted to the local network could log in from anywhere."""
+    created = (await as_admin.result("config/auth/create", name="Eve", local_only=True))["user"]
+    assert created["local_only"] is True and auth.get_user(created["id"]).local_only is True
+    updated = (await as_admin.result("config/auth/update", user_id=bob.id, local_only=True))["user"]
+    assert updated["local_only"] is True and bob.local_only is True
+    assert auth.access.refusal(bob, "203.0.113.7") is not None
+    assert auth.access.refusal(bob, "10.0.0.5") is None
+    await as_admin.result("config/auth/update", user_id=created["id"], local_only=False)
+    assert auth.get_user(created["id"]).local_only is False
+    # Kept on disk: a second manager on the same directory reads it.
+    await auth.async_shutdown()
+    again = await opp_auth_factory(providers=PROVIDERS, mfa_modules=[])
+    assert again.get_user(bob.id).local_only is True
+    assert again.get_user(created["id"]).local_only is False

@@ -38,6 +38,7 @@ def user_info(user: User) -> dict[str, Any]:
         "is_owner": user.is_owner,
         "is_active": user.is_active,
         "system_generated": user.system_generated,
+        "local_only": user.local_only,
         "group_ids": user.group_ids,
         "credentials": [{"type": c.auth_provider_type} for c in user.credentials],
     }
@@ -302,7 +303,9 @@ async def config_auth_list(conn: ActiveConnection, msg: dict[str, Any]) -> None:
 async def config_auth_create(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """Create a user (never an owner: G9)."""
     try:
-        user = await conn.auth.async_create_user(msg["name"], msg.get("group_ids"))
+        user = await conn.auth.async_create_user(
+            msg["name"], msg.get("group_ids"), local_only=msg.get("local_only", False)
+        )
     except AuthManagerError as err:
         raise CommandError("invalid_group", str(err)) from err
     conn.send_result(msg["id"], {"user": user_info(user)})
@@ -335,7 +338,11 @@ async def config_auth_update(conn: ActiveConnection, msg: dict[str, Any]) -> Non
         raise CommandError("cannot_deactivate_self", "Unable to deactivate your own account.")
     try:
         await auth.async_update_user(
-            user, name=msg.get("name"), is_active=msg.get("is_active"), group_ids=msg.get("group_ids")
+            user,
+            name=msg.get("name"),
+            is_active=msg.get("is_active"),
+            group_ids=msg.get("group_ids"),
+            local_only=msg.get("local_only"),
         )
     except AuthManagerError as err:
         raise CommandError("invalid_group", str(err)) from err
