@@ -13,7 +13,7 @@ what a plugin may ask of the running server:
 - users and credentials: :meth:`get_user`, :meth:`users`, :meth:`owner`,
   :meth:`user_for_credentials`, :meth:`credentials_for_provider`,
   :meth:`find_credentials`, :meth:`async_get_or_create_user`,
-  :meth:`async_link_user`, :meth:`async_remove_credentials`,
+  :meth:`async_link_user`, :meth:`async_update_user`, :meth:`async_remove_credentials`,
   :meth:`async_forget_credentials`, :meth:`async_update_credentials_data`;
 - sessions: :meth:`async_get_refresh_token`, :meth:`async_remove_refresh_token`;
 - the other plugins' objects: :meth:`get_auth_provider`,
@@ -162,6 +162,12 @@ class PluginContext:
         store = self.__manager.store
         store.update_credentials_data(credentials, dict(data))
         await store.async_save()
+
+    async def async_update_user(
+        self, user: User, *, name: str | None = None, group_ids: list[str] | None = None
+    ) -> None:
+        """Rename or regroup a user, as a provider syncing what its identity provider says at each login."""
+        await self.__manager.async_update_user(user, name=name, group_ids=group_ids)
 
     # ---- sessions ----------------------------------------------------------------------------
 

@@ -602,7 +602,23 @@ class OidcAuthProvider(AuthProvider):
         identity = flow_result.get("identity")
         if credentials.is_new and isinstance(identity, Identity):
             credentials.meta = identity
+        elif isinstance(identity, Identity):
+            await self.async_sync_user(credentials, identity)
         return credentials
+
+    async def async_sync_user(self, credentials: Credentials, identity: Identity) -> None:
+        """At every login: the name, and the group (never the owner's: the owner stays an administrator)."""
+        user = self.auth.user_for_credentials(credentials)
+        if user is None:
+            return
+        name = identity.name or identity.username
+        group_ids = None if user.is_owner else [identity.group]
+        if group_ids == [g.id for g in user.groups]:
+            group_ids = None
+        if name == user.name and group_ids is None:
+            return
+        _LOGGER.info("OpenID login of %r: name and group synced from %s", identity.username, self.issuer)
+        await self.auth.async_update_user(user, name=None if name == user.name else name, group_ids=group_ids)
 
     async def async_user_meta_for_credentials(self, credentials: Credentials) -> UserMeta:
         """Name and group from the claims."""

@@ -284,6 +284,34 @@ async def test_mfa_still_applies(site: Any, page: Any) -> None:
 
 
 @pytest.mark.chromium
+async def test_name_and_group_synced_at_each_login(site: Any, page: Any) -> None:
+    """The provider renames alice and moves her from home-admins to family: the next login applies both;
+    out of every required group, the login after that is refused."""
+    s: Site = await site()
+    assert (await trade(s, await browser_login(page, s, "alice")))[0] == 200
+    (alice,) = people(s)
+    assert [g.id for g in alice.groups] == [GROUP_ID_ADMIN]
+    s.op.accounts["alice"] = {"preferred_username": "alice", "name": "Alice Pleasance", "groups": ["family"]}
+    await s.op.restart()
+    await page.context.clear_cookies()
+    assert (await trade(s, await browser_login(page, s, "alice")))[0] == 200
+    (alice,) = people(s)
+    assert alice.name == "Alice Pleasance"
+    assert [g.id for g in alice.groups] == [GROUP_ID_USER]
+    s.op.accounts["alice"] = {"preferred_username": "alice", "name": "Alice Pleasance", "groups": []}
+    await s.op.restart()
+    await page.context.clear_cookies()
+    await page.goto(f"{s.base}/auth/authorize?client_id={s.client_id}&redirect_uri={s.redirect_uri}")
+    await page.wait_for_url(f"{s.op.issuer}/**")
+    await page.fill("input[name=login]", "alice")
+    await page.fill("input[name=password]", "x")
+    await page.click("button[type=submit]")
+    await page.click("button[type=submit]")
+    await page.wait_for_selector(".error")
+    assert "?code=" not in page.url
+
+
+@pytest.mark.chromium
 async def test_jwks_rotation(site: Any, page: Any) -> None:
     """The provider restarts signing with a new key: the unknown kid makes opp-auth fetch the JWKS once more."""
     old = make_key("key-1")
