@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import time
@@ -102,6 +103,7 @@ class AuthStore:
         self._group_sets: dict[tuple[str, ...], tuple[Group, ...]] = {}
         self.loaded = False
         self._journaling = True
+        self._indexed_with: Callable[[str, str | None, dict[str, Any]], str] | None = None
         self._usage_dirty: dict[str, RefreshToken] = {}
         self._usage_handle: asyncio.TimerHandle | None = None
         self._usage_task: asyncio.Future[None] | None = None
@@ -113,9 +115,19 @@ class AuthStore:
         if self.loaded:
             return
         data, records = await self._store.async_load_journaled()
-        self._build(data)
-        for record in records:
-            self._replay(record)
+        # Hundreds of thousands of new objects would trigger full collections over and over;
+        # then freeze what was built (long-lived: the store), so later full collections need
+        # not walk it, which at 100,000 users would stall the loop for a good part of a second.
+        gc.disable()
+        try:
+            self._build(data)
+            for record in records:
+                self._replay(record)
+        finally:
+            gc.enable()
+        del data, records
+        gc.freeze()
+        self._indexed_with = self.key_for
         self.loaded = True
 
     def _build(self, data: dict[str, Any] | None) -> None:
@@ -474,7 +486,14 @@ class AuthStore:
         )
 
     def reindex_credentials(self) -> None:
-        """Rebuild the credential index (after providers decided how they normalise)."""
+        """Rebuild the credential index (after providers decided how they normalise).
+
+        Nothing to do when the load already indexed with the same key function (100,000
+        credentials cost a noticeable part of start-up).
+        """
+        if self._indexed_with is not None and self._indexed_with == self.key_for:
+            return
+        self._indexed_with = self.key_for
         self._cred_index = {self._cred_key(c): c for c in self._credentials.values()}
 
     def _unindex_credentials(self, cred: Credentials) -> None:
