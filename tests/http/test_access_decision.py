@@ -216,3 +216,31 @@ async def test_refreshing_from_a_refused_address_mints_nothing(served: tuple[Ses
         assert resp.status in (400, 403), await resp.text()
     async with client.request("POST", "/auth/token", data=form, headers={"X-Forwarded-For": LOCAL}) as resp:
         assert resp.status == 200
+
+
+async def test_refused_code_exchange_leaves_no_refresh_token(served: tuple[Session, Any]) -> None:
+    """Red team: a local_only user's code redeemed from a public address answered 403 but kept the new
+    refresh token in .storage/auth (one more per try, never handed out, never cleaned up)."""
+    session, client = served
+    auth = session.auth
+    ann_tokens = await client.login.tokens(["insecure_example", None], [{"username": "ann", "password": "pw"}])
+    ann = (await auth.async_get_refresh_token_by_token(ann_tokens["refresh_token"])).user
+    ann.local_only = True
+    before = {t.id for t in ann.token_list}
+    async with client.session.post(
+        client.url("/auth/login_flow"),
+        json={"client_id": CLIENT_ID, "handler": ["insecure_example", None], "redirect_uri": CLIENT_ID},
+        headers={"X-Forwarded-For": PUBLIC},
+    ) as resp:
+        flow = await resp.json()
+    async with client.session.post(
+        client.url(f"/auth/login_flow/{flow['flow_id']}"),
+        json={"client_id": CLIENT_ID, "username": "ann", "password": "pw"},
+        headers={"X-Forwarded-For": PUBLIC},
+    ) as resp:
+        done = await resp.json()
+    assert done["type"] == "create_entry", done
+    form = {"grant_type": "authorization_code", "client_id": CLIENT_ID, "code": done["result"]}
+    async with client.request("POST", "/auth/token", data=form, headers={"X-Forwarded-For": PUBLIC}) as resp:
+        assert resp.status == 403, await resp.text()
+    assert {t.id for t in ann.token_list} == before

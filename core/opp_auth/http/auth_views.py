@@ -365,8 +365,13 @@ async def _grant_authorization_code(request: web.Request, data: Any) -> web.Resp
         return _oauth_error("access_denied", "User is not active", 403)
     try:
         refresh_token = await auth.async_create_refresh_token(user, client_id, credential=credential)
+    except ValueError as err:
+        return _oauth_error("access_denied", str(err), 403)
+    try:
         access_token = await auth.async_create_access_token(refresh_token, client_ip(request))
     except (ValueError, InvalidAuthError) as err:
+        # Refused from here (local_only, the provider's check): the token never handed out is not kept.
+        await auth.async_remove_refresh_token(refresh_token)
         return _oauth_error("access_denied", str(err), 403)
     secret, refresh_token.token = refresh_token.token, None  # handed out once; only its digest is kept
     body = {
