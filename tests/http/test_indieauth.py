@@ -108,6 +108,14 @@ INVALID_CLIENT_IDS = [
     "https://example.com/\n",
     "https://exa\tmple.com/",
     "https://example.com/\x00",
+    # red team: controls and whitespace outside ASCII (C1 controls, NEL, no-break space, line and
+    # paragraph separators) passed the ASCII-only check, although "whitespace anywhere refuses it"
+    "https://example.com/\u2028",
+    "https://example.com/a\u2029b",
+    "https://example.com/\x85",
+    "https://example.com/\x9b",
+    "https://example.com/\u00a0",
+    "https://example.com/\u3000",
 ]
 
 

@@ -52,7 +52,8 @@ HA_MOBILE_REDIRECT_URIS: dict[str, frozenset[str]] = {
 # urlsplit silently drops tabs and newlines and strips leading control
 # characters, so "https://exa\nmple.com/" would validate as another URL than
 # the string later compared and echoed; refuse such strings outright.
-_UNSAFE_CHARS_RE = re.compile(r"[\x00-\x20\x7f]")
+# Also outside ASCII: C1 controls (NEL...), no-break and other spaces, line and paragraph separators.
+_UNSAFE_CHARS_RE = re.compile(r"[\x00-\x20\x7f-\x9f\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 _HOST_LABEL_RE = re.compile(r"^(?:[a-z0-9_-]|[^\x00-\x7f])+$")
 _MAX_HOSTNAME_LENGTH = 253
 
