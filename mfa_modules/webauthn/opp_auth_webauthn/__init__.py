@@ -563,15 +563,30 @@ class WebauthnAuthModule(MfaModule):
         self._proofs[refresh_token_id] = now
 
     def proof_left(self, refresh_token: Any) -> float:
-        """Seconds the session may still add passkeys: a login (token) or a re-authentication under 5 minutes old."""
+        """Seconds the session may still add passkeys: a login (token) or a re-authentication under 5 minutes old.
+
+        A login through a provider that checks every request (trusted networks) is no proof.
+        """
         left = 0.0
         proved = self._proofs.get(refresh_token.id)
         if proved is not None:
             left = PROOF_WINDOW - (time.monotonic() - proved)
-        if refresh_token.token_type == TOKEN_TYPE_NORMAL:
+        if refresh_token.token_type == TOKEN_TYPE_NORMAL and self._login_proves_the_person(refresh_token):
             age = (datetime.now(UTC) - refresh_token.created_at).total_seconds()
             left = max(left, PROOF_WINDOW - age)
         return max(0.0, left)
+
+    def _login_proves_the_person(self, refresh_token: Any) -> bool:
+        """Whether the session's login is a proof: not one a provider confines to its networks (trusted networks).
+
+        Such a login proves where the client is, not who; a passkey added on its strength would log in
+        from anywhere.
+        """
+        credential = refresh_token.credential
+        if credential is None:
+            return True
+        provider = self.auth.get_auth_provider(credential.auth_provider_type, credential.auth_provider_id)
+        return provider is not None and not provider.CHECKS_EVERY_REQUEST
 
 
 _TRANSPORTS = frozenset(t.value for t in AuthenticatorTransport)

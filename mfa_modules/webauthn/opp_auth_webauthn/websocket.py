@@ -1,7 +1,8 @@
 """Websocket commands: enrol, list, rename and remove passkeys; an administrator's list and remove.
 
 Adding a passkey needs a recent proof by this session (refresh token): it
-logged in less than 5 minutes ago, or it re-authenticated with
+logged in less than 5 minutes ago (not through a provider that checks every
+request, such as trusted networks: that proves a place), or it re-authenticated with
 ``auth/webauthn/reauth`` (the password, a code of another enrolled module, or
 an enrolled passkey) less than 5 minutes ago. The proof is kept in memory by
 the module, per refresh token id; a restart forgets it (fail closed).

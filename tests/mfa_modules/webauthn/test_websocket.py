@@ -225,3 +225,34 @@ async def test_setup_mfa_points_to_the_profile(auth: Any, connect: Any) -> None:
     async with connect(mia) as sock:
         ok, result = await sock.call("auth/setup_mfa", mfa_module_id="webauthn")
         assert ok and result["type"] == "abort" and result["reason"] == "passkey_setup_on_profile"
+
+
+async def test_trusted_network_login_is_no_proof_for_adding_a_passkey(
+    opp_auth_factory: Any, opp_auth_client: Any
+) -> None:
+    """Red team: a session from a trusted_networks login (a pick of the user, no password) works only
+    inside the network, yet it could enrol a passkey within 5 minutes of that login, and the passkey then
+    logged in from anywhere with the user's password credentials. Such a login proves a place, not the
+    person: adding a passkey needs a re-authentication."""
+    auth = await opp_auth_factory(
+        providers=[*PROVIDERS, {"type": "trusted_networks", "trusted_networks": ["127.0.0.1/32"]}],
+        mfa_modules=[WEBAUTHN],
+    )
+    mia = await user_named(auth, "mia", "mia-pass")
+    picked = await run_login_flow(auth, ("trusted_networks", None), [{"user": mia.id}])
+    refresh = await auth.async_create_refresh_token(mia, "https://example.com/app", credential=picked["result"])
+    access = await auth.async_create_access_token(refresh, "127.0.0.1")
+    client = await opp_auth_client(auth)
+    async with client.session.ws_connect(client.url("/api/websocket")) as ws:
+        await ws.receive_json()
+        await ws.send_json({"type": "auth", "access_token": access})
+        assert (await ws.receive_json())["type"] == "auth_ok"
+        sock = Socket(ws)
+        ok, listing = await sock.call("auth/webauthn/passkeys")
+        assert ok and listing["proof_left"] == 0
+        ok, err = await sock.call("auth/webauthn/register_options")
+        assert not ok and err["code"] == "reauth_required"
+        ok, proof = await sock.call("auth/webauthn/reauth", password="mia-pass")
+        assert ok and proof["proof_left"] > 290
+        ok, _ = await sock.call("auth/webauthn/register_options")
+        assert ok
