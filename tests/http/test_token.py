@@ -404,3 +404,23 @@ async def test_two_codes_of_one_new_login_make_one_user(client: Any, auth: Any) 
             token = await auth.async_get_refresh_token_by_token(body["refresh_token"])
             assert token.user is alices[0]
             assert token.credential is alices[0].credentials[0]
+
+
+async def test_link_user_from_a_trusted_network_session_is_refused(
+    onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any
+) -> None:
+    """Red team: a trusted_networks session (a user picked without a password, confined to the network)
+    linked fresh credentials of another provider to that user, which then logged in as them from
+    anywhere. Such a session cannot add a way in."""
+    auth = await opp_auth_factory(
+        providers=[*PROVIDERS, {"type": "trusted_networks", "trusted_networks": ["127.0.0.1/32"]}], mfa_modules=[]
+    )
+    client = await opp_auth_client(auth)
+    bob = await auth.async_create_user("Bob", ["system-users"])
+    code = await client.login.code(["trusted_networks", None], [{"user": bob.id}])
+    status, tokens = await client.login.token(grant_type="authorization_code", client_id=CLIENT_ID, code=code)
+    assert status == 200, tokens
+    code = await link_code(client, SECOND_HANDLER, ALICE2)
+    status, body = await link_user(client, tokens["access_token"], {"code": code, "client_id": CLIENT_ID})
+    assert status == 403, body
+    assert [c.auth_provider_type for c in bob.credentials] == ["trusted_networks"]

@@ -92,7 +92,9 @@ POST /auth/revoke  (form-urlencoded or multipart: token)
 
 POST /auth/link_user  (bearer; JSON: client_id, code)
     Adds the credentials of a finished ``link_user`` login flow to the caller;
-    any other code (an ``authorize`` one included) is 400 ``Invalid code``.
+    any other code (an ``authorize`` one included) is 400 ``Invalid code``. A
+    caller whose session comes from a provider that checks every request
+    (trusted networks) gets 403: its login proved a place, not the person.
 """
 
 from __future__ import annotations
@@ -423,6 +425,12 @@ async def link_user_view(request: web.Request) -> web.Response:
     if error is not None:
         return error
     auth = auth_of(request)
+    session = auth.store.get_refresh_token(request.get(KEY_REFRESH_TOKEN_ID) or "")
+    provider = auth.get_auth_provider(*session.credential.provider_key) if session and session.credential else None
+    if provider is not None and provider.CHECKS_EVERY_REQUEST:
+        # A session a provider confines to its networks (trusted networks) proved a place, not the person:
+        # a way in linked from it would work from anywhere.
+        return json_message("A session from a trusted network cannot link another login; log in with it first", 403)
     credentials = auth.codes.redeem(data["client_id"], data["code"], LINK_USER)
     if credentials is None:
         return json_message("Invalid code", 400)
