@@ -559,7 +559,7 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(config_dir: 
             with errors.open("wb") as err_file:
                 proc = subprocess.Popen(
                     [sys.executable, str(WORKER), str(config_dir), str(rng.randrange(2**32))],
-                    stdout=subprocess.PIPE, stderr=err_file, env=env,
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file, env=env,
                 )
             assert proc.stdout is not None
             while True:
@@ -572,6 +572,9 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(config_dir: 
                     break
             if model is None:
                 model = observed(await open_store(config_dir))
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.close()
             time.sleep(rng.uniform(0.05, 0.8))
             proc.send_signal(signal.SIGKILL)
             out = proc.stdout.read()
