@@ -244,3 +244,22 @@ async def test_refused_code_exchange_leaves_no_refresh_token(served: tuple[Sessi
     async with client.request("POST", "/auth/token", data=form, headers={"X-Forwarded-For": PUBLIC}) as resp:
         assert resp.status == 403, await resp.text()
     assert {t.id for t in ann.token_list} == before
+
+
+async def test_long_lived_token_of_a_confined_session_stays_confined(served: tuple[Session, Any]) -> None:
+    """Red team: a session whose provider checks every request (trusted networks) made a long-lived
+    access token with no credentials, so the per-request check never applied to it: a token confined to
+    the network minted one that worked from anywhere for up to 100 years (the signed-path hole of
+    issue 11 item 7, through another command)."""
+    session, client = served
+    _provider_narrowed(session)
+    ws, answer = await _ws_auth(client, session.access_token, LOCAL)
+    assert answer == "auth_ok"
+    await ws.send_json({"id": 1, "type": "auth/long_lived_access_token", "lifespan": 10, "client_name": "x"})
+    reply = await ws.receive_json(timeout=5)
+    await ws.close()
+    assert reply["success"], reply
+    for address, status in ((LOCAL, 200), (PUBLIC, 401)):
+        headers = {"Authorization": f"Bearer {reply['result']}", "X-Forwarded-For": address}
+        async with client.request("GET", "/api/", headers=headers) as resp:
+            assert resp.status == status, address

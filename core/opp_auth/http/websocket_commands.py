@@ -81,9 +81,13 @@ async def current_user(conn: ActiveConnection, msg: dict[str, Any]) -> None:
 async def long_lived_access_token(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """A long-lived access token; only the access token is ever shown."""
     auth = conn.auth
+    session = conn.refresh_token
     try:
         refresh_token = await auth.async_create_refresh_token(
             conn.user,
+            # Bound to the session's credentials, so a provider that confines its sessions (trusted
+            # networks) confines this token too, and removing those credentials removes it.
+            credential=session.credential if session is not None else None,
             client_name=msg["client_name"],
             client_icon=msg.get("client_icon"),
             token_type=TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN,
