@@ -47,6 +47,7 @@ from opp_auth import (
     AuthProvider,
     Credentials,
     FlowResult,
+    InvalidAuthError,
     LoginFlow,
     RefreshToken,
     UserMeta,
@@ -155,6 +156,7 @@ CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
         vol.Optional("create_users", default=True): bool,
         vol.Optional("redirect_uri"): _redirect_uri,
         vol.Optional("timeout", default=10): vol.All(vol.Coerce(float), vol.Range(min=0.1, max=120)),
+        vol.Optional("recheck_interval", default=300): vol.All(vol.Coerce(float), vol.Range(min=0, max=86400)),
     },
     extra=vol.PREVENT_EXTRA,
 )
@@ -185,6 +187,9 @@ class Identity:
     ) -> None:
         """Keep the claims that matter."""
         self.sid = sid
+        # The provider's own tokens of this login: what a refresh re-check asks userinfo with.
+        self.access_token: str | None = None
+        self.refresh_token: str | None = None
         self.issuer = issuer
         self.sub = sub
         self.username = username
@@ -228,6 +233,10 @@ class OidcAuthProvider(AuthProvider):
         self._store: Any = None
         self.token_sids: dict[str, list[str]] = {}
         self._login_sids: dict[str, list[tuple[str, float]]] = {}
+        # Refresh re-checks: the provider's tokens of the login each refresh token came from, and verdicts.
+        self.token_grants: dict[str, dict[str, str | None]] = {}
+        self._login_grants: dict[str, dict[str, str | None]] = {}
+        self._recheck: OrderedDict[str, tuple[float, bool]] = OrderedDict()
         self._seen_jti: OrderedDict[str, float] = OrderedDict()
 
     @property
@@ -400,7 +409,11 @@ class OidcAuthProvider(AuthProvider):
                 if info.get("sub") != claims["sub"]:
                     raise OidcError("userinfo names another subject")
                 claims = {**info, **claims}
-        return self.identity_from(claims)
+        identity = self.identity_from(claims)
+        identity.access_token = access_token if isinstance(access_token, str) else None
+        refresh = tokens.get("refresh_token")
+        identity.refresh_token = refresh if isinstance(refresh, str) else None
+        return identity
 
     async def async_verify_id_token(self, id_token: str, nonce: str) -> dict[str, Any]:
         """Check signature and claims; return the claims."""
@@ -487,6 +500,14 @@ class OidcAuthProvider(AuthProvider):
         if len(self._login_sids) > MAX_PENDING:
             self._login_sids.pop(next(iter(self._login_sids)))
 
+    def note_login_grant(self, sub: str, access_token: str | None, refresh_token: str | None) -> None:
+        """The provider's tokens of a finished login, for the refresh token its code will make."""
+        if access_token is None and refresh_token is None:
+            return
+        self._login_grants[sub] = {"access_token": access_token, "refresh_token": refresh_token}
+        if len(self._login_grants) > MAX_PENDING:
+            self._login_grants.pop(next(iter(self._login_grants)))
+
     async def async_refresh_token_created(self, refresh_token: RefreshToken) -> None:
         """Tie a new refresh token to the provider session(s) its login came from.
 
@@ -498,6 +519,10 @@ class OidcAuthProvider(AuthProvider):
         credential = refresh_token.credential
         if credential is None or credential.data.get("iss") != self.issuer:
             return
+        grant = self._login_grants.pop(str(credential.data.get("sub")), None)
+        if grant is not None:
+            self.token_grants[refresh_token.id] = grant
+            await self._save()
         now = time.monotonic()
         waiting = [(s, t) for s, t in self._login_sids.get(str(credential.data.get("sub")), []) if t > now]
         if not waiting:
@@ -509,12 +534,14 @@ class OidcAuthProvider(AuthProvider):
 
     async def async_refresh_token_removed(self, refresh_token: RefreshToken) -> None:
         """Forget a removed token."""
-        if self.token_sids.pop(refresh_token.id, None) is not None:
+        self._recheck.pop(refresh_token.id, None)
+        had_sids = self.token_sids.pop(refresh_token.id, None) is not None
+        if self.token_grants.pop(refresh_token.id, None) is not None or had_sids:
             await self._save()
 
     async def _save(self) -> None:
         if self._store is not None:
-            await self._store.async_save({"token_sids": self.token_sids})
+            await self._store.async_save({"token_sids": self.token_sids, "token_grants": self.token_grants})
 
     async def async_verify_logout_token(self, token: str) -> dict[str, Any]:
         """OpenID Connect Back-Channel Logout 1.0, section 2.6; OidcError when refused."""
@@ -628,7 +655,81 @@ class OidcAuthProvider(AuthProvider):
         return UserMeta(name=identity.name or identity.username, is_active=True, group=identity.group)
 
     async def async_validate_refresh_token(self, refresh_token: RefreshToken, remote_ip: str | None = None) -> None:
-        """Refresh tokens are accepted while the user exists (see the README on re-checks)."""
+        """Ask the provider again (userinfo, cached recheck_interval seconds) whether the user may still log in.
+
+        Refused (InvalidAuthError) when the provider says the user is out of the
+        required groups or its grant was revoked, and when it cannot be reached
+        (not cached: the next refresh asks again). Accepted without asking when
+        this token has no usable provider token (its access token expired and the
+        provider gave no refresh token): see the README.
+        """
+        credential = refresh_token.credential
+        grant = self.token_grants.get(refresh_token.id)
+        if credential is None or grant is None:
+            return
+        now = time.monotonic()
+        cached = self._recheck.get(refresh_token.id)
+        if cached is not None and cached[0] > now:
+            if not cached[1]:
+                raise InvalidAuthError("refused by the OpenID provider")
+            return
+        try:
+            claims = await self._async_userinfo_for(refresh_token.id, grant, str(credential.data.get("sub")))
+            if claims is None:
+                return
+            identity = self.identity_from({**claims, "sub": credential.data.get("sub")})
+        except OidcError as err:
+            if err.reason == CANNOT_CONNECT:
+                _LOGGER.warning("OpenID provider %s cannot confirm a session: %s", self.issuer, err)
+                raise InvalidAuthError("the OpenID provider cannot confirm the user") from err
+            _LOGGER.info("OpenID provider %s refuses a session now: %s", self.issuer, err)
+            self._remember(refresh_token.id, False)
+            raise InvalidAuthError(str(err)) from err
+        self._remember(refresh_token.id, True)
+        await self.async_sync_user(credential, identity)
+
+    def _remember(self, token_id: str, ok: bool) -> None:
+        self._recheck[token_id] = (time.monotonic() + self.config["recheck_interval"], ok)
+        self._recheck.move_to_end(token_id)
+        while len(self._recheck) > MAX_PENDING * 4:
+            self._recheck.popitem(last=False)
+
+    async def _async_userinfo_for(self, token_id: str, grant: dict[str, Any], sub: str) -> dict[str, Any] | None:
+        """userinfo with the login's access token, renewed once with its refresh token; None when neither works."""
+        metadata = await self.async_metadata()
+        url = metadata.get("userinfo_endpoint")
+        if not isinstance(url, str):
+            return None
+        for attempt in range(2):
+            access = grant.get("access_token")
+            if isinstance(access, str):
+                status, info = await self._fetch_json("GET", url, headers={"Authorization": f"Bearer {access}"})
+                if status == 200 and isinstance(info, dict):
+                    if info.get("sub") != sub:
+                        raise OidcError("userinfo names another subject")
+                    return info
+                if status != 401:
+                    raise OidcError(f"userinfo answered {status}", CANNOT_CONNECT if status >= 500 else SSO_FAILED)
+            refresh = grant.get("refresh_token")
+            if attempt or not isinstance(refresh, str):
+                return None
+            form = {"grant_type": "refresh_token", "refresh_token": refresh}
+            kwargs: dict[str, Any] = {}
+            if self.config.get("client_secret"):
+                pair = f"{quote(self.config['client_id'], safe='')}:{quote(self.config['client_secret'], safe='')}"
+                kwargs["headers"] = {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+            else:
+                form["client_id"] = self.config["client_id"]
+            status, tokens = await self._fetch_json("POST", metadata["token_endpoint"], data=form, **kwargs)
+            if status != 200 or not isinstance(tokens, dict):
+                raise OidcError(f"the provider refused to renew the grant ({status})", SSO_DENIED)
+            grant = {
+                "access_token": tokens.get("access_token"),
+                "refresh_token": tokens.get("refresh_token") or refresh,
+            }
+            self.token_grants[token_id] = grant
+            await self._save()
+        return None
 
 
 class OidcLoginFlow(LoginFlow[OidcAuthProvider]):
@@ -668,6 +769,7 @@ class OidcLoginFlow(LoginFlow[OidcAuthProvider]):
                 return self.async_abort(reason=NOT_MEMBER)
         result = await self.async_finish({"iss": outcome.issuer, "sub": outcome.sub, "identity": outcome})
         provider.note_login_sid(outcome.sub, outcome.sid)
+        provider.note_login_grant(outcome.sub, outcome.access_token, outcome.refresh_token)
         return result
 
 

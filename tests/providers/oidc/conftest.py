@@ -104,7 +104,7 @@ class OpenIdProvider:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.terminate()
             try:
-                async with asyncio.timeout(10):
+                async with asyncio.timeout(3):
                     await self.proc.wait()
             except TimeoutError:
                 self.proc.kill()

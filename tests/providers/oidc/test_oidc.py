@@ -546,3 +546,29 @@ async def test_logout_tokens_forged_or_without_sid(site: Any) -> None:
     assert await post(good) == 200
     assert not any(s.auth.store.get_refresh_token(t.id) for t in tokens)
     assert await post(good) == 400  # replayed jti
+
+
+@pytest.mark.chromium
+async def test_refresh_rechecks_the_provider(site: Any, page: Any) -> None:
+    """Out of every required group at the provider: the next refresh is refused; back in: accepted and synced."""
+    s: Site = await site(recheck_interval=0)
+    status, tokens = await trade(s, await browser_login(page, s, "alice"))
+    assert status == 200
+    assert await refresh(s, tokens["refresh_token"]) == 200
+
+    async def set_account(claims: dict[str, Any]) -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.put(f"{s.op.issuer}/test/accounts/alice", data=json.dumps(claims)) as resp,
+        ):
+            assert resp.status == 204
+
+    await set_account({"preferred_username": "alice", "name": "Alice Liddell", "groups": ["strangers"]})
+    assert await refresh(s, tokens["refresh_token"]) != 200
+    await set_account({"preferred_username": "alice", "name": "Alice L.", "groups": ["family"]})
+    assert await refresh(s, tokens["refresh_token"]) == 200
+    (alice,) = people(s)
+    assert alice.name == "Alice L." and [g.id for g in alice.groups] == [GROUP_ID_USER]
+    # The provider down: the refresh cannot be confirmed and is refused.
+    await s.op.stop()
+    assert await refresh(s, tokens["refresh_token"]) != 200

@@ -41,6 +41,15 @@ const provider = new Provider(issuer, {
     ctx.body = `error: ${out.error}: ${out.error_description || ""}`;
   },
 });
+// Test-only: PUT /test/accounts/<id> with JSON claims changes an account while the provider runs.
+provider.use(async (ctx, next) => {
+  const match = ctx.method === "PUT" && /^\/test\/accounts\/([^/]+)$/.exec(ctx.path);
+  if (!match) { await next(); return; }
+  let body = "";
+  for await (const chunk of ctx.req) body += chunk;
+  accounts[decodeURIComponent(match[1])] = JSON.parse(body);
+  ctx.status = 204;
+});
 provider.on("server_error", (ctx, err) => console.error("server_error", err));
 provider.on("backchannel.success", (ctx, client, accountId, sid) => console.log(`backchannel.success ${accountId} ${sid}`));
 provider.on("backchannel.error", (ctx, err, client, accountId, sid) => console.log(`backchannel.error ${accountId} ${sid} ${err} ${err.cause}`));
