@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import hashlib
 import hmac
 import json
@@ -99,7 +100,7 @@ async def site(
             "backchannel_logout_uri": f"{base}/auth/oidc/backchannel_logout",
             "backchannel_logout_session_required": True,
         }
-        provider = await op(clients=[client], accounts=ACCOUNTS, keys=keys)
+        provider = await op(clients=[client], accounts=copy.deepcopy(ACCOUNTS), keys=keys)
         config = {
             "type": "oidc",
             "issuer": provider.issuer,
@@ -213,7 +214,10 @@ async def browser_login(page: Any, site: Site, account: str) -> str:
     await page.click("button[type=submit]")
     await page.wait_for_url(f"{site.op.issuer}/**")
     await page.click("button[type=submit]")  # consent
-    await page.wait_for_url(f"{site.redirect_uri}?**")
+    try:
+        await page.wait_for_url(f"{site.redirect_uri}?**")
+    except Exception as err:
+        raise AssertionError(f"login page shows: {await page.inner_text('body')!r}; problems: {page.problems}") from err
     query = parse_qs(urlsplit(page.url).query)
     assert query["state"] == ["client-state"]
     return query["code"][0]
