@@ -51,7 +51,7 @@ class Events:
 
     def spawn(self, coro: Any) -> asyncio.Future[Any]:
         """Run a coroutine in the background, keeping a reference until it ends; the task."""
-        task = asyncio.ensure_future(coro)
+        task: asyncio.Future[Any] = asyncio.ensure_future(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
         return task

@@ -521,7 +521,7 @@ class LoginFlowManager(FlowManager):
                 report = self._failed(
                     ip_address,
                     base,
-                    tuple(handler) if isinstance(handler, (tuple, list)) else None,  # type: ignore[arg-type]
+                    tuple(handler) if isinstance(handler, (tuple, list)) else None,
                     username if isinstance(username, str) else None,
                 )
                 if reports is not None:
