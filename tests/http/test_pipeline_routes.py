@@ -63,6 +63,33 @@ async def test_routes_added_after_the_app_was_built_pass_the_pipeline(opp_auth_f
         await server.close()
 
 
+async def test_a_plugin_middleware_may_answer_a_path_no_route_serves(opp_auth_factory: Any) -> None:
+    """The pipeline still calls inner middlewares for unrouted paths (a frontend put in front serves its files)."""
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
+    app = create_app(auth)
+
+    @web.middleware
+    async def files(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/frontend/app.js":
+            return web.Response(text="// app", content_type="application/javascript")
+        return await handler(request)
+
+    app.middlewares.append(files)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(str(server.make_url("/frontend/app.js"))) as resp:
+                assert (resp.status, await resp.text()) == (200, "// app")
+                assert resp.headers["X-Frame-Options"] == "DENY"
+            async with session.get(str(server.make_url("/frontend/other.js"))) as resp:
+                assert (resp.status, await resp.json()) == (404, {"message": "Not found"})
+            async with session.get(str(server.make_url("/frontend/app.js?q=<script>"))) as resp:
+                assert resp.status == 400, "the pipeline's filter still runs first"
+    finally:
+        await server.close()
+
+
 def test_the_pipeline_uses_no_private_aiohttp_attribute() -> None:
     """No assignment to (or read of) a private attribute of an aiohttp object in the HTTP layer (route._handler...)."""
     for path in CORE_HTTP.glob("*.py"):

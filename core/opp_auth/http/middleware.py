@@ -135,8 +135,16 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
             return json_message("Forbidden", 403)
 
         try:
-            unmatched = request.match_info.http_exception
-            response = await handler(request) if unmatched is None else _unmatched(unmatched)
+            if request.match_info.http_exception is None:
+                response = await handler(request)
+            else:
+                # No route: a middleware further in (a plugin's, say serving files) may still answer.
+                try:
+                    response = await handler(request)
+                except web.HTTPException as exc:
+                    if exc.status < 400:
+                        raise
+                    response = _unmatched(exc)
         except InvalidData as err:
             # The store refused a value before changing anything (opp_auth.validation.check_storable).
             response = json_message(str(err), 400, CODE_INVALID_FORMAT)
