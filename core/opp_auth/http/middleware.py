@@ -50,6 +50,11 @@ _FILTERS = re.compile(
     flags=re.IGNORECASE,
 )
 
+# Raw paths (with query) the filter passed, so a repeated path is not searched again: bounded in
+# count and length (an attacker varying paths only gets the uncached search, never more memory).
+_CLEAN_PATHS_MAX = 1024
+_CLEAN_PATH_MAX_LENGTH = 256
+
 CORS_ALLOWED_HEADERS = "Origin, Accept, X-Requested-With, Content-Type, Authorization"
 # The token endpoints answer any origin, as in Home Assistant (a client holding a token may use it anywhere).
 CORS_ANY_ORIGIN_PATHS = frozenset({"/auth/token", "/auth/revoke"})
@@ -63,14 +68,20 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
     ban_active = ban is not None and http_config.get("ip_ban_enabled", True)
     authenticators = auth.pm.hook.opp_auth_authenticate_request
     validate_token = auth.validate_access_token
+    clean_paths: set[str] = set()
 
     @web.middleware
     async def run(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Filter, resolve the client, check bans, authenticate, call the handler, add CORS."""
         raw_path = request.raw_path
-        if _FILTERS.search(raw_path) or ("%" in raw_path and _FILTERS.search(unquote(raw_path))):
-            _LOGGER.warning("Filtered a potential harmful request to: %s", raw_path)
-            return json_message("Bad request", 400)
+        if raw_path not in clean_paths:
+            if _FILTERS.search(raw_path) or ("%" in raw_path and _FILTERS.search(unquote(raw_path))):
+                _LOGGER.warning("Filtered a potential harmful request to: %s", raw_path)
+                return json_message("Bad request", 400)
+            if len(raw_path) <= _CLEAN_PATH_MAX_LENGTH:
+                if len(clean_paths) >= _CLEAN_PATHS_MAX:
+                    clean_paths.clear()
+                clean_paths.add(raw_path)
 
         peer = request.remote  # the direct peer of the connection, before any X-Forwarded-For
         if hdrs.X_FORWARDED_FOR in request.headers:
