@@ -176,6 +176,21 @@ LOGIN_THROTTLE_SCHEMA = vol.Schema(
     }
 )
 
+# http: metrics: the Prometheus endpoint /metrics, served by the opp-auth-metrics plugin (entry point
+# METRICS_PLUGIN). Off by default; when on, only these networks may read it without an admin's token.
+METRICS_PLUGIN = "metrics"
+METRICS_DISTRIBUTION = "opp-auth-metrics"
+DEFAULT_METRICS_NETWORKS = ["127.0.0.0/8", "::1/128"]
+
+METRICS_SCHEMA = vol.Schema(
+    {
+        vol.Optional("enabled", default=False): bool,
+        vol.Optional("allowed_networks", default=list(DEFAULT_METRICS_NETWORKS)): vol.All(
+            lambda v: [] if v is None else [v] if not isinstance(v, list) else v, [_network]
+        ),
+    }
+)
+
 HTTP_SCHEMA = vol.All(
     vol.Schema(
         {
@@ -204,6 +219,7 @@ HTTP_SCHEMA = vol.All(
             vol.Optional("api_password"): vol.All(vol.Coerce(str), vol.Length(min=1)),
             # Default: the generation of the directory's core block (filled in by validate_config).
             vol.Optional("auth_api"): vol.In(API_GENERATIONS, msg=f"must be one of {', '.join(API_GENERATIONS)}"),
+            vol.Optional("metrics", default=dict): vol.All(lambda v: {} if v is None else v, METRICS_SCHEMA),
         }
     ),
     _proxies_pair,
@@ -272,6 +288,8 @@ def validate_config(
     except vol.Invalid as err:
         raise _block_error(err, raw, "http", http_raw) from None
     http.setdefault("auth_api", API_HA if block == CORE_BLOCK_HA else API_OPP)
+    if http["metrics"]["enabled"]:
+        _check_metrics_plugin(pm, http_raw)
 
     config = Config(
         config_dir=config_dir,
@@ -322,6 +340,19 @@ def validate_config(
     used = {block, "http", *config.blocks}
     config.unused_blocks = [str(key) for key in raw if key not in used]
     return config
+
+
+def _check_metrics_plugin(pm: OppAuthPluginManager, http_raw: Any) -> None:
+    """http: metrics: enabled needs the plugin that serves /metrics; say which, and why it is missing."""
+    if pm.get_plugin(METRICS_PLUGIN) is not None:
+        return
+    failed = pm.entry_infos.get(METRICS_PLUGIN)
+    if failed is not None and failed.error:
+        why = f"{failed.distribution} {failed.version} is installed but failed to load: {failed.error}"
+    else:
+        why = f"it is served by the {METRICS_DISTRIBUTION} distribution, which is not installed: pip install {METRICS_DISTRIBUTION}"
+    metrics_raw = http_raw.get("metrics") if isinstance(http_raw, dict) else None
+    raise _located(f"Metrics are enabled but {why}", metrics_raw, ("http", "metrics", "enabled"))
 
 
 def _core_block(raw: dict[str, Any]) -> str:

@@ -20,7 +20,9 @@ what a plugin may ask of the running server:
   :meth:`get_auth_providers`, :meth:`get_auth_mfa_module`,
   :attr:`auth_mfa_modules`;
 - login attempts: :meth:`login_retry_after`, :meth:`too_many_attempts_message`,
-  :meth:`note_login_failure`.
+  :meth:`note_login_failure`;
+- monitoring: :meth:`runtime_stats` (token checks by outcome, open websocket
+  connections, flows in progress).
 
 Everything else of the core is internal and may change between releases.
 """
@@ -214,3 +216,15 @@ class PluginContext:
     ) -> None:
         """Report a failed attempt (wrong password or code): throttles, bans and audit hear of it."""
         self.__manager.note_login_failure(remote_ip, provider, username, reason)
+
+    # ---- monitoring -----------------------------------------------------------------------------
+
+    def runtime_stats(self) -> dict[str, Any]:
+        """The server's runtime figures now, for a monitoring plugin (every key and label from a closed set).
+
+        ``token_checks``: ``{(kind, outcome): count}`` since start, kind ``access_token`` (bearer
+        header, websocket auth) or ``signed_path``, outcome ``valid``, ``invalid``, ``user_inactive``,
+        ``local_only``, ``session_expired`` or ``provider_refused``. ``gauges``: ``{name: value}`` for
+        ``websocket_connections``, ``login_flows_in_progress`` and ``mfa_setup_flows_in_progress``.
+        """
+        return self.__manager.stats.snapshot()

@@ -176,6 +176,11 @@ class FlowManager:
         self._purge_expired()
         return list(self._flows.values())
 
+    def count_in_progress(self) -> int:
+        """How many flows are in progress (expired ones dropped first)."""
+        self._purge_expired()
+        return len(self._flows)
+
     def async_get(self, flow_id: str) -> FlowHandler:
         """A live flow by id, or UnknownFlow."""
         self._purge_expired()

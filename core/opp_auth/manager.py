@@ -39,6 +39,7 @@ from .plugins import OppAuthPluginManager
 from .providers import LOCAL_PROVIDER_TYPES, AuthProvider, InvalidAuthError, credential_lookup_key
 from .sessions import AccessPolicy
 from .shares import KnownAddresses, network_checker
+from .stats import GAUGE_LOGIN_FLOWS, GAUGE_MFA_SETUP_FLOWS, OUTCOME_INVALID, OUTCOME_VALID, RuntimeStats
 from .storage import StorageError, Store
 from .store import AuthStore
 from .tokens import EXP_LEEWAY, TokenCache, check_claims, decode_jwt, encode_jwt, unverified_claims, verify_signature
@@ -115,6 +116,10 @@ class AuthManager:
         )
         self.login_flow = LoginFlowManager(self, max_flows=max_login_flows, known=self.known_addresses, trusted=trusted)
         self.mfa_setup_flow = MfaSetupFlowManager(self)
+        # Token checks counted in the access decision path; gauges read when asked (stats.py).
+        self.stats = RuntimeStats()
+        self.stats.add_gauge(GAUGE_LOGIN_FLOWS, self.login_flow.count_in_progress)
+        self.stats.add_gauge(GAUGE_MFA_SETUP_FLOWS, self.mfa_setup_flow.count_in_progress)
         self.user_settings = UserSettings(self)
         # One-time authorization codes; only the login engine (login_flow.py) issues them. Fair shares
         # by address like the login flows (shares.py).
@@ -646,24 +651,34 @@ class AuthManager:
         The access decision (sessions.AccessPolicy) is the same for every way in:
         user active, local_only, refresh token expiry, the provider's per-request check (G6).
         """
+        checks = self.stats.access_token_checks
         cached = self._token_cache.get(token)
         if cached is not None:
             refresh_token = self.store.get_refresh_token(cached)
         else:
             claims = unverified_claims(token)
             if claims is None:
+                checks[OUTCOME_INVALID] += 1
                 return None
             issuer = claims.get("iss")
             refresh_token = self.store.get_refresh_token(issuer) if isinstance(issuer, str) else None
             if refresh_token is None:
+                checks[OUTCOME_INVALID] += 1
                 return None
             if not verify_signature(token, refresh_token.jwt_key) or not check_claims(
                 claims, issuer=refresh_token.id, leeway=EXP_LEEWAY
             ):
+                checks[OUTCOME_INVALID] += 1
                 return None
             self._token_cache.put(token, refresh_token.id, claims["exp"] + EXP_LEEWAY)
-        if refresh_token is None or self.access.refusal(refresh_token.user, remote_ip, refresh_token) is not None:
+        if refresh_token is None:
+            checks[OUTCOME_INVALID] += 1
             return None
+        refusal = self.access.refusal(refresh_token.user, remote_ip, refresh_token)
+        if refusal is not None:
+            self.stats.refused(checks, refusal)
+            return None
+        checks[OUTCOME_VALID] += 1
         return refresh_token
 
     def session_refusal(self, refresh_token_id: str, remote_ip: str | None) -> str | None:
@@ -700,15 +715,24 @@ class AuthManager:
         self, path: str, signature: str, params: list[tuple[str, str]] | None, remote_ip: str | None
     ) -> RefreshToken | None:
         """The refresh token behind a valid signature for path and query that the access decision lets in; else None."""
+        checks = self.stats.signed_path_checks
         claims = decode_jwt(signature, self._sign_secret)
         if claims is None or claims.get("path") != path:
+            checks[OUTCOME_INVALID] += 1
             return None
         if params is not None and [list(p) for p in sorted(params)] != [list(p) for p in claims.get("params", [])]:
+            checks[OUTCOME_INVALID] += 1
             return None
         issuer = claims.get("iss")
         refresh_token = self.store.get_refresh_token(issuer) if isinstance(issuer, str) else None
-        if refresh_token is None or self.access.refusal(refresh_token.user, remote_ip, refresh_token) is not None:
+        if refresh_token is None:
+            checks[OUTCOME_INVALID] += 1
             return None
+        refusal = self.access.refusal(refresh_token.user, remote_ip, refresh_token)
+        if refusal is not None:
+            self.stats.refused(checks, refusal)
+            return None
+        checks[OUTCOME_VALID] += 1
         return refresh_token
 
     # ---- events (events.py) -------------------------------------------------------------------

@@ -43,6 +43,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..models import RefreshToken, User
 from ..plugins import hookimpl
+from ..stats import GAUGE_WEBSOCKET_CONNECTIONS
 from ..storage import STORAGE_UNAVAILABLE_MESSAGE, StorageError
 from ..throttle import too_many_attempts_message
 from ..validation import InvalidData, check_json_text, check_value
@@ -183,18 +184,27 @@ class ConnectionTracker:
     def __init__(self) -> None:
         """No connections yet."""
         self.by_user: dict[str, set[ActiveConnection]] = {}
+        self.total = 0
 
     def add(self, conn: ActiveConnection) -> None:
         """Track a connection that passed the auth phase."""
-        self.by_user.setdefault(conn.user.id, set()).add(conn)
+        conns = self.by_user.setdefault(conn.user.id, set())
+        if conn not in conns:
+            conns.add(conn)
+            self.total += 1
 
     def discard(self, conn: ActiveConnection) -> None:
         """Stop tracking."""
         conns = self.by_user.get(conn.user.id)
-        if conns is not None:
-            conns.discard(conn)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
+            self.total -= 1
             if not conns:
                 del self.by_user[conn.user.id]
+
+    def count_all(self) -> int:
+        """Open connections of every user."""
+        return self.total
 
     def count(self, user_id: str) -> int:
         """Open connections of a user."""
@@ -517,6 +527,7 @@ def setup_websocket(app: web.Application, auth: AuthManager) -> CommandRegistry:
     app[WS_COMMANDS_KEY] = registry
     app[WS_CONNECTIONS_KEY] = tracker
     auth.pm.register(tracker, name=f"opp_auth.websocket.{id(tracker)}")
+    auth.stats.add_gauge(GAUGE_WEBSOCKET_CONNECTIONS, tracker.count_all)
     app.on_cleanup.append(lambda _app: _unregister(auth, tracker))
     app.router.add_get("/api/websocket", websocket_handler)
     return registry
