@@ -1,0 +1,358 @@
+"""opp-auth-metrics: Prometheus metrics at ``/metrics``, off until ``http: metrics: enabled: true``.
+
+Written only against opp-auth's public API, as a third party would: the
+counters of logins, MFA results, refresh grants, throttled and banned
+requests come from the core's events (hooks), the token checks and the
+gauges from ``PluginContext.runtime_stats()`` read at scrape time, and the
+request latency from an aiohttp middleware that runs inside the core's
+pipeline. Reading ``/metrics`` is allowed from ``allowed_networks`` (the
+client address as the core resolves it behind trusted proxies) or with the
+bearer token of an administrator (``opp_auth.http_require_admin``).
+
+Every label value is from a closed set named in :data:`LABEL_VALUES` (or, for
+``provider_type`` / ``mfa_module_type`` / ``route``, from the configured
+providers, modules and registered routes): never a username, an address, a
+client id, a token or a path with ids in it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+from aiohttp import hdrs, web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from opp_auth import PluginContext, client_ip, hookimpl, http_require_admin
+
+PATH = "/metrics"
+# The classic text format every Prometheus reads (every name here is a legacy-safe one).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PREFIX = "opp_auth"
+
+OTHER = "other"
+NONE = "none"
+UNMATCHED = "unmatched"
+
+# Login results: a success, or the failure reason the core or a plugin reported, folded into this set.
+LOGIN_RESULTS = (
+    "success",
+    "invalid_auth",
+    "invalid_code",
+    "mfa_failed",
+    "throttled",
+    "banned",
+    "provider_unavailable",
+    "invalid_token",
+    "invalid_client",
+    "invalid_flow",
+    "ip_changed",
+    OTHER,
+)
+MFA_RESULTS = ("success", "failure")
+REFRESH_RESULTS = ("success", "failure")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", OTHER)
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", OTHER)
+TOKEN_CHECK_KINDS = ("access_token", "signed_path")
+TOKEN_CHECK_OUTCOMES = (
+    "valid",
+    "invalid",
+    "user_inactive",
+    "local_only",
+    "session_expired",
+    "provider_refused",
+)
+GAUGES = {
+    "websocket_connections": "Open websocket connections that passed the auth phase.",
+    "login_flows_in_progress": "Login flows started and not yet finished or expired.",
+    "mfa_setup_flows_in_progress": "MFA enrolment flows started and not yet finished or expired.",
+}
+
+LABEL_VALUES: dict[str, tuple[str, ...]] = {
+    "result": tuple(dict.fromkeys(LOGIN_RESULTS + MFA_RESULTS + REFRESH_RESULTS)),
+    "method": HTTP_METHODS,
+    "status_class": STATUS_CLASSES,
+    "kind": TOKEN_CHECK_KINDS,
+    "outcome": TOKEN_CHECK_OUTCOMES,
+}
+"""The closed set of values of each label with a fixed vocabulary (the rest are named in the module docstring)."""
+
+# Distinct routes a scrape may name before further ones are folded into "other" (a plugin adding
+# routes at run time could otherwise grow the series without bound).
+MAX_ROUTES = 256
+# Label children cached by (route resource, raw method, status); past this, looked up uncached.
+MAX_CACHED_CHILDREN = 1024
+
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LOGIN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+# Headers a reverse proxy adds. When one is present but the core did not take the client address from
+# it (no use_x_forwarded_for / trusted_proxies for that peer), the peer is a proxy the server was not
+# told about: every client behind it would look local, so the network allowance is not given.
+_FORWARDING_HEADERS = (hdrs.X_FORWARDED_FOR, "Forwarded", "X-Real-IP")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Metrics:
+    """The metrics of one server: a registry of its own, the /metrics view and the timing middleware."""
+
+    def __init__(self, auth: PluginContext, allowed_networks: list[IPNetwork]) -> None:
+        """Create every metric (at zero) in a fresh registry."""
+        self.auth = auth
+        self.allowed_networks = list(allowed_networks)
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.logins = Counter(
+            f"{PREFIX}_logins",
+            "Login attempts by provider type and result (a websocket auth phase is a token check, not a login).",
+            ["provider_type", "result"],
+            registry=registry,
+        )
+        self.mfa_results = Counter(
+            f"{PREFIX}_mfa_results",
+            "Second-factor checks at login by module type and result.",
+            ["mfa_module_type", "result"],
+            registry=registry,
+        )
+        self.refresh_grants = Counter(
+            f"{PREFIX}_refresh_grants",
+            "grant_type=refresh_token exchanges at /auth/token by result.",
+            ["result"],
+            registry=registry,
+        )
+        self.throttled = Counter(
+            f"{PREFIX}_throttled_requests", "Login steps refused because the client was throttled.", registry=registry
+        )
+        self.banned = Counter(
+            f"{PREFIX}_banned_requests", "Requests refused because the client address is banned.", registry=registry
+        )
+        self.login_duration = Histogram(
+            f"{PREFIX}_login_duration_seconds",
+            "Time from the start of a login flow to its end (a code issued, or the flow failed or aborted).",
+            ["provider_type", "result"],
+            buckets=LOGIN_BUCKETS,
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time the server spent answering an HTTP request (websocket connections are not timed).",
+            ["route", "method", "status_class"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        registry.register(_RuntimeCollector(auth))
+        self._children: dict[tuple[Any, str, int], Any] = {}
+        self._routes: set[str] = set()
+
+    # ---- the endpoint -----------------------------------------------------------------------------
+
+    def allowed_by_network(self, request: web.Request) -> bool:
+        """Whether the client address (as the core resolved it) is in allowed_networks, through no unknown proxy."""
+        address = _ip(client_ip(request))
+        if address is None or not any(address in network for network in self.allowed_networks):
+            return False
+        if any(name in request.headers for name in _FORWARDING_HEADERS):
+            peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+            peer_address = _ip(peer[0]) if isinstance(peer, tuple) and peer else None
+            if peer_address is None or peer_address == address:
+                return False
+        return True
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    def view(self) -> Handler:
+        """GET /metrics: served to allowed networks, else to an administrator's bearer token (else 401)."""
+
+        async def serve(request: web.Request) -> web.StreamResponse:
+            """The exposition, uncached (no store may keep it)."""
+            return web.Response(
+                body=self.render(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE, hdrs.CACHE_CONTROL: "no-store"}
+            )
+
+        admin_only = http_require_admin(serve)
+
+        async def metrics_view(request: web.Request) -> web.StreamResponse:
+            """Network allowance first, then the core's admin guard (the one access decision)."""
+            if self.allowed_by_network(request):
+                return await serve(request)
+            return await admin_only(request)
+
+        return metrics_view
+
+    # ---- request latency --------------------------------------------------------------------------
+
+    def middleware(self) -> Any:
+        """An aiohttp middleware timing each request (inside the core's pipeline)."""
+        children = self._children
+        perf_counter = time.perf_counter
+
+        @web.middleware
+        async def time_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+            """Call the handler; observe its duration under (route, method, status class)."""
+            start = perf_counter()
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                self._observe(request, exc.status, perf_counter() - start)
+                raise
+            status = response.status
+            if status != 101:  # a websocket: its duration is the connection's life, not a latency
+                key = (request.match_info.route.resource, request.method, status)
+                child = children.get(key)
+                if child is None:
+                    child = self._child(request, status)
+                child.observe(perf_counter() - start)
+            return response
+
+        return time_request
+
+    def _observe(self, request: web.Request, status: int, seconds: float) -> None:
+        """Observe one request (the uncommon path: a handler raised an HTTP error)."""
+        self._child(request, status).observe(seconds)
+
+    def _child(self, request: web.Request, status: int) -> Any:
+        """The histogram child of (route, method, status class), cached while the cache is small."""
+        resource = request.match_info.route.resource
+        route = UNMATCHED if resource is None else resource.canonical
+        if route not in self._routes:
+            if len(self._routes) >= MAX_ROUTES:
+                route = OTHER
+            else:
+                self._routes.add(route)
+        method = request.method if request.method in HTTP_METHODS else OTHER
+        status_class = f"{status // 100}xx" if 100 <= status <= 599 else OTHER
+        child = self.request_duration.labels(route=route, method=method, status_class=status_class)
+        if len(self._children) < MAX_CACHED_CHILDREN:
+            self._children[(resource, request.method, status)] = child
+        return child
+
+    # ---- events -----------------------------------------------------------------------------------
+
+    def provider_type(self, provider: Any) -> str:
+        """The type of a configured provider given as (type, id), else 'none' / 'other'."""
+        if provider is None:
+            return NONE
+        if isinstance(provider, (tuple, list)) and len(provider) == 2:
+            provider_type, provider_id = provider
+            if (
+                isinstance(provider_type, str)
+                and (provider_id is None or isinstance(provider_id, str))
+                and self.auth.get_auth_provider(provider_type, provider_id) is not None
+            ):
+                return provider_type
+        return OTHER
+
+    def mfa_module_type(self, module_id: Any) -> str:
+        """The type of a configured MFA module given by id, else 'other'."""
+        module = self.auth.get_auth_mfa_module(module_id) if isinstance(module_id, str) else None
+        return module.type if module is not None else OTHER
+
+    def login_failed(self, provider: Any, reason: Any) -> None:
+        """Count a failed login attempt under its folded reason."""
+        result = reason if reason in LOGIN_RESULTS and reason != "success" else OTHER
+        self.logins.labels(provider_type=self.provider_type(provider), result=result).inc()
+        if result == "throttled":
+            self.throttled.inc()
+        elif result == "banned":
+            self.banned.inc()
+
+    def login_succeeded(self, provider: Any) -> None:
+        """Count a login that issued a code."""
+        self.logins.labels(provider_type=self.provider_type(provider), result="success").inc()
+
+
+class _RuntimeCollector(Collector):
+    """Token checks and gauges, read from the core when scraped (nothing on the hot path but an int)."""
+
+    def __init__(self, auth: PluginContext) -> None:
+        """Read auth.runtime_stats() at each collect."""
+        self.auth = auth
+
+    def describe(self) -> list[Metric]:
+        """Nothing to check for duplicates (names are this plugin's own)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The counters and gauges now."""
+        stats = self.auth.runtime_stats()
+        checks = CounterMetricFamily(
+            f"{PREFIX}_token_checks",
+            "Access-token and signed-path checks by the one access decision, by what carried them and the outcome.",
+            labels=["kind", "outcome"],
+        )
+        counts: Mapping[tuple[str, str], int] = stats.get("token_checks", {})
+        for kind in TOKEN_CHECK_KINDS:
+            for outcome in TOKEN_CHECK_OUTCOMES:
+                checks.add_metric([kind, outcome], counts.get((kind, outcome), 0))
+        yield checks
+        gauges: Mapping[str, int] = stats.get("gauges", {})
+        for name, documentation in GAUGES.items():
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", documentation, value=gauges.get(name, 0))
+
+
+def _ip(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address (IPv4-mapped IPv6 unmapped, scope dropped), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        address = ipaddress.ip_address(value.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+# ---- hooks ------------------------------------------------------------------------------------------
+
+# The Metrics of each running server, by the context the core hands every hook.
+_SERVERS: weakref.WeakKeyDictionary[PluginContext, Metrics] = weakref.WeakKeyDictionary()
+
+
+def metrics_of(auth: PluginContext) -> Metrics | None:
+    """The metrics of a server, or None when they are off."""
+    return _SERVERS.get(auth)
+
+
+@hookimpl
+def opp_auth_register_routes(app: web.Application, auth: PluginContext) -> None:
+    """With http: metrics: enabled, serve /metrics and time requests; otherwise add nothing."""
+    conf = auth.http_config.get("metrics") or {}
+    if not conf.get("enabled"):
+        return
+    metrics = Metrics(auth, list(conf.get("allowed_networks") or ()))
+    _SERVERS[auth] = metrics
+    app.router.add_get(PATH, metrics.view())
+    app.middlewares.append(metrics.middleware())
+
+    async def forget(_app: web.Application) -> None:
+        """Stop counting for this server."""
+        if _SERVERS.get(auth) is metrics:
+            del _SERVERS[auth]
+
+    app.on_cleanup.append(forget)
+
+
+@hookimpl
+def opp_auth_login_failed(auth: PluginContext, provider: Any, reason: str) -> None:
+    """Count a failed login."""
+    metrics = _SERVERS.get(auth)
+    if metrics is not None:
+        metrics.login_failed(provider, reason)
+
+
+@hookimpl
+def opp_auth_login_succeeded(auth: PluginContext, credential: Any) -> None:
+    """Count a successful login (the websocket auth phase, without credentials, is a token check)."""
+    metrics = _SERVERS.get(auth)
+    if metrics is not None and credential is not None:
+        metrics.login_succeeded(getattr(credential, "provider_key", None))
