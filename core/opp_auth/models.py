@@ -288,6 +288,51 @@ class RefreshToken:
         # Epoch seconds after which an unused token is gone (None: never); moved on every use.
         self.expire_at = expire_at
 
+    @classmethod
+    def restore(
+        cls,
+        user: User,
+        client_id: str | None,
+        access_token_expiration: timedelta,
+        client_name: str | None,
+        client_icon: str | None,
+        token_type: str,
+        id: str,
+        token_hash: bytes,
+        created: float,
+        jwt_key: str | None,
+        keyring: KeyRing | None,
+        last_used_at: datetime | None,
+        last_used_ip: str | None,
+        credential: Credentials | None,
+        version: str | None,
+        expire_at: float | None,
+    ) -> RefreshToken:
+        """A stored token as the loader rebuilds it: every field given, nothing generated or checked.
+
+        The store's loader calls this once per token (100,000 at start-up for a large
+        installation), so it takes positional values and skips __init__'s defaults.
+        """
+        self = cls.__new__(cls)
+        self.user = user
+        self.client_id = client_id
+        self.access_token_expiration = access_token_expiration
+        self.client_name = client_name
+        self.client_icon = client_icon
+        self.token_type = token_type
+        self.id = id
+        self.token = None
+        self.token_hash = token_hash
+        self._created = created
+        self._jwt_key = jwt_key
+        self.keyring = keyring
+        self.last_used_at = last_used_at
+        self.last_used_ip = last_used_ip
+        self.credential = credential
+        self.version = version
+        self.expire_at = expire_at
+        return self
+
     @property
     def created_at(self) -> datetime:
         """When the token was made (UTC)."""

@@ -324,7 +324,16 @@ async def test_optional_token_fields_may_be_absent(config_dir: Path) -> None:
     """Old tokens lack last_used_*, client_name/icon, version and credential_id."""
     minimal = {
         key: OPP_AUTH_FILE["data"]["refresh_tokens"][0][key]
-        for key in ("id", "user_id", "client_id", "token_type", "created_at", "access_token_expiration", "token", "jwt_key")
+        for key in (
+            "id",
+            "user_id",
+            "client_id",
+            "token_type",
+            "created_at",
+            "access_token_expiration",
+            "token",
+            "jwt_key",
+        )
     }
     data = opp_data()
     data["refresh_tokens"] = [minimal]
@@ -442,3 +451,89 @@ async def test_local_only_flag_round_trips_when_set(config_dir: Path) -> None:
     assert store.get_user(ALICE_ID).local_only is True  # type: ignore[union-attr]
     await store.async_compact()
     assert json.loads(path.read_text(encoding="utf-8"))["data"] == upgraded({"data": data})["data"]
+
+
+def _token_fields(token: Any) -> tuple[Any, ...]:
+    """Every field of a loaded token, with relations by id."""
+    return (
+        token.id,
+        token.user.id,
+        token.client_id,
+        token.client_name,
+        token.client_icon,
+        token.token_type,
+        token.created_at,
+        token.access_token_expiration,
+        token.token_hash,
+        token.stored_jwt_key,
+        token.jwt_key,
+        token.last_used_at,
+        token.last_used_ip,
+        token.credential.id if token.credential else None,
+        token.version,
+        token.expire_at,
+        token.token,
+    )
+
+
+async def test_fast_token_loader_matches_the_careful_one(config_dir: Path) -> None:
+    """Start-up builds tokens in one inlined loop; each record loads as _load_token alone would load it.
+
+    The records cover the shapes a file may hold: digests and Open Peer Power's secrets, naive and
+    offset datetimes, absent optional fields, integer lifetimes, unknown credentials, an unknown
+    user, a broken digest and created_at, and the same id twice (the later record wins).
+    """
+    from opp_auth.models import KeyRing
+
+    digest = "ab" * 32
+    base = upgraded(OPP_AUTH_FILE)["data"]["refresh_tokens"][0]
+    variants: list[dict[str, Any]] = [
+        {**base, "id": "t1", "jwt_key": None},
+        {**base, "id": "t2", "created_at": "2021-07-10T12:30:45", "access_token_expiration": 60},
+        {**base, "id": "t3", "created_at": "2021-07-10T14:30:45+02:00", "last_used_at": "2021-08-01T00:00:00"},
+        {**base, "id": "t4", "credential_id": "missing", "last_used_ip": "10.0.0.1", "expire_at": 1.5e9},
+        {**base, "id": "t5", "user_id": "nobody"},
+        {**base, "id": "t6", "token_hash": "zz"},
+        {**base, "id": "t7", "created_at": "yesterday"},
+        {**base, "id": "t8", "created_at": 12},
+        {**base, "id": "t9", "user_id": 7},
+        {key: value for key, value in base.items() if key not in ("token_type", "expire_at", "version")} | {"id": "ta"},
+        {**base, "id": "tb", "token_type": None, "client_id": None, "expire_at": True},
+        {**base, "id": "t1", "client_name": "later", "token_hash": digest},
+        *copy.deepcopy(OPP_AUTH_FILE["data"]["refresh_tokens"]),
+    ]
+    data = opp_data()
+    data["refresh_tokens"] = variants
+    keyring = KeyRing(b"k" * 32)
+    fast = AuthStore(str(config_dir))
+    fast.keyring = keyring
+    fast.idle_expiry = 3600.0
+    write_auth(config_dir, data)
+    await fast.async_load()
+
+    careful = AuthStore(str(config_dir))
+    careful.keyring = keyring
+    careful.idle_expiry = 3600.0
+    careful._build({**data, "refresh_tokens": []})
+    for record in variants:
+        careful._load_token(copy.deepcopy(record))
+
+    def by_id(store: AuthStore) -> dict[str, tuple[Any, ...]]:
+        return {t.id: _token_fields(t) for t in store.refresh_tokens()}
+
+    fast_tokens, careful_tokens = by_id(fast), by_id(careful)
+    assert fast_tokens.keys() == careful_tokens.keys()
+    for token_id, fields in fast_tokens.items():
+        other = careful_tokens[token_id]
+        # expire_at of records without one is "now + idle expiry": equal up to the moments of the loads.
+        if fields[-2] != other[-2]:
+            assert abs(fields[-2] - other[-2]) < 60, token_id
+        assert fields[:-2] + fields[-1:] == other[:-2] + other[-1:], token_id
+    assert set(fast_tokens) >= {"t1", "t2", "t3", "t4", "ta", "tb", TOKEN_NORMAL_ID}
+    assert not set(fast_tokens) & {"t5", "t6", "t7", "t8", "t9"}
+    assert fast.get_refresh_token("t1").client_name == "later"  # type: ignore[union-attr]
+    assert fast.get_refresh_token("t1").token_hash == bytes.fromhex(digest)  # type: ignore[union-attr]
+    for store in (fast, careful):
+        owner = store.get_user(OWNER_ID)
+        assert owner is not None
+        assert sorted(t.id for t in owner.token_list) == sorted(t.id for t in store.refresh_tokens() if t.user is owner)
