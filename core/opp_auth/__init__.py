@@ -81,6 +81,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .context import PluginContext
+from .events import AuthEvent
 from .flow import FlowResult
 from .hookspecs import hookspec
 from .http.view import client_ip, http_require_admin, http_require_auth, request_user
@@ -113,6 +114,7 @@ __all__ = [  # noqa: RUF022 - grouped by what a plugin writes, as in the docstri
     "hookimpl",
     "hookspec",
     "PluginContext",
+    "AuthEvent",
     # providers
     "AuthProvider",
     "PROVIDER_CONFIG_SCHEMA",

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import __version__
 from .config import ensure_config_dir, load_config
+from .events import Origin, set_origin
 from .manager import AuthManager
 from .models import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER
 from .plugins import PluginError, make_plugin_manager
@@ -169,6 +170,7 @@ def _run_local(args: argparse.Namespace, action: Callable[[AuthManager, Any], Aw
 
         async def run() -> int:
             """Set up, act, flush."""
+            set_origin(Origin(via="cli"))  # events of this command say so
             await auth.async_setup()
             try:
                 return await action(auth, auth.get_auth_provider(local_type, None))

@@ -21,6 +21,7 @@ what a plugin may ask of the running server:
   :attr:`auth_mfa_modules`;
 - login attempts: :meth:`login_retry_after`, :meth:`too_many_attempts_message`,
   :meth:`note_login_failure`;
+- events: :meth:`note_event` (an :class:`~opp_auth.AuthEvent` of the one stream);
 - monitoring: :meth:`runtime_stats` (token checks by outcome, open websocket
   connections, flows in progress).
 
@@ -158,6 +159,7 @@ class PluginContext:
         store = self.__manager.store
         store.remove_credentials(credentials)
         await store.async_save()
+        self.__manager.events.credentials_removed(credentials)
 
     async def async_update_credentials_data(self, credentials: Credentials, data: dict[str, Any]) -> None:
         """Replace the data of linked credentials (the provider renamed the login); sessions stay valid."""
@@ -216,6 +218,17 @@ class PluginContext:
     ) -> None:
         """Report a failed attempt (wrong password or code): throttles, bans and audit hear of it."""
         self.__manager.note_login_failure(remote_ip, provider, username, reason)
+
+    def note_event(self, event_type: str, **values: Any) -> None:
+        """Emit an authentication event of event_type where the thing happened (``password_changed``...).
+
+        values: fields of :class:`opp_auth.AuthEvent` (``user_id``, ``username``,
+        ``provider``, ``mfa_module``, ``details``...); the address, user agent,
+        acting user and way in are filled in from the request or command being
+        served. Never pass a password, code or token. Costs nothing when nobody
+        listens; a failing consumer is logged, never raised here.
+        """
+        self.__manager.events.emit(event_type, **values)
 
     # ---- monitoring -----------------------------------------------------------------------------
 

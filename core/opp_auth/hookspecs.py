@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from .context import PluginContext
+    from .events import AuthEvent
     from .models import Credentials, RefreshToken, User
 
 PROJECT = "opp_auth"
@@ -46,6 +47,7 @@ HOOK_FAILURE: dict[str, Any] = {
     "opp_auth_user_removed": None,
     "opp_auth_refresh_token_created": None,
     "opp_auth_refresh_token_removed": None,
+    "opp_auth_event": None,
 }
 """What a failing implementation answers, by hook; a hook not listed (registrations, plugins' own
 hooks) fails start-up with a message naming the plugin and its distribution."""
@@ -299,4 +301,24 @@ def opp_auth_login_retry_after(auth: PluginContext, remote_ip: str | None, usern
     answer wins. Not awaited, so answer from memory. An exception counts as
     "wait" (fail closed: ``FAIL_CLOSED_RETRY_AFTER`` seconds) and is logged
     naming the plugin.
+    """
+
+
+@hookspec
+def opp_auth_event(auth: PluginContext, event: AuthEvent) -> Any:
+    """Any authentication event: the one stream the audit log, metrics and login history read.
+
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+    :param event: an :class:`opp_auth.AuthEvent` (frozen). ``event.type`` is one
+        of the documented types (``login_succeeded``, ``login_failed`` with its
+        ``reason``, ``mfa_used``, ``refresh_token_created``, ``user_deactivated``,
+        ``address_banned``... see docs/audit.md); a plugin ignores types it does
+        not know, since new ones may be added. It never carries a password, a
+        code, a token or another secret.
+
+    Each event is emitted once, where the thing happens, whatever the way in
+    (HTTP, websocket, CLI). Results: none (every implementation is called).
+    Awaited, in the background (the action that produced the event does not
+    wait, nor fail). An exception is logged naming the plugin. The specific
+    hooks (``opp_auth_login_failed``, ``opp_auth_user_created``...) still fire.
     """

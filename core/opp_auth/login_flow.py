@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import voluptuous as vol
 
 from .codes import AUTHORIZE, LINK_USER, PURPOSES
+from .events import LOGIN_SUCCEEDED
+from .events import login_name as _login_name
 from .flow import (
     RESULT_TYPE_ABORT,
     RESULT_TYPE_CREATE_ENTRY,
@@ -76,6 +78,10 @@ def is_safe_username(username: str) -> bool:
 THROTTLE_USERNAME = "throttle_username"
 MFA_STEPS = frozenset({"select_mfa_module", "mfa"})
 FAILURE_REASONS = frozenset({"invalid_auth", "invalid_code"})
+# Step errors that are refusals all the same, though no guess the throttles and bans should count.
+REFUSAL_REASONS = frozenset({"cannot_connect", "invalid_username"})
+# Set on a finished step's result by async_finish_flow (the module passed, if any); _outcome takes it off.
+MFA_MODULE_KEY = "_mfa_module"
 
 
 class InvalidClient(FlowError):
@@ -187,6 +193,7 @@ class LoginFlow(FlowHandler, Generic[_P]):
             valid = await auth_module.async_validate_in_flow(self.user.id, user_input, self.flow_id)
             if valid is True:
                 self._mfa_passed = (self.user.id, auth_module.id)
+                self._auth_manager.note_event("mfa_used", user_id=self.user.id, mfa_module=auth_module.id)
                 return await self.async_finish(self.credential)
             errors["base"] = "invalid_code"
             self.invalid_mfa_times += 1
@@ -376,6 +383,9 @@ class LoginFlowManager(FlowManager):
                 return await self.async_finish_flow(flow, step)  # decided again; never passed through
             return step
         result["result"] = credentials
+        result[MFA_MODULE_KEY] = (
+            offering_module if proven else (flow._mfa_passed[1] if flow._mfa_passed is not None else None)
+        )
         return result
 
     # ---- the login walk every transport uses ------------------------------------------------
@@ -386,9 +396,10 @@ class LoginFlowManager(FlowManager):
         reason: str,
         provider: tuple[str, str | None] | None = None,
         username: str | None = None,
-    ) -> asyncio.Future[Any]:
-        """Report a failed login to the plugins (throttling, bans, audit)."""
-        return self.auth.note_login_failure(ip_address, provider, username, reason)
+        **values: Any,
+    ) -> asyncio.Future[Any] | None:
+        """Report a failed login: the login_failed event, and the plugins (throttling, bans) unless plugins=False."""
+        return self.auth.note_login_failure(ip_address, provider, username, reason, **values)
 
     async def async_start_login(
         self,
@@ -475,6 +486,16 @@ class LoginFlowManager(FlowManager):
         async with self._one_attempt_at_a_time(("ip", ip_address) if account is None else ("user", account)):
             wait = self.auth.login_retry_after(ip_address, username)
             if wait > 0:
+                handler = flow.handler
+                self._failed(
+                    ip_address,
+                    "throttled",
+                    tuple(handler) if isinstance(handler, (tuple, list)) else None,
+                    username if isinstance(username, str) else None,
+                    plugins=False,
+                    client_id=client_id,
+                    details={"retry_after": round(wait, 1)},
+                )
                 raise LoginThrottled(wait)
             result = await self.async_configure(flow_id, user_input)
             purpose = flow.context.get("purpose", AUTHORIZE)
@@ -516,19 +537,22 @@ class LoginFlowManager(FlowManager):
             base = (result.get("errors") or {}).get("base")
             if result["type"] == RESULT_TYPE_ABORT and result.get("reason") == "too_many_retry":
                 base = "invalid_code"  # the last wrong code ends the flow; it is a failure all the same
-            if base in FAILURE_REASONS:
+            if base in FAILURE_REASONS or base in REFUSAL_REASONS:
                 handler = result.get("handler")
                 report = self._failed(
                     ip_address,
                     base,
                     tuple(handler) if isinstance(handler, (tuple, list)) else None,
                     username if isinstance(username, str) else None,
+                    plugins=base in FAILURE_REASONS,
+                    client_id=client_id,
                 )
-                if reports is not None:
+                if reports is not None and report is not None:
                     reports.append(report)
             return result
         credentials = result.pop("result", None)
         result.pop("data", None)
+        mfa_module = result.pop(MFA_MODULE_KEY, None)
         if not isinstance(credentials, Credentials):  # only async_finish_flow sets it; never trust anything else
             _LOGGER.error("A finished login carried no credentials; refused")
             return {
@@ -539,7 +563,18 @@ class LoginFlowManager(FlowManager):
                 "description_placeholders": None,
             }
         # First the success (the address becomes known), so the code takes a place in the known share.
-        self.auth.note_login_success(ip_address, self.auth.store.user_for_credentials(credentials), credentials)
+        user = self.auth.store.user_for_credentials(credentials)
+        self.auth.note_login_success(ip_address, user, credentials)
+        self.auth.events.emit(
+            LOGIN_SUCCEEDED,
+            user_id=user.id if user is not None else None,
+            username=_login_name(credentials),
+            provider=credentials.provider_key,
+            remote_address=ip_address,
+            mfa_module=mfa_module,
+            client_id=client_id,
+            details={"purpose": purpose} if user is not None else {"purpose": purpose, "new_credentials": True},
+        )
         result["result"] = self.auth.codes.issue(client_id, credentials, purpose, ip_address=ip_address)
         return result
 

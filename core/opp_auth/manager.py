@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from . import __version__
+from . import events as ev
 from .codes import AuthorizationCodes
 from .context import PluginContext
 from .errors import AuthManagerError
@@ -341,6 +342,7 @@ class AuthManager:
             self.store.link_credentials(user, credentials)
         await self.store.async_save()
         await self._async_fire("opp_auth_user_created", user=user)
+        self.events.user(ev.USER_CREATED, user, credentials, details={"owner": is_owner, "groups": group_ids})
         return user
 
     async def async_create_system_user(self, name: str, group_ids: list[str] | None = None) -> User:
@@ -349,6 +351,7 @@ class AuthManager:
         self.store.add_user(user)
         await self.store.async_save()
         await self._async_fire("opp_auth_user_created", user=user)
+        self.events.user(ev.USER_CREATED, user, details={"system_generated": True, "groups": group_ids})
         return user
 
     async def async_get_or_create_user(self, credentials: Credentials) -> User:
@@ -375,6 +378,7 @@ class AuthManager:
         self.store.link_credentials(user, credentials)
         await self.store.async_save()
         await self._async_fire("opp_auth_user_created", user=user)
+        self.events.user(ev.USER_CREATED, user, credentials, details={"groups": [group_id]})
         return user
 
     async def async_link_user(self, user: User, credentials: Credentials) -> None:
@@ -390,6 +394,7 @@ class AuthManager:
             raise AuthManagerError("Credential is already linked to another user")
         self.store.link_credentials(user, credentials)
         await self.store.async_save()
+        self.events.user(ev.CREDENTIALS_ADDED, user, credentials)
 
     async def async_remove_user(self, user: User) -> None:
         """Delete a user, their credentials (and provider logins) and tokens."""
@@ -408,7 +413,9 @@ class AuthManager:
         await self.user_settings.async_remove_user(user.id)
         for token in tokens:
             await self._async_fire("opp_auth_refresh_token_removed", refresh_token=token)
+            self.events.token(token, created=False, cause="user_removed")
         await self._async_fire("opp_auth_user_removed", user=user)
+        self.events.user(ev.USER_REMOVED, user)
 
     async def async_update_user(
         self,
@@ -422,9 +429,11 @@ class AuthManager:
         groups = self._groups_for(group_ids) if group_ids is not None else None
         if is_active is False and user.is_owner:
             raise AuthManagerError("Unable to deactivate the owner")
+        before = ev.user_state(user)
         self.store.update_user(user, name=name, is_active=is_active, groups=groups, local_only=local_only)
         await self.store.async_save()
         await self._async_fire("opp_auth_user_updated", user=user)
+        self.events.user_changed(user, before)
 
     async def async_activate_user(self, user: User) -> None:
         """Let a user log in."""
@@ -441,6 +450,7 @@ class AuthManager:
             await provider.async_will_remove_credentials(credentials)
         self.store.remove_credentials(credentials)
         await self.store.async_save()
+        self.events.credentials_removed(credentials)
 
     # ---- MFA --------------------------------------------------------------------------------
 
@@ -452,6 +462,7 @@ class AuthManager:
         if module is None:
             raise AuthManagerError(f"Unable find multi-factor auth module: {mfa_module_id}")
         await module.async_setup_user(user.id, data)
+        self.events.emit(ev.MFA_ENROLLED, user_id=user.id, mfa_module=module.id)
 
     async def async_disable_user_mfa(self, user: User, mfa_module_id: str) -> None:
         """Remove a user's enrolment."""
@@ -461,6 +472,7 @@ class AuthManager:
         if module is None:
             raise AuthManagerError(f"Unable find multi-factor auth module: {mfa_module_id}")
         await module.async_depose_user(user.id)
+        self.events.emit(ev.MFA_REMOVED, user_id=user.id, mfa_module=module.id)
 
     def mfa_required_from(self, ip_address: str | None) -> bool:
         """Whether the mfa_required policy asks enrolled users for a second factor at a login from ip_address.
@@ -527,6 +539,7 @@ class AuthManager:
         self.store.add_refresh_token(token)
         await self.store.async_save()
         await self._async_fire("opp_auth_refresh_token_created", refresh_token=token)
+        self.events.token(token, created=True)
         return token
 
     async def async_get_refresh_token(self, token_id: str) -> RefreshToken | None:
@@ -566,6 +579,7 @@ class AuthManager:
             await self.store.async_save()
             for token in expired:
                 await self._async_fire("opp_auth_refresh_token_removed", refresh_token=token)
+                self.events.token(token, created=False, cause="expired")
         return len(expired)
 
     async def _async_purge_loop(self) -> None:
@@ -584,6 +598,7 @@ class AuthManager:
         self.store.remove_refresh_token(refresh_token)
         await self.store.async_save()
         await self._async_fire("opp_auth_refresh_token_removed", refresh_token=refresh_token)
+        self.events.token(refresh_token, created=False, cause="revoked")
 
     async def async_remove_refresh_tokens(self, refresh_tokens: list[RefreshToken]) -> None:
         """Revoke several refresh tokens with one durable write (a user's "log out everywhere").
@@ -600,6 +615,7 @@ class AuthManager:
         """opp_auth_refresh_token_removed for each token, yielding to other work between them."""
         for index, token in enumerate(tokens):
             await self._async_fire("opp_auth_refresh_token_removed", refresh_token=token)
+            self.events.token(token, created=False, cause="revoked")
             if index % 100 == 99:
                 await asyncio.sleep(0)
 
@@ -742,10 +758,18 @@ class AuthManager:
         await self.events.async_fire(hookname, **kwargs)
 
     def note_login_failure(
-        self, remote_ip: str | None, provider: tuple[str, str | None] | None, username: str | None, reason: str
-    ) -> asyncio.Future[Any]:
-        """Tell plugins a login failed (fire and forget; the task is returned for a caller that must wait)."""
-        return self.events.login_failed(remote_ip, provider, username, reason)
+        self,
+        remote_ip: str | None,
+        provider: tuple[str, str | None] | None,
+        username: str | None,
+        reason: str,
+        **values: Any,
+    ) -> asyncio.Future[Any] | None:
+        """A login failed: the event, and the plugins told (fire and forget; the task, for a caller that must wait).
+
+        values: plugins=False (a refusal that is no guess: no opp_auth_login_failed), or more event fields.
+        """
+        return self.events.login_failed(remote_ip, provider, username, reason, **values)
 
     def note_login_success(self, remote_ip: str | None, user: User | None, credential: Credentials | None) -> None:
         """Tell plugins a login succeeded (fire and forget); remote_ip is a known address of the account from now on."""

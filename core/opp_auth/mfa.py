@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import voluptuous as vol
 
-from .flow import FlowHandler, FlowManager, FlowResult, TooManyFlows, UnknownHandler
+from .events import MFA_ENROLLED
+from .flow import RESULT_TYPE_CREATE_ENTRY, FlowHandler, FlowManager, FlowResult, TooManyFlows, UnknownHandler
 from .shares import FairPool, Full
 
 if TYPE_CHECKING:
@@ -213,6 +214,12 @@ class MfaSetupFlowManager(FlowManager):
         """Remove the flow and free its place."""
         self.shares.release(flow_id)
         return super()._forget(flow_id)
+
+    async def async_finish_flow(self, flow: FlowHandler, result: FlowResult) -> FlowResult:
+        """A finished enrolment is an mfa_enrolled event (every module's set-up flow ends here)."""
+        if result["type"] == RESULT_TYPE_CREATE_ENTRY:
+            self.auth.events.emit(MFA_ENROLLED, user_id=flow.context.get("user_id"), mfa_module=str(flow.handler))
+        return result
 
     async def async_create_flow(self, handler_key: Any, *, context: dict[str, Any], data: Any) -> FlowHandler:
         """The module's setup flow for context['user_id']."""

@@ -54,6 +54,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .events import LOCKOUT_CLEARED
 from .network import address_and_prefix, in_networks, parse_networks
 from .plugins import hookimpl
 
@@ -164,6 +165,8 @@ class LoginThrottle:
         self.clock = clock
         self.max_tracked = max_tracked
         self.maps = {kind: _Counters(max_tracked, float(reset_after_seconds)) for kind in self.free}
+        # Told of lockout_cleared (the app sets it to the manager's events.emit).
+        self.emit: Callable[..., Any] = lambda *args, **kwargs: None
         self._known: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
         self._known_refs: dict[str, int] = {}  # address -> how many accounts logged in from it
 
@@ -302,6 +305,7 @@ class LoginThrottle:
                 if match:
                     del counters.items[key]
                     cleared += 1
+        self.emit(LOCKOUT_CLEARED, details={"ip_address": ip, "username": username, "cleared": cleared})
         return cleared
 
     # ---- hooks ------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from opp_auth.testing import CLIENT_ID
 
 EXAMPLE = {"type": "insecure_example", "users": [{"username": "ann", "password": "pw", "name": "Ann"}]}
 HANDLER = ["insecure_example", None]
-HOOKS = sorted(name for name, _ in inspect.getmembers(opp_auth.hookspecs, inspect.isfunction) if name.startswith("opp_auth_"))
+HOOKS = sorted(
+    name for name, _ in inspect.getmembers(opp_auth.hookspecs, inspect.isfunction) if name.startswith("opp_auth_")
+)
 
 
 def test_every_hook_is_documented_and_has_a_test_here() -> None:
@@ -71,7 +73,9 @@ class Spy:
 
     @hookimpl
     def opp_auth_login_failed(self, auth: Any, remote_ip: Any, provider: Any, username: Any, reason: Any) -> None:
-        self.calls.append(("login_failed", {"remote_ip": remote_ip, "provider": provider, "username": username, "reason": reason}))
+        self.calls.append(
+            ("login_failed", {"remote_ip": remote_ip, "provider": provider, "username": username, "reason": reason})
+        )
 
     @hookimpl
     def opp_auth_login_succeeded(self, auth: Any, remote_ip: Any, user: Any, credential: Any) -> None:
@@ -213,7 +217,9 @@ async def test_hook_opp_auth_register_config(opp_auth_factory: Any) -> None:
         def opp_auth_register_config(self, register: Any) -> None:
             register("hooktest", vol.Schema(vol.Any(None, {vol.Required("level"): int})))
 
-    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("owns", Owns())], blocks={"hooktest": {"level": 3}})
+    auth = await opp_auth_factory(
+        providers=[EXAMPLE], mfa_modules=[], plugins=[("owns", Owns())], blocks={"hooktest": {"level": 3}}
+    )
     assert auth.config_blocks["hooktest"] == {"level": 3}
 
 
@@ -262,7 +268,12 @@ async def test_hook_opp_auth_register_websocket_commands(opp_auth_factory: Any, 
         await ws.send_json({"type": "auth", "access_token": token})
         await ws.receive_json()
         await ws.send_json({"id": 1, "type": "hooktest/echo", "text": "hi"})
-        assert await ws.receive_json() == {"id": 1, "type": "result", "success": True, "result": {"text": "hi", "user": "Owner"}}
+        assert await ws.receive_json() == {
+            "id": 1,
+            "type": "result",
+            "success": True,
+            "result": {"text": "hi", "user": "Owner"},
+        }
 
 
 def test_hook_opp_auth_register_commands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -310,7 +321,12 @@ async def test_hook_opp_auth_login_failed(spied: tuple[AuthManager, Spy], opp_au
     await client.login.step(flow["flow_id"], username="ann", password="wrong")
     await settle()
     (call,) = [kwargs for name, kwargs in spy.calls if name == "login_failed"]
-    assert call == {"remote_ip": "127.0.0.1", "provider": ("insecure_example", None), "username": "ann", "reason": "invalid_auth"}
+    assert call == {
+        "remote_ip": "127.0.0.1",
+        "provider": ("insecure_example", None),
+        "username": "ann",
+        "reason": "invalid_auth",
+    }
 
 
 async def test_hook_opp_auth_login_succeeded(spied: tuple[AuthManager, Spy], opp_auth_client: Any) -> None:
@@ -321,6 +337,39 @@ async def test_hook_opp_auth_login_succeeded(spied: tuple[AuthManager, Spy], opp
     await settle()
     (call,) = [kwargs for name, kwargs in spy.calls if name == "login_succeeded"]
     assert call["remote_ip"] == "127.0.0.1" and call["credential"].data == {"username": "ann"}
+
+
+async def test_hook_opp_auth_event(opp_auth_factory: Any, opp_auth_client: Any) -> None:
+    """Every event of the one stream reaches plugins: a failed and a finished login over HTTP, with their origin."""
+    seen: list[Any] = []
+
+    class Listener:
+        @hookimpl
+        async def opp_auth_event(self, auth: Any, event: Any) -> None:
+            await asyncio.sleep(0)
+            seen.append(event)
+
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("listener", Listener())])
+    client = await opp_auth_client(auth)
+    _, flow = await client.login.start(HANDLER)
+    await client.login.step(flow["flow_id"], username="ann", password="wrong")
+    await client.login.tokens(HANDLER, [{"username": "ann", "password": "pw"}])
+    await client.login.tokens(HANDLER, [{"username": "ann", "password": "pw"}])
+    await settle()
+    failed, first, succeeded = [e for e in seen if e.type in ("login_failed", "login_succeeded")]
+    assert (failed.type, failed.reason, failed.username, failed.remote_address) == (
+        "login_failed",
+        "invalid_auth",
+        "ann",
+        "127.0.0.1",
+    )
+    assert failed.provider == ("insecure_example", None) and failed.via == "http" and failed.user_agent
+    assert succeeded.type == "login_succeeded" and succeeded.client_id == CLIENT_ID
+    assert first.user_id is None and first.details["new_credentials"] is True  # the user is made with the tokens
+    (created,) = [e for e in seen if e.type == "user_created"]
+    assert created.user_id == succeeded.user_id and created.username == "ann"
+    assert succeeded.details["purpose"] == "authorize" and succeeded.username == "ann"
+    assert [e.user_id for e in seen if e.type == "refresh_token_created"] == [created.user_id] * 2
 
 
 async def test_hook_opp_auth_user_created(spied: tuple[AuthManager, Spy]) -> None:
@@ -379,8 +428,9 @@ async def test_hook_opp_auth_login_retry_after(opp_auth_factory: Any, opp_auth_c
     client = await opp_auth_client(auth)
     _, flow = await client.login.start(HANDLER)
     async with client.request(
-        "POST", f"/auth/login_flow/{flow['flow_id']}", json={"client_id": CLIENT_ID, "username": "ann", "password": "pw"}
+        "POST",
+        f"/auth/login_flow/{flow['flow_id']}",
+        json={"client_id": CLIENT_ID, "username": "ann", "password": "pw"},
     ) as resp:
         assert resp.status == 429 and resp.headers["Retry-After"] == "7"
         assert (await resp.json())["code"] == "too_many_attempts"
-

@@ -57,6 +57,7 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
         allowlist=http_config.get("ban_allowlist") or (),
     )
     throttle = LoginThrottle.from_http_config(http_config)
+    ban.emit = throttle.emit = auth.events.emit
     app = web.Application(client_max_size=MAX_BODY_SIZE)
     logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUEST_FILTER)  # once: filters are a set
     app[AUTH_KEY] = auth

@@ -106,6 +106,7 @@ import voluptuous as vol
 from aiohttp import web
 
 from ..codes import AUTHORIZE, LINK_USER
+from ..events import login_name
 from ..flow import (
     RESULT_TYPE_CREATE_ENTRY,
     InvalidInput,
@@ -364,6 +365,15 @@ async def _grant_authorization_code(request: web.Request, data: Any) -> web.Resp
     except AuthManagerError as err:
         return _oauth_error("access_denied", str(err), 403)
     if not user.is_active:
+        auth.note_login_failure(
+            client_ip(request),
+            credential.provider_key,
+            login_name(credential),
+            "user_inactive",
+            plugins=False,
+            user_id=user.id,
+            client_id=client_id,
+        )
         return _oauth_error("access_denied", "User is not active", 403)
     try:
         refresh_token = await auth.async_create_refresh_token(user, client_id, credential=credential)

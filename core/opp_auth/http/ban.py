@@ -15,12 +15,14 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..events import ADDRESS_BANNED, ADDRESS_UNBANNED
 from ..network import in_networks, parse_networks
 from ..plugins import hookimpl
 
@@ -49,6 +51,8 @@ class BanManager:
         self.enabled = enabled
         self.window = window
         self.banned: dict[str, datetime] = {}
+        # Told of address_banned / address_unbanned (the app sets it to the manager's events.emit).
+        self.emit: Callable[..., Any] = _ignore
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
     def load(self) -> None:
@@ -124,6 +128,7 @@ class BanManager:
         now = datetime.now(UTC)
         self.banned[ip] = now
         _LOGGER.warning("Banned IP %s for too many login attempts", ip)
+        self.emit(ADDRESS_BANNED, details={"ip_address": ip, "threshold": self.threshold})
         try:
             with self.path.open("a", encoding="utf-8") as out:
                 out.write("\n" + yaml.safe_dump({ip: {"banned_at": now.isoformat()}}))
@@ -134,6 +139,7 @@ class BanManager:
         """Lift a ban (rewrites the file); False when ip was not banned."""
         if self.banned.pop(ip, None) is None:
             return False
+        self.emit(ADDRESS_UNBANNED, details={"ip_address": ip})
         content = {addr: {"banned_at": at.isoformat()} for addr, at in self.banned.items()}
         try:
             self.path.write_text(yaml.safe_dump(content) if content else "", encoding="utf-8")
@@ -152,6 +158,10 @@ class BanManager:
     def opp_auth_login_succeeded(self, auth: Any, remote_ip: str | None, user: Any, credential: Any) -> None:
         """Reset the address's count."""
         self.record_success(remote_ip)
+
+
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    """No event consumer (a BanManager of the CLI)."""
 
 
 def _sort_key(when: datetime) -> datetime:

@@ -17,6 +17,7 @@ from urllib.parse import unquote
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
+from ..events import set_origin
 from ..models import User
 from ..storage import STORAGE_UNAVAILABLE_MESSAGE, StorageError
 from ..validation import CODE_INVALID_FORMAT, InvalidData
@@ -100,8 +101,10 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
         remote = request.remote
         request[KEY_CLIENT_IP] = remote
         request[KEY_PEER_IP] = peer
+        set_origin(request)  # events emitted while serving it name its address, user agent and user
 
         if ban_active and remote in ban.banned and ban.is_banned(remote):  # type: ignore[union-attr]
+            auth.note_login_failure(remote, None, None, "banned", plugins=False)
             return json_message("Forbidden", 403)
 
         authenticated = False
@@ -171,8 +174,8 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
             # aiohttp's refusals (static files, a websocket request without upgrade) in the API's JSON shape.
             response = _json_refusal(exc)
 
-        if response.status == 401 and ban_active:
-            auth.note_login_failure(remote, None, None, "unauthorized")
+        if response.status == 401:
+            auth.note_login_failure(remote, None, None, "unauthorized", plugins=ban_active)
         if origin is not None and (origin in cors_origins or request.path in CORS_ANY_ORIGIN_PATHS):
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import voluptuous as vol
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ..events import Origin, set_origin
 from ..models import RefreshToken, User
 from ..plugins import hookimpl
 from ..stats import GAUGE_WEBSOCKET_CONNECTIONS
@@ -324,6 +325,7 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: A
         return None
     wait = auth.login_retry_after(client_ip(request), None)
     if wait > 0:
+        auth.note_login_failure(client_ip(request), None, None, "throttled", plugins=False)
         await ws.send_json({"type": "auth_invalid", "message": too_many_attempts_message(wait)})
         return None
     refresh_token = (
@@ -347,6 +349,15 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: A
         tracker.discard(conn)
         raise
     auth.note_login_success(client_ip(request), refresh_token.user, None)
+    # The commands of this connection run in tasks of this one's context: their events name this origin.
+    set_origin(
+        Origin(
+            via="websocket",
+            remote_address=client_ip(request),
+            user_agent=request.headers.get("User-Agent"),
+            actor_id=refresh_token.user.id,
+        )
+    )
     return conn
 
 

@@ -273,6 +273,13 @@ class LocalAuthProvider(AuthProvider):
         self.check_password_policy(new_password, username)
         await self.auth.async_password_check(self.data.change_password, username, new_password)
         await self.data.async_save()
+        credentials = self.async_find_credentials({"username": username})
+        self.auth.note_event(
+            "password_changed",
+            user_id=credentials.user_id if credentials is not None else None,
+            username=username,
+            provider=self.key,
+        )
 
     async def async_change_username(self, credentials: Credentials, new_username: str) -> None:
         """Rename a login and the credentials that use it (sessions stay valid, as in Home Assistant)."""
