@@ -39,7 +39,11 @@ async def test_save_writes_the_envelope(config_dir: Path) -> None:
     """The file holds version, key and data."""
     store = Store(config_dir, "thing", 3)
     await store.async_save({"a": [1, 2], "b": "ü"})
-    assert read_json(config_dir / ".storage" / "thing") == {"version": 3, "key": "thing", "data": {"a": [1, 2], "b": "ü"}}
+    assert read_json(config_dir / ".storage" / "thing") == {
+        "version": 3,
+        "key": "thing",
+        "data": {"a": [1, 2], "b": "ü"},
+    }
 
 
 async def test_load_returns_what_was_saved(config_dir: Path) -> None:
@@ -75,7 +79,9 @@ async def test_successful_write_leaves_no_temporary_file(config_dir: Path) -> No
     assert storage_listing(config_dir) == ["thing"]
 
 
-async def test_unserialisable_data_leaves_the_old_file_intact(config_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_unserialisable_data_leaves_the_old_file_intact(
+    config_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Serialisation fails before the file is touched, is logged, and is a StorageError."""
     store = Store(config_dir, "thing", 1)
     await store.async_save({"v": 1})
@@ -87,7 +93,9 @@ async def test_unserialisable_data_leaves_the_old_file_intact(config_dir: Path, 
     assert storage_listing(config_dir) == ["thing"]
 
 
-async def test_failed_rename_leaves_old_file_and_no_temporary(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_failed_rename_leaves_old_file_and_no_temporary(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A failing os.replace (disk full, permissions) keeps the old file and removes the temp file."""
     store = Store(config_dir, "thing", 1)
     await store.async_save({"v": 1})
@@ -413,3 +421,48 @@ def test_config_dir_lock_can_be_taken_after_release(config_dir: Path) -> None:
     second = ConfigDirLock(config_dir)
     second.acquire("auth add")
     second.release()
+
+
+async def test_record_list_given_as_a_list_is_left_unchanged_by_a_save(config_dir: Path) -> None:
+    """The encoder drops the items of its own copy as it goes, never those of the caller's list."""
+    items = [Record("a", 1), Record("b", 2)]
+    store = Store(config_dir, "thing", 1)
+    await store.async_save({"r": RecordList(items, lambda r: r.ident)})
+    assert [r.ident for r in items] == ["a", "b"]
+    assert read_json(store.path)["data"] == {"r": ["a", "b"]}
+
+
+async def test_compaction_pauses_the_collector_and_restores_it(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a compaction encodes the records' lists no automatic collection walks them; after it, gc is as before."""
+    import gc
+
+    seen: list[bool] = []
+    store = Store(config_dir, "thing", 1, journal=True)
+    await store.async_load()
+
+    def render(record: Record) -> Any:
+        seen.append(gc.isenabled())
+        return record.ident
+
+    store.snapshot_func = lambda: {"r": RecordList(lambda: [Record("a", 1), Record("b", 2)], render)}
+    store.journal_append({"t": "set", "p": ["x"], "v": 1})
+    await store.async_commit()
+    assert gc.isenabled()
+    await store.async_compact()
+    assert seen == [False, False]
+    assert gc.isenabled()
+    assert read_json(store.path)["data"] == {"r": ["a", "b"]}
+    gc.disable()
+    try:
+        with storage.paused_gc(), storage.paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # disabled before: left disabled
+    finally:
+        gc.enable()
+    with storage.paused_gc():
+        with storage.paused_gc():
+            pass
+        assert not gc.isenabled()  # the outer pause still holds
+    assert gc.isenabled()
