@@ -26,6 +26,7 @@ import json
 import logging
 import secrets
 import time
+import weakref
 from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -55,6 +56,8 @@ from opp_auth import (
     is_safe_username,
 )
 
+from .sessions import Sessions
+
 _LOGGER = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/auth/oidc/callback"
@@ -67,6 +70,17 @@ PENDING_TTL = 600.0
 MAX_PENDING = 1000
 JWKS_MIN_REFETCH = 10.0
 MAX_USERNAME = 256
+# Refresh tokens of one user tied to this provider's logins: past this, a new login revokes the oldest.
+MAX_SESSIONS_PER_USER = 32
+# Defaults: how long a good answer of the provider is cached (s), and how long it stands while the
+# provider cannot be reached (s). A session in use refreshes every 30 minutes (the access token's
+# lifetime), so its last answer is up to 30 minutes old: an hour lets it ride out a short outage.
+RECHECK_INTERVAL = 300
+OUTAGE_GRACE = 3600
+# Grants of finished logins waiting for their code to be traded, per subject.
+MAX_WAITING_GRANTS = 16
+TOKEN_TYPE_NORMAL = "normal"
+TOKEN_TYPE_LONG_LIVED = "long_lived_access_token"
 
 # Flow abort reasons (the login page has a sentence for each).
 CANNOT_CONNECT = "cannot_connect"
@@ -74,6 +88,8 @@ SSO_FAILED = "sso_failed"
 SSO_DENIED = "sso_denied"
 NOT_MEMBER = "sso_not_member"
 LOGIN_EXPIRED = "login_expired"
+# Not a flow reason: the provider will never accept this grant again (revoked, expired without a refresh token).
+GRANT_GONE = "grant_gone"
 
 
 class OidcError(Exception):
@@ -108,7 +124,8 @@ def _issuer(value: Any) -> str:
         raise vol.Invalid(f"issuer {value!r} must use https (plain http only on a loopback address)")
     if parts.query or parts.fragment:
         raise vol.Invalid(f"issuer {value!r} must have no query or fragment")
-    return value
+    # A plain str: the issuer goes into credentials, and a YAML node's str subclass cannot be stored.
+    return str(value)
 
 
 def _redirect_uri(value: Any) -> str:
@@ -156,7 +173,10 @@ CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
         vol.Optional("create_users", default=True): bool,
         vol.Optional("redirect_uri"): _redirect_uri,
         vol.Optional("timeout", default=10): vol.All(vol.Coerce(float), vol.Range(min=0.1, max=120)),
-        vol.Optional("recheck_interval", default=300): vol.All(vol.Coerce(float), vol.Range(min=0, max=86400)),
+        vol.Optional("recheck_interval", default=RECHECK_INTERVAL): vol.All(
+            vol.Coerce(float), vol.Range(min=0, max=86400)
+        ),
+        vol.Optional("outage_grace", default=OUTAGE_GRACE): vol.All(vol.Coerce(float), vol.Range(min=0, max=86400)),
     },
     extra=vol.PREVENT_EXTRA,
 )
@@ -228,15 +248,17 @@ class OidcAuthProvider(AuthProvider):
         self._keys_refetched = -JWKS_MIN_REFETCH
         self._lock = asyncio.Lock()
         self.pending: OrderedDict[str, Pending] = OrderedDict()
-        # Back-channel logout: the provider session ids (sid) each refresh token came from, kept in
-        # .storage, and the sids of logins whose code is not traded yet, by subject.
-        self._store: Any = None
-        self.token_sids: dict[str, list[str]] = {}
+        # Per refresh token: its provider sessions (sid), the provider's tokens of its login and when the
+        # provider last confirmed the user, kept in .storage (sessions.py). Until a login's code is
+        # traded for a refresh token, its sids and provider tokens wait here, by subject.
+        self.sessions = Sessions(self.auth, f"auth_provider.oidc.{self.id or 'default'}")
         self._login_sids: dict[str, list[tuple[str, float]]] = {}
-        # Refresh re-checks: the provider's tokens of the login each refresh token came from, and verdicts.
-        self.token_grants: dict[str, dict[str, str | None]] = {}
-        self._login_grants: dict[str, dict[str, str | None]] = {}
-        self._recheck: OrderedDict[str, tuple[float, bool]] = OrderedDict()
+        self._login_grants: dict[str, list[tuple[dict[str, str | None], float]]] = {}
+        # Refusals of the provider, cached recheck_interval seconds (monotonic expiry), by grant.
+        self._refused: OrderedDict[str, float] = OrderedDict()
+        # One re-check at a time per grant: two renewals with one provider refresh token look like a
+        # replay to a provider that rotates them, and it would revoke the grant.
+        self._recheck_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._seen_jti: OrderedDict[str, float] = OrderedDict()
 
     @property
@@ -308,12 +330,8 @@ class OidcAuthProvider(AuthProvider):
             return self._keys
 
     async def async_initialize(self) -> None:
-        """Load the session map; fetch discovery and keys so problems are logged early (a login retries)."""
-        self._store = self.auth.storage(f"auth_provider.oidc.{self.id or 'default'}", 1)
-        data = await self._store.async_load()
-        sessions = data.get("token_sids") if isinstance(data, dict) else None
-        if isinstance(sessions, dict):
-            self.token_sids = {str(k): [str(x) for x in v] for k, v in sessions.items() if isinstance(v, list)}
+        """Load the sessions; fetch discovery and keys so problems are logged early (a login retries)."""
+        await self.sessions.async_load()
         try:
             await self.async_metadata()
             await self.async_keys()
@@ -504,44 +522,81 @@ class OidcAuthProvider(AuthProvider):
         """The provider's tokens of a finished login, for the refresh token its code will make."""
         if access_token is None and refresh_token is None:
             return
-        self._login_grants[sub] = {"access_token": access_token, "refresh_token": refresh_token}
-        if len(self._login_grants) > MAX_PENDING:
+        now = time.monotonic()
+        waiting = [(g, t) for g, t in self._login_grants.pop(sub, []) if t > now][-(MAX_WAITING_GRANTS - 1) :]
+        waiting.append(({"access_token": access_token, "refresh_token": refresh_token}, now + PENDING_TTL))
+        self._login_grants[sub] = waiting
+        while len(self._login_grants) > MAX_PENDING:
             self._login_grants.pop(next(iter(self._login_grants)))
 
+    def _take_login_grant(self, sub: str) -> dict[str, str | None] | None:
+        """The oldest waiting grant of a subject (any of them speaks for the same person at the provider)."""
+        now = time.monotonic()
+        waiting = [(g, t) for g, t in self._login_grants.pop(sub, []) if t > now]
+        if not waiting:
+            return None
+        if len(waiting) > 1:
+            self._login_grants[sub] = waiting[1:]
+        return waiting[0][0]
+
     async def async_refresh_token_created(self, refresh_token: RefreshToken) -> None:
-        """Tie a new refresh token to the provider session(s) its login came from.
+        """Tie a new session's refresh token to its login: the provider session(s) and the provider's tokens.
 
         Normally one login waits for its code to be traded. When several logins
         of one subject wait at once, the token cannot tell which one it is, so it
-        is tied to all of them: a logout of any of those sessions revokes it
-        (fail closed).
+        is tied to all of their sids: a logout of any of those sessions revokes it
+        (fail closed). Long-lived tokens get no entry: they are made from a
+        session, not a login (see async_validate_refresh_token).
         """
         credential = refresh_token.credential
         if credential is None or credential.data.get("iss") != self.issuer:
             return
-        grant = self._login_grants.pop(str(credential.data.get("sub")), None)
-        if grant is not None:
-            self.token_grants[refresh_token.id] = grant
-            await self._save()
-        now = time.monotonic()
-        waiting = [(s, t) for s, t in self._login_sids.get(str(credential.data.get("sub")), []) if t > now]
-        if not waiting:
+        if refresh_token.token_type != TOKEN_TYPE_NORMAL:
             return
-        self.token_sids[refresh_token.id] = sorted({s for s, _ in waiting})
-        if len(waiting) == 1:
-            self._login_sids.pop(str(credential.data.get("sub")), None)
-        await self._save()
+        sub = str(credential.data.get("sub"))
+        grant = self._take_login_grant(sub)
+        now = time.monotonic()
+        waiting = [(s, t) for s, t in self._login_sids.get(sub, []) if t > now]
+        if len(waiting) <= 1:
+            self._login_sids.pop(sub, None)
+        sids = sorted({s for s, _ in waiting})
+        if grant is None and not sids:
+            return
+        # The login that made the grant confirmed the user's groups a moment ago.
+        await self.sessions.async_add(refresh_token.id, sids, grant, time.time() if grant is not None else None)
+        await self._async_bound_sessions(refresh_token)
+
+    async def _async_bound_sessions(self, newest: RefreshToken) -> None:
+        """At most MAX_SESSIONS_PER_USER of a user's tokens hold provider data: the oldest are revoked."""
+        mine = [t for t in newest.user.refresh_tokens.values() if t.id in self.sessions]
+        if len(mine) <= MAX_SESSIONS_PER_USER:
+            return
+        mine.sort(key=lambda t: (self.sessions.created(t.id), t.id != newest.id))
+        for token in mine[: len(mine) - MAX_SESSIONS_PER_USER]:
+            _LOGGER.info("OpenID sessions of %s past %d: the oldest is revoked", newest.user.id, MAX_SESSIONS_PER_USER)
+            await self.auth.async_remove_refresh_token(token)
+            await self.sessions.async_remove([token.id])
 
     async def async_refresh_token_removed(self, refresh_token: RefreshToken) -> None:
-        """Forget a removed token."""
-        self._recheck.pop(refresh_token.id, None)
-        had_sids = self.token_sids.pop(refresh_token.id, None) is not None
-        if self.token_grants.pop(refresh_token.id, None) is not None or had_sids:
-            await self._save()
+        """Forget a removed token, and the provider's tokens of its login."""
+        self._refused.pop(refresh_token.id, None)
+        await self.sessions.async_remove([refresh_token.id])
 
-    async def _save(self) -> None:
-        if self._store is not None:
-            await self._store.async_save({"token_sids": self.token_sids, "token_grants": self.token_grants})
+    async def async_will_remove_credentials(self, credentials: Credentials) -> None:
+        """Removing credentials removes their tokens without telling plugins: forget their entries first."""
+        user = self.auth.user_for_credentials(credentials)
+        if user is not None:
+            await self.sessions.async_remove(
+                [t.id for t in user.refresh_tokens.values() if t.credential is credentials]
+            )
+
+    async def async_forget_dead_sessions(self) -> int:
+        """At start-up: forget the entries of tokens removed while this provider was not listening."""
+        alive = {t.id for user in self.auth.users() for t in user.refresh_tokens.values()}
+        forgotten = await self.sessions.async_keep_only(alive)
+        if forgotten:
+            _LOGGER.info("OpenID provider %s: data of %d removed refresh tokens forgotten", self.issuer, forgotten)
+        return forgotten
 
     async def async_verify_logout_token(self, token: str) -> dict[str, Any]:
         """OpenID Connect Back-Channel Logout 1.0, section 2.6; OidcError when refused."""
@@ -599,15 +654,16 @@ class OidcAuthProvider(AuthProvider):
                     continue
                 if isinstance(sub, str) and credential.data.get("sub") != sub:
                     continue
-                if isinstance(sid, str) and sid not in self.token_sids.get(refresh_token.id, []):
+                if isinstance(sid, str) and sid not in self.sessions.sids(refresh_token.id):
                     continue
                 victims.append(refresh_token)
         for refresh_token in victims:
             await self.auth.async_remove_refresh_token(refresh_token)
-            self.token_sids.pop(refresh_token.id, None)
-        if isinstance(sid, str) and isinstance(sub, str):
-            self._login_sids[sub] = [(s, t) for s, t in self._login_sids.get(sub, []) if s != sid]
-        await self._save()
+        await self.sessions.async_remove([t.id for t in victims])
+        if isinstance(sid, str):
+            for waiting_sub in [sub] if isinstance(sub, str) else list(self._login_sids):
+                if waiting_sub in self._login_sids:
+                    self._login_sids[waiting_sub] = [(s, t) for s, t in self._login_sids[waiting_sub] if s != sid]
         _LOGGER.info(
             "OpenID back-channel logout from %s (sub %r, sid %r): %d refresh tokens revoked",
             self.issuer,
@@ -655,51 +711,107 @@ class OidcAuthProvider(AuthProvider):
         return UserMeta(name=identity.name or identity.username, is_active=True, group=identity.group)
 
     async def async_validate_refresh_token(self, refresh_token: RefreshToken, remote_ip: str | None = None) -> None:
-        """Ask the provider again (userinfo, cached recheck_interval seconds) whether the user may still log in.
+        """Ask the provider again whether the user may still log in (fail closed; see the README).
 
-        Refused (InvalidAuthError) when the provider says the user is out of the
-        required groups or its grant was revoked, and when it cannot be reached
-        (not cached: the next refresh asks again). Accepted without asking when
-        this token has no usable provider token (its access token expired and the
-        provider gave no refresh token): see the README.
+        With the provider's tokens of the login the session came from: userinfo
+        with its access token, renewed once with its refresh token. A good answer
+        is cached recheck_interval seconds (in .storage, so across restarts), a
+        refusal as long in memory. Refused (InvalidAuthError): no usable grant
+        (none kept, or the provider revoked or let it expire), the user out of
+        every required group, the provider unreachable longer than outage_grace
+        after its last good answer.
         """
         credential = refresh_token.credential
-        grant = self.token_grants.get(refresh_token.id)
-        if credential is None or grant is None:
-            return
-        now = time.monotonic()
-        cached = self._recheck.get(refresh_token.id)
-        if cached is not None and cached[0] > now:
-            if not cached[1]:
+        if credential is None or credential.data.get("iss") != self.issuer:
+            raise InvalidAuthError("not a session of this OpenID provider")
+        key = self._grant_key(refresh_token)
+        if key is None:
+            _LOGGER.info(
+                "OpenID session %s of %s refused: no provider grant kept for it; the user logs in again",
+                refresh_token.id,
+                self.issuer,
+            )
+            raise InvalidAuthError("the OpenID provider must confirm the user: log in again")
+        lock = self._recheck_locks.get(key)
+        if lock is None:
+            lock = self._recheck_locks[key] = asyncio.Lock()
+        async with lock:
+            identity = await self._async_recheck(key, str(credential.data.get("sub")))
+        if identity is not None:
+            await self.async_sync_user(credential, identity)
+
+    def _grant_key(self, refresh_token: RefreshToken) -> str | None:
+        """Whose grant confirms this token: its own; for a long-lived token, its user's freshest session's."""
+        if self.sessions.has_grant(refresh_token.id):
+            return refresh_token.id
+        if refresh_token.token_type != TOKEN_TYPE_LONG_LIVED:
+            return None
+        # A long-lived token is made from a session (and checked once, then); any session of the same
+        # credentials speaks for the same person at the provider.
+        candidates = [
+            t.id
+            for t in refresh_token.user.refresh_tokens.values()
+            if t.credential is refresh_token.credential and self.sessions.has_grant(t.id)
+        ]
+        return max(candidates, key=lambda tid: self.sessions.checked(tid) or 0.0, default=None)
+
+    async def _async_recheck(self, key: str, sub: str) -> Identity | None:
+        """The provider's verdict on grant key: an Identity when asked and good, None when a cached or
+        grace verdict is good; InvalidAuthError when refused."""
+        refused = self._refused.get(key)
+        if refused is not None:
+            if refused > time.monotonic():
                 raise InvalidAuthError("refused by the OpenID provider")
-            return
+            del self._refused[key]
+        now = time.time()
+        checked = self.sessions.checked(key)
+        since = None if checked is None else now - checked
+        if since is not None and 0 <= since < self.config["recheck_interval"]:
+            return None
+        grant = self.sessions.grant(key)
         try:
-            claims = await self._async_userinfo_for(refresh_token.id, grant, str(credential.data.get("sub")))
-            if claims is None:
-                return
-            identity = self.identity_from({**claims, "sub": credential.data.get("sub")})
+            if grant is None:
+                raise OidcError("the grant of the login cannot be read", GRANT_GONE)
+            claims = await self._async_userinfo_for(key, grant, sub)
+            identity = self.identity_from({**claims, "sub": sub})
         except OidcError as err:
             if err.reason == CANNOT_CONNECT:
+                if since is not None and 0 <= since <= self.config["outage_grace"]:
+                    _LOGGER.warning(
+                        "OpenID provider %s cannot confirm a session (%s); its last answer, %d s ago, stands",
+                        self.issuer,
+                        err,
+                        since,
+                    )
+                    return None
                 _LOGGER.warning("OpenID provider %s cannot confirm a session: %s", self.issuer, err)
                 raise InvalidAuthError("the OpenID provider cannot confirm the user") from err
+            if err.reason == GRANT_GONE:
+                _LOGGER.info("OpenID provider %s no longer honours a session's grant: %s", self.issuer, err)
+                await self.sessions.async_drop_grant(key)
+                raise InvalidAuthError("the OpenID provider ended this session: log in again") from err
             _LOGGER.info("OpenID provider %s refuses a session now: %s", self.issuer, err)
-            self._remember(refresh_token.id, False)
+            self._refuse(key)
             raise InvalidAuthError(str(err)) from err
-        self._remember(refresh_token.id, True)
-        await self.async_sync_user(credential, identity)
+        await self.sessions.async_set_checked(key, now)
+        return identity
 
-    def _remember(self, token_id: str, ok: bool) -> None:
-        self._recheck[token_id] = (time.monotonic() + self.config["recheck_interval"], ok)
-        self._recheck.move_to_end(token_id)
-        while len(self._recheck) > MAX_PENDING * 4:
-            self._recheck.popitem(last=False)
+    def _refuse(self, key: str) -> None:
+        self._refused[key] = time.monotonic() + self.config["recheck_interval"]
+        self._refused.move_to_end(key)
+        while len(self._refused) > MAX_PENDING * 4:
+            self._refused.popitem(last=False)
 
-    async def _async_userinfo_for(self, token_id: str, grant: dict[str, Any], sub: str) -> dict[str, Any] | None:
-        """userinfo with the login's access token, renewed once with its refresh token; None when neither works."""
+    async def _async_userinfo_for(self, key: str, grant: dict[str, str | None], sub: str) -> dict[str, Any]:
+        """userinfo with the login's access token, renewed once with its refresh token (the renewal is kept).
+
+        OidcError: GRANT_GONE when neither token is accepted any more, CANNOT_CONNECT when the provider
+        cannot answer, another reason when it answers something else.
+        """
         metadata = await self.async_metadata()
         url = metadata.get("userinfo_endpoint")
         if not isinstance(url, str):
-            return None
+            raise OidcError("the provider has no userinfo_endpoint to re-check a session with")
         for attempt in range(2):
             access = grant.get("access_token")
             if isinstance(access, str):
@@ -708,11 +820,13 @@ class OidcAuthProvider(AuthProvider):
                     if info.get("sub") != sub:
                         raise OidcError("userinfo names another subject")
                     return info
+                if status >= 500:
+                    raise OidcError(f"userinfo answered {status}", CANNOT_CONNECT)
                 if status != 401:
-                    raise OidcError(f"userinfo answered {status}", CANNOT_CONNECT if status >= 500 else SSO_FAILED)
+                    raise OidcError(f"userinfo answered {status}")
             refresh = grant.get("refresh_token")
             if attempt or not isinstance(refresh, str):
-                return None
+                raise OidcError("the access token is refused and there is no refresh token to renew it", GRANT_GONE)
             form = {"grant_type": "refresh_token", "refresh_token": refresh}
             kwargs: dict[str, Any] = {}
             if self.config.get("client_secret"):
@@ -721,15 +835,18 @@ class OidcAuthProvider(AuthProvider):
             else:
                 form["client_id"] = self.config["client_id"]
             status, tokens = await self._fetch_json("POST", metadata["token_endpoint"], data=form, **kwargs)
-            if status != 200 or not isinstance(tokens, dict):
-                raise OidcError(f"the provider refused to renew the grant ({status})", SSO_DENIED)
+            if status >= 500:
+                raise OidcError(f"the token endpoint answered {status}", CANNOT_CONNECT)
+            if status != 200 or not isinstance(tokens, dict) or not isinstance(tokens.get("access_token"), str):
+                raise OidcError(f"the provider refused to renew the grant ({status})", GRANT_GONE)
+            new_refresh = tokens.get("refresh_token")
             grant = {
-                "access_token": tokens.get("access_token"),
-                "refresh_token": tokens.get("refresh_token") or refresh,
+                "access_token": tokens["access_token"],
+                "refresh_token": new_refresh if isinstance(new_refresh, str) else refresh,
             }
-            self.token_grants[token_id] = grant
-            await self._save()
-        return None
+            # Kept before it is used: a provider that rotates refresh tokens has consumed the old one.
+            await self.sessions.async_set_grant(key, grant, None)
+        raise AssertionError("unreachable")
 
 
 class OidcLoginFlow(LoginFlow[OidcAuthProvider]):
@@ -878,7 +995,7 @@ def _provider_of(auth: Any, refresh_token: RefreshToken) -> OidcAuthProvider | N
 
 @hookimpl
 async def opp_auth_refresh_token_created(auth: Any, refresh_token: RefreshToken) -> None:
-    """Tie the token to its provider session (for back-channel logout)."""
+    """Tie a session's token to its login: provider sessions (back-channel logout) and tokens (re-checks)."""
     provider = _provider_of(auth, refresh_token)
     if provider is not None:
         await provider.async_refresh_token_created(refresh_token)
@@ -886,7 +1003,15 @@ async def opp_auth_refresh_token_created(auth: Any, refresh_token: RefreshToken)
 
 @hookimpl
 async def opp_auth_refresh_token_removed(auth: Any, refresh_token: RefreshToken) -> None:
-    """Forget a removed token."""
+    """Forget a removed token and the provider's tokens kept for it."""
     provider = _provider_of(auth, refresh_token)
     if provider is not None:
         await provider.async_refresh_token_removed(refresh_token)
+
+
+@hookimpl
+async def opp_auth_startup(auth: Any) -> None:
+    """The users and tokens are loaded now: forget what belongs to tokens removed meanwhile."""
+    for provider in auth.get_auth_providers(OidcAuthProvider.TYPE):
+        if isinstance(provider, OidcAuthProvider):
+            await provider.async_forget_dead_sessions()

@@ -8,136 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import hashlib
 import hmac
 import json
-import os
-import shutil
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
 import voluptuous as vol
-from aiohttp.test_utils import TestServer
 from joserfc import jwt
-from joserfc.jwk import RSAKey
-from opp_auth_oidc import CONFIG_SCHEMA, OidcAuthProvider, OidcError
+from opp_auth_oidc import CONFIG_SCHEMA, OidcError
 
 from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER
-from opp_auth.http.app import create_app
-from opp_auth.manager import AuthManager
 
-from .conftest import OpenIdProvider, make_key, unavailable
-
-CLIENT_ID = "opp-auth"
-CLIENT_SECRET = "a-long-client-secret-for-tests"
-ACCOUNTS = {
-    "alice": {"preferred_username": "Alice", "name": "Alice Liddell", "groups": ["home-admins", "family"]},
-    "bob": {"preferred_username": "bob", "name": "Bob", "groups": ["family"]},
-    "mallory": {"preferred_username": "mallory", "name": "Mallory", "groups": ["strangers"]},
-}
-GROUPS = {"admin_groups": ["home-admins"], "user_groups": ["family"], "required_groups": ["home-admins", "family"]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Site:
-    """opp-auth served on a known port, its OpenID provider, and a client of both."""
-
-    def __init__(self, auth: AuthManager, server: TestServer, op: OpenIdProvider, base: str) -> None:
-        self.auth = auth
-        self.server = server
-        self.op = op
-        self.base = base
-        self.client_id = f"{base}/"
-        self.redirect_uri = f"{base}/static/i18n/en.json"
-
-    @property
-    def provider(self) -> OidcAuthProvider:
-        return next(p for p in self.auth.auth_providers if p.type == "oidc")  # type: ignore[return-value]
-
-    async def start(self, session: aiohttp.ClientSession) -> dict[str, Any]:
-        """POST /auth/login_flow as the login page does (with its Origin)."""
-        body = {"client_id": self.client_id, "handler": ["oidc", None], "redirect_uri": self.redirect_uri}
-        async with session.post(f"{self.base}/auth/login_flow", json=body, headers={"Origin": self.base}) as resp:
-            assert resp.status == 200
-            return dict(await resp.json())
-
-    async def resume(self, session: aiohttp.ClientSession, flow_id: str) -> tuple[int, Any]:
-        async with session.post(f"{self.base}/auth/login_flow/{flow_id}", json={"client_id": self.client_id}) as resp:
-            return resp.status, await resp.json()
-
-    async def callback(self, session: aiohttp.ClientSession, **query: str) -> tuple[int, str, str | None]:
-        async with session.get(f"{self.base}/auth/oidc/callback", params=query, allow_redirects=False) as resp:
-            return resp.status, await resp.text(), resp.headers.get("Location")
-
-
-@pytest.fixture
-async def site(
-    op: Any, opp_auth_factory: Callable[..., Awaitable[AuthManager]]
-) -> AsyncIterator[Callable[..., Awaitable[Site]]]:
-    """await site(**provider_config): the OP, opp-auth with an oidc provider for it, served on 127.0.0.1."""
-    servers: list[TestServer] = []
-
-    async def make(keys: list[RSAKey] | None = None, **extra: Any) -> Site:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        client = {
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            "redirect_uris": [f"{base}/auth/oidc/callback"],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-            "backchannel_logout_uri": f"{base}/auth/oidc/backchannel_logout",
-            "backchannel_logout_session_required": True,
-        }
-        provider = await op(clients=[client], accounts=copy.deepcopy(ACCOUNTS), keys=keys)
-        config = {
-            "type": "oidc",
-            "issuer": provider.issuer,
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            "scopes": ["openid", "profile", "groups"],
-            "title": "Log in with the test provider",
-            **GROUPS,
-            **extra,
-        }
-        auth = await opp_auth_factory(
-            providers=[config, {"type": "openpeerpower"}], mfa_modules=[{"type": "insecure_example", "data": []}]
-        )
-        server = TestServer(create_app(auth), host="127.0.0.1", port=port)
-        await server.start_server()
-        servers.append(server)
-        # The owner (a local user) exists, so the login page is offered.
-        owner = {
-            "name": "Owner",
-            "username": "owner",
-            "password": "owner pass",
-            "client_id": f"{base}/",
-            "language": "en",
-        }
-        async with aiohttp.ClientSession() as session, session.post(f"{base}/api/onboarding/users", json=owner) as resp:
-            assert resp.status == 200, await resp.text()
-        return Site(auth, server, provider, base)
-
-    yield make
-    for server in servers:
-        await server.close()
-
-
-def people(s: Site) -> list[Any]:
-    """The users the provider created (not the owner, not system users)."""
-    return [u for u in s.auth.store.users() if not u.system_generated and not u.is_owner]
-
+from .conftest import (
+    CLIENT_ID,
+    Site,
+    browser_login,
+    free_port,
+    make_key,
+    people,
+    refresh,
+    set_account,
+    trade,
+)
 
 # ---- configuration -------------------------------------------------------------------------
 
@@ -167,71 +63,6 @@ def test_schema() -> None:
 
 
 # ---- the login through a real browser --------------------------------------------------------
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
-
-
-@pytest.fixture
-async def page() -> AsyncIterator[Any]:
-    """Debian's Chromium, headless; the test fails on a JavaScript error or CSP violation on opp-auth's pages."""
-    executable = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-    if executable is None:
-        unavailable("chromium is not installed (Debian package chromium)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        unavailable("the playwright package is not installed")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        context = await browser.new_context(locale="en-US")
-        page = await context.new_page()
-        page.set_default_timeout(15000)
-        problems: list[str] = []
-        page.on("pageerror", lambda err: problems.append(f"{page.url}: {err}"))
-        page.on(
-            "console",
-            lambda msg: (
-                problems.append(f"{page.url}: {msg.text}")
-                if "Content Security Policy" in msg.text and "/auth/" in page.url and ":%s" not in page.url
-                else None
-            ),
-        )
-        page.problems = problems  # type: ignore[attr-defined]
-        yield page
-        await browser.close()
-
-
-async def browser_login(page: Any, site: Site, account: str) -> str:
-    """Open opp-auth's login page, log in at the provider (its login and consent pages), return the code."""
-    url = f"{site.base}/auth/authorize?" + "&".join(
-        f"{k}={aiohttp.helpers.quote(v, safe='')}"
-        for k, v in {"client_id": site.client_id, "redirect_uri": site.redirect_uri, "state": "client-state"}.items()
-    )
-    await page.goto(url)
-    await page.wait_for_url(f"{site.op.issuer}/**")
-    await page.fill("input[name=login]", account)
-    await page.fill("input[name=password]", "any password")
-    await page.click("button[type=submit]")
-    await page.wait_for_url(f"{site.op.issuer}/**")
-    await page.click("button[type=submit]")  # consent
-    try:
-        await page.wait_for_url(f"{site.redirect_uri}?**")
-    except Exception as err:
-        raise AssertionError(f"login page shows: {await page.inner_text('body')!r}; problems: {page.problems}") from err
-    query = parse_qs(urlsplit(page.url).query)
-    assert query["state"] == ["client-state"]
-    return query["code"][0]
-
-
-async def trade(site: Site, code: str) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{site.base}/auth/token",
-            data={"grant_type": "authorization_code", "client_id": site.client_id, "code": code},
-        ) as resp,
-    ):
-        return resp.status, await resp.json()
 
 
 @pytest.mark.chromium
@@ -480,12 +311,6 @@ async def test_forged_id_tokens_are_refused(site: Any) -> None:
 # ---- back-channel logout ---------------------------------------------------------------------
 
 
-async def refresh(s: Site, refresh_token: str) -> int:
-    form = {"grant_type": "refresh_token", "client_id": s.client_id, "refresh_token": refresh_token}
-    async with aiohttp.ClientSession() as session, session.post(f"{s.base}/auth/token", data=form) as resp:
-        return resp.status
-
-
 @pytest.mark.chromium
 async def test_back_channel_logout_of_one_session(site: Any, page: Any) -> None:
     """Two browsers log in as alice; signing out of one at the provider revokes exactly its refresh token."""
@@ -496,7 +321,7 @@ async def test_back_channel_logout_of_one_session(site: Any, page: Any) -> None:
     second = (await trade(s, await browser_login(other, s, "alice")))[1]
     assert await refresh(s, first["refresh_token"]) == 200
     assert await refresh(s, second["refresh_token"]) == 200
-    sids = [tuple(v) for v in s.provider.token_sids.values()]
+    sids = [tuple(s.provider.sessions.sids(token_id)) for token_id in s.provider.sessions.entries]
     assert len(sids) == 2 and sids[0] != sids[1], sids
 
     # RP-less logout at the provider in the first browser: the provider posts a logout token to us.
@@ -559,20 +384,9 @@ async def test_refresh_rechecks_the_provider(site: Any, page: Any) -> None:
     status, tokens = await trade(s, await browser_login(page, s, "alice"))
     assert status == 200
     assert await refresh(s, tokens["refresh_token"]) == 200
-
-    async def set_account(claims: dict[str, Any]) -> None:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.put(f"{s.op.issuer}/test/accounts/alice", data=json.dumps(claims)) as resp,
-        ):
-            assert resp.status == 204
-
-    await set_account({"preferred_username": "alice", "name": "Alice Liddell", "groups": ["strangers"]})
+    await set_account(s.op, "alice", {"preferred_username": "alice", "name": "Alice Liddell", "groups": ["strangers"]})
     assert await refresh(s, tokens["refresh_token"]) != 200
-    await set_account({"preferred_username": "alice", "name": "Alice L.", "groups": ["family"]})
+    await set_account(s.op, "alice", {"preferred_username": "alice", "name": "Alice L.", "groups": ["family"]})
     assert await refresh(s, tokens["refresh_token"]) == 200
     (alice,) = people(s)
     assert alice.name == "Alice L." and [g.id for g in alice.groups] == [GROUP_ID_USER]
-    # The provider down: the refresh cannot be confirmed and is refused.
-    await s.op.stop()
-    assert await refresh(s, tokens["refresh_token"]) != 200

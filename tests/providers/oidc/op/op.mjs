@@ -1,7 +1,9 @@
 // A real OpenID provider (panva/oidc-provider) for opp-auth-oidc's tests.
 // Configured by environment: PORT, KEYS (a private JWKS, the first key signs), CLIENTS (a JSON list of
-// client metadata), ACCOUNTS (a JSON object: account id -> claims). The dev interactions log in any
-// account id with any password, then ask for consent. On stdin's end, or SIGTERM, it exits.
+// client metadata), ACCOUNTS (a JSON object: account id -> claims), ACCESS_TOKEN_TTL (seconds, 3600 by
+// default). The dev interactions log in any account id with any password, then ask for consent. Every
+// code grant of a client allowed the refresh_token grant gets a refresh token, rotated at each use (a
+// used one replayed revokes the grant). On stdin's end, or SIGTERM, it exits.
 import Provider from "oidc-provider";
 
 const port = Number(process.env.PORT);
@@ -20,12 +22,15 @@ const provider = new Provider(issuer, {
     groups: ["groups"],
   },
   scopes: ["openid", "offline_access", "profile", "email", "groups"],
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed("refresh_token"),
+  rotateRefreshToken: () => true,
   features: {
     devInteractions: { enabled: true },
+    revocation: { enabled: true },
     backchannelLogout: { enabled: true },
     rpInitiatedLogout: { enabled: true },
   },
-  ttl: { IdToken: 3600, AccessToken: 3600, AuthorizationCode: 60, Session: 3600, Interaction: 600, Grant: 3600 },
+  ttl: { IdToken: 3600, AccessToken: Number(process.env.ACCESS_TOKEN_TTL || 3600), AuthorizationCode: 60, Session: 3600, Interaction: 600, Grant: 3600 },
   async findAccount(ctx, id) {
     const claims = accounts[id];
     if (!claims) return undefined;
