@@ -65,6 +65,7 @@ MFA_REMOVED = "mfa_removed"
 ADDRESS_BANNED = "address_banned"
 ADDRESS_UNBANNED = "address_unbanned"
 LOCKOUT_CLEARED = "lockout_cleared"
+NEW_DEVICE_LOGIN = "new_device_login"
 
 EVENT_TYPES: Mapping[str, str] = MappingProxyType(
     {
@@ -88,6 +89,11 @@ EVENT_TYPES: Mapping[str, str] = MappingProxyType(
         ADDRESS_BANNED: "an address was banned (details.ip_address)",
         ADDRESS_UNBANNED: "a ban was lifted (details.ip_address; actor_id: who lifted it)",
         LOCKOUT_CLEARED: "login lockouts were cleared (details.ip_address, details.username, details.cleared)",
+        NEW_DEVICE_LOGIN: (
+            "a login succeeded from a client id or network (IPv4 /24, IPv6 /64) never seen for that user"
+            " (details.new: client, network; details.network); emitted by the login history, after the"
+            " login_succeeded it follows; a user's first recorded login is none"
+        ),
     }
 )
 """Every event type, with what it means (docs/audit.md shows this table)."""

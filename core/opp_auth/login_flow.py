@@ -500,8 +500,16 @@ class LoginFlowManager(FlowManager):
             result = await self.async_configure(flow_id, user_input)
             purpose = flow.context.get("purpose", AUTHORIZE)
             reports: list[asyncio.Future[Any]] = []
+            # Past the provider step the flow knows whose second factor failed.
+            known = getattr(flow, "user", None)
             outcome = self._outcome(
-                result, ip_address=ip_address, client_id=client_id, purpose=purpose, username=username, reports=reports
+                result,
+                ip_address=ip_address,
+                client_id=client_id,
+                purpose=purpose,
+                username=username,
+                reports=reports,
+                user_id=known.id if isinstance(known, User) else None,
             )
             if reports:  # the next attempt of this account is checked against this failure
                 await asyncio.wait(reports, timeout=5)
@@ -531,8 +539,9 @@ class LoginFlowManager(FlowManager):
         purpose: str,
         username: Any,
         reports: list[asyncio.Future[Any]] | None = None,
+        user_id: str | None = None,
     ) -> FlowResult:
-        """Report a step's failure, or turn a finished login into an authorization code."""
+        """Report a step's failure (user_id: whose, when the flow knows), or turn a finished login into a code."""
         if result["type"] != RESULT_TYPE_CREATE_ENTRY:
             base = (result.get("errors") or {}).get("base")
             if result["type"] == RESULT_TYPE_ABORT and result.get("reason") == "too_many_retry":
@@ -546,6 +555,7 @@ class LoginFlowManager(FlowManager):
                     username if isinstance(username, str) else None,
                     plugins=base in FAILURE_REASONS,
                     client_id=client_id,
+                    user_id=user_id,
                 )
                 if reports is not None and report is not None:
                     reports.append(report)

@@ -20,6 +20,7 @@ from .codes import AuthorizationCodes
 from .context import PluginContext
 from .errors import AuthManagerError
 from .events import Events
+from .history import LoginHistory
 from .login_flow import MAX_FLOWS, LoginFlowManager
 from .mfa import MfaModule, MfaSetupFlowManager
 from .models import (
@@ -122,6 +123,8 @@ class AuthManager:
         self.stats.add_gauge(GAUGE_LOGIN_FLOWS, self.login_flow.count_in_progress)
         self.stats.add_gauge(GAUGE_MFA_SETUP_FLOWS, self.mfa_setup_flow.count_in_progress)
         self.user_settings = UserSettings(self)
+        # Each user's recent sign-ins, failures and devices, from the event stream (history.py).
+        self.login_history = LoginHistory(self)
         # One-time authorization codes; only the login engine (login_flow.py) issues them. Fair shares
         # by address like the login flows (shares.py).
         self.codes = AuthorizationCodes(known=self.known_addresses, trusted=trusted)
@@ -152,6 +155,7 @@ class AuthManager:
         self.store.reindex_credentials()
         self._remember_addresses_of_stored_tokens()
         await self.user_settings.async_load()
+        await self.login_history.async_load()
         for module in self._mfa_modules.values():
             await module.async_initialize()
         if self._purge:
@@ -189,6 +193,7 @@ class AuthManager:
         for module in self._mfa_modules.values():
             await _quiet(module.async_shutdown(), "MFA module shutdown")
         await self.events.async_drain()
+        await self.login_history.async_flush()
         await self.store.async_flush()
         for store in self._journaled_stores:
             try:

@@ -21,7 +21,9 @@ async def auth(opp_auth_factory: Any) -> AuthManager:
 
 
 async def test_nothing_is_built_when_nobody_listens(auth: AuthManager) -> None:
-    """Without a subscriber or an opp_auth_event plugin, emit builds no event."""
+    """Without a subscriber or an opp_auth_event plugin, emit builds no event (the login history is one: off here)."""
+    assert auth.events.listened
+    auth.login_history.close()
     assert not auth.events.listened
     assert auth.events.emit("user_created", user_id="x") is None
 

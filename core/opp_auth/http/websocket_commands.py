@@ -11,7 +11,7 @@ from ..flow import FlowError, InvalidInput, TooManyFlows, UnknownFlow, UnknownHa
 from ..manager import AuthManagerError
 from ..models import GROUP_ID_ADMIN, TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN, RefreshToken, User
 from ..providers import LOCAL_PROVIDER_TYPES, InvalidAuthError
-from . import ban_commands
+from . import ban_commands, history_commands
 from .serialize import serialize_schema
 from .websocket_api import (
     ActiveConnection,
@@ -401,3 +401,4 @@ def register_core_commands(registry: CommandRegistry) -> None:
     ):
         registry.register(handler)
     ban_commands.register(registry)
+    history_commands.register(registry)

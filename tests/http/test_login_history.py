@@ -1,0 +1,402 @@
+"""Login history (issue 18): real logins over HTTP, read back through the websocket commands and the file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opp_auth import GROUP_ID_ADMIN, AuthEvent, User
+from opp_auth.history import MAX_DEVICES, MAX_FAILURES, MAX_SUCCESSES, STORAGE_KEY, clean_text, network_of
+from opp_auth.manager import AuthManager
+from opp_auth.testing import CLIENT_ID, REDIRECT_URI, OppAuthClient
+
+EXAMPLE = ["insecure_example", None]
+PROVIDERS = [
+    {
+        "type": "insecure_example",
+        "users": [
+            {"username": "ann", "password": "ann-pw", "name": "Ann"},
+            {"username": "bob", "password": "bob-pw", "name": "Bob"},
+        ],
+    }
+]
+MFA = [{"type": "insecure_example", "data": []}]
+HTTP = {"use_x_forwarded_for": True, "trusted_proxies": ["127.0.0.1"]}
+OTHER_CLIENT = "https://example.com/app2"  # same host as CLIENT_ID: no redirect lookup
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) Chrome/120"
+
+
+@pytest.fixture
+async def auth(opp_auth_factory: Any) -> AuthManager:
+    """The example provider and PIN module; addresses come from X-Forwarded-For (a trusted proxy)."""
+    return await opp_auth_factory(providers=PROVIDERS, mfa_modules=MFA, http=HTTP)
+
+
+@pytest.fixture
+async def client(auth: AuthManager, opp_auth_client: Any) -> OppAuthClient:
+    """A live server."""
+    return await opp_auth_client(auth)
+
+
+@pytest.fixture
+def seen(auth: AuthManager) -> list[AuthEvent]:
+    """Every event of the stream, in order."""
+    events: list[AuthEvent] = []
+    auth.events.subscribe(events.append)
+    return events
+
+
+async def login(
+    client: OppAuthClient,
+    username: str,
+    password: str,
+    *,
+    ip: str = "192.0.2.10",
+    agent: str = BROWSER,
+    client_id: str = CLIENT_ID,
+    pin: str | None = None,
+) -> dict[str, Any]:
+    """One login over HTTP from ip with agent: the last step's answer (create_entry holds the code)."""
+    headers = {"X-Forwarded-For": ip, "User-Agent": agent}
+    async with client.session.post(
+        client.url("/auth/login_flow"),
+        json={"client_id": client_id, "handler": EXAMPLE, "redirect_uri": REDIRECT_URI.replace(CLIENT_ID, client_id)},
+        headers=headers,
+    ) as resp:
+        step = await resp.json()
+    async with client.session.post(
+        client.url(f"/auth/login_flow/{step['flow_id']}"),
+        json={"client_id": client_id, "username": username, "password": password},
+        headers=headers,
+    ) as resp:
+        step = await resp.json()
+    if pin is not None and step.get("type") == "form":
+        async with client.session.post(
+            client.url(f"/auth/login_flow/{step['flow_id']}"),
+            json={"client_id": client_id, "pin": pin},
+            headers=headers,
+        ) as resp:
+            step = await resp.json()
+    return dict(step)
+
+
+async def sign_in(client: OppAuthClient, username: str, password: str, **kwargs: Any) -> None:
+    """A login that must succeed, with its code traded (the user exists afterwards)."""
+    step = await login(client, username, password, **kwargs)
+    assert step["type"] == "create_entry", step
+    status, body = await client.login.token(
+        grant_type="authorization_code", client_id=kwargs.get("client_id", CLIENT_ID), code=step["result"]
+    )
+    assert status == 200, body
+
+
+def user_named(auth: AuthManager, name: str) -> User:
+    """The user called name."""
+    return next(u for u in auth.store.users() if u.name == name)
+
+
+async def history(connect: Any, auth: AuthManager, user: User, **page: Any) -> dict[str, Any]:
+    """The user's own auth/login_history answer."""
+    ws = await connect.user(auth, user)
+    return dict(await ws.result("auth/login_history", **page))
+
+
+@pytest.fixture
+def connect(client: OppAuthClient, ws_connector: Any) -> Any:
+    """Websockets to the server."""
+    return ws_connector(client)
+
+
+async def test_a_sign_in_is_recorded_with_where_and_how(auth: AuthManager, client: OppAuthClient, connect: Any) -> None:
+    """Time, address, network, client, user agent, provider and username; the first sign-in is flagged first."""
+    await sign_in(client, "ann", "ann-pw", ip="192.0.2.10")
+    ann = user_named(auth, "Ann")
+    page = await history(connect, auth, ann)
+    (entry,) = page["entries"]
+    assert page["next"] is None
+    assert entry["success"] is True and entry["reason"] is None
+    assert entry["remote_address"] == "192.0.2.10" and entry["network"] == "192.0.2.0/24"
+    assert entry["client_id"] == CLIENT_ID and entry["user_agent"] == BROWSER
+    assert entry["provider"] == {"type": "insecure_example", "id": None}
+    assert entry["username"] == "ann" and entry["mfa_module"] is None
+    assert entry["first_sign_in"] is True and not entry["new_client"] and not entry["new_network"]
+    assert entry["time"].endswith("+00:00")
+
+
+async def test_new_network_and_new_client_are_flagged_and_announced(
+    auth: AuthManager, client: OppAuthClient, connect: Any, seen: list[AuthEvent]
+) -> None:
+    """The first sign-in is no alarm; a new /24 and a new client id each are, once; a known one is not."""
+    await sign_in(client, "ann", "ann-pw", ip="192.0.2.10")
+    await sign_in(client, "ann", "ann-pw", ip="192.0.2.99")  # same /24
+    await sign_in(client, "ann", "ann-pw", ip="198.51.100.7")  # new network
+    await sign_in(client, "ann", "ann-pw", ip="198.51.100.8", client_id=OTHER_CLIENT)  # new client
+    await sign_in(client, "ann", "ann-pw", ip="198.51.100.9", client_id=OTHER_CLIENT)  # both known
+    ann = user_named(auth, "Ann")
+    entries = (await history(connect, auth, ann))["entries"]
+    flags = [(e["first_sign_in"], e["new_network"], e["new_client"]) for e in reversed(entries)]
+    assert flags == [
+        (True, False, False),
+        (False, False, False),
+        (False, True, False),
+        (False, False, True),
+        (False, False, False),
+    ]
+    alarms = [e for e in seen if e.type == "new_device_login"]
+    assert [(a.user_id, a.remote_address, list(a.details["new"])) for a in alarms] == [
+        (ann.id, "198.51.100.7", ["network"]),
+        (ann.id, "198.51.100.8", ["client"]),
+    ]
+    assert alarms[0].details["network"] == "198.51.100.0/24" and alarms[0].user_agent == BROWSER
+    # Each alarm follows the sign-in it is about, for every consumer.
+    index = seen.index(alarms[0])
+    assert seen[index - 1].type in ("login_succeeded", "refresh_token_created")
+
+
+async def test_ipv6_counts_by_64_and_mapped_ipv4_as_ipv4() -> None:
+    """The network of an address: /24, /64, IPv4-mapped IPv6 as its IPv4; junk is none."""
+    assert network_of("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert network_of("::ffff:192.0.2.33") == "192.0.2.0/24"
+    assert network_of("fe80::1%eth0") == "fe80::/64"
+    assert network_of("not an address") is None and network_of(None) is None
+
+
+async def test_failures_of_a_known_user_are_theirs_and_unknown_names_are_nobodys(
+    auth: AuthManager, client: OppAuthClient, connect: Any
+) -> None:
+    """A wrong password for ann (typed as 'ANN ') is in ann's history with the name as typed; 'mallory' is nowhere."""
+    await sign_in(client, "ann", "ann-pw")
+    await sign_in(client, "bob", "bob-pw")
+    assert (await login(client, "ann", "wrong", ip="203.0.113.5"))["errors"] == {"base": "invalid_auth"}
+    assert (await login(client, "mallory", "wrong", ip="203.0.113.6"))["errors"] == {"base": "invalid_auth"}
+    ann, bob = user_named(auth, "Ann"), user_named(auth, "Bob")
+    failure = (await history(connect, auth, ann))["entries"][0]
+    assert failure["success"] is False and failure["reason"] == "invalid_auth"
+    assert failure["username"] == "ann" and failure["remote_address"] == "203.0.113.5"
+    assert failure["new_client"] is False and failure["new_network"] is False
+    bob_entries = (await history(connect, auth, bob))["entries"]
+    assert [e["success"] for e in bob_entries] == [True]
+    await auth.login_history.async_flush()
+    raw = (auth.login_history._store.path.parent / f".{STORAGE_KEY}.journal").read_text(encoding="utf-8")
+    assert "mallory" not in raw and "wrong" not in raw and "ann-pw" not in raw
+
+
+async def test_a_wrong_second_factor_is_recorded_under_the_user(
+    opp_auth_factory: Any, opp_auth_client: Any, ws_connector: Any
+) -> None:
+    """mfa_failed, with the user the flow knew; the right PIN then records a sign-in with the module."""
+    auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=MFA, http=HTTP)
+    client = await opp_auth_client(auth)
+    await sign_in(client, "ann", "ann-pw")
+    ann = user_named(auth, "Ann")
+    await auth.async_enable_user_mfa(ann, "insecure_example", {"pin": "1234"})
+    step = await login(client, "ann", "ann-pw", pin="0000")
+    assert step["errors"] == {"base": "invalid_code"}
+    await sign_in(client, "ann", "ann-pw", pin="1234")
+    entries = (await history(ws_connector(client), auth, ann))["entries"]
+    assert [(e["success"], e["reason"], e["mfa_module"]) for e in entries[:2]] == [
+        (True, None, "insecure_example"),
+        (False, "mfa_failed", None),
+    ]
+
+
+async def test_spraying_from_many_addresses_never_pushes_out_sign_ins(
+    auth: AuthManager, client: OppAuthClient, connect: Any, seen: list[AuthEvent]
+) -> None:
+    """Failures keep their own bound: hundreds of them leave every sign-in, and remember no device."""
+    await sign_in(client, "ann", "ann-pw", ip="192.0.2.10")
+    await sign_in(client, "ann", "ann-pw", ip="192.0.2.11")
+    ann = user_named(auth, "Ann")
+    for index in range(MAX_FAILURES + 30):
+        # The throttle refuses most of these; a refusal is a failure of ann all the same.
+        auth.note_login_failure(f"10.{index // 250}.{index % 250}.1", tuple(EXAMPLE), "ann", "invalid_auth")  # type: ignore[arg-type]
+    ws = await connect.user(auth, ann)
+    entries = []
+    cursor = None
+    while True:
+        page = await ws.result("auth/login_history", limit=100, **({"before": cursor} if cursor else {}))
+        entries += page["entries"]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert sum(e["success"] for e in entries) == 2
+    assert sum(not e["success"] for e in entries) == MAX_FAILURES
+    assert auth.login_history.devices(ann.id)["networks"] == ["192.0.2.0/24"]
+
+
+async def test_sign_ins_are_bounded_too(auth: AuthManager, client: OppAuthClient, connect: Any) -> None:
+    """The sign-in ring keeps the newest MAX_SUCCESSES; remembered networks stay within MAX_DEVICES."""
+    await sign_in(client, "ann", "ann-pw")
+    ann = user_named(auth, "Ann")
+    history_store = auth.login_history
+    for index in range(MAX_SUCCESSES + 5):
+        event = AuthEvent(
+            type="login_succeeded",
+            time=1e9 * 2 + index,
+            user_id=ann.id,
+            remote_address=f"10.0.{index}.1",
+            client_id=CLIENT_ID,
+            provider=("insecure_example", None),
+        )
+        history_store._on_event(event)
+    entries = history_store.entries(ann.id, limit=100)
+    assert len(entries) == MAX_SUCCESSES
+    assert entries[0]["remote_address"] == f"10.0.{MAX_SUCCESSES + 4}.1"
+    networks = history_store.devices(ann.id)["networks"]
+    assert len(networks) == MAX_DEVICES and networks[0] == f"10.0.{MAX_SUCCESSES + 4}.0/24"
+
+
+async def test_pages_follow_the_cursor_and_forged_cursors_are_refused(
+    auth: AuthManager, client: OppAuthClient, connect: Any
+) -> None:
+    """limit + before walk every entry once; a cursor that is no positive integer is invalid_format."""
+    for index in range(5):
+        await sign_in(client, "ann", "ann-pw", ip=f"192.0.2.{index + 1}")
+    ann = user_named(auth, "Ann")
+    ws = await connect.user(auth, ann)
+    first = await ws.result("auth/login_history", limit=2)
+    second = await ws.result("auth/login_history", limit=2, before=first["next"])
+    third = await ws.result("auth/login_history", limit=2, before=second["next"])
+    ids = [e["id"] for page in (first, second, third) for e in page["entries"]]
+    assert ids == sorted(set(ids), reverse=True) and len(ids) == 5 and third["next"] is None
+    for bad in (
+        {"before": 0},
+        {"before": -5},
+        {"before": "5"},
+        {"before": True},
+        {"before": 2**64},
+        {"before": 1.5},
+        {"limit": 0},
+        {"limit": 101},
+        {"limit": None},
+        {"before": {"$gt": 0}},
+    ):
+        error = await ws.error("auth/login_history", **bad)
+        assert error["code"] == "invalid_format", (bad, error)
+    # A cursor beyond every id, or below them, is only an empty or a full page of one's own entries.
+    assert len((await ws.result("auth/login_history", before=2**53))["entries"]) == 5
+    assert (await ws.result("auth/login_history", before=1)) == {"entries": [], "next": None}
+
+
+async def test_only_administrators_read_someone_elses_history(
+    auth: AuthManager, client: OppAuthClient, connect: Any
+) -> None:
+    """A user cannot name another user (either command); an administrator can; an unknown user is not_found."""
+    await sign_in(client, "ann", "ann-pw")
+    await sign_in(client, "bob", "bob-pw")
+    ann, bob = user_named(auth, "Ann"), user_named(auth, "Bob")
+    as_bob = await connect.user(auth, bob)
+    assert (await as_bob.error("config/auth/login_history", user_id=ann.id))["code"] == "unauthorized"
+    assert (await as_bob.error("config/auth/login_summary"))["code"] == "unauthorized"
+    assert (await as_bob.error("auth/login_history", user_id=ann.id))["code"] == "unauthorized"
+    own = await as_bob.result("auth/login_history", user_id=bob.id)
+    assert {e["username"] for e in own["entries"]} == {"bob"}
+    admin = await auth.async_create_user("Ada", [GROUP_ID_ADMIN])
+    as_admin = await connect.user(auth, admin)
+    theirs = await as_admin.result("config/auth/login_history", user_id=ann.id, limit=1)
+    assert [e["username"] for e in theirs["entries"]] == ["ann"]
+    assert (await as_admin.error("config/auth/login_history", user_id="nobody"))["code"] == "not_found"
+    summary = await as_admin.result("config/auth/login_summary")
+    assert summary[ann.id]["last_sign_in"]["username"] == "ann" and summary[ann.id]["recent_failures"] == 0
+    assert summary[admin.id] == {"last_sign_in": None, "recent_failures": 0}
+
+
+async def test_summary_counts_recent_failures(auth: AuthManager, client: OppAuthClient, connect: Any) -> None:
+    """Failures of the last days are counted for the users page."""
+    await sign_in(client, "ann", "ann-pw")
+    for _ in range(3):
+        await login(client, "ann", "nope")
+    ann = user_named(auth, "Ann")
+    assert auth.login_history.summary(ann.id)["recent_failures"] == 3
+
+
+async def test_history_survives_a_restart_and_is_written_as_changes(
+    opp_auth_factory: Any, opp_auth_client: Any, config_dir: Path
+) -> None:
+    """Each login appends a small journal record (not the whole file); a new server reads every entry back."""
+    auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=MFA, http=HTTP)
+    client = await opp_auth_client(auth)
+    await sign_in(client, "ann", "ann-pw")
+    ann = user_named(auth, "Ann")
+    journal = config_dir / ".storage" / f".{STORAGE_KEY}.journal"
+    await auth.login_history.async_flush()
+    before = journal.stat().st_size
+    await sign_in(client, "ann", "ann-pw", ip="198.51.100.1")
+    await auth.login_history.async_flush()
+    grown = journal.stat().st_size - before
+    assert 0 < grown < 2048, grown
+    assert not (config_dir / ".storage" / STORAGE_KEY).exists()  # no whole-file write per login
+    expected = auth.login_history.entries(ann.id)
+    await auth.async_shutdown()
+    again = await opp_auth_factory(providers=PROVIDERS, mfa_modules=MFA, http=HTTP)
+    assert again.login_history.entries(ann.id) == expected and len(expected) == 2
+    assert again.login_history.devices(ann.id)["networks"] == ["198.51.100.0/24", "192.0.2.0/24"]
+    # Numbering goes on after the restart (cursors stay meaningful).
+    again.login_history._on_event(AuthEvent(type="login_succeeded", time=expected[0]["id"] + 2e9, user_id=ann.id))
+    assert again.login_history.entries(ann.id)[0]["id"] == expected[0]["id"] + 1
+
+
+async def test_a_removed_user_takes_their_history_along(
+    auth: AuthManager, client: OppAuthClient, config_dir: Path
+) -> None:
+    """Removing a user deletes their entries and devices, on disk too."""
+    await sign_in(client, "ann", "ann-pw")
+    ann = user_named(auth, "Ann")
+    await auth.async_remove_user(ann)
+    assert auth.login_history.entries(ann.id) == []
+    await auth.async_shutdown()
+    data = json.loads((config_dir / ".storage" / STORAGE_KEY).read_text(encoding="utf-8"))
+    assert ann.id not in data["data"]["users"]
+
+
+async def raw_post(client: OppAuthClient, path: str, body: dict[str, Any], agent: bytes) -> dict[str, Any]:
+    """A POST written byte by byte (aiohttp's client refuses control characters in a header; a hostile client does not)."""
+    data = json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        b"POST "
+        + path.encode()
+        + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: "
+        + agent
+        + b"\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: "
+        + str(len(data)).encode()
+        + b"\r\n\r\n"
+        + data
+    )
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return dict(json.loads(payload))
+
+
+async def test_hostile_client_strings_are_cleaned_and_clipped(
+    auth: AuthManager, client: OppAuthClient, connect: Any
+) -> None:
+    """ANSI escapes, bidi overrides and a huge user agent: stored without control characters, clipped."""
+    # The server's HTTP parser refuses C0 controls in a header (ESC included): bidi, invisible and bad UTF-8 get through.
+    agent = "Evil \u202egnp.exe\u2066\u200b ".encode() + b"\xff\xfe " + b"A" * 6000
+    start = {"client_id": CLIENT_ID, "handler": EXAMPLE, "redirect_uri": REDIRECT_URI}
+    step = await raw_post(client, "/auth/login_flow", start, agent)
+    step = await raw_post(
+        client,
+        f"/auth/login_flow/{step['flow_id']}",
+        {"client_id": CLIENT_ID, "username": "ann", "password": "ann-pw"},
+        agent,
+    )
+    assert step["type"] == "create_entry", step
+    # The user is created at the code exchange; the sign-in waits for it.
+    status, _ = await client.login.token(grant_type="authorization_code", client_id=CLIENT_ID, code=step["result"])
+    assert status == 200
+    ann = user_named(auth, "Ann")
+    (entry,) = (await history(connect, auth, ann))["entries"]
+    assert entry["user_agent"].startswith("Evil \ufffdgnp.exe\ufffd\ufffd ") and len(entry["user_agent"]) <= 256
+    assert entry["user_agent"].endswith("A\u2026")
+    # What a plugin may emit (note_event) is cleaned the same way: ANSI escapes, lone surrogates.
+    assert clean_text("\x1b[31mred\x1b[0m\x9b") == "\ufffd[31mred\ufffd[0m\ufffd"
+    assert clean_text("a\ud800b") == "a\ufffdb"
