@@ -42,6 +42,16 @@ MAX_PENDING = 1000
 RESENDS_PER_LOGIN = 3
 SENDS_PER_MINUTE = 5
 DUMMY_KEY = b"\x00" * KEY_BYTES
+NEW_DEVICE_LOGIN = "new_device_login"
+DEFAULT_NEW_DEVICE_MESSAGE = (
+    "New sign-in to Open Peer Power as {user} at {time} from {address} ({client}; {device}). "
+    "If this was not you, change your password and end that session on your profile page."
+)
+NEW_DEVICE_FIELDS = ("user", "time", "address", "network", "client", "device")
+ALERTS_PER_HOUR = 3
+MAX_ALERT_FIELD = 120
+# Controls (ANSI escapes start with one), bidi and invisible format characters, lone surrogates.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ud800-\udfff]")
 
 
 def _message_template(value: Any) -> str:
@@ -57,11 +67,32 @@ def _message_template(value: Any) -> str:
     return value
 
 
+def _new_device_template(value: Any) -> str:
+    """A message whose {fields} are among NEW_DEVICE_FIELDS."""
+    if not isinstance(value, str):
+        raise vol.Invalid("expected a string")
+    try:
+        value.format(**dict.fromkeys(NEW_DEVICE_FIELDS, "x"))
+    except (IndexError, KeyError, ValueError) as err:
+        raise vol.Invalid(
+            f"may use only the fields {{{'}, {'.join(NEW_DEVICE_FIELDS)}}} ({type(err).__name__}: {err})"
+        ) from None
+    return value
+
+
+def _alert_text(value: Any) -> str:
+    """A client-supplied value fit for a message: controls replaced, clipped."""
+    text = _UNSAFE.sub("\ufffd", str(value)) if value not in (None, "") else "?"
+    return text if len(text) <= MAX_ALERT_FIELD else text[: MAX_ALERT_FIELD - 1] + "\u2026"
+
+
 CONFIG_SCHEMA = MFA_CONFIG_SCHEMA.extend(
     {
         vol.Optional("include"): [str],
         vol.Optional("exclude"): [str],
         vol.Optional("message", default=DEFAULT_MESSAGE): _message_template,
+        vol.Optional("new_device_alerts", default=True): bool,
+        vol.Optional("new_device_message", default=DEFAULT_NEW_DEVICE_MESSAGE): _new_device_template,
     },
     extra=vol.PREVENT_EXTRA,
 )
@@ -173,6 +204,7 @@ class NotifyAuthModule(MfaModule):
         self._users: dict[str, dict[str, Any]] = {}
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._send_times: OrderedDict[str, deque[float]] = OrderedDict()
+        self._alert_times: OrderedDict[str, deque[float]] = OrderedDict()
         platforms = installed_platforms(auth)
         self.services: dict[str, NotifyPlatform] = {}
         for entry in auth.config_blocks.get(CONFIG_BLOCK) or []:
@@ -294,6 +326,63 @@ class NotifyAuthModule(MfaModule):
             return "send_failed"
         self._note_send(user_id)
         return None
+
+    # ---- new-device alerts ------------------------------------------------------------------
+
+    async def async_alert_new_device(self, event: Any) -> bool:
+        """Tell an enrolled user of a sign-in from a new client or network; whether a message went out.
+
+        At most ALERTS_PER_HOUR per user (a stolen password tried from many networks
+        must not become a mail bomb); a delivery failure is logged, never raised.
+        """
+        setting = self._users.get(event.user_id)
+        if setting is None or not self.config["new_device_alerts"]:
+            return False
+        now = time.monotonic()
+        times = self._alert_times.get(event.user_id)
+        while times and now - times[0] >= 3600:
+            times.popleft()
+        if times is not None and len(times) >= ALERTS_PER_HOUR:
+            _LOGGER.warning(
+                "Not sending a new-device alert to user %s: %d sent in the last hour", event.user_id, ALERTS_PER_HOUR
+            )
+            return False
+        service = self.services.get(setting["notify_service"])
+        if service is None:
+            _LOGGER.error(
+                "Cannot alert user %s of a new device: notify service %s does not exist",
+                event.user_id,
+                setting["notify_service"],
+            )
+            return False
+        user = self.auth.get_user(event.user_id)
+        details = event.details or {}
+        message = self.config["new_device_message"].format(
+            user=_alert_text(user.name if user is not None and user.name else event.username),
+            time=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(event.time)),
+            address=_alert_text(event.remote_address),
+            network=_alert_text(details.get("network")),
+            client=_alert_text(event.client_id),
+            device=_alert_text(event.user_agent),
+        )
+        times = self._alert_times.setdefault(event.user_id, deque(maxlen=ALERTS_PER_HOUR))
+        times.append(now)
+        self._alert_times.move_to_end(event.user_id)
+        while len(self._alert_times) > MAX_PENDING:
+            self._alert_times.popitem(last=False)
+        try:
+            await service.async_send(message, setting["target"])
+        except Exception as err:  # noqa: BLE001 - an alert that cannot go out is logged, the sign-in stands
+            _LOGGER.error(
+                "Could not send a new-device alert to user %s through notify service %s (%s): %s: %s",
+                event.user_id,
+                setting["notify_service"],
+                service.PLATFORM,
+                type(err).__name__,
+                err,
+            )
+            return False
+        return True
 
     def _live_pending(self, user_id: str) -> _Pending | None:
         """The user's current code, unless it has expired."""
@@ -448,6 +537,17 @@ def opp_auth_notify_register_platforms(register: Any) -> None:
 def opp_auth_register_config(register: Any, pm: Any) -> None:
     """Own the notify: block of configuration.yaml."""
     register(CONFIG_BLOCK, notify_block_schema(installed_platforms(pm)))
+
+
+@hookimpl
+async def opp_auth_event(auth: Any, event: Any) -> None:
+    """A new_device_login: alert the user through the first notify module they are enrolled in."""
+    if event.type != NEW_DEVICE_LOGIN or not event.user_id:
+        return
+    for module in auth.auth_mfa_modules:
+        if isinstance(module, NotifyAuthModule) and await module.async_is_user_setup(event.user_id):
+            await module.async_alert_new_device(event)
+            return
 
 
 @hookimpl
