@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= example
 # Every distribution in the repository: the core first, then each plugin.
-DISTS := core $(patsubst %/setup.cfg,%,$(wildcard providers/*/setup.cfg mfa_modules/*/setup.cfg plugins_contrib/*/setup.cfg))
+DISTS := core $(patsubst %/setup.cfg,%,$(wildcard providers/*/setup.cfg mfa_modules/*/setup.cfg plugins_contrib/*/setup.cfg stores/*/setup.cfg))
 STAMP := $(VENV)/.installed
 
 .PHONY: setup run test bench lint clean
@@ -29,8 +29,8 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff mypy
-	$(BIN)/ruff check core providers mfa_modules plugins_contrib tests bench
-	$(BIN)/ruff format --check core providers mfa_modules plugins_contrib
+	$(BIN)/ruff check core providers mfa_modules plugins_contrib stores tests bench
+	$(BIN)/ruff format --check core providers mfa_modules plugins_contrib stores
 	$(BIN)/mypy core/opp_auth
 
 clean:

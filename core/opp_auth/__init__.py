@@ -80,6 +80,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .backend import StorageBackend
 from .context import PluginContext
 from .events import AuthEvent
 from .flow import FlowResult
@@ -108,6 +109,7 @@ from .models import (
 from .plugins import hookimpl
 from .programs import SAFE_PATH, ProgramError, ProgramTimeout, async_run_program
 from .providers import PROVIDER_CONFIG_SCHEMA, AuthProvider, InvalidAuthError, ProviderUnavailableError
+from .storage import StorageError
 
 __all__ = [  # noqa: RUF022 - grouped by what a plugin writes, as in the docstring
     # plugins and hooks
@@ -150,6 +152,9 @@ __all__ = [  # noqa: RUF022 - grouped by what a plugin writes, as in the docstri
     "ActiveConnection",
     "CommandError",
     "Unauthorized",
+    # storage backends (the store seam, opp_auth.backend)
+    "StorageBackend",
+    "StorageError",
     # helper programs
     "async_run_program",
     "ProgramError",

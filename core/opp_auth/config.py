@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import voluptuous as vol
 
+from .backend import BASE_STORAGE_SCHEMA, JSON_TYPE, JsonBackend, StorageBackend
 from .network import IPNetwork, parse_network
 from .plugins import OppAuthPluginManager
 from .yaml import ConfigError, Secrets, config_error, load_yaml, where
@@ -130,6 +131,9 @@ CORE_SCHEMA = vol.Schema(
         vol.Optional("refresh_token_expiry_days", default=90): vol.Any(
             None, vol.All(vol.Coerce(int), vol.Range(min=1, max=36500))
         ),
+        vol.Optional("storage"): vol.All(
+            vol.Schema(dict), BASE_STORAGE_SCHEMA, msg="must be a mapping such as {type: json}"
+        ),
         **{vol.Optional(key): object for key in _CORE_PASSTHROUGH},
     }
 )
@@ -240,6 +244,9 @@ class Config:
     mfa_required: str = MFA_EVERYWHERE
     # openpeerpower or homeassistant: the core block this directory uses.
     core_block: str = CORE_BLOCK_OPP
+    # openpeerpower: storage: (validated by its backend's schema) and the backend class.
+    storage: dict[str, Any] = field(default_factory=lambda: {"type": JSON_TYPE})
+    storage_class: type[StorageBackend] = JsonBackend
     # Top-level blocks nothing here reads (automation:, sensor: ...), for check-config to name.
     unused_blocks: list[str] = field(default_factory=list)
 
@@ -298,6 +305,8 @@ def validate_config(
         mfa_required=core["mfa_required"],
         core_block=block,
     )
+    if "storage" in core:
+        config.storage_class, config.storage = _resolve_storage(pm, core["storage"], core_raw, block)
     provider_entries = core.get("auth_providers")
     providers_raw = core_raw.get("auth_providers") if isinstance(core_raw, dict) else None
     if provider_entries is None:
@@ -353,6 +362,21 @@ def _check_metrics_plugin(pm: OppAuthPluginManager, http_raw: Any) -> None:
         why = f"it is served by the {METRICS_DISTRIBUTION} distribution, which is not installed: pip install {METRICS_DISTRIBUTION}"
     metrics_raw = http_raw.get("metrics") if isinstance(http_raw, dict) else None
     raise _located(f"Metrics are enabled but {why}", metrics_raw, ("http", "metrics", "enabled"))
+
+
+def _resolve_storage(
+    pm: OppAuthPluginManager, entry: dict[str, Any], core_raw: Any, block: str
+) -> tuple[type[StorageBackend], dict[str, Any]]:
+    """The backend class of ``storage: type:`` and the block as its schema validates it."""
+    node = core_raw.get("storage") if isinstance(core_raw, dict) else None
+    cls = pm.store_classes.get(entry["type"])
+    if cls is None:
+        raise _located(pm.unknown_type_message("storage", entry["type"]), node, (block, "storage", "type"))
+    try:
+        conf = cls.CONFIG_SCHEMA(entry)
+    except vol.Invalid as err:
+        raise config_error(err, node, (block, "storage")) from None
+    return cls, conf
 
 
 def _core_block(raw: dict[str, Any]) -> str:

@@ -39,11 +39,11 @@ from .providers import InvalidAuthError
 from .throttle import too_many_attempts_message
 
 if TYPE_CHECKING:
+    from .backend import DocumentStore
     from .manager import AuthManager
     from .mfa import MfaModule
     from .models import Credentials, RefreshToken, User
     from .providers import AuthProvider
-    from .storage import Store
 
 _T = TypeVar("_T")
 
@@ -90,10 +90,12 @@ class PluginContext:
         private: bool = True,
         migrate: Callable[[int, Any], Any] | None = None,
         journal: bool = False,
-    ) -> Store:
-        """A versioned JSON file ``.storage/<key>`` for the plugin's own data (atomic, durable writes).
+    ) -> DocumentStore:
+        """The plugin's own document ``key``: a versioned JSON file ``.storage/<key>`` (atomic, durable
+        writes), or its equivalent in the configured storage backend (``opp_auth.backend``).
 
-        journal=True: ``Store.async_save_changes`` appends only the changed entries (module journal).
+        journal=True: ``async_save_changes`` writes only the changed entries (module journal). With a
+        shared backend (PostgreSQL), ``listen(callback)`` hears of changes other servers made.
         """
         return self.__manager.storage(key, version, private=private, migrate=migrate, journal=journal)
 

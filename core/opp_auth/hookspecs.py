@@ -91,6 +91,22 @@ def opp_auth_register_mfa_modules(register: Any) -> None:
     """
 
 
+@hookspec
+def opp_auth_register_stores(register: Any) -> None:
+    """Register the storage backend classes this plugin ships (the store seam, ``opp_auth.backend``).
+
+    :param register: call ``register(BackendClass)`` once per class. The class
+        subclasses :class:`opp_auth.StorageBackend` and sets ``TYPE`` (the
+        ``openpeerpower: storage: type:`` of configuration.yaml) and
+        ``CONFIG_SCHEMA`` (validates the whole ``storage:`` block, ``type``
+        included). ``json`` is the core's own. Registering a type twice is an
+        error naming both distributions.
+
+    Results: none (every implementation is called). Not awaited. An exception
+    stops start-up with a message naming the plugin and its distribution.
+    """
+
+
 @hookspec(firstresult=True)
 def opp_auth_authenticate_request(request: web.Request, auth: PluginContext) -> Any:
     """Authenticate an HTTP request that carried no valid bearer token or signed path.

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from . import __version__
 from . import events as ev
+from .backend import JSON_TYPE, DocumentStore, JsonBackend, StorageBackend
 from .codes import AuthorizationCodes
 from .context import PluginContext
 from .errors import AuthManagerError
@@ -42,8 +43,8 @@ from .providers import LOCAL_PROVIDER_TYPES, AuthProvider, InvalidAuthError, cre
 from .sessions import AccessPolicy
 from .shares import KnownAddresses, network_checker
 from .stats import GAUGE_LOGIN_FLOWS, GAUGE_MFA_SETUP_FLOWS, OUTCOME_INVALID, OUTCOME_VALID, RuntimeStats
-from .storage import StorageError, Store
-from .store import AuthStore
+from .storage import StorageError
+from .store import AuthStore, RemoteChanges
 from .tokens import EXP_LEEWAY, TokenCache, check_claims, decode_jwt, encode_jwt, unverified_claims, verify_signature
 from .user_settings import UserSettings
 
@@ -73,15 +74,22 @@ class AuthManager:
         refresh_token_expiry: timedelta | None = REFRESH_TOKEN_EXPIRY,
         purge_expired_tokens: bool = True,
         mfa_required: str = "everywhere",
+        storage: StorageBackend | None = None,
     ) -> None:
-        """Build providers and modules from validated configuration; call async_setup next."""
+        """Build providers and modules from validated configuration; call async_setup next.
+
+        storage: where users, tokens and plugin documents persist (default: .storage files).
+        """
         self.config_dir = str(config_dir)
-        self._journaled_stores: list[Store] = []  # before the plugins, which ask for their stores
+        # Before the plugins, which ask for their documents.
+        self.backend = storage if storage is not None else JsonBackend({"type": JSON_TYPE}, self.config_dir)
+        # Called with what another server's committed changes removed (the websocket tracker closes sessions).
+        self.remote_listeners: list[Callable[[RemoteChanges], None]] = []
         self.pm = pm
         self.http_config = http_config or {}
         self.config_blocks = config_blocks or {}
         self.mfa_required = mfa_required
-        self.store = AuthStore(self.config_dir)
+        self.store = AuthStore(self.config_dir, self.backend)
         self.context = PluginContext(self)
         self.events = Events(pm, self.context)
         self._providers: OrderedDict[tuple[str, str | None], AuthProvider] = OrderedDict()
@@ -145,6 +153,8 @@ class AuthManager:
             return
         self._set_up = True
         self.pm.check_pending()
+        await self.backend.async_open()
+        self.backend.subscribe(self._apply_remote)
         for provider in self._providers.values():
             await provider.async_initialize()
         self.store.key_for = self._credential_key
@@ -195,11 +205,18 @@ class AuthManager:
         await self.events.async_drain()
         await self.login_history.async_flush()
         await self.store.async_flush()
-        for store in self._journaled_stores:
+        await self.backend.async_close()
+
+    def _apply_remote(self, records: list[dict[str, Any]]) -> None:
+        """Change records another server committed: into the cache, then tell who closes sessions."""
+        changes = self.store.apply_remote(records)
+        if not (changes.tokens or changes.removed_users or changes.updated_users):
+            return
+        for listener in self.remote_listeners:
             try:
-                await store.async_flush()
-            except StorageError as err:
-                _LOGGER.error("Changes not saved at shutdown: %s", err)
+                listener(changes)
+            except Exception:
+                _LOGGER.exception("A listener of remote changes failed")
 
     def storage(
         self,
@@ -209,16 +226,12 @@ class AuthManager:
         private: bool = True,
         migrate: Callable[[int, Any], Any] | None = None,
         journal: bool = False,
-    ) -> Store:
-        """A versioned JSON file under .storage for a plugin's own data.
+    ) -> DocumentStore:
+        """A plugin's document: a versioned JSON file under .storage, or the storage backend's equivalent.
 
         journal=True: changes saved with Store.async_save_changes cost what changed (see storage.Store).
         """
-        store = Store(self.config_dir, key, version, private=private, migrate=migrate, journal=journal)
-        if journal:
-            # Flushed at shutdown, so a stopped server leaves whole files and no journal.
-            self._journaled_stores.append(store)
-        return store
+        return self.backend.document(key, version, private=private, migrate=migrate, journal=journal)
 
     @property
     def version(self) -> str:

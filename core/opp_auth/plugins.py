@@ -29,6 +29,7 @@ from .hookspecs import HOOK_FAILURE, PROJECT, RAISE
 from .yaml import ConfigError
 
 if TYPE_CHECKING:
+    from .backend import StorageBackend
     from .mfa import MfaModule
     from .providers import AuthProvider
 
@@ -51,6 +52,7 @@ KNOWN_DISTRIBUTIONS: dict[str, str] = {
     "mfa-notify": "opp-auth-notify",
     "mfa-webauthn": "opp-auth-webauthn",
     "mfa-insecure_example": "opp-auth-insecure-example",
+    "store-postgresql": "opp-auth-postgresql",
 }
 
 
@@ -69,6 +71,7 @@ class PluginInfo:
     error: str | None = None
     provider_types: list[str] = field(default_factory=list)
     mfa_types: list[str] = field(default_factory=list)
+    store_types: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
 
 
@@ -110,7 +113,9 @@ class _Registry(Generic[_T]):
         self.owners[type_name] = self.current_plugin
         info = self.pm.infos.get(self.pm.current_plugin or "")
         if info is not None:
-            target = info.provider_types if self.kind == "auth provider" else info.mfa_types
+            target = {"auth provider": info.provider_types, "storage backend": info.store_types}.get(
+                self.kind, info.mfa_types
+            )
             if type_name not in target:
                 target.append(type_name)
         return cls
@@ -127,6 +132,7 @@ class OppAuthPluginManager(pluggy.PluginManager):
         self.entry_infos: dict[str, PluginInfo] = {}
         self._provider_registry: _Registry[AuthProvider] | None = None
         self._mfa_registry: _Registry[MfaModule] | None = None
+        self._store_registry: _Registry[StorageBackend] | None = None
         self.current_plugin: str | None = None
         """Name of the plugin whose implementation is running (set by the guard)."""
 
@@ -339,11 +345,32 @@ class OppAuthPluginManager(pluggy.PluginManager):
             self._mfa_registry = self._collect("MFA module", MfaModule, "opp_auth_register_mfa_modules")
         return self._mfa_registry.classes
 
+    @property
+    def store_classes(self) -> dict[str, type[StorageBackend]]:
+        """Storage backend classes by ``storage: type`` (json is the core's own)."""
+        if self._store_registry is None:
+            from .backend import JsonBackend, StorageBackend
+
+            registry = self._collect("storage backend", StorageBackend, "opp_auth_register_stores")
+            registry.classes.setdefault(JsonBackend.TYPE, JsonBackend)
+            registry.owners.setdefault(JsonBackend.TYPE, "opp-auth (core)")
+            self._store_registry = registry
+        return self._store_registry.classes
+
     def unknown_type_message(self, kind: str, type_name: str) -> str:
         """Explain an unknown type: what is installed, the closest match, what to install."""
-        prefix = "provider" if kind == "auth provider" else "mfa"
-        classes = self.provider_classes if prefix == "provider" else self.mfa_classes
-        registry = self._provider_registry if prefix == "provider" else self._mfa_registry
+        prefix = {"auth provider": "provider", "storage": "store"}.get(kind, "mfa")
+        all_classes: dict[str, dict[str, Any]] = {
+            "provider": self.provider_classes,
+            "store": self.store_classes,
+            "mfa": self.mfa_classes,
+        }
+        classes = all_classes[prefix]
+        registry: Any = {
+            "provider": self._provider_registry,
+            "store": self._store_registry,
+            "mfa": self._mfa_registry,
+        }[prefix]
         entry = f"{prefix}-{type_name}"
         failed = self.entry_infos.get(entry)
         if failed is not None and failed.error:

@@ -34,6 +34,7 @@ def build_auth(config: Config, pm: OppAuthPluginManager, **kwargs: Any) -> AuthM
         config_blocks=config.blocks,
         refresh_token_expiry=expiry_of(config),
         mfa_required=config.mfa_required,
+        storage=config.storage_class(config.storage, str(config.config_dir)),
         **kwargs,
     )
 
@@ -65,11 +66,15 @@ async def async_serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    lock = ConfigDirLock(config_dir)
-    lock.acquire("server")
+    # The directory lock keeps a second server off the same .storage files; servers that share a
+    # database (storage: postgresql) may share one configuration directory.
+    lock = ConfigDirLock(config_dir) if not config.storage_class.shares_config_dir else None
+    if lock is not None:
+        lock.acquire("server")
     try:
-        for name in remove_stale_temporaries(config_dir):
-            _LOGGER.warning("Removed %s, left in .storage by a crash during a write", name)
+        if lock is not None:
+            for name in remove_stale_temporaries(config_dir):
+                _LOGGER.warning("Removed %s, left in .storage by a crash during a write", name)
         auth = build_auth(config, pm)
         app = create_app(auth, config.http)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -80,7 +85,7 @@ async def async_serve(
         for bind_host in [hosts] if isinstance(hosts, str) else hosts:
             site = web.TCPSite(runner, bind_host, bind_port, ssl_context=ssl_context, reuse_address=True)
             await site.start()
-        control_runner = await control.async_start(config_dir, app[THROTTLE_KEY])
+        control_runner = await control.async_start(config_dir, app[THROTTLE_KEY]) if lock is not None else None
         scheme = "https" if ssl_context else "http"
         shown = hosts if isinstance(hosts, str) else hosts[0]
         _LOGGER.warning("opp-auth %s serving %s on %s://%s:%s/", auth.version, config_dir, scheme, shown, bind_port)
@@ -88,7 +93,8 @@ async def async_serve(
         await control.async_stop(config_dir, control_runner)
         await runner.cleanup()
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _ssl_context(http: dict[str, Any]) -> Any:

@@ -249,6 +249,14 @@ class Store:
         self.base_size = 0
         self._compaction: asyncio.Future[None] | None = None
         self._compact_after = 0.0
+        self._listeners: list[Callable[[Any], None]] = []
+
+    def listen(self, callback: Callable[[Any], None]) -> None:
+        """callback(data) when another server changed this document: never for a file (one server owns it).
+
+        The store seam's shared backends (opp_auth.backend) call it; plugins register here either way.
+        """
+        self._listeners.append(callback)
 
     async def async_load(self) -> Any | None:
         """Load the data once (concurrent callers share the read); None when there is no file."""

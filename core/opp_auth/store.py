@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .models import (
     GROUP_ID_ADMIN,
@@ -46,6 +46,9 @@ from .models import (
 from .providers import credential_lookup_key
 from .storage import RecordList, StorageError, Store
 from .validation import check_storable
+
+if TYPE_CHECKING:
+    from .backend import RecordLog, StorageBackend
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,9 +83,15 @@ def _parse_dt(value: Any) -> datetime | None:
 class AuthStore:
     """In-memory auth data with its indexes, backed by one storage file."""
 
-    def __init__(self, config_dir: str) -> None:
-        """Nothing is loaded until async_load."""
-        self._store = Store(config_dir, STORAGE_KEY, STORAGE_VERSION, private=True, journal=True)
+    def __init__(self, config_dir: str, backend: StorageBackend | None = None) -> None:
+        """Nothing is loaded until async_load; backend: where changes persist (default .storage/auth)."""
+        self._store: RecordLog = (
+            backend.auth_log()
+            if backend is not None
+            else Store(config_dir, STORAGE_KEY, STORAGE_VERSION, private=True, journal=True)
+        )
+        # Past this time.monotonic() instant the cache may be stale: tokens are refused (backend.fresh_until).
+        self._backend = backend
         self._store.snapshot_func = self._data_to_save
         self._users: dict[str, User] = {}
         self._owners: dict[str, User] = {}
@@ -366,6 +375,65 @@ class AuthStore:
                 _LOGGER.warning("Ignoring journal record %s of unknown type %r", record.get("n"), kind)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             _LOGGER.error("Ignoring malformed journal record %s (%s): %s", record.get("n"), kind, err)
+
+    def apply_remote(self, records: list[dict[str, Any]]) -> RemoteChanges:
+        """Apply change records another server committed (shared backends); says what they removed.
+
+        Same records as the journal's, so the same _replay; what a removal or a deactivation
+        took away is returned for the manager to close sessions and fire events.
+        """
+        changes = RemoteChanges()
+        for record in records:
+            kind = record.get("t")
+            if kind == "all":
+                self._resync(record["v"], changes)
+                continue
+            if kind in ("del_token", "del_tokens"):
+                ids = [record.get("id")] if kind == "del_token" else list(record.get("ids") or ())
+                changes.tokens.extend(t for t in (self._tokens_by_id.get(i) for i in ids if isinstance(i, str)) if t)
+            elif kind == "del_user":
+                user = self._users.get(record.get("id"))  # type: ignore[arg-type]
+                if user is not None:
+                    changes.removed_users.append(user)
+            elif kind == "del_cred":
+                cred = self._credentials.get(record.get("id"))  # type: ignore[arg-type]
+                user = self.user_for_credentials(cred) if cred is not None else None
+                if user is not None:
+                    changes.tokens.extend(t for t in user.token_list if t.credential is cred)
+            self._replay(record)
+            if kind == "user":
+                user = self._users.get(record["v"]["id"]) if isinstance(record.get("v"), dict) else None
+                if user is not None:
+                    changes.updated_users.append(user)
+        return changes
+
+    def _resync(self, data: dict[str, Any], changes: RemoteChanges) -> None:
+        """Make memory hold exactly data (the whole stored state, after missed changes were pruned)."""
+        for gdata in data.get("groups", []):
+            self._replay({"t": "group", "v": gdata})
+        user_ids = {u.get("id") for u in data.get("users", [])}
+        for user in [u for u in self._users.values() if u.id not in user_ids]:
+            changes.removed_users.append(user)
+            changes.tokens.extend(self._do_remove_user(user))
+        for udata in data.get("users", []):
+            self._replay({"t": "user", "v": udata})
+            kept = self._users.get(udata.get("id"))
+            if kept is not None:
+                changes.updated_users.append(kept)
+        cred_ids = {c.get("id") for c in data.get("credentials", [])}
+        for cred in [c for c in self._credentials.values() if c.id not in cred_ids]:
+            self._do_remove_credentials(cred, keep_tokens=True)
+        for cdata in data.get("credentials", []):
+            old = self._credentials.get(cdata.get("id"))
+            if old is None or old.data != cdata.get("data") or old.user_id != cdata.get("user_id"):
+                self._replay({"t": "cred", "v": cdata})
+        token_ids = {t.get("id") for t in data.get("refresh_tokens", [])}
+        for token in [t for t in self._tokens_by_id.values() if t.id not in token_ids]:
+            changes.tokens.append(token)
+            self._unindex_token(token)
+        for rdata in data.get("refresh_tokens", []):
+            if rdata.get("id") not in self._tokens_by_id:
+                self._load_token(rdata)
 
     def _replay_user(self, udata: dict[str, Any]) -> None:
         """A user record: update the user in place, or add them."""
@@ -697,12 +765,16 @@ class AuthStore:
         return self._users.get(credentials.user_id)
 
     def get_refresh_token(self, token_id: str) -> RefreshToken | None:
-        """A refresh token by id."""
+        """A refresh token by id; None while the cache may be stale (fail closed, backend.fresh_until)."""
+        if self._backend is not None and _monotonic() > self._backend.fresh_until:
+            return None
         return self._tokens_by_id.get(token_id)
 
     def get_refresh_token_by_token(self, token: str) -> RefreshToken | None:
         """A refresh token by its secret, compared in constant time after the index lookup."""
         if not isinstance(token, str):
+            return None
+        if self._backend is not None and _monotonic() > self._backend.fresh_until:
             return None
         digest = hash_token(token)
         found = self._tokens_by_token.get(digest)
@@ -864,6 +936,21 @@ class AuthStore:
         record["expire_at"] = expire_at
         self._log({"t": "token", "v": record})
         token.expire_at = expire_at
+
+
+class RemoteChanges:
+    """What change records from another server removed or updated (AuthStore.apply_remote)."""
+
+    __slots__ = ("removed_users", "tokens", "updated_users")
+
+    def __init__(self) -> None:
+        """Nothing yet."""
+        self.tokens: list[RefreshToken] = []
+        self.removed_users: list[User] = []
+        self.updated_users: list[User] = []
+
+
+_monotonic = time.monotonic
 
 
 def _expire_value(value: Any) -> float | None:

@@ -13,12 +13,29 @@ Fixtures:
     ``await opp_auth_client(auth)`` serves the real application on 127.0.0.1
     and returns an :class:`OppAuthClient`: an aiohttp client session bound to
     that server, with a :class:`LoginFlowDriver` as ``.login``.
+``opp_auth_storage_type`` / ``opp_auth_storage``
+    Which storage backend ``opp_auth_factory`` uses: ``"json"`` by default.
+    Override ``opp_auth_storage_type`` with ``params=["json", "postgresql"]`` in a
+    conftest.py to run a whole suite against both; ``opp_auth_storage`` is then
+    the ``storage:`` block, with a fresh database per test for PostgreSQL.
+``postgresql_server``
+    A PostgreSQL server for the test session (:class:`PostgresServer`: initdb and
+    pg_ctl on a free loopback port in a temporary folder). Skips with the reason
+    when PostgreSQL or opp-auth-postgresql is missing; fails instead when
+    ``OPP_AUTH_REQUIRE_INTEGRATION=1``.
 """
 
 from __future__ import annotations
 
+import glob
+import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +139,173 @@ def config_dir(tmp_path: Path) -> Path:
     return path
 
 
+REQUIRE_INTEGRATION_ENV = "OPP_AUTH_REQUIRE_INTEGRATION"
+
+
+def skip_or_fail(message: str) -> None:
+    """Skip a test that needs a missing part, or fail when OPP_AUTH_REQUIRE_INTEGRATION=1 (CI)."""
+    if os.environ.get(REQUIRE_INTEGRATION_ENV) == "1":
+        pytest.fail(f"{message}, and {REQUIRE_INTEGRATION_ENV}=1 says integration tests must run", pytrace=False)
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def postgresql_bin_dir() -> str | None:
+    """The folder of initdb and pg_ctl: $OPP_AUTH_PG_BIN, the newest /usr/lib/postgresql/*/bin, or PATH."""
+    configured = os.environ.get("OPP_AUTH_PG_BIN")
+    if configured:
+        return configured if os.path.isfile(os.path.join(configured, "initdb")) else None
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[-3]))
+    if found:
+        return os.path.dirname(found[-1])
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster on 127.0.0.1 (initdb, pg_ctl), run as the postgres user under root."""
+
+    def __init__(self, bin_dir: str) -> None:
+        """Choose a folder and a port; nothing runs before start."""
+        self.bin_dir = bin_dir
+        self.root = tempfile.mkdtemp(prefix="opp-auth-pg-")
+        self.data = os.path.join(self.root, "data")
+        self.port = _free_port()
+        self.user = "postgres"
+        self._run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self._names = itertools.count(1)
+        self._admin: Any = None
+        if self._run_as:
+            shutil.chown(self.root, "postgres")
+            os.chmod(self.root, 0o700)
+        self.initdb()
+
+    def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run a PostgreSQL program (as postgres under root), raising with its output when it fails."""
+        cmd = [*self._run_as, os.path.join(self.bin_dir, args[0]), *args[1:]]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stdout}{done.stderr}")
+        return done
+
+    def initdb(self) -> None:
+        """Create the cluster: trust authentication on loopback only, no fsync (tests only)."""
+        self._run("initdb", "-D", self.data, "-U", self.user, "--auth=trust", "-E", "UTF8", "--no-sync")
+
+    @property
+    def running(self) -> bool:
+        """Whether the server answers pg_ctl status."""
+        cmd = [*self._run_as, os.path.join(self.bin_dir, "pg_ctl"), "-D", self.data, "status"]
+        return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+    def start(self) -> None:
+        """Start (again) on the same port; returns once it accepts connections."""
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=400"
+        )
+        self._run("pg_ctl", "-D", self.data, "-o", options, "-l", os.path.join(self.root, "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop (fast: connections are cut, as a crashed or restarted database does)."""
+        self._close_admin()
+        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+
+    def url(self, database: str = "postgres") -> str:
+        """A libpq URL for database on this server."""
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def _admin_conn(self) -> Any:
+        """An autocommit connection to the postgres database (psycopg imported only here)."""
+        import psycopg
+
+        if self._admin is None or self._admin.closed:
+            self._admin = psycopg.connect(self.url(), autocommit=True)
+        return self._admin
+
+    def _close_admin(self) -> None:
+        """Drop the admin connection."""
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+
+    def execute(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Run one statement as the superuser on the postgres database; its rows (if any)."""
+        cur = self._admin_conn().execute(sql, params or None)
+        return cur.fetchall() if cur.description else []
+
+    def create_database(self) -> str:
+        """A fresh, empty database; its name."""
+        name = f"t{os.getpid()}_{next(self._names)}"
+        self.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        """Drop a database, cutting its connections."""
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def destroy(self) -> None:
+        """Stop and delete everything."""
+        try:
+            if self.running:
+                self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgresql_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session (see PostgresServer); skipped with the reason when missing."""
+    bin_dir = postgresql_bin_dir()
+    if bin_dir is None:
+        skip_or_fail("PostgreSQL is not installed (Debian package postgresql: apt-get install postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        skip_or_fail("psycopg is not installed (pip install opp-auth-postgresql)")
+    assert bin_dir is not None
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
 @pytest.fixture
-async def opp_auth_factory(config_dir: Path) -> AsyncIterator[Callable[..., Awaitable[AuthManager]]]:
-    """Build set-up AuthManagers from configuration entries."""
+def opp_auth_storage_type() -> str:
+    """The storage type opp_auth_factory uses ("json"); override with params to run a suite on several."""
+    return "json"
+
+
+@pytest.fixture
+def opp_auth_storage(request: pytest.FixtureRequest, opp_auth_storage_type: str) -> Iterator[dict[str, Any]]:
+    """The ``storage:`` block of opp_auth_factory's managers (postgresql: a fresh database per test)."""
+    if opp_auth_storage_type == "json":
+        yield {"type": "json"}
+        return
+    if opp_auth_storage_type != "postgresql":
+        raise ValueError(f"unknown storage type {opp_auth_storage_type!r}")
+    server: PostgresServer = request.getfixturevalue("postgresql_server")
+    database = server.create_database()
+    try:
+        yield {"type": "postgresql", "url": server.url(database)}
+    finally:
+        if server.running:
+            server.drop_database(database)
+
+
+@pytest.fixture
+async def opp_auth_factory(
+    config_dir: Path, opp_auth_storage: dict[str, Any]
+) -> AsyncIterator[Callable[..., Awaitable[AuthManager]]]:
+    """Build set-up AuthManagers from configuration entries (their storage: opp_auth_storage)."""
     made: list[AuthManager] = []
 
     async def factory(
@@ -146,6 +327,8 @@ async def opp_auth_factory(config_dir: Path) -> AsyncIterator[Callable[..., Awai
             core["auth_mfa_modules"] = mfa_modules
         if mfa_required is not None:
             core["mfa_required"] = mfa_required
+        if opp_auth_storage["type"] != "json":
+            core["storage"] = dict(opp_auth_storage)
         # blocks: other top-level blocks of configuration.yaml that plugins own (e.g. notify:).
         raw: dict[str, Any] = {**(blocks or {}), "openpeerpower": core, "http": http or {}}
         config = validate_config(raw, pm, config_dir=config_dir, allow_insecure_example=True)
@@ -156,7 +339,12 @@ async def opp_auth_factory(config_dir: Path) -> AsyncIterator[Callable[..., Awai
             mfa_configs=config.mfa_modules,
             http_config=config.http,
             config_blocks=config.blocks,
-            **{"refresh_token_expiry": expiry_of(config), "mfa_required": config.mfa_required, **kwargs},
+            **{
+                "refresh_token_expiry": expiry_of(config),
+                "mfa_required": config.mfa_required,
+                "storage": config.storage_class(config.storage, str(config_dir)),
+                **kwargs,
+            },
         )
         if setup:
             await auth.async_setup()

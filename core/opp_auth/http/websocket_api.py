@@ -53,6 +53,7 @@ from .view import auth_of, client_ip, handler_arity
 if TYPE_CHECKING:
     from ..context import PluginContext
     from ..manager import AuthManager
+    from ..store import RemoteChanges
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -216,6 +217,15 @@ class ConnectionTracker:
         for conn in list(self.by_user.get(user_id, ())):
             if predicate(conn):
                 conn.close(reason)
+
+    def remote_changes(self, changes: RemoteChanges) -> None:
+        """Another server revoked tokens, removed or deactivated users: end their sessions here too."""
+        for token in changes.tokens:
+            self.opp_auth_refresh_token_removed(None, token)  # type: ignore[arg-type]
+        for user in changes.removed_users:
+            self.opp_auth_user_removed(None, user)  # type: ignore[arg-type]
+        for user in changes.updated_users:
+            self.opp_auth_user_updated(None, user)  # type: ignore[arg-type]
 
     @hookimpl
     def opp_auth_refresh_token_removed(self, auth: AuthManager, refresh_token: RefreshToken) -> None:
@@ -539,6 +549,7 @@ def setup_websocket(app: web.Application, auth: AuthManager) -> CommandRegistry:
     app[WS_CONNECTIONS_KEY] = tracker
     auth.pm.register(tracker, name=f"opp_auth.websocket.{id(tracker)}")
     auth.stats.add_gauge(GAUGE_WEBSOCKET_CONNECTIONS, tracker.count_all)
+    auth.remote_listeners.append(tracker.remote_changes)
     app.on_cleanup.append(lambda _app: _unregister(auth, tracker))
     app.router.add_get("/api/websocket", websocket_handler)
     return registry
@@ -548,3 +559,5 @@ async def _unregister(auth: AuthManager, tracker: ConnectionTracker) -> None:
     """Drop the tracker plugin at shutdown."""
     if auth.pm.is_registered(tracker):
         auth.pm.unregister(tracker)
+    if tracker.remote_changes in auth.remote_listeners:
+        auth.remote_listeners.remove(tracker.remote_changes)

@@ -1,0 +1,102 @@
+"""The database schema and its versioned migrations, run by every server at start.
+
+Migrations run in one transaction under a transaction-level advisory lock, so two
+servers starting at once apply them once: the second waits, then finds the
+schema current. A database whose schema is newer than this release knows is
+refused (upgrade opp-auth-postgresql), never written.
+
+Every table is prefixed ``opp_auth_`` and lives in the connection's schema
+(``search_path``; set ``options=-csearch_path=...`` in the URL to choose one).
+Values are JSON *text* (not jsonb): JSON text escapes every control character,
+NUL included, which PostgreSQL's text and jsonb types cannot hold raw, and it
+keeps the stored entries byte-for-byte what the ``.storage/auth`` file holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opp_auth import StorageError
+
+# Advisory lock keys (64-bit; chosen once, never changed): schema migrations, the commit
+# order of changes, and servers at work (shared) against storage copy (exclusive).
+LOCK_MIGRATE = 0x6F70_7061_7574_6801
+LOCK_WRITE = 0x6F70_7061_7574_6802
+LOCK_SERVERS = 0x6F70_7061_7574_6803
+
+CHANNEL = "opp_auth_changes"
+
+MIGRATIONS: list[list[str]] = [
+    # 1: the auth store's four lists, plugin documents, the change feed.
+    [
+        """CREATE TABLE opp_auth_users (
+            id text PRIMARY KEY,
+            pos bigserial NOT NULL,
+            data text NOT NULL)""",
+        """CREATE TABLE opp_auth_groups (
+            id text PRIMARY KEY,
+            pos bigserial NOT NULL,
+            data text NOT NULL)""",
+        """CREATE TABLE opp_auth_credentials (
+            id text PRIMARY KEY,
+            pos bigserial NOT NULL,
+            user_id text NOT NULL REFERENCES opp_auth_users (id) ON DELETE CASCADE,
+            data text NOT NULL)""",
+        "CREATE INDEX opp_auth_credentials_user ON opp_auth_credentials (user_id)",
+        """CREATE TABLE opp_auth_refresh_tokens (
+            id text PRIMARY KEY,
+            pos bigserial NOT NULL,
+            user_id text NOT NULL REFERENCES opp_auth_users (id) ON DELETE CASCADE,
+            credential_id text,
+            data text NOT NULL,
+            usage text)""",
+        "CREATE INDEX opp_auth_refresh_tokens_user ON opp_auth_refresh_tokens (user_id)",
+        "CREATE INDEX opp_auth_refresh_tokens_credential ON opp_auth_refresh_tokens (credential_id)",
+        """CREATE TABLE opp_auth_documents (
+            key text NOT NULL,
+            path text NOT NULL,
+            seq bigint NOT NULL,
+            value text,
+            PRIMARY KEY (key, path))""",
+        "CREATE SEQUENCE opp_auth_document_seq",
+        """CREATE TABLE opp_auth_document_versions (
+            key text PRIMARY KEY,
+            version integer NOT NULL)""",
+        """CREATE TABLE opp_auth_changes (
+            seq bigserial PRIMARY KEY,
+            origin text NOT NULL,
+            at timestamptz NOT NULL DEFAULT now(),
+            records text NOT NULL)""",
+        "CREATE INDEX opp_auth_changes_at ON opp_auth_changes (at)",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def async_migrate(conn: Any) -> int:
+    """Bring the schema to SCHEMA_VERSION (conn: an async connection, not in a transaction); the old version."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_MIGRATE,))
+        await conn.execute("CREATE TABLE IF NOT EXISTS opp_auth_meta (name text PRIMARY KEY, value text NOT NULL)")
+        cur = await conn.execute("SELECT value FROM opp_auth_meta WHERE name = 'schema_version'")
+        row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise StorageError(
+                f"The database holds opp-auth schema version {current}; this opp-auth-postgresql knows "
+                f"version {SCHEMA_VERSION}. It was written by a newer release: upgrade opp-auth-postgresql."
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1]:
+                await conn.execute(statement)
+        if current != SCHEMA_VERSION:
+            await conn.execute(
+                "INSERT INTO opp_auth_meta (name, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                (str(SCHEMA_VERSION),),
+            )
+            await conn.execute(
+                "INSERT INTO opp_auth_meta (name, value) VALUES ('pruned_through', '0') ON CONFLICT (name) DO NOTHING"
+            )
+    return current

@@ -1,0 +1,243 @@
+"""PostgresBackend against a real PostgreSQL: rows, the change feed, staleness, migrations, hostile keys."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opp_auth_postgresql.backend import PostgresBackend, path_text, safe_url
+from opp_auth_postgresql.schema import SCHEMA_VERSION, async_migrate
+
+from opp_auth import StorageError
+from opp_auth.manager import AuthManager
+from opp_auth.testing import PostgresServer
+
+Factory = Callable[..., Awaitable[AuthManager]]
+EXAMPLE = {
+    "type": "insecure_example",
+    "users": [{"username": "alice", "password": "alice-pw", "name": "Alice"}],
+}
+
+
+@pytest.fixture
+def opp_auth_storage_type() -> str:
+    """Every test here runs on PostgreSQL."""
+    return "postgresql"
+
+
+async def _manager(factory: Factory) -> AuthManager:
+    """A set-up manager with the example provider."""
+    return await factory(providers=[EXAMPLE])
+
+
+def backend_of(auth: AuthManager) -> PostgresBackend:
+    """The manager's backend."""
+    backend = auth.backend
+    assert isinstance(backend, PostgresBackend)
+    return backend
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> float:
+    """Seconds until predicate() is true (fails after timeout)."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, "condition not met in time"
+        await asyncio.sleep(0.005)
+    return time.monotonic() - start
+
+
+async def test_users_and_tokens_persist_as_rows(
+    opp_auth_factory: Factory, opp_auth_storage: dict[str, Any], postgresql_server: PostgresServer
+) -> None:
+    """A user and a token survive a restart; each is one row."""
+    auth = await _manager(opp_auth_factory)
+    user = await auth.async_create_user("Zoë 🙂\x00'; DROP TABLE opp_auth_users; --")
+    token = await auth.async_create_refresh_token(user, "https://example.com/app")
+    await auth.async_shutdown()
+    database = opp_auth_storage["url"].rsplit("/", 1)[1]
+    rows = postgresql_server.execute(f"SELECT count(*) FROM pg_database WHERE datname = '{database}'")
+    assert rows == [(1,)]
+    again = await _manager(opp_auth_factory)
+    loaded = again.get_user(user.id)
+    assert loaded is not None and loaded.name == user.name
+    assert again.store.get_refresh_token(token.id) is not None
+
+
+async def test_revocation_reaches_the_other_server(opp_auth_factory: Factory) -> None:
+    """Token made on A, usable on B; revoked on B, gone on A within a second."""
+    a = await _manager(opp_auth_factory)
+    b = await _manager(opp_auth_factory)
+    await backend_of(b).connected.wait()
+    await backend_of(a).connected.wait()
+    user = await a.async_create_user("Alice")
+    token = await a.async_create_refresh_token(user, "https://example.com/app")
+    access = await a.async_create_access_token(token)
+    await wait_for(lambda: b.store.get_refresh_token(token.id) is not None)
+    assert b.validate_access_token(access) is not None
+    on_b = b.store.get_refresh_token(token.id)
+    assert on_b is not None
+    await b.async_remove_refresh_token(on_b)
+    delay = await wait_for(lambda: a.validate_access_token(access) is None, timeout=1.0)
+    assert delay < 1.0
+
+
+async def test_deactivation_and_removal_reach_the_other_server(opp_auth_factory: Factory) -> None:
+    """A user deactivated on B is refused on A; removed on B, gone on A."""
+    a = await _manager(opp_auth_factory)
+    b = await _manager(opp_auth_factory)
+    await backend_of(a).connected.wait()
+    user = await a.async_create_user("Bob")
+    token = await a.async_create_refresh_token(user, "https://example.com/app")
+    access = await a.async_create_access_token(token)
+    await wait_for(lambda: b.get_user(user.id) is not None)
+    on_b = b.get_user(user.id)
+    assert on_b is not None
+    await b.async_update_user(on_b, is_active=False)
+    await wait_for(lambda: a.validate_access_token(access) is None, timeout=1.0)
+    await b.async_remove_user(on_b)
+    await wait_for(lambda: a.get_user(user.id) is None, timeout=1.0)
+    assert a.store.get_refresh_token(token.id) is None
+
+
+async def test_documents_reach_the_other_server(opp_auth_factory: Factory) -> None:
+    """A path change and a whole save of a plugin document are seen by the other server's listeners."""
+    a = await _manager(opp_auth_factory)
+    b = await _manager(opp_auth_factory)
+    doc_a = a.storage("test_doc", 1)
+    doc_b = b.storage("test_doc", 1)
+    assert await doc_a.async_load() is None
+    assert await doc_b.async_load() is None
+    heard: list[Any] = []
+    doc_b.listen(heard.append)
+    await backend_of(b).connected.wait()
+    data: dict[str, Any] = {"users": {"u1": {"secret": "s1"}}}
+    await doc_a.async_save_changes(data, [("users", "u1")])
+    await wait_for(lambda: bool(heard))
+    assert heard[-1] == {"users": {"u1": {"secret": "s1"}}}
+    del data["users"]["u1"]
+    data["users"]["%_'\x00"] = {"secret": "s2"}
+    await doc_a.async_save_changes(data, [("users", "u1"), ("users", "%_'\x00")])
+    await wait_for(lambda: heard[-1] == data)
+    await doc_a.async_save({"whole": True})
+    await wait_for(lambda: heard[-1] == {"whole": True})
+    # What a restart reads is the same.
+    fresh = a.storage("test_doc", 1)
+    assert await fresh.async_load() == {"whole": True}
+
+
+async def test_document_path_prefixes_do_not_leak(opp_auth_factory: Factory) -> None:
+    """Deleting path ["a"] removes ["a", ...] rows, never ["ab"] or LIKE-wildcard look-alikes."""
+    auth = await _manager(opp_auth_factory)
+    doc = auth.storage("prefix_doc", 1)
+    await doc.async_load()
+    data: dict[str, Any] = {"a": {"x": 1}, "ab": {"x": 2}, "a%": {"x": 3}, "a_": {"x": 4}}
+    await doc.async_save_changes(data, [("a", "x"), ("ab", "x"), ("a%", "x"), ("a_", "x")])
+    del data["a"]
+    await doc.async_save_changes(data, [("a",)])
+    assert await auth.storage("prefix_doc", 1).async_load() == {"ab": {"x": 2}, "a%": {"x": 3}, "a_": {"x": 4}}
+    assert path_text(["a"]) == '["a"]'
+
+
+async def test_unstorable_document_is_refused(opp_auth_factory: Factory) -> None:
+    """A lone surrogate or NaN raises StorageError; nothing is written."""
+    auth = await _manager(opp_auth_factory)
+    doc = auth.storage("bad_doc", 1)
+    await doc.async_load()
+    with pytest.raises(StorageError):
+        await doc.async_save({"x": "\ud800"})
+    with pytest.raises(StorageError):
+        await doc.async_save({"x": float("nan")})
+    assert await auth.storage("bad_doc", 1).async_load() is None
+
+
+async def test_concurrent_migrations(opp_auth_storage: dict[str, Any]) -> None:
+    """Eight connections migrating at once leave one schema at the current version."""
+    import psycopg
+
+    async def migrate() -> int:
+        async with await psycopg.AsyncConnection.connect(opp_auth_storage["url"]) as conn:
+            return await async_migrate(conn)
+
+    results = await asyncio.gather(*(migrate() for _ in range(8)))
+    assert sorted(results) == [0] + [SCHEMA_VERSION] * 7
+
+
+async def test_newer_schema_is_refused(opp_auth_factory: Factory, opp_auth_storage: dict[str, Any]) -> None:
+    """A database migrated by a newer release is not touched."""
+    import psycopg
+
+    auth = await _manager(opp_auth_factory)
+    await auth.async_shutdown()
+    with psycopg.connect(opp_auth_storage["url"], autocommit=True) as conn:
+        conn.execute("UPDATE opp_auth_meta SET value = '999' WHERE name = 'schema_version'")
+    with pytest.raises(StorageError, match="newer release"):
+        await _manager(opp_auth_factory)
+
+
+async def test_staleness_window_then_fail_closed(
+    opp_auth_factory: Factory, postgresql_server: PostgresServer, opp_auth_storage: dict[str, Any]
+) -> None:
+    """Database gone: tokens answered from cache for staleness_seconds, then refused; back: accepted again."""
+    opp_auth_storage["staleness_seconds"] = 1.5
+    auth = await _manager(opp_auth_factory)
+    await backend_of(auth).connected.wait()
+    user = await auth.async_create_user("Carol")
+    token = await auth.async_create_refresh_token(user, "https://example.com/app")
+    access = await auth.async_create_access_token(token)
+    postgresql_server.stop()
+    try:
+        lost = time.monotonic()
+        await wait_for(lambda: not backend_of(auth).connected.is_set(), timeout=5.0)
+        if time.monotonic() - lost < 1.0:
+            assert auth.validate_access_token(access) is not None
+        await wait_for(lambda: auth.validate_access_token(access) is None, timeout=5.0)
+        assert time.monotonic() - lost < 1.5 + 2 * 1.0 + 5.0
+        with pytest.raises(StorageError):
+            await auth.async_create_refresh_token(user, "https://example.com/app")
+    finally:
+        postgresql_server.start()
+    await wait_for(lambda: auth.validate_access_token(access) is not None, timeout=10.0)
+    assert await auth.async_create_refresh_token(user, "https://example.com/app") is not None
+
+
+async def test_listener_killed_catches_up(opp_auth_factory: Factory, postgresql_server: PostgresServer) -> None:
+    """pg_terminate_backend on A's listener while B revokes: A catches up on reconnect."""
+    a = await _manager(opp_auth_factory)
+    b = await _manager(opp_auth_factory)
+    await backend_of(a).connected.wait()
+    user = await a.async_create_user("Dan")
+    token = await a.async_create_refresh_token(user, "https://example.com/app")
+    access = await a.async_create_access_token(token)
+    await wait_for(lambda: b.store.get_refresh_token(token.id) is not None)
+    # Kill every LISTENing backend session of this database: A's (and B's) listeners.
+    database = backend_of(a).url.rsplit("/", 1)[1]
+    postgresql_server.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND query LIKE %s",
+        database,
+        "%SELECT 1%",
+    )
+    on_b = b.store.get_refresh_token(token.id)
+    assert on_b is not None
+    await b.async_remove_refresh_token(on_b)
+    await wait_for(lambda: a.validate_access_token(access) is None, timeout=3.0)
+
+
+async def test_url_password_is_not_shown() -> None:
+    """Messages name the database without its password."""
+    assert safe_url("postgresql://u:secret@h:5432/d") == "postgresql://u:***@h:5432/d"
+
+
+async def test_unreachable_database_at_start(opp_auth_factory: Factory, tmp_path: Path) -> None:
+    """No database at the URL: start-up fails with a StorageError naming it (no password)."""
+    from opp_auth.testing import _free_port
+
+    backend = PostgresBackend(
+        {"type": "postgresql", "url": f"postgresql://u:pw@127.0.0.1:{_free_port()}/x", "connect_timeout": 1.0},
+        str(tmp_path),
+    )
+    with pytest.raises(StorageError, match=r"u:\*\*\*@127\.0\.0\.1"):
+        await backend.async_open()
