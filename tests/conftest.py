@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +48,39 @@ def require_binary(name: str, package: str | None = None) -> str:
 def require_binary_fixture() -> Callable[..., str]:
     """require_binary as a fixture, so test modules need not import conftest: require_binary("slapd", "slapd")."""
     return require_binary
+
+
+# ---- storage backends: the core's suites run on every installed one (the devpi way) -------------
+
+# Suites whose tests run once per storage type: what they build through opp_auth_factory is
+# stored in .storage files, then in PostgreSQL (a fresh database per test).
+_BOTH_STORES = ("core", "http")
+_TESTS = Path(__file__).resolve().parent
+
+
+def installed_storage_types() -> list[str]:
+    """json, and postgresql when opp-auth-postgresql is installed."""
+    types = ["json"]
+    if importlib.util.find_spec("opp_auth_postgresql") is not None:
+        types.append("postgresql")
+    return types
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise opp_auth_storage_type over the installed stores in tests/core and tests/http.
+
+    A test that inspects the JSON files themselves says so with @pytest.mark.storage_types("json").
+    """
+    if "opp_auth_storage_type" not in metafunc.fixturenames:
+        return
+    try:
+        suite = Path(str(metafunc.definition.path)).resolve().relative_to(_TESTS).parts[0]
+    except ValueError:
+        return
+    if suite not in _BOTH_STORES:
+        return
+    marker = metafunc.definition.get_closest_marker("storage_types")
+    wanted = list(marker.args) if marker else installed_storage_types()
+    types = [t for t in wanted if t in installed_storage_types()]
+    if types != ["json"]:
+        metafunc.parametrize("opp_auth_storage_type", types, ids=[f"store={t}" for t in types])

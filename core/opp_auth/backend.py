@@ -62,6 +62,17 @@ from .storage import STORAGE_DIR, StorageError, Store, iter_store_keys, read_env
 
 JSON_TYPE = "json"
 
+# The .storage files that are opp-auth's (an Open Peer Power directory holds many others:
+# the entity registry, dashboards...). A plugin's own document should use one of these forms.
+COPIED_KEYS = ("auth", "onboarding")
+COPIED_PREFIXES = ("auth_provider.", "auth_module.", "opp_auth.")
+
+
+def is_auth_document(key: str) -> bool:
+    """Whether a .storage file is opp-auth's (what ``opp-auth storage copy`` moves)."""
+    return key in COPIED_KEYS or key.startswith(COPIED_PREFIXES)
+
+
 BASE_STORAGE_SCHEMA = vol.Schema({vol.Required("type"): str}, extra=vol.ALLOW_EXTRA)
 """What every ``storage:`` block has; a backend's CONFIG_SCHEMA extends it."""
 
@@ -232,6 +243,8 @@ class JsonBackend(StorageBackend):
         auth: Any = None
         loop = asyncio.get_running_loop()
         for key in await loop.run_in_executor(None, iter_store_keys, self.config_dir):
+            if not is_auth_document(key):
+                continue
             if key == STORAGE_KEY:
                 store = Store(self.config_dir, key, STORAGE_VERSION, private=True, journal=True)
                 auth = await _replayed_auth(store)

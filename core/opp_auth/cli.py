@@ -440,6 +440,150 @@ def cmd_lockouts_clear(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- storage copy ------------------------------------------------------------------------------
+
+_URL_TYPES = {"postgresql": "postgresql", "postgres": "postgresql"}
+
+
+def _backend_for_url(pm: Any, url: str, config_dir: Path) -> Any:
+    """The storage backend a URL names (postgresql://...), from its installed plugin."""
+    from urllib.parse import urlsplit
+
+    type_name = _URL_TYPES.get(urlsplit(url).scheme)
+    if type_name is None:
+        raise CliError(f"{urlsplit(url).scheme or url!r} is not a storage URL; use postgresql://user@host/database")
+    cls = pm.store_classes.get(type_name)
+    if cls is None:
+        raise CliError(f"Storage type {type_name} needs its plugin: pip install opp-auth-{type_name}")
+    try:
+        conf = cls.CONFIG_SCHEMA({"type": type_name, "url": url})
+    except Exception as err:
+        raise CliError(f"Invalid {type_name} URL: {err}") from None
+    return cls(conf, str(config_dir))
+
+
+def _summary(exported: dict[str, Any]) -> dict[str, Any]:
+    """What a copy is checked by: entries per list of the auth data, and the documents' keys and versions."""
+    auth = exported.get("auth") or {}
+    counts = {name: len(auth.get(name) or []) for name in ("users", "groups", "credentials", "refresh_tokens")}
+    return {"auth": counts, "documents": {k: v[0] for k, v in sorted((exported.get("documents") or {}).items())}}
+
+
+def _canonical(exported: dict[str, Any]) -> str:
+    """The exported data as one comparable text (entries by id, keys sorted)."""
+    auth = dict(exported.get("auth") or {})
+    for name in ("users", "groups", "credentials", "refresh_tokens"):
+        auth[name] = sorted(auth.get(name) or [], key=lambda e: str(e.get("id")))
+    documents = {k: [v[0], v[1]] for k, v in (exported.get("documents") or {}).items()}
+    return json.dumps({"auth": auth, "documents": documents}, sort_keys=True, ensure_ascii=False)
+
+
+async def _verify_with_a_server(config_dir: Path, pm: Any, backend: Any, login: tuple[str, str] | None) -> str:
+    """Start a manager on the copy as a server would; check a stored session and, if given, a local login."""
+    from .server import expiry_of
+
+    config = load_config(config_dir, pm)
+    auth = AuthManager(
+        str(config_dir),
+        pm,
+        provider_configs=config.providers,
+        mfa_configs=config.mfa_modules,
+        http_config=config.http,
+        config_blocks=config.blocks,
+        refresh_token_expiry=expiry_of(config),
+        purge_expired_tokens=False,
+        storage=backend,
+    )
+    await auth.async_setup()
+    try:
+        checked = [f"{auth.store.user_count()} users loaded"]
+        tokens = [t for t in auth.store.refresh_tokens() if t.user.is_active]
+        if tokens:
+            access = await auth.async_create_access_token(tokens[0])
+            if auth.validate_access_token(access) is None:
+                raise CliError("The copy loads, but a stored session does not work on it; the copy is not usable")
+            checked.append(f"a stored session of {tokens[0].user.name!r} works")
+        if login is not None:
+            provider = auth.local_provider()
+            if provider is None:
+                raise CliError("--check-login needs the local provider configured in configuration.yaml")
+            try:
+                await provider.async_validate_login(*login)  # type: ignore[attr-defined]
+            except Exception as err:
+                raise CliError(f"The copy loads, but {login[0]!r} cannot log in with that password: {err}") from None
+            checked.append(f"{login[0]!r} logs in")
+        return ", ".join(checked)
+    finally:
+        await auth.async_shutdown()
+
+
+def cmd_storage_copy(args: argparse.Namespace) -> int:
+    """Copy this directory's JSON store into a database (--to) or a database's data into it (--from)."""
+    from .backend import JsonBackend
+
+    config_dir = _config_dir(args)
+    if not config_dir.is_dir():
+        raise CliError(f"{config_dir} does not exist")
+    pm = args.pm
+    url = args.to or args.source
+    load_config(config_dir, pm)  # the check below starts the directory's providers: fail before copying
+    login = (args.check_login, _read_password(args)) if args.check_login else None
+    lock = _holding_lock(
+        config_dir, "storage copy", "Stop the server using it first: a copy needs the data to stand still."
+    )
+    try:
+        other = _backend_for_url(pm, url, config_dir)
+        files = JsonBackend({"type": "json"}, str(config_dir))
+        source, target = (files, other) if args.to else (other, files)
+
+        async def run() -> int:
+            await other.async_open()
+            try:
+                if await other.async_servers_running():
+                    raise CliError(f"A server is using {other.describe()}. Stop every server first.")
+                exported = await source.async_export()
+                if exported.get("auth") is None and not exported.get("documents"):
+                    raise CliError(f"Nothing to copy: {source.describe()} holds no opp-auth data")
+                if args.source:
+                    existing = [
+                        k for k in ("auth", *exported.get("documents", {})) if (config_dir / STORAGE_DIR / k).exists()
+                    ]
+                    if existing:
+                        raise CliError(
+                            f"{config_dir / STORAGE_DIR} already holds {', '.join(existing)}; "
+                            "copy into a directory without them (move them away first)"
+                        )
+                await target.async_import(exported)
+                copied = await target.async_export()
+                if _canonical(copied) != _canonical(exported):
+                    raise CliError(
+                        f"The copy in {target.describe()} differs from the source "
+                        f"({_summary(copied)} against {_summary(exported)}); do not use it"
+                    )
+            finally:
+                await other.async_close()
+            # A fresh backend object: the one above is closed.
+            check_backend = (
+                _backend_for_url(pm, url, config_dir) if args.to else JsonBackend({"type": "json"}, str(config_dir))
+            )
+            result = await _verify_with_a_server(config_dir, pm, check_backend, login)
+            counts = _summary(exported)["auth"]
+            print(
+                f"Copied {counts['users']} users, {counts['groups']} groups, {counts['credentials']} credentials, "
+                f"{counts['refresh_tokens']} refresh tokens and {len(exported.get('documents') or {})} documents "
+                f"from {source.describe()} to {target.describe()}; checked: {result}."
+            )
+            if args.to:
+                print(
+                    f"Now set openpeerpower: storage: type: postgresql with this url in {config_dir}/configuration.yaml"
+                )
+            return 0
+
+        return asyncio.run(run())
+    finally:
+        lock.release()
+
+
 def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     """The argument parser (plugins may add sub-commands)."""
     parser = argparse.ArgumentParser(prog="opp-auth", description="Open Peer Power compatible authentication server")
@@ -490,6 +634,18 @@ def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     lockouts_sub = lockouts.add_subparsers(dest="lockouts_command", required=True, metavar="LOCKOUTS_COMMAND")
     lockouts_sub.add_parser("list", help="list lockouts (asks the running server)").set_defaults(func=cmd_lockouts_list)
     lockouts_sub.add_parser("clear", help="clear lockouts").set_defaults(func=cmd_lockouts_clear)
+
+    storage = sub.add_parser("storage", help="move the stored data between storage types")
+    storage_sub = storage.add_subparsers(dest="storage_command", required=True, metavar="STORAGE_COMMAND")
+    copy = storage_sub.add_parser(
+        "copy", help="copy .storage into a database (--to URL) or a database into .storage (--from URL)"
+    )
+    where = copy.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", metavar="URL", help="an empty database, e.g. postgresql://user@host/db")
+    where.add_argument("--from", dest="source", metavar="URL", help="the database to copy into .storage")
+    copy.add_argument("--check-login", metavar="USERNAME", help="also check that this local login works on the copy")
+    copy.add_argument("--password-stdin", action="store_true", help="read --check-login's password from standard input")
+    copy.set_defaults(func=cmd_storage_copy)
 
     reset = sub.add_parser("reset", help="lost owner password: remove auth data (keeps a backup)")
     reset.add_argument("--yes", action="store_true", help="do not ask")

@@ -305,8 +305,9 @@ def validate_config(
         mfa_required=core["mfa_required"],
         core_block=block,
     )
-    if "storage" in core:
-        config.storage_class, config.storage = _resolve_storage(pm, core["storage"], core_raw, block)
+    config.storage_class, config.storage = _resolve_storage(
+        pm, core.get("storage") or {"type": JSON_TYPE}, core_raw, block
+    )
     provider_entries = core.get("auth_providers")
     providers_raw = core_raw.get("auth_providers") if isinstance(core_raw, dict) else None
     if provider_entries is None:

@@ -25,9 +25,13 @@ class UserSettings:
         self._data: dict[str, dict[str, Any]] = {}
 
     async def async_load(self) -> None:
-        """Read the file."""
-        data = await self._store.async_load()
-        users = (data or {}).get("users", {})
+        """Read the file; follow changes other servers make (shared storage)."""
+        self._use(await self._store.async_load())
+        self._store.listen(self._use)
+
+    def _use(self, data: Any) -> None:
+        """Take the stored settings."""
+        users = (data if isinstance(data, dict) else {}).get("users", {})
         self._data = {uid: dict(values) for uid, values in users.items() if isinstance(values, dict)}
 
     def get(self, user_id: str, key: str | None = None) -> Any:

@@ -181,6 +181,40 @@ def test_hook_opp_auth_register_mfa_modules() -> None:
     assert pm.mfa_classes == {"hook_test_mfa": M}
 
 
+async def test_hook_opp_auth_register_stores(tmp_path: Any) -> None:
+    """register(BackendClass) makes a storage type configurable; the manager opens it and stores through it."""
+    from opp_auth.backend import JsonBackend
+    from opp_auth.config import validate_config
+
+    opened: list[str] = []
+
+    class Recording(JsonBackend):
+        TYPE = "hook_test_store"
+        CONFIG_SCHEMA = vol.Schema({vol.Required("type"): "hook_test_store", vol.Required("label"): str})
+
+        async def async_open(self) -> None:
+            opened.append(self.config["label"])
+
+    class Plugin:
+        @hookimpl
+        def opp_auth_register_stores(self, register: Any) -> None:
+            register(Recording)
+
+    pm = make_plugin_manager(plugins=[("s", Plugin())])
+    assert pm.store_classes["hook_test_store"] is Recording and "json" in pm.store_classes
+    raw = {"openpeerpower": {"storage": {"type": "hook_test_store", "label": "here"}}}
+    config = validate_config(raw, pm, config_dir=tmp_path)
+    assert config.storage_class is Recording and config.storage == {"type": "hook_test_store", "label": "here"}
+    auth = AuthManager(
+        str(tmp_path), pm, provider_configs=config.providers, storage=config.storage_class(config.storage, str(tmp_path))
+    )
+    await auth.async_setup()
+    await auth.async_create_user("Stored")
+    await auth.async_shutdown()
+    assert opened == ["here"]
+    assert (tmp_path / ".storage" / "auth").exists()
+
+
 async def test_hook_opp_auth_authenticate_request(opp_auth_factory: Any, opp_auth_client: Any) -> None:
     """The chain authenticates requests without a bearer token; False refuses; an exception refuses."""
 

@@ -179,6 +179,7 @@ async def test_empty_client_name_and_icon_are_not_stored(auth: AuthManager) -> N
     assert (token.client_name, token.client_icon) == (None, None)
 
 
+@pytest.mark.storage_types("json")  # reads the .storage files
 async def test_created_refresh_token_is_on_disk_when_call_returns(auth: AuthManager, config_dir: Path) -> None:
     """Tokens handed to clients are durable at once."""
     user, _ = await new_user(auth)
@@ -786,6 +787,7 @@ async def test_enabling_unknown_mfa_module_is_refused(auth: AuthManager) -> None
     )
 
 
+@pytest.mark.storage_types("json")  # reads the .storage files
 async def test_create_user_with_credentials_writes_both_at_once(auth: AuthManager, config_dir: Path) -> None:
     """The account and its login are one write: a crash between them cannot leave an owner without a login."""
     saves: list[int] = []

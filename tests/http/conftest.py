@@ -13,23 +13,17 @@ import pytest
 
 from opp_auth import RefreshToken, User
 from opp_auth.manager import AuthManager
-from opp_auth.testing import CLIENT_ID, OppAuthClient
+from opp_auth.testing import CLIENT_ID, OppAuthClient, async_seed_documents
 
 WS_REPLY_TIMEOUT = 5.0
 WS_CLOSED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
 
 @pytest.fixture
-def onboarded(config_dir: Path) -> Path:
-    """A configuration directory whose .storage/onboarding says every step is done (SPEC 1.10)."""
-    storage = config_dir / ".storage"
-    storage.mkdir(exist_ok=True)
-    (storage / "onboarding").write_text(
-        json.dumps(
-            {"version": 4, "key": "onboarding", "data": {"done": ["user", "core_config", "analytics", "integration"]}}
-        ),
-        encoding="utf-8",
-    )
+async def onboarded(config_dir: Path, opp_auth_storage: dict[str, Any]) -> Path:
+    """A configuration directory whose onboarding says every step is done (SPEC 1.10), in its storage."""
+    done = {"done": ["user", "core_config", "analytics", "integration"]}
+    await async_seed_documents(config_dir, opp_auth_storage, {"onboarding": (4, done)})
     return config_dir
 
 

@@ -80,9 +80,14 @@ class Onboarding:
         """Read the state; an existing owner means the user step is done."""
         data = await self._store.async_load()
         self.done = list((data or {}).get("done", []))
+        self._store.listen(self._use)
         if STEP_USER not in self.done and self.auth.owner() is not None:
             self.done.append(STEP_USER)
             await self.async_save()
+
+    def _use(self, data: Any) -> None:
+        """Another server finished a step."""
+        self.done = list((data if isinstance(data, dict) else {}).get("done", []))
 
     async def async_save(self) -> None:
         """Write the state now."""

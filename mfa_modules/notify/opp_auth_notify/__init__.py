@@ -228,8 +228,12 @@ class NotifyAuthModule(MfaModule):
         return sorted(names)
 
     async def async_initialize(self) -> None:
-        """Read the users' chosen services."""
-        data = await self._store.async_load() or {}
+        """Read the users' chosen services; follow changes other servers make (shared storage)."""
+        self._use(await self._store.async_load())
+        self._store.listen(self._use)
+
+    def _use(self, data: Any) -> None:
+        """Take the stored settings (at start, and when another server changed them)."""
         users = data.get("users") if isinstance(data, dict) else None
         self._users = {
             uid: {"notify_service": s["notify_service"], "target": s.get("target")}

@@ -107,8 +107,13 @@ class TotpAuthModule(MfaModule):
         return vol.Schema({vol.Required(INPUT_FIELD_CODE): str})
 
     async def async_initialize(self) -> None:
-        """Read the secrets."""
-        data = await self._store.async_load() or {}
+        """Read the secrets; follow changes other servers make (shared storage)."""
+        self._use(await self._store.async_load())
+        self._store.listen(self._use)
+
+    def _use(self, data: Any) -> None:
+        """Take the stored secrets (at start, and when another server changed them)."""
+        data = data if isinstance(data, dict) else {}
         self._users = {uid: s for uid, s in (data.get("users") or {}).items() if isinstance(s, str)}
         self._recovery = {uid: r for uid, r in (data.get("recovery_codes") or {}).items() if isinstance(r, dict)}
         self._last_used = {uid: c for uid, c in (data.get("last_used") or {}).items() if isinstance(c, int)}

@@ -217,8 +217,12 @@ class WebauthnAuthModule(MfaModule):
     # ---- storage ----------------------------------------------------------------------------
 
     async def async_initialize(self) -> None:
-        """Read the enrolled passkeys."""
-        data = await self._store.async_load() or {}
+        """Read the enrolled passkeys; follow changes other servers make (shared storage)."""
+        self._use(await self._store.async_load())
+        self._store.listen(self._use)
+
+    def _use(self, data: Any) -> None:
+        """Take the stored passkeys (at start, and when another server changed them)."""
         users = data.get("users") if isinstance(data, dict) else None
         self._users = {}
         for user_id, entry in (users or {}).items():

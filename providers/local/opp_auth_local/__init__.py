@@ -120,8 +120,13 @@ class Data:
         return username.strip().casefold()
 
     async def async_load(self) -> None:
-        """Read the logins and decide on legacy mode."""
-        data = await self._store.async_load()
+        """Read the logins and decide on legacy mode; follow changes other servers make (shared storage)."""
+        self._use(await self._store.async_load())
+        self._store.listen(self._use)
+
+    def _use(self, data: Any) -> None:
+        """Index the logins of the stored data (at load, and when another server changed them)."""
+        self.is_legacy = False
         if data is None or not isinstance(data, dict):
             data = {"users": []}
         users = [u for u in data.get("users", []) if isinstance(u, dict) and "username" in u]

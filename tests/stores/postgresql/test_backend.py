@@ -154,22 +154,27 @@ async def test_unstorable_document_is_refused(opp_auth_factory: Factory) -> None
     assert await auth.storage("bad_doc", 1).async_load() is None
 
 
-async def test_concurrent_migrations(opp_auth_storage: dict[str, Any]) -> None:
+async def test_concurrent_migrations(postgresql_server: PostgresServer) -> None:
     """Eight connections migrating at once leave one schema at the current version."""
     import psycopg
 
+    url = postgresql_server.url(postgresql_server.create_database())
+
     async def migrate() -> int:
-        async with await psycopg.AsyncConnection.connect(opp_auth_storage["url"]) as conn:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
             return await async_migrate(conn)
 
     results = await asyncio.gather(*(migrate() for _ in range(8)))
     assert sorted(results) == [0] + [SCHEMA_VERSION] * 7
 
 
-async def test_newer_schema_is_refused(opp_auth_factory: Factory, opp_auth_storage: dict[str, Any]) -> None:
+async def test_newer_schema_is_refused(
+    opp_auth_factory: Factory, opp_auth_storage: dict[str, Any], postgresql_server: PostgresServer
+) -> None:
     """A database migrated by a newer release is not touched."""
     import psycopg
 
+    opp_auth_storage["url"] = postgresql_server.url(postgresql_server.create_database())
     auth = await _manager(opp_auth_factory)
     await auth.async_shutdown()
     with psycopg.connect(opp_auth_storage["url"], autocommit=True) as conn:
