@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import voluptuous as vol
+
 from . import __version__
 from .config import ensure_config_dir, load_config
 from .events import Origin, set_origin
@@ -457,7 +459,7 @@ def _backend_for_url(pm: Any, url: str, config_dir: Path) -> Any:
         raise CliError(f"Storage type {type_name} needs its plugin: pip install opp-auth-{type_name}")
     try:
         conf = cls.CONFIG_SCHEMA({"type": type_name, "url": url})
-    except Exception as err:
+    except vol.Invalid as err:
         raise CliError(f"Invalid {type_name} URL: {err}") from None
     return cls(conf, str(config_dir))
 
@@ -508,8 +510,8 @@ async def _verify_with_a_server(config_dir: Path, pm: Any, backend: Any, login: 
             if provider is None:
                 raise CliError("--check-login needs the local provider configured in configuration.yaml")
             try:
-                await provider.async_validate_login(*login)  # type: ignore[attr-defined]
-            except Exception as err:
+                await provider.async_validate_login(*login)
+            except Exception as err:  # noqa: BLE001 - any refusal (InvalidAuthError or a provider failure) is a failed check
                 raise CliError(f"The copy loads, but {login[0]!r} cannot log in with that password: {err}") from None
             checked.append(f"{login[0]!r} logs in")
         return ", ".join(checked)
