@@ -46,6 +46,7 @@ _LOGGER = logging.getLogger(__name__)
 
 TYPE = "postgresql"
 PING_INTERVAL = 1.0
+DEFAULT_STALENESS = 30.0
 MAX_BACKOFF = 2.0
 CATCH_UP_BATCH = 500
 PRUNE_INTERVAL = 3600.0
@@ -68,7 +69,7 @@ CONFIG_SCHEMA = vol.Schema(
         vol.Required("type"): TYPE,
         vol.Required("url"): _url,
         vol.Optional("pool_size", default=10): vol.All(int, vol.Range(min=1, max=1000)),
-        vol.Optional("staleness_seconds", default=30.0): vol.All(vol.Coerce(float), vol.Range(min=0, max=86400)),
+        vol.Optional("staleness_seconds", default=DEFAULT_STALENESS): vol.All(vol.Coerce(float), vol.Range(min=0, max=86400)),
         vol.Optional("connect_timeout", default=5.0): vol.All(vol.Coerce(float), vol.Range(min=0.5, max=120)),
         vol.Optional("change_retention_hours", default=24.0): vol.All(
             vol.Coerce(float), vol.Range(min=0.1, max=24 * 365)
@@ -134,7 +135,7 @@ class PostgresBackend(StorageBackend):
         """Nothing connects before async_open."""
         super().__init__(config, config_dir)
         self.url: str = config["url"]
-        self.staleness: float = config.get("staleness_seconds", 30.0)
+        self.staleness: float = config.get("staleness_seconds", DEFAULT_STALENESS)
         self.connect_timeout: float = config.get("connect_timeout", 5.0)
         self.retention_hours: float = config.get("change_retention_hours", 24.0)
         self.pool: AsyncConnectionPool | None = None
