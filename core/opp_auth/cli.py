@@ -153,7 +153,11 @@ def _local_type(config_dir: Path, pm: Any) -> str:
 
 
 def _run_local(args: argparse.Namespace, action: Callable[[AuthManager, Any], Awaitable[int]]) -> int:
-    """Run action with a minimal manager (local provider only) while holding the directory lock."""
+    """Run action with a minimal manager (local provider only) on the directory's storage.
+
+    With the JSON store the directory lock is held (no server may run); with a shared storage
+    (PostgreSQL) servers may run: they hear of the change like of any other server's.
+    """
     config_dir = _config_dir(args)
     if not config_dir.is_dir():
         raise CliError(f"{config_dir} does not exist")
@@ -162,12 +166,18 @@ def _run_local(args: argparse.Namespace, action: Callable[[AuthManager, Any], Aw
     cls = pm.provider_classes.get(local_type)
     if cls is None:
         raise CliError("The auth commands need the local provider: pip install opp-auth-local")
-    lock = ConfigDirLock(config_dir)
-    lock.acquire("auth command")
+    storage = _configured_storage(config_dir, pm)
+    lock = None if storage is not None and storage.shares_config_dir else ConfigDirLock(config_dir)
+    if lock is not None:
+        lock.acquire("auth command")
     try:
         # The CLI has not read the server's expiry policy, so it removes no tokens itself.
         auth = AuthManager(
-            str(config_dir), pm, provider_configs=[(cls, {"type": local_type})], purge_expired_tokens=False
+            str(config_dir),
+            pm,
+            provider_configs=[(cls, {"type": local_type})],
+            purge_expired_tokens=False,
+            storage=storage,
         )
 
         async def run() -> int:
@@ -181,7 +191,19 @@ def _run_local(args: argparse.Namespace, action: Callable[[AuthManager, Any], Aw
 
         return asyncio.run(run())
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+
+
+def _configured_storage(config_dir: Path, pm: Any) -> Any:
+    """The storage backend configuration.yaml names (None: the JSON files, or no usable configuration)."""
+    try:
+        config = load_config(config_dir, pm)
+    except (ConfigError, PluginError, OSError):
+        return None
+    if config.storage["type"] == "json":
+        return None
+    return config.storage_class(config.storage, str(config_dir))
 
 
 def cmd_auth_list(args: argparse.Namespace) -> int:
@@ -189,6 +211,17 @@ def cmd_auth_list(args: argparse.Namespace) -> int:
     config_dir = _config_dir(args)
     if not config_dir.is_dir():
         raise CliError(f"{config_dir} does not exist")
+    if _configured_storage(config_dir, args.pm) is not None:
+
+        async def listing(auth: AuthManager, provider: Any) -> int:
+            usernames = [u["username"] for u in provider.data.users]
+            for username in usernames:
+                print(username)
+            print()
+            print(f"Total users: {len(usernames)}")
+            return 0
+
+        return _run_local(args, listing)
     key = f"auth_provider.{_local_type(config_dir, args.pm)}"
     # Writers replace the file by an atomic rename, so reading without the lock sees a whole file.
     envelope = read_envelope(config_dir / STORAGE_DIR / key)

@@ -35,7 +35,9 @@ class StorageError(Exception):
 
 
 # What a client is told when a change cannot be saved (the log names the file and the cause).
-STORAGE_UNAVAILABLE_MESSAGE = "The server cannot save changes: its storage is full, read-only or unreachable. Try again later."
+STORAGE_UNAVAILABLE_MESSAGE = (
+    "The server cannot save changes: its storage is full, read-only or unreachable. Try again later."
+)
 
 
 class RecordList:

@@ -326,6 +326,25 @@ def opp_auth_storage(request: pytest.FixtureRequest, opp_auth_storage_type: str)
     yield {"type": "postgresql", "url": server.url(server.empty_shared_database())}
 
 
+async def async_seed_documents(
+    config_dir: Path, storage: dict[str, Any], documents: dict[str, tuple[int, Any]]
+) -> None:
+    """Store documents ({key: (version, data)}) before a server starts, in whatever storage it uses."""
+    if storage["type"] == "json":
+        from .storage import Store
+
+        for key, (version, data) in documents.items():
+            await Store(config_dir, key, version).async_save(data)
+        return
+    cls = make_plugin_manager().store_classes[storage["type"]]
+    backend = cls(cls.CONFIG_SCHEMA(dict(storage)), str(config_dir))
+    await backend.async_open()
+    try:
+        await backend.async_import({"auth": None, "documents": documents})
+    finally:
+        await backend.async_close()
+
+
 @pytest.fixture
 async def opp_auth_factory(
     config_dir: Path, opp_auth_storage: dict[str, Any]

@@ -69,7 +69,9 @@ CONFIG_SCHEMA = vol.Schema(
         vol.Required("type"): TYPE,
         vol.Required("url"): _url,
         vol.Optional("pool_size", default=10): vol.All(int, vol.Range(min=1, max=1000)),
-        vol.Optional("staleness_seconds", default=DEFAULT_STALENESS): vol.All(vol.Coerce(float), vol.Range(min=0, max=86400)),
+        vol.Optional("staleness_seconds", default=DEFAULT_STALENESS): vol.All(
+            vol.Coerce(float), vol.Range(min=0, max=86400)
+        ),
         vol.Optional("connect_timeout", default=5.0): vol.All(vol.Coerce(float), vol.Range(min=0.5, max=120)),
         vol.Optional("change_retention_hours", default=24.0): vol.All(
             vol.Coerce(float), vol.Range(min=0.1, max=24 * 365)
