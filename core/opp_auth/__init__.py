@@ -109,7 +109,6 @@ from .models import (
 from .plugins import hookimpl
 from .programs import SAFE_PATH, ProgramError, ProgramTimeout, async_run_program
 from .providers import PROVIDER_CONFIG_SCHEMA, AuthProvider, InvalidAuthError, ProviderUnavailableError
-from .storage import StorageError
 
 __all__ = [  # noqa: RUF022 - grouped by what a plugin writes, as in the docstring
     # plugins and hooks
@@ -154,7 +153,6 @@ __all__ = [  # noqa: RUF022 - grouped by what a plugin writes, as in the docstri
     "Unauthorized",
     # storage backends (the store seam, opp_auth.backend)
     "StorageBackend",
-    "StorageError",
     # helper programs
     "async_run_program",
     "ProgramError",

@@ -21,7 +21,7 @@ handed the validated ``storage:`` block. What it implements (docs/plugins.md,
     ``(data, records)`` at start-up (data in the ``.storage/auth`` format, records
     replayed over it), then queues one change record per change *before* memory
     changes (``journal_append``; a change that cannot be stored raises
-    :class:`~opp_auth.StorageError` and nothing changes) and awaits
+    ``StorageBackend.Error`` and nothing changes) and awaits
     ``async_commit`` before anyone is told. The record kinds are those of
     ``opp_auth.store`` (``user``, ``del_user``, ``group``, ``cred``,
     ``del_cred``, ``token``, ``del_token``, ``del_tokens``, ``usage``); each sets
@@ -135,6 +135,8 @@ class StorageBackend:
     TYPE: ClassVar[str] = ""
     CONFIG_SCHEMA: ClassVar[vol.Schema] = BASE_STORAGE_SCHEMA
     shares_config_dir: ClassVar[bool] = False
+    Error: ClassVar[type[StorageError]] = StorageError
+    """What a backend raises when a change cannot be stored or data cannot be read (answered 503)."""
 
     def __init__(self, config: dict[str, Any], config_dir: str) -> None:
         """Keep the validated ``storage:`` block; nothing is opened before async_open."""

@@ -38,9 +38,11 @@ import psycopg
 import voluptuous as vol
 from psycopg_pool import AsyncConnectionPool
 
-from opp_auth import StorageBackend, StorageError
+from opp_auth import StorageBackend
 
 from .schema import CHANNEL, LOCK_SERVERS, LOCK_WRITE, async_migrate
+
+StorageError = StorageBackend.Error
 
 _LOGGER = logging.getLogger(__name__)
 

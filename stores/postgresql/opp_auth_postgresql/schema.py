@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from opp_auth import StorageError
+from opp_auth import StorageBackend
+
+StorageError = StorageBackend.Error
 
 # Advisory lock keys (64-bit; chosen once, never changed): schema migrations, the commit
 # order of changes, and servers at work (shared) against storage copy (exclusive).

@@ -12,8 +12,8 @@ import pytest
 from opp_auth_postgresql.backend import PostgresBackend, path_text, safe_url
 from opp_auth_postgresql.schema import SCHEMA_VERSION, async_migrate
 
-from opp_auth import StorageError
 from opp_auth.manager import AuthManager
+from opp_auth.storage import StorageError
 from opp_auth.testing import PostgresServer
 
 Factory = Callable[..., Awaitable[AuthManager]]
