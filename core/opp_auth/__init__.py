@@ -108,7 +108,7 @@ from .models import (
 )
 from .plugins import hookimpl
 from .programs import SAFE_PATH, ProgramError, ProgramTimeout, async_run_program
-from .providers import PROVIDER_CONFIG_SCHEMA, AuthProvider, InvalidAuthError, ProviderUnavailableError
+from .providers import PROVIDER_CONFIG_SCHEMA, AuthProvider, GroupMapping, InvalidAuthError, ProviderUnavailableError
 
 __all__ = [  # noqa: RUF022 - grouped by what a plugin writes, as in the docstring
     # plugins and hooks
@@ -122,6 +122,7 @@ __all__ = [  # noqa: RUF022 - grouped by what a plugin writes, as in the docstri
     "LoginFlow",
     "UsernamePasswordLoginFlow",
     "is_safe_username",
+    "GroupMapping",
     "FlowResult",
     "InvalidAuthError",
     "ProviderUnavailableError",

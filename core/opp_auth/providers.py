@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import voluptuous as vol
 
-from .models import Credentials, RefreshToken, UserMeta
+from .models import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, Credentials, RefreshToken, UserMeta
 
 if TYPE_CHECKING:
     from .context import PluginContext
@@ -29,6 +30,73 @@ PROVIDER_CONFIG_SCHEMA = vol.Schema(
     extra=vol.ALLOW_EXTRA,
 )
 """Keys every provider accepts; a provider's CONFIG_SCHEMA extends it and forbids the rest."""
+
+
+def _group_name(value: Any) -> str:
+    """A group name at the identity source, without surrounding spaces."""
+    if not isinstance(value, str) or not value.strip():
+        raise vol.Invalid(f"{value!r} is not a group name")
+    return value.strip()
+
+
+class GroupMapping:
+    """A provider's ``admin_groups``, ``user_groups``, ``read_only_groups`` and ``required_groups``.
+
+    For a provider whose source (a directory, a proxy, an OpenID provider) says
+    which groups a person is in. Extend the provider's schema with
+    :meth:`schema`, build one from the validated configuration, then
+    :meth:`allows` applies ``required_groups`` (when set, a login in none of
+    them is refused) and :meth:`group_for` picks the opp-auth group: the most
+    privileged match wins, no match gives ``system-users``::
+
+        CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend({..., **GroupMapping.schema()}, extra=vol.PREVENT_EXTRA)
+        mapping = GroupMapping(self.config)
+        if not mapping.allows(groups): ...refuse...
+        group = mapping.group_for(groups)
+
+    ``normalize`` makes names comparable (the LDAP provider's DNs); it is
+    applied to the configured names, and the caller applies it to the groups it
+    passes.
+    """
+
+    KEYS: ClassVar[tuple[str, ...]] = ("admin_groups", "user_groups", "read_only_groups", "required_groups")
+
+    @classmethod
+    def schema(cls, item: Callable[[Any], str] = _group_name) -> dict[Any, Any]:
+        """The four keys, for a provider's CONFIG_SCHEMA: each absent, one group or a list; item checks one."""
+
+        def names(value: Any) -> list[str]:
+            values = [] if value is None else value if isinstance(value, list) else [value]
+            return [item(v) for v in values]
+
+        return {vol.Optional(key, default=None): names for key in cls.KEYS}
+
+    def __init__(self, config: Mapping[str, Any], normalize: Callable[[str], str] | None = None) -> None:
+        """Read the four lists of a validated configuration."""
+        norm = normalize or (lambda name: name)
+        self.admin, self.user, self.read_only, self.required = (
+            frozenset(norm(name) for name in config.get(key) or ()) for key in self.KEYS
+        )
+
+    @property
+    def in_use(self) -> bool:
+        """Whether any of the four lists is set (the provider must then find a person's groups)."""
+        return bool(self.admin or self.user or self.read_only or self.required)
+
+    def allows(self, groups: Iterable[str]) -> bool:
+        """Whether required_groups lets someone in these groups log in (always, when it is not set)."""
+        return not self.required or not self.required.isdisjoint(groups)
+
+    def group_for(self, groups: Iterable[str]) -> str:
+        """The opp-auth group of someone in these groups: admin, user, read-only; no match, system-users."""
+        held = frozenset(groups)
+        if held & self.admin:
+            return GROUP_ID_ADMIN
+        if held & self.user:
+            return GROUP_ID_USER
+        if held & self.read_only:
+            return GROUP_ID_READ_ONLY
+        return GROUP_ID_USER
 
 
 class InvalidAuthError(Exception):
@@ -117,9 +185,20 @@ class AuthProvider:
         raise NotImplementedError
 
     async def async_get_or_create_credentials(self, flow_result: dict[str, Any]) -> Credentials:
-        """Credentials for a finished login step: existing ones, or new ones."""
+        """Credentials for a finished login step: existing ones, or new ones.
+
+        New credentials carry the flow result's ``identity`` (what the login
+        learned about the person: name, groups), if any, as ``meta`` until the
+        user is made, for :meth:`async_user_meta_for_credentials`. It is never
+        stored.
+        """
         data = self.credential_data(flow_result)
-        return self.async_find_credentials(data) or self.async_create_credentials(data)
+        credentials = self.async_find_credentials(data)
+        if credentials is not None:
+            return credentials
+        credentials = self.async_create_credentials(data)
+        credentials.meta = flow_result.get("identity")
+        return credentials
 
     def credential_data(self, flow_result: dict[str, Any]) -> dict[str, Any]:
         """The credential data that identifies the person behind a flow result."""

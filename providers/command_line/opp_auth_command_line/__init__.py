@@ -208,13 +208,6 @@ class CommandLineAuthProvider(AuthProvider):
         """Credentials keep the username as first typed (stripped); matching ignores case."""
         return {"username": flow_result["username"]}
 
-    async def async_get_or_create_credentials(self, flow_result: dict[str, Any]) -> Credentials:
-        """Existing credentials, or new ones carrying this login's meta until the user is created."""
-        credentials = await super().async_get_or_create_credentials(flow_result)
-        if credentials.is_new and flow_result.get("meta"):
-            credentials.meta = flow_result["meta"]
-        return credentials
-
     async def async_user_meta_for_credentials(self, credentials: Credentials) -> UserMeta:
         """Name, group and local-only flag from the login's meta, else the configured default group (G19)."""
         meta = credentials.meta or {}
@@ -230,13 +223,14 @@ class CommandLineLoginFlow(UsernamePasswordLoginFlow[CommandLineAuthProvider]):
     """Ask for username and password."""
 
     async def async_check_login(self, username: str, password: str) -> dict[str, Any]:
-        """Run the program on the stripped username; the result carries that username and any meta."""
+        """Run the program on the stripped username; the result carries that username and any meta (as the
+        identity new credentials keep until the user is made)."""
         provider = self.provider
         username = username.strip()
         meta = await provider.async_validate_login(username, password)
         result: dict[str, Any] = {"username": username}
         if meta:
-            result["meta"] = meta
+            result["identity"] = meta
         return result
 
 

@@ -24,6 +24,7 @@ from opp_auth import (
     PROVIDER_CONFIG_SCHEMA,
     AuthProvider,
     Credentials,
+    GroupMapping,
     InvalidAuthError,
     LoginFlow,
     ProviderUnavailableError,
@@ -115,15 +116,13 @@ def _check_combinations(conf: dict[str, Any]) -> dict[str, Any]:
         raise vol.Invalid("set group_base_dn or group_attribute, not both")
     if "group_filter" in conf and not conf.get("group_base_dn"):
         raise vol.Invalid("group_filter is used only with group_base_dn")
-    uses_groups = any(conf[k] for k in ("admin_groups", "user_groups", "read_only_groups", "required_groups"))
-    if uses_groups and not (conf.get("group_base_dn") or conf.get("group_attribute")):
+    if GroupMapping(conf).in_use and not (conf.get("group_base_dn") or conf.get("group_attribute")):
         raise vol.Invalid("group lists need group_base_dn or group_attribute to find a user's groups")
     conf.setdefault("user_filter", DEFAULT_USER_FILTER)
     conf.setdefault("group_filter", DEFAULT_GROUP_FILTER)
     return conf
 
 
-_DN_LIST = vol.All(vol.Any(None, [_dn]), lambda v: list(v or []))
 _ATTRIBUTE = vol.All(str, vol.Match(r"^[A-Za-z][A-Za-z0-9-]*$|^[0-9]+(\.[0-9]+)+$", msg="not an attribute name"))
 
 CONFIG_SCHEMA = vol.All(
@@ -147,10 +146,7 @@ CONFIG_SCHEMA = vol.All(
             vol.Optional("group_base_dn"): _dn,
             vol.Optional("group_filter"): _filter("dn", "username"),
             vol.Optional("group_attribute"): _ATTRIBUTE,
-            vol.Optional("admin_groups", default=None): _DN_LIST,
-            vol.Optional("user_groups", default=None): _DN_LIST,
-            vol.Optional("read_only_groups", default=None): _DN_LIST,
-            vol.Optional("required_groups", default=None): _DN_LIST,
+            **GroupMapping.schema(_dn),
             vol.Optional("pool_size", default=4): vol.All(int, vol.Range(min=0, max=64)),
             vol.Optional("recheck_interval", default=60): vol.All(vol.Coerce(float), vol.Range(min=0, max=3600)),
         },
@@ -275,14 +271,6 @@ class LdapAuthProvider(AuthProvider):
     def credential_data(self, flow_result: dict[str, Any]) -> dict[str, Any]:
         """Credentials carry the entry's own username (its username_attribute)."""
         return {"username": flow_result["username"]}
-
-    async def async_get_or_create_credentials(self, flow_result: dict[str, Any]) -> Credentials:
-        """Existing credentials, or new ones carrying the directory's answer until the user is created."""
-        credentials = await super().async_get_or_create_credentials(flow_result)
-        identity = flow_result.get("identity")
-        if credentials.is_new and isinstance(identity, Identity):
-            credentials.meta = identity
-        return credentials
 
     async def async_user_meta_for_credentials(self, credentials: Credentials) -> UserMeta:
         """Name and group from the directory; without a mapped group, system-users (never admin by default)."""

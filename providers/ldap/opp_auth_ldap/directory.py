@@ -23,7 +23,7 @@ from ldap3.core.exceptions import LDAPCommunicationError, LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, InvalidAuthError
+from opp_auth import GROUP_ID_USER, GroupMapping, InvalidAuthError
 
 _LOGGER = logging.getLogger("opp_auth_ldap")
 
@@ -177,10 +177,7 @@ class Directory:
         self.service = _Pool(config["pool_size"])
         self.auth = _Pool(config["pool_size"])
         self._servers_lock = threading.Lock()
-        self.admin_groups = {normalize_dn(dn) for dn in config["admin_groups"]}
-        self.user_groups = {normalize_dn(dn) for dn in config["user_groups"]}
-        self.read_only_groups = {normalize_dn(dn) for dn in config["read_only_groups"]}
-        self.required_groups = {normalize_dn(dn) for dn in config["required_groups"]}
+        self.group_mapping = GroupMapping(config, normalize_dn)
 
     # ---- connections ------------------------------------------------------------------
 
@@ -393,17 +390,10 @@ class Directory:
 
     def _decide(self, identity: Identity) -> Identity:
         """Apply required_groups and the group mapping (raises InvalidAuthError)."""
-        if self.required_groups and not identity.groups & self.required_groups:
+        if not self.group_mapping.allows(identity.groups):
             _LOGGER.info("LDAP user %s is in none of the required_groups", identity.dn)
             raise InvalidAuthError
-        if identity.groups & self.admin_groups:
-            identity.group = GROUP_ID_ADMIN
-        elif identity.groups & self.user_groups:
-            identity.group = GROUP_ID_USER
-        elif identity.groups & self.read_only_groups:
-            identity.group = GROUP_ID_READ_ONLY
-        else:
-            identity.group = GROUP_ID_USER
+        identity.group = self.group_mapping.group_for(identity.groups)
         return identity
 
     def _user_filter(self, username: str) -> str:

@@ -41,13 +41,11 @@ from joserfc.jws import extract_compact
 from joserfc.jwt import JWTClaimsRegistry
 
 from opp_auth import (
-    GROUP_ID_ADMIN,
-    GROUP_ID_READ_ONLY,
-    GROUP_ID_USER,
     PROVIDER_CONFIG_SCHEMA,
     AuthProvider,
     Credentials,
     FlowResult,
+    GroupMapping,
     InvalidAuthError,
     LoginFlow,
     RefreshToken,
@@ -146,14 +144,6 @@ def _scopes(value: Any) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _group_list(value: Any) -> list[str]:
-    """None, one group name or a list of them."""
-    values = [] if value is None else value if isinstance(value, list) else [value]
-    if not all(isinstance(v, str) and v.strip() for v in values):
-        raise vol.Invalid("expected a list of group names")
-    return [v.strip() for v in values]
-
-
 _CLAIM = vol.All(str, vol.Length(min=1, max=128))
 
 CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
@@ -165,10 +155,7 @@ CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
         vol.Optional("username_claim", default="preferred_username"): _CLAIM,
         vol.Optional("name_claim", default="name"): _CLAIM,
         vol.Optional("groups_claim", default="groups"): _CLAIM,
-        vol.Optional("admin_groups", default=None): _group_list,
-        vol.Optional("user_groups", default=None): _group_list,
-        vol.Optional("read_only_groups", default=None): _group_list,
-        vol.Optional("required_groups", default=None): _group_list,
+        **GroupMapping.schema(),
         vol.Optional("title"): vol.All(str, vol.Length(min=1, max=200)),
         vol.Optional("create_users", default=True): bool,
         vol.Optional("redirect_uri"): _redirect_uri,
@@ -242,6 +229,7 @@ class OidcAuthProvider(AuthProvider):
         """Nothing is fetched before start-up."""
         super().__init__(*args, **kwargs)
         self.issuer: str = self.config["issuer"]
+        self.group_mapping = GroupMapping(self.config)
         self._session: aiohttp.ClientSession | None = None
         self._metadata: dict[str, Any] | None = None
         self._keys: KeySet | None = None
@@ -492,16 +480,9 @@ class OidcAuthProvider(AuthProvider):
             name = None
         raw_groups = claims.get(self.config["groups_claim"])
         groups = {g for g in raw_groups if isinstance(g, str)} if isinstance(raw_groups, list) else set()
-        if self.config["required_groups"] and not groups.intersection(self.config["required_groups"]):
+        if not self.group_mapping.allows(groups):
             raise OidcError(f"{username!r} is in none of the required_groups", NOT_MEMBER)
-        if groups.intersection(self.config["admin_groups"]):
-            group = GROUP_ID_ADMIN
-        elif groups.intersection(self.config["user_groups"]):
-            group = GROUP_ID_USER
-        elif groups.intersection(self.config["read_only_groups"]):
-            group = GROUP_ID_READ_ONLY
-        else:
-            group = GROUP_ID_USER
+        group = self.group_mapping.group_for(groups)
         sid = claims.get("sid") if isinstance(claims.get("sid"), str) and len(claims["sid"]) <= 255 else None
         return Identity(self.issuer, claims["sub"], username, name and name.strip(), groups, group, sid)
 
@@ -680,12 +661,10 @@ class OidcAuthProvider(AuthProvider):
         return {"iss": flow_result["iss"], "sub": flow_result["sub"]}
 
     async def async_get_or_create_credentials(self, flow_result: dict[str, Any]) -> Credentials:
-        """Existing credentials, or new ones carrying the identity until the user is created."""
+        """Existing credentials (name and group synced), or new ones carrying the identity (the base class)."""
         credentials = await super().async_get_or_create_credentials(flow_result)
         identity = flow_result.get("identity")
-        if credentials.is_new and isinstance(identity, Identity):
-            credentials.meta = identity
-        elif isinstance(identity, Identity):
+        if not credentials.is_new and isinstance(identity, Identity):
             await self.async_sync_user(credentials, identity)
         return credentials
 

@@ -26,13 +26,11 @@ from typing import Any
 import voluptuous as vol
 
 from opp_auth import (
-    GROUP_ID_ADMIN,
-    GROUP_ID_READ_ONLY,
-    GROUP_ID_USER,
     PROVIDER_CONFIG_SCHEMA,
     AuthProvider,
     Credentials,
     FlowResult,
+    GroupMapping,
     LoginFlow,
     UserMeta,
     hookimpl,
@@ -61,27 +59,13 @@ def _header_name(value: Any) -> str:
     return value
 
 
-def _group_list(value: Any) -> list[str]:
-    """None, one group name or a list of them (compared exactly, without surrounding spaces)."""
-    values = [] if value is None else value if isinstance(value, list) else [value]
-    groups = []
-    for item in values:
-        if not isinstance(item, str) or not item.strip():
-            raise vol.Invalid(f"{item!r} is not a group name")
-        groups.append(item.strip())
-    return groups
-
-
 CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
     {
         vol.Optional("username_header", default="Remote-User"): _header_name,
         vol.Optional("name_header", default="Remote-Name"): _header_name,
         vol.Optional("groups_header", default="Remote-Groups"): _header_name,
         vol.Optional("groups_separator", default=","): vol.All(str, vol.Length(min=1, max=8)),
-        vol.Optional("admin_groups", default=None): _group_list,
-        vol.Optional("user_groups", default=None): _group_list,
-        vol.Optional("read_only_groups", default=None): _group_list,
-        vol.Optional("required_groups", default=None): _group_list,
+        **GroupMapping.schema(),
         vol.Optional("create_users", default=True): bool,
     },
     extra=vol.PREVENT_EXTRA,
@@ -138,6 +122,11 @@ class TrustedHeaderAuthProvider(AuthProvider):
     DEFAULT_TITLE = "Single sign-on (proxy)"
     CONFIG_SCHEMA = CONFIG_SCHEMA
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Read the group mapping."""
+        super().__init__(*args, **kwargs)
+        self.group_mapping = GroupMapping(self.config)
+
     def _trusted_proxies(self) -> list[IPNetwork]:
         """http: trusted_proxies (ip_network objects once validated)."""
         networks = []
@@ -186,17 +175,9 @@ class TrustedHeaderAuthProvider(AuthProvider):
         if groups_raw is not None:
             parts = [g.strip() for g in groups_raw.split(self.config["groups_separator"])]
             groups = {g for g in parts[:MAX_GROUPS] if g and len(g) <= MAX_GROUP}
-        if self.config["required_groups"] and not groups.intersection(self.config["required_groups"]):
+        if not self.group_mapping.allows(groups):
             return f"user {username!r} is in none of the required_groups"
-        if groups.intersection(self.config["admin_groups"]):
-            group = GROUP_ID_ADMIN
-        elif groups.intersection(self.config["user_groups"]):
-            group = GROUP_ID_USER
-        elif groups.intersection(self.config["read_only_groups"]):
-            group = GROUP_ID_READ_ONLY
-        else:
-            group = GROUP_ID_USER
-        return Identity(username, name, groups, group)
+        return Identity(username, name, groups, self.group_mapping.group_for(groups))
 
     async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:
         """Read the proxy's word now: the engine keeps the headers only for the first step."""
@@ -209,14 +190,6 @@ class TrustedHeaderAuthProvider(AuthProvider):
     def credential_data(self, flow_result: dict[str, Any]) -> dict[str, Any]:
         """Credentials carry the normalised username."""
         return {"username": flow_result["username"]}
-
-    async def async_get_or_create_credentials(self, flow_result: dict[str, Any]) -> Credentials:
-        """Existing credentials, or new ones carrying the proxy's word until the user is created."""
-        credentials = await super().async_get_or_create_credentials(flow_result)
-        identity = flow_result.get("identity")
-        if credentials.is_new and isinstance(identity, Identity):
-            credentials.meta = identity
-        return credentials
 
     async def async_user_meta_for_credentials(self, credentials: Credentials) -> UserMeta:
         """Name and group from the proxy's headers; without a mapped group, system-users."""
