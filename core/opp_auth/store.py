@@ -223,10 +223,8 @@ class AuthStore:
             owner = users.get(cdata.get("user_id"))  # type: ignore[arg-type]
             if owner is None:
                 continue
-            ptype = cdata["auth_provider_type"]
-            pid = cdata.get("auth_provider_id")
-            cred_data = cdata.get("data") or {}
-            cred = Credentials(ptype, pid, cred_data, cdata["id"], False, owner.id)
+            cred = _credentials_from(cdata, owner.id)
+            ptype, pid, cred_data = cred.auth_provider_type, cred.auth_provider_id, cred.data
             previous = by_id.get(cred.id)
             if previous is not None:
                 self._do_remove_credentials(previous, keep_tokens=True)
@@ -461,14 +459,7 @@ class AuthStore:
             self._do_remove_credentials(old, keep_tokens=True)
         if owner is None:
             return
-        cred = Credentials(
-            id=cdata["id"],
-            auth_provider_type=cdata["auth_provider_type"],
-            auth_provider_id=cdata.get("auth_provider_id"),
-            data=cdata.get("data") or {},
-            is_new=False,
-            user_id=owner.id,
-        )
+        cred = _credentials_from(cdata, owner.id)
         self._index_credentials(owner, cred)
         if old is not None:
             for token in owner.token_list:
@@ -951,6 +942,13 @@ class RemoteChanges:
 
 
 _monotonic = time.monotonic
+
+
+def _credentials_from(cdata: dict[str, Any], user_id: str) -> Credentials:
+    """The credentials of a stored record, linked to user_id."""
+    return Credentials(
+        cdata["auth_provider_type"], cdata.get("auth_provider_id"), cdata.get("data") or {}, cdata["id"], False, user_id
+    )
 
 
 def _expire_value(value: Any) -> float | None:
