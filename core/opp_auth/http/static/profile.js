@@ -1,8 +1,9 @@
-// The profile page: language, theme, password, MFA, refresh tokens, long-lived tokens, log out.
+// The profile page: language, theme, password, MFA, refresh tokens, long-lived tokens, recent sign-ins, log out.
 import { clearTokens, loginUrl, logout, el } from "/static/api.js";
 import { LANGUAGES, THEMES, applyTheme, formatDate, setLanguage, t } from "/static/i18n.js";
 import { commandMessage, flowMessage, readForm, renderField } from "/static/forms.js";
 import { passkeySection } from "/static/passkeys.js";
+import { signInsSection } from "/static/history.js";
 
 const LOCAL = "openpeerpower";
 const LONG_LIVED = "long_lived_access_token";
@@ -27,6 +28,7 @@ export async function renderProfile(root, ctx) {
     passkeys || "",
     section("refresh-tokens", t("profile.refresh_tokens"), el("p", { class: "muted" }, t("profile.refresh_tokens_help")), el("div", { class: "body" })),
     section("long-lived-tokens", t("profile.llat"), el("p", { class: "muted" }, t("profile.llat_help")), el("div", { class: "body" })),
+    signInsSection(ctx, section),
     section("logout-section", t("profile.logout_title"), el("button", { type: "button", id: "logout", class: "danger", onclick: () => logout(ctx.conn) }, t("profile.logout"))),
   );
   await refreshTokens(root, ctx);

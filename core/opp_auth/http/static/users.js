@@ -4,6 +4,7 @@ import { t } from "/static/i18n.js";
 import { commandMessage } from "/static/forms.js";
 import { field } from "/static/profile.js";
 import { adminPasskeys } from "/static/passkeys.js";
+import { loginSummary, summaryCells } from "/static/history.js";
 
 const GROUPS = ["system-admin", "system-users", "system-read-only"];
 const LOCAL = "config/auth_provider/openpeerpower";
@@ -25,18 +26,20 @@ export async function renderUsers(root, ctx) {
     return;
   }
   users = users.filter((u) => !u.system_generated);
+  const summary = await loginSummary(ctx);
   const editor = el("div", { id: "user-editor" });
   const rows = users.map((user) => el("tr", { "data-user-id": user.id },
     el("td", {}, user.name, user.is_owner ? el("span", { class: "tag on" }, t("users.owner")) : ""),
     el("td", {}, user.username || "—"),
     el("td", {}, t(`group.${user.group_ids[0] || "none"}`)),
     el("td", {}, user.is_active ? t("users.active") : t("users.inactive")),
+    summaryCells(summary[user.id]),
     el("td", {}, el("button", { type: "button", class: "secondary", "aria-label": t("users.edit_named", { name: user.name }),
       onclick: () => renderEditor(editor, root, ctx, user) }, t("users.edit")))));
   root.replaceChildren(
     el("section", { class: "card" }, el("h1", {}, t("users.title")),
       el("div", { class: "table-wrap" }, el("table", { id: "users-table" },
-        el("thead", {}, el("tr", {}, ["users.name", "users.username", "users.group", "users.status", "users.actions"].map((k) => el("th", { scope: "col" }, t(k))))),
+        el("thead", {}, el("tr", {}, ["users.name", "users.username", "users.group", "users.status", "users.last_sign_in", "users.recent_failures", "users.actions"].map((k) => el("th", { scope: "col" }, t(k))))),
         el("tbody", {}, rows)))),
     editor, createSection(root, ctx));
 }
