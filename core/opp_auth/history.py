@@ -25,9 +25,12 @@ compare with; a user who existed before this release starts the same way).
 
 Storage: ``.storage/opp_auth.login_history``, journaled through the storage API
 plugins use (``storage(key, version, journal=True)`` and
-``async_save_changes``): one event writes the entry it changed (a ring slot and
-the device entries), never the whole file, in the background, several events
-sharing one write.
+``async_save_changes``, so it follows the configured storage backend): one
+event writes the entries it changed (the new entry, the one it pushed out, the
+device entries), never the whole document, in the background, several events
+sharing one write. An entry's id is its time in microseconds, so servers
+sharing one storage add entries without overwriting each other's; each follows
+the others' changes (``listen``).
 """
 
 from __future__ import annotations
@@ -138,8 +141,8 @@ class LoginHistory:
         self._store = auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True, journal=True)
         self._users: dict[str, dict[str, Any]] = {}
         self._data: dict[str, Any] = {"users": self._users}
-        # user id -> [next entry id, next success slot, next failure slot]
-        self._next: dict[str, list[int]] = {}
+        # user id -> the latest entry id (microseconds since the epoch, made unique per user)
+        self._last: dict[str, int] = {}
         self._dirty: dict[tuple[str, ...], None] = {}
         self._flush: asyncio.Future[None] | None = None
         # Sign-ins of credentials that get their user only at the code exchange: (provider, name) -> event.
@@ -149,39 +152,44 @@ class LoginHistory:
     # ---- loading ----------------------------------------------------------------------------
 
     async def async_load(self) -> None:
-        """Read the file (and journal), drop what has expired, and start listening to events."""
-        data = await self._store.async_load()
+        """Read the stored history, drop what has expired, follow other servers' changes, and start listening."""
+        self._use(await self._store.async_load())
+        self._store.listen(self._use)
+        if self._unsubscribe is None:
+            self._unsubscribe = self._auth.events.subscribe(self._on_event)
+
+    def _use(self, data: Any) -> None:
+        """Take stored data (at start, or another server's change on a shared storage).
+
+        Entries recorded here and not yet written are kept over what came in.
+        """
         users = data.get("users") if isinstance(data, dict) else None
         cutoff = time.time() - MAX_AGE
-        self._users.clear()
-        self._next.clear()
+        fresh: dict[str, dict[str, Any]] = {}
+        last: dict[str, int] = {}
         for user_id, node in (users or {}).items():
             if not isinstance(node, dict):
                 continue
             clean: dict[str, Any] = {}
-            last_id, next_slots = 0, [0, 0]
-            for index, kind in enumerate((_SUCCESS, _FAILURE)):
+            for kind in (_SUCCESS, _FAILURE):
                 ring = node.get(kind)
-                kept: dict[str, Any] = {}
-                newest = -1
-                for slot, entry in (ring or {}).items() if isinstance(ring, dict) else ():
-                    if not _valid_entry(entry) or not slot.isdigit() or int(slot) >= _RINGS[kind]:
-                        continue
-                    last_id = max(last_id, entry["n"])
-                    if entry["n"] > newest:
-                        newest, next_slots[index] = entry["n"], (int(slot) + 1) % _RINGS[kind]
-                    if entry["t"] >= cutoff:
-                        kept[slot] = entry
-                clean[kind] = kept
+                clean[kind] = {
+                    key: entry
+                    for key, entry in (ring.items() if isinstance(ring, dict) else ())
+                    if _valid_entry(entry) and key == str(entry["n"]) and entry["t"] >= cutoff
+                }
+                last[user_id] = max([last.get(user_id, 0), *(entry["n"] for entry in clean[kind].values())])
             for kind in (_CLIENTS, _NETWORKS):
                 seen = node.get(kind)
                 clean[kind] = (
                     {k: v for k, v in seen.items() if isinstance(v, (int, float))} if isinstance(seen, dict) else {}
                 )
-            self._users[user_id] = clean
-            self._next[user_id] = [last_id + 1, *next_slots]
-        if self._unsubscribe is None:
-            self._unsubscribe = self._auth.events.subscribe(self._on_event)
+            fresh[user_id] = clean
+        for path in self._dirty:  # not written yet: ours wins
+            _copy_path(self._data, {"users": fresh}, path)
+        self._users = fresh
+        self._data = {"users": fresh}
+        self._last = {uid: max(n, self._last.get(uid, 0)) for uid, n in last.items()}
 
     def close(self) -> None:
         """Stop listening to events."""
@@ -278,7 +286,7 @@ class LoginHistory:
     @staticmethod
     def _entry(event: ev.AuthEvent, *, ok: bool) -> dict[str, Any]:
         """The stored form of an event (short keys: a history file of many users stays small)."""
-        entry: dict[str, Any] = {"t": round(event.time, 3), "ok": ok}
+        entry: dict[str, Any] = {"t": round(event.time, 6), "ok": ok}
         values = {
             "ip": clean_text(event.remote_address, 64),
             "net": network_of(event.remote_address),
@@ -343,20 +351,25 @@ class LoginHistory:
         node = self._users.get(user_id)
         if node is None:
             node = self._users[user_id] = {_SUCCESS: {}, _FAILURE: {}, _CLIENTS: {}, _NETWORKS: {}}
-            self._next[user_id] = [1, 0, 0]
         return node
 
     def _record(self, user_id: str, kind: str, entry: dict[str, Any]) -> None:
-        """Put entry in the next slot of the user's ring of kind (overwriting the oldest); O(1)."""
+        """Add entry to the user's ring of kind, dropping its oldest beyond the bound; O(bound).
+
+        The id is the time in microseconds (one more than the user's latest when equal), so
+        entries that several servers write to one shared storage do not overwrite each other.
+        """
         node = self._node(user_id)
-        counters = self._next[user_id]
-        index = 1 if kind == _SUCCESS else 2
-        slot = str(counters[index])
-        entry["n"] = counters[0]
-        counters[0] += 1
-        counters[index] = (counters[index] + 1) % _RINGS[kind]
-        node[kind][slot] = entry
-        self._changed(("users", user_id, kind, slot))
+        entry_id = max(int(entry["t"] * 1_000_000), self._last.get(user_id, 0) + 1)
+        self._last[user_id] = entry_id
+        entry["n"] = entry_id
+        ring = node[kind]
+        ring[str(entry_id)] = entry
+        self._changed(("users", user_id, kind, str(entry_id)))
+        while len(ring) > _RINGS[kind]:
+            oldest = min(ring, key=lambda key: ring[key]["n"])
+            del ring[oldest]
+            self._changed(("users", user_id, kind, oldest))
 
     def _see(self, user_id: str, kind: str, key: str, now: float) -> None:
         """Remember a client id or network as seen now; forget the least recently seen beyond MAX_DEVICES."""
@@ -370,7 +383,7 @@ class LoginHistory:
 
     def _forget(self, user_id: str) -> None:
         """A removed user's history goes with them."""
-        self._next.pop(user_id, None)
+        self._last.pop(user_id, None)
         if self._users.pop(user_id, None) is not None:
             self._changed(("users", user_id))
 
@@ -396,6 +409,28 @@ class LoginHistory:
                     _LOGGER.error("Login history not saved: %s", err)
         finally:
             self._flush = None
+
+
+def _copy_path(source: dict[str, Any], target: dict[str, Any], path: tuple[str, ...]) -> None:
+    """Make target's entry at path what source's is (deleted when source has none)."""
+    node: Any = source
+    for key in path:
+        node = node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
+    parent = target
+    for key in path[:-1]:
+        child = parent.get(key)
+        if not isinstance(child, dict):
+            if node is _MISSING:
+                return
+            child = parent[key] = {}
+        parent = child
+    if node is _MISSING:
+        parent.pop(path[-1], None)
+    else:
+        parent[path[-1]] = node
+
+
+_MISSING = object()
 
 
 def _valid_entry(entry: Any) -> bool:
