@@ -18,8 +18,9 @@ characters before they are kept.
 New devices: each user has a bounded set of remembered client ids and networks
 (IPv4 /24, IPv6 /64; :data:`MAX_DEVICES` of each, the least recently seen
 forgotten first). A sign-in from a client id or a network not in that set is
-flagged in the history and emits a ``new_device_login`` event (the notify
-module sends the user a message when they have a notify target). The user's
+flagged in the history, emits a ``new_device_login`` event and fires the
+``opp_auth_new_device_login`` hook (the notify module sends the user a message
+when they have a notify target). The user's
 first recorded sign-in only fills the set: it is no alarm (there is nothing to
 compare with; a user who existed before this release starts the same way).
 
@@ -69,6 +70,7 @@ MAX_PAGE = 100
 MAX_PENDING = 256
 PENDING_TTL = 600.0  # an authorization code lives at most this long
 MAX_CLIENT_TEXT = 256
+NEW_DEVICE_HOOK = "opp_auth_new_device_login"
 
 # Reasons that are attempts to sign in as someone (a refused token or request is not).
 SIGN_IN_REASONS = frozenset({"invalid_auth", "mfa_failed", "throttled", "user_inactive", "provider_unavailable"})
@@ -339,12 +341,17 @@ class LoginHistory:
             "via": event.via,
             "details": {"new": new, "network": network_of(event.remote_address)},
         }
+        events = self._auth.events
+
+        def announce() -> None:
+            event = events.emit(ev.NEW_DEVICE_LOGIN, **values)
+            if event is not None:
+                events.fire_later(NEW_DEVICE_HOOK, event=event)
+
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop().call_soon(announce)
         except RuntimeError:
-            self._auth.events.emit(ev.NEW_DEVICE_LOGIN, **values)
-            return
-        loop.call_soon(lambda: self._auth.events.emit(ev.NEW_DEVICE_LOGIN, **values))
+            announce()
 
     def _node(self, user_id: str) -> dict[str, Any]:
         """The user's history, created empty on first use."""

@@ -48,6 +48,7 @@ HOOK_FAILURE: dict[str, Any] = {
     "opp_auth_refresh_token_created": None,
     "opp_auth_refresh_token_removed": None,
     "opp_auth_event": None,
+    "opp_auth_new_device_login": None,
 }
 """What a failing implementation answers, by hook; a hook not listed (registrations, plugins' own
 hooks) fails start-up with a message naming the plugin and its distribution."""
@@ -337,4 +338,23 @@ def opp_auth_event(auth: PluginContext, event: AuthEvent) -> Any:
     Awaited, in the background (the action that produced the event does not
     wait, nor fail). An exception is logged naming the plugin. The specific
     hooks (``opp_auth_login_failed``, ``opp_auth_user_created``...) still fire.
+    """
+
+
+@hookspec
+def opp_auth_new_device_login(auth: PluginContext, event: AuthEvent) -> Any:
+    """A user signed in from a client id or a network never seen for them: the ``new_device_login`` event.
+
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+    :param event: the ``new_device_login`` :class:`opp_auth.AuthEvent`: ``user_id``,
+        ``username``, ``provider``, ``client_id``, ``remote_address``, ``user_agent`` of
+        the sign-in, and ``details`` ``new`` (``["client"]``, ``["network"]`` or both)
+        and ``network`` (the address's IPv4 /24 or IPv6 /64). The user's first recorded
+        sign-in is none (nothing to compare with).
+
+    Fired by the login history right after the ``login_succeeded`` it is about; the same
+    event also reaches ``opp_auth_event``. This hook exists so that a plugin that only
+    alerts users (the notify module) need not receive every event.
+    Results: none (every implementation is called). Awaited, in the background (the
+    sign-in does not wait, nor fail). An exception is logged naming the plugin.
     """

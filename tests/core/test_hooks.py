@@ -16,7 +16,7 @@ from opp_auth import AuthProvider, MfaModule, hookimpl, hookspec, request_user, 
 from opp_auth.cli import build_parser
 from opp_auth.manager import AuthManager
 from opp_auth.plugins import make_plugin_manager
-from opp_auth.testing import CLIENT_ID
+from opp_auth.testing import CLIENT_ID, REDIRECT_URI
 
 EXAMPLE = {"type": "insecure_example", "users": [{"username": "ann", "password": "pw", "name": "Ann"}]}
 HANDLER = ["insecure_example", None]
@@ -206,7 +206,10 @@ async def test_hook_opp_auth_register_stores(tmp_path: Any) -> None:
     config = validate_config(raw, pm, config_dir=tmp_path)
     assert config.storage_class is Recording and config.storage == {"type": "hook_test_store", "label": "here"}
     auth = AuthManager(
-        str(tmp_path), pm, provider_configs=config.providers, storage=config.storage_class(config.storage, str(tmp_path))
+        str(tmp_path),
+        pm,
+        provider_configs=config.providers,
+        storage=config.storage_class(config.storage, str(tmp_path)),
     )
     await auth.async_setup()
     await auth.async_create_user("Stored")
@@ -404,6 +407,41 @@ async def test_hook_opp_auth_event(opp_auth_factory: Any, opp_auth_client: Any) 
     assert created.user_id == succeeded.user_id and created.username == "ann"
     assert succeeded.details["purpose"] == "authorize" and succeeded.username == "ann"
     assert [e.user_id for e in seen if e.type == "refresh_token_created"] == [created.user_id] * 2
+
+
+async def test_hook_opp_auth_new_device_login(opp_auth_factory: Any, opp_auth_client: Any) -> None:
+    """A sign-in from a new network calls the hook once with the event; the first sign-in and a known network do not."""
+    seen: list[Any] = []
+
+    class Listener:
+        @hookimpl
+        async def opp_auth_new_device_login(self, auth: Any, event: Any) -> None:
+            seen.append(event)
+
+    http = {"use_x_forwarded_for": True, "trusted_proxies": ["127.0.0.1"]}
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], http=http, plugins=[("listener", Listener())])
+    client = await opp_auth_client(auth)
+    for ip in ("192.0.2.1", "192.0.2.2", "198.51.100.1"):
+        async with client.session.post(
+            client.url("/auth/login_flow"),
+            headers={"X-Forwarded-For": ip},
+            json={"client_id": CLIENT_ID, "handler": HANDLER, "redirect_uri": REDIRECT_URI},
+        ) as resp:
+            flow = await resp.json()
+        async with client.session.post(
+            client.url(f"/auth/login_flow/{flow['flow_id']}"),
+            headers={"X-Forwarded-For": ip},
+            json={"client_id": CLIENT_ID, "username": "ann", "password": "pw"},
+        ) as resp:
+            code = (await resp.json())["result"]
+        assert (await client.login.token(grant_type="authorization_code", client_id=CLIENT_ID, code=code))[0] == 200
+        await settle()
+    (event,) = seen
+    assert (event.type, event.remote_address, list(event.details["new"])) == (
+        "new_device_login",
+        "198.51.100.1",
+        ["network"],
+    )
 
 
 async def test_hook_opp_auth_user_created(spied: tuple[AuthManager, Spy]) -> None:

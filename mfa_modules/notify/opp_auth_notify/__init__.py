@@ -544,8 +544,8 @@ def opp_auth_register_config(register: Any, pm: Any) -> None:
 
 
 @hookimpl
-async def opp_auth_event(auth: Any, event: Any) -> None:
-    """A new_device_login: alert the user through the first notify module they are enrolled in."""
+async def opp_auth_new_device_login(auth: Any, event: Any) -> None:
+    """Alert the user through the first notify module they are enrolled in."""
     if event.type != NEW_DEVICE_LOGIN or not event.user_id:
         return
     for module in auth.auth_mfa_modules:
