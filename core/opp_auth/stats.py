@@ -2,7 +2,7 @@
 
 The core does not depend on a metrics library: it counts token checks with
 plain integers in the access decision path (a dict increment on a constant
-key) and answers gauges by asking their owners at read time (open websocket
+key) and refresh grants at /auth/token, and answers gauges by asking their owners at read time (open websocket
 connections, login flows in progress), so reading costs nothing until a
 monitoring plugin (opp-auth-metrics) asks. Every label value here is from a
 closed set named in this module.
@@ -44,6 +44,13 @@ REFUSAL_OUTCOMES = {
     REFUSED_NO_PROVIDER: OUTCOME_PROVIDER_REFUSED,
 }
 
+# How a grant_type=refresh_token exchange at /auth/token ended (the OAuth error it answered).
+REFRESH_SUCCESS = "success"
+REFRESH_INVALID_GRANT = "invalid_grant"  # unknown, revoked or expired refresh token
+REFRESH_INVALID_REQUEST = "invalid_request"  # no token, or a client id that is not the token's
+REFRESH_ACCESS_DENIED = "access_denied"  # the access decision or the provider refused the session
+REFRESH_RESULTS = (REFRESH_SUCCESS, REFRESH_INVALID_GRANT, REFRESH_INVALID_REQUEST, REFRESH_ACCESS_DENIED)
+
 GAUGE_WEBSOCKET_CONNECTIONS = "websocket_connections"
 GAUGE_LOGIN_FLOWS = "login_flows_in_progress"
 GAUGE_MFA_SETUP_FLOWS = "mfa_setup_flows_in_progress"
@@ -57,6 +64,7 @@ class RuntimeStats:
         # One dict per kind, keyed by outcome: the hot path increments a constant key.
         self.access_token_checks: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.signed_path_checks: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.refresh_grants: dict[str, int] = dict.fromkeys(REFRESH_RESULTS, 0)
         self._gauges: dict[str, Callable[[], int]] = {}
 
     def refused(self, counts: dict[str, int], refusal: str) -> None:
@@ -68,7 +76,11 @@ class RuntimeStats:
         self._gauges[name] = source
 
     def snapshot(self) -> dict[str, Any]:
-        """The figures now: ``token_checks`` {(kind, outcome): count} and ``gauges`` {name: value}."""
+        """The figures now: ``token_checks`` {(kind, outcome): n}, ``refresh_grants`` {result: n}, ``gauges`` {name: n}."""
         checks = {(CHECK_ACCESS_TOKEN, o): n for o, n in self.access_token_checks.items()}
         checks.update({(CHECK_SIGNED_PATH, o): n for o, n in self.signed_path_checks.items()})
-        return {"token_checks": checks, "gauges": {name: int(source()) for name, source in self._gauges.items()}}
+        return {
+            "token_checks": checks,
+            "refresh_grants": dict(self.refresh_grants),
+            "gauges": {name: int(source()) for name, source in self._gauges.items()},
+        }

@@ -119,6 +119,7 @@ from ..login_flow import AddressChanged, InvalidClient, LoginThrottled
 from ..manager import AuthManagerError
 from ..network import is_local_address
 from ..providers import InvalidAuthError
+from ..stats import REFRESH_ACCESS_DENIED, REFRESH_INVALID_GRANT, REFRESH_INVALID_REQUEST, REFRESH_SUCCESS
 from ..throttle import retry_after_header, too_many_attempts_message
 from . import indieauth
 from .serialize import prepare_result_json
@@ -398,23 +399,30 @@ async def _grant_authorization_code(request: web.Request, data: Any) -> web.Resp
 
 
 async def _grant_refresh_token(request: web.Request, data: Any) -> web.Response:
-    """Trade a refresh token for a new access token."""
+    """Trade a refresh token for a new access token; counted by result (stats.REFRESH_RESULTS)."""
+    response, result = await _refresh(request, data)
+    auth_of(request).stats.refresh_grants[result] += 1
+    return response
+
+
+async def _refresh(request: web.Request, data: Any) -> tuple[web.Response, str]:
+    """The answer to a refresh grant, and its result for the counters."""
     auth = auth_of(request)
     client_id = data.get("client_id")
     if client_id is not None and (not isinstance(client_id, str) or not indieauth.verify_client_id(client_id)):
-        return _oauth_error("invalid_request", "Invalid client id")
+        return _oauth_error("invalid_request", "Invalid client id"), REFRESH_INVALID_REQUEST
     token = data.get("refresh_token")
     if not isinstance(token, str) or not token:
-        return _oauth_error("invalid_request")
+        return _oauth_error("invalid_request"), REFRESH_INVALID_REQUEST
     refresh_token = await auth.async_get_refresh_token_by_token(token)
     if refresh_token is None:
-        return _oauth_error("invalid_grant")
+        return _oauth_error("invalid_grant"), REFRESH_INVALID_GRANT
     if refresh_token.client_id != client_id:
-        return _oauth_error("invalid_request")
+        return _oauth_error("invalid_request"), REFRESH_INVALID_REQUEST
     try:
         access_token = await auth.async_create_access_token(refresh_token, client_ip(request))
     except InvalidAuthError as err:
-        return _oauth_error("access_denied", str(err), 403)
+        return _oauth_error("access_denied", str(err), 403), REFRESH_ACCESS_DENIED
     return json_response(
         {
             "access_token": access_token,
@@ -422,7 +430,7 @@ async def _grant_refresh_token(request: web.Request, data: Any) -> web.Response:
             "expires_in": int(refresh_token.access_token_expiration.total_seconds()),
         },
         headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
-    )
+    ), REFRESH_SUCCESS
 
 
 LINK_USER_SCHEMA = vol.Schema({vol.Required("code"): str, vol.Required("client_id"): str})

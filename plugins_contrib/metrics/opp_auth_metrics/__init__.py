@@ -43,19 +43,25 @@ UNMATCHED = "unmatched"
 LOGIN_RESULTS = (
     "success",
     "invalid_auth",
-    "invalid_code",
+    "invalid_username",
     "mfa_failed",
     "throttled",
-    "banned",
     "provider_unavailable",
-    "invalid_token",
+    "user_inactive",
     "invalid_client",
     "invalid_flow",
+    "invalid_handler",
     "ip_changed",
+    "invalid_request",
     OTHER,
 )
+# Failures that are not login attempts: a request or websocket with a bad token is a token check
+# (opp_auth_token_checks_total), a banned address's request is opp_auth_banned_requests_total.
+NOT_LOGINS = frozenset({"unauthorized", "invalid_token", "banned"})
+# The older hook's names for what the event stream calls otherwise.
+REASON_ALIASES = {"invalid_code": "mfa_failed", "cannot_connect": "provider_unavailable"}
 MFA_RESULTS = ("success", "failure")
-REFRESH_RESULTS = ("success", "failure")
+REFRESH_RESULTS = ("success", "invalid_grant", "invalid_request", "access_denied")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", OTHER)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", OTHER)
 TOKEN_CHECK_KINDS = ("access_token", "signed_path")
@@ -119,12 +125,6 @@ class Metrics:
             f"{PREFIX}_mfa_results",
             "Second-factor checks at login by module type and result.",
             ["mfa_module_type", "result"],
-            registry=registry,
-        )
-        self.refresh_grants = Counter(
-            f"{PREFIX}_refresh_grants",
-            "grant_type=refresh_token exchanges at /auth/token by result.",
-            ["result"],
             registry=registry,
         )
         self.throttled = Counter(
@@ -257,13 +257,17 @@ class Metrics:
         return module.type if module is not None else OTHER
 
     def login_failed(self, provider: Any, reason: Any) -> None:
-        """Count a failed login attempt under its folded reason."""
+        """Count a refused login attempt under its folded reason (banned requests on their own counter)."""
+        reason = REASON_ALIASES.get(reason, reason)
+        if reason == "banned":
+            self.banned.inc()
+            return
+        if reason == "throttled":
+            self.throttled.inc()
+        if reason in NOT_LOGINS:
+            return
         result = reason if reason in LOGIN_RESULTS and reason != "success" else OTHER
         self.logins.labels(provider_type=self.provider_type(provider), result=result).inc()
-        if result == "throttled":
-            self.throttled.inc()
-        elif result == "banned":
-            self.banned.inc()
 
     def login_succeeded(self, provider: Any) -> None:
         """Count a login that issued a code."""
@@ -294,6 +298,15 @@ class _RuntimeCollector(Collector):
             for outcome in TOKEN_CHECK_OUTCOMES:
                 checks.add_metric([kind, outcome], counts.get((kind, outcome), 0))
         yield checks
+        grants = CounterMetricFamily(
+            f"{PREFIX}_refresh_grants",
+            "grant_type=refresh_token exchanges at /auth/token by result (success or the OAuth error answered).",
+            labels=["result"],
+        )
+        grant_counts: Mapping[str, int] = stats.get("refresh_grants", {})
+        for result in REFRESH_RESULTS:
+            grants.add_metric([result], grant_counts.get(result, 0))
+        yield grants
         gauges: Mapping[str, int] = stats.get("gauges", {})
         for name, documentation in GAUGES.items():
             yield GaugeMetricFamily(f"{PREFIX}_{name}", documentation, value=gauges.get(name, 0))
