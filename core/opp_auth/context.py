@@ -21,7 +21,8 @@ what a plugin may ask of the running server:
   :attr:`auth_mfa_modules`;
 - login attempts: :meth:`login_retry_after`, :meth:`too_many_attempts_message`,
   :meth:`note_login_failure`;
-- events: :meth:`note_event` (an :class:`~opp_auth.AuthEvent` of the one stream);
+- events: :meth:`note_event` (an :class:`~opp_auth.AuthEvent` of the one stream),
+  :meth:`subscribe_events` (receive them in line, to count or buffer);
 - monitoring: :meth:`runtime_stats` (token checks by outcome, open websocket
   connections, flows in progress).
 
@@ -40,6 +41,7 @@ from .throttle import too_many_attempts_message
 
 if TYPE_CHECKING:
     from .backend import DocumentStore
+    from .events import AuthEvent
     from .manager import AuthManager
     from .mfa import MfaModule
     from .models import Credentials, RefreshToken, User
@@ -231,6 +233,17 @@ class PluginContext:
         listens; a failing consumer is logged, never raised here.
         """
         self.__manager.events.emit(event_type, **values)
+
+    def subscribe_events(self, callback: Callable[[AuthEvent], Any]) -> Callable[[], None]:
+        """Call ``callback(event)`` in line for every event from now on; returns the function that unsubscribes.
+
+        For consumers that only count or buffer (a metrics plugin): the callback
+        must not block or await; an exception in it is logged and the action that
+        produced the event goes on. Unlike implementing ``opp_auth_event``, a
+        subscription can start and stop with a feature, so nothing is built for
+        nobody. Work that takes time belongs in the ``opp_auth_event`` hook.
+        """
+        return self.__manager.events.subscribe(callback)
 
     # ---- monitoring -----------------------------------------------------------------------------
 

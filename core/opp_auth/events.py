@@ -69,8 +69,14 @@ NEW_DEVICE_LOGIN = "new_device_login"
 
 EVENT_TYPES: Mapping[str, str] = MappingProxyType(
     {
-        LOGIN_SUCCEEDED: "a login finished: an authorization code was issued (details.purpose: authorize or link_user)",
-        LOGIN_FAILED: "a login attempt or an authenticated request was refused; reason says why",
+        LOGIN_SUCCEEDED: (
+            "a login finished: an authorization code was issued (details.purpose: authorize or link_user; "
+            "details.step_seconds: the server's time on the last step)"
+        ),
+        LOGIN_FAILED: (
+            "a login attempt or an authenticated request was refused; reason says why "
+            "(a refused login step carries details.step_seconds)"
+        ),
         MFA_USED: "a second factor was passed during a login (mfa_module)",
         REFRESH_TOKEN_CREATED: "a refresh token (a session) was created (token_id, client_id)",
         REFRESH_TOKEN_REMOVED: "a refresh token was removed (details.cause: revoked, expired, user_removed)",

@@ -433,6 +433,7 @@ class LoginFlowManager(FlowManager):
         if not client_ok:
             self._failed(ip_address, "invalid_client")
             raise InvalidClient(client_id)
+        started = time.monotonic()
         try:
             result = await self.async_init(
                 handler_key,
@@ -452,7 +453,15 @@ class LoginFlowManager(FlowManager):
         flow = self._flows.get(result.get("flow_id"))  # type: ignore[arg-type]
         if flow is not None:
             flow.context.pop("headers", None)
-        return self._outcome(result, ip_address=ip_address, client_id=client_id, purpose=purpose, username=None)
+        step_seconds = round(time.monotonic() - started, 6)
+        return self._outcome(
+            result,
+            ip_address=ip_address,
+            client_id=client_id,
+            purpose=purpose,
+            username=None,
+            step_seconds=step_seconds,
+        )
 
     async def async_login_step(
         self, flow_id: str, user_input: dict[str, Any], *, ip_address: str | None, client_id: str, client_ok: bool
@@ -497,7 +506,10 @@ class LoginFlowManager(FlowManager):
                     details={"retry_after": round(wait, 1)},
                 )
                 raise LoginThrottled(wait)
+            started = time.monotonic()
             result = await self.async_configure(flow_id, user_input)
+            # The server's time on the step (the provider's or module's check): metrics' login duration.
+            step_seconds = round(time.monotonic() - started, 6)
             purpose = flow.context.get("purpose", AUTHORIZE)
             reports: list[asyncio.Future[Any]] = []
             # Past the provider step the flow knows whose second factor failed.
@@ -510,6 +522,8 @@ class LoginFlowManager(FlowManager):
                 username=username,
                 reports=reports,
                 user_id=known.id if isinstance(known, User) else None,
+                step_seconds=step_seconds,
+                mfa_module=getattr(flow, "_auth_module_id", None),
             )
             if reports:  # the next attempt of this account is checked against this failure
                 await asyncio.wait(reports, timeout=5)
@@ -540,6 +554,8 @@ class LoginFlowManager(FlowManager):
         username: Any,
         reports: list[asyncio.Future[Any]] | None = None,
         user_id: str | None = None,
+        step_seconds: float | None = None,
+        mfa_module: str | None = None,
     ) -> FlowResult:
         """Report a step's failure (user_id: whose, when the flow knows), or turn a finished login into a code."""
         if result["type"] != RESULT_TYPE_CREATE_ENTRY:
@@ -556,13 +572,16 @@ class LoginFlowManager(FlowManager):
                     plugins=base in FAILURE_REASONS,
                     client_id=client_id,
                     user_id=user_id,
+                    # A wrong code names the module it was for (mfa_failed).
+                    mfa_module=mfa_module if base == "invalid_code" else None,
+                    details={} if step_seconds is None else {"step_seconds": step_seconds},
                 )
                 if reports is not None and report is not None:
                     reports.append(report)
             return result
         credentials = result.pop("result", None)
         result.pop("data", None)
-        mfa_module = result.pop(MFA_MODULE_KEY, None)
+        mfa_passed = result.pop(MFA_MODULE_KEY, None)
         if not isinstance(credentials, Credentials):  # only async_finish_flow sets it; never trust anything else
             _LOGGER.error("A finished login carried no credentials; refused")
             return {
@@ -581,9 +600,13 @@ class LoginFlowManager(FlowManager):
             username=_login_name(credentials),
             provider=credentials.provider_key,
             remote_address=ip_address,
-            mfa_module=mfa_module,
+            mfa_module=mfa_passed,
             client_id=client_id,
-            details={"purpose": purpose} if user is not None else {"purpose": purpose, "new_credentials": True},
+            details={
+                "purpose": purpose,
+                **({} if user is not None else {"new_credentials": True}),
+                **({} if step_seconds is None else {"step_seconds": step_seconds}),
+            },
         )
         result["result"] = self.auth.codes.issue(client_id, credentials, purpose, ip_address=ip_address)
         return result

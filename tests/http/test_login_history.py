@@ -188,7 +188,7 @@ async def test_failures_of_a_known_user_are_theirs_and_unknown_names_are_nobodys
 async def test_a_wrong_second_factor_is_recorded_under_the_user(
     opp_auth_factory: Any, opp_auth_client: Any, ws_connector: Any
 ) -> None:
-    """mfa_failed, with the user the flow knew; the right PIN then records a sign-in with the module."""
+    """mfa_failed, with the user the flow knew and the module; the right PIN then records a sign-in with the module."""
     auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=MFA, http=HTTP)
     client = await opp_auth_client(auth)
     await sign_in(client, "ann", "ann-pw")
@@ -200,7 +200,7 @@ async def test_a_wrong_second_factor_is_recorded_under_the_user(
     entries = (await history(ws_connector(client), auth, ann))["entries"]
     assert [(e["success"], e["reason"], e["mfa_module"]) for e in entries[:2]] == [
         (True, None, "insecure_example"),
-        (False, "mfa_failed", None),
+        (False, "mfa_failed", "insecure_example"),
     ]
 
 

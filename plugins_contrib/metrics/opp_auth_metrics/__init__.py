@@ -20,7 +20,6 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-import weakref
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -31,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from opp_auth import PluginContext, client_ip, hookimpl, http_require_admin
+from opp_auth import AuthEvent, PluginContext, client_ip, hookimpl, http_require_admin
 
 PATH = "/metrics"
 # The classic text format every Prometheus reads (every name here is a legacy-safe one).
@@ -48,21 +47,18 @@ LOGIN_RESULTS = (
     "invalid_auth",
     "invalid_username",
     "mfa_failed",
-    "throttled",
     "provider_unavailable",
     "user_inactive",
     "invalid_client",
     "invalid_flow",
     "invalid_handler",
     "ip_changed",
-    "invalid_request",
     OTHER,
 )
-# Failures that are not login attempts: a request or websocket with a bad token is a token check
-# (opp_auth_token_checks_total), a banned address's request is opp_auth_banned_requests_total.
-NOT_LOGINS = frozenset({"unauthorized", "invalid_token", "banned"})
-# The older hook's names for what the event stream calls otherwise.
-REASON_ALIASES = {"invalid_code": "mfa_failed", "cannot_connect": "provider_unavailable"}
+# Refusals of the event stream that are not login attempts: a bad token is a token check
+# (opp_auth_token_checks_total), a refused /auth/token request a refresh grant or a code exchange,
+# a throttled or banned request has a counter of its own.
+NOT_LOGINS = frozenset({"unauthorized", "invalid_token", "invalid_request", "throttled", "banned"})
 MFA_RESULTS = ("success", "failure")
 REFRESH_RESULTS = ("success", "invalid_grant", "invalid_request", "access_denied")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", OTHER)
@@ -120,7 +116,7 @@ class Metrics:
         registry = self.registry
         self.logins = Counter(
             f"{PREFIX}_logins",
-            "Login attempts by provider type and result (a websocket auth phase is a token check, not a login).",
+            "Login steps that ended a login or failed it, by provider type and result (websocket auth is a token check).",
             ["provider_type", "result"],
             registry=registry,
         )
@@ -131,14 +127,16 @@ class Metrics:
             registry=registry,
         )
         self.throttled = Counter(
-            f"{PREFIX}_throttled_requests", "Login steps refused because the client was throttled.", registry=registry
+            f"{PREFIX}_throttled_requests",
+            "Login steps and websocket auth messages refused by the login throttle.",
+            registry=registry,
         )
         self.banned = Counter(
             f"{PREFIX}_banned_requests", "Requests refused because the client address is banned.", registry=registry
         )
         self.login_duration = Histogram(
             f"{PREFIX}_login_duration_seconds",
-            "Time from the start of a login flow to its end (a code issued, or the flow failed or aborted).",
+            "Server time on the login step whose result is counted (the provider's or MFA module's check).",
             ["provider_type", "result"],
             buckets=LOGIN_BUCKETS,
             registry=registry,
@@ -258,22 +256,31 @@ class Metrics:
         module = self.auth.get_auth_mfa_module(module_id) if isinstance(module_id, str) else None
         return module.type if module is not None else OTHER
 
-    def login_failed(self, provider: Any, reason: Any) -> None:
-        """Count a refused login attempt under its folded reason (banned requests on their own counter)."""
-        reason = REASON_ALIASES.get(reason, reason)
-        if reason == "banned":
-            self.banned.inc()
-            return
-        if reason == "throttled":
-            self.throttled.inc()
-        if reason in NOT_LOGINS:
-            return
-        result = reason if reason in LOGIN_RESULTS and reason != "success" else OTHER
-        self.logins.labels(provider_type=self.provider_type(provider), result=result).inc()
+    def record(self, event: AuthEvent) -> None:
+        """Count one event of the core's stream (types this plugin does not count are ignored)."""
+        if event.type == "login_failed":
+            reason = event.reason
+            if reason == "banned":
+                self.banned.inc()
+            elif reason == "throttled":
+                self.throttled.inc()
+            elif reason not in NOT_LOGINS:
+                result = reason if isinstance(reason, str) and reason in LOGIN_RESULTS else OTHER
+                self._login(event, result)
+                if reason == "mfa_failed":
+                    self.mfa_results.labels(self.mfa_module_type(event.mfa_module), "failure").inc()
+        elif event.type == "login_succeeded":
+            self._login(event, "success")
+        elif event.type == "mfa_used":
+            self.mfa_results.labels(self.mfa_module_type(event.mfa_module), "success").inc()
 
-    def login_succeeded(self, provider: Any) -> None:
-        """Count a login that issued a code."""
-        self.logins.labels(provider_type=self.provider_type(provider), result="success").inc()
+    def _login(self, event: AuthEvent, result: str) -> None:
+        """Count a login attempt and observe the server's time on its step, when the event says it."""
+        provider_type = self.provider_type(event.provider)
+        self.logins.labels(provider_type, result).inc()
+        seconds = event.details.get("step_seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < math.inf:
+            self.login_duration.labels(provider_type, result).observe(seconds)
 
 
 class _Series:
@@ -382,14 +389,6 @@ def _ip(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 # ---- hooks ------------------------------------------------------------------------------------------
 
-# The Metrics of each running server, by the context the core hands every hook.
-_SERVERS: weakref.WeakKeyDictionary[PluginContext, Metrics] = weakref.WeakKeyDictionary()
-
-
-def metrics_of(auth: PluginContext) -> Metrics | None:
-    """The metrics of a server, or None when they are off."""
-    return _SERVERS.get(auth)
-
 
 @hookimpl
 def opp_auth_register_routes(app: web.Application, auth: PluginContext) -> None:
@@ -398,29 +397,13 @@ def opp_auth_register_routes(app: web.Application, auth: PluginContext) -> None:
     if not conf.get("enabled"):
         return
     metrics = Metrics(auth, list(conf.get("allowed_networks") or ()))
-    _SERVERS[auth] = metrics
     app.router.add_get(PATH, metrics.view())
     app.middlewares.append(metrics.middleware())
+    # In line, counting only: no background task per event, and nothing at all while metrics are off.
+    unsubscribe = auth.subscribe_events(metrics.record)
 
     async def forget(_app: web.Application) -> None:
         """Stop counting for this server."""
-        if _SERVERS.get(auth) is metrics:
-            del _SERVERS[auth]
+        unsubscribe()
 
     app.on_cleanup.append(forget)
-
-
-@hookimpl
-def opp_auth_login_failed(auth: PluginContext, provider: Any, reason: str) -> None:
-    """Count a failed login."""
-    metrics = _SERVERS.get(auth)
-    if metrics is not None:
-        metrics.login_failed(provider, reason)
-
-
-@hookimpl
-def opp_auth_login_succeeded(auth: PluginContext, credential: Any) -> None:
-    """Count a successful login (the websocket auth phase, without credentials, is a token check)."""
-    metrics = _SERVERS.get(auth)
-    if metrics is not None and credential is not None:
-        metrics.login_succeeded(getattr(credential, "provider_key", None))

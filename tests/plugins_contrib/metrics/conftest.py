@@ -63,11 +63,14 @@ def metrics_server(
     """``await metrics_server(metrics={...}, http={...})``: (auth, client) of a served app with metrics on."""
 
     async def make(
-        metrics: dict[str, Any] | None = None, http: dict[str, Any] | None = None, **kwargs: Any
+        metrics: dict[str, Any] | None = None,
+        http: dict[str, Any] | None = None,
+        mfa_modules: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
     ) -> tuple[AuthManager, OppAuthClient]:
         conf = {"enabled": True, **(metrics or {})}
         auth = await opp_auth_factory(
-            providers=[PROVIDER], mfa_modules=[], http={**(http or {}), "metrics": conf}, **kwargs
+            providers=[PROVIDER], mfa_modules=mfa_modules or [], http={**(http or {}), "metrics": conf}, **kwargs
         )
         return auth, await opp_auth_client(auth)
 

@@ -12,6 +12,8 @@ from opp_auth.testing import CLIENT_ID, OppAuthClient
 from .conftest import HANDLER, PASSWORDS, PROXIED, Scrape, scrape
 
 WS_TIMEOUT = 5.0
+PIN = "4242"
+PIN_MODULE = {"type": "insecure_example", "id": "pin", "data": []}
 
 
 async def settle(auth: AuthManager) -> None:
@@ -77,6 +79,58 @@ async def test_logins_are_counted_by_provider_type_and_result(metrics_server: An
     metrics = await scrape_settled(auth, client)
     assert metrics.value("opp_auth_logins_total", provider_type="insecure_example", result="success") == 1
     assert metrics.value("opp_auth_logins_total", provider_type="insecure_example", result="invalid_auth") == 2
+
+
+async def test_second_factors_and_login_durations(metrics_server: Any) -> None:
+    auth, client = await metrics_server(mfa_modules=[PIN_MODULE])
+    await client.login.tokens(HANDLER, [{"username": "alice", "password": PASSWORDS["alice"]}])  # creates Alice
+    alice = next(u for u in auth.store.users() if u.name == "Alice")
+    await auth.async_enable_user_mfa(alice, "pin", {"pin": PIN})
+    status, result = await login(client, "alice", PASSWORDS["alice"])
+    assert (result["type"], result["step_id"]) == ("form", "mfa"), result
+    status, result = await client.login.step(result["flow_id"], pin="0000")
+    assert result["errors"] == {"base": "invalid_code"}, result
+    status, result = await client.login.step(result["flow_id"], pin=PIN)
+    assert result["type"] == "create_entry", result
+    metrics = await scrape_settled(auth, client)
+    assert metrics.value("opp_auth_mfa_results_total", mfa_module_type="insecure_example", result="failure") == 1
+    assert metrics.value("opp_auth_mfa_results_total", mfa_module_type="insecure_example", result="success") == 1
+    assert metrics.value("opp_auth_logins_total", provider_type="insecure_example", result="success") == 2
+    assert metrics.value("opp_auth_logins_total", provider_type="insecure_example", result="mfa_failed") == 1
+    duration = "opp_auth_login_duration_seconds_count"
+    assert metrics.value(duration, provider_type="insecure_example", result="success") == 2
+    assert metrics.value(duration, provider_type="insecure_example", result="mfa_failed") == 1
+    assert (
+        0 < metrics.value("opp_auth_login_duration_seconds_sum", provider_type="insecure_example", result="success") < 5
+    )
+    assert PIN not in metrics.text
+
+
+async def test_throttled_and_banned_requests(metrics_server: Any) -> None:
+    """A guessing client is throttled (429), then banned (403): each refusal counted once, not as a login."""
+    throttle = {"attempts_per_address_and_user": 1, "max_lock_seconds": 60}
+    auth, client = await metrics_server(http={**PROXIED, "login_attempts_threshold": 3, "login_throttle": throttle})
+    forwarded = {"X-Forwarded-For": "203.0.113.66"}
+    statuses = []
+    for _ in range(3):
+        body = {"client_id": CLIENT_ID, "handler": HANDLER, "redirect_uri": f"{CLIENT_ID}/callback"}
+        async with client.request("POST", "/auth/login_flow", json=body, headers=forwarded) as resp:
+            flow = await resp.json()
+        step = {"client_id": CLIENT_ID, "username": "bob", "password": "guess"}
+        async with client.request("POST", f"/auth/login_flow/{flow['flow_id']}", json=step, headers=forwarded) as resp:
+            statuses.append(resp.status)
+        await settle(auth)
+    assert statuses == [200, 429, 429], statuses
+    for _ in range(3):  # two more failures (401s) ban the address; then refusals
+        async with client.request("GET", "/api/", headers=forwarded) as resp:
+            statuses.append(resp.status)
+        await settle(auth)
+    assert statuses[3:] == [401, 401, 403], statuses
+    metrics = await scrape_settled(auth, client)
+    assert metrics.value("opp_auth_throttled_requests_total") == 2
+    assert metrics.value("opp_auth_banned_requests_total") == 1
+    assert metrics.value("opp_auth_logins_total", provider_type="insecure_example", result="invalid_auth") == 1
+    assert metrics.total("opp_auth_logins_total") == 1
 
 
 async def test_token_checks_refresh_grants_and_deleted_tokens(metrics_server: Any) -> None:
