@@ -70,6 +70,8 @@ MAX_PAGE = 100
 MAX_PENDING = 256
 PENDING_TTL = 600.0  # an authorization code lives at most this long
 MAX_CLIENT_TEXT = 256
+PAGE_TEXT = 80
+"""Characters of a client string the pages show in a table cell (history.js cuts the user agent there)."""
 NEW_DEVICE_HOOK = "opp_auth_new_device_login"
 
 # Reasons that are attempts to sign in as someone (a refused token or request is not).
