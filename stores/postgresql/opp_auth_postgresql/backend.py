@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import voluptuous as vol
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from opp_auth import StorageBackend
 
@@ -174,7 +174,6 @@ class PostgresBackend(StorageBackend):
             timeout=self.connect_timeout,
             reconnect_timeout=365 * 86400.0,
             kwargs={"connect_timeout": max(1, math.ceil(self.connect_timeout))},
-            check=AsyncConnectionPool.check_connection,
             name="opp-auth",
         )
         try:
@@ -252,30 +251,23 @@ class PostgresBackend(StorageBackend):
         """
         if self.pool is None:
             raise StorageError(f"{UNAVAILABLE} ({self.describe()}): not connected")
-        try:
-            async with self.pool.connection() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_WRITE,))
-                async with conn.cursor() as cur:
-                    for sql, params in ops:
-                        if isinstance(params, list):
-                            await cur.executemany(sql, params)
-                        else:
-                            await cur.execute(sql, params)
-                    await cur.execute(
-                        "INSERT INTO opp_auth_changes (origin, records) VALUES (%s, %s) RETURNING seq",
-                        (self.origin, encode(records)),
-                    )
-                    row = await cur.fetchone()
-                    assert row is not None
-                    seq = int(row[0])
-                    await cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(seq)))
-        except psycopg.IntegrityError as err:
-            raise ConflictError(f"The database refused the change: {err.diag.message_primary or err}") from err
-        except psycopg.DataError as err:
-            raise StorageError(f"The database refused the change: {err.diag.message_primary or err}") from err
-        except (TimeoutError, psycopg.Error, OSError) as err:
-            _LOGGER.warning("Writing to %s failed: %s", self.describe(), err)
-            raise StorageError(f"{UNAVAILABLE} ({self.describe()}): {err}") from err
+        text = encode(records)
+        for attempt in (1, 2):
+            try:
+                seq = await self._write_once(ops, text)
+                break
+            except psycopg.IntegrityError as err:
+                raise ConflictError(f"The database refused the change: {err.diag.message_primary or err}") from err
+            except psycopg.DataError as err:
+                raise StorageError(f"The database refused the change: {err.diag.message_primary or err}") from err
+            except (TimeoutError, psycopg.Error, OSError) as err:
+                # A pooled connection the database closed (a restart) fails once: try a fresh one. Had the
+                # commit itself gone through, the second write repeats records that set or delete whole
+                # entries: the same state, and one more change row that replays harmlessly.
+                if attempt == 1 and isinstance(err, psycopg.OperationalError) and not isinstance(err, PoolTimeout):
+                    continue
+                _LOGGER.warning("Writing to %s failed: %s", self.describe(), err)
+                raise StorageError(f"{UNAVAILABLE} ({self.describe()}): {err}") from err
         for record in records:
             for entry in _entity(record):
                 self._own[entry] = seq
@@ -283,6 +275,30 @@ class PostgresBackend(StorageBackend):
                 self._own_docs[record["k"]] = seq
         self._last_contact = time.monotonic()
         return seq
+
+    async def _write_once(self, ops: list[tuple[str, Any]], records_text: str) -> int:
+        """One transaction, pipelined: the row statements, then the change row with its number and NOTIFY.
+
+        The advisory lock is taken by the last statement and held to the commit, so change numbers
+        follow commit order (row locks order writes of the same rows before that).
+        """
+        assert self.pool is not None
+        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+            async with conn.cursor() as cur:
+                for sql, params in ops:
+                    if isinstance(params, list):
+                        await cur.executemany(sql, params)
+                    else:
+                        await cur.execute(sql, params)
+                await cur.execute(
+                    "WITH lock AS (SELECT pg_advisory_xact_lock(%s)), "
+                    "change AS (INSERT INTO opp_auth_changes (origin, records) SELECT %s, %s FROM lock RETURNING seq) "
+                    "SELECT seq, pg_notify(%s, seq::text) FROM change",
+                    (LOCK_WRITE, self.origin, records_text, CHANNEL),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                return int(row[0])
 
     # ---- the change feed ------------------------------------------------------------------
 
