@@ -192,9 +192,9 @@ def propagation(config_dir: str, url: str, count: int = 200) -> list[float]:
 
 async def load_database(config_dir: str, url: str) -> None:
     """Copy the prepared directory into the database (the storage copy code)."""
-    from opp_auth.backend import JsonBackend
-
     from opp_auth_postgresql import PostgresBackend
+
+    from opp_auth.backend import JsonBackend
 
     target = PostgresBackend(PostgresBackend.CONFIG_SCHEMA({"type": "postgresql", "url": url}), config_dir)
     await target.async_open()
@@ -221,7 +221,7 @@ def main() -> None:
         server.execute("ALTER SYSTEM SET synchronous_commit = on")
         server.execute("ALTER SYSTEM SET full_page_writes = on")
         server.stop()
-        server._run(  # noqa: SLF001 - the options of start() turn fsync off; start with the config file's
+        server._run(
             "pg_ctl", "-D", server.data, "-o", f"-p {server.port} -k {server.root} -c listen_addresses=127.0.0.1",
             "-l", os.path.join(server.root, "log"), "-w", "start",
         )  # fmt: skip

@@ -30,6 +30,7 @@ def auth_file(config_dir: Path) -> dict[str, Any]:
     return json.loads((config_dir / ".storage" / "auth").read_text())
 
 
+@pytest.mark.storage_types("json")  # reads the .storage files
 async def test_auth_file_holds_no_refresh_secret_and_no_signing_key(opp_auth_factory: Any, config_dir: Path) -> None:
     """A stolen .storage/auth or its journal has only digests: neither the refresh token nor its signing key."""
     auth = await make(opp_auth_factory)
@@ -133,6 +134,7 @@ async def test_expiry_can_be_switched_per_token(opp_auth_factory: Any) -> None:
     assert token.expire_at is not None
 
 
+@pytest.mark.storage_types("json")  # reads the .storage files
 async def test_expired_tokens_are_purged_at_start(opp_auth_factory: Any, config_dir: Path) -> None:
     """Tokens that expired while the server was down are gone after the next start."""
     first = await make(opp_auth_factory)
@@ -147,6 +149,7 @@ async def test_expired_tokens_are_purged_at_start(opp_auth_factory: Any, config_
     assert second.store.get_refresh_token(keep.id) is not None
 
 
+@pytest.mark.storage_types("json")  # reads the .storage files
 async def test_open_peer_power_tokens_start_their_clock_when_loaded(opp_auth_factory: Any, config_dir: Path) -> None:
     """A years-old session token from Open Peer Power is not expired on the first start; it gets a full period."""
     auth = await make(opp_auth_factory)

@@ -109,6 +109,7 @@ def check_storage_is_strict_json(config_dir: Path) -> None:
 # ---- item 2: a poisoned value made every later save fail -----------------------------------------
 
 
+@pytest.mark.storage_types("json")  # reads the .storage files
 async def test_lone_surrogate_client_name_is_refused_and_revocations_survive_a_restart(
     opp_auth_factory: Any, opp_auth_client: Any, config_dir: Path, no_tracebacks: Any
 ) -> None:
@@ -148,6 +149,7 @@ async def test_lone_surrogate_client_name_is_refused_and_revocations_survive_a_r
         ('{"\\ud800": 1}', "surrogate"),
     ],
 )
+@pytest.mark.storage_types("json")  # reads the .storage files
 async def test_unstorable_user_data_is_refused_and_nothing_is_kept(
     opp_auth_factory: Any, opp_auth_client: Any, config_dir: Path, value_text: str, where: str, no_tracebacks: Any
 ) -> None:
@@ -207,6 +209,7 @@ async def test_user_data_nested_to_the_limit_is_kept(opp_auth_factory: Any, opp_
     await ws.close()
 
 
+@pytest.mark.storage_types("json")  # reads the .storage files
 async def test_failed_user_data_save_leaves_memory_as_on_disk(
     opp_auth_factory: Any, opp_auth_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -224,6 +227,7 @@ async def test_failed_user_data_save_leaves_memory_as_on_disk(
     assert auth.user_settings.get(user.id) == {"theme": "dark"}
 
 
+@pytest.mark.storage_types("json")  # reads the .storage files
 async def test_onboarding_name_with_a_surrogate_creates_nothing(
     opp_auth_factory: Any, opp_auth_client: Any, config_dir: Path, no_tracebacks: Any
 ) -> None:
@@ -442,6 +446,7 @@ async def test_forms_are_bounded(opp_auth_factory: Any, opp_auth_client: Any, ki
 # ---- the store's own guard ----------------------------------------------------------------------
 
 
+@pytest.mark.storage_types("json")  # reads the .storage files
 async def test_store_refuses_unstorable_records_before_changing_memory(
     opp_auth_factory: Any, opp_auth_client: Any, config_dir: Path, no_tracebacks: Any
 ) -> None:

@@ -693,6 +693,7 @@ async def test_user_data_is_per_user(connect: Any, auth: AuthManager, bob: User,
     assert await owners.result("frontend/get_user_data") == {"value": {}}
 
 
+@pytest.mark.storage_types("json")  # reads the .storage files
 async def test_user_data_is_stored_on_server(connect: Any, auth: AuthManager, bob: User, config_dir: Any) -> None:
     session = await connect.user(auth, bob)
     await session.result("frontend/set_user_data", key="language", value="nl")
