@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,16 +34,50 @@ def find_binary(name: str) -> str | None:
     return None
 
 
+def unavailable(message: str) -> None:
+    """A part the test needs is missing: skip, or fail when OPP_AUTH_REQUIRE_INTEGRATION=1 (CI)."""
+    if os.environ.get(REQUIRE_INTEGRATION_ENV) == "1":
+        pytest.fail(f"{message}, and {REQUIRE_INTEGRATION_ENV}=1 says integration tests must run", pytrace=False)
+    pytest.skip(message)
+
+
 def require_binary(name: str, package: str | None = None) -> str:
     """Path of a program a test needs; without it skip, or fail when OPP_AUTH_REQUIRE_INTEGRATION=1 (CI)."""
     path = find_binary(name)
     if path is not None:
         return path
     hint = f" (Debian package {package}: apt-get install {package})" if package else ""
-    message = f"{name} is not installed{hint}"
-    if os.environ.get(REQUIRE_INTEGRATION_ENV) == "1":
-        pytest.fail(f"{message}, and {REQUIRE_INTEGRATION_ENV}=1 says integration tests must run", pytrace=False)
-    pytest.skip(message)
+    unavailable(f"{name} is not installed{hint}")
+    raise AssertionError("unreachable")
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@contextlib.asynccontextmanager
+async def launch_chromium() -> AsyncIterator[Any]:
+    """Debian's Chromium, headless, through Playwright (unavailable() says what is missing)."""
+    executable = find_binary("chromium")
+    if executable is None:
+        unavailable("chromium is not installed (Debian package chromium: apt-get install chromium)")
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        unavailable("the playwright package is not installed (pip install -r requirements-test.txt)")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
 
 
 @pytest.fixture(name="require_binary")

@@ -36,6 +36,10 @@ import bcrypt
 import pyotp
 import pytest
 
+from opp_auth.config import load_config
+from opp_auth.plugins import make_plugin_manager
+from opp_auth.server import build_auth
+
 HA_LOCAL = ["homeassistant", None]
 PASSWORDS = {"paulus": "correct horse battery staple", "anne": "anne's own secret", "guest": "guest password 1"}
 HA_VERSION = "2025.11.3"
@@ -222,3 +226,11 @@ def ha_dir(tmp_path: Path) -> dict[str, Any]:
 def write_ha_directory_fixture() -> Any:
     """write_ha_directory(path) for test modules that need the directory somewhere else."""
     return write_ha_directory
+
+
+async def serve(opp_auth_client: Any, config_dir: Path, **http: Any) -> Any:
+    """The application built as `opp-auth serve` builds it (http: overrides, e.g. for a test's proxy)."""
+    pm = make_plugin_manager()
+    config = load_config(config_dir, pm)
+    config.http.update(http)
+    return await opp_auth_client(build_auth(config, pm), config.http)

@@ -22,28 +22,22 @@ import pytest
 from opp_auth.config import load_config
 from opp_auth.http.view import AUTH_KEY
 from opp_auth.plugins import make_plugin_manager
-from opp_auth.server import build_auth
 from opp_auth.testing import CLIENT_ID
 from opp_auth.yaml import ConfigError
 
-HA_LOCAL = ["homeassistant", None]
-PASSWORDS = {"paulus": "correct horse battery staple", "anne": "anne's own secret", "guest": "guest password 1"}
-OWNER_ID = "a1b2c3d4e5f64a7b8c9d0e1f2a3b4c5d"
-ANNE_ID = "b2c3d4e5f6a74b8c9d0e1f2a3b4c5d6e"
-LONG_LIVED_ID = "0a1b2c3d4e5f40718293a4b5c6d7e8f9"
-OWNER_SESSION_ID = "1b2c3d4e5f6a41829304b5c6d7e8f90a"
-EXPIRED_SESSION_ID = "2c3d4e5f6a7b42930415c6d7e8f90a1b"
-ANNE_SESSION_ID = "3d4e5f6a7b8c43041526d7e8f90a1b2c"
-GUEST_SESSION_ID = "4e5f6a7b8c9d44152637e8f90a1b2c3d"
-HA_CLIENT_ID = "http://homeassistant.local:8123/"
-
-
-async def serve(opp_auth_client: Any, config_dir: Path, **http: Any) -> Any:
-    """The application built as `opp-auth serve` builds it (http: overrides for the test's proxy)."""
-    pm = make_plugin_manager()
-    config = load_config(config_dir, pm)
-    config.http.update(http)
-    return await opp_auth_client(build_auth(config, pm), config.http)
+from .conftest import (
+    ANNE_ID,
+    ANNE_SESSION_ID,
+    EXPIRED_SESSION_ID,
+    GUEST_SESSION_ID,
+    HA_CLIENT_ID,
+    HA_LOCAL,
+    LONG_LIVED_ID,
+    OWNER_ID,
+    OWNER_SESSION_ID,
+    PASSWORDS,
+    serve,
+)
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ cannot be had; failing instead under OPP_AUTH_REQUIRE_INTEGRATION=1.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -27,20 +25,12 @@ from opp_auth.config import load_config
 from opp_auth.http.view import AUTH_KEY
 from opp_auth.plugins import make_plugin_manager
 from opp_auth.server import build_auth
+from tests.conftest import launch_chromium, unavailable
 
 pytestmark = pytest.mark.chromium
 
 OWNER_ID = "a1b2c3d4e5f64a7b8c9d0e1f2a3b4c5d"
 ANNE_ID = "b2c3d4e5f6a74b8c9d0e1f2a3b4c5d6e"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
-
-
-def _unavailable(message: str) -> None:
-    """Skip, or fail where OPP_AUTH_REQUIRE_INTEGRATION=1 says integration tests must run."""
-    if os.environ.get("OPP_AUTH_REQUIRE_INTEGRATION") == "1":
-        pytest.fail(f"{message}, and OPP_AUTH_REQUIRE_INTEGRATION=1 says integration tests must run", pytrace=False)
-    pytest.skip(message)
-
 
 def _fetcher() -> Any:
     """tests/homeassistant/fetch_ha_frontend.py as a module (test folders are not packages)."""
@@ -58,7 +48,7 @@ def ha_frontend() -> Path:
     try:
         root = fetcher.frontend_root(fetch=True)
     except Exception as err:  # noqa: BLE001 - no network, no pip: say why and skip
-        _unavailable(f"{fetcher.PACKAGE}=={fetcher.VERSION} could not be fetched from PyPI ({err})")
+        unavailable(f"{fetcher.PACKAGE}=={fetcher.VERSION} could not be fetched from PyPI ({err})")
     assert root is not None and (root / "authorize.html").is_file(), root
     return Path(root)
 
@@ -66,17 +56,8 @@ def ha_frontend() -> Path:
 @pytest.fixture
 async def chromium() -> Any:
     """Debian's Chromium through Playwright, headless."""
-    executable = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-    if executable is None:
-        _unavailable("chromium is not installed (Debian package chromium: apt-get install chromium)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed (pip install -r requirements-test.txt)")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+    async with launch_chromium() as browser:
         yield browser
-        await browser.close()
 
 
 def home_assistant_files(root: Path) -> Any:

@@ -11,26 +11,13 @@ import aiohttp
 import pyotp
 import pytest
 
-from opp_auth.config import load_config
 from opp_auth.http import indieauth
 from opp_auth.http.view import AUTH_KEY
-from opp_auth.plugins import make_plugin_manager
-from opp_auth.server import build_auth
 from opp_auth.testing import CLIENT_ID, REDIRECT_URI
 
-HA_LOCAL = ["homeassistant", None]
-OWNER_ID = "a1b2c3d4e5f64a7b8c9d0e1f2a3b4c5d"
-OWNER_SESSION_ID = "1b2c3d4e5f6a41829304b5c6d7e8f90a"
-HA_CLIENT_ID = "http://homeassistant.local:8123/"
-PASSWORD = "correct horse battery staple"
+from .conftest import HA_CLIENT_ID, HA_LOCAL, OWNER_ID, OWNER_SESSION_ID, PASSWORDS, serve
 
-
-async def serve(opp_auth_client: Any, config_dir: Path, **http: Any) -> Any:
-    """The application built as `opp-auth serve` builds it."""
-    pm = make_plugin_manager()
-    config = load_config(config_dir, pm)
-    config.http.update(http)
-    return await opp_auth_client(build_auth(config, pm), config.http)
+PASSWORD = PASSWORDS["paulus"]
 
 
 @pytest.fixture

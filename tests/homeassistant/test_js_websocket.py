@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,17 +21,11 @@ from opp_auth.config import load_config
 from opp_auth.http.view import AUTH_KEY
 from opp_auth.plugins import make_plugin_manager
 from opp_auth.server import build_auth
+from tests.conftest import unavailable
 
 JS_DIR = Path(__file__).parent / "js"
 OWNER_ID = "a1b2c3d4e5f64a7b8c9d0e1f2a3b4c5d"
 PASSWORD = "correct horse battery staple"
-
-
-def _unavailable(message: str) -> None:
-    """Skip, or fail where OPP_AUTH_REQUIRE_INTEGRATION=1 says integration tests must run."""
-    if os.environ.get("OPP_AUTH_REQUIRE_INTEGRATION") == "1":
-        pytest.fail(f"{message}, and OPP_AUTH_REQUIRE_INTEGRATION=1 says integration tests must run", pytrace=False)
-    pytest.skip(message)
 
 
 @pytest.fixture
@@ -40,9 +33,9 @@ def node() -> str:
     """The node program, with the client installed."""
     path = shutil.which("node")
     if path is None:
-        _unavailable("node is not installed (Debian packages nodejs and npm)")
+        unavailable("node is not installed (Debian packages nodejs and npm)")
     if not (JS_DIR / "node_modules" / "home-assistant-js-websocket" / "package.json").exists():
-        _unavailable(f"home-assistant-js-websocket is not installed: run `npm ci` in {JS_DIR}")
+        unavailable(f"home-assistant-js-websocket is not installed: run `npm ci` in {JS_DIR}")
     return str(path)
 
 

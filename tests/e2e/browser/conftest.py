@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,36 +23,17 @@ from opp_auth.config import validate_config
 from opp_auth.http.app import create_app
 from opp_auth.manager import AuthManager
 from opp_auth.plugins import make_plugin_manager
+from tests.conftest import launch_chromium
 
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
 SCREENSHOT_DIR = Path(__file__).resolve().parents[3] / "docs" / "screenshots"
 OWNER = {"name": "Paulus Schoutsen", "username": "paulus", "password": "correct horse"}
-
-
-def _unavailable(message: str) -> None:
-    """Skip, or fail where OPP_AUTH_REQUIRE_INTEGRATION=1 (CI) says these tests must run (tests/conftest.py's rule)."""
-    if os.environ.get("OPP_AUTH_REQUIRE_INTEGRATION") == "1":
-        pytest.fail(f"{message}, and OPP_AUTH_REQUIRE_INTEGRATION=1 says integration tests must run", pytrace=False)
-    pytest.skip(message)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def browser() -> AsyncIterator[Any]:
     """Debian's Chromium, headless, shared by the session."""
-    executable = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-    if executable is None:
-        _unavailable("chromium is not installed (Debian package chromium: apt-get install chromium)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed (pip install -r requirements-test.txt)")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+    async with launch_chromium() as browser:
         yield browser
-        await browser.close()
 
 
 @dataclass

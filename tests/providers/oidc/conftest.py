@@ -29,16 +29,9 @@ from opp_auth_oidc import OidcAuthProvider
 
 from opp_auth.http.app import create_app
 from opp_auth.manager import AuthManager
+from tests.conftest import launch_chromium, unavailable
 
 OP_DIR = Path(__file__).parent / "op"
-REQUIRE_INTEGRATION_ENV = "OPP_AUTH_REQUIRE_INTEGRATION"
-
-
-def unavailable(message: str) -> None:
-    """Skip, or fail where OPP_AUTH_REQUIRE_INTEGRATION=1 (CI) says integration tests must run."""
-    if os.environ.get(REQUIRE_INTEGRATION_ENV) == "1":
-        pytest.fail(f"{message}, and {REQUIRE_INTEGRATION_ENV}=1 says integration tests must run", pytrace=False)
-    pytest.skip(message)
 
 
 def free_port() -> int:
@@ -204,6 +197,39 @@ class Site:
             return resp.status, await resp.text(), resp.headers.get("Location")
 
 
+def client_of(base: str) -> dict[str, Any]:
+    """The provider's registration of opp-auth served at base (confidential, back-channel logout)."""
+    return {
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "redirect_uris": [f"{base}/auth/oidc/callback"],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "backchannel_logout_uri": f"{base}/auth/oidc/backchannel_logout",
+        "backchannel_logout_session_required": True,
+    }
+
+
+def provider_config(provider: OpenIdProvider, **extra: Any) -> dict[str, Any]:
+    """opp-auth's oidc provider configuration for the running provider."""
+    return {
+        "type": "oidc",
+        "issuer": provider.issuer,
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "scopes": ["openid", "profile", "groups"],
+        **GROUPS,
+        **extra,
+    }
+
+
+async def onboard(base: str) -> None:
+    """Create the owner (a local user), so the login page is offered."""
+    owner = {"name": "Owner", "username": "owner", "password": "owner pass", "client_id": f"{base}/", "language": "en"}
+    async with aiohttp.ClientSession() as session, session.post(f"{base}/api/onboarding/users", json=owner) as resp:
+        assert resp.status == 200, await resp.text()
+
+
 @pytest.fixture
 async def site(
     op: Any, opp_auth_factory: Callable[..., Awaitable[AuthManager]]
@@ -214,42 +240,17 @@ async def site(
     async def make(keys: list[RSAKey] | None = None, access_ttl: int = 3600, **extra: Any) -> Site:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        client = {
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            "redirect_uris": [f"{base}/auth/oidc/callback"],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-            "backchannel_logout_uri": f"{base}/auth/oidc/backchannel_logout",
-            "backchannel_logout_session_required": True,
-        }
-        provider = await op(clients=[client], accounts=copy.deepcopy(ACCOUNTS), keys=keys, access_ttl=access_ttl)
-        config = {
-            "type": "oidc",
-            "issuer": provider.issuer,
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            "scopes": ["openid", "profile", "groups"],
-            "title": "Log in with the test provider",
-            **GROUPS,
-            **extra,
-        }
+        provider = await op(
+            clients=[client_of(base)], accounts=copy.deepcopy(ACCOUNTS), keys=keys, access_ttl=access_ttl
+        )
+        config = provider_config(provider, title="Log in with the test provider", **extra)
         auth = await opp_auth_factory(
             providers=[config, {"type": "openpeerpower"}], mfa_modules=[{"type": "insecure_example", "data": []}]
         )
         server = TestServer(create_app(auth), host="127.0.0.1", port=port)
         await server.start_server()
         servers.append(server)
-        # The owner (a local user) exists, so the login page is offered.
-        owner = {
-            "name": "Owner",
-            "username": "owner",
-            "password": "owner pass",
-            "client_id": f"{base}/",
-            "language": "en",
-        }
-        async with aiohttp.ClientSession() as session, session.post(f"{base}/api/onboarding/users", json=owner) as resp:
-            assert resp.status == 200, await resp.text()
+        await onboard(base)
         return Site(auth, server, provider, base)
 
     yield make
@@ -262,21 +263,10 @@ def people(s: Site) -> list[Any]:
     return [u for u in s.auth.store.users() if not u.system_generated and not u.is_owner]
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
-
-
 @pytest.fixture
 async def page() -> AsyncIterator[Any]:
     """Debian's Chromium, headless; the test fails on a JavaScript error or CSP violation on opp-auth's pages."""
-    executable = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-    if executable is None:
-        unavailable("chromium is not installed (Debian package chromium)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        unavailable("the playwright package is not installed")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+    async with launch_chromium() as browser:
         context = await browser.new_context(locale="en-US")
         page = await context.new_page()
         page.set_default_timeout(15000)
@@ -292,7 +282,6 @@ async def page() -> AsyncIterator[Any]:
         )
         page.problems = problems  # type: ignore[attr-defined]
         yield page
-        await browser.close()
 
 
 async def browser_login(page: Any, site: Site, account: str) -> str:

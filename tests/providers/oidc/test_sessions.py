@@ -31,11 +31,13 @@ from .conftest import (
     ACCOUNTS,
     CLIENT_ID,
     CLIENT_SECRET,
-    GROUPS,
     OpenIdProvider,
     Site,
     browser_login,
+    client_of,
     free_port,
+    onboard,
+    provider_config,
     refresh,
     set_account,
     trade,
@@ -132,38 +134,16 @@ async def served(op: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Awaitab
     async def make(access_ttl: int = 3600, **extra: Any) -> Served:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        client = {
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            "redirect_uris": [f"{base}/auth/oidc/callback"],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-            "backchannel_logout_uri": f"{base}/auth/oidc/backchannel_logout",
-            "backchannel_logout_session_required": True,
-        }
-        provider = await op(clients=[client], accounts=json.loads(json.dumps(ACCOUNTS)), access_ttl=access_ttl)
+        provider = await op(clients=[client_of(base)], accounts=json.loads(json.dumps(ACCOUNTS)), access_ttl=access_ttl)
         config_dir = tmp_path / "config"
         config_dir.mkdir()
-        oidc = {
-            "type": "oidc",
-            "issuer": provider.issuer,
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            "scopes": ["openid", "profile", "groups"],
-            **GROUPS,
-            **extra,
-        }
-        config = {"openpeerpower": {"auth_providers": [oidc, {"type": "openpeerpower"}]}, "http": {}}
+        providers = [provider_config(provider, **extra), {"type": "openpeerpower"}]
+        config = {"openpeerpower": {"auth_providers": providers}, "http": {}}
         (config_dir / "configuration.yaml").write_text(yaml.safe_dump(config))
         server = Served(config_dir, provider, port)
         running.append(server)
         await server.start()
-        owner = {"name": "Owner", "username": "owner", "password": "owner pass", "client_id": f"{base}/"}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(f"{base}/api/onboarding/users", json={**owner, "language": "en"}) as resp,
-        ):
-            assert resp.status == 200, await resp.text()
+        await onboard(base)
         return server
 
     yield make
