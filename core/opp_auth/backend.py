@@ -34,6 +34,9 @@ handed the validated ``storage:`` block. What it implements (docs/plugins.md,
 ``async_open()`` / ``async_close()``
     Connect (and migrate a schema) before anything loads; flush and disconnect
     at shutdown.
+``async_check_secret(fingerprint)``
+    A shared backend refuses a server whose ``.opp-auth-secret`` differs from the
+    others' (their tokens would not verify on it).
 ``subscribe(callback)``
     The core's callback for auth change records that *other* servers committed,
     in commit order; a shared backend calls it as they arrive.
@@ -147,6 +150,13 @@ class StorageBackend:
 
     async def async_open(self) -> None:
         """Connect and prepare (migrations); called before anything loads."""
+
+    async def async_check_secret(self, fingerprint: str) -> None:
+        """Refuse to start (raise Error) when servers sharing this storage sign tokens with another secret.
+
+        fingerprint: a one-way digest of this server's ``.opp-auth-secret``. Nothing to check for a
+        storage one server owns.
+        """
 
     async def async_close(self) -> None:
         """Write what is pending and disconnect (shutdown)."""

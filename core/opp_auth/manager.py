@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import ipaddress
 import logging
@@ -158,7 +159,9 @@ class AuthManager:
         for provider in self._providers.values():
             await provider.async_initialize()
         self.store.key_for = self._credential_key
-        self._keyring = KeyRing(await self.async_add_executor_job(load_server_secret, self.config_dir))
+        secret = await self.async_add_executor_job(load_server_secret, self.config_dir)
+        await self.backend.async_check_secret(hashlib.sha256(b"opp-auth secret fingerprint:" + secret).hexdigest())
+        self._keyring = KeyRing(secret)
         self.store.keyring = self._keyring
         self.store.idle_expiry = self.refresh_token_expiry.total_seconds() if self.refresh_token_expiry else None
         await self.store.async_load()

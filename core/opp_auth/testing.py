@@ -274,6 +274,7 @@ class PostgresServer:
             if tables:
                 conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
                 conn.execute("UPDATE opp_auth_meta SET value = '0' WHERE name = 'pruned_through'")
+                conn.execute("DELETE FROM opp_auth_meta WHERE name = 'secret_fingerprint'")
         return self.SHARED_DATABASE
 
     def drop_database(self, name: str) -> None:

@@ -190,6 +190,27 @@ class PostgresBackend(StorageBackend):
             raise StorageError(f"Cannot use the database {self.describe()}: {err}") from err
         self._last_contact = time.monotonic()
 
+    async def async_check_secret(self, fingerprint: str) -> None:
+        """The first server records its secret's fingerprint; a server with another secret is refused."""
+        assert self.pool is not None
+        try:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO opp_auth_meta (name, value) VALUES ('secret_fingerprint', %s) "
+                    "ON CONFLICT (name) DO NOTHING",
+                    (fingerprint,),
+                )
+                cur = await conn.execute("SELECT value FROM opp_auth_meta WHERE name = 'secret_fingerprint'")
+                row = await cur.fetchone()
+        except (psycopg.Error, OSError) as err:
+            raise StorageError(f"Cannot use the database {self.describe()}: {err}") from err
+        if row is None or row[0] != fingerprint:
+            raise StorageError(
+                f"The servers using {self.describe()} sign tokens with another secret than this one's "
+                f"{self.config_dir}/.opp-auth-secret, so their tokens would not work here. Copy .opp-auth-secret "
+                "from a server that already uses this database (every server needs the same file)."
+            )
+
     async def async_close(self) -> None:
         """Write what is pending, stop listening, close the pool."""
         for document in list(self._documents.values()):

@@ -246,3 +246,34 @@ async def test_unreachable_database_at_start(opp_auth_factory: Factory, tmp_path
     )
     with pytest.raises(StorageError, match=r"u:\*\*\*@127\.0\.0\.1"):
         await backend.async_open()
+
+
+async def test_a_server_with_another_secret_is_refused(
+    opp_auth_factory: Factory, opp_auth_storage: dict[str, Any], tmp_path: Path, config_dir: Path
+) -> None:
+    """Two servers on one database with different .opp-auth-secret files: the second does not start."""
+    import shutil
+
+    from opp_auth.config import validate_config
+    from opp_auth.plugins import make_plugin_manager
+
+    await _manager(opp_auth_factory)
+    other = tmp_path / "other"
+    other.mkdir()
+
+    def manager() -> AuthManager:
+        pm = make_plugin_manager()
+        config = validate_config({"openpeerpower": {"storage": opp_auth_storage}}, pm, config_dir=other)
+        return AuthManager(
+            str(other), pm, provider_configs=config.providers, storage=config.storage_class(config.storage, str(other))
+        )
+
+    refused = manager()
+    with pytest.raises(StorageError, match="another secret"):
+        await refused.async_setup()
+    await refused.backend.async_close()
+    # With the first server's secret file it starts.
+    shutil.copy(config_dir / ".opp-auth-secret", other / ".opp-auth-secret")
+    accepted = manager()
+    await accepted.async_setup()
+    await accepted.async_shutdown()

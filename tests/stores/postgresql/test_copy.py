@@ -113,6 +113,8 @@ async def test_copy_to_postgresql_and_back(
     served.mkdir()
     write_opp_2021_dir(served, f"  storage:\n    type: postgresql\n    url: {database}\n")
     shutil.rmtree(served / ".storage")
+    # Every server on the database needs the secret the copy was checked with.
+    shutil.copy(source / ".opp-auth-secret", served / ".opp-auth-secret")
     pm = make_plugin_manager()
     config = load_config(served, pm)
     auth = build_auth(config, pm)
