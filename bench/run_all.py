@@ -35,6 +35,7 @@ SCRIPT_SIZES: dict[str, tuple[int, ...]] = {
     "tokens_one_user": (0,),
     "ldap_login": (0,),
     "anonymous_flood": (0,),
+    "login_history": SIZES,
 }
 SCRIPTS = list(SCRIPT_SIZES)
 RUNS = 3

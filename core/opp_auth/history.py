@@ -37,6 +37,7 @@ the others' changes (``listen``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import re
@@ -99,6 +100,12 @@ def network_of(address: str | None) -> str | None:
     """The network an address counts as for new-device checks: IPv4 /24, IPv6 /64 (None when not an address)."""
     if not address:
         return None
+    return _network_of(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _network_of(address: str) -> str | None:
+    """network_of, remembered (parsing an address costs more than the rest of recording an event)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
@@ -177,11 +184,12 @@ class LoginHistory:
             clean: dict[str, Any] = {}
             for kind in (_SUCCESS, _FAILURE):
                 ring = node.get(kind)
-                clean[kind] = {
-                    key: entry
+                kept = [
+                    (key, entry)
                     for key, entry in (ring.items() if isinstance(ring, dict) else ())
                     if _valid_entry(entry) and key == str(entry["n"]) and entry["t"] >= cutoff
-                }
+                ]
+                clean[kind] = dict(sorted(kept, key=lambda item: item[1]["n"]))
                 last[user_id] = max([last.get(user_id, 0), *(entry["n"] for entry in clean[kind].values())])
             for kind in (_CLIENTS, _NETWORKS):
                 seen = node.get(kind)
@@ -191,6 +199,9 @@ class LoginHistory:
             fresh[user_id] = clean
         for path in self._dirty:  # not written yet: ours wins
             _copy_path(self._data, {"users": fresh}, path)
+            if len(path) == 4 and path[2] in _RINGS and path[1] in fresh:  # rings stay oldest first
+                ring = fresh[path[1]][path[2]]
+                fresh[path[1]][path[2]] = dict(sorted(ring.items(), key=lambda item: item[1]["n"]))
         self._users = fresh
         self._data = {"users": fresh}
         self._last = {uid: max(n, self._last.get(uid, 0)) for uid, n in last.items()}
@@ -376,7 +387,7 @@ class LoginHistory:
         ring[str(entry_id)] = entry
         self._changed(("users", user_id, kind, str(entry_id)))
         while len(ring) > _RINGS[kind]:
-            oldest = min(ring, key=lambda key: ring[key]["n"])
+            oldest = next(iter(ring))  # rings are kept oldest first (ids only grow here; loads sort)
             del ring[oldest]
             self._changed(("users", user_id, kind, oldest))
 
