@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -17,9 +18,10 @@ from typing import Any
 
 import voluptuous as vol
 
-from . import __version__
+from . import __version__, audit_cli
+from .audit import record_offline
 from .config import ensure_config_dir, load_config
-from .events import Origin, set_origin
+from .events import AuthEvent, Origin, set_origin
 from .manager import AuthManager
 from .models import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER
 from .plugins import PluginError, make_plugin_manager
@@ -152,6 +154,14 @@ def _local_type(config_dir: Path, pm: Any) -> str:
     return "homeassistant" if config.core_block == "homeassistant" else LOCAL_TYPE
 
 
+def _audit_config(config_dir: Path, pm: Any) -> dict[str, Any] | None:
+    """The audit: block of configuration.yaml (defaults when it cannot be read: the command is still audited)."""
+    try:
+        return load_config(config_dir, pm).audit
+    except (ConfigError, PluginError, OSError):
+        return None
+
+
 def _run_local(args: argparse.Namespace, action: Callable[[AuthManager, Any], Awaitable[int]]) -> int:
     """Run action with a minimal manager (local provider only) on the directory's storage.
 
@@ -178,6 +188,7 @@ def _run_local(args: argparse.Namespace, action: Callable[[AuthManager, Any], Aw
             provider_configs=[(cls, {"type": local_type})],
             purge_expired_tokens=False,
             storage=storage,
+            audit_config=_audit_config(config_dir, pm),
         )
 
         async def run() -> int:
@@ -418,9 +429,15 @@ def cmd_bans_remove(args: argparse.Namespace) -> int:
         raise CliError(f"{args.ip_address} is not an IP address") from None
     config_dir = _config_dir(args)
     with _holding_lock(config_dir, "bans remove", RUNNING_SERVER_BANS):
-        if not _bans(config_dir).remove_ban(address):
+        bans = _bans(config_dir)
+        lifted: list[Any] = []
+        bans.emit = lambda event_type, **values: lifted.append(
+            AuthEvent(type=event_type, time=time.time(), via="cli", **values)
+        )
+        if not bans.remove_ban(address):
             print(f"{address} is not banned")
             return 1
+        record_offline(config_dir, _audit_config(config_dir, args.pm), lifted)
     print(f"Ban of {address} removed")
     return 0
 
@@ -681,6 +698,7 @@ def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     copy.add_argument("--check-login", metavar="USERNAME", help="also check that this local login works on the copy")
     copy.add_argument("--password-stdin", action="store_true", help="read --check-login's password from standard input")
     copy.set_defaults(func=cmd_storage_copy)
+    audit_cli.add_commands(sub, _config_dir)
 
     reset = sub.add_parser("reset", help="lost owner password: remove auth data (keeps a backup)")
     reset.add_argument("--yes", action="store_true", help="do not ask")
@@ -702,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (CliError, ConfigError, StorageError, PluginError) as err:
+    except (CliError, ConfigError, StorageError, PluginError, audit_cli.UsageError) as err:
         print(f"Error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import voluptuous as vol
 
+from .audit import AUDIT_BLOCK, AUDIT_SCHEMA
 from .backend import BASE_STORAGE_SCHEMA, JSON_TYPE, JsonBackend, StorageBackend
 from .network import IPNetwork, parse_network
 from .plugins import OppAuthPluginManager
@@ -249,6 +250,8 @@ class Config:
     storage_class: type[StorageBackend] = JsonBackend
     # Top-level blocks nothing here reads (automation:, sensor: ...), for check-config to name.
     unused_blocks: list[str] = field(default_factory=list)
+    # The validated audit: block (audit.AUDIT_SCHEMA), every default filled in.
+    audit: dict[str, Any] = field(default_factory=lambda: AUDIT_SCHEMA({}))
 
 
 def ensure_config_dir(config_dir: Path) -> None:
@@ -295,6 +298,11 @@ def validate_config(
     except vol.Invalid as err:
         raise _block_error(err, raw, "http", http_raw) from None
     http.setdefault("auth_api", API_HA if block == CORE_BLOCK_HA else API_OPP)
+    audit_raw = raw.get(AUDIT_BLOCK)
+    try:
+        audit = AUDIT_SCHEMA({} if audit_raw is None else audit_raw)
+    except vol.Invalid as err:
+        raise _block_error(err, raw, AUDIT_BLOCK, audit_raw) from None
     if http["metrics"]["enabled"]:
         _check_metrics_plugin(pm, http_raw)
 
@@ -304,6 +312,7 @@ def validate_config(
         refresh_token_expiry_days=core["refresh_token_expiry_days"],
         mfa_required=core["mfa_required"],
         core_block=block,
+        audit=audit,
     )
     config.storage_class, config.storage = _resolve_storage(
         pm, core.get("storage") or {"type": JSON_TYPE}, core_raw, block
@@ -347,7 +356,7 @@ def validate_config(
         raw.get("http"),
     )
     config.blocks = _plugin_blocks(pm, raw)
-    used = {block, "http", *config.blocks}
+    used = {block, "http", AUDIT_BLOCK, *config.blocks}
     config.unused_blocks = [str(key) for key in raw if key not in used]
     return config
 
@@ -474,7 +483,7 @@ def _plugin_blocks(pm: OppAuthPluginManager, raw: dict[str, Any]) -> dict[str, A
 
     def register(block: str, schema: Any) -> None:
         """Record a plugin's block schema."""
-        if block in (*CORE_BLOCKS, "http") or block in schemas:
+        if block in (*CORE_BLOCKS, "http", AUDIT_BLOCK) or block in schemas:
             raise ConfigError(f"A plugin tried to own the '{block}:' block, which is already taken.")
         schemas[block] = schema
 

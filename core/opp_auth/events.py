@@ -358,6 +358,17 @@ class Events:
         if credentials is not None:
             values.setdefault("provider", credentials.provider_key)
             values.setdefault("username", login_name(credentials))
+        if event_type == USER_CREATED:
+            values.setdefault(
+                "details",
+                {
+                    "name": user.name,
+                    "groups": [g.id for g in user.groups],
+                    "owner": user.is_owner,
+                    "system_generated": user.system_generated,
+                    "active": user.is_active,
+                },
+            )
         self.emit(event_type, user_id=user.id, **values)
 
     def user_changed(self, user: User, before: tuple[Any, ...]) -> None:

@@ -49,6 +49,7 @@ HOOK_FAILURE: dict[str, Any] = {
     "opp_auth_refresh_token_removed": None,
     "opp_auth_event": None,
     "opp_auth_new_device_login": None,
+    "opp_auth_audit_sink": None,
 }
 """What a failing implementation answers, by hook; a hook not listed (registrations, plugins' own
 hooks) fails start-up with a message naming the plugin and its distribution."""
@@ -357,4 +358,24 @@ def opp_auth_new_device_login(auth: PluginContext, event: AuthEvent) -> Any:
     alerts users (the notify module) need not receive every event.
     Results: none (every implementation is called). Awaited, in the background (the
     sign-in does not wait, nor fail). An exception is logged naming the plugin.
+    """
+
+
+@hookspec(firstresult=True)
+def opp_auth_audit_sink(auth: PluginContext, config: dict[str, Any]) -> Any:
+    """Offer where the audit log goes instead of the files under ``<config>/audit`` (a database store's table).
+
+    :param auth: the :class:`opp_auth.PluginContext` of the server.
+    :param config: the validated ``audit:`` block (``keep_days``, ``max_files``...).
+    :return: ``None`` (not mine), or a sink: an object with ``open(version)``
+        (find the head of the chain, append an ``audit_started`` record),
+        ``append(events, extra)`` (chain and append a record for each
+        :class:`opp_auth.AuthEvent`, then one for each ``(type, details)`` of
+        ``extra``; durable on return) and ``close()`` (append ``audit_stopped``).
+        They are called from the audit log's own thread, one at a time, so
+        they may block. Records carry the same fields and hash chain as the
+        files (docs/audit.md), so ``opp-auth audit verify`` can check them.
+
+    Called once at start-up. Results: the first non-None result wins. Not awaited.
+    An exception is logged naming the plugin, and the files are used.
     """

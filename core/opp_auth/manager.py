@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from . import __version__
 from . import events as ev
+from .audit import build_audit_log
 from .backend import JSON_TYPE, DocumentStore, JsonBackend, StorageBackend
 from .codes import AuthorizationCodes
 from .context import PluginContext
@@ -76,6 +77,7 @@ class AuthManager:
         purge_expired_tokens: bool = True,
         mfa_required: str = "everywhere",
         storage: StorageBackend | None = None,
+        audit_config: dict[str, Any] | None = None,
     ) -> None:
         """Build providers and modules from validated configuration; call async_setup next.
 
@@ -93,6 +95,7 @@ class AuthManager:
         self.store = AuthStore(self.config_dir, self.backend)
         self.context = PluginContext(self)
         self.events = Events(pm, self.context)
+        self.audit = build_audit_log(pm, self.context, self.config_dir, audit_config, __version__)
         self._providers: OrderedDict[tuple[str, str | None], AuthProvider] = OrderedDict()
         for cls, conf in provider_configs:
             provider = cls(self.context, conf)
@@ -163,6 +166,8 @@ class AuthManager:
         await self.backend.async_check_secret(hashlib.sha256(b"opp-auth secret fingerprint:" + secret).hexdigest())
         self._keyring = KeyRing(secret)
         self.store.keyring = self._keyring
+        if self.audit is not None:
+            await self.audit.async_start(self.events)
         self.store.idle_expiry = self.refresh_token_expiry.total_seconds() if self.refresh_token_expiry else None
         await self.store.async_load()
         self.store.reindex_credentials()
@@ -207,6 +212,8 @@ class AuthManager:
             await _quiet(module.async_shutdown(), "MFA module shutdown")
         await self.events.async_drain()
         await self.login_history.async_flush()
+        if self.audit is not None:
+            await self.audit.async_stop()
         await self.store.async_flush()
         await self.backend.async_close()
 
@@ -363,7 +370,7 @@ class AuthManager:
             self.store.link_credentials(user, credentials)
         await self.store.async_save()
         await self._async_fire("opp_auth_user_created", user=user)
-        self.events.user(ev.USER_CREATED, user, credentials, details={"owner": is_owner, "groups": group_ids})
+        self.events.user(ev.USER_CREATED, user, credentials)
         return user
 
     async def async_create_system_user(self, name: str, group_ids: list[str] | None = None) -> User:
@@ -372,7 +379,7 @@ class AuthManager:
         self.store.add_user(user)
         await self.store.async_save()
         await self._async_fire("opp_auth_user_created", user=user)
-        self.events.user(ev.USER_CREATED, user, details={"system_generated": True, "groups": group_ids})
+        self.events.user(ev.USER_CREATED, user)
         return user
 
     async def async_get_or_create_user(self, credentials: Credentials) -> User:
@@ -399,7 +406,7 @@ class AuthManager:
         self.store.link_credentials(user, credentials)
         await self.store.async_save()
         await self._async_fire("opp_auth_user_created", user=user)
-        self.events.user(ev.USER_CREATED, user, credentials, details={"groups": [group_id]})
+        self.events.user(ev.USER_CREATED, user, credentials)
         return user
 
     async def async_link_user(self, user: User, credentials: Credentials) -> None:

@@ -35,6 +35,7 @@ def build_auth(config: Config, pm: OppAuthPluginManager, **kwargs: Any) -> AuthM
         refresh_token_expiry=expiry_of(config),
         mfa_required=config.mfa_required,
         storage=config.storage_class(config.storage, str(config.config_dir)),
+        audit_config=config.audit,
         **kwargs,
     )
 

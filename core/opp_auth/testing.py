@@ -388,6 +388,7 @@ async def opp_auth_factory(
                 "refresh_token_expiry": expiry_of(config),
                 "mfa_required": config.mfa_required,
                 "storage": config.storage_class(config.storage, str(config_dir)),
+                "audit_config": config.audit,
                 **kwargs,
             },
         )

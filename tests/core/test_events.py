@@ -20,10 +20,13 @@ async def auth(opp_auth_factory: Any) -> AuthManager:
     return await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
 
 
-async def test_nothing_is_built_when_nobody_listens(auth: AuthManager) -> None:
-    """Without a subscriber or an opp_auth_event plugin, emit builds no event (the login history is one: off here)."""
-    assert auth.events.listened
+async def test_nothing_is_built_when_nobody_listens(opp_auth_factory: Any) -> None:
+    """Without a subscriber (audit off, login history closed) or an opp_auth_event plugin, emit builds no event."""
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], blocks={"audit": {"enabled": False}})
     auth.login_history.close()
+    if auth.pm.hook.opp_auth_event.get_hookimpls():  # an installed plugin listens: take it away
+        for impl in auth.pm.hook.opp_auth_event.get_hookimpls():
+            auth.pm.unregister(impl.plugin)
     assert not auth.events.listened
     assert auth.events.emit("user_created", user_id="x") is None
 

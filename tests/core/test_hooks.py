@@ -444,6 +444,33 @@ async def test_hook_opp_auth_new_device_login(opp_auth_factory: Any, opp_auth_cl
     )
 
 
+async def test_hook_opp_auth_audit_sink(opp_auth_factory: Any, config_dir: Any) -> None:
+    """A plugin's sink replaces the audit files: opened at start, handed each event, closed at the stop."""
+    calls: list[tuple[str, Any]] = []
+
+    class Sink:
+        def open(self, version: str) -> None:
+            calls.append(("open", version))
+
+        def append(self, events: list[Any], extra: list[Any]) -> None:
+            calls.extend(("event", event.type) for event in events)
+
+        def close(self) -> None:
+            calls.append(("close", None))
+
+    class Offers:
+        @hookimpl
+        def opp_auth_audit_sink(self, auth: Any, config: Any) -> Any:
+            assert config["keep_days"] == 90
+            return Sink()
+
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("sink", Offers())])
+    await auth.async_create_user("Bob")
+    await auth.async_shutdown()
+    assert calls == [("open", auth.version), ("event", "user_created"), ("close", None)]
+    assert not (config_dir / "audit").exists()
+
+
 async def test_hook_opp_auth_user_created(spied: tuple[AuthManager, Spy]) -> None:
     """Creating a user awaits the hook with the new user."""
     auth, spy = spied
