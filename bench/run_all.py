@@ -36,6 +36,7 @@ SCRIPT_SIZES: dict[str, tuple[int, ...]] = {
     "ldap_login": (0,),
     "anonymous_flood": (0,),
     "login_history": SIZES,
+    "audit_log": (0,),
 }
 SCRIPTS = list(SCRIPT_SIZES)
 RUNS = 3
