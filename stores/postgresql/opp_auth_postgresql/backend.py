@@ -304,22 +304,26 @@ class PostgresBackend(StorageBackend):
         follow commit order (row locks order writes of the same rows before that).
         """
         assert self.pool is not None
-        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
-            async with conn.cursor() as cur:
-                for sql, params in ops:
-                    if isinstance(params, list):
-                        await cur.executemany(sql, params)
-                    else:
-                        await cur.execute(sql, params)
-                await cur.execute(
+        async with self.pool.connection() as conn, conn.pipeline():
+            final = conn.cursor()
+            async with conn.transaction():
+                async with conn.cursor() as cur:
+                    for sql, params in ops:
+                        if isinstance(params, list):
+                            await cur.executemany(sql, params)
+                        else:
+                            await cur.execute(sql, params)
+                await final.execute(
                     "WITH lock AS (SELECT pg_advisory_xact_lock(%s)), "
                     "change AS (INSERT INTO opp_auth_changes (origin, records) SELECT %s, %s FROM lock RETURNING seq) "
                     "SELECT seq, pg_notify(%s, seq::text) FROM change",
                     (LOCK_WRITE, self.origin, records_text, CHANNEL),
                 )
-                row = await cur.fetchone()
-                assert row is not None
-                return int(row[0])
+            # Read after the COMMIT was queued: statements, change row and commit in one round trip.
+            row = await final.fetchone()
+            await final.close()
+            assert row is not None
+            return int(row[0])
 
     # ---- the change feed ------------------------------------------------------------------
 
