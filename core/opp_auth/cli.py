@@ -196,7 +196,7 @@ def _run_local(args: argparse.Namespace, action: Callable[[AuthManager, Any], Aw
             set_origin(Origin(via="cli"))  # events of this command say so
             await auth.async_setup()
             try:
-                return await action(auth, auth.get_auth_provider(local_type, None))
+                return await action(auth, auth.registry.get_auth_provider(local_type, None))
             finally:
                 await auth.async_shutdown()
 
@@ -254,7 +254,7 @@ def cmd_auth_add(args: argparse.Namespace) -> int:
         if provider.data.get(args.username) is not None:
             print("Username already exists!")
             return 1
-        if args.owner and auth.owner() is not None:
+        if args.owner and auth.users.owner() is not None:
             raise CliError("An owner exists already; add the user without --owner")
         try:
             await provider.async_add_auth(args.username, password)
@@ -262,7 +262,9 @@ def cmd_auth_add(args: argparse.Namespace) -> int:
             raise CliError(str(err)) from err
         credentials = await provider.async_get_or_create_credentials({"username": args.username})
         group = GROUP_ID_ADMIN if args.owner else args.group
-        await auth.async_create_user(args.name or args.username, [group], is_owner=args.owner, credentials=credentials)
+        await auth.users.async_create_user(
+            args.name or args.username, [group], is_owner=args.owner, credentials=credentials
+        )
         print("Auth created")
         return 0
 
@@ -318,7 +320,7 @@ def cmd_auth_delete(args: argparse.Namespace) -> int:
             raise CliError("Refusing to delete the owner's login; use opp-auth reset to start afresh")
         await provider.async_remove_auth(args.username)
         if user is not None and not user.credentials:
-            await auth.async_remove_user(user)
+            await auth.users.async_remove_user(user)
         print("Auth deleted")
         return 0
 

@@ -105,17 +105,17 @@ class PluginContext:
 
     async def async_add_executor_job(self, func: Callable[..., _T], *args: Any) -> _T:
         """Run blocking work (files, sockets, subprocess waits) in the executor."""
-        return await self.__manager.async_add_executor_job(func, *args)
+        return await self.__manager.executor.async_add_executor_job(func, *args)
 
     async def async_password_check(self, func: Callable[..., _T], *args: Any) -> _T:
         """Run a CPU-heavy password check in the executor, a bounded number at once."""
-        return await self.__manager.async_password_check(func, *args)
+        return await self.__manager.executor.async_password_check(func, *args)
 
     # ---- users and credentials -----------------------------------------------------------
 
     def get_user(self, user_id: str) -> User | None:
         """A user by id."""
-        return self.__manager.get_user(user_id)
+        return self.__manager.users.get_user(user_id)
 
     def users(self) -> list[User]:
         """Every user, in creation order."""
@@ -123,7 +123,7 @@ class PluginContext:
 
     def owner(self) -> User | None:
         """The owner, if one exists."""
-        return self.__manager.owner()
+        return self.__manager.users.owner()
 
     def user_for_credentials(self, credentials: Credentials) -> User | None:
         """The user stored credentials are linked to."""
@@ -143,74 +143,69 @@ class PluginContext:
         Raises :class:`~opp_auth.InvalidAuthError` when that cannot be (e.g. the credentials' user is gone).
         """
         try:
-            return await self.__manager.async_get_or_create_user(credentials)
+            return await self.__manager.users.async_get_or_create_user(credentials)
         except AuthManagerError as err:
             raise InvalidAuthError(str(err)) from err
 
     async def async_link_user(self, user: User, credentials: Credentials) -> None:
         """Attach credentials to a user; :class:`~opp_auth.InvalidAuthError` when another user holds them."""
         try:
-            await self.__manager.async_link_user(user, credentials)
+            await self.__manager.users.async_link_user(user, credentials)
         except AuthManagerError as err:
             raise InvalidAuthError(str(err)) from err
 
     async def async_remove_credentials(self, credentials: Credentials) -> None:
         """Remove credentials; their provider is told first (``async_will_remove_credentials``)."""
-        await self.__manager.async_remove_credentials(credentials)
+        await self.__manager.users.async_remove_credentials(credentials)
 
     async def async_forget_credentials(self, credentials: Credentials) -> None:
         """Remove credentials whose provider already dropped its own data (the provider is not told)."""
-        store = self.__manager.store
-        store.remove_credentials(credentials)
-        await store.async_save()
-        self.__manager.events.credentials_removed(credentials)
+        await self.__manager.users.async_forget_credentials(credentials)
 
     async def async_update_credentials_data(self, credentials: Credentials, data: dict[str, Any]) -> None:
         """Replace the data of linked credentials (the provider renamed the login); sessions stay valid."""
-        store = self.__manager.store
-        store.update_credentials_data(credentials, dict(data))
-        await store.async_save()
+        await self.__manager.users.async_update_credentials_data(credentials, data)
 
     async def async_update_user(
         self, user: User, *, name: str | None = None, group_ids: list[str] | None = None
     ) -> None:
         """Rename or regroup a user, as a provider syncing what its identity provider says at each login."""
-        await self.__manager.async_update_user(user, name=name, group_ids=group_ids)
+        await self.__manager.users.async_update_user(user, name=name, group_ids=group_ids)
 
     # ---- sessions ----------------------------------------------------------------------------
 
     async def async_get_refresh_token(self, token_id: str) -> RefreshToken | None:
         """A refresh token by id."""
-        return await self.__manager.async_get_refresh_token(token_id)
+        return await self.__manager.refresh_tokens.async_get_refresh_token(token_id)
 
     async def async_remove_refresh_token(self, refresh_token: RefreshToken) -> None:
         """Revoke a refresh token and every access token it minted (open websockets close)."""
-        await self.__manager.async_remove_refresh_token(refresh_token)
+        await self.__manager.refresh_tokens.async_remove_refresh_token(refresh_token)
 
     # ---- providers and modules ---------------------------------------------------------------
 
     def get_auth_provider(self, provider_type: str, provider_id: str | None) -> AuthProvider | None:
         """A configured provider by (type, id)."""
-        return self.__manager.get_auth_provider(provider_type, provider_id)
+        return self.__manager.registry.get_auth_provider(provider_type, provider_id)
 
     def get_auth_providers(self, provider_type: str) -> list[AuthProvider]:
         """Every configured provider of a type."""
-        return self.__manager.get_auth_providers(provider_type)
+        return self.__manager.registry.get_auth_providers(provider_type)
 
     def get_auth_mfa_module(self, module_id: str) -> MfaModule | None:
         """A configured MFA module by id."""
-        return self.__manager.get_auth_mfa_module(module_id)
+        return self.__manager.registry.get_auth_mfa_module(module_id)
 
     @property
     def auth_mfa_modules(self) -> list[MfaModule]:
         """Configured MFA modules in configuration order."""
-        return self.__manager.auth_mfa_modules
+        return self.__manager.registry.auth_mfa_modules
 
     # ---- login attempts ------------------------------------------------------------------------
 
     def login_retry_after(self, remote_ip: str | None, username: str | None) -> float:
         """Seconds remote_ip must wait before trying username again (0: now), as the throttles say."""
-        return self.__manager.login_retry_after(remote_ip, username)
+        return self.__manager.events.login_retry_after(remote_ip, username)
 
     @staticmethod
     def too_many_attempts_message(wait: float) -> str:
@@ -221,7 +216,7 @@ class PluginContext:
         self, remote_ip: str | None, provider: tuple[str, str | None] | None, username: str | None, reason: str
     ) -> None:
         """Report a failed attempt (wrong password or code): throttles, bans and audit hear of it."""
-        self.__manager.note_login_failure(remote_ip, provider, username, reason)
+        self.__manager.events.login_failed(remote_ip, provider, username, reason)
 
     def note_event(self, event_type: str, **values: Any) -> None:
         """Emit an authentication event of event_type where the thing happened (``password_changed``...).

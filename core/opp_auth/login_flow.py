@@ -4,7 +4,7 @@ Every way in (the HTTP login flow, onboarding, any future transport) walks a
 login the same way through :class:`LoginFlowManager`:
 
 - :meth:`LoginFlowManager.async_start_login` and :meth:`~LoginFlowManager.async_login_step`
-  check the client and the address, throttle (``auth.login_retry_after``), run
+  check the client and the address, throttle (``events.login_retry_after``), run
   the step, report failures and successes to the plugins, and turn a finished
   login into a one-time authorization code (``codes.py``) for the flow's purpose
   (``authorize`` or ``link_user``). Transports only translate their wire format.
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import voluptuous as vol
 
-from .codes import AUTHORIZE, LINK_USER, PURPOSES
+from .codes import AUTHORIZE, LINK_USER, PURPOSES, AuthorizationCodes
 from .events import LOGIN_SUCCEEDED
 from .events import login_name as _login_name
 from .flow import (
@@ -47,13 +47,16 @@ from .flow import (
 )
 from .mfa import MfaAbort
 from .models import Credentials, RefreshToken, User
+from .network import is_local_address
 from .providers import AuthProvider, InvalidAuthError, ProviderUnavailableError
 from .shares import AddressShares, Full, KnownAddresses
 from .throttle import normalize_username
 
 if TYPE_CHECKING:
     from .context import PluginContext
-    from .manager import AuthManager
+    from .events import Events
+    from .registry import Registry
+    from .users import Users
 
 _LOGGER = logging.getLogger(__name__)
 _P = TypeVar("_P", bound=AuthProvider)
@@ -105,21 +108,35 @@ class MfaRequired(FlowError):
     """A code was asked outside a login flow for a user who has MFA enrolled."""
 
 
+def mfa_required_from(policy: str, ip_address: str | None) -> bool:
+    """Whether the mfa_required policy asks enrolled users for a second factor at a login from ip_address.
+
+    ``everywhere`` (the default) and an unknown address: yes; ``never``: no;
+    ``outside_local_network``: only when the address is not loopback,
+    private or link-local (after the http block's proxy handling).
+    """
+    if policy == "never":
+        return False
+    if policy == "outside_local_network":
+        return not is_local_address(ip_address)
+    return True
+
+
 async def async_required_mfa(
-    auth: AuthManager, credentials: Credentials, ip_address: str | None = None
+    users: Users, policy: str, credentials: Credentials, ip_address: str | None = None
 ) -> tuple[User | None, dict[str, str]]:
     """THE MFA decision: the user behind credentials and the modules (id -> name) of which one must be passed.
 
     No user yet (new credentials) means no module. A module that fails to say
     whether the user is enrolled raises: the caller's flow aborts (fail closed).
-    The ``mfa_required`` policy (``auth.mfa_required_from``) may waive the
+    The ``mfa_required`` policy (:func:`mfa_required_from`) may waive the
     factor for a login from ``ip_address`` (None: unknown, never waived by
     ``outside_local_network``).
     """
-    user = auth.store.user_for_credentials(credentials)
-    if user is None or not auth.mfa_required_from(ip_address):
+    user = users.store.user_for_credentials(credentials)
+    if user is None or not mfa_required_from(policy, ip_address):
         return user, {}
-    return user, await auth.async_get_enabled_mfa(user)
+    return user, await users.async_get_enabled_mfa(user)
 
 
 class LoginFlow(FlowHandler, Generic[_P]):
@@ -269,8 +286,11 @@ class LoginFlowManager(FlowManager):
 
     def __init__(
         self,
-        auth: AuthManager,
+        registry: Registry,
+        users: Users,
+        events: Events,
         *,
+        mfa_required: str = "everywhere",
         max_flows: int = MAX_FLOWS,
         ttl: float = 600.0,
         max_per_address: int = MAX_FLOWS_PER_ADDRESS,
@@ -278,10 +298,20 @@ class LoginFlowManager(FlowManager):
         known: KnownAddresses | None = None,
         trusted: Callable[[str], bool] | None = None,
     ) -> None:
-        """Flows for the manager's providers, shared out by the address in each flow's context."""
+        """Flows for registry's providers, shared out by the address in each flow's context.
+
+        The engine owns what a login decides: throttling and failure reports (events), the MFA
+        decision (users' enrolments under the mfa_required policy) and the authorization codes
+        (:attr:`codes`, fair shares by address like the flows).
+        """
         self.shares = AddressShares(max_flows, max_per_address, max_per_prefix, known=known, trusted=trusted)
         super().__init__(max_flows=max_flows, ttl=ttl)
-        self.auth = auth
+        self._registry = registry
+        self._users = users
+        self._events = events
+        self._known = known if known is not None else KnownAddresses()
+        self.mfa_required = mfa_required
+        self.codes = AuthorizationCodes(known=self._known, trusted=trusted)
         # Steps of one account (or, without a username, one address) run one at a time, each after the
         # previous one's failure was counted: a burst of simultaneous guesses cannot pass the throttle together.
         self._attempts: dict[tuple[str, Any], list[Any]] = {}
@@ -340,7 +370,7 @@ class LoginFlowManager(FlowManager):
         """Ask the provider for a new login flow."""
         if not isinstance(handler_key, (tuple, list)) or len(handler_key) != 2:
             raise UnknownHandler(handler_key)
-        provider = self.auth.get_auth_provider(handler_key[0], handler_key[1])
+        provider = self._registry.get_auth_provider(handler_key[0], handler_key[1])
         if provider is None:
             raise UnknownHandler(handler_key)
         return await provider.async_login_flow(context)
@@ -366,13 +396,13 @@ class LoginFlowManager(FlowManager):
             credentials = await provider.async_get_or_create_credentials(data)
         # A provider an MFA module adds (a passkey login) proves that module's factor and finishes with the
         # user's existing credentials of another provider; any other provider finishes with its own.
-        offering_module = self.auth.mfa_module_offering(provider)
+        offering_module = self._registry.mfa_module_offering(provider)
         if not isinstance(credentials, Credentials) or (
             credentials.provider_key != provider.key and offering_module is None
         ):
             _LOGGER.error("Provider %s finished a login with credentials not its own; refused", provider.key)
             return flow.async_abort(reason="unknown_error")
-        user, modules = await async_required_mfa(self.auth, credentials, flow.context.get("ip_address"))
+        user, modules = await self.async_required_mfa(credentials, flow.context.get("ip_address"))
         proven = offering_module is not None and offering_module in modules  # that factor was just proven
         if user is not None and modules and not proven and not flow.mfa_passed(user, modules):
             flow.credential = credentials
@@ -388,6 +418,12 @@ class LoginFlowManager(FlowManager):
         )
         return result
 
+    async def async_required_mfa(
+        self, credentials: Credentials, ip_address: str | None = None
+    ) -> tuple[User | None, dict[str, str]]:
+        """The one MFA decision (:func:`async_required_mfa`) under this server's mfa_required policy."""
+        return await async_required_mfa(self._users, self.mfa_required, credentials, ip_address)
+
     # ---- the login walk every transport uses ------------------------------------------------
 
     def _failed(
@@ -399,7 +435,7 @@ class LoginFlowManager(FlowManager):
         **values: Any,
     ) -> asyncio.Future[Any] | None:
         """Report a failed login: the login_failed event, and the plugins (throttling, bans) unless plugins=False."""
-        return self.auth.note_login_failure(ip_address, provider, username, reason, **values)
+        return self._events.login_failed(ip_address, provider, username, reason, **values)
 
     async def async_start_login(
         self,
@@ -493,7 +529,7 @@ class LoginFlowManager(FlowManager):
             flow.context[THROTTLE_USERNAME] = username
         account = normalize_username(username)
         async with self._one_attempt_at_a_time(("ip", ip_address) if account is None else ("user", account)):
-            wait = self.auth.login_retry_after(ip_address, username)
+            wait = self._events.login_retry_after(ip_address, username)
             if wait > 0:
                 handler = flow.handler
                 self._failed(
@@ -592,9 +628,11 @@ class LoginFlowManager(FlowManager):
                 "description_placeholders": None,
             }
         # First the success (the address becomes known), so the code takes a place in the known share.
-        user = self.auth.store.user_for_credentials(credentials)
-        self.auth.note_login_success(ip_address, user, credentials)
-        self.auth.events.emit(
+        user = self._users.store.user_for_credentials(credentials)
+        # From now on remote_ip is a known address of the account (shares.py).
+        self._known.add(user.id if user is not None else credentials.id, ip_address)
+        self._events.login_succeeded(ip_address, user, credentials)
+        self._events.emit(
             LOGIN_SUCCEEDED,
             user_id=user.id if user is not None else None,
             username=_login_name(credentials),
@@ -608,7 +646,7 @@ class LoginFlowManager(FlowManager):
                 **({} if step_seconds is None else {"step_seconds": step_seconds}),
             },
         )
-        result["result"] = self.auth.codes.issue(client_id, credentials, purpose, ip_address=ip_address)
+        result["result"] = self.codes.issue(client_id, credentials, purpose, ip_address=ip_address)
         return result
 
     async def async_code_for_credentials(
@@ -625,7 +663,7 @@ class LoginFlowManager(FlowManager):
         these very credentials has passed every factor already; without one,
         a user with MFA enrolled gets MfaRequired and must log in.
         """
-        user, modules = await async_required_mfa(self.auth, credentials)
+        user, modules = await self.async_required_mfa(credentials)
         if user is not None and modules:
             same_session = (
                 session is not None
@@ -635,4 +673,4 @@ class LoginFlowManager(FlowManager):
             )
             if not same_session:
                 raise MfaRequired(user.id)
-        return self.auth.codes.issue(client_id, credentials, AUTHORIZE, ip_address=ip_address)
+        return self.codes.issue(client_id, credentials, AUTHORIZE, ip_address=ip_address)

@@ -13,8 +13,9 @@ from .shares import FairPool, Full
 
 if TYPE_CHECKING:
     from .context import PluginContext
-    from .manager import AuthManager
+    from .events import Events
     from .providers import AuthProvider
+    from .registry import Registry
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -186,11 +187,12 @@ class MfaSetupFlowManager(FlowManager):
     another from enrolling.
     """
 
-    def __init__(self, auth: AuthManager) -> None:
-        """Flows for the manager's modules."""
+    def __init__(self, registry: Registry, events: Events) -> None:
+        """Flows for registry's modules; a finished enrolment is told to events."""
         self.shares = FairPool(MAX_SETUP_FLOWS, MAX_SETUP_FLOWS_PER_USER, MAX_SETUP_FLOWS_PER_USER)
         super().__init__(max_flows=MAX_SETUP_FLOWS, ttl=600.0)
-        self.auth = auth
+        self._registry = registry
+        self._events = events
 
     def _admit(self, flow_id: str, context: dict[str, Any]) -> None:
         """A place in the user's share (raise TooManyFlows)."""
@@ -218,12 +220,12 @@ class MfaSetupFlowManager(FlowManager):
     async def async_finish_flow(self, flow: FlowHandler, result: FlowResult) -> FlowResult:
         """A finished enrolment is an mfa_enrolled event (every module's set-up flow ends here)."""
         if result["type"] == RESULT_TYPE_CREATE_ENTRY:
-            self.auth.events.emit(MFA_ENROLLED, user_id=flow.context.get("user_id"), mfa_module=str(flow.handler))
+            self._events.emit(MFA_ENROLLED, user_id=flow.context.get("user_id"), mfa_module=str(flow.handler))
         return result
 
     async def async_create_flow(self, handler_key: Any, *, context: dict[str, Any], data: Any) -> FlowHandler:
         """The module's setup flow for context['user_id']."""
-        module = self.auth.get_auth_mfa_module(handler_key) if isinstance(handler_key, str) else None
+        module = self._registry.get_auth_mfa_module(handler_key) if isinstance(handler_key, str) else None
         if module is None:
             raise UnknownHandler(handler_key)
         return await module.async_setup_flow(context["user_id"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -55,6 +56,11 @@ def system_group(group_id: str) -> Group:
     """Build one of the three system groups from the code's constants."""
     name, policy = SYSTEM_GROUPS[group_id]
     return Group(name=name, policy=policy, id=group_id, system_generated=True)
+
+
+def credential_lookup_key(data: dict[str, Any]) -> str:
+    """Canonical text of credential data, the key of the store's credential index."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
 
 
 @dataclass(slots=True, eq=False)

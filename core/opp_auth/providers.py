@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import voluptuous as vol
 
-from .models import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, Credentials, RefreshToken, UserMeta
+from .models import (
+    GROUP_ID_ADMIN,
+    GROUP_ID_READ_ONLY,
+    GROUP_ID_USER,
+    Credentials,
+    RefreshToken,
+    UserMeta,
+    credential_lookup_key,
+)
 
 if TYPE_CHECKING:
     from .context import PluginContext
@@ -234,8 +241,3 @@ class AuthProvider:
 
     async def async_shutdown(self) -> None:
         """Release resources at shutdown."""
-
-
-def credential_lookup_key(data: dict[str, Any]) -> str:
-    """Canonical text of credential data, the key of the store's credential index."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)

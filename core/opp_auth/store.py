@@ -40,10 +40,10 @@ from .models import (
     KeyRing,
     RefreshToken,
     User,
+    credential_lookup_key,
     hash_token,
     system_group,
 )
-from .providers import credential_lookup_key
 from .storage import RecordList, StorageError, Store
 from .validation import check_storable
 
@@ -83,8 +83,21 @@ def _parse_dt(value: Any) -> datetime | None:
 class AuthStore:
     """In-memory auth data with its indexes, backed by one storage file."""
 
-    def __init__(self, config_dir: str, backend: StorageBackend | None = None) -> None:
-        """Nothing is loaded until async_load; backend: where changes persist (default .storage/auth)."""
+    def __init__(
+        self,
+        config_dir: str,
+        backend: StorageBackend | None = None,
+        *,
+        key_for: Callable[[str, str | None, dict[str, Any]], str] | None = None,
+        keyring: KeyRing | None = None,
+        idle_expiry: float | None = None,
+    ) -> None:
+        """Nothing is loaded until async_load; backend: where changes persist (default .storage/auth).
+
+        key_for(type, id, data): the credential index key as the issuing provider normalises
+        it (default: the data's canonical text); keyring: derives the signing keys of tokens;
+        idle_expiry: seconds a normal refresh token may go unused (None: forever).
+        """
         self._store: RecordLog = (
             backend.auth_log()
             if backend is not None
@@ -100,15 +113,13 @@ class AuthStore:
         self._credentials: dict[str, Credentials] = {}
         self._cred_index: dict[tuple[str, str | None, str], Credentials] = {}
         self._creds_by_provider: dict[tuple[str, str | None], dict[str, Credentials]] = {}
-        # Providers may normalise credential data (case-insensitive usernames); the manager sets this.
-        self.key_for: Callable[[str, str | None, dict[str, Any]], str] = lambda _t, _i, data: credential_lookup_key(
-            data
-        )
+        # Providers may normalise credential data (case-insensitive usernames).
+        self.key_for: Callable[[str, str | None, dict[str, Any]], str] = key_for or _canonical_key
         self._tokens_by_id: dict[str, RefreshToken] = {}
         self._tokens_by_token: dict[bytes, RefreshToken] = {}
-        self.keyring: KeyRing | None = None
+        self.keyring = keyring
         # Idle expiry for normal tokens; Open Peer Power's tokens start their clock when loaded.
-        self.idle_expiry: float | None = None
+        self.idle_expiry = idle_expiry
         self._group_sets: dict[tuple[str, ...], tuple[Group, ...]] = {}
         self.loaded = False
         self._journaling = True
@@ -949,6 +960,11 @@ def _credentials_from(cdata: dict[str, Any], user_id: str) -> Credentials:
     return Credentials(
         cdata["auth_provider_type"], cdata.get("auth_provider_id"), cdata.get("data") or {}, cdata["id"], False, user_id
     )
+
+
+def _canonical_key(_type: str, _id: str | None, data: dict[str, Any]) -> str:
+    """The credential index key when no provider normalises it."""
+    return credential_lookup_key(data)
 
 
 def _expire_value(value: Any) -> float | None:

@@ -509,7 +509,7 @@ class ProviderContract:
     @staticmethod
     def _provider(auth: AuthManager) -> Any:
         """The provider under test."""
-        return auth.auth_providers[0]
+        return auth.registry.auth_providers[0]
 
     def test_schema_rejects_unknown_keys(self, contract_auth: AuthManager, provider_config: dict[str, Any]) -> None:
         """An unknown configuration key is an error, not silently ignored."""
@@ -625,7 +625,7 @@ class MfaContract:
     @staticmethod
     def _module(auth: AuthManager) -> Any:
         """The module under test."""
-        return auth.auth_mfa_modules[0]
+        return auth.registry.auth_mfa_modules[0]
 
     async def _user(self, auth: AuthManager) -> Any:
         """A user with credentials of the example provider (so logins ask for MFA)."""
@@ -633,7 +633,7 @@ class MfaContract:
             auth, ("insecure_example", None), [{"username": "mfa-user", "password": "mfa-pass"}]
         )
         assert result["type"] == "create_entry", result
-        return await auth.async_get_or_create_user(result["result"])
+        return await auth.users.async_get_or_create_user(result["result"])
 
     def test_schema_rejects_unknown_keys(self, contract_auth: AuthManager, module_config: dict[str, Any]) -> None:
         """An unknown configuration key is an error."""

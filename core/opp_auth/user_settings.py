@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .validation import check_storable
 
 if TYPE_CHECKING:
-    from .manager import AuthManager
+    from .backend import DocumentStore
 
 STORAGE_KEY = "opp_auth.user_data"
 STORAGE_VERSION = 1
@@ -19,9 +19,9 @@ MAX_KEYS = 64
 class UserSettings:
     """key -> JSON value per user, in .storage/opp_auth.user_data."""
 
-    def __init__(self, auth: AuthManager) -> None:
-        """Nothing loaded yet."""
-        self._store = auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True)
+    def __init__(self, store: DocumentStore) -> None:
+        """Kept in store (``.storage/opp_auth.user_data``); nothing loaded yet."""
+        self._store = store
         self._data: dict[str, dict[str, Any]] = {}
 
     async def async_load(self) -> None:

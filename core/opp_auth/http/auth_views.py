@@ -186,10 +186,10 @@ async def providers_view(request: web.Request) -> web.Response:
     if not request.app[ONBOARDED_KEY]():
         return json_message("Onboarding not finished", 400, "onboarding_required")
     auth = auth_of(request)
-    listed = auth.auth_providers
+    listed = auth.registry.auth_providers
     if speaks_home_assistant(request):
         # Home Assistant's login page cannot answer a login an MFA module adds (a passkey's WebAuthn challenge).
-        listed = [p for p in listed if auth.mfa_module_offering(p) is None]
+        listed = [p for p in listed if auth.registry.mfa_module_offering(p) is None]
     providers = [{"name": p.name, "id": p.id, "type": p.type} for p in listed]
     if speaks_home_assistant(request):
         return json_response({"providers": providers, "preselect_remember_me": is_local_address(client_ip(request))})
@@ -203,7 +203,7 @@ async def login_flow_get_index(request: web.Request) -> web.Response:
 
 def _failed(request: web.Request, reason: str, username: str | None = None) -> None:
     """Tell the plugins a login failed."""
-    auth_of(request).note_login_failure(client_ip(request), None, username, reason)
+    auth_of(request).events.login_failed(client_ip(request), None, username, reason)
 
 
 async def login_flow_start(request: web.Request) -> web.Response:
@@ -329,9 +329,9 @@ async def _revoke(request: web.Request, token: Any) -> web.Response:
     """Delete the refresh token whose secret is token (if any); always 200."""
     if isinstance(token, str):
         auth = auth_of(request)
-        refresh_token = await auth.async_get_refresh_token_by_token(token)
+        refresh_token = await auth.refresh_tokens.async_get_refresh_token_by_token(token)
         if refresh_token is not None:
-            await auth.async_remove_refresh_token(refresh_token)
+            await auth.refresh_tokens.async_remove_refresh_token(refresh_token)
         else:
             # It may be gone from memory only: an earlier revocation still being written, or one
             # whose write failed. The 200 must not come before that removal is on disk.
@@ -358,15 +358,15 @@ async def _grant_authorization_code(request: web.Request, data: Any) -> web.Resp
     if not isinstance(client_id, str) or not indieauth.verify_client_id(client_id):
         return _oauth_error("invalid_request", "Invalid client id")
     code = data.get("code")
-    credential = auth.codes.redeem(client_id, code, AUTHORIZE)
+    credential = auth.login_flow.codes.redeem(client_id, code, AUTHORIZE)
     if credential is None:
         return _oauth_error("invalid_request", "Invalid code")
     try:
-        user = await auth.async_get_or_create_user(credential)
+        user = await auth.users.async_get_or_create_user(credential)
     except AuthManagerError as err:
         return _oauth_error("access_denied", str(err), 403)
     if not user.is_active:
-        auth.note_login_failure(
+        auth.events.login_failed(
             client_ip(request),
             credential.provider_key,
             login_name(credential),
@@ -377,14 +377,14 @@ async def _grant_authorization_code(request: web.Request, data: Any) -> web.Resp
         )
         return _oauth_error("access_denied", "User is not active", 403)
     try:
-        refresh_token = await auth.async_create_refresh_token(user, client_id, credential=credential)
+        refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, client_id, credential=credential)
     except ValueError as err:
         return _oauth_error("access_denied", str(err), 403)
     try:
-        access_token = await auth.async_create_access_token(refresh_token, client_ip(request))
+        access_token = await auth.access_tokens.async_create_access_token(refresh_token, client_ip(request))
     except (ValueError, InvalidAuthError) as err:
         # Refused from here (local_only, the provider's check): the token never handed out is not kept.
-        await auth.async_remove_refresh_token(refresh_token)
+        await auth.refresh_tokens.async_remove_refresh_token(refresh_token)
         return _oauth_error("access_denied", str(err), 403)
     secret, refresh_token.token = refresh_token.token, None  # handed out once; only its digest is kept
     body = {
@@ -414,13 +414,13 @@ async def _refresh(request: web.Request, data: Any) -> tuple[web.Response, str]:
     token = data.get("refresh_token")
     if not isinstance(token, str) or not token:
         return _oauth_error("invalid_request"), REFRESH_INVALID_REQUEST
-    refresh_token = await auth.async_get_refresh_token_by_token(token)
+    refresh_token = await auth.refresh_tokens.async_get_refresh_token_by_token(token)
     if refresh_token is None:
         return _oauth_error("invalid_grant"), REFRESH_INVALID_GRANT
     if refresh_token.client_id != client_id:
         return _oauth_error("invalid_request"), REFRESH_INVALID_REQUEST
     try:
-        access_token = await auth.async_create_access_token(refresh_token, client_ip(request))
+        access_token = await auth.access_tokens.async_create_access_token(refresh_token, client_ip(request))
     except InvalidAuthError as err:
         return _oauth_error("access_denied", str(err), 403), REFRESH_ACCESS_DENIED
     return json_response(
@@ -444,16 +444,18 @@ async def link_user_view(request: web.Request) -> web.Response:
         return error
     auth = auth_of(request)
     session = auth.store.get_refresh_token(request.get(KEY_REFRESH_TOKEN_ID) or "")
-    provider = auth.get_auth_provider(*session.credential.provider_key) if session and session.credential else None
+    provider = (
+        auth.registry.get_auth_provider(*session.credential.provider_key) if session and session.credential else None
+    )
     if provider is not None and provider.CHECKS_EVERY_REQUEST:
         # A session a provider confines to its networks (trusted networks) proved a place, not the person:
         # a way in linked from it would work from anywhere.
         return json_message("A session from a trusted network cannot link another login; log in with it first", 403)
-    credentials = auth.codes.redeem(data["client_id"], data["code"], LINK_USER)
+    credentials = auth.login_flow.codes.redeem(data["client_id"], data["code"], LINK_USER)
     if credentials is None:
         return json_message("Invalid code", 400)
     try:
-        await auth.async_link_user(request[KEY_USER], credentials)
+        await auth.users.async_link_user(request[KEY_USER], credentials)
     except AuthManagerError as err:
         return json_message(str(err), 400)
     return json_message("User linked")

@@ -68,7 +68,7 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
     cors_origins = frozenset(http_config.get("cors_allowed_origins") or [])
     ban_active = ban is not None and http_config.get("ip_ban_enabled", True)
     authenticators = auth.pm.hook.opp_auth_authenticate_request
-    validate_token = auth.validate_access_token
+    validate_token = auth.access_tokens.validate_access_token
     clean_paths: set[str] = set()
 
     @web.middleware
@@ -104,7 +104,7 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
         set_origin(request)  # events emitted while serving it name its address, user agent and user
 
         if ban_active and remote in ban.banned and ban.is_banned(remote):  # type: ignore[union-attr]
-            auth.note_login_failure(remote, None, None, "banned", plugins=False)
+            auth.events.login_failed(remote, None, None, "banned", plugins=False)
             return json_message("Forbidden", 403)
 
         authenticated = False
@@ -119,7 +119,9 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
                     authenticated = True
         if not authenticated and request.method == "GET" and "authSig" in request.query:
             params = [(k, v) for k, v in request.query.items() if k != "authSig"]
-            refresh_token = auth.validate_signed_path(request.path, request.query["authSig"], params, remote)
+            refresh_token = auth.access_tokens.validate_signed_path(
+                request.path, request.query["authSig"], params, remote
+            )
             if refresh_token is not None:
                 request[KEY_USER] = refresh_token.user
                 request[KEY_REFRESH_TOKEN_ID] = refresh_token.id
@@ -175,7 +177,7 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
             response = _json_refusal(exc)
 
         if response.status == 401:
-            auth.note_login_failure(remote, None, None, "unauthorized", plugins=ban_active)
+            auth.events.login_failed(remote, None, None, "unauthorized", plugins=ban_active)
         if origin is not None and (origin in cors_origins or request.path in CORS_ANY_ORIGIN_PATHS):
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"

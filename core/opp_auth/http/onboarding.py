@@ -81,7 +81,7 @@ class Onboarding:
         data = await self._store.async_load()
         self.done = list((data or {}).get("done", []))
         self._store.listen(self._use)
-        if STEP_USER not in self.done and self.auth.owner() is not None:
+        if STEP_USER not in self.done and self.auth.users.owner() is not None:
             self.done.append(STEP_USER)
             await self.async_save()
 
@@ -149,7 +149,7 @@ async def onboarding_users(request: web.Request) -> web.Response:
             return json_message("User step already done", 403)
         if not indieauth.verify_client_id(data["client_id"]):
             return json_message("Invalid client id", 400)
-        provider = auth.local_provider()
+        provider = auth.registry.local_provider()
         if provider is None:
             return json_message(
                 "Onboarding needs the local auth provider (type openpeerpower or homeassistant, "
@@ -167,8 +167,8 @@ async def onboarding_users(request: web.Request) -> web.Response:
             return json_message(str(err) or "Unable to create the login", 400)
         try:
             credentials = await provider.async_get_or_create_credentials({"username": username})
-            user = await auth.async_create_user(
-                data["name"], [GROUP_ID_ADMIN], is_owner=not auth.has_non_system_user(), credentials=credentials
+            user = await auth.users.async_create_user(
+                data["name"], [GROUP_ID_ADMIN], is_owner=not auth.users.has_non_system_user(), credentials=credentials
             )
         except Exception:
             # Undo the login so a retry with the same username works (G20).

@@ -333,17 +333,19 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: A
         error = str(err) if isinstance(err, (vol.Invalid, InvalidData)) else "Invalid JSON"
         await ws.send_json({"type": "auth_invalid", "message": f"Auth message incorrectly formatted: {error}"})
         return None
-    wait = auth.login_retry_after(client_ip(request), None)
+    wait = auth.events.login_retry_after(client_ip(request), None)
     if wait > 0:
-        auth.note_login_failure(client_ip(request), None, None, "throttled", plugins=False)
+        auth.events.login_failed(client_ip(request), None, None, "throttled", plugins=False)
         await ws.send_json({"type": "auth_invalid", "message": too_many_attempts_message(wait)})
         return None
     refresh_token = (
-        auth.validate_access_token(data["access_token"], client_ip(request)) if "access_token" in data else None
+        auth.access_tokens.validate_access_token(data["access_token"], client_ip(request))
+        if "access_token" in data
+        else None
     )
     if refresh_token is None:
         await ws.send_json({"type": "auth_invalid", "message": "Invalid access token or password"})
-        auth.note_login_failure(client_ip(request), None, None, "invalid_token")
+        auth.events.login_failed(client_ip(request), None, None, "invalid_token")
         return None
     tracker = request.app[WS_CONNECTIONS_KEY]
     if tracker.count(refresh_token.user.id) >= MAX_CONNECTIONS_PER_USER:
@@ -358,7 +360,8 @@ async def _authenticate(request: web.Request, ws: web.WebSocketResponse, auth: A
     except BaseException:
         tracker.discard(conn)
         raise
-    auth.note_login_success(client_ip(request), refresh_token.user, None)
+    auth.known_addresses.add(refresh_token.user.id, client_ip(request))
+    auth.events.login_succeeded(client_ip(request), refresh_token.user, None)
     # The commands of this connection run in tasks of this one's context: their events name this origin.
     set_origin(
         Origin(
@@ -414,7 +417,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
             for message in payload if isinstance(payload, list) else [payload]:
                 # Every message asks the same access decision as the auth phase (and HTTP):
                 # user active, local_only, the token's expiry, the provider's per-request check.
-                refusal = auth.session_refusal(conn.refresh_token_id, conn.remote)
+                refusal = auth.access_tokens.session_refusal(conn.refresh_token_id, conn.remote)
                 if refusal is not None:
                     msg_id = message.get("id") if isinstance(message, dict) else None
                     if isinstance(msg_id, int):

@@ -49,7 +49,7 @@ def user_info(user: User) -> dict[str, Any]:
 async def current_user(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """The caller's identity, credentials and MFA modules."""
     user = conn.user
-    enabled = await conn.auth.async_get_enabled_mfa(user)
+    enabled = await conn.auth.users.async_get_enabled_mfa(user)
     conn.send_result(
         msg["id"],
         {
@@ -63,7 +63,7 @@ async def current_user(conn: ActiveConnection, msg: dict[str, Any]) -> None:
             ],
             "mfa_modules": [
                 {"id": module.id, "name": module.name, "enabled": module.id in enabled}
-                for module in conn.auth.auth_mfa_modules
+                for module in conn.auth.registry.auth_mfa_modules
             ],
         },
     )
@@ -83,7 +83,7 @@ async def long_lived_access_token(conn: ActiveConnection, msg: dict[str, Any]) -
     auth = conn.auth
     session = conn.refresh_token
     try:
-        refresh_token = await auth.async_create_refresh_token(
+        refresh_token = await auth.refresh_tokens.async_create_refresh_token(
             conn.user,
             # Bound to the session's credentials, so a provider that confines its sessions (trusted
             # networks) confines this token too, and removing those credentials removes it.
@@ -97,9 +97,9 @@ async def long_lived_access_token(conn: ActiveConnection, msg: dict[str, Any]) -
         raise CommandError("invalid_info", str(err)) from err
     refresh_token.token = None  # a long-lived token's refresh secret is never revealed
     try:
-        access_token = await auth.async_create_access_token(refresh_token, conn.remote)
+        access_token = await auth.access_tokens.async_create_access_token(refresh_token, conn.remote)
     except InvalidAuthError as err:
-        await auth.async_remove_refresh_token(refresh_token)
+        await auth.refresh_tokens.async_remove_refresh_token(refresh_token)
         raise Unauthorized(str(err)) from err
     conn.send_result(msg["id"], access_token)
 
@@ -128,7 +128,7 @@ async def refresh_tokens(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """The caller's refresh tokens."""
     conn.send_result(
         msg["id"],
-        [_token_info(t, conn.refresh_token_id, conn.auth.expire_at(t)) for t in conn.user.token_list],
+        [_token_info(t, conn.refresh_token_id, conn.auth.refresh_tokens.expire_at(t)) for t in conn.user.token_list],
     )
 
 
@@ -145,7 +145,7 @@ async def refresh_token_set_expiry(conn: ActiveConnection, msg: dict[str, Any]) 
     token = conn.user.get_token(msg["refresh_token_id"])
     if token is None:
         raise CommandError("invalid_token_id", "Received invalid token")
-    await conn.auth.async_set_expiry(token, msg["enable_expiry"])
+    await conn.auth.refresh_tokens.async_set_expiry(token, msg["enable_expiry"])
     conn.send_result(msg["id"], {})
 
 
@@ -156,7 +156,7 @@ async def delete_refresh_token(conn: ActiveConnection, msg: dict[str, Any]) -> N
     token = conn.user.get_token(msg["refresh_token_id"])
     if token is None:
         raise CommandError("invalid_token_id", "Received invalid token")
-    await conn.auth.async_remove_refresh_token(token)
+    await conn.auth.refresh_tokens.async_remove_refresh_token(token)
     conn.send_result(msg["id"], {})
 
 
@@ -181,9 +181,9 @@ async def delete_all_refresh_tokens(conn: ActiveConnection, msg: dict[str, Any])
             continue
         others.append(token)
     # One durable write for all of them (10,000 tokens are not 10,000 fsyncs).
-    await auth.async_remove_refresh_tokens(others)
+    await auth.refresh_tokens.async_remove_refresh_tokens(others)
     if current is not None and msg["delete_current_token"]:
-        await auth.async_remove_refresh_token(current)
+        await auth.refresh_tokens.async_remove_refresh_token(current)
     conn.send_result(msg["id"], {})
 
 
@@ -199,7 +199,11 @@ async def sign_path(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """A signed URL path the caller can hand to something without a token."""
     conn.send_result(
         msg["id"],
-        {"path": conn.auth.sign_path(msg["path"], timedelta(seconds=msg["expires"]), conn.refresh_token_id)},
+        {
+            "path": conn.auth.access_tokens.sign_path(
+                msg["path"], timedelta(seconds=msg["expires"]), conn.refresh_token_id
+            )
+        },
     )
 
 
@@ -257,7 +261,7 @@ async def depose_mfa(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """Leave an MFA module."""
     module_id = msg["mfa_module_id"]
     try:
-        await conn.auth.async_disable_user_mfa(conn.user, module_id)
+        await conn.auth.users.async_disable_user_mfa(conn.user, module_id)
     except Exception as err:
         raise CommandError("disable_failed", f"Cannot disable MFA Module {module_id}: {err}") from err
     conn.send_result(msg["id"], "done")
@@ -292,7 +296,7 @@ async def set_user_data(conn: ActiveConnection, msg: dict[str, Any]) -> None:
 @websocket_command({vol.Required("type"): "config/auth/list"})
 async def config_auth_list(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """Every user."""
-    conn.send_result(msg["id"], [user_info(u) for u in await conn.auth.async_get_users()])
+    conn.send_result(msg["id"], [user_info(u) for u in await conn.auth.users.async_get_users()])
 
 
 @require_admin
@@ -307,7 +311,7 @@ async def config_auth_list(conn: ActiveConnection, msg: dict[str, Any]) -> None:
 async def config_auth_create(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """Create a user (never an owner: G9)."""
     try:
-        user = await conn.auth.async_create_user(
+        user = await conn.auth.users.async_create_user(
             msg["name"], msg.get("group_ids"), local_only=msg.get("local_only", False)
         )
     except AuthManagerError as err:
@@ -329,7 +333,7 @@ async def config_auth_create(conn: ActiveConnection, msg: dict[str, Any]) -> Non
 async def config_auth_update(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """Rename, (de)activate or regroup a user; the owner cannot be demoted (G9)."""
     auth = conn.auth
-    user = await auth.async_get_user(msg["user_id"])
+    user = await auth.users.async_get_user(msg["user_id"])
     if user is None:
         raise CommandError("not_found", "User not found")
     if user.system_generated:
@@ -341,7 +345,7 @@ async def config_auth_update(conn: ActiveConnection, msg: dict[str, Any]) -> Non
     if user.id == conn.user.id and msg.get("is_active") is False:
         raise CommandError("cannot_deactivate_self", "Unable to deactivate your own account.")
     try:
-        await auth.async_update_user(
+        await auth.users.async_update_user(
             user,
             name=msg.get("name"),
             is_active=msg.get("is_active"),
@@ -359,12 +363,12 @@ async def config_auth_delete(conn: ActiveConnection, msg: dict[str, Any]) -> Non
     """Delete a user (not yourself, not the owner: G9)."""
     if msg["user_id"] == conn.user.id:
         raise CommandError("no_delete_self", "Unable to delete your own account")
-    user = await conn.auth.async_get_user(msg["user_id"])
+    user = await conn.auth.users.async_get_user(msg["user_id"])
     if user is None:
         raise CommandError("not_found", "User not found")
     if user.is_owner:
         raise CommandError("cannot_delete_owner", "Unable to delete the owner")
-    await conn.auth.async_remove_user(user)
+    await conn.auth.users.async_remove_user(user)
     conn.send_result(msg["id"])
 
 

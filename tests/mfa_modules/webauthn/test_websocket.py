@@ -114,8 +114,8 @@ async def test_old_session_must_reauthenticate_with_the_password(auth: Any, conn
     """Ten minutes after login, adding needs the password again; a wrong one is refused and reported."""
     mia = await user_named(auth, "mia", "mia-pass")
     failures: list[str] = []
-    original = auth.note_login_failure
-    auth.note_login_failure = lambda ip, provider, username, reason: (
+    original = auth.events.login_failed
+    auth.events.login_failed = lambda ip, provider, username, reason: (
         failures.append(reason),
         original(ip, provider, username, reason),
     )

@@ -81,13 +81,13 @@ async def test_unknown_user_costs_one_password_check(
     htpasswd.add("alice", "s3cret pass")
     auth = await make_auth(opp_auth_factory, htpasswd.path)
     calls = []
-    real_check = auth.async_password_check
+    real_check = auth.executor.async_password_check
 
     async def counting_check(func: Any, *args: Any) -> Any:
         calls.append(func)
         return await real_check(func, *args)
 
-    monkeypatch.setattr(auth, "async_password_check", counting_check)
+    monkeypatch.setattr(auth.executor, "async_password_check", counting_check)
     result = await login(auth, "mallory", "s3cret pass")
     assert result["errors"] == {"base": "invalid_auth"}
     assert len(calls) == 1
