@@ -117,10 +117,16 @@ class AuditLog:
 
     async def async_start(self, events: Events) -> None:
         """Open the sink (an audit_started record) and subscribe to the event stream."""
+        from .audit_files import AuditLocked
+
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._thread, self.sink.open, self._version)
             self._open = True
+        except AuditLocked as err:
+            # Two writers would interleave two chains in one file; this process writes none.
+            _LOGGER.error("The audit log is off in this process: %s", err)
+            return
         except Exception as err:  # noqa: BLE001 - a sink (maybe a plugin's) never fails a login
             # Logins go on; events wait in memory and the open is retried with the next batch.
             _LOGGER.error("The audit log cannot be opened (%s); events are kept in memory until it can", err)

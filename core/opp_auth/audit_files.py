@@ -21,6 +21,7 @@ removed; :func:`read_records` feeds ``opp-auth audit show``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -45,6 +46,10 @@ HEAD = "head.json"
 GENESIS = "0" * 64
 ROTATED = re.compile(r"^audit-(\d{12})\.jsonl$")
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+
+
+class AuditLocked(OSError):
+    """Another process writes this audit folder (several servers on one configuration directory)."""
 
 
 def canonical(record: dict[str, Any]) -> str:
@@ -142,12 +147,24 @@ class AuditFiles:
         self.head = GENESIS
         self._handle: Any = None
         self._size = 0
+        self._lock_fd: int | None = None
 
     # ---- AuditSink ----------------------------------------------------------------------------
 
     def open(self, version: str) -> None:
         """Find the chain's head (the last whole record), then append audit_started."""
         self.folder.mkdir(mode=0o700, exist_ok=True)
+        if self._lock_fd is None:
+            fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise AuditLocked(
+                    f"another process writes the audit log in {self.folder} (several servers on one "
+                    "configuration directory): give each its own directory"
+                ) from None
+            self._lock_fd = fd
         notes: dict[str, Any] = {}
         self.seq, self.head, torn = self._find_head()
         if torn:
@@ -211,6 +228,9 @@ class AuditFiles:
         finally:
             self._handle.close()
             self._handle = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
 
     # ---- the chain ----------------------------------------------------------------------------
 

@@ -317,3 +317,20 @@ def test_a_bad_audit_block_names_file_line_and_key(config_dir: Path, capsys: pyt
     assert code == 1
     assert "configuration.yaml" in err.err + err.out and "keep_days" in err.err + err.out
     assert "line 4, key audit -> keep_days" in err.err
+
+
+async def test_a_second_server_on_the_directory_writes_no_second_chain(
+    opp_auth_factory: Any, config_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two writers would interleave two chains: the second one keeps the audit log off and says so."""
+    first = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
+    second = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
+    assert "The audit log is off in this process: another process writes the audit log" in caplog.text
+    await second.async_create_user("Bob")
+    await second.async_shutdown()
+    await first.async_create_user("Ann")
+    await first.async_shutdown()
+    found = records(config_dir / "audit")
+    assert [r["type"] for r in found] == ["audit_started", "user_created", "audit_stopped"]
+    assert found[1]["details"]["name"] == "Ann"
+    assert verify(config_dir / "audit").ok
