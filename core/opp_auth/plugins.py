@@ -20,18 +20,16 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pluggy
 
 from . import hookspecs
+from .backend import JsonBackend, StorageBackend
 from .hookspecs import HOOK_FAILURE, PROJECT, RAISE
+from .mfa import MfaModule
+from .providers import AuthProvider
 from .yaml import ConfigError
-
-if TYPE_CHECKING:
-    from .backend import StorageBackend
-    from .mfa import MfaModule
-    from .providers import AuthProvider
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -331,8 +329,6 @@ class OppAuthPluginManager(pluggy.PluginManager):
     def provider_classes(self) -> dict[str, type[AuthProvider]]:
         """Auth provider classes by YAML type."""
         if self._provider_registry is None:
-            from .providers import AuthProvider
-
             self._provider_registry = self._collect("auth provider", AuthProvider, "opp_auth_register_auth_providers")
         return self._provider_registry.classes
 
@@ -340,8 +336,6 @@ class OppAuthPluginManager(pluggy.PluginManager):
     def mfa_classes(self) -> dict[str, type[MfaModule]]:
         """MFA module classes by YAML type."""
         if self._mfa_registry is None:
-            from .mfa import MfaModule
-
             self._mfa_registry = self._collect("MFA module", MfaModule, "opp_auth_register_mfa_modules")
         return self._mfa_registry.classes
 
@@ -349,8 +343,6 @@ class OppAuthPluginManager(pluggy.PluginManager):
     def store_classes(self) -> dict[str, type[StorageBackend]]:
         """Storage backend classes by ``storage: type`` (json is the core's own)."""
         if self._store_registry is None:
-            from .backend import JsonBackend, StorageBackend
-
             registry = self._collect("storage backend", StorageBackend, "opp_auth_register_stores")
             registry.classes.setdefault(JsonBackend.TYPE, JsonBackend)
             registry.owners.setdefault(JsonBackend.TYPE, "opp-auth (core)")

@@ -17,7 +17,7 @@ from .ban import BanManager
 from .ban_commands import BAN_PLUGIN_NAME
 from .middleware import build_pipeline, check_routes
 from .view import AUTH_KEY, CLIENT_SESSION_KEY, CONFIG_KEY
-from .websocket_api import setup_websocket
+from .websocket_commands import setup_websocket
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -44,7 +44,6 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ..events import Origin, set_origin
 from ..models import RefreshToken, User
 from ..plugins import hookimpl
-from ..stats import GAUGE_WEBSOCKET_CONNECTIONS
 from ..storage import STORAGE_UNAVAILABLE_MESSAGE, StorageError
 from ..throttle import too_many_attempts_message
 from ..validation import InvalidData, check_json_text, check_value
@@ -538,29 +537,3 @@ async def _run(conn: ActiveConnection, handler: CommandHandler, schema: vol.Sche
     except Exception:
         _LOGGER.exception("Error handling message %s", message.get("type"))
         conn.send_error(msg_id, ERR_UNKNOWN_ERROR, "Unknown error")
-
-
-def setup_websocket(app: web.Application, auth: AuthManager) -> CommandRegistry:
-    """Register /api/websocket, the core commands and the plugins' commands."""
-    from . import websocket_commands
-
-    registry = CommandRegistry()
-    websocket_commands.register_core_commands(registry)
-    auth.pm.hook.opp_auth_register_websocket_commands(register=registry)
-    tracker = ConnectionTracker()
-    app[WS_COMMANDS_KEY] = registry
-    app[WS_CONNECTIONS_KEY] = tracker
-    auth.pm.register(tracker, name=f"opp_auth.websocket.{id(tracker)}")
-    auth.stats.add_gauge(GAUGE_WEBSOCKET_CONNECTIONS, tracker.count_all)
-    auth.remote_listeners.append(tracker.remote_changes)
-    app.on_cleanup.append(lambda _app: _unregister(auth, tracker))
-    app.router.add_get("/api/websocket", websocket_handler)
-    return registry
-
-
-async def _unregister(auth: AuthManager, tracker: ConnectionTracker) -> None:
-    """Drop the tracker plugin at shutdown."""
-    if auth.pm.is_registered(tracker):
-        auth.pm.unregister(tracker)
-    if tracker.remote_changes in auth.remote_listeners:
-        auth.remote_listeners.remove(tracker.remote_changes)

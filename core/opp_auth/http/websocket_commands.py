@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
+from aiohttp import web
 
+from ..errors import AuthManagerError
 from ..flow import FlowError, InvalidInput, TooManyFlows, UnknownFlow, UnknownHandler
-from ..manager import AuthManagerError
 from ..models import GROUP_ID_ADMIN, TOKEN_TYPE_LONG_LIVED_ACCESS_TOKEN, RefreshToken, User
 from ..providers import LOCAL_PROVIDER_TYPES, InvalidAuthError
+from ..stats import GAUGE_WEBSOCKET_CONNECTIONS
 from . import ban_commands, history_commands
 from .serialize import serialize_schema
 from .websocket_api import (
+    WS_COMMANDS_KEY,
+    WS_CONNECTIONS_KEY,
     ActiveConnection,
     CommandError,
     CommandRegistry,
+    ConnectionTracker,
     Unauthorized,
     require_admin,
     require_user,
     websocket_command,
+    websocket_handler,
 )
+
+if TYPE_CHECKING:
+    from ..manager import AuthManager
 
 
 def user_info(user: User) -> dict[str, Any]:
@@ -406,3 +415,27 @@ def register_core_commands(registry: CommandRegistry) -> None:
         registry.register(handler)
     ban_commands.register(registry)
     history_commands.register(registry)
+
+
+def setup_websocket(app: web.Application, auth: AuthManager) -> CommandRegistry:
+    """Register /api/websocket, the core commands and the plugins' commands."""
+    registry = CommandRegistry()
+    register_core_commands(registry)
+    auth.pm.hook.opp_auth_register_websocket_commands(register=registry)
+    tracker = ConnectionTracker()
+    app[WS_COMMANDS_KEY] = registry
+    app[WS_CONNECTIONS_KEY] = tracker
+    auth.pm.register(tracker, name=f"opp_auth.websocket.{id(tracker)}")
+    auth.stats.add_gauge(GAUGE_WEBSOCKET_CONNECTIONS, tracker.count_all)
+    auth.remote_listeners.append(tracker.remote_changes)
+    app.on_cleanup.append(lambda _app: _unregister(auth, tracker))
+    app.router.add_get("/api/websocket", websocket_handler)
+    return registry
+
+
+async def _unregister(auth: AuthManager, tracker: ConnectionTracker) -> None:
+    """Drop the tracker plugin at shutdown."""
+    if auth.pm.is_registered(tracker):
+        auth.pm.unregister(tracker)
+    if tracker.remote_changes in auth.remote_listeners:
+        auth.remote_listeners.remove(tracker.remote_changes)
