@@ -62,6 +62,50 @@ def test_plugin_guide_lists_every_hook() -> None:
         assert f"`{name}" in guide, f"docs/plugins.md does not list {name}"
 
 
+def _guide_rows() -> dict[str, tuple[set[str], str, str]]:
+    """hook -> (its arguments, results cell, awaited cell) from the hook table of docs/plugins.md.
+
+    A row names one hook with its arguments, ``name(a, b)``, or several hooks
+    followed by their shared arguments, ``name1``, ``name2`` ``(a, b)``.
+    """
+    import re
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    rows: dict[str, tuple[set[str], str, str]] = {}
+    for line in guide.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 5 or "`opp_auth_" not in cells[0]:
+            continue
+        shared = re.search(r"`\(([^)`]*)\)`\s*$", cells[0])
+        for hook, own in re.findall(r"`(opp_auth_\w+)(?:\(([^)]*)\))?`", cells[0]):
+            args = own if own or shared is None else shared.group(1)
+            rows[hook] = ({a.strip() for a in args.split(",") if a.strip()}, cells[2], cells[3])
+    return rows
+
+
+def test_plugin_guide_rows_agree_with_the_hookspecs() -> None:
+    """Each hook's row in docs/plugins.md: the spec's arguments, first-result semantics, and whether it is awaited."""
+    rows = _guide_rows()
+    for name in HOOKS:
+        assert name in rows, f"docs/plugins.md has no table row for {name}"
+        args, results, awaited = rows[name]
+        spec = getattr(opp_auth.hookspecs, name)
+        assert args == set(inspect.signature(spec).parameters), f"docs/plugins.md: arguments of {name}"
+        firstresult = bool(getattr(spec, "opp_auth_spec", {}).get("firstresult"))
+        assert ("first non-None wins" in results) == firstresult, f"docs/plugins.md: results of {name}"
+        doc = inspect.getdoc(spec) or ""
+        assert awaited.startswith("yes") == ("Awaited" in doc), f"docs/plugins.md: whether {name} is awaited"
+
+
+def test_the_guide_row_check_catches_a_wrong_row() -> None:
+    """The parser reads shared and own arguments, so a row that drifts is seen."""
+    rows = _guide_rows()
+    assert rows["opp_auth_user_created"][0] == {"auth", "user"}
+    assert rows["opp_auth_login_failed"][0] == {"auth", "remote_ip", "provider", "username", "reason"}
+    assert rows["opp_auth_startup"][0] == {"auth"}
+
+
 class Spy:
     """Records every event hook call."""
 
