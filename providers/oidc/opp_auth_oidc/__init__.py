@@ -391,14 +391,7 @@ class OidcAuthProvider(AuthProvider):
             "redirect_uri": pending.redirect_uri,
             "code_verifier": pending.verifier,
         }
-        kwargs: dict[str, Any] = {}
-        if self.config.get("client_secret"):
-            # client_secret_basic: each part form-urlencoded first (RFC 6749, 2.3.1).
-            pair = f"{quote(self.config['client_id'], safe='')}:{quote(self.config['client_secret'], safe='')}"
-            kwargs["headers"] = {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
-        else:
-            form["client_id"] = self.config["client_id"]
-        status, tokens = await self._fetch_json("POST", metadata["token_endpoint"], data=form, **kwargs)
+        status, tokens = await self._async_token_request(form)
         if status != 200 or not isinstance(tokens, dict):
             raise OidcError(f"token endpoint answered {status}: {str(tokens)[:200]}")
         id_token = tokens.get("id_token")
@@ -420,6 +413,18 @@ class OidcAuthProvider(AuthProvider):
         refresh = tokens.get("refresh_token")
         identity.refresh_token = refresh if isinstance(refresh, str) else None
         return identity
+
+    async def _async_token_request(self, form: dict[str, str]) -> tuple[int, Any]:
+        """POST form to the token endpoint as this client: client_secret_basic, or client_id for a public one."""
+        metadata = await self.async_metadata()
+        kwargs: dict[str, Any] = {}
+        if self.config.get("client_secret"):
+            # client_secret_basic: each part form-urlencoded first (RFC 6749, 2.3.1).
+            pair = f"{quote(self.config['client_id'], safe='')}:{quote(self.config['client_secret'], safe='')}"
+            kwargs["headers"] = {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+        else:
+            form = {**form, "client_id": self.config["client_id"]}
+        return await self._fetch_json("POST", metadata["token_endpoint"], data=form, **kwargs)
 
     async def async_verify_id_token(self, id_token: str, nonce: str) -> dict[str, Any]:
         """Check signature and claims; return the claims."""
@@ -806,14 +811,7 @@ class OidcAuthProvider(AuthProvider):
             refresh = grant.get("refresh_token")
             if attempt or not isinstance(refresh, str):
                 raise OidcError("the access token is refused and there is no refresh token to renew it", GRANT_GONE)
-            form = {"grant_type": "refresh_token", "refresh_token": refresh}
-            kwargs: dict[str, Any] = {}
-            if self.config.get("client_secret"):
-                pair = f"{quote(self.config['client_id'], safe='')}:{quote(self.config['client_secret'], safe='')}"
-                kwargs["headers"] = {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
-            else:
-                form["client_id"] = self.config["client_id"]
-            status, tokens = await self._fetch_json("POST", metadata["token_endpoint"], data=form, **kwargs)
+            status, tokens = await self._async_token_request({"grant_type": "refresh_token", "refresh_token": refresh})
             if status >= 500:
                 raise OidcError(f"the token endpoint answered {status}", CANNOT_CONNECT)
             if status != 200 or not isinstance(tokens, dict) or not isinstance(tokens.get("access_token"), str):
