@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import re
 import time
@@ -47,6 +46,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
+from .network import address_and_prefix
 from .storage import StorageError
 
 if TYPE_CHECKING:
@@ -105,15 +105,9 @@ def network_of(address: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=4096)
 def _network_of(address: str) -> str | None:
-    """network_of, remembered (parsing an address costs more than the rest of recording an event)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    prefix = 24 if ip.version == 4 else 64
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+    """network_of, remembered (a zone index, fe80::1%eth0, is dropped)."""
+    found = address_and_prefix(address.split("%", 1)[0])
+    return found[1] if found is not None else None
 
 
 def _iso(timestamp: float) -> str:

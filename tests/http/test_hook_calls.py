@@ -66,6 +66,8 @@ async def test_wrappers_see_every_hook_the_core_calls(
     flow = _["flow_id"]
     await driver.step(flow, username="ann", password="wrong")
     tokens = await driver.tokens(HANDLER, [{"username": "ann", "password": "pw"}])
+    # A second sign-in from another client: opp_auth_new_device_login.
+    await driver.tokens(HANDLER, [{"username": "ann", "password": "pw"}], client_id="https://example.com/other")
     async with client.request("GET", "/api/", headers={"Authorization": "Bearer nonsense"}) as resp:
         assert resp.status == 401
     user = next(u for u in auth.store.users() if u.name == "Ann")
