@@ -77,6 +77,7 @@ async def test_tokens_survive_a_restart_with_the_same_secret(opp_auth_factory: A
     assert second.validate_access_token(access) is not None
 
 
+@pytest.mark.storage_types("json")  # a server on PostgreSQL refuses to start with another secret
 async def test_a_lost_secret_invalidates_new_tokens_not_the_store(opp_auth_factory: Any, config_dir: Path) -> None:
     """Without the secret file, tokens made by opp-auth stop verifying; users and logins stay."""
     first = await make(opp_auth_factory)
