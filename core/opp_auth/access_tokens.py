@@ -84,6 +84,12 @@ class AccessTokens:
                 checks[OUTCOME_INVALID] += 1
                 return None
             self.cache.put(token, refresh_token.id, claims["exp"] + EXP_LEEWAY)
+        return self._admit(checks, refresh_token, remote_ip)
+
+    def _admit(
+        self, checks: dict[str, int], refresh_token: RefreshToken | None, remote_ip: str | None
+    ) -> RefreshToken | None:
+        """refresh_token if the access decision lets it in from remote_ip, counted in checks by outcome; else None."""
         if refresh_token is None:
             checks[OUTCOME_INVALID] += 1
             return None
@@ -134,12 +140,4 @@ class AccessTokens:
             return None
         issuer = claims.get("iss")
         refresh_token = self.store.get_refresh_token(issuer) if isinstance(issuer, str) else None
-        if refresh_token is None:
-            checks[OUTCOME_INVALID] += 1
-            return None
-        refusal = self._access.refusal(refresh_token.user, remote_ip, refresh_token)
-        if refusal is not None:
-            self.stats.refused(checks, refusal)
-            return None
-        checks[OUTCOME_VALID] += 1
-        return refresh_token
+        return self._admit(checks, refresh_token, remote_ip)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .events import AuthEvent
+from .journal import fsync_dir
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ class AuditFiles:
         fd = os.open(current, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         self._handle = os.fdopen(fd, "ab")
         self._size = 0
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         _LOGGER.info("Audit log rotated to %s (head seq %d, hash %s)", target.name, self.seq, self.head)
         self._prune(time.time())
 
@@ -334,15 +335,6 @@ class AuditFiles:
             }
             path.unlink()
             self.append([], [("audit_pruned", details)])
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in folder durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---- reading and verifying ----------------------------------------------------------------------

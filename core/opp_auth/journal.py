@@ -231,7 +231,7 @@ class Journal:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, self._mode)
         if created:
             try:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
             except OSError:
                 os.close(fd)
                 raise
@@ -288,7 +288,7 @@ class Journal:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             self._offset = 0
             self._needs_truncate = False
             return
@@ -307,7 +307,7 @@ class Journal:
             except OSError:
                 pass
             raise
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._offset = len(content)
         self._needs_truncate = False
 
@@ -322,7 +322,7 @@ def digest_chunks(chunks: Iterable[bytes]) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a file's creation, rename or removal durable."""
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
