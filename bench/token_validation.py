@@ -96,7 +96,7 @@ def fresh_tokens(tokens: list[RefreshToken], count: int) -> list[str]:
 
 def cold_us(auth: AuthManager, access_tokens: list[str], expected: list[RefreshToken]) -> float:
     """Mean µs to validate tokens the manager has never seen (each once)."""
-    auth._token_cache.clear()
+    auth.access_tokens.cache.clear()
     validate = auth.validate_access_token
     gc.disable()
     try:
@@ -107,7 +107,7 @@ def cold_us(auth: AuthManager, access_tokens: list[str], expected: list[RefreshT
     finally:
         gc.enable()
     # Outside the timed loop: every token really validated, to the right refresh token.
-    auth._token_cache.clear()
+    auth.access_tokens.cache.clear()
     for token, rt in zip(access_tokens[:200], expected):
         assert auth.validate_access_token(token) is rt
     return elapsed / len(access_tokens) * 1e6
