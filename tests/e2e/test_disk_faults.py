@@ -285,9 +285,12 @@ async def test_onboarding_retried_once_space_is_freed_creates_the_owner(
 
 
 async def test_token_grant_on_read_only_storage_answers_503_and_changes_no_file(
-    storage: StorageMount, client: OppAuthClient
+    storage: StorageMount, auth: AuthManager, client: OppAuthClient
 ) -> None:
     await login(client)
+    # The login history is written in the background after the login: let it land first, so
+    # the snapshot below is what the disk holds when it turns read-only.
+    await auth.login_history.async_flush()
     before = storage.files()
     storage.remount("ro")
     status, _, body = await grant(client)
