@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import voluptuous as vol
 
 from .events import LOGIN_FAILED, AuthEvent
+from .history import MAX_AGE, MAX_DEVICES, MAX_FAILURES, MAX_SUCCESSES
 
 if TYPE_CHECKING:
     from .events import Events
@@ -51,6 +52,16 @@ BATCH = 500
 MAX_PENDING = 100_000
 RETRY_DELAY = 5.0
 
+HISTORY_SCHEMA = vol.Schema(
+    {
+        vol.Optional("sign_ins", default=MAX_SUCCESSES): vol.All(int, vol.Range(min=1, max=1000)),
+        vol.Optional("failures", default=MAX_FAILURES): vol.All(int, vol.Range(min=1, max=1000)),
+        vol.Optional("keep_days", default=round(MAX_AGE / 86400)): vol.All(int, vol.Range(min=1, max=3650)),
+        vol.Optional("devices", default=MAX_DEVICES): vol.All(int, vol.Range(min=1, max=1000)),
+    }
+)
+"""``audit: history:``: what the login history keeps per user (history.py; its constants are the defaults)."""
+
 AUDIT_SCHEMA = vol.Schema(
     {
         vol.Optional("enabled", default=True): bool,
@@ -59,6 +70,7 @@ AUDIT_SCHEMA = vol.Schema(
         vol.Optional("max_files", default=100): vol.All(int, vol.Range(min=2, max=100_000)),
         vol.Optional("anonymous_failures_per_minute", default=600): vol.All(int, vol.Range(min=1)),
         vol.Optional("exclude_reasons", default=["unauthorized"]): [str],
+        vol.Optional("history", default={}): HISTORY_SCHEMA,
     }
 )
 """The ``audit:`` block of configuration.yaml (absent: every default)."""

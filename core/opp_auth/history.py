@@ -7,12 +7,13 @@ attached to no user (the audit log has it). Never a password, code or token:
 only what the event carries (time, address, client id, user agent, provider,
 MFA module, reason).
 
-Bounds (docs/security.md, "Limits"): each user keeps at most
+Bounds (docs/security.md, "Limits"; ``audit: history:`` in configuration.yaml
+changes them, the constants below are the defaults): each user keeps at most
 :data:`MAX_SUCCESSES` sign-ins and, separately, :data:`MAX_FAILURES`
 failures, each a ring (the oldest entry of its kind is overwritten), so a
 password sprayed from many addresses can push out older failures but never a
 sign-in. Entries older than :data:`MAX_AGE` are not shown and are dropped at
-start-up. Client strings are clipped and stripped of control and bidi
+start-up (so is what a lowered bound leaves beyond it). Client strings are clipped and stripped of control and bidi
 characters before they are kept.
 
 New devices: each user has a bounded set of remembered client ids and networks
@@ -85,7 +86,7 @@ _SUCCESS = "s"
 _FAILURE = "f"
 _CLIENTS = "c"
 _NETWORKS = "n"
-_RINGS = {_SUCCESS: MAX_SUCCESSES, _FAILURE: MAX_FAILURES}
+_RINGS = (_SUCCESS, _FAILURE)
 
 
 def clean_text(value: Any, limit: int = MAX_CLIENT_TEXT) -> str | None:
@@ -140,9 +141,19 @@ def entry_json(entry: dict[str, Any]) -> dict[str, Any]:
 class LoginHistory:
     """Per-user rings of sign-ins and failures, and remembered devices; see the module docstring."""
 
-    def __init__(self, auth: AuthManager) -> None:
-        """Nothing loaded yet; events are heard once async_load has run."""
+    def __init__(self, auth: AuthManager, limits: dict[str, int] | None = None) -> None:
+        """Nothing loaded yet; events are heard once async_load has run.
+
+        limits: the validated ``audit: history:`` block (sign_ins, failures, keep_days, devices).
+        """
         self._auth = auth
+        limits = limits or {}
+        self._bounds = {
+            _SUCCESS: int(limits.get("sign_ins", MAX_SUCCESSES)),
+            _FAILURE: int(limits.get("failures", MAX_FAILURES)),
+        }
+        self._max_age = float(limits["keep_days"]) * 86400.0 if "keep_days" in limits else MAX_AGE
+        self._max_devices = int(limits.get("devices", MAX_DEVICES))
         self._store = auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True, journal=True)
         self._users: dict[str, dict[str, Any]] = {}
         self._data: dict[str, Any] = {"users": self._users}
@@ -169,7 +180,7 @@ class LoginHistory:
         Entries recorded here and not yet written are kept over what came in.
         """
         users = data.get("users") if isinstance(data, dict) else None
-        cutoff = time.time() - MAX_AGE
+        cutoff = time.time() - self._max_age
         fresh: dict[str, dict[str, Any]] = {}
         last: dict[str, int] = {}
         for user_id, node in (users or {}).items():
@@ -183,13 +194,17 @@ class LoginHistory:
                     for key, entry in (ring.items() if isinstance(ring, dict) else ())
                     if _valid_entry(entry) and key == str(entry["n"]) and entry["t"] >= cutoff
                 ]
-                clean[kind] = dict(sorted(kept, key=lambda item: item[1]["n"]))
+                # Oldest first, the newest within the bound (a lowered bound leaves no more).
+                clean[kind] = dict(sorted(kept, key=lambda item: item[1]["n"])[-self._bounds[kind] :])
                 last[user_id] = max([last.get(user_id, 0), *(entry["n"] for entry in clean[kind].values())])
             for kind in (_CLIENTS, _NETWORKS):
                 seen = node.get(kind)
-                clean[kind] = (
-                    {k: v for k, v in seen.items() if isinstance(v, (int, float))} if isinstance(seen, dict) else {}
+                known = (
+                    [(k, v) for k, v in seen.items() if isinstance(v, (int, float))] if isinstance(seen, dict) else []
                 )
+                if len(known) > self._max_devices:  # the most recently seen within the bound
+                    known = sorted(known, key=lambda item: item[1])[-self._max_devices :]
+                clean[kind] = dict(known)
             fresh[user_id] = clean
         for path in self._dirty:  # not written yet: ours wins
             _copy_path(self._data, {"users": fresh}, path)
@@ -220,7 +235,7 @@ class LoginHistory:
         node = self._users.get(user_id)
         if node is None or limit <= 0:
             return []
-        cutoff = time.time() - MAX_AGE
+        cutoff = time.time() - self._max_age
         found = [
             entry
             for kind in (_SUCCESS, _FAILURE)
@@ -236,7 +251,7 @@ class LoginHistory:
         if node is None:
             return {"last_sign_in": None, "recent_failures": 0}
         now = time.time()
-        successes = [e for e in node[_SUCCESS].values() if e["t"] >= now - MAX_AGE]
+        successes = [e for e in node[_SUCCESS].values() if e["t"] >= now - self._max_age]
         last = max(successes, key=lambda e: e["n"]) if successes else None
         failures = sum(1 for e in node[_FAILURE].values() if e["t"] >= now - RECENT_FAILURES_WINDOW)
         return {"last_sign_in": entry_json(last) if last else None, "recent_failures": failures}
@@ -380,17 +395,17 @@ class LoginHistory:
         ring = node[kind]
         ring[str(entry_id)] = entry
         self._changed(("users", user_id, kind, str(entry_id)))
-        while len(ring) > _RINGS[kind]:
+        while len(ring) > self._bounds[kind]:
             oldest = next(iter(ring))  # rings are kept oldest first (ids only grow here; loads sort)
             del ring[oldest]
             self._changed(("users", user_id, kind, oldest))
 
     def _see(self, user_id: str, kind: str, key: str, now: float) -> None:
-        """Remember a client id or network as seen now; forget the least recently seen beyond MAX_DEVICES."""
+        """Remember a client id or network as seen now; forget the least recently seen beyond the bound."""
         seen = self._users[user_id][kind]
         seen[key] = now
         self._changed(("users", user_id, kind, key))
-        if len(seen) > MAX_DEVICES:
+        while len(seen) > self._max_devices:
             oldest = min(seen, key=seen.__getitem__)
             del seen[oldest]
             self._changed(("users", user_id, kind, oldest))

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import __version__
 from .access_tokens import AccessTokens
+from .audit import audit_config as validated_audit_config
 from .audit import build_audit_log
 from .backend import JSON_TYPE, DocumentStore, JsonBackend, StorageBackend
 from .codes import AuthorizationCodes
@@ -118,7 +119,7 @@ class AuthManager:
         self.stats.add_gauge(GAUGE_LOGIN_FLOWS, self.login_flow.count_in_progress)
         self.stats.add_gauge(GAUGE_MFA_SETUP_FLOWS, self.mfa_setup_flow.count_in_progress)
         # Each user's recent sign-ins, failures and devices, from the event stream (history.py).
-        self.login_history = LoginHistory(self)
+        self.login_history = LoginHistory(self, validated_audit_config(audit_config).get("history"))
         self._set_up = False
         self._purge = purge_expired_tokens
         self._purge_task: asyncio.Task[None] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -427,3 +428,94 @@ async def test_hostile_client_strings_are_cleaned_and_clipped(
     # What a plugin may emit (note_event) is cleaned the same way: ANSI escapes, lone surrogates.
     assert clean_text("\x1b[31mred\x1b[0m\x9b") == "\ufffd[31mred\ufffd[0m\ufffd"
     assert clean_text("a\ud800b") == "a\ufffdb"
+
+
+LIMITS = {"sign_ins": 3, "failures": 2, "keep_days": 1, "devices": 2}
+
+
+async def test_configured_limits_bound_each_ring_the_devices_and_the_age(opp_auth_factory: Any) -> None:
+    """audit: history: sets the bounds: rings of 3 sign-ins and 2 failures, 2 networks, one day."""
+    auth = await opp_auth_factory(
+        providers=PROVIDERS, mfa_modules=MFA, http=HTTP, blocks={"audit": {"history": LIMITS}}
+    )
+    history_store = auth.login_history
+    user = await auth.async_create_user("Cleo")
+    now = time.time()
+    for index in range(6):
+        for kind, reason in (("login_succeeded", None), ("login_failed", "invalid_auth")):
+            history_store._on_event(
+                AuthEvent(
+                    type=kind,
+                    reason=reason,
+                    time=now - 60 + index,
+                    user_id=user.id,
+                    remote_address=f"10.{index}.0.1",
+                    client_id=CLIENT_ID,
+                    provider=("insecure_example", None),
+                )
+            )
+    entries = history_store.entries(user.id, limit=100)
+    assert sum(e["success"] for e in entries) == 3 and sum(not e["success"] for e in entries) == 2
+    assert [e["remote_address"] for e in entries if e["success"]] == ["10.5.0.1", "10.4.0.1", "10.3.0.1"]
+    assert history_store.devices(user.id)["networks"] == ["10.5.0.0/24", "10.4.0.0/24"]
+    # An entry two days old is past keep_days: not shown, not the last sign-in.
+    history_store._on_event(
+        AuthEvent(type="login_failed", reason="invalid_auth", time=now - 2 * 86400, user_id=user.id)
+    )
+    assert all(e["time"] >= history_store_iso(now - 86400) for e in history_store.entries(user.id, limit=100))
+    await history_store.async_flush()
+
+
+def history_store_iso(timestamp: float) -> str:
+    """A timestamp as the history's entries show it (ISO 8601, seconds, UTC)."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+async def test_a_lowered_bound_applies_to_what_is_stored(opp_auth_factory: Any, config_dir: Path) -> None:
+    """Entries kept under the default bounds: a restart with smaller ones shows only the newest."""
+    auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=MFA, http=HTTP)
+    user = await auth.async_create_user("Dora")
+    now = time.time()
+    for index in range(10):
+        auth.login_history._on_event(
+            AuthEvent(
+                type="login_succeeded",
+                time=now - 100 + index,
+                user_id=user.id,
+                remote_address=f"10.{index}.0.1",
+                client_id=CLIENT_ID,
+                provider=("insecure_example", None),
+            )
+        )
+    await auth.login_history.async_flush()
+    assert len(auth.login_history.entries(user.id, limit=100)) == 10
+    await auth.async_shutdown()
+    again = await opp_auth_factory(
+        providers=PROVIDERS, mfa_modules=MFA, http=HTTP, blocks={"audit": {"history": LIMITS}}
+    )
+    entries = again.login_history.entries(user.id, limit=100)
+    assert [e["remote_address"] for e in entries] == ["10.9.0.1", "10.8.0.1", "10.7.0.1"]
+    assert again.login_history.devices(user.id)["networks"] == ["10.9.0.0/24", "10.8.0.0/24"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("sign_ins", 0), ("failures", 1001), ("keep_days", "ninety"), ("devices", -1), ("rings", 5)],
+)
+def test_a_bad_history_limit_names_file_line_and_key(
+    config_dir: Path, capsys: pytest.CaptureFixture[str], key: str, value: Any
+) -> None:
+    """audit: history: with a bad or unknown key is refused by check-config with the line and the key path."""
+    from opp_auth.cli import main
+
+    other = "devices: 5" if key == "sign_ins" else "sign_ins: 10"
+    (config_dir / "configuration.yaml").write_text(
+        f"openpeerpower:\naudit:\n  keep_days: 30\n  history:\n    {other}\n    {key}: {json.dumps(value)}\n"
+    )
+    code = main(["-c", str(config_dir), "check-config"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "configuration.yaml" in err
+    assert f"line 6, key audit -> history -> {key}" in err, err
