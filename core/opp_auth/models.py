@@ -203,6 +203,43 @@ def _merge_dicts(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def iso_utc(moment: datetime) -> str:
+    """A datetime as ISO-8601 text in UTC ("+00:00"); a naive one is taken as UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC).isoformat()
+    if moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    return moment.isoformat()
+
+
+def canonical_created(text: Any) -> str | None:
+    """A stored created_at as iso_utc text, or None when it is not a date and time.
+
+    Text already in that form (every file opp-auth or Open Peer Power wrote) is returned
+    as it is, after the parse that proves it is a date: no datetime is kept per token.
+    """
+    if text.__class__ is not str:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return text if is_iso_utc_shape(text) else iso_utc(parsed)
+
+
+def is_iso_utc_shape(text: str) -> bool:
+    """Whether text that fromisoformat accepted is exactly what iso_utc gives for it.
+
+    That is "YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00" with microseconds only when not 0
+    (fromisoformat also takes week dates, basic forms, another separator, a comma or
+    "Z", which iso_utc writes differently).
+    """
+    length = len(text)
+    if length == 32:
+        return text[4:20:3] == "--T::." and text[26:] == "+00:00" and text[20:26] != "000000"
+    return length == 25 and text[4:20:3] == "--T::+" and text[19:] == "+00:00"
+
+
 def hash_token(token: str) -> bytes:
     """What is kept of a refresh token's secret: its SHA-256 digest."""
     return hashlib.sha256(token.encode()).digest()
@@ -241,7 +278,9 @@ class RefreshToken:
     id: str
     token_hash: bytes
     token: str | None
-    _created: float
+    # When the token was made, as its canonical ISO-8601 text (UTC, "+00:00"): the form the file
+    # and the profile's list show, kept as read (no datetime or float built per token at load).
+    _created: str
     _jwt_key: str | None
     keyring: KeyRing | None
     last_used_at: datetime | None
@@ -284,7 +323,7 @@ class RefreshToken:
         self.id = id or new_id()
         self.token = token
         self.token_hash = token_hash if token_hash is not None else hash_token(token)  # type: ignore[arg-type]
-        self._created = (created_at or utcnow()).timestamp()
+        self._created = iso_utc(created_at or utcnow())
         self._jwt_key = jwt_key
         self.keyring = keyring
         self.last_used_at = last_used_at
@@ -305,7 +344,7 @@ class RefreshToken:
         token_type: str,
         id: str,
         token_hash: bytes,
-        created: float,
+        created: str,
         jwt_key: str | None,
         keyring: KeyRing | None,
         last_used_at: datetime | None,
@@ -317,7 +356,8 @@ class RefreshToken:
         """A stored token as the loader rebuilds it: every field given, nothing generated or checked.
 
         The store's loader calls this once per token (100,000 at start-up for a large
-        installation), so it takes positional values and skips __init__'s defaults.
+        installation), so it takes positional values and skips __init__'s defaults;
+        created is the canonical ISO-8601 text (``canonical_created``).
         """
         self = cls.__new__(cls)
         self.user = user
@@ -342,7 +382,12 @@ class RefreshToken:
     @property
     def created_at(self) -> datetime:
         """When the token was made (UTC)."""
-        return datetime.fromtimestamp(self._created, UTC)
+        return datetime.fromisoformat(self._created)
+
+    @property
+    def created_iso(self) -> str:
+        """When the token was made, as ISO-8601 text in UTC (what the file and the profile show)."""
+        return self._created
 
     @property
     def jwt_key(self) -> str:

@@ -40,6 +40,7 @@ from .models import (
     KeyRing,
     RefreshToken,
     User,
+    canonical_created,
     credential_lookup_key,
     hash_token,
     system_group,
@@ -269,15 +270,16 @@ class AuthStore:
             token_id = rdata["id"]
             created = rdata.get("created_at")
             try:
-                if created.__class__ is not str:
+                # The form every file holds is kept as it is (see canonical_created), once parsed.
+                if created.__class__ is not str or len(created) != 32 or created[4:20:3] != "--T::.":
                     raise ValueError
-                created_at = fromisoformat(created)
+                if created[26:] != "+00:00" or created[20:26] == "000000":
+                    raise ValueError
+                fromisoformat(created)
                 token_hash = fromhex(token_hash_hex)
             except ValueError:
                 self._load_token(rdata)
                 continue
-            if created_at.tzinfo is None:
-                created_at = created_at.replace(tzinfo=UTC)
             jwt_key = rdata.get("jwt_key")
             if jwt_key is None and keyring is None:
                 self._load_token(rdata)
@@ -321,7 +323,7 @@ class AuthStore:
                 token_type,
                 token_id,
                 token_hash,
-                created_at.timestamp(),
+                created,
                 jwt_key,
                 keyring,
                 last_used_at,
@@ -491,8 +493,8 @@ class AuthStore:
         user = self._users.get(user_id) if isinstance(user_id, str) else None
         if user is None:
             return
-        created_at = _parse_dt(rdata.get("created_at"))
-        if created_at is None:
+        created = canonical_created(rdata.get("created_at"))
+        if created is None:
             _LOGGER.error(
                 "Ignoring refresh token %s with invalid created_at %s for user_id %s",
                 rdata.get("id"),
@@ -525,7 +527,7 @@ class AuthStore:
             client_name=rdata.get("client_name"),
             client_icon=rdata.get("client_icon"),
             token_type=token_type,
-            created_at=created_at,
+            created_at=datetime.fromisoformat(created),
             access_token_expiration=_shared_expiration(float(rdata.get("access_token_expiration", 1800.0))),
             token_hash=token_hash,
             jwt_key=jwt_key,
@@ -1030,7 +1032,7 @@ def _token_record(token: RefreshToken) -> dict[str, Any]:
         "client_name": token.client_name,
         "client_icon": token.client_icon,
         "token_type": token.token_type,
-        "created_at": token.created_at.isoformat(),
+        "created_at": token.created_iso,
         "access_token_expiration": token.access_token_expiration.total_seconds(),
         "token_hash": token.token_hash.hex(),
         "jwt_key": token.stored_jwt_key,

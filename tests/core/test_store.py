@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -463,6 +464,7 @@ def _token_fields(token: Any) -> tuple[Any, ...]:
         token.client_icon,
         token.token_type,
         token.created_at,
+        token.created_iso,
         token.access_token_expiration,
         token.token_hash,
         token.stored_jwt_key,
@@ -500,6 +502,13 @@ async def test_fast_token_loader_matches_the_careful_one(config_dir: Path) -> No
         {key: value for key, value in base.items() if key not in ("token_type", "expire_at", "version")} | {"id": "ta"},
         {**base, "id": "tb", "token_type": None, "client_id": None, "expire_at": True},
         {**base, "id": "t1", "client_name": "later", "token_hash": digest},
+        {**base, "id": "tc", "created_at": "2021-07-10T12:30:45+00:00"},
+        {**base, "id": "td", "created_at": "2021-07-10T12:30:45.000000+00:00"},
+        {**base, "id": "te", "created_at": "2021-W27-6T12:30:45.123456+00:00"},
+        {**base, "id": "tf", "created_at": "2021-07-10T12:30:45,123456+00:00"},
+        {**base, "id": "tg", "created_at": "2021-07-10 12:30:45.123456Z"},
+        {**base, "id": "th", "created_at": "2021-07-10T12:30:45.123456+00:00"},
+        {**base, "id": "ti", "created_at": "2021-13-10T12:30:45.123456+00:00"},
         *copy.deepcopy(OPP_AUTH_FILE["data"]["refresh_tokens"]),
     ]
     data = opp_data()
@@ -529,8 +538,16 @@ async def test_fast_token_loader_matches_the_careful_one(config_dir: Path) -> No
         if fields[-2] != other[-2]:
             assert abs(fields[-2] - other[-2]) < 60, token_id
         assert fields[:-2] + fields[-1:] == other[:-2] + other[-1:], token_id
-    assert set(fast_tokens) >= {"t1", "t2", "t3", "t4", "ta", "tb", TOKEN_NORMAL_ID}
-    assert not set(fast_tokens) & {"t5", "t6", "t7", "t8", "t9"}
+    assert set(fast_tokens) >= {"t1", "t2", "t3", "t4", "ta", "tb", "tc", "td", "te", "tf", "tg", "th", TOKEN_NORMAL_ID}
+    assert not set(fast_tokens) & {"t5", "t6", "t7", "t8", "t9", "ti"}
+    # created_at is kept as the text isoformat() gives in UTC, whatever ISO form the file held.
+    created = {token_id: fields[7] for token_id, fields in fast_tokens.items()}
+    assert created["t2"] == "2021-07-10T12:30:45+00:00"
+    assert created["t3"] == "2021-07-10T12:30:45+00:00"
+    assert created["tc"] == created["td"] == "2021-07-10T12:30:45+00:00"
+    assert created["te"] == created["tf"] == created["tg"] == created["th"] == "2021-07-10T12:30:45.123456+00:00"
+    for token_id, fields in fast_tokens.items():
+        assert fields[7] == fields[6].isoformat() and fields[6].utcoffset() == timedelta(0), token_id
     assert fast.get_refresh_token("t1").client_name == "later"  # type: ignore[union-attr]
     assert fast.get_refresh_token("t1").token_hash == bytes.fromhex(digest)  # type: ignore[union-attr]
     for store in (fast, careful):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -60,7 +61,7 @@ def connect(auth: Any, opp_auth_client: Any) -> Any:
     @asynccontextmanager
     async def open_socket(user: Any, age: float = 0) -> Any:
         refresh = await auth.async_create_refresh_token(user, "https://example.com/app")
-        refresh._created -= age
+        refresh._created = (refresh.created_at - timedelta(seconds=age)).isoformat()
         access = await auth.async_create_access_token(refresh)
         if not clients:
             clients.append(await opp_auth_client(auth))
