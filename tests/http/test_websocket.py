@@ -740,3 +740,41 @@ async def test_refresh_token_set_expiry_switches_one_token(connect: Any, auth: A
     assert current.expire_at is not None
     error = await session.error("auth/refresh_token_set_expiry", refresh_token_id=others.id, enable_expiry=False)
     assert error == {"code": "invalid_token_id", "message": "Received invalid token"}
+
+
+def test_token_list_text_is_what_send_result_would_send() -> None:
+    """auth/refresh_tokens writes its JSON directly: the same text as encoding the dicts of _token_info.
+
+    Odd values an old file can hold (a number as client name, a list as icon, an integer or
+    non-finite expire_at, non-ASCII and line separators) are encoded as the generic path does.
+    """
+    import json
+    import math
+    from datetime import UTC, datetime, timedelta
+
+    from opp_auth.http.websocket_commands import _token_info, token_list_json
+    from opp_auth.models import Credentials, RefreshToken, User
+
+    user = User(name="u", is_active=True)
+    cred = Credentials("openpeerpower", None, {"username": "u"})
+    odd: list[tuple[Any, Any, Any, Any, Any, Any, Any]] = [
+        ("https://example.com/app", None, None, None, None, None, None),
+        (5, 'é\u2028"x', None, 1.5, None, None, cred),
+        ("c", 7, "icon", math.inf, datetime(2026, 1, 1, tzinfo=UTC), "10.0.0.1", cred),
+        (None, None, ["a"], 12, None, "::1", None),
+        ("c", "n", None, math.nan, datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC), None, cred),
+    ]
+    tokens = []
+    for client_id, name, icon, expire_at, used_at, used_ip, credential in odd:
+        token = RefreshToken(user, "x", timedelta(minutes=30), credential=credential, expire_at=expire_at)
+        token.client_id, token.client_name, token.client_icon = client_id, name, icon
+        token.last_used_at, token.last_used_ip = used_at, used_ip
+        tokens.append(token)
+    current = tokens[2].id
+
+    def expire(token: RefreshToken) -> Any:
+        return token.expire_at
+
+    expected = json.dumps([_token_info(t, current, t.expire_at) for t in tokens], default=str, separators=(",", ":"))
+    assert token_list_json(tokens, current, expire) == expected
+    assert token_list_json([], current, expire) == "[]"

@@ -279,6 +279,18 @@ class ActiveConnection:
         """Answer a command successfully."""
         self.send_message({"id": msg_id, "type": "result", "success": True, "result": result})
 
+    def send_result_json(self, msg_id: int, result_json: str) -> None:
+        """Answer a command with a result already encoded as JSON text (a large list built in one pass).
+
+        The message is the one send_result would send; result_json must be valid JSON.
+        """
+        if self.closing:
+            return
+        if self.outgoing.qsize() >= MAX_OUTGOING:
+            self.close("client is not reading its messages")
+            return
+        self.outgoing.put_nowait(f'{{"id":{json.dumps(msg_id)},"type":"result","success":true,"result":{result_json}}}')
+
     def send_error(self, msg_id: int, code: str, message: str) -> None:
         """Answer a command with an error."""
         self.send_message(
