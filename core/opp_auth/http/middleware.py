@@ -84,10 +84,12 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
                     clean_paths.clear()
                 clean_paths.add(raw_path)
 
-        peer = request.remote  # the direct peer of the connection, before any X-Forwarded-For
-        if hdrs.X_FORWARDED_FOR in request.headers:
+        headers = request.headers
+        # The direct peer of the connection, before any X-Forwarded-For.
+        peer = remote = request.remote
+        if hdrs.X_FORWARDED_FOR in headers:
             try:
-                forwarded = resolve_forwarded(request.remote, request.headers, use_xff, trusted_proxies)
+                forwarded = resolve_forwarded(peer, headers, use_xff, trusted_proxies)
             except ForwardedError as err:
                 _LOGGER.error("%s", err)
                 return json_message(str(err), 400)
@@ -98,7 +100,7 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
                 if forwarded.host:
                     changes["host"] = forwarded.host
                 request = request.clone(**changes)
-        remote = request.remote
+                remote = request.remote
         request[KEY_CLIENT_IP] = remote
         request[KEY_PEER_IP] = peer
         set_origin(request)  # events emitted while serving it name its address, user agent and user
@@ -108,15 +110,13 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
             return json_message("Forbidden", 403)
 
         authenticated = False
-        authorization = request.headers.get(hdrs.AUTHORIZATION)
-        if authorization is not None:
-            scheme, _, token = authorization.partition(" ")
-            if scheme == "Bearer":
-                refresh_token = validate_token(token, remote)
-                if refresh_token is not None:
-                    request[KEY_USER] = refresh_token.user
-                    request[KEY_REFRESH_TOKEN_ID] = refresh_token.id
-                    authenticated = True
+        authorization = headers.get(hdrs.AUTHORIZATION)
+        if authorization is not None and authorization.startswith("Bearer "):
+            refresh_token = validate_token(authorization[7:], remote)
+            if refresh_token is not None:
+                request[KEY_USER] = refresh_token.user
+                request[KEY_REFRESH_TOKEN_ID] = refresh_token.id
+                authenticated = True
         if not authenticated and request.method == "GET" and "authSig" in request.query:
             params = [(k, v) for k, v in request.query.items() if k != "authSig"]
             refresh_token = auth.access_tokens.validate_signed_path(
@@ -131,18 +131,14 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
             authenticated = await _plugin_authenticate(auth, request)
         request[KEY_AUTHENTICATED] = authenticated
 
-        origin = request.headers.get(hdrs.ORIGIN)
-        if (
-            origin is not None
-            and request.method == hdrs.METH_OPTIONS
-            and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers
-        ):
+        origin = headers.get(hdrs.ORIGIN)
+        if origin is not None and request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in headers:
             if origin in cors_origins or request.path in CORS_ANY_ORIGIN_PATHS:
                 return web.Response(
                     status=200,
                     headers={
                         hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: origin,
-                        hdrs.ACCESS_CONTROL_ALLOW_METHODS: request.headers[hdrs.ACCESS_CONTROL_REQUEST_METHOD],
+                        hdrs.ACCESS_CONTROL_ALLOW_METHODS: headers[hdrs.ACCESS_CONTROL_REQUEST_METHOD],
                         hdrs.ACCESS_CONTROL_ALLOW_HEADERS: CORS_ALLOWED_HEADERS,
                         hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS: "true",
                         hdrs.ACCESS_CONTROL_MAX_AGE: "1800",
@@ -151,16 +147,7 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
             return json_message("Forbidden", 403)
 
         try:
-            if request.match_info.http_exception is None:
-                response = await handler(request)
-            else:
-                # No route: a middleware further in (a plugin's, say serving files) may still answer.
-                try:
-                    response = await handler(request)
-                except web.HTTPException as exc:
-                    if exc.status < 400:
-                        raise
-                    response = _unmatched(exc)
+            response = await handler(request)
         except InvalidData as err:
             # The store refused a value before changing anything (opp_auth.validation.check_storable).
             response = json_message(str(err), 400, CODE_INVALID_FORMAT)
@@ -173,8 +160,13 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise  # redirects
-            # aiohttp's refusals (static files, a websocket request without upgrade) in the API's JSON shape.
-            response = _json_refusal(exc)
+            if request.match_info.http_exception is not None:
+                # No route served the path or the method, and no middleware further in (a plugin's,
+                # say serving files) answered: 404, or 405 with Allow, in the API's JSON shape.
+                response = _unmatched(exc)
+            else:
+                # aiohttp's refusals (static files, a websocket request without upgrade) in the API's JSON shape.
+                response = _json_refusal(exc)
 
         if response.status == 401:
             auth.events.login_failed(remote, None, None, "unauthorized", plugins=ban_active)
