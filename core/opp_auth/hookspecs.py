@@ -163,10 +163,10 @@ def opp_auth_register_websocket_commands(register: Any) -> None:
     """Add websocket commands.
 
     :param register: call ``register(handler)`` for a handler decorated with
-        ``@opp_auth.websocket_command(schema)``, or ``register(handler, schema)``
+        ``@opp_auth.websocket.command(schema)``, or ``register(handler, schema)``
         where ``schema`` is a voluptuous dict schema containing
         ``vol.Required("type"): "<command>"``; guard it with
-        ``opp_auth.ws_require_admin`` / ``ws_require_user``.
+        ``opp_auth.websocket.require_admin`` / ``websocket.require_user``.
 
     Results: none (every implementation is called). Not awaited. An exception
     stops start-up naming the plugin.

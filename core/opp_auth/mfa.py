@@ -45,7 +45,8 @@ class MfaAbort(Exception):
 class MfaModule:
     """A second factor asked after the provider's login step.
 
-    Subclass it, set ``TYPE`` and ``CONFIG_SCHEMA``, implement
+    Subclass it, set ``TYPE`` and ``CONFIG_SCHEMA``
+    (``MfaModule.CONFIG_SCHEMA.extend({...}, extra=vol.PREVENT_EXTRA)``), implement
     :attr:`input_schema`, :meth:`async_setup_flow`, :meth:`async_setup_user`,
     :meth:`async_depose_user`, :meth:`async_is_user_setup` and
     :meth:`async_validate`. Optionally override

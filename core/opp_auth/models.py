@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 TOKEN_TYPE_NORMAL = "normal"
 TOKEN_TYPE_SYSTEM = "system"
@@ -267,7 +267,10 @@ class RefreshToken:
     ``token`` exists only on a freshly created object until it is handed out.
     Signing keys of new tokens are derived from the server secret; tokens made
     by Open Peer Power keep the key they were stored with.
+    ``RefreshToken.TYPE_NORMAL`` is the ``token_type`` of a token made by a login.
     """
+
+    TYPE_NORMAL: ClassVar[str] = TOKEN_TYPE_NORMAL
 
     user: User
     client_id: str | None
@@ -409,7 +412,15 @@ class RefreshToken:
 
 @dataclass(slots=True)
 class UserMeta:
-    """What a provider knows about the person behind new credentials."""
+    """What a provider knows about the person behind new credentials.
+
+    ``group`` is a group id; the system groups are ``UserMeta.GROUP_ADMIN``,
+    ``UserMeta.GROUP_USER`` and ``UserMeta.GROUP_READ_ONLY``.
+    """
+
+    GROUP_ADMIN: ClassVar[str] = GROUP_ID_ADMIN
+    GROUP_USER: ClassVar[str] = GROUP_ID_USER
+    GROUP_READ_ONLY: ClassVar[str] = GROUP_ID_READ_ONLY
 
     name: str | None
     is_active: bool = True

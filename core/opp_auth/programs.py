@@ -6,6 +6,9 @@ the program leads its own session (a time-out or a cancelled login kills it
 and everything it started), sees only the environment it is given, reads
 /dev/null or the given bytes, and its output is read to the end but kept
 only up to a bound, so it can neither block on a full pipe nor fill memory.
+
+A public namespace: a plugin writes ``from opp_auth import programs`` and uses
+the names of ``__all__`` (``programs.async_run_program``, ``programs.SAFE_PATH``...).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 READ_CHUNK = 64 * 1024
 KILL_GRACE = 1.0
+
+__all__ = ["SAFE_PATH", "ProgramError", "ProgramResult", "ProgramTimeout", "async_run_program"]
 
 
 class ProgramError(Exception):

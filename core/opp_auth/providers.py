@@ -56,7 +56,7 @@ class GroupMapping:
     them is refused) and :meth:`group_for` picks the opp-auth group: the most
     privileged match wins, no match gives ``system-users``::
 
-        CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend({..., **GroupMapping.schema()}, extra=vol.PREVENT_EXTRA)
+        CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA.extend({..., **GroupMapping.schema()}, extra=vol.PREVENT_EXTRA)
         mapping = GroupMapping(self.config)
         if not mapping.allows(groups): ...refuse...
         group = mapping.group_for(groups)
@@ -118,7 +118,8 @@ class AuthProvider:
     """A source of login identities.
 
     Subclass it, set ``TYPE`` (the ``type:`` of configuration.yaml) and
-    ``CONFIG_SCHEMA`` (``PROVIDER_CONFIG_SCHEMA.extend({...}, extra=vol.PREVENT_EXTRA)``),
+    ``CONFIG_SCHEMA`` (``AuthProvider.CONFIG_SCHEMA.extend({...}, extra=vol.PREVENT_EXTRA)``:
+    the base schema, ``type``, ``name`` and ``id``, is the base class's),
     implement :meth:`async_login_flow` returning a :class:`opp_auth.LoginFlow`
     whose ``async_step_init`` asks for and checks the credentials (for a
     username/password form, a :class:`opp_auth.UsernamePasswordLoginFlow`), and

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import voluptuous as vol
 
-from opp_auth import MFA_CONFIG_SCHEMA, MfaModule, hookimpl
+from opp_auth import MfaModule, hookimpl
 from opp_auth.config import Config, load_config
 from opp_auth.plugins import OppAuthPluginManager, make_plugin_manager
 from opp_auth.yaml import ConfigError
@@ -65,7 +65,7 @@ class FakeTotp(MfaModule):
     """Stands in for an installed totp module."""
 
     TYPE = "totp"
-    CONFIG_SCHEMA = MFA_CONFIG_SCHEMA.extend({}, extra=vol.PREVENT_EXTRA)
+    CONFIG_SCHEMA = MfaModule.CONFIG_SCHEMA.extend({}, extra=vol.PREVENT_EXTRA)
 
 
 class ShipsTotp:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import voluptuous as vol
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, PROVIDER_CONFIG_SCHEMA, GroupMapping
+from opp_auth import AuthProvider, GroupMapping, UserMeta
 
-SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(GroupMapping.schema(), extra=vol.PREVENT_EXTRA)
+SCHEMA = AuthProvider.CONFIG_SCHEMA.extend(GroupMapping.schema(), extra=vol.PREVENT_EXTRA)
 
 
 def mapping(**lists: object) -> GroupMapping:
@@ -16,11 +16,11 @@ def mapping(**lists: object) -> GroupMapping:
 
 def test_the_most_privileged_match_wins_and_no_match_is_system_users() -> None:
     groups = mapping(admin_groups=["admins"], user_groups=["family"], read_only_groups=["guests"])
-    assert groups.group_for({"guests", "family", "admins"}) == GROUP_ID_ADMIN
-    assert groups.group_for({"guests", "family"}) == GROUP_ID_USER
-    assert groups.group_for({"guests"}) == GROUP_ID_READ_ONLY
-    assert groups.group_for({"strangers"}) == GROUP_ID_USER
-    assert groups.group_for(set()) == GROUP_ID_USER
+    assert groups.group_for({"guests", "family", "admins"}) == UserMeta.GROUP_ADMIN
+    assert groups.group_for({"guests", "family"}) == UserMeta.GROUP_USER
+    assert groups.group_for({"guests"}) == UserMeta.GROUP_READ_ONLY
+    assert groups.group_for({"strangers"}) == UserMeta.GROUP_USER
+    assert groups.group_for(set()) == UserMeta.GROUP_USER
 
 
 def test_required_groups_refuse_only_when_set() -> None:
@@ -46,5 +46,5 @@ def test_schema_errors_name_the_key(value: object) -> None:
 
 def test_normalize_applies_to_the_configured_names() -> None:
     groups = GroupMapping(SCHEMA({"type": "x", "admin_groups": ["CN=Admins"]}), str.casefold)
-    assert groups.group_for({"cn=admins"}) == GROUP_ID_ADMIN
-    assert groups.group_for({"CN=Admins"}) == GROUP_ID_USER  # the caller normalises what it passes
+    assert groups.group_for({"cn=admins"}) == UserMeta.GROUP_ADMIN
+    assert groups.group_for({"CN=Admins"}) == UserMeta.GROUP_USER  # the caller normalises what it passes

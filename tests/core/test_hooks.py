@@ -12,7 +12,7 @@ import voluptuous as vol
 from aiohttp import web
 
 import opp_auth.hookspecs
-from opp_auth import AuthProvider, MfaModule, hookimpl, hookspec, request_user, websocket_command
+from opp_auth import AuthProvider, MfaModule, hookimpl, hookspec, request_user, websocket
 from opp_auth.cli import build_parser
 from opp_auth.manager import AuthManager
 from opp_auth.plugins import make_plugin_manager
@@ -331,7 +331,7 @@ async def test_hook_opp_auth_register_routes(opp_auth_factory: Any, opp_auth_cli
 async def test_hook_opp_auth_register_websocket_commands(opp_auth_factory: Any, opp_auth_client: Any) -> None:
     """A plugin's command answers like a core one."""
 
-    @websocket_command({vol.Required("type"): "hooktest/echo", vol.Required("text"): str})
+    @websocket.command({vol.Required("type"): "hooktest/echo", vol.Required("text"): str})
     async def echo(conn: Any, msg: dict[str, Any]) -> None:
         conn.send_result(msg["id"], {"text": msg["text"], "user": conn.user.name})
 

@@ -20,7 +20,7 @@ import opp_auth.codes
 import opp_auth.flow
 import opp_auth.login_flow
 import opp_auth.manager
-from opp_auth import PROVIDER_CONFIG_SCHEMA, AuthProvider, Credentials, LoginFlow, User, hookimpl
+from opp_auth import AuthProvider, Credentials, LoginFlow, User, hookimpl
 from opp_auth.codes import AUTHORIZE, LINK_USER
 from opp_auth.flow import TooManyFlows, UnknownFlow
 from opp_auth.manager import AuthManager, AuthManagerError
@@ -578,7 +578,7 @@ class BrokenProvider(AuthProvider):
     """A provider whose login step blows up."""
 
     TYPE = "broken"
-    CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend({}, extra=vol.PREVENT_EXTRA)
+    CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA.extend({}, extra=vol.PREVENT_EXTRA)
 
     async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:
         """The exploding flow."""

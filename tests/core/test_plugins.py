@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import voluptuous as vol
 
-from opp_auth import PROVIDER_CONFIG_SCHEMA, AuthProvider, MfaModule, hookimpl
+from opp_auth import AuthProvider, MfaModule, hookimpl
 from opp_auth.config import load_config, validate_config
 from opp_auth.plugins import PluginError, make_plugin_manager
 from opp_auth.yaml import ConfigError
@@ -128,7 +128,7 @@ class NoTypeProvider(AuthProvider):
 
 def provider_of(type_name: str) -> type[AuthProvider]:
     """A fresh minimal provider class with the given TYPE."""
-    return type(f"Provider_{type_name}", (AuthProvider,), {"TYPE": type_name, "CONFIG_SCHEMA": PROVIDER_CONFIG_SCHEMA})
+    return type(f"Provider_{type_name}", (AuthProvider,), {"TYPE": type_name, "CONFIG_SCHEMA": AuthProvider.CONFIG_SCHEMA})
 
 
 class Registers:

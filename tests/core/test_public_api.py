@@ -2,14 +2,20 @@
 
 The meta-test reads the source of every distribution under providers/,
 mfa_modules/, plugins_contrib/ (and stores/) and fails when one imports a name
-outside ``opp_auth.__all__`` (``opp_auth.testing`` is allowed in tests), another
-plugin, or reaches for a private attribute it did not define itself (a core
-object's ``_auth_provider``, ``_ws_schema``, a name-mangled field...).
+outside ``opp_auth.__all__`` (``opp_auth.testing`` is allowed in tests), uses a
+name of a namespace (``opp_auth.websocket``, ``opp_auth.programs``) that the
+namespace's ``__all__`` does not publish, uses a deprecated top-level alias,
+imports another plugin, or reaches for a private attribute it did not define
+itself (a core object's ``_auth_provider``, ``_ws_schema``, a name-mangled field...).
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
+import re
+import types
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +24,19 @@ import voluptuous as vol
 from aiohttp import web
 
 import opp_auth
-from opp_auth import (
-    ActiveConnection,
-    PluginContext,
-    hookimpl,
-    http_require_admin,
-    http_require_auth,
-    websocket_command,
-    ws_require_admin,
-    ws_require_user,
-)
+from opp_auth import PluginContext, hookimpl, http_require_admin, http_require_auth, websocket
 from opp_auth.http.websocket_api import CommandRegistry
 from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_ROOTS = ("providers", "mfa_modules", "plugins_contrib", "stores")
+# The public namespaces: names of __all__ that are modules, each publishing its own __all__.
+NAMESPACES: dict[str, set[str]] = {
+    name: set(value.__all__)
+    for name in opp_auth.__all__
+    if isinstance(value := getattr(opp_auth, name), types.ModuleType)
+}
 EXAMPLE = {"type": "insecure_example", "users": [{"username": "ann", "password": "pw", "name": "Ann"}]}
 
 
@@ -67,23 +70,69 @@ def _own_names(files: list[Path]) -> set[str]:
     return names
 
 
+def _namespace_names(tree: ast.Module) -> dict[str, str]:
+    """Local names a file binds to a public namespace (``from opp_auth import websocket as ws``: ws -> websocket).
+
+    A name the file also binds by another import (its own ``from . import websocket``)
+    is left out: which one an attribute use means is not known without running it.
+    """
+    bound: dict[str, str] = {}
+    other: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                local = alias.asname or alias.name
+                if node.level == 0 and node.module == "opp_auth" and alias.name in NAMESPACES:
+                    bound[local] = alias.name
+                else:
+                    other.add(local)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                namespace = alias.name.removeprefix("opp_auth.")
+                if alias.asname and alias.name.startswith("opp_auth.") and namespace in NAMESPACES:
+                    bound[alias.asname] = namespace
+                else:
+                    other.add(alias.asname or alias.name.split(".")[0])
+    return {name: namespace for name, namespace in bound.items() if name not in other}
+
+
 def _violations(dist: Path) -> list[str]:
     """What a distribution does outside the public API."""
     files = [p for p in dist.rglob("*.py") if ".venv" not in p.parts and "build" not in p.parts]
     own_packages = {p.name for p in dist.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     own = _own_names(files)
     public = set(opp_auth.__all__)
+    deprecated = opp_auth.DEPRECATED_ALIASES
     problems: list[str] = []
+
+    def top_level(where: str, name: str) -> list[str]:
+        """What is wrong with using opp_auth.<name>."""
+        if name in deprecated:
+            return [f"{where} uses the deprecated opp_auth.{name} (now opp_auth.{deprecated[name]})"]
+        return [] if name in public else [f"{where} uses opp_auth.{name}, which is not in opp_auth.__all__"]
+
+    def in_namespace(where: str, namespace: str, name: str) -> list[str]:
+        """What is wrong with using opp_auth.<namespace>.<name>."""
+        if name in NAMESPACES[namespace]:
+            return []
+        return [f"{where} uses opp_auth.{namespace}.{name}, which opp_auth.{namespace}.__all__ does not publish"]
+
     for path in files:
         rel = path.relative_to(dist.parent.parent)
         is_test = "tests" in path.relative_to(dist).parts or path.name.startswith("test_") or path.name == "conftest.py"
         tree = ast.parse(path.read_text(encoding="utf-8"))
+        bound = _namespace_names(tree)
         for node in ast.walk(tree):
             where = f"{rel}:{getattr(node, 'lineno', '?')}"
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 top = node.module.split(".")[0]
+                namespace = node.module.removeprefix("opp_auth.")
                 if node.module == "opp_auth":
-                    problems += [f"{where} imports opp_auth.{a.name}" for a in node.names if a.name not in public]
+                    for a in node.names:
+                        problems += top_level(where, a.name)
+                elif top == "opp_auth" and namespace in NAMESPACES:
+                    for a in node.names:
+                        problems += in_namespace(where, namespace, a.name)
                 elif top == "opp_auth" and not (is_test and node.module == "opp_auth.testing"):
                     problems.append(f"{where} imports from {node.module} (core internals)")
                 elif top.startswith("opp_auth_") and top not in own_packages:
@@ -94,14 +143,25 @@ def _violations(dist: Path) -> list[str]:
                     if (
                         top == "opp_auth"
                         and alias.name != "opp_auth"
+                        and alias.name.removeprefix("opp_auth.") not in NAMESPACES
                         and not (is_test and alias.name == "opp_auth.testing")
                     ):
                         problems.append(f"{where} imports {alias.name} (core internals)")
                     elif top.startswith("opp_auth_") and top not in own_packages:
                         problems.append(f"{where} imports another plugin, {top}")
             elif isinstance(node, ast.Attribute):
-                if isinstance(node.value, ast.Name) and node.value.id == "opp_auth" and node.attr not in public:
-                    problems.append(f"{where} uses opp_auth.{node.attr}")
+                value = node.value
+                if isinstance(value, ast.Name) and value.id == "opp_auth":
+                    problems += top_level(where, node.attr)
+                elif isinstance(value, ast.Name) and value.id in bound:
+                    problems += in_namespace(where, bound[value.id], node.attr)
+                elif (
+                    isinstance(value, ast.Attribute)
+                    and isinstance(value.value, ast.Name)
+                    and value.value.id == "opp_auth"
+                    and value.attr in NAMESPACES
+                ):
+                    problems += in_namespace(where, value.attr, node.attr)
                 if node.attr.startswith("_") and not node.attr.startswith("__") and node.attr not in own:
                     problems.append(f"{where} reaches for private attribute {node.attr}")
             elif (
@@ -147,42 +207,158 @@ def test_meta_test_catches_what_it_forbids(tmp_path: Path) -> None:
     pkg.mkdir(parents=True)
     (dist / "setup.cfg").write_text("[metadata]\nname = bad\n")
     (pkg / "__init__.py").write_text(
-        "from opp_auth import AuthManager, LoginFlow\n"
+        "from opp_auth import AuthManager, LoginFlow, ws_require_admin\n"
+        "from opp_auth import websocket as ws, programs\n"
         "from opp_auth.throttle import too_many_attempts_message\n"
-        "import opp_auth_local\n"
+        "from opp_auth.programs import KILL_GRACE, async_run_program\n"
+        "import opp_auth, opp_auth.websocket, opp_auth_local\n"
         "class F(LoginFlow):\n"
         "    def step(self):\n"
         "        return self._auth_provider, getattr(self, '_auth_manager')  # type: ignore[attr-defined]\n"
+        "    def more(self):\n"
+        "        ws.command, ws.CommandRegistry, programs.READ_CHUNK, opp_auth.websocket.handler_arity\n"
+        "        return opp_auth.GROUP_ID_ADMIN, opp_auth.User, opp_auth.programs.SAFE_PATH, opp_auth.manager\n"
     )
     problems = "\n".join(_violations(dist))
     for expected in (
-        "imports opp_auth.AuthManager",
+        "uses opp_auth.AuthManager, which is not in opp_auth.__all__",
+        "uses the deprecated opp_auth.ws_require_admin (now opp_auth.websocket.require_admin)",
         "imports from opp_auth.throttle",
+        "uses opp_auth.programs.KILL_GRACE, which opp_auth.programs.__all__ does not publish",
         "imports another plugin, opp_auth_local",
         "private attribute _auth_provider",
         "private attribute _auth_manager via getattr",
         "type: ignore",
+        "uses opp_auth.websocket.CommandRegistry, which",
+        "uses opp_auth.programs.READ_CHUNK, which",
+        "uses opp_auth.websocket.handler_arity, which",
+        "uses the deprecated opp_auth.GROUP_ID_ADMIN (now opp_auth.UserMeta.GROUP_ADMIN)",
+        "uses opp_auth.manager, which is not in opp_auth.__all__",
     ):
         assert expected in problems, problems
+    # ...and only those: the published names (ws.command, SAFE_PATH, async_run_program, User) pass.
+    for allowed in ("ws.command", "websocket.command", "SAFE_PATH", "async_run_program", "LoginFlow"):
+        assert allowed not in problems, problems
+    assert len(problems.splitlines()) == 13, problems
+
+
+def test_meta_test_tells_a_plugin_module_from_a_namespace(tmp_path: Path) -> None:
+    """A plugin's own module named websocket is not held to opp_auth.websocket's names."""
+    dist = tmp_path / "good"
+    pkg = dist / "opp_auth_good"
+    pkg.mkdir(parents=True)
+    (dist / "setup.cfg").write_text("[metadata]\nname = good\n")
+    (pkg / "websocket.py").write_text("def register_commands(register):\n    pass\n")
+    (pkg / "__init__.py").write_text(
+        "from opp_auth import UserMeta, programs\n"
+        "from . import websocket\n"
+        "websocket.register_commands(None)\n"
+        "GROUP = UserMeta.GROUP_USER\n"
+        "PATH = programs.SAFE_PATH\n"
+    )
+    assert _violations(dist) == []
 
 
 def test_public_api_is_small_and_documented() -> None:
-    """About 25 names plus the handful a plugin needs for routes, commands and helper programs; the docstring teaches."""
-    # 40, plus GroupMapping (the group lists of ldap, trusted_header and oidc, once instead of three times).
-    assert len(opp_auth.__all__) <= 41
-    assert "AuthManager" not in opp_auth.__all__
+    """About 25 names (websocket commands and helper programs are one namespace each); the docstring teaches."""
+    assert len(opp_auth.__all__) <= 26
+    assert len(set(opp_auth.__all__)) == len(opp_auth.__all__)
+    assert "AuthManager" not in opp_auth.__all__ and "__version__" not in opp_auth.__all__
+    assert opp_auth.__version__
     assert "require_admin" not in opp_auth.__all__ and "require_user" not in opp_auth.__all__
     for name in opp_auth.__all__:
         assert hasattr(opp_auth, name), name
+    assert set(NAMESPACES) == {"websocket", "programs"}
+    for namespace, names in NAMESPACES.items():
+        for name in names:
+            assert hasattr(getattr(opp_auth, namespace), name), f"opp_auth.{namespace}.{name}"
+    # Schemas and constants live on the classes they belong to.
+    assert opp_auth.AuthProvider.CONFIG_SCHEMA({"type": "x"}) == {"type": "x"}
+    assert opp_auth.MfaModule.CONFIG_SCHEMA({"type": "x"}) == {"type": "x"}
+    groups = (opp_auth.UserMeta.GROUP_ADMIN, opp_auth.UserMeta.GROUP_USER, opp_auth.UserMeta.GROUP_READ_ONLY)
+    assert groups == ("system-admin", "system-users", "system-read-only")
+    assert opp_auth.RefreshToken.TYPE_NORMAL == "normal"
     doc = opp_auth.__doc__ or ""
     for topic in (
         "opp_auth_register_auth_providers",
         "PluginContext",
         "http_require_admin",
-        "ws_require_admin",
+        "websocket.require_admin",
+        "programs.async_run_program",
+        "AuthProvider.CONFIG_SCHEMA",
         "MfaModule",
     ):
         assert topic in doc, topic
+
+
+def _public_api_table() -> list[str]:
+    """The first cell of each row of the table in section 2 (The public API) of docs/plugins.md."""
+    guide = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = guide.split("## 2. The public API", 1)[1].split("\n## ", 1)[0]
+    return [m.group(1) for m in re.finditer(r"^\| `([^`]+)` \|", section, re.MULTILINE)]
+
+
+def test_plugins_guide_lists_exactly_the_public_api() -> None:
+    """docs/plugins.md has one row per name of opp_auth.__all__, and one per published name of each namespace."""
+    rows = _public_api_table()
+    assert len(rows) == len(set(rows)), rows
+    expected = set(opp_auth.__all__) | {f"{ns}.{name}" for ns, names in NAMESPACES.items() for name in names}
+    assert set(rows) == expected
+
+
+# The module each deprecated alias came from in the previous release: the alias must give the same object.
+PREVIOUS_HOME = {
+    "PROVIDER_CONFIG_SCHEMA": "opp_auth.providers",
+    "MFA_CONFIG_SCHEMA": "opp_auth.mfa",
+    "GROUP_ID_ADMIN": "opp_auth.models",
+    "GROUP_ID_USER": "opp_auth.models",
+    "GROUP_ID_READ_ONLY": "opp_auth.models",
+    "TOKEN_TYPE_NORMAL": "opp_auth.models",
+    "websocket_command": "opp_auth.http.websocket_api",
+    "ws_require_admin": "opp_auth.http.websocket_api",
+    "ws_require_user": "opp_auth.http.websocket_api",
+    "ActiveConnection": "opp_auth.http.websocket_api",
+    "CommandError": "opp_auth.http.websocket_api",
+    "Unauthorized": "opp_auth.http.websocket_api",
+    "async_run_program": "opp_auth.programs",
+    "ProgramError": "opp_auth.programs",
+    "ProgramTimeout": "opp_auth.programs",
+    "SAFE_PATH": "opp_auth.programs",
+}
+
+
+def test_every_deprecated_alias_is_listed_with_its_previous_home() -> None:
+    """The aliases are exactly the names the previous release exported and this one moved."""
+    assert set(opp_auth.DEPRECATED_ALIASES) == set(PREVIOUS_HOME)
+
+
+@pytest.mark.parametrize("old", sorted(PREVIOUS_HOME))
+def test_deprecated_alias_still_works_and_warns(old: str) -> None:
+    """For one release an old top-level name imports the same object, warning with its new spelling."""
+    new = opp_auth.DEPRECATED_ALIASES[old]
+    assert old not in opp_auth.__all__
+    assert old not in vars(opp_auth), "a module attribute would bypass the warning"
+    head, *rest = new.split(".")
+    assert head in opp_auth.__all__, new
+    if head in NAMESPACES:
+        assert rest[0] in NAMESPACES[head], new
+    expected = reduce(getattr, new.split("."), opp_auth)
+    assert expected is getattr(importlib.import_module(PREVIOUS_HOME[old]), old)
+    message = re.escape(f"opp_auth.{old} is deprecated") + ".*" + re.escape(f"use opp_auth.{new}")
+    with pytest.warns(DeprecationWarning, match=message):
+        assert getattr(opp_auth, old) is expected
+    scope: dict[str, Any] = {}
+    with pytest.warns(DeprecationWarning, match=message) as record:
+        exec(f"from opp_auth import {old}", scope)
+    assert scope[old] is expected
+    assert all(w.filename == "<string>" for w in record), "the warning points at the importing line"
+
+
+def test_unknown_top_level_name_is_an_attribute_error() -> None:
+    """The alias hook answers only the aliases: anything else is a plain AttributeError, with no warning."""
+    with pytest.raises(AttributeError, match="AuthManager"):
+        opp_auth.AuthManager  # noqa: B018
+    assert not hasattr(opp_auth, "require_admin")
 
 
 def test_plugin_context_offers_no_manager() -> None:
@@ -201,21 +377,23 @@ async def _http_handler(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-async def _ws_handler(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+async def _ws_handler(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> None:
     conn.send_result(msg["id"])
 
 
 @pytest.mark.parametrize("guard", [http_require_auth, http_require_admin])
 def test_http_guard_refuses_a_websocket_handler(guard: Any) -> None:
     """Put on a (connection, msg) handler, an HTTP guard raises at decoration."""
-    with pytest.raises(TypeError, match="ws_require_admin"):
+    with pytest.raises(TypeError, match=r"opp_auth\.websocket\.require_admin"):
         guard(_ws_handler)
-    command = websocket_command({vol.Required("type"): "x/y"})(_ws_handler)
+    command = websocket.command({vol.Required("type"): "x/y"})(_ws_handler)
     with pytest.raises(TypeError):
         guard(command)
 
 
-@pytest.mark.parametrize("guard", [ws_require_admin, ws_require_user(), ws_require_user(allow_system_user=False)])
+@pytest.mark.parametrize(
+    "guard", [websocket.require_admin, websocket.require_user(), websocket.require_user(allow_system_user=False)]
+)
 def test_websocket_guard_refuses_an_http_handler(guard: Any) -> None:
     """Put on a (request) handler, a websocket guard raises at decoration."""
     with pytest.raises(TypeError, match="http_require"):
@@ -234,7 +412,7 @@ async def test_websocket_guarded_handler_on_an_http_route_fails_start(
     opp_auth_factory: Any, opp_auth_client: Any
 ) -> None:
     """A route served by a websocket command handler is refused when the app is built."""
-    command = websocket_command({vol.Required("type"): "x/z"})(_ws_handler)
+    command = websocket.command({vol.Required("type"): "x/z"})(_ws_handler)
 
     class Routes:
         @hookimpl

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from opp_auth import GROUP_ID_ADMIN
+from opp_auth import UserMeta
 from opp_auth.http.ban import BanManager
 from opp_auth.manager import AuthManager
 
@@ -164,7 +164,7 @@ async def admin_session(onboarded: Path, opp_auth_factory: Any, opp_auth_client:
     (onboarded / "ip_bans.yaml").write_text("203.0.113.5:\n  banned_at: '2021-03-04T05:06:07+00:00'\n")
     auth: AuthManager = await opp_auth_factory(providers=[PROVIDER], mfa_modules=[], http=PROXIED)
     client = await opp_auth_client(auth)
-    admin = await auth.async_create_user("Admin", [GROUP_ID_ADMIN], is_owner=True)
+    admin = await auth.async_create_user("Admin", [UserMeta.GROUP_ADMIN], is_owner=True)
     return client, await ws_connector(client).user(auth, admin)
 
 

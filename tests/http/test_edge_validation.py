@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from opp_auth import GROUP_ID_ADMIN
+from opp_auth import UserMeta
 from opp_auth.manager import AuthManager
 from opp_auth.storage import StorageError, Store
 from opp_auth.testing import CLIENT_ID, OppAuthClient
@@ -453,7 +453,7 @@ async def test_store_refuses_unstorable_records_before_changing_memory(
     """A provider whose user meta holds a lone surrogate (past every edge): 400 invalid_format, nothing kept."""
     providers = [{"type": "insecure_example", "users": [{"username": "eve", "password": "pw", "name": "E\udcffve"}]}]
     auth, client = await serve(opp_auth_factory, opp_auth_client, providers=providers)
-    owner = await auth.async_create_user("Owner", [GROUP_ID_ADMIN], is_owner=True)
+    owner = await auth.async_create_user("Owner", [UserMeta.GROUP_ADMIN], is_owner=True)
     before = auth_file(config_dir)
     code = await client.login.code(EXAMPLE, [{"username": "eve", "password": "pw"}])
     status, body = await client.login.token(grant_type="authorization_code", client_id=CLIENT_ID, code=code)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import voluptuous as vol
 
-from opp_auth import PROVIDER_CONFIG_SCHEMA, AuthProvider, Credentials, LoginFlow, UserMeta, hookimpl
+from opp_auth import AuthProvider, Credentials, LoginFlow, UserMeta, hookimpl
 from opp_auth.testing import CLIENT_ID, REDIRECT_URI
 
 HANDLER = ["insecure_example", None]
@@ -305,7 +305,7 @@ class BrokenProvider(AuthProvider):
     """A provider whose check raises."""
 
     TYPE = "broken"
-    CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA
+    CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA
 
     async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:
         """The crashing flow."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from opp_auth import GROUP_ID_ADMIN, AuthEvent, User
+from opp_auth import AuthEvent, User, UserMeta
 from opp_auth.history import MAX_DEVICES, MAX_FAILURES, MAX_SUCCESSES, STORAGE_KEY, clean_text, network_of
 from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID, REDIRECT_URI, OppAuthClient
@@ -296,7 +296,7 @@ async def test_only_administrators_read_someone_elses_history(
     assert (await as_bob.error("auth/login_history", user_id=ann.id))["code"] == "unauthorized"
     own = await as_bob.result("auth/login_history", user_id=bob.id)
     assert {e["username"] for e in own["entries"]} == {"bob"}
-    admin = await auth.async_create_user("Ada", [GROUP_ID_ADMIN])
+    admin = await auth.async_create_user("Ada", [UserMeta.GROUP_ADMIN])
     as_admin = await connect.user(auth, admin)
     theirs = await as_admin.result("config/auth/login_history", user_id=ann.id, limit=1)
     assert [e["username"] for e in theirs["entries"]] == ["ann"]

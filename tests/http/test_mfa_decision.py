@@ -20,7 +20,7 @@ import pyotp
 import pytest
 import voluptuous as vol
 
-from opp_auth import PROVIDER_CONFIG_SCHEMA, AuthProvider, Credentials, LoginFlow, User, UserMeta, hookimpl
+from opp_auth import AuthProvider, Credentials, LoginFlow, User, UserMeta, hookimpl
 from opp_auth.codes import AUTHORIZE, LINK_USER
 from opp_auth.login_flow import USERNAME_PASSWORD_SCHEMA, MfaRequired
 from opp_auth.manager import AuthManager
@@ -42,7 +42,7 @@ class ShortcutProvider(AuthProvider):
     """Checks a fixed password and returns create_entry(data=Credentials), skipping async_finish."""
 
     TYPE = "shortcut"
-    CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend({}, extra=vol.PREVENT_EXTRA)
+    CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA.extend({}, extra=vol.PREVENT_EXTRA)
 
     async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:
         return ShortcutFlow(self)
@@ -513,7 +513,7 @@ class BadgeLoginProvider(AuthProvider):
     """Offered by the badge module: its flow proves the badge and finishes with the user's existing credentials."""
 
     TYPE = "badge"
-    CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA
+    CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA
     SUPPORT_MFA = False
 
     async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:

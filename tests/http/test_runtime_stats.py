@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from opp_auth import GROUP_ID_ADMIN, AuthEvent
+from opp_auth import AuthEvent, UserMeta
 from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID
 
@@ -16,7 +16,7 @@ HANDLER = ["insecure_example", None]
 
 async def test_token_checks_are_counted_by_kind_and_outcome(onboarded: Path, opp_auth_factory: Any) -> None:
     auth: AuthManager = await opp_auth_factory(providers=[PROVIDER], mfa_modules=[])
-    user = await auth.async_create_user("Bo", [GROUP_ID_ADMIN], local_only=True)
+    user = await auth.async_create_user("Bo", [UserMeta.GROUP_ADMIN], local_only=True)
     refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
     token = await auth.async_create_access_token(refresh_token, "127.0.0.1")
     assert auth.validate_access_token(token, "127.0.0.1") is not None

@@ -12,7 +12,7 @@ import pytest
 import voluptuous as vol
 from aiohttp import web
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER, User
+from opp_auth import User, UserMeta
 from opp_auth.codes import AUTHORIZE, MAX_CODES
 from opp_auth.config import HTTP_SCHEMA
 from opp_auth.http import websocket_api
@@ -338,7 +338,7 @@ async def test_websocket_auth_is_refused_while_the_address_is_locked(
     auth = await opp_auth_factory(providers=[PROVIDER], mfa_modules=[], http={"login_throttle": {"attempts_per_address": 2}})
     client = await opp_auth_client(auth)
     connector = ws_connector(client)
-    user = await auth.async_create_user("Alice", [GROUP_ID_USER])
+    user = await auth.async_create_user("Alice", [UserMeta.GROUP_USER])
     _, good_token = await connector.mint(auth, user)
     for token in ("bad-1", "bad-2", good_token):
         ws = await connector.open()
@@ -382,7 +382,7 @@ async def test_failures_from_forwarded_addresses_are_counted_per_client(
 @pytest.fixture
 async def admin(auth: AuthManager) -> User:
     """An administrator."""
-    return await auth.async_create_user("Admin", [GROUP_ID_ADMIN], is_owner=True)
+    return await auth.async_create_user("Admin", [UserMeta.GROUP_ADMIN], is_owner=True)
 
 
 async def test_admin_lists_current_lockouts(
@@ -412,7 +412,7 @@ async def test_admin_clearing_a_lockout_lets_the_login_through(
 async def test_lockout_and_ban_commands_are_for_admins_only(
     client: OppAuthClient, auth: AuthManager, ws_connector: Any, command: str
 ) -> None:
-    user = await auth.async_create_user("Bob", [GROUP_ID_USER])
+    user = await auth.async_create_user("Bob", [UserMeta.GROUP_USER])
     session = await ws_connector(client).user(auth, user)
     assert (await session.error(command))["code"] == "unauthorized"
 
@@ -470,7 +470,7 @@ async def test_websocket_connections_per_user_are_capped(
     client: OppAuthClient, auth: AuthManager, ws_connector: Any
 ) -> None:
     connector = ws_connector(client)
-    user = await auth.async_create_user("Alice", [GROUP_ID_USER])
+    user = await auth.async_create_user("Alice", [UserMeta.GROUP_USER])
     _, token = await connector.mint(auth, user)
     for _ in range(MAX_CONNECTIONS_PER_USER):
         await connector.auth(token)
@@ -483,7 +483,7 @@ async def test_websocket_connections_per_user_are_capped(
 async def test_websocket_messages_beyond_the_burst_are_rate_limited(
     client: OppAuthClient, auth: AuthManager, ws_connector: Any
 ) -> None:
-    user = await auth.async_create_user("Alice", [GROUP_ID_USER])
+    user = await auth.async_create_user("Alice", [UserMeta.GROUP_USER])
     session = await ws_connector(client).user(auth, user)
     count = int(RATE_BURST) + 50
     await session.ws.send_json([{"id": i, "type": "ping"} for i in range(1, count + 1)])
@@ -524,7 +524,7 @@ async def test_simultaneous_websocket_connects_cannot_pass_the_cap_together(
 
     monkeypatch.setattr(web.WebSocketResponse, "send_json", slow_send)
     connector = ws_connector(client)
-    user = await auth.async_create_user("Alice", [GROUP_ID_USER])
+    user = await auth.async_create_user("Alice", [UserMeta.GROUP_USER])
     _, token = await connector.mint(auth, user)
     sockets = [await connector.open() for _ in range(6)]
     for ws in sockets:

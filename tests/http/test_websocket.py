@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import voluptuous as vol
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER, CommandError, Unauthorized, User, hookimpl
+from opp_auth import User, UserMeta, hookimpl, websocket
 from opp_auth.http import websocket_api
 from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID, OppAuthClient
@@ -49,13 +49,13 @@ def connect(client: OppAuthClient, ws_connector: Any) -> Any:
 @pytest.fixture
 async def owner(auth: AuthManager) -> User:
     """The owner (an administrator)."""
-    return await auth.async_create_user("Paulus", [GROUP_ID_ADMIN], is_owner=True)
+    return await auth.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
 
 
 @pytest.fixture
 async def bob(auth: AuthManager) -> User:
     """An ordinary user."""
-    return await auth.async_create_user("Bob", [GROUP_ID_USER])
+    return await auth.async_create_user("Bob", [UserMeta.GROUP_USER])
 
 
 async def api_status(client: OppAuthClient, path: str = "/api/", bearer: str | None = None) -> int:
@@ -171,7 +171,7 @@ async def test_failed_websocket_auth_counts_as_failed_login(
 ) -> None:
     auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=[], http={"login_attempts_threshold": 1})
     client = await opp_auth_client(auth)
-    owner = await auth.async_create_user("Paulus", [GROUP_ID_ADMIN], is_owner=True)
+    owner = await auth.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
     _, token = await mint(auth, owner)
     connector = ws_connector(client)
     ws = await connector.open()
@@ -189,7 +189,7 @@ async def test_successful_websocket_auth_resets_failed_login_count(
 ) -> None:
     auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=[], http={"login_attempts_threshold": 2})
     client = await opp_auth_client(auth)
-    owner = await auth.async_create_user("Paulus", [GROUP_ID_ADMIN], is_owner=True)
+    owner = await auth.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
     _, token = await mint(auth, owner)
     connector = ws_connector(client)
     ws = await connector.open()
@@ -327,11 +327,11 @@ async def _fail_timeout(conn: Any, msg: dict[str, Any]) -> None:
 
 
 async def _fail_unauthorized(conn: Any, msg: dict[str, Any]) -> None:
-    raise Unauthorized()
+    raise websocket.Unauthorized()
 
 
 async def _fail_command(conn: Any, msg: dict[str, Any]) -> None:
-    raise CommandError("my_code", "My message")
+    raise websocket.CommandError("my_code", "My message")
 
 
 class CommandPlugin:
@@ -356,7 +356,7 @@ async def plugin_connect(opp_auth_factory: Any, opp_auth_client: Any, ws_connect
 
 async def test_plugin_registers_command_through_hook(plugin_connect: tuple[AuthManager, Any]) -> None:
     auth, connector = plugin_connect
-    user = await auth.async_create_user("Pat", [GROUP_ID_USER])
+    user = await auth.async_create_user("Pat", [UserMeta.GROUP_USER])
     session = await connector.user(auth, user)
     assert await session.result("x/echo", text="hi") == {"echo": "hi", "user": "Pat"}
     error = await session.error("x/echo", text=3)
@@ -376,7 +376,7 @@ async def test_handler_failure_maps_to_error_reply(
     plugin_connect: tuple[AuthManager, Any], command: str, error: dict[str, str]
 ) -> None:
     auth, connector = plugin_connect
-    user = await auth.async_create_user("Pat", [GROUP_ID_USER])
+    user = await auth.async_create_user("Pat", [UserMeta.GROUP_USER])
     session = await connector.user(auth, user)
     assert await session.error(command) == error
     assert (await session.result("x/echo", text="still here"))["echo"] == "still here"
@@ -719,7 +719,7 @@ async def test_handler_exception_is_logged_with_traceback(
     plugin_connect: tuple[AuthManager, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     auth, connector = plugin_connect
-    user = await auth.async_create_user("Pat", [GROUP_ID_USER])
+    user = await auth.async_create_user("Pat", [UserMeta.GROUP_USER])
     session = await connector.user(auth, user)
     with caplog.at_level(logging.ERROR, logger="opp_auth.http.websocket_api"):
         await session.error("x/value_error")

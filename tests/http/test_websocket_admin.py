@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, User
+from opp_auth import User, UserMeta
 from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 
@@ -40,19 +40,19 @@ async def mint(auth: AuthManager, user: User) -> tuple[Any, str]:
 @pytest.fixture
 async def owner(auth: AuthManager) -> User:
     """The owner."""
-    return await auth.async_create_user("Paulus", [GROUP_ID_ADMIN], is_owner=True)
+    return await auth.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
 
 
 @pytest.fixture
 async def admin(auth: AuthManager, owner: User) -> User:
     """An administrator who is not the owner."""
-    return await auth.async_create_user("Ada", [GROUP_ID_ADMIN])
+    return await auth.async_create_user("Ada", [UserMeta.GROUP_ADMIN])
 
 
 @pytest.fixture
 async def bob(auth: AuthManager) -> User:
     """An ordinary user."""
-    return await auth.async_create_user("Bob", [GROUP_ID_USER])
+    return await auth.async_create_user("Bob", [UserMeta.GROUP_USER])
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ async def test_list_users(
         "is_active": True,
         "system_generated": False,
         "local_only": False,
-        "group_ids": [GROUP_ID_ADMIN],
+        "group_ids": [UserMeta.GROUP_ADMIN],
         "credentials": [],
     }
     assert listed["Alice"]["credentials"] == [{"type": "insecure_example"}]
@@ -112,8 +112,8 @@ async def test_create_user_is_active_and_not_owner(as_admin: Any, auth: AuthMana
 
 
 async def test_create_user_with_groups(as_admin: Any) -> None:
-    created = (await as_admin.result("config/auth/create", name="Eve", group_ids=[GROUP_ID_READ_ONLY]))["user"]
-    assert created["group_ids"] == [GROUP_ID_READ_ONLY]
+    created = (await as_admin.result("config/auth/create", name="Eve", group_ids=[UserMeta.GROUP_READ_ONLY]))["user"]
+    assert created["group_ids"] == [UserMeta.GROUP_READ_ONLY]
 
 
 async def test_create_user_with_unknown_group(as_admin: Any, auth: AuthManager) -> None:
@@ -124,7 +124,7 @@ async def test_create_user_with_unknown_group(as_admin: Any, auth: AuthManager) 
 
 async def test_create_never_mints_an_owner(connect: Any, auth: AuthManager) -> None:
     # No owner exists: Open Peer Power made the first user created here the owner (G9).
-    admin = await auth.async_create_user("Ada", [GROUP_ID_ADMIN])
+    admin = await auth.async_create_user("Ada", [UserMeta.GROUP_ADMIN])
     session = await connect.user(auth, admin)
     created = (await session.result("config/auth/create", name="Eve"))["user"]
     assert created["is_owner"] is False
@@ -132,8 +132,8 @@ async def test_create_never_mints_an_owner(connect: Any, auth: AuthManager) -> N
 
 
 async def test_update_user(as_admin: Any, bob: User) -> None:
-    updated = (await as_admin.result("config/auth/update", user_id=bob.id, name="Robert", group_ids=[GROUP_ID_ADMIN]))["user"]
-    assert updated["name"] == "Robert" and updated["group_ids"] == [GROUP_ID_ADMIN]
+    updated = (await as_admin.result("config/auth/update", user_id=bob.id, name="Robert", group_ids=[UserMeta.GROUP_ADMIN]))["user"]
+    assert updated["name"] == "Robert" and updated["group_ids"] == [UserMeta.GROUP_ADMIN]
     assert bob.name == "Robert" and bob.is_admin
 
 
@@ -162,9 +162,9 @@ async def test_cannot_deactivate_owner(as_admin: Any, owner: User) -> None:
 
 
 async def test_cannot_demote_owner(as_admin: Any, owner: User) -> None:
-    error = await as_admin.error("config/auth/update", user_id=owner.id, group_ids=[GROUP_ID_USER])
+    error = await as_admin.error("config/auth/update", user_id=owner.id, group_ids=[UserMeta.GROUP_USER])
     assert error["code"] == "cannot_modify_owner"
-    assert owner.group_ids == [GROUP_ID_ADMIN]
+    assert owner.group_ids == [UserMeta.GROUP_ADMIN]
 
 
 async def test_cannot_deactivate_self(as_admin: Any, admin: User) -> None:

@@ -103,7 +103,7 @@ def _check_http_handler(handler: Callable[..., Any], guard: str) -> None:
         raise TypeError(
             f"opp_auth.{guard} guards HTTP handlers (request) -> response, but "
             f"{getattr(handler, '__qualname__', handler)!r} looks like a websocket command handler "
-            f"(connection, msg): guard it with opp_auth.ws_require_admin / ws_require_user instead."
+            f"(connection, msg): guard it with opp_auth.websocket.require_admin / require_user instead."
         )
 
 

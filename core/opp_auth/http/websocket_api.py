@@ -132,7 +132,7 @@ def _check_ws_handler(func: Callable[..., Any], guard: str) -> None:
 
 def ws_require_admin(func: CommandHandler) -> CommandHandler:
     """Websocket guard: only administrators (and the owner) may run the command."""
-    _check_ws_handler(func, "ws_require_admin")
+    _check_ws_handler(func, "websocket.require_admin")
     func._ws_admin = True  # type: ignore[attr-defined]
     return func
 
@@ -144,7 +144,7 @@ def ws_require_user(
 
     def decorate(func: CommandHandler) -> CommandHandler:
         """Record the guard."""
-        _check_ws_handler(func, "ws_require_user")
+        _check_ws_handler(func, "websocket.require_user")
         func._ws_user_guard = (allow_system_user, only_active_user)  # type: ignore[attr-defined]
         return func
 
@@ -165,7 +165,7 @@ class CommandRegistry:
 
     def register(self, handler: CommandHandler, schema: dict[Any, Any] | vol.Schema | None = None) -> None:
         """Add a command; the schema comes from @websocket_command unless given."""
-        _check_ws_handler(handler, "websocket_command")
+        _check_ws_handler(handler, "websocket.command")
         if schema is not None:
             handler = websocket_command(schema if isinstance(schema, dict) else schema.schema)(handler)
         compiled = getattr(handler, "_ws_schema", None)

@@ -13,14 +13,7 @@ from typing import Any
 
 import voluptuous as vol
 
-from opp_auth import (
-    MFA_CONFIG_SCHEMA,
-    FlowResult,
-    MfaAbort,
-    MfaModule,
-    SetupFlow,
-    hookimpl,
-)
+from opp_auth import FlowResult, MfaAbort, MfaModule, SetupFlow, hookimpl
 
 from . import hookspecs
 from .platforms import BUILTIN_PLATFORMS, NotifyError, NotifyPlatform
@@ -86,7 +79,7 @@ def _alert_text(value: Any) -> str:
     return text if len(text) <= MAX_ALERT_FIELD else text[: MAX_ALERT_FIELD - 1] + "\u2026"
 
 
-CONFIG_SCHEMA = MFA_CONFIG_SCHEMA.extend(
+CONFIG_SCHEMA = MfaModule.CONFIG_SCHEMA.extend(
     {
         vol.Optional("include"): [str],
         vol.Optional("exclude"): [str],

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import aiosmtplib
 import voluptuous as vol
 
-from opp_auth import SAFE_PATH, ProgramError, ProgramTimeout, async_run_program
+from opp_auth import programs
 
 MAX_STDERR = 4096
 TARGET_ENV = "NOTIFY_TARGET"
@@ -172,9 +172,9 @@ class CommandLinePlatform(NotifyPlatform):
 
     async def async_send(self, message: str, target: str | None) -> None:
         """Run the program; a non-zero exit or a time-out is a failure."""
-        env = {"PATH": SAFE_PATH, TARGET_ENV: target or ""}
+        env = {"PATH": programs.SAFE_PATH, TARGET_ENV: target or ""}
         try:
-            result = await async_run_program(
+            result = await programs.async_run_program(
                 [self.config["command"], *self.config["args"]],
                 env=env,
                 timeout=self.config["timeout"],
@@ -182,9 +182,9 @@ class CommandLinePlatform(NotifyPlatform):
                 max_stdout=0,
                 max_stderr=MAX_STDERR,
             )
-        except ProgramTimeout as err:
+        except programs.ProgramTimeout as err:
             raise NotifyError(str(err)) from None
-        except ProgramError as err:
+        except programs.ProgramError as err:
             raise NotifyError(f"cannot run {self.config['command']}: {err}") from err
         stderr, code = result.stderr, result.returncode
         if code != 0:

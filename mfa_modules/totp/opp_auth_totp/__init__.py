@@ -14,17 +14,7 @@ import pyotp
 import segno
 import voluptuous as vol
 
-from opp_auth import (
-    MFA_CONFIG_SCHEMA,
-    ActiveConnection,
-    CommandError,
-    FlowResult,
-    MfaModule,
-    SetupFlow,
-    hookimpl,
-    websocket_command,
-    ws_require_user,
-)
+from opp_auth import FlowResult, MfaModule, SetupFlow, hookimpl, websocket
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,7 +27,7 @@ RECOVERY_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 DUMMY_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 STEP_SECONDS = 30
 
-CONFIG_SCHEMA = MFA_CONFIG_SCHEMA.extend(
+CONFIG_SCHEMA = MfaModule.CONFIG_SCHEMA.extend(
     {vol.Optional("recovery_codes", default=10): vol.All(int, vol.Range(min=0, max=50))},
     extra=vol.PREVENT_EXTRA,
 )
@@ -238,33 +228,33 @@ class TotpSetupFlow(SetupFlow):
         )
 
 
-@ws_require_user(allow_system_user=False)
-@websocket_command(
+@websocket.require_user(allow_system_user=False)
+@websocket.command(
     {
         vol.Required("type"): "auth/totp/recovery_codes",
         vol.Required("code"): str,
         vol.Optional("mfa_module_id", default="totp"): str,
     }
 )
-async def recovery_codes_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+async def recovery_codes_command(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> None:
     """A new set of recovery codes, after proving possession with a current code."""
     module = conn.context.get_auth_mfa_module(msg["mfa_module_id"])
     if not isinstance(module, TotpAuthModule):
-        raise CommandError("no_module", f"MFA module {msg['mfa_module_id']} is not found")
+        raise websocket.CommandError("no_module", f"MFA module {msg['mfa_module_id']} is not found")
     if not await module.async_is_user_setup(conn.user.id):
-        raise CommandError("not_set_up", "Two-factor authentication is not set up")
+        raise websocket.CommandError("not_set_up", "Two-factor authentication is not set up")
     wait = conn.context.login_retry_after(conn.remote, conn.user.name)
     if wait > 0:
-        raise CommandError("too_many_attempts", conn.context.too_many_attempts_message(wait))
+        raise websocket.CommandError("too_many_attempts", conn.context.too_many_attempts_message(wait))
     if not module.is_current_code(conn.user.id, msg["code"]):
         conn.context.note_login_failure(conn.remote, None, conn.user.name, "invalid_code")
-        raise CommandError("invalid_code", "Invalid code")
+        raise websocket.CommandError("invalid_code", "Invalid code")
     conn.send_result(msg["id"], {"recovery_codes": await module.async_new_recovery_codes(conn.user.id)})
 
 
-@ws_require_user(allow_system_user=False)
-@websocket_command({vol.Required("type"): "auth/totp/info"})
-async def info_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+@websocket.require_user(allow_system_user=False)
+@websocket.command({vol.Required("type"): "auth/totp/info"})
+async def info_command(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> None:
     """The caller's enrolments in totp modules and how many recovery codes each has left."""
     modules = {}
     for module in conn.context.auth_mfa_modules:

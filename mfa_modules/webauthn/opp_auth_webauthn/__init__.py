@@ -45,7 +45,7 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
-from opp_auth import MFA_CONFIG_SCHEMA, TOKEN_TYPE_NORMAL, FlowResult, MfaModule, SetupFlow, hookimpl
+from opp_auth import FlowResult, MfaModule, RefreshToken, SetupFlow, hookimpl
 
 from .aaguids import model_for
 
@@ -110,7 +110,7 @@ def _check_origins(config: dict[str, Any]) -> dict[str, Any]:
 
 
 CONFIG_SCHEMA = vol.All(
-    MFA_CONFIG_SCHEMA.extend(
+    MfaModule.CONFIG_SCHEMA.extend(
         {
             vol.Required("rp_id", msg=RP_ID_MESSAGE): _rp_id,
             vol.Optional("rp_name", default="Open Peer Power"): vol.All(str, vol.Length(min=1, max=64)),
@@ -575,7 +575,7 @@ class WebauthnAuthModule(MfaModule):
         proved = self._proofs.get(refresh_token.id)
         if proved is not None:
             left = PROOF_WINDOW - (time.monotonic() - proved)
-        if refresh_token.token_type == TOKEN_TYPE_NORMAL and self._login_proves_the_person(refresh_token):
+        if refresh_token.token_type == RefreshToken.TYPE_NORMAL and self._login_proves_the_person(refresh_token):
             age = (datetime.now(UTC) - refresh_token.created_at).total_seconds()
             left = max(left, PROOF_WINDOW - age)
         return max(0.0, left)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
 
-from opp_auth import PROVIDER_CONFIG_SCHEMA, AuthProvider, Credentials, FlowResult, LoginFlow
+from opp_auth import AuthProvider, Credentials, FlowResult, LoginFlow
 
 if TYPE_CHECKING:
     from . import WebauthnAuthModule
@@ -32,7 +32,7 @@ class PasskeyLoginProvider(AuthProvider):
 
     TYPE = "webauthn"
     DEFAULT_TITLE = "Passkey"
-    CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA
+    CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA
     SUPPORT_MFA = False  # a verified passkey is both factors
 
     def __init__(self, module: WebauthnAuthModule) -> None:

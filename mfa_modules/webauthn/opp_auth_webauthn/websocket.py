@@ -28,7 +28,7 @@ from typing import Any
 
 import voluptuous as vol
 
-from opp_auth import ActiveConnection, CommandError, websocket_command, ws_require_admin, ws_require_user
+from opp_auth import websocket
 
 from . import CeremonyError, WebauthnAuthModule  # defined before the package imports this module
 
@@ -36,13 +36,13 @@ MODULE_ID = vol.Optional("mfa_module_id")
 TEXT = vol.All(str, vol.Length(max=4096))
 
 
-def _module(conn: ActiveConnection, msg: dict[str, Any]) -> WebauthnAuthModule:
+def _module(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> WebauthnAuthModule:
     """The webauthn module named by mfa_module_id, else the first configured."""
     wanted = msg.get("mfa_module_id")
     for module in conn.context.auth_mfa_modules:
         if isinstance(module, WebauthnAuthModule) and wanted in (None, module.id):
             return module
-    raise CommandError(
+    raise websocket.CommandError(
         "no_module",
         "No passkey (webauthn) module is configured"
         if wanted is None
@@ -50,31 +50,33 @@ def _module(conn: ActiveConnection, msg: dict[str, Any]) -> WebauthnAuthModule:
     )
 
 
-def _ceremony(err: Exception) -> CommandError:
+def _ceremony(err: Exception) -> websocket.CommandError:
     """A CeremonyError or a name error as a command error."""
     if isinstance(err, CeremonyError):
-        return CommandError(err.code, err.message)
-    return CommandError("invalid_format", str(err))
+        return websocket.CommandError(err.code, err.message)
+    return websocket.CommandError("invalid_format", str(err))
 
 
-async def _refresh_token(conn: ActiveConnection) -> Any:
+async def _refresh_token(conn: websocket.ActiveConnection) -> Any:
     """The caller's refresh token."""
     token = await conn.context.async_get_refresh_token(conn.refresh_token_id)
     if token is None:
-        raise CommandError("unauthorized", "The session has ended")
+        raise websocket.CommandError("unauthorized", "The session has ended")
     return token
 
 
-def _throttle(conn: ActiveConnection) -> None:
+def _throttle(conn: websocket.ActiveConnection) -> None:
     """Refuse while the caller's address and account are throttled."""
     wait = conn.context.login_retry_after(conn.remote, conn.user.name)
     if wait > 0:
-        raise CommandError("too_many_attempts", f"Too many login attempts, try again in {math.ceil(wait)} seconds")
+        raise websocket.CommandError(
+            "too_many_attempts", f"Too many login attempts, try again in {math.ceil(wait)} seconds"
+        )
 
 
-@ws_require_user(allow_system_user=False)
-@websocket_command({vol.Required("type"): "auth/webauthn/passkeys", MODULE_ID: str})
-async def passkeys_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+@websocket.require_user(allow_system_user=False)
+@websocket.command({vol.Required("type"): "auth/webauthn/passkeys", MODULE_ID: str})
+async def passkeys_command(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> None:
     """The caller's passkeys, and how long this session may still add one without re-authenticating."""
     module = _module(conn, msg)
     conn.send_result(
@@ -88,13 +90,13 @@ async def passkeys_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     )
 
 
-@ws_require_user(allow_system_user=False)
-@websocket_command({vol.Required("type"): "auth/webauthn/reauth_options", MODULE_ID: str})
-async def reauth_options_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+@websocket.require_user(allow_system_user=False)
+@websocket.command({vol.Required("type"): "auth/webauthn/reauth_options", MODULE_ID: str})
+async def reauth_options_command(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> None:
     """Request options to re-authenticate this session with one of the caller's passkeys."""
     module = _module(conn, msg)
     if not await module.async_is_user_setup(conn.user.id):
-        raise CommandError("not_set_up", "You have no passkey yet")
+        raise websocket.CommandError("not_set_up", "You have no passkey yet")
     conn.send_result(msg["id"], {"publicKey": module.request_options(f"reauth:{conn.refresh_token_id}", conn.user.id)})
 
 
@@ -104,7 +106,7 @@ def _code_input(module: Any, code: str) -> dict[str, str]:
     return {keys[0] if len(keys) == 1 else "code": code}
 
 
-async def _password_ok(conn: ActiveConnection, password: str) -> bool:
+async def _password_ok(conn: websocket.ActiveConnection, password: str) -> bool:
     """Whether password is right for one of the caller's username/password credentials."""
     for credentials in conn.user.credentials:
         provider = conn.context.get_auth_provider(credentials.auth_provider_type, credentials.auth_provider_id)
@@ -122,8 +124,8 @@ async def _password_ok(conn: ActiveConnection, password: str) -> bool:
     return False
 
 
-@ws_require_user(allow_system_user=False)
-@websocket_command(
+@websocket.require_user(allow_system_user=False)
+@websocket.command(
     {
         vol.Required("type"): "auth/webauthn/reauth",
         MODULE_ID: str,
@@ -133,21 +135,21 @@ async def _password_ok(conn: ActiveConnection, password: str) -> bool:
         vol.Optional("code_module_id"): str,
     }
 )
-async def reauth_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+async def reauth_command(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> None:
     """Prove the password, a code of an enrolled module, or a passkey; this session may add passkeys for 5 minutes."""
     module = _module(conn, msg)
     _throttle(conn)
     if "password" in msg:
         if not await _password_ok(conn, msg["password"]):
             conn.context.note_login_failure(conn.remote, None, conn.user.name, "invalid_auth")
-            raise CommandError("invalid_auth", "Invalid password")
+            raise websocket.CommandError("invalid_auth", "Invalid password")
     elif "code" in msg:
         other = conn.context.get_auth_mfa_module(msg.get("code_module_id") or "totp")
         if other is None or other is module or not await other.async_is_user_setup(conn.user.id):
-            raise CommandError("not_set_up", "That two-factor module is not set up for you")
+            raise websocket.CommandError("not_set_up", "That two-factor module is not set up for you")
         if await other.async_validate(conn.user.id, _code_input(other, msg["code"].strip())) is not True:
             conn.context.note_login_failure(conn.remote, None, conn.user.name, "invalid_code")
-            raise CommandError("invalid_code", "Invalid code")
+            raise websocket.CommandError("invalid_code", "Invalid code")
     elif "credential" in msg:
         try:
             await module.async_verify_assertion(
@@ -155,22 +157,24 @@ async def reauth_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
             )
         except CeremonyError as err:
             conn.context.note_login_failure(conn.remote, None, conn.user.name, "invalid_code")
-            raise CommandError("invalid_code", err.message) from err
+            raise websocket.CommandError("invalid_code", err.message) from err
     else:
-        raise CommandError("invalid_format", "Give password, code or credential")
+        raise websocket.CommandError("invalid_format", "Give password, code or credential")
     module.note_proof(conn.refresh_token_id)
     conn.send_result(msg["id"], {"proof_left": int(module.proof_left(await _refresh_token(conn)))})
 
 
-async def _require_proof(conn: ActiveConnection, module: WebauthnAuthModule) -> None:
+async def _require_proof(conn: websocket.ActiveConnection, module: WebauthnAuthModule) -> None:
     """A recent login or re-authentication of this session, else reauth_required."""
     if module.proof_left(await _refresh_token(conn)) <= 0:
-        raise CommandError("reauth_required", "Confirm it is you (password or another factor) before adding a passkey")
+        raise websocket.CommandError(
+            "reauth_required", "Confirm it is you (password or another factor) before adding a passkey"
+        )
 
 
-@ws_require_user(allow_system_user=False)
-@websocket_command({vol.Required("type"): "auth/webauthn/register_options", MODULE_ID: str})
-async def register_options_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+@websocket.require_user(allow_system_user=False)
+@websocket.command({vol.Required("type"): "auth/webauthn/register_options", MODULE_ID: str})
+async def register_options_command(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> None:
     """Creation options for a new passkey of the caller (after a recent proof)."""
     module = _module(conn, msg)
     await _require_proof(conn, module)
@@ -180,8 +184,8 @@ async def register_options_command(conn: ActiveConnection, msg: dict[str, Any]) 
     )
 
 
-@ws_require_user(allow_system_user=False)
-@websocket_command(
+@websocket.require_user(allow_system_user=False)
+@websocket.command(
     {
         vol.Required("type"): "auth/webauthn/register",
         MODULE_ID: str,
@@ -189,7 +193,7 @@ async def register_options_command(conn: ActiveConnection, msg: dict[str, Any]) 
         vol.Required("credential"): vol.All(str, vol.Length(max=65536)),
     }
 )
-async def register_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+async def register_command(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> None:
     """Verify the browser's new credential for this session's challenge and add it."""
     module = _module(conn, msg)
     await _require_proof(conn, module)
@@ -202,8 +206,8 @@ async def register_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     conn.send_result(msg["id"], passkey)
 
 
-@ws_require_user(allow_system_user=False)
-@websocket_command(
+@websocket.require_user(allow_system_user=False)
+@websocket.command(
     {
         vol.Required("type"): "auth/webauthn/rename",
         MODULE_ID: str,
@@ -211,7 +215,7 @@ async def register_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
         vol.Required("name"): TEXT,
     }
 )
-async def rename_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+async def rename_command(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> None:
     """Rename one of the caller's passkeys."""
     module = _module(conn, msg)
     try:
@@ -220,9 +224,9 @@ async def rename_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
         raise _ceremony(err) from err
 
 
-@ws_require_user(allow_system_user=False)
-@websocket_command({vol.Required("type"): "auth/webauthn/remove", MODULE_ID: str, vol.Required("passkey_id"): TEXT})
-async def remove_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+@websocket.require_user(allow_system_user=False)
+@websocket.command({vol.Required("type"): "auth/webauthn/remove", MODULE_ID: str, vol.Required("passkey_id"): TEXT})
+async def remove_command(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> None:
     """Remove one of the caller's passkeys."""
     module = _module(conn, msg)
     try:
@@ -232,20 +236,20 @@ async def remove_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     conn.send_result(msg["id"])
 
 
-@ws_require_admin
-@websocket_command(
+@websocket.require_admin
+@websocket.command(
     {vol.Required("type"): "auth/webauthn/admin/passkeys", MODULE_ID: str, vol.Required("user_id"): TEXT}
 )
-async def admin_passkeys_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+async def admin_passkeys_command(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> None:
     """A user's passkeys (administrators)."""
     module = _module(conn, msg)
     if conn.context.get_user(msg["user_id"]) is None:
-        raise CommandError("not_found", "User not found")
+        raise websocket.CommandError("not_found", "User not found")
     conn.send_result(msg["id"], {"mfa_module_id": module.id, "passkeys": module.passkeys(msg["user_id"])})
 
 
-@ws_require_admin
-@websocket_command(
+@websocket.require_admin
+@websocket.command(
     {
         vol.Required("type"): "auth/webauthn/admin/remove",
         MODULE_ID: str,
@@ -253,7 +257,7 @@ async def admin_passkeys_command(conn: ActiveConnection, msg: dict[str, Any]) ->
         vol.Required("passkey_id"): TEXT,
     }
 )
-async def admin_remove_command(conn: ActiveConnection, msg: dict[str, Any]) -> None:
+async def admin_remove_command(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> None:
     """Remove a user's passkey (administrators), e.g. a lost phone."""
     module = _module(conn, msg)
     try:

@@ -13,7 +13,6 @@ import bcrypt
 import voluptuous as vol
 
 from opp_auth import (
-    PROVIDER_CONFIG_SCHEMA,
     AuthProvider,
     Credentials,
     InvalidAuthError,
@@ -35,7 +34,7 @@ def _bcrypt_hash(value: Any) -> str:
 
 
 # Each provider validates its own block: the base keys (type, name, id) plus its own, nothing else.
-CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
+CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA.extend(
     {
         vol.Required("username"): vol.All(str, vol.Length(min=1)),
         vol.Required("password_hash"): _bcrypt_hash,

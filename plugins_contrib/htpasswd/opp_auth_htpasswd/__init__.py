@@ -18,10 +18,6 @@ import bcrypt
 import voluptuous as vol
 
 from opp_auth import (
-    GROUP_ID_ADMIN,
-    GROUP_ID_READ_ONLY,
-    GROUP_ID_USER,
-    PROVIDER_CONFIG_SCHEMA,
     AuthProvider,
     Credentials,
     InvalidAuthError,
@@ -50,10 +46,10 @@ def _absolute_path(value: Any) -> str:
     return os.path.normpath(value)
 
 
-CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
+CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA.extend(
     {
         vol.Required("path"): _absolute_path,
-        vol.Optional("default_group"): vol.In([GROUP_ID_ADMIN, GROUP_ID_USER, GROUP_ID_READ_ONLY]),
+        vol.Optional("default_group"): vol.In([UserMeta.GROUP_ADMIN, UserMeta.GROUP_USER, UserMeta.GROUP_READ_ONLY]),
     },
     extra=vol.PREVENT_EXTRA,
 )

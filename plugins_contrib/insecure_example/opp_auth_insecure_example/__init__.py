@@ -11,8 +11,6 @@ from typing import Any
 import voluptuous as vol
 
 from opp_auth import (
-    MFA_CONFIG_SCHEMA,
-    PROVIDER_CONFIG_SCHEMA,
     AuthProvider,
     Credentials,
     InvalidAuthError,
@@ -31,7 +29,7 @@ class ExampleAuthProvider(AuthProvider):
     """Users and passwords listed in the configuration."""
 
     TYPE = "insecure_example"
-    CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend({vol.Required("users"): [USER_SCHEMA]}, extra=vol.PREVENT_EXTRA)
+    CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA.extend({vol.Required("users"): [USER_SCHEMA]}, extra=vol.PREVENT_EXTRA)
 
     async def async_login_flow(self, context: dict[str, Any]) -> LoginFlow:
         """A username/password form."""
@@ -71,7 +69,7 @@ class ExampleMfaModule(MfaModule):
 
     TYPE = "insecure_example"
     DEFAULT_TITLE = "Insecure Personal Identify Number"
-    CONFIG_SCHEMA = MFA_CONFIG_SCHEMA.extend(
+    CONFIG_SCHEMA = MfaModule.CONFIG_SCHEMA.extend(
         {vol.Required("data"): [vol.Schema({vol.Required("user_id"): str, vol.Required("pin"): str})]},
         extra=vol.PREVENT_EXTRA,
     )

@@ -26,27 +26,20 @@ from typing import Any
 import voluptuous as vol
 
 from opp_auth import (
-    GROUP_ID_ADMIN,
-    GROUP_ID_READ_ONLY,
-    GROUP_ID_USER,
-    PROVIDER_CONFIG_SCHEMA,
-    SAFE_PATH,
     AuthProvider,
     Credentials,
     InvalidAuthError,
     LoginFlow,
-    ProgramError,
-    ProgramTimeout,
     UserMeta,
     UsernamePasswordLoginFlow,
-    async_run_program,
     hookimpl,
     is_safe_username,
+    programs,
 )
 
 _LOGGER = logging.getLogger(__name__)
 
-GROUPS = (GROUP_ID_ADMIN, GROUP_ID_USER, GROUP_ID_READ_ONLY)
+GROUPS = (UserMeta.GROUP_ADMIN, UserMeta.GROUP_USER, UserMeta.GROUP_READ_ONLY)
 # Enough for `#!/usr/bin/env python3` helpers; nothing else of the server's environment leaks.
 MAX_STDOUT = 64 * 1024
 MAX_STDERR = 4 * 1024
@@ -67,7 +60,7 @@ def _absolute_path(value: Any) -> str:
     return path
 
 
-CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
+CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA.extend(
     {
         vol.Required(CONF_COMMAND): vol.All(str, _absolute_path),
         vol.Optional(CONF_ARGS, default=None): vol.All(vol.Any(None, [str]), lambda v: list(v or [])),
@@ -75,7 +68,7 @@ CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
         vol.Optional(CONF_TIMEOUT, default=10): vol.All(
             vol.Coerce(float), vol.Range(min=0, min_included=False, max=3600)
         ),
-        vol.Optional(CONF_DEFAULT_GROUP, default=GROUP_ID_USER): vol.In(GROUPS),
+        vol.Optional(CONF_DEFAULT_GROUP, default=UserMeta.GROUP_USER): vol.In(GROUPS),
     },
     extra=vol.PREVENT_EXTRA,
 )
@@ -165,25 +158,25 @@ class CommandLineAuthProvider(AuthProvider):
             # Echoed on a line of its own it would read as a meta line.
             _LOGGER.warning("Refused username %r: it contains '=' and meta is on", username)
             raise InvalidAuthError
-        env = {"username": username, "password": password, "PATH": SAFE_PATH}
+        env = {"username": username, "password": password, "PATH": programs.SAFE_PATH}
         timeout = self.config[CONF_TIMEOUT]
         async with self._semaphore:
             try:
-                result = await async_run_program(
+                result = await programs.async_run_program(
                     [self.config[CONF_COMMAND], *self.config[CONF_ARGS]],
                     env=env,
                     timeout=timeout,
                     max_stdout=MAX_STDOUT,
                     max_stderr=MAX_STDERR,
                 )
-            except ProgramTimeout:
+            except programs.ProgramTimeout:
                 _LOGGER.error(
                     "User %r failed to authenticate: the command did not finish within the %s s timeout and was killed",
                     username,
                     timeout,
                 )
                 raise InvalidAuthError from None
-            except ProgramError as err:
+            except programs.ProgramError as err:
                 _LOGGER.error("Error while authenticating %r: %s", username, err)
                 raise InvalidAuthError from err
         stdout, stderr, code = result.stdout, result.stderr, result.returncode

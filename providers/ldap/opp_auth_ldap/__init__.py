@@ -21,7 +21,6 @@ from ldap3.operation.search import parse_filter
 from ldap3.utils.dn import parse_dn
 
 from opp_auth import (
-    PROVIDER_CONFIG_SCHEMA,
     AuthProvider,
     Credentials,
     GroupMapping,
@@ -126,7 +125,7 @@ def _check_combinations(conf: dict[str, Any]) -> dict[str, Any]:
 _ATTRIBUTE = vol.All(str, vol.Match(r"^[A-Za-z][A-Za-z0-9-]*$|^[0-9]+(\.[0-9]+)+$", msg="not an attribute name"))
 
 CONFIG_SCHEMA = vol.All(
-    PROVIDER_CONFIG_SCHEMA.extend(
+    AuthProvider.CONFIG_SCHEMA.extend(
         {
             vol.Required("url"): _urls,
             vol.Optional("start_tls", default=False): bool,

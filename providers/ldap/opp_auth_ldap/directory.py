@@ -23,7 +23,7 @@ from ldap3.core.exceptions import LDAPCommunicationError, LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
 
-from opp_auth import GROUP_ID_USER, GroupMapping, InvalidAuthError
+from opp_auth import GroupMapping, InvalidAuthError, UserMeta
 
 _LOGGER = logging.getLogger("opp_auth_ldap")
 
@@ -51,7 +51,7 @@ class Identity:
     dn: str
     name: str | None = None
     groups: set[str] = field(default_factory=set)
-    group: str = GROUP_ID_USER
+    group: str = UserMeta.GROUP_USER
 
 
 def normalize_dn(dn: str) -> str:

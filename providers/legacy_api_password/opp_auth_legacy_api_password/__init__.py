@@ -21,10 +21,6 @@ import voluptuous as vol
 from aiohttp import BasicAuth, hdrs
 
 from opp_auth import (
-    GROUP_ID_ADMIN,
-    GROUP_ID_READ_ONLY,
-    GROUP_ID_USER,
-    PROVIDER_CONFIG_SCHEMA,
     AuthProvider,
     Credentials,
     FlowResult,
@@ -57,18 +53,18 @@ _UUID4_HEX = re.compile(r"^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$")
 def _group_id(value: Any) -> str:
     """A system group id or a uuid4-hex group id."""
     if isinstance(value, str) and (
-        value in (GROUP_ID_ADMIN, GROUP_ID_USER, GROUP_ID_READ_ONLY) or _UUID4_HEX.match(value)
+        value in (UserMeta.GROUP_ADMIN, UserMeta.GROUP_USER, UserMeta.GROUP_READ_ONLY) or _UUID4_HEX.match(value)
     ):
         return value
     raise vol.Invalid(
-        f"'{value}' is not a group id ({GROUP_ID_USER}, {GROUP_ID_READ_ONLY}, {GROUP_ID_ADMIN} or a uuid4 in hex)"
+        f"'{value}' is not a group id ({UserMeta.GROUP_USER}, {UserMeta.GROUP_READ_ONLY}, {UserMeta.GROUP_ADMIN} or a uuid4 in hex)"
     )
 
 
-CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
+CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA.extend(
     {
         vol.Required("api_password"): vol.All(vol.Coerce(str), vol.Length(min=1)),
-        vol.Optional("group", default=GROUP_ID_USER): _group_id,
+        vol.Optional("group", default=UserMeta.GROUP_USER): _group_id,
     },
     extra=vol.PREVENT_EXTRA,
 )
@@ -123,7 +119,7 @@ class LegacyApiPasswordAuthProvider(AuthProvider):
 
     async def async_user_meta_for_credentials(self, credentials: Credentials) -> UserMeta:
         """The shared user, in the configured group (system-users unless configured, G19)."""
-        return UserMeta(name=USER_NAME, is_active=True, group=self.config.get("group", GROUP_ID_USER))
+        return UserMeta(name=USER_NAME, is_active=True, group=self.config.get("group", UserMeta.GROUP_USER))
 
     async def async_request_user(self) -> User | None:
         """The shared user for a request that carried the password, created on first use."""

@@ -17,7 +17,6 @@ import bcrypt
 import voluptuous as vol
 
 from opp_auth import (
-    PROVIDER_CONFIG_SCHEMA,
     AuthProvider,
     Credentials,
     InvalidAuthError,
@@ -51,7 +50,7 @@ def _disallow_id(provider_type: str) -> Any:
     return check
 
 
-_BASE_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
+_BASE_SCHEMA = AuthProvider.CONFIG_SCHEMA.extend(
     {vol.Optional("min_password_length", default=8): vol.All(int, vol.Range(min=1, max=72))},
     extra=vol.PREVENT_EXTRA,
 )

@@ -41,7 +41,6 @@ from joserfc.jws import extract_compact
 from joserfc.jwt import JWTClaimsRegistry
 
 from opp_auth import (
-    PROVIDER_CONFIG_SCHEMA,
     AuthProvider,
     Credentials,
     FlowResult,
@@ -77,7 +76,6 @@ RECHECK_INTERVAL = 300
 OUTAGE_GRACE = 3600
 # Grants of finished logins waiting for their code to be traded, per subject.
 MAX_WAITING_GRANTS = 16
-TOKEN_TYPE_NORMAL = "normal"
 TOKEN_TYPE_LONG_LIVED = "long_lived_access_token"
 
 # Flow abort reasons (the login page has a sentence for each).
@@ -146,7 +144,7 @@ def _scopes(value: Any) -> list[str]:
 
 _CLAIM = vol.All(str, vol.Length(min=1, max=128))
 
-CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
+CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA.extend(
     {
         vol.Required("issuer"): _issuer,
         vol.Required("client_id"): vol.All(str, vol.Length(min=1, max=512)),
@@ -537,7 +535,7 @@ class OidcAuthProvider(AuthProvider):
         credential = refresh_token.credential
         if credential is None or credential.data.get("iss") != self.issuer:
             return
-        if refresh_token.token_type != TOKEN_TYPE_NORMAL:
+        if refresh_token.token_type != RefreshToken.TYPE_NORMAL:
             return
         sub = str(credential.data.get("sub"))
         grant = self._take_login_grant(sub)

@@ -26,7 +26,6 @@ from typing import Any
 import voluptuous as vol
 
 from opp_auth import (
-    PROVIDER_CONFIG_SCHEMA,
     AuthProvider,
     Credentials,
     FlowResult,
@@ -59,7 +58,7 @@ def _header_name(value: Any) -> str:
     return value
 
 
-CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
+CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA.extend(
     {
         vol.Optional("username_header", default="Remote-User"): _header_name,
         vol.Optional("name_header", default="Remote-Name"): _header_name,

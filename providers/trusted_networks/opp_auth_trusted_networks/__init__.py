@@ -16,10 +16,6 @@ from typing import Any
 import voluptuous as vol
 
 from opp_auth import (
-    GROUP_ID_ADMIN,
-    GROUP_ID_READ_ONLY,
-    GROUP_ID_USER,
-    PROVIDER_CONFIG_SCHEMA,
     AuthProvider,
     Credentials,
     FlowResult,
@@ -33,7 +29,7 @@ from opp_auth import (
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SYSTEM_GROUP_IDS = (GROUP_ID_ADMIN, GROUP_ID_USER, GROUP_ID_READ_ONLY)
+SYSTEM_GROUP_IDS = (UserMeta.GROUP_ADMIN, UserMeta.GROUP_USER, UserMeta.GROUP_READ_ONLY)
 _UUID4_HEX = re.compile(r"^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$")
 
 UNKNOWN_IP = "Unknown remote ip can't be used for trusted network provider."
@@ -112,7 +108,7 @@ def _trusted_users(value: Any) -> dict[IPNetwork, list[str | dict[str, list[str]
     return result
 
 
-CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA.extend(
+CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA.extend(
     {
         vol.Required("trusted_networks"): vol.All(_ensure_list, [_network]),
         vol.Optional("trusted_users", default=dict): _trusted_users,

@@ -14,7 +14,7 @@ import pytest
 import voluptuous as vol
 from opp_auth_htpasswd import HtpasswdAuthProvider
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER
+from opp_auth import UserMeta
 from opp_auth.manager import AuthManager
 
 HANDLER = ("htpasswd", None)
@@ -218,8 +218,8 @@ async def test_deleted_file_locks_everyone_out(opp_auth_factory: Factory, htpass
 # ---- configuration ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("default_group", "group_id"), [(None, GROUP_ID_USER), ("system-admin", GROUP_ID_ADMIN),
-                                                          ("system-read-only", GROUP_ID_READ_ONLY)])
+@pytest.mark.parametrize(("default_group", "group_id"), [(None, UserMeta.GROUP_USER), ("system-admin", UserMeta.GROUP_ADMIN),
+                                                          ("system-read-only", UserMeta.GROUP_READ_ONLY)])
 async def test_default_group_is_the_group_of_new_users(
     opp_auth_factory: Factory, htpasswd: Any, default_group: str | None, group_id: str
 ) -> None:

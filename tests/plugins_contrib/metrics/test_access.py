@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER
+from opp_auth import UserMeta
 from opp_auth.manager import AuthManager
 from opp_auth.plugins import make_plugin_manager
 from opp_auth.testing import CLIENT_ID, OppAuthClient
@@ -43,7 +43,7 @@ async def test_metrics_are_off_by_default(onboarded: Path, opp_auth_factory: Any
         "allowed_networks": auth.http_config["metrics"]["allowed_networks"],
     }
     client = await opp_auth_client(auth)
-    token = await bearer(auth, GROUP_ID_ADMIN)
+    token = await bearer(auth, UserMeta.GROUP_ADMIN)
     assert await get(client) == (404, {"message": "Not found"})
     assert await get(client, {"Authorization": f"Bearer {token}"}) == (404, {"message": "Not found"})
 
@@ -93,14 +93,14 @@ async def test_a_proxy_the_server_was_not_told_about_gets_no_network_allowance(
     """Loopback peer, proxy headers the core does not apply: every client behind it would look local."""
     auth, client = await metrics_server()
     assert await get(client, header) == (401, UNAUTHORIZED)
-    token = await bearer(auth, GROUP_ID_ADMIN)
+    token = await bearer(auth, UserMeta.GROUP_ADMIN)
     await scrape(client, {**header, "Authorization": f"Bearer {token}"})
 
 
 async def test_empty_network_list_means_tokens_only(metrics_server: Any) -> None:
     auth, client = await metrics_server(metrics={"allowed_networks": []})
     assert await get(client) == (401, UNAUTHORIZED)
-    token = await bearer(auth, GROUP_ID_ADMIN)
+    token = await bearer(auth, UserMeta.GROUP_ADMIN)
     await scrape(client, {"Authorization": f"Bearer {token}"})
 
 
@@ -109,14 +109,14 @@ async def test_empty_network_list_means_tokens_only(metrics_server: Any) -> None
 
 async def test_admin_bearer_token_reads_metrics_from_anywhere(metrics_server: Any) -> None:
     auth, client = await metrics_server(http=PROXIED)
-    token = await bearer(auth, GROUP_ID_ADMIN)
+    token = await bearer(auth, UserMeta.GROUP_ADMIN)
     result = await scrape(client, {"X-Forwarded-For": "203.0.113.9", "Authorization": f"Bearer {token}"})
     assert result.value("opp_auth_token_checks_total", kind="access_token", outcome="valid") >= 1
 
 
 async def test_non_admin_bearer_token_is_refused(metrics_server: Any) -> None:
     auth, client = await metrics_server(http=PROXIED)
-    token = await bearer(auth, GROUP_ID_USER)
+    token = await bearer(auth, UserMeta.GROUP_USER)
     assert await get(client, {"X-Forwarded-For": "203.0.113.9", "Authorization": f"Bearer {token}"}) == (
         401,
         UNAUTHORIZED,
@@ -126,7 +126,7 @@ async def test_non_admin_bearer_token_is_refused(metrics_server: Any) -> None:
 async def test_deactivated_admin_is_refused(metrics_server: Any) -> None:
     """The admin's token passes the one access decision first (active user)."""
     auth, client = await metrics_server(http=PROXIED)
-    token = await bearer(auth, GROUP_ID_ADMIN)
+    token = await bearer(auth, UserMeta.GROUP_ADMIN)
     user = next(u for u in auth.store.users() if u.name == "Someone")
     await auth.async_update_user(user, is_active=False)
     assert await get(client, {"X-Forwarded-For": "203.0.113.9", "Authorization": f"Bearer {token}"}) == (
@@ -137,7 +137,7 @@ async def test_deactivated_admin_is_refused(metrics_server: Any) -> None:
 
 async def test_signed_path_of_a_non_admin_is_refused(metrics_server: Any) -> None:
     auth, client = await metrics_server(http=PROXIED)
-    user = await auth.async_create_user("Bob", [GROUP_ID_USER])
+    user = await auth.async_create_user("Bob", [UserMeta.GROUP_USER])
     refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
     from datetime import timedelta
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import opp_auth_metrics
 
-from opp_auth import GROUP_ID_ADMIN
+from opp_auth import UserMeta
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 
 from .conftest import HANDLER, PASSWORDS, PROXIED, scrape
@@ -89,7 +89,7 @@ async def drive_varied_traffic(auth: Any, client: OppAuthClient) -> list[str]:
 async def test_every_label_value_is_from_a_closed_set_and_no_secret_is_exposed(metrics_server: Any) -> None:
     auth, client = await metrics_server(http={**PROXIED, "login_attempts_threshold": 2})
     secrets = await drive_varied_traffic(auth, client)
-    admin = await auth.async_create_user("Scraper", [GROUP_ID_ADMIN])
+    admin = await auth.async_create_user("Scraper", [UserMeta.GROUP_ADMIN])
     refresh_token = await auth.async_create_refresh_token(admin, CLIENT_ID)
     scraper_token = await auth.async_create_access_token(refresh_token)
     await settle(auth)

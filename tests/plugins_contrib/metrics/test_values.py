@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from opp_auth import GROUP_ID_ADMIN
+from opp_auth import UserMeta
 from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID, OppAuthClient
 
@@ -159,7 +159,7 @@ async def test_token_checks_refresh_grants_and_deleted_tokens(metrics_server: An
 async def test_refused_sessions_are_counted_by_reason(metrics_server: Any) -> None:
     """A deactivated user's and a local-only user's tokens from outside: the access decision's refusals."""
     auth, client = await metrics_server(http=PROXIED)
-    user = await auth.async_create_user("Carol", [GROUP_ID_ADMIN], local_only=True)
+    user = await auth.async_create_user("Carol", [UserMeta.GROUP_ADMIN], local_only=True)
     refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
     token = await auth.async_create_access_token(refresh_token, "127.0.0.1")
     assert await api(client, token, **{"X-Forwarded-For": "203.0.113.7"}) == 401

@@ -35,6 +35,6 @@ class TestProviderContract(ProviderContract):
             async def boom(*args: Any, **kwargs: Any) -> None:
                 raise RuntimeError("process spawning exploded")
 
-            monkeypatch.setattr(opp_auth_command_line, "async_run_program", boom)
+            monkeypatch.setattr(opp_auth_command_line.programs, "async_run_program", boom)
 
         return breaker

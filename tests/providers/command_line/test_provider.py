@@ -18,7 +18,7 @@ import pytest
 import voluptuous as vol
 from opp_auth_command_line import CONFIG_SCHEMA, CommandLineAuthProvider
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, InvalidAuthError
+from opp_auth import InvalidAuthError, UserMeta
 from opp_auth.manager import AuthManager
 from opp_auth.testing import run_login_flow
 
@@ -91,7 +91,7 @@ def test_defaults_and_normalised_command() -> None:
     assert conf["args"] == []
     assert conf["meta"] is False
     assert conf["timeout"] == 10
-    assert conf["default_group"] == GROUP_ID_USER
+    assert conf["default_group"] == UserMeta.GROUP_USER
 
 
 def test_unknown_default_group_is_refused() -> None:
@@ -335,7 +335,7 @@ async def test_meta_beyond_64_kib_of_output_is_not_read(opp_auth_factory: Factor
     auth = await make_auth(opp_auth_factory, command, meta=True)
     user = await auth.async_get_or_create_user((await login(auth))["result"])
     assert user.name == "Early"
-    assert user.group_ids == [GROUP_ID_USER]
+    assert user.group_ids == [UserMeta.GROUP_USER]
 
 
 async def test_event_loop_keeps_running_during_a_slow_command(opp_auth_factory: Factory, tmp_path: Path) -> None:
@@ -392,7 +392,7 @@ async def test_meta_sets_name_group_and_local_only_of_new_user(opp_auth_factory:
     auth = await make_auth(opp_auth_factory, command, meta=True)
     user = await auth.async_get_or_create_user((await login(auth))["result"])
     assert user.name == "Alice Example"
-    assert user.group_ids == [GROUP_ID_ADMIN]
+    assert user.group_ids == [UserMeta.GROUP_ADMIN]
     assert user.is_admin
     assert user.local_only is True
 
@@ -400,7 +400,7 @@ async def test_meta_sets_name_group_and_local_only_of_new_user(opp_auth_factory:
 async def test_new_user_without_meta_joins_users_not_admins(opp_auth_factory: Factory, tmp_path: Path) -> None:
     auth = await make_auth(opp_auth_factory, write_script(tmp_path, ALWAYS_OK))
     user = await auth.async_get_or_create_user((await login(auth))["result"])
-    assert user.group_ids == [GROUP_ID_USER]
+    assert user.group_ids == [UserMeta.GROUP_USER]
     assert not user.is_admin
     assert user.local_only is False
     assert user.name is None
@@ -408,9 +408,9 @@ async def test_new_user_without_meta_joins_users_not_admins(opp_auth_factory: Fa
 
 async def test_default_group_applies_when_meta_names_none(opp_auth_factory: Factory, tmp_path: Path) -> None:
     command = write_script(tmp_path, "echo 'name = Reader'\n")
-    auth = await make_auth(opp_auth_factory, command, meta=True, default_group=GROUP_ID_READ_ONLY)
+    auth = await make_auth(opp_auth_factory, command, meta=True, default_group=UserMeta.GROUP_READ_ONLY)
     user = await auth.async_get_or_create_user((await login(auth))["result"])
-    assert user.group_ids == [GROUP_ID_READ_ONLY]
+    assert user.group_ids == [UserMeta.GROUP_READ_ONLY]
 
 
 async def test_unknown_meta_group_is_ignored_with_a_warning(
@@ -418,7 +418,7 @@ async def test_unknown_meta_group_is_ignored_with_a_warning(
 ) -> None:
     auth = await make_auth(opp_auth_factory, write_script(tmp_path, "echo 'group = root'\n"), meta=True)
     user = await auth.async_get_or_create_user((await login(auth))["result"])
-    assert user.group_ids == [GROUP_ID_USER]
+    assert user.group_ids == [UserMeta.GROUP_USER]
     assert any("'root'" in m for m in error_messages(caplog, logging.WARNING))
 
 
@@ -426,7 +426,7 @@ async def test_output_is_ignored_when_meta_is_off(opp_auth_factory: Factory, tmp
     command = write_script(tmp_path, "echo 'name = Mallory'\necho 'group = system-admin'\n")
     auth = await make_auth(opp_auth_factory, command)
     user = await auth.async_get_or_create_user((await login(auth))["result"])
-    assert user.group_ids == [GROUP_ID_USER]
+    assert user.group_ids == [UserMeta.GROUP_USER]
     assert user.name is None
 
 
@@ -455,7 +455,7 @@ async def test_meta_belongs_to_the_login_that_printed_it(opp_auth_factory: Facto
     erin = await auth.async_get_or_create_user(admin_login["result"])
     frank = await auth.async_get_or_create_user(later[0]["result"])
     assert (erin.name, erin.group_ids) == ("erin", ["system-admin"])
-    assert (frank.name, frank.group_ids) == ("frank", [GROUP_ID_USER])
+    assert (frank.name, frank.group_ids) == ("frank", [UserMeta.GROUP_USER])
 
 
 async def test_http_login_creates_user_from_meta(
@@ -472,7 +472,7 @@ async def test_http_login_creates_user_from_meta(
     assert refresh is not None
     user = refresh.user
     assert user.name == "Heidi"
-    assert user.group_ids == [GROUP_ID_READ_ONLY]
+    assert user.group_ids == [UserMeta.GROUP_READ_ONLY]
     assert user.local_only is True
     assert [c.data for c in user.credentials] == [{"username": "heidi"}]
     # The core refuses local-only users tokens from outside the local network.
@@ -531,7 +531,7 @@ async def test_echoed_username_cannot_make_an_admin(opp_auth_factory: Factory, t
     assert not [u for u in await auth.async_get_users() if u.is_admin]
     # The same program with a plain username still names the user from its output.
     user = await auth.async_get_or_create_user((await login(auth, "alice"))["result"])
-    assert (user.name, user.group_ids, user.is_admin) == ("alice", [GROUP_ID_USER], False)
+    assert (user.name, user.group_ids, user.is_admin) == ("alice", [UserMeta.GROUP_USER], False)
 
 
 async def test_username_with_equals_is_refused_when_meta_is_on(opp_auth_factory: Factory, tmp_path: Path) -> None:
@@ -549,7 +549,7 @@ async def test_username_with_equals_is_fine_when_meta_is_off(opp_auth_factory: F
     command = write_script(tmp_path, '[ "$username" = "a=b" ] && echo "group = system-admin"\n')
     auth = await make_auth(opp_auth_factory, command)
     user = await auth.async_get_or_create_user((await login(auth, "a=b"))["result"])
-    assert user.group_ids == [GROUP_ID_USER]
+    assert user.group_ids == [UserMeta.GROUP_USER]
 
 
 @pytest.mark.parametrize("username", ["Zoë", "名前", "José García", "user@example.org", "o'brien", "🙂", "עִברִית"])
@@ -596,7 +596,7 @@ async def test_only_lf_and_cr_end_a_meta_line(opp_auth_factory: Factory, tmp_pat
     )
     auth = await make_auth(opp_auth_factory, command, meta=True)
     user = await auth.async_get_or_create_user((await login(auth))["result"])
-    assert user.group_ids == [GROUP_ID_USER]
+    assert user.group_ids == [UserMeta.GROUP_USER]
     assert user.local_only is False
     # The name holding a line separator is ignored rather than stored.
     assert user.name is None
@@ -610,5 +610,5 @@ async def test_unknown_keys_and_prose_are_ignored(opp_auth_factory: Factory, tmp
     )
     auth = await make_auth(opp_auth_factory, command, meta=True)
     user = await auth.async_get_or_create_user((await login(auth))["result"])
-    assert user.group_ids == [GROUP_ID_USER]
+    assert user.group_ids == [UserMeta.GROUP_USER]
     assert user.name == "Alice = The Great"

@@ -14,7 +14,7 @@ import ldap3
 import pytest
 from opp_auth_ldap import LdapAuthProvider
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER, InvalidAuthError
+from opp_auth import InvalidAuthError, UserMeta
 from opp_auth.manager import AuthManager
 from opp_auth.testing import run_login_flow
 
@@ -259,7 +259,7 @@ GROUP_MAP = {"admin_groups": [ADMINS], "user_groups": [STAFF], "read_only_groups
 
 @pytest.mark.parametrize(
     ("username", "group"),
-    [("alice", GROUP_ID_ADMIN), ("bob", GROUP_ID_USER), ("carol", GROUP_ID_READ_ONLY), ("dave", GROUP_ID_USER)],
+    [("alice", UserMeta.GROUP_ADMIN), ("bob", UserMeta.GROUP_USER), ("carol", UserMeta.GROUP_READ_ONLY), ("dave", UserMeta.GROUP_USER)],
     ids=["member-admin", "uniqueMember-users", "memberUid-read-only", "unmapped-users"],
 )
 async def test_group_search_maps_new_users(opp_auth_factory: Factory, ldap_server: Slapd, username: str, group: str) -> None:
@@ -270,7 +270,7 @@ async def test_group_search_maps_new_users(opp_auth_factory: Factory, ldap_serve
 
 @pytest.mark.parametrize(
     ("username", "group"),
-    [("alice", GROUP_ID_ADMIN), ("carol", GROUP_ID_READ_ONLY), ("dave", GROUP_ID_USER)],
+    [("alice", UserMeta.GROUP_ADMIN), ("carol", UserMeta.GROUP_READ_ONLY), ("dave", UserMeta.GROUP_USER)],
 )
 async def test_group_attribute_maps_new_users(opp_auth_factory: Factory, ldap_server: Slapd, username: str, group: str) -> None:
     auth = await make_auth(opp_auth_factory, ldap_server.url, group_attribute="seeAlso", **GROUP_MAP)
@@ -282,13 +282,13 @@ async def test_group_dns_compare_case_and_space_insensitively(opp_auth_factory: 
     auth = await make_auth(opp_auth_factory, ldap_server.url, group_base_dn=GROUPS,
                            admin_groups=["CN=Admins, OU=Groups, DC=Example, DC=Org"])
     user = await login_user(auth, "alice", "alice-pass")
-    assert [g.id for g in user.groups] == [GROUP_ID_ADMIN]
+    assert [g.id for g in user.groups] == [UserMeta.GROUP_ADMIN]
 
 
 async def test_no_group_configuration_never_makes_admins(opp_auth_factory: Factory, ldap_server: Slapd) -> None:
     auth = await make_auth(opp_auth_factory, ldap_server.url)
     user = await login_user(auth, "alice", "alice-pass")
-    assert [g.id for g in user.groups] == [GROUP_ID_USER]
+    assert [g.id for g in user.groups] == [UserMeta.GROUP_USER]
 
 
 async def test_required_groups_admit_members(opp_auth_factory: Factory, ldap_server: Slapd) -> None:

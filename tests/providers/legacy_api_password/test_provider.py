@@ -12,7 +12,7 @@ import opp_auth_legacy_api_password
 import pytest
 from opp_auth_legacy_api_password import USER_NAME, LegacyApiPasswordAuthProvider
 
-from opp_auth import PROVIDER_CONFIG_SCHEMA, AuthProvider, hookimpl
+from opp_auth import AuthProvider, hookimpl
 from opp_auth.config import load_config
 from opp_auth.manager import AuthManager
 from opp_auth.plugins import OppAuthPluginManager, make_plugin_manager
@@ -33,7 +33,7 @@ class StubProvider(AuthProvider):
     """A do-nothing provider, so configurations without legacy_api_password need no other plugin."""
 
     TYPE = "stub_for_tests"
-    CONFIG_SCHEMA = PROVIDER_CONFIG_SCHEMA
+    CONFIG_SCHEMA = AuthProvider.CONFIG_SCHEMA
 
 
 class StubPlugin:

@@ -21,7 +21,7 @@ import voluptuous as vol
 from joserfc import jwt
 from opp_auth_oidc import CONFIG_SCHEMA, OidcError
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_USER
+from opp_auth import UserMeta
 
 from .conftest import (
     CLIENT_ID,
@@ -73,7 +73,7 @@ async def test_browser_login_through_the_provider(site: Any, page: Any) -> None:
     assert status == 200, tokens
     (alice,) = people(s)
     assert alice.name == "Alice Liddell"
-    assert [g.id for g in alice.groups] == [GROUP_ID_ADMIN]
+    assert [g.id for g in alice.groups] == [UserMeta.GROUP_ADMIN]
     assert alice.credentials[0].data == {"iss": s.op.issuer, "sub": "alice"}
     assert not page.problems, page.problems
 
@@ -107,7 +107,7 @@ async def test_mfa_still_applies(site: Any, page: Any) -> None:
     s: Site = await site()
     assert (await trade(s, await browser_login(page, s, "bob")))[0] == 200
     bob = people(s)[0]
-    assert [g.id for g in bob.groups] == [GROUP_ID_USER]
+    assert [g.id for g in bob.groups] == [UserMeta.GROUP_USER]
     await s.auth.async_enable_user_mfa(bob, "insecure_example", {"pin": "424242"})
     await page.goto(f"{s.base}/auth/authorize?client_id={s.client_id}&redirect_uri={s.redirect_uri}")
     await page.wait_for_selector("input[name=pin]")
@@ -125,14 +125,14 @@ async def test_name_and_group_synced_at_each_login(site: Any, page: Any) -> None
     s: Site = await site()
     assert (await trade(s, await browser_login(page, s, "alice")))[0] == 200
     (alice,) = people(s)
-    assert [g.id for g in alice.groups] == [GROUP_ID_ADMIN]
+    assert [g.id for g in alice.groups] == [UserMeta.GROUP_ADMIN]
     s.op.accounts["alice"] = {"preferred_username": "alice", "name": "Alice Pleasance", "groups": ["family"]}
     await s.op.restart()
     await page.context.clear_cookies()
     assert (await trade(s, await browser_login(page, s, "alice")))[0] == 200
     (alice,) = people(s)
     assert alice.name == "Alice Pleasance"
-    assert [g.id for g in alice.groups] == [GROUP_ID_USER]
+    assert [g.id for g in alice.groups] == [UserMeta.GROUP_USER]
     s.op.accounts["alice"] = {"preferred_username": "alice", "name": "Alice Pleasance", "groups": []}
     await s.op.restart()
     await page.context.clear_cookies()
@@ -389,4 +389,4 @@ async def test_refresh_rechecks_the_provider(site: Any, page: Any) -> None:
     await set_account(s.op, "alice", {"preferred_username": "alice", "name": "Alice L.", "groups": ["family"]})
     assert await refresh(s, tokens["refresh_token"]) == 200
     (alice,) = people(s)
-    assert alice.name == "Alice L." and [g.id for g in alice.groups] == [GROUP_ID_USER]
+    assert alice.name == "Alice L." and [g.id for g in alice.groups] == [UserMeta.GROUP_USER]

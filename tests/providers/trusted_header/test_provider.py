@@ -20,7 +20,7 @@ import voluptuous as vol
 from multidict import CIMultiDict
 from opp_auth_trusted_header import CONFIG_SCHEMA
 
-from opp_auth import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER
+from opp_auth import UserMeta
 from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID, REDIRECT_URI, OppAuthClient
 
@@ -119,7 +119,7 @@ async def test_login_through_nginx(opp_auth_factory: Factory, served: Any, nginx
     assert status == 200, tokens
     alice = next(u for u in auth.store.users() if not u.system_generated)
     assert alice.name == "Alice Liddell"
-    assert [g.id for g in alice.groups] == [GROUP_ID_ADMIN]
+    assert [g.id for g in alice.groups] == [UserMeta.GROUP_ADMIN]
     assert alice.credentials[0].data == {"username": "alice"}
     # (nginx's basic auth owns the Authorization header, so the access token is tried on the server directly)
     async with client.request("GET", "/api/", headers={"Authorization": f"Bearer {tokens['access_token']}"}) as r:
@@ -130,7 +130,7 @@ async def test_login_through_nginx(opp_auth_factory: Factory, served: Any, nginx
     assert result["type"] == "create_entry", result
     assert (await trade(bob_session, proxy.base, result["result"]))[0] == 200
     bob = next(u for u in auth.store.users() if u.name == "bob")
-    assert [g.id for g in bob.groups] == [GROUP_ID_USER]
+    assert [g.id for g in bob.groups] == [UserMeta.GROUP_USER]
 
     # A second login of alice finds the same user.
     status, result = await start_flow(session, proxy.base)
@@ -152,7 +152,7 @@ async def test_client_cannot_override_what_nginx_sets(
     assert (await trade(session, proxy.base, result["result"]))[0] == 200
     (carol,) = [u for u in auth.store.users() if not u.system_generated]
     assert carol.name == "carol"
-    assert [g.id for g in carol.groups] == [GROUP_ID_READ_ONLY]
+    assert [g.id for g in carol.groups] == [UserMeta.GROUP_READ_ONLY]
 
 
 async def test_required_groups_through_nginx(
