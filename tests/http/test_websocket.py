@@ -251,8 +251,15 @@ async def test_unknown_command_gets_error_and_connection_stays_open(connect: Any
 
 @pytest.mark.parametrize(
     ("message", "reply_id"),
-    [({"type": "auth/current_user"}, 0), ({"id": "one", "type": "auth/current_user"}, 0), ({"id": 5}, 5), ("hello", 0)],
-    ids=["no-id", "id-not-int", "no-type", "not-an-object"],
+    [
+        ({"type": "auth/current_user"}, 0),
+        ({"id": "one", "type": "auth/current_user"}, 0),
+        # JSON true is not an integer id, though Python counts bool as int: never echoed back.
+        ({"id": True, "type": "auth/current_user"}, 0),
+        ({"id": 5}, 5),
+        ("hello", 0),
+    ],
+    ids=["no-id", "id-not-int", "id-true", "no-type", "not-an-object"],
 )
 async def test_malformed_command_message_gets_invalid_format(
     connect: Any, auth: AuthManager, owner: User, message: Any, reply_id: int

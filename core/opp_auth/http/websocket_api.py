@@ -84,7 +84,21 @@ AUTH_MESSAGE_SCHEMA = vol.Schema(
         vol.Exclusive("access_token", "auth"): str,
     }
 )
-BASE_COMMAND_SCHEMA = vol.Schema({vol.Required("id"): int, vol.Required("type"): str}, extra=vol.ALLOW_EXTRA)
+
+
+def _is_message_id(value: Any) -> bool:
+    """A command id is an integer; JSON true and false are not (Python counts bool as int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _message_id(value: Any) -> int:
+    """The voluptuous form of _is_message_id."""
+    if not _is_message_id(value):
+        raise vol.Invalid("expected int")
+    return int(value)
+
+
+BASE_COMMAND_SCHEMA = vol.Schema({vol.Required("id"): _message_id, vol.Required("type"): str}, extra=vol.ALLOW_EXTRA)
 
 CommandHandler = Callable[["ActiveConnection", dict[str, Any]], Awaitable[None] | None]
 
@@ -431,13 +445,13 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                 refusal = auth.access_tokens.session_refusal(conn.refresh_token_id, conn.remote)
                 if refusal is not None:
                     msg_id = message.get("id") if isinstance(message, dict) else None
-                    if isinstance(msg_id, int):
+                    if _is_message_id(msg_id):
                         conn.send_error(msg_id, ERR_UNAUTHORIZED, f"Access refused: {refusal}")
                     conn.close(refusal)
                     break
                 if allowance < 1:
                     msg_id = message.get("id") if isinstance(message, dict) else None
-                    if isinstance(msg_id, int):
+                    if _is_message_id(msg_id):
                         conn.send_error(msg_id, ERR_RATE_LIMITED, "Too many messages, slow down")
                     continue
                 allowance -= 1
@@ -491,7 +505,7 @@ def _dispatch(conn: ActiveConnection, registry: CommandRegistry, message: Any) -
         message = BASE_COMMAND_SCHEMA(message)
     except (vol.Invalid, InvalidData) as err:
         raw_id = message.get("id") if isinstance(message, dict) else None
-        msg_id = raw_id if isinstance(raw_id, int) else 0
+        msg_id = raw_id if _is_message_id(raw_id) else 0
         conn.send_error(msg_id, ERR_INVALID_FORMAT, f"Message incorrectly formatted: {err}")
         return None
     msg_id = message["id"]
