@@ -6,7 +6,9 @@ create and revoke tokens, kills the server with SIGKILL at a random moment, chec
 the kill is still so. Changes go to the journal (.storage/.auth.journal) and the server is
 told to compact it every few kilobytes (OPP_AUTH_COMPACT_MIN_BYTES), so kills land during
 appends and during compactions; the test counts both. OPP_AUTH_CRASH_ITERATIONS sets how
-many kills (default 15); OPP_AUTH_CRASH_SEED replays a run (the seed is printed on failure).
+many kills in all (default 15), shared out between OPP_AUTH_CRASH_SERVERS servers (default 2,
+each with its own configuration directory) killed side by side; OPP_AUTH_CRASH_SEED replays a
+run's choices (the seed is printed on failure).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from opp_auth.testing import CLIENT_ID, LoginFlowDriver
 
 OPP_AUTH = shutil.which("opp-auth", path=str(Path(sys.executable).parent)) or shutil.which("opp-auth")
 ITERATIONS = int(os.environ.get("OPP_AUTH_CRASH_ITERATIONS", "15"))
+# The kills are shared out between this many servers killed side by side (OPP_AUTH_CRASH_SERVERS).
+SERVERS = int(os.environ.get("OPP_AUTH_CRASH_SERVERS", "2"))
 LOCAL = ["openpeerpower", None]
 LOCAL_STORE = "auth_provider.openpeerpower"
 ANCHOR = "paulus"
@@ -155,7 +159,9 @@ class Server:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [OPP_AUTH, "-c", str(self.config_dir), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 env={**os.environ, "OPP_AUTH_COMPACT_MIN_BYTES": COMPACT_BYTES},
             )
         self.url = f"http://127.0.0.1:{port}"
@@ -376,14 +382,12 @@ async def check_acknowledged(client: Client, ledger: Ledger, anchor: Token) -> N
 # ---- tests --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-async def test_kill_9_at_random_moments_loses_nothing_acknowledged(config_dir: Path, tmp_path: Path) -> None:
-    seed = int(os.environ.get("OPP_AUTH_CRASH_SEED", random.randrange(2**32)))
-    rng = random.Random(seed)
-    extra_users = [f"user{n}" for n in range(max(4, ITERATIONS // 2))]
+async def kill_loop(config_dir: Path, log: Path, iterations: int, rng: random.Random, ledger: Ledger) -> None:
+    """One server's lives: traffic, SIGKILL, whole files, restart, everything acknowledged still so."""
+    extra_users = [f"user{n}" for n in range(max(4, iterations // 2))]
     write_logins(config_dir, [ANCHOR, *extra_users])
-    ledger = Ledger(unused_users=extra_users)
-    server = Server(config_dir, tmp_path / "serve.log")
+    ledger.unused_users = extra_users
+    server = Server(config_dir, log)
     storage = config_dir / ".storage"
     try:
         await server.start()
@@ -391,7 +395,7 @@ async def test_kill_9_at_random_moments_loses_nothing_acknowledged(config_dir: P
             tokens = await Client(session, server.url).tokens(ANCHOR)
         anchor = Token(tokens["refresh_token"], token_id(tokens["access_token"]), ANCHOR)
         last_auth_file = journal_state(storage, ledger)
-        for life in range(ITERATIONS):
+        for life in range(iterations):
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
                 client = Client(session, server.url)
                 if life:
@@ -417,16 +421,46 @@ async def test_kill_9_at_random_moments_loses_nothing_acknowledged(config_dir: P
             assert not left_by_kill & temporary_files(storage), "the restart kept a crash's temporary files"
         async with aiohttp.ClientSession() as session:
             await check_acknowledged(Client(session, server.url), ledger, anchor)
-    except BaseException:
-        print(f"OPP_AUTH_CRASH_SEED={seed} replays this run; acknowledged so far: {dict(ledger.counts)}")
-        raise
     finally:
         server.kill()
-    print(f"{ITERATIONS} kills, seed {seed}: {dict(ledger.counts)}")
+
+
+@pytest.mark.slow
+async def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """ITERATIONS kills in all, shared out between SERVERS independent servers killed at the same time.
+
+    Each server has its own configuration directory, users, tokens and ledger; running them side by
+    side keeps both CPUs busy (a restart is mostly one CPU importing Python) without fewer kills.
+    """
+    seed = int(os.environ.get("OPP_AUTH_CRASH_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    servers = max(1, min(SERVERS, ITERATIONS))
+    ledgers = [Ledger() for _ in range(servers)]
+    loops = []
+    for n, ledger in enumerate(ledgers):
+        config_dir = tmp_path / f"server{n}" / "config"
+        config_dir.mkdir(parents=True)
+        share = ITERATIONS // servers + (1 if n < ITERATIONS % servers else 0)
+        loops.append(
+            kill_loop(config_dir, tmp_path / f"server{n}" / "serve.log", share, random.Random(rng.random()), ledger)
+        )
+    counts: Counter[str] = Counter()
+    try:
+        async with asyncio.TaskGroup() as group:
+            for loop in loops:
+                group.create_task(loop)
+    except BaseException:
+        for ledger in ledgers:
+            counts.update(ledger.counts)
+        print(f"OPP_AUTH_CRASH_SEED={seed} replays this run; acknowledged so far: {dict(counts)}")
+        raise
+    for ledger in ledgers:
+        counts.update(ledger.counts)
+    print(f"{ITERATIONS} kills on {servers} servers, seed {seed}: {dict(counts)}")
     # Acknowledged writes of every kind, and kills that cut requests short, or nothing was tested.
     kinds = ("logged in", "revoked", "long-lived created", "long-lived deleted", "cut short", "kills with a journal")
     for kind in (*kinds, "lives with a compaction"):
-        assert ledger.counts[kind] > 0, (kind, dict(ledger.counts))
+        assert counts[kind] > 0, (kind, dict(counts))
 
 
 @pytest.mark.parametrize("key", ["auth", LOCAL_STORE])
@@ -440,7 +474,10 @@ def test_server_refuses_to_start_with_a_corrupt_storage_file_and_leaves_it_uncha
     path.write_bytes(corrupt)
     result = subprocess.run(
         [OPP_AUTH, "-c", str(config_dir), "serve", "--host", "127.0.0.1", "--port", str(free_port())],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 1, result.stderr
     last_line = result.stderr.splitlines()[-1]
