@@ -273,18 +273,31 @@ class AuditLog:
 
 
 def build_audit_log(
-    pm: Any, context: Any, config_dir: str, config: dict[str, Any] | None, version: str
+    pm: Any, context: Any, config_dir: str, config: dict[str, Any] | None, version: str, storage: Any = None
 ) -> AuditLog | None:
     """The server's audit log: the sink a plugin offers (opp_auth_audit_sink), else the files; None when disabled."""
     conf = audit_config(config)
     if not conf["enabled"]:
         return None
-    sink = pm.hook.opp_auth_audit_sink(auth=context, config=conf)
+    sink = offered_sink(pm, context, conf, storage)
     if sink is None:
         from .audit_files import AuditFiles
 
         sink = AuditFiles(config_dir, **conf)
     return AuditLog(sink, conf, version=version)
+
+
+def offered_sink(pm: Any, context: Any, conf: dict[str, Any], storage: Any) -> AuditSink | None:
+    """The sink a plugin offers for this storage (opp_auth_audit_sink), or None: the files.
+
+    A plugin whose hook raises is logged by name and the files are used.
+    """
+    try:
+        sink: AuditSink | None = pm.hook.opp_auth_audit_sink(auth=context, config=conf, storage=storage)
+    except Exception:
+        _LOGGER.exception("A plugin's opp_auth_audit_sink failed; the audit log goes to the files")
+        return None
+    return sink
 
 
 def record_offline(config_dir: Any, config: dict[str, Any] | None, events: list[AuthEvent]) -> None:

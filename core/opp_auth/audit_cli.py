@@ -13,11 +13,12 @@ import json
 import re
 import sys
 import unicodedata
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from .audit_files import audit_dir, read_records, verify
+from .audit_files import audit_dir, check_chain, read_records, verify
 from .storage import STORAGE_DIR, read_envelope
 
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
@@ -133,21 +134,34 @@ def _quoted(value: Any) -> str:
     return '"' + text.replace('"', '\\"') + '"'
 
 
-def cmd_show(args: argparse.Namespace, config_dir: Path, out: TextIO | None = None) -> int:
-    """Print the audit log, oldest first, filtered."""
+def _file_records(folder: Path) -> Iterator[dict[str, Any] | None]:
+    """Every record of the files (None for a line that is none)."""
+    for _path, _line, record, _raw in read_records(folder):
+        yield record
+
+
+def cmd_show(args: argparse.Namespace, config_dir: Path, out: TextIO | None = None, reader: Any = None) -> int:
+    """Print the audit log, oldest first, filtered (reader: a database sink that reads, else the files)."""
     out = out or sys.stdout
     since = parse_since(args.since) if args.since else None
     folder = audit_dir(config_dir)
+
+    def every_record() -> Iterator[dict[str, Any] | None]:
+        if reader is not None:
+            return (record for _place, _number, record in reader.read(since))
+        return _file_records(folder)
+
     user_ids: set[str] = set()
     wanted = args.user.casefold() if args.user else None
     if args.user:
-        user_ids = {args.user} | _user_ids_named(config_dir, args.user)
-        for _path, _line, record, _raw in read_records(folder):
+        named = reader.user_ids_named(args.user) if reader is not None else _user_ids_named(config_dir, args.user)
+        user_ids = {args.user} | set(named)
+        for record in every_record():
             if record and isinstance(record.get("username"), str) and record["username"].casefold() == wanted:
                 if isinstance(record.get("user_id"), str):
                     user_ids.add(record["user_id"])
     shown = 0
-    for _path, _line, record, _raw in read_records(folder):
+    for record in every_record():
         if record is None:
             continue
         if args.failed and record.get("type") != "login_failed":
@@ -172,20 +186,36 @@ def cmd_show(args: argparse.Namespace, config_dir: Path, out: TextIO | None = No
     return 0
 
 
-def cmd_verify(args: argparse.Namespace, config_dir: Path, out: TextIO | None = None) -> int:
-    """Check the chain; exit 1 when a record was changed or removed."""
+def cmd_verify(args: argparse.Namespace, config_dir: Path, out: TextIO | None = None, reader: Any = None) -> int:
+    """Check the chain (reader: a database sink that reads, else the files); exit 1 when a record was changed
+    or removed."""
     out = out or sys.stdout
     folder = audit_dir(config_dir)
-    report = verify(folder)
+    if reader is not None:
+        where = str(reader.describe())
+        report = check_chain(
+            reader.read(None),
+            reader.recorded_head(),
+            places=[where],
+            head_place=f"{where}_head",
+            torn_possible=False,
+        )
+    else:
+        report = verify(folder)
     for problem in report.problems:
         label = "TAMPERED" if problem.fatal else "note"
         out.write(f"{label}: {safe_text(str(problem), 300)}\n")
-    if not report.files:
+    if reader is not None:
+        if not report.records and not report.problems:
+            out.write(f"No audit records in {safe_text(where, 300)}\n")
+            return 0
+        out.write(f"{report.records} records in {safe_text(where, 300)}; ")
+    elif not report.files:
         out.write(f"No audit log in {folder}\n")
         return 0
-    out.write(
-        f"{report.records} records in {report.files} files; head: record {report.head_seq}, hash {report.head_hash}\n"
-    )
+    else:
+        out.write(f"{report.records} records in {report.files} files; ")
+    out.write(f"head: record {report.head_seq}, hash {report.head_hash}\n")
     if report.ok:
         out.write("The chain is intact.\n")
         return 0
@@ -193,8 +223,9 @@ def cmd_verify(args: argparse.Namespace, config_dir: Path, out: TextIO | None = 
     return 1
 
 
-def add_commands(sub: Any, config_dir_of: Any) -> None:
-    """opp-auth audit show | verify."""
+def add_commands(sub: Any, config_dir_of: Any, reader_of: Any = None) -> None:
+    """opp-auth audit show | verify (reader_of(args): the storage's audit reader, or None for the files)."""
+    reader_of = reader_of or (lambda args: None)
     audit = sub.add_parser("audit", help="the audit log: who logged in, when and from where (read-only)")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     show = audit_sub.add_parser("show", help="print audit records, oldest first")
@@ -203,6 +234,6 @@ def add_commands(sub: Any, config_dir_of: Any) -> None:
     show.add_argument("--failed", action="store_true", help="only failed logins and refused requests")
     show.add_argument("--type", action="append", help="only records of this type (repeatable)")
     show.add_argument("--json", action="store_true", help="the records as JSON lines")
-    show.set_defaults(func=lambda args: cmd_show(args, config_dir_of(args)))
+    show.set_defaults(func=lambda args: cmd_show(args, config_dir_of(args), reader=reader_of(args)))
     check = audit_sub.add_parser("verify", help="check the hash chain; name each record changed or removed")
-    check.set_defaults(func=lambda args: cmd_verify(args, config_dir_of(args)))
+    check.set_defaults(func=lambda args: cmd_verify(args, config_dir_of(args), reader=reader_of(args)))

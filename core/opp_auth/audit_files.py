@@ -30,7 +30,7 @@ import re
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -386,18 +386,35 @@ def read_records(folder: Path) -> Iterator[tuple[Path, int, dict[str, Any] | Non
 
 
 def verify(folder: Path) -> Report:
-    """Walk the chain; each record changed, removed, reordered or torn becomes a Problem."""
+    """Walk the chain of the files; each record changed, removed, reordered or torn becomes a Problem."""
+    rows = ((path.name, number, record) for path, number, record, _raw in read_records(folder))
+    return check_chain(rows, _read_head(folder), places=[path.name for path in log_files(folder)])
+
+
+def check_chain(
+    rows: Iterable[tuple[str, int, dict[str, Any] | None]],
+    head: tuple[int, str] | None,
+    *,
+    places: list[str],
+    head_place: str = HEAD,
+    torn_possible: bool = True,
+) -> Report:
+    """Walk a chain wherever it is stored (files, a database table); each record changed, removed,
+    reordered or torn becomes a Problem.
+
+    rows: (place, number, record or None when the stored text is no record) in chain order;
+    head: the last (seq, hash) the writer recorded (head.json, a head row); places: every file
+    or table, in order; torn_possible: whether a crash can leave a torn last record (files).
+    """
     report = Report()
-    files = log_files(folder)
-    report.files = len(files)
+    report.files = len(places)
     previous: dict[str, Any] | None = None
     where_previous = ("", 0)
     first: tuple[dict[str, Any], str, int] | None = None
     pruned: dict[int, str] = {}
     torn_at: tuple[str, int] | None = None
     last_file = None
-    for path, number, record, _raw in read_records(folder):
-        name = path.name
+    for name, number, record in rows:
         if record is None:
             torn_at = (name, number)
             continue
@@ -408,7 +425,7 @@ def verify(folder: Path) -> Report:
                 pruned[details["last_seq"]] = details["last_hash"]
         if torn_at is not None:
             # A torn line is a crash's mark only when the next record is the restart's.
-            fatal = record.get("type") != "audit_started"
+            fatal = not torn_possible or record.get("type") != "audit_started"
             message = (
                 "torn record (an incomplete write at a crash); the chain goes on around it"
                 if not fatal
@@ -427,7 +444,7 @@ def verify(folder: Path) -> Report:
             report.problems.append(Problem(name, number, f"record {seq} follows record {previous['seq']}"))
         previous, where_previous, last_file = record, (name, number), name
     if torn_at is not None:
-        at_end = files and torn_at[0] == files[-1].name
+        at_end = torn_possible and bool(places) and torn_at[0] == places[-1]
         message = (
             "the last line is incomplete (a crash during a write, or a write in progress)"
             if at_end
@@ -447,17 +464,16 @@ def verify(folder: Path) -> Report:
             )
     if previous is not None:
         report.head_seq, report.head_hash = previous["seq"], previous["hash"]
-    head = _read_head(folder)
     if head is not None and head[0] > report.head_seq:
         report.problems.append(
             Problem(
-                files[-1].name if files else CURRENT,
+                places[-1] if places else CURRENT,
                 0,
-                f"records {report.head_seq + 1} to {head[0]} were removed from the end (head.json says {head[0]})",
+                f"records {report.head_seq + 1} to {head[0]} were removed from the end ({head_place} says {head[0]})",
             )
         )
     elif head is not None and head[0] == report.head_seq and head[1] != report.head_hash:
-        report.problems.append(Problem(HEAD, 0, f"record {head[0]} differs from the one head.json names"))
+        report.problems.append(Problem(head_place, 0, f"record {head[0]} differs from the one {head_place} names"))
     return report
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import voluptuous as vol
 
 from . import __version__, audit_cli
-from .audit import record_offline
+from .audit import audit_config, record_offline
 from .config import ensure_config_dir, load_config
 from .events import AuthEvent, Origin, set_origin
 from .manager import AuthManager
@@ -215,6 +215,21 @@ def _configured_storage(config_dir: Path, pm: Any) -> Any:
     if config.storage["type"] == "json":
         return None
     return config.storage_class(config.storage, str(config_dir))
+
+
+def _audit_reader(args: argparse.Namespace) -> Any:
+    """The configured storage's audit reader (the sink opp_auth_audit_sink offers, PostgreSQL), or None: the files."""
+    config_dir = _config_dir(args)
+    storage = _configured_storage(config_dir, args.pm)
+    if storage is None:
+        return None
+    # Read even when this directory's server writes no audit log now (enabled: false).
+    conf = {**audit_config(_audit_config(config_dir, args.pm)), "enabled": True}
+    manager = AuthManager(str(config_dir), args.pm, storage=storage, audit_config=conf)
+    sink = manager.audit.sink if manager.audit is not None else None
+    if all(callable(getattr(sink, name, None)) for name in ("read", "recorded_head", "describe", "user_ids_named")):
+        return sink
+    return None
 
 
 def cmd_auth_list(args: argparse.Namespace) -> int:
@@ -700,7 +715,7 @@ def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     copy.add_argument("--check-login", metavar="USERNAME", help="also check that this local login works on the copy")
     copy.add_argument("--password-stdin", action="store_true", help="read --check-login's password from standard input")
     copy.set_defaults(func=cmd_storage_copy)
-    audit_cli.add_commands(sub, _config_dir)
+    audit_cli.add_commands(sub, _config_dir, _audit_reader)
 
     reset = sub.add_parser("reset", help="lost owner password: remove auth data (keeps a backup)")
     reset.add_argument("--yes", action="store_true", help="do not ask")

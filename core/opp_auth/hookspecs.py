@@ -19,6 +19,7 @@ import pluggy
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from .backend import StorageBackend
     from .context import PluginContext
     from .events import AuthEvent
     from .models import Credentials, RefreshToken, User
@@ -362,11 +363,13 @@ def opp_auth_new_device_login(auth: PluginContext, event: AuthEvent) -> Any:
 
 
 @hookspec(firstresult=True)
-def opp_auth_audit_sink(auth: PluginContext, config: dict[str, Any]) -> Any:
+def opp_auth_audit_sink(auth: PluginContext, config: dict[str, Any], storage: StorageBackend) -> Any:
     """Offer where the audit log goes instead of the files under ``<config>/audit`` (a database store's table).
 
-    :param auth: the :class:`opp_auth.PluginContext` of the server.
+    :param auth: the :class:`opp_auth.PluginContext` of the server (or of an ``opp-auth audit`` command).
     :param config: the validated ``audit:`` block (``keep_days``, ``max_files``...).
+    :param storage: the configured :class:`opp_auth.StorageBackend`; a store plugin offers a
+        sink when the backend is its own (the PostgreSQL store writes to the same database).
     :return: ``None`` (not mine), or a sink: an object with ``open(version)``
         (find the head of the chain, append an ``audit_started`` record),
         ``append(events, extra)`` (chain and append a record for each
@@ -375,6 +378,14 @@ def opp_auth_audit_sink(auth: PluginContext, config: dict[str, Any]) -> Any:
         They are called from the audit log's own thread, one at a time, so
         they may block. Records carry the same fields and hash chain as the
         files (docs/audit.md), so ``opp-auth audit verify`` can check them.
+        For ``opp-auth audit show`` and ``verify`` a sink may also offer reading
+        (called without ``open``, from a command): ``describe()`` (where the
+        records are, for messages), ``read(since)`` (``(place, number, record)``
+        in chain order, ``record`` ``None`` when stored text is no record;
+        ``since`` an aware datetime or ``None``), ``recorded_head()`` (the last
+        ``(seq, hash)`` written, or ``None``) and ``user_ids_named(name)``
+        (ids of the users with that name or login name). Without them the
+        commands read the files.
 
     Called once at start-up. Results: the first non-None result wins. Not awaited.
     An exception is logged naming the plugin, and the files are used.

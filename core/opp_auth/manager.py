@@ -83,7 +83,7 @@ class AuthManager:
         self.executor = Executor(max_password_checks)
         self.context = PluginContext(self)
         self.events = Events(pm, self.context)
-        self.audit = build_audit_log(pm, self.context, self.config_dir, audit_config, __version__)
+        self.audit = build_audit_log(pm, self.context, self.config_dir, audit_config, __version__, self.backend)
         self.registry = Registry(self.context, provider_configs, mfa_configs)
         self.store = AuthStore(
             self.config_dir,

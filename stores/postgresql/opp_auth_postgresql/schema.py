@@ -71,6 +71,28 @@ MIGRATIONS: list[list[str]] = [
             records text NOT NULL)""",
         "CREATE INDEX opp_auth_changes_at ON opp_auth_changes (at)",
     ],
+    # 2: the audit log (opp_auth_postgresql.audit): records of one hash chain, append-only, and its head.
+    [
+        """CREATE TABLE opp_auth_audit (
+            seq bigint PRIMARY KEY,
+            at timestamptz NOT NULL,
+            type text NOT NULL,
+            record text NOT NULL)""",
+        "CREATE INDEX opp_auth_audit_at ON opp_auth_audit (at)",
+        """CREATE TABLE opp_auth_audit_head (
+            id integer PRIMARY KEY CHECK (id = 1),
+            seq bigint NOT NULL,
+            hash text NOT NULL)""",
+        """CREATE FUNCTION opp_auth_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'DELETE' AND current_setting('opp_auth.audit_prune', true) = 'on' THEN
+                RETURN OLD;
+            END IF;
+            RAISE EXCEPTION 'opp_auth_audit is append-only: % refused', TG_OP;
+        END $$""",
+        """CREATE TRIGGER opp_auth_audit_append_only BEFORE UPDATE OR DELETE ON opp_auth_audit
+            FOR EACH ROW EXECUTE FUNCTION opp_auth_audit_append_only()""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
