@@ -354,8 +354,9 @@ async def test_servers_on_one_database_write_one_chain_there_and_no_files(
     opp_auth_factory: Any, config_dir: Path, opp_auth_storage: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     """On PostgreSQL two servers on one directory both audit, into the database's one chain; no file is written."""
-    from opp_auth.audit_files import check_chain
     from opp_auth_postgresql.audit import PgAuditSink
+
+    from opp_auth.audit_files import check_chain
 
     first = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
     second = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
