@@ -86,6 +86,33 @@ def require_binary_fixture() -> Callable[..., str]:
     return require_binary
 
 
+# ---- bcrypt: cost 4 for new hashes unless a test is about the cost --------------------------------
+
+_CHEAP_DUMMY_HASH: bytes | None = None
+
+
+@pytest.fixture(autouse=True)
+def _cheap_bcrypt(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local provider hashes new passwords at cost 4 in tests, and its unknown-user check runs at cost 4.
+
+    Cost 12 takes ~0.25 s of CPU a hash: the suite creates and checks thousands of passwords.
+    Stored hashes are checked at their own cost, so tests that write cost-12 logins still run
+    cost-12 checks. A test about the cost itself says @pytest.mark.bcrypt_cost (cost 12 kept).
+    """
+    global _CHEAP_DUMMY_HASH
+    if request.node.get_closest_marker("bcrypt_cost") is not None:
+        return
+    try:
+        import bcrypt
+        import opp_auth_local
+    except ImportError:
+        return
+    if _CHEAP_DUMMY_HASH is None:
+        _CHEAP_DUMMY_HASH = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(rounds=4))
+    monkeypatch.setattr(opp_auth_local, "BCRYPT_ROUNDS", 4)
+    monkeypatch.setattr(opp_auth_local, "_DUMMY_HASH", _CHEAP_DUMMY_HASH)
+
+
 # ---- storage backends: the core's suites run on every installed one (the devpi way) -------------
 
 # Suites whose tests run once per storage type: what they build through opp_auth_factory is

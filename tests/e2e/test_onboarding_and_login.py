@@ -1,6 +1,7 @@
 """First start to first login with the local provider: onboarding, tokens, login (SPEC 8, 5.2; G20).
 
-Real bcrypt at cost 12 (about 0.25 s a hash): each test creates at most one password.
+New passwords are hashed at cost 4 (tests/conftest.py); the stored format at cost 12 is
+tested in tests/providers/local/test_provider.py.
 """
 
 from __future__ import annotations
@@ -90,9 +91,7 @@ async def test_user_step_with_missing_field_is_400_and_creates_nobody(client: An
 
 
 @pytest.mark.parametrize("username", ["paulus\n", "pau\u202elus", "paulus\u2028", "pau\u200blus"], ids=repr)
-async def test_user_step_refuses_a_username_the_login_form_would_refuse(
-    client: Any, auth: Any, username: str
-) -> None:
+async def test_user_step_refuses_a_username_the_login_form_would_refuse(client: Any, auth: Any, username: str) -> None:
     """An owner who could never log in is not created: 400 naming the rule, nothing stored."""
     status, reply = await call(client, "POST", "/api/onboarding/users", json={**OWNER, "username": username})
     assert status == 400, reply

@@ -79,7 +79,10 @@ async def login(auth: AuthManager, username: str, password: str) -> dict[str, An
 
 @pytest.fixture
 def fast_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """New passwords hashed at cost 4 so add/change tests stay fast (the format test keeps cost 12)."""
+    """New passwords hashed at cost 4 so add/change tests stay fast (the format test keeps cost 12).
+
+    tests/conftest.py does the same for every test not marked bcrypt_cost; this says it where it matters.
+    """
     monkeypatch.setattr(opp_auth_local, "BCRYPT_ROUNDS", 4)
 
 
@@ -229,6 +232,7 @@ async def test_normal_data_logs_no_legacy_warning(opp_auth_factory: Factory, cap
 # ---- stored format and password length -----------------------------------------------------
 
 
+@pytest.mark.bcrypt_cost
 async def test_added_login_is_stored_in_open_peer_power_format(opp_auth_factory: Factory, config_dir: Path) -> None:
     auth = await make_auth(opp_auth_factory)
     await local(auth).async_add_auth(" Paulus ", PASSWORD)
