@@ -44,7 +44,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from .config import validate_config
+from .config import HTTP_SCHEMA, validate_config
 from .http.app import create_app
 from .manager import AuthManager
 from .plugins import make_plugin_manager
@@ -408,7 +408,9 @@ async def opp_auth_client() -> AsyncIterator[Callable[..., Awaitable[OppAuthClie
     servers: list[tuple[TestServer, aiohttp.ClientSession]] = []
 
     async def factory(auth: AuthManager, http: dict[str, Any] | None = None) -> OppAuthClient:
-        app = create_app(auth, http)
+        # An http block given here passes the configuration's own schema, as from configuration.yaml
+        # (a wrong value is a clear vol.Invalid in the test, not a 500 from the server).
+        app = create_app(auth, None if http is None else HTTP_SCHEMA(http))
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         session = aiohttp.ClientSession()

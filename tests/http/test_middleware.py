@@ -78,12 +78,14 @@ async def eventually(condition: Any, timeout: float = 2.0) -> None:
         "/api/?name=CONCAT(0x71)",
     ],
 )
-async def test_security_filter_rejects_attack_patterns(client: Any, target: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_security_filter_rejects_attack_patterns(
+    client: Any, target: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Paths and queries that only attacks send get 400 before any view runs, with a warning."""
     assert await raw_status(client, target) == 400
-    assert any(
-        r.levelno == logging.WARNING and "harmful request" in r.getMessage() for r in caplog.records
-    ), caplog.text
+    assert any(r.levelno == logging.WARNING and "harmful request" in r.getMessage() for r in caplog.records), (
+        caplog.text
+    )
 
 
 @pytest.mark.parametrize(
@@ -134,7 +136,11 @@ async def cors_client(onboarded: Path, opp_auth_factory: Any, opp_auth_client: A
 
 def preflight_headers(origin: str) -> dict[str, str]:
     """A browser's CORS preflight headers."""
-    return {"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "Authorization"}
+    return {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "Authorization",
+    }
 
 
 async def test_preflight_from_configured_origin_is_allowed(cors_client: Any) -> None:
@@ -191,7 +197,9 @@ async def flow_ip(client: Any, headers: Any) -> str:
     return str(client.app[AUTH_KEY].login_flow.async_get(flow_id).context["ip_address"])
 
 
-async def test_trusted_proxy_forwards_the_client_address(onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any) -> None:
+async def test_trusted_proxy_forwards_the_client_address(
+    onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any
+) -> None:
     """From a trusted proxy, the flow belongs to the address in X-Forwarded-For."""
     client = await make_client(opp_auth_factory, opp_auth_client, PROXY_CONFIG)
     assert await flow_ip(client, {"X-Forwarded-For": "192.168.1.20, 127.0.0.1"}) == "192.168.1.20"
@@ -210,7 +218,9 @@ async def test_header_is_ignored_when_proxies_are_not_configured(client: Any) ->
     assert await flow_ip(client, {"X-Forwarded-For": "192.168.1.20"}) == "127.0.0.1"
 
 
-async def test_two_forwarded_for_headers_are_refused(onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any) -> None:
+async def test_two_forwarded_for_headers_are_refused(
+    onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any
+) -> None:
     """More than one X-Forwarded-For header: 400."""
     client = await make_client(opp_auth_factory, opp_auth_client, PROXY_CONFIG)
     headers = CIMultiDict([("X-Forwarded-For", "192.168.1.20"), ("X-Forwarded-For", "192.168.1.21")])
@@ -218,7 +228,9 @@ async def test_two_forwarded_for_headers_are_refused(onboarded: Path, opp_auth_f
         assert resp.status == 400
 
 
-async def test_invalid_forwarded_address_is_refused(onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any) -> None:
+async def test_invalid_forwarded_address_is_refused(
+    onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any
+) -> None:
     """A value that is not an IP address: 400."""
     client = await make_client(opp_auth_factory, opp_auth_client, PROXY_CONFIG)
     async with client.request("GET", "/auth/providers", headers={"X-Forwarded-For": "not-an-ip"}) as resp:
@@ -228,7 +240,9 @@ async def test_invalid_forwarded_address_is_refused(onboarded: Path, opp_auth_fa
 # ---- IP bans --------------------------------------------------------------------------------------
 
 
-async def test_too_many_wrong_passwords_ban_the_address(onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any) -> None:
+async def test_too_many_wrong_passwords_ban_the_address(
+    onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any
+) -> None:
     """Threshold 2: the second wrong password writes ip_bans.yaml and later requests get 403."""
     client = await make_client(opp_auth_factory, opp_auth_client, {"login_attempts_threshold": 2})
     bans = onboarded / "ip_bans.yaml"
@@ -246,7 +260,9 @@ async def test_too_many_wrong_passwords_ban_the_address(onboarded: Path, opp_aut
     assert status == 403
 
 
-async def test_one_wrong_password_below_threshold_does_not_ban(onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any) -> None:
+async def test_one_wrong_password_below_threshold_does_not_ban(
+    onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any
+) -> None:
     """Below the threshold nothing is written and the address keeps working."""
     client = await make_client(opp_auth_factory, opp_auth_client, {"login_attempts_threshold": 2})
     _, started = await client.login.start(HANDLER)
@@ -265,7 +281,9 @@ async def test_no_automatic_bans_by_default(client: Any, onboarded: Path) -> Non
     assert not (onboarded / "ip_bans.yaml").exists()
 
 
-async def test_hand_edited_ban_file_loads_what_it_can(onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any) -> None:
+async def test_hand_edited_ban_file_loads_what_it_can(
+    onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any
+) -> None:
     """A bare IP, a non-IP key and a bad datetime don't stop start-up (G17); valid entries are banned."""
     (onboarded / "ip_bans.yaml").write_text(
         "127.0.0.1:\n"
@@ -304,3 +322,17 @@ async def test_body_over_16_mib_is_413(client: Any, path: str) -> None:
             assert resp.status == 413
     except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as err:
         pytest.fail(f"server dropped the connection instead of answering 413: {err}")
+
+
+async def test_the_test_client_checks_an_http_block_like_the_configuration(
+    opp_auth_factory: Any, opp_auth_client: Any
+) -> None:
+    """opp_auth_client(auth, http) runs the http: schema: a raw string proxy list is parsed, nonsense refused."""
+    import voluptuous as vol
+
+    auth = await opp_auth_factory(providers=[PROVIDER], mfa_modules=[])
+    client = await opp_auth_client(auth, PROXY_CONFIG)
+    async with client.request("GET", "/api/", headers={"X-Forwarded-For": "203.0.113.9"}) as resp:
+        assert resp.status == 401  # answered through the proxy rules, not a 500 from unparsed strings
+    with pytest.raises(vol.Invalid):
+        await opp_auth_client(auth, {"trusted_proxies": ["not an address"]})
