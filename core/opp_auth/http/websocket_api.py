@@ -36,7 +36,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import voluptuous as vol
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -86,7 +86,7 @@ AUTH_MESSAGE_SCHEMA = vol.Schema(
 )
 
 
-def _is_message_id(value: Any) -> bool:
+def _is_message_id(value: Any) -> TypeGuard[int]:
     """A command id is an integer; JSON true and false are not (Python counts bool as int)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
