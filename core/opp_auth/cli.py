@@ -549,19 +549,16 @@ def _canonical(exported: dict[str, Any]) -> str:
 
 async def _verify_with_a_server(config_dir: Path, pm: Any, backend: Any, login: tuple[str, str] | None) -> str:
     """Start a manager on the copy as a server would; check a stored session and, if given, a local login."""
-    from .server import expiry_of
+    from .server import build_auth
 
-    config = load_config(config_dir, pm)
-    auth = AuthManager(
-        str(config_dir),
+    # As a server would start on it, but it removes no tokens and writes no audit record of the check.
+    auth = build_auth(
+        load_config(config_dir, pm),
         pm,
-        provider_configs=config.providers,
-        mfa_configs=config.mfa_modules,
-        http_config=config.http,
-        config_blocks=config.blocks,
-        refresh_token_expiry=expiry_of(config),
+        require_provider=False,
         purge_expired_tokens=False,
         storage=backend,
+        audit_config=None,
     )
     await auth.async_setup()
     try:

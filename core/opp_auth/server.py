@@ -21,23 +21,29 @@ from .storage import ConfigDirLock, remove_stale_temporaries
 _LOGGER = logging.getLogger(__name__)
 
 
-def build_auth(config: Config, pm: OppAuthPluginManager, **kwargs: Any) -> AuthManager:
-    """An AuthManager for a validated configuration."""
-    if not config.providers:
+def build_auth(
+    config: Config, pm: OppAuthPluginManager, *, require_provider: bool = True, **overrides: Any
+) -> AuthManager:
+    """An AuthManager for a validated configuration, as the server runs it; overrides replace its options.
+
+    The one place that turns a Config into manager options (the server, the CLI's copy check
+    and opp_auth.testing all build through it).
+    """
+    if require_provider and not config.providers:
         raise RuntimeError("No auth provider is configured")
-    return AuthManager(
-        str(config.config_dir),
-        pm,
-        provider_configs=config.providers,
-        mfa_configs=config.mfa_modules,
-        http_config=config.http,
-        config_blocks=config.blocks,
-        refresh_token_expiry=expiry_of(config),
-        mfa_required=config.mfa_required,
-        storage=config.storage_class(config.storage, str(config.config_dir)),
-        audit_config=config.audit,
-        **kwargs,
-    )
+    options: dict[str, Any] = {
+        "provider_configs": config.providers,
+        "mfa_configs": config.mfa_modules,
+        "http_config": config.http,
+        "config_blocks": config.blocks,
+        "refresh_token_expiry": expiry_of(config),
+        "mfa_required": config.mfa_required,
+        "audit_config": config.audit,
+    }
+    options.update(overrides)
+    if "storage" not in options:
+        options["storage"] = config.storage_class(config.storage, str(config.config_dir))
+    return AuthManager(str(config.config_dir), pm, **options)
 
 
 def expiry_of(config: Config) -> timedelta | None:

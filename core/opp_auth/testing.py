@@ -48,7 +48,7 @@ from .config import HTTP_SCHEMA, validate_config
 from .http.app import create_app
 from .manager import AuthManager
 from .plugins import make_plugin_manager
-from .server import expiry_of
+from .server import build_auth
 
 CLIENT_ID = "https://example.com/app"
 REDIRECT_URI = "https://example.com/app/callback"
@@ -377,21 +377,7 @@ async def opp_auth_factory(
         # blocks: other top-level blocks of configuration.yaml that plugins own (e.g. notify:).
         raw: dict[str, Any] = {**(blocks or {}), "openpeerpower": core, "http": http or {}}
         config = validate_config(raw, pm, config_dir=config_dir, allow_insecure_example=True)
-        auth = AuthManager(
-            str(config_dir),
-            pm,
-            provider_configs=config.providers,
-            mfa_configs=config.mfa_modules,
-            http_config=config.http,
-            config_blocks=config.blocks,
-            **{
-                "refresh_token_expiry": expiry_of(config),
-                "mfa_required": config.mfa_required,
-                "storage": config.storage_class(config.storage, str(config_dir)),
-                "audit_config": config.audit,
-                **kwargs,
-            },
-        )
+        auth = build_auth(config, pm, require_provider=False, **kwargs)
         if setup:
             await auth.async_setup()
             made.append(auth)
