@@ -565,12 +565,12 @@ async def _verify_with_a_server(config_dir: Path, pm: Any, backend: Any, login: 
         checked = [f"{auth.store.user_count()} users loaded"]
         tokens = [t for t in auth.store.refresh_tokens() if t.user.is_active]
         if tokens:
-            access = await auth.async_create_access_token(tokens[0])
-            if auth.validate_access_token(access) is None:
+            access = await auth.access_tokens.async_create_access_token(tokens[0])
+            if auth.access_tokens.validate_access_token(access) is None:
                 raise CliError("The copy loads, but a stored session does not work on it; the copy is not usable")
             checked.append(f"a stored session of {tokens[0].user.name!r} works")
         if login is not None:
-            provider = auth.local_provider()
+            provider = auth.registry.local_provider()
             if provider is None:
                 raise CliError("--check-login needs the local provider configured in configuration.yaml")
             try:

@@ -519,7 +519,7 @@ class ProviderContract:
         credentials = result["result"]
         assert isinstance(credentials, Credentials)
         assert credentials.provider_key == provider.key
-        user = await contract_auth.async_get_or_create_user(credentials)
+        user = await contract_auth.users.async_get_or_create_user(credentials)
         assert user.is_active
 
     async def test_wrong_password_is_invalid_auth(

@@ -70,7 +70,7 @@ async def login_history(conn: ActiveConnection, msg: dict[str, Any]) -> None:
 @websocket_command({vol.Required("type"): "config/auth/login_history", vol.Required("user_id"): str, **PAGE})
 async def config_login_history(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """Any user's history."""
-    if await conn.auth.async_get_user(msg["user_id"]) is None:
+    if await conn.auth.users.async_get_user(msg["user_id"]) is None:
         raise CommandError("not_found", "User not found")
     conn.send_result(msg["id"], _page(conn, msg["user_id"], msg))
 
@@ -80,7 +80,7 @@ async def config_login_history(conn: ActiveConnection, msg: dict[str, Any]) -> N
 async def login_summary(conn: ActiveConnection, msg: dict[str, Any]) -> None:
     """Every user's last sign-in and recent failures count."""
     history = conn.auth.login_history
-    conn.send_result(msg["id"], {user.id: history.summary(user.id) for user in await conn.auth.async_get_users()})
+    conn.send_result(msg["id"], {user.id: history.summary(user.id) for user in await conn.auth.users.async_get_users()})
 
 
 def register(registry: CommandRegistry) -> None:
