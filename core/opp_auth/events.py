@@ -217,20 +217,25 @@ def clip(value: Any, limit: int = MAX_TEXT) -> str | None:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
+def _no_describer(source: Any) -> Origin:
+    """Before the HTTP layer is imported nothing sets a request as the origin."""
+    return Origin()
+
+
+describe_origin: Callable[[Any], Origin] = _no_describer
+"""How an origin that is not an :class:`Origin` (the request the pipeline set) becomes one.
+
+The HTTP layer installs its reader when imported (opp_auth.http.middleware), so this module
+needs nothing of aiohttp and the pipeline sets the request itself, with no object per request.
+"""
+
+
 def _origin() -> Origin:
     """The origin of the current context."""
     source = ORIGIN.get()
     if source is None or isinstance(source, Origin):
         return source or Origin()
-    from .http.view import KEY_CLIENT_IP, KEY_USER  # an aiohttp request (set by the pipeline)
-
-    user = source.get(KEY_USER)
-    return Origin(
-        via="http",
-        remote_address=source.get(KEY_CLIENT_IP, source.remote),
-        user_agent=source.headers.get("User-Agent"),
-        actor_id=getattr(user, "id", None),
-    )
+    return describe_origin(source)
 
 
 def _details(details: Any) -> Mapping[str, Any]:

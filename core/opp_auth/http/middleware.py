@@ -17,7 +17,8 @@ from urllib.parse import unquote
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
-from ..events import set_origin
+from .. import events
+from ..events import Origin, set_origin
 from ..models import User
 from ..storage import STORAGE_UNAVAILABLE_MESSAGE, StorageError
 from ..validation import CODE_INVALID_FORMAT, InvalidData
@@ -59,6 +60,20 @@ _CLEAN_PATH_MAX_LENGTH = 256
 CORS_ALLOWED_HEADERS = "Origin, Accept, X-Requested-With, Content-Type, Authorization"
 # The token endpoints answer any origin, as in Home Assistant (a client holding a token may use it anywhere).
 CORS_ANY_ORIGIN_PATHS = frozenset({"/auth/token", "/auth/revoke"})
+
+
+def _request_origin(request: web.Request) -> Origin:
+    """The origin of events emitted while serving request (what the pipeline found out about it)."""
+    user = request.get(KEY_USER)
+    return Origin(
+        via="http",
+        remote_address=request.get(KEY_CLIENT_IP, request.remote),
+        user_agent=request.headers.get(hdrs.USER_AGENT),
+        actor_id=getattr(user, "id", None),
+    )
+
+
+events.describe_origin = _request_origin
 
 
 def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManager | None) -> Middleware:
