@@ -29,6 +29,7 @@ from _common import BENCH_DIR, QUICK_SIZES, RESULT_PREFIX, SIZES, Result, fmt, m
 SCRIPT_SIZES: dict[str, tuple[int, ...]] = {
     "token_validation": SIZES,
     "http_throughput": SIZES,
+    "http_instructions": (0,),
     "metrics_overhead": SIZES,
     "store_ops": SIZES,
     "memory": SIZES[1:],
