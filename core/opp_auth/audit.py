@@ -300,15 +300,19 @@ def offered_sink(pm: Any, context: Any, conf: dict[str, Any], storage: Any) -> A
     return sink
 
 
-def record_offline(config_dir: Any, config: dict[str, Any] | None, events: list[AuthEvent]) -> None:
-    """Append events to the audit files from a command run while no server runs (it holds the directory lock)."""
+def record_offline(
+    config_dir: Any, config: dict[str, Any] | None, events: list[AuthEvent], sink: AuditSink | None = None
+) -> None:
+    """Append events from a command: to sink (the storage's, PostgreSQL), else to the audit files (the command
+    holds the directory lock, so no server writes them)."""
     conf = audit_config(config)
     if not conf["enabled"] or not events:
         return
     from . import __version__
     from .audit_files import AuditFiles
 
-    sink = AuditFiles(config_dir, **conf)
+    if sink is None:
+        sink = AuditFiles(config_dir, **conf)
     try:
         sink.open(__version__)
         sink.append(events, [])

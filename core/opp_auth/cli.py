@@ -218,7 +218,7 @@ def _configured_storage(config_dir: Path, pm: Any) -> Any:
 
 
 def _audit_reader(args: argparse.Namespace) -> Any:
-    """The configured storage's audit reader (the sink opp_auth_audit_sink offers, PostgreSQL), or None: the files."""
+    """The configured storage's audit sink, which also reads (opp_auth_audit_sink: PostgreSQL), or None: the files."""
     config_dir = _config_dir(args)
     storage = _configured_storage(config_dir, args.pm)
     if storage is None:
@@ -454,7 +454,8 @@ def cmd_bans_remove(args: argparse.Namespace) -> int:
         if not bans.remove_ban(address):
             print(f"{address} is not banned")
             return 1
-        record_offline(config_dir, _audit_config(config_dir, args.pm), lifted)
+        # With a shared storage (servers may run) the record goes where theirs go: the database.
+        record_offline(config_dir, _audit_config(config_dir, args.pm), lifted, sink=_audit_reader(args))
     print(f"Ban of {address} removed")
     return 0
 

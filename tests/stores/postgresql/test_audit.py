@@ -283,3 +283,21 @@ async def test_an_unreachable_database_fails_no_login_and_loses_nothing(
     await auth.audit.async_flush()  # type: ignore[union-attr]
     assert auth.audit.pending == 0  # type: ignore[union-attr]  # written on a fresh connection at once
     assert any(r.get("user_id") == "after-the-cut" for _s, r in rows(url))
+
+
+def test_bans_remove_beside_servers_records_in_the_database(
+    opp_auth_storage: dict[str, Any], config_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """opp-auth bans remove (which may run beside servers on a shared storage) writes its record to the
+    database's chain, not to audit files of the directory."""
+    url = opp_auth_storage["url"]
+    write_config(config_dir, url)
+    _migrate(url)
+    (config_dir / "ip_bans.yaml").write_text("203.0.113.1:\n  banned_at: '2021-03-04T05:06:07+00:00'\n")
+    code, out = run(config_dir, capsys, "bans", "remove", "203.0.113.1")
+    assert code == 0, out
+    assert not (config_dir / "audit").exists()
+    lifted = [r for _s, r in rows(url) if r["type"] == "address_unbanned"]
+    assert len(lifted) == 1 and lifted[0]["via"] == "cli", rows(url)
+    code, out = run(config_dir, capsys, "audit", "verify")
+    assert code == 0, out

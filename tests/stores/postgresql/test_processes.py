@@ -276,3 +276,49 @@ async def test_staleness_window_then_fail_closed(
         await asyncio.to_thread(postgresql_server.start)
     await until(lambda: _is(api_status(session, a, access), 200), timeout=10.0)
     assert (await login(session, a))["access_token"]
+
+
+def opp_auth_command(config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """opp-auth -c config_dir ARGS as a process of its own."""
+    assert OPP_AUTH is not None, "the opp-auth program is not installed"
+    return subprocess.run(
+        [OPP_AUTH, "-c", str(config_dir), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+async def test_both_servers_audit_into_the_database_and_no_file(
+    cluster: tuple[list[Server], aiohttp.ClientSession, str],
+) -> None:
+    """Two servers on one directory: both audit, into one chain in the database; neither writes audit files,
+    so their logins never interleave two chains in one file. verify passes while they write and after."""
+    servers, session, _ = cluster
+    config_dir = servers[0].config_dir
+
+    async def wrong(server: Server) -> None:
+        status, body = await LoginFlowDriver(session, server.url).start(LOCAL)
+        await LoginFlowDriver(session, server.url).step(body["flow_id"], username=USERNAME, password="wrong-one")
+
+    # The user is created once (a race of two first logins is refused): B knows it once A's token works there.
+    access = (await login(session, servers[0]))["access_token"]
+    await until(lambda: _is(api_status(session, servers[1], access), 200), timeout=3.0)
+    await asyncio.gather(*(login(session, servers[i % 2]) for i in range(5)), *(wrong(s) for s in servers))
+    during = await asyncio.to_thread(opp_auth_command, config_dir, "audit", "verify")
+    assert during.returncode == 0 and "The chain is intact." in during.stdout, during.stdout + during.stderr
+    for server in servers:
+        server.stop()
+    assert not (config_dir / "audit").exists()
+    for server in servers:
+        assert "The audit log is off" not in server.log.read_text()
+    after = opp_auth_command(config_dir, "audit", "verify")
+    assert after.returncode == 0 and "The chain is intact." in after.stdout, after.stdout + after.stderr
+    shown = opp_auth_command(config_dir, "audit", "show", "--json")
+    import json
+
+    records = [json.loads(line) for line in shown.stdout.splitlines()]
+    started = {r["details"]["pid"] for r in records if r["type"] == "audit_started"}
+    assert started == {s.proc.pid for s in servers if s.proc is not None}
+    assert sum(r["type"] == "login_succeeded" for r in records) == 6
+    assert sum(r["type"] == "audit_stopped" for r in records) == 2
+    failed = opp_auth_command(config_dir, "audit", "show", "--failed", "--user", USERNAME)
+    assert failed.stdout.count("login_failed  invalid_auth") == 2, failed.stdout
+    assert "wrong-one" not in shown.stdout and PASSWORD not in shown.stdout
