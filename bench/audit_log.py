@@ -76,9 +76,10 @@ def audit_rows(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-async def one_round(audit_on: bool, url: str | None = None) -> tuple[float, float, float, float, float, float]:
+async def one_round(audit_on: bool, url: str | None = None) -> tuple[float, float, float, float, float, float, float]:
     """(max lateness, p99 lateness, loop CPU between two ticks at most while emitting, idle max lateness: ms;
-    seconds to disk; loop CPU between two ticks at most after the producer stopped, ms).
+    seconds to disk; loop CPU between two ticks at most after the producer stopped, ms; loop-thread CPU per
+    event while emitting, µs).
 
     url: a fresh database: the audit log goes there (storage type postgresql).
     """
@@ -97,7 +98,7 @@ async def one_round(audit_on: bool, url: str | None = None) -> tuple[float, floa
         idle = max(lateness)
         lateness.clear()
         cpu.clear()
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         for first in range(0, EVENTS, PER_ITERATION):
             for n in range(first, first + PER_ITERATION):
                 auth.events.emit(
@@ -112,6 +113,7 @@ async def one_round(audit_on: bool, url: str | None = None) -> tuple[float, floa
                 )
             await asyncio.sleep(0)
         emitted = len(cpu)  # ticks while the producer ran; the rest: the writer finishing alone
+        emit_cpu_us = (time.thread_time() - started_cpu) * 1e6 / EVENTS
         if auth.audit is not None:
             await auth.audit.async_flush()
         else:
@@ -134,6 +136,7 @@ async def one_round(audit_on: bool, url: str | None = None) -> tuple[float, floa
             idle,
             written,
             max(cpu[emitted:], default=0.0),
+            emit_cpu_us,
         )
 
 
@@ -154,7 +157,16 @@ async def main() -> None:
     def spread(values: list[float]) -> str:
         return f"median of {ROUNDS}, {min(values):.2f}-{max(values):.2f}"
 
+    per_event, base_per_event = [r[6] for r in with_audit], [r[6] for r in without]
     rows = [
+        Result(
+            "audit_log",
+            "loop-thread CPU per event emitted, audit log on files",
+            median(per_event),
+            "µs",
+            note=f"{spread(per_event)}; without the audit log {median(base_per_event):.1f} µs "
+            f"({spread(base_per_event)}); the event's whole path on the loop (every subscriber), CPU time",
+        ),
         Result(
             "audit_log",
             f"largest loop stall, {EVENTS:,} events emitted and written",
@@ -189,6 +201,17 @@ async def main() -> None:
         pg_seconds = [r[4] * 1000 for r in in_db]
         base_pg_worst, base_pg_cpu = [r[0] for r in db_base], [r[2] for r in db_base]
         pg_tail, base_pg_tail = [r[5] for r in in_db], [r[5] for r in db_base]
+        pg_per_event, base_pg_per_event = [r[6] for r in in_db], [r[6] for r in db_base]
+        rows.append(
+            Result(
+                "audit_log",
+                "loop-thread CPU per event emitted, audit log in PostgreSQL",
+                median(pg_per_event),
+                "µs",
+                note=f"{spread(pg_per_event)}; PostgreSQL storage without the audit log "
+                f"{median(base_pg_per_event):.1f} µs ({spread(base_pg_per_event)}), CPU time",
+            )
+        )
         rows += [
             Result(
                 "audit_log",
@@ -234,7 +257,7 @@ async def main() -> None:
     emit(rows)
 
 
-Rounds = list[tuple[float, float, float, float, float, float]]
+Rounds = list[tuple[float, float, float, float, float, float, float]]
 
 
 async def postgresql_rounds() -> tuple[Rounds, Rounds] | str:
