@@ -301,3 +301,33 @@ def test_bans_remove_beside_servers_records_in_the_database(
     assert len(lifted) == 1 and lifted[0]["via"] == "cli", rows(url)
     code, out = run(config_dir, capsys, "audit", "verify")
     assert code == 0, out
+
+
+HOSTILE = "évil\t\n\\N\x00\x1b[31m\u202e\ud800'); DROP TABLE opp_auth_audit; --" + "x" * 5000
+
+
+def test_hostile_text_is_kept_exactly_and_a_changed_head_row_is_found(
+    opp_auth_storage: dict[str, Any], config_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tabs, line breaks, backslashes (COPY's own escapes), NUL, a lone surrogate, SQL: one ASCII record each,
+    its hash still matching; then a head row rewritten to another hash is named by verify."""
+    url = opp_auth_storage["url"]
+    write_config(config_dir, url)
+    _migrate(url)
+    sink = PgAuditSink(url)
+    sink.open("test")
+    sink.append([AuthEvent(type="login_failed", reason="invalid_auth", time=time.time(), username=HOSTILE)], [])
+    sink.close()
+    with psycopg.connect(url) as conn:
+        texts = [row[0] for row in conn.execute("SELECT record FROM opp_auth_audit ORDER BY seq")]
+    assert len(texts) == 3 and all(text.isascii() and "\n" not in text and "\t" not in text for text in texts)
+    failed = json.loads(texts[1])
+    assert failed["username"].startswith("évil\t\n\\N\x00\x1b[31m\u202e")
+    code, out = run(config_dir, capsys, "audit", "verify")
+    assert code == 0, out
+    code, out = run(config_dir, capsys, "audit", "show", "--failed")
+    assert code == 0 and "\x1b" not in out and "\u202e" not in out and "\\u{1b}" in out
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE opp_auth_audit_head SET hash = %s", ("f" * 64,))
+    code, out = run(config_dir, capsys, "audit", "verify")
+    assert code == 1 and "opp_auth_audit_head:0: record 3 differs from the one opp_auth_audit_head names" in out
