@@ -18,6 +18,8 @@ import functools
 import importlib.metadata
 import inspect
 import logging
+import os
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -267,33 +269,25 @@ class OppAuthPluginManager(pluggy.PluginManager):
     def load_entrypoints(self, blocked: Iterable[str] = ()) -> None:
         """Import every plugin of the opp_auth entry-point group, recording failures."""
         blocked = set(blocked)
-        seen: set[str] = set()
-        for dist in importlib.metadata.distributions():
-            for ep in dist.entry_points:
-                if ep.group != ENTRY_POINT_GROUP or ep.name in seen:
-                    continue
-                seen.add(ep.name)
-                dist_name = dist.metadata["Name"]
-                if ep.name in blocked or dist_name in blocked:
-                    continue
-                try:
-                    plugin = ep.load()
-                except Exception as err:  # noqa: BLE001 - any import failure is reported, not fatal
-                    info = PluginInfo(ep.name, dist_name, dist.version, ep.value)
-                    info.error = f"{type(err).__name__}: {err}"
-                    self.infos[ep.name] = self.entry_infos[ep.name] = info
-                    _LOGGER.warning(
-                        "Plugin %s from %s %s failed to load: %s", ep.name, dist_name, dist.version, info.error
-                    )
-                    continue
-                registered_as = self.get_name(plugin)
-                if registered_as is not None:
-                    # Several entry points (provider-x, mfa-x) may name one module.
-                    self.entry_infos[ep.name] = self.infos[registered_as]
-                    continue
-                info = PluginInfo(ep.name, dist_name, dist.version, ep.value)
-                self.entry_infos[ep.name] = info
-                self.register_plugin(plugin, ep.name, info)
+        for ep, dist_name, dist_version in _installed_entry_points():
+            if ep.name in blocked or dist_name in blocked:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as err:  # noqa: BLE001 - any import failure is reported, not fatal
+                info = PluginInfo(ep.name, dist_name, dist_version, ep.value)
+                info.error = f"{type(err).__name__}: {err}"
+                self.infos[ep.name] = self.entry_infos[ep.name] = info
+                _LOGGER.warning("Plugin %s from %s %s failed to load: %s", ep.name, dist_name, dist_version, info.error)
+                continue
+            registered_as = self.get_name(plugin)
+            if registered_as is not None:
+                # Several entry points (provider-x, mfa-x) may name one module.
+                self.entry_infos[ep.name] = self.infos[registered_as]
+                continue
+            info = PluginInfo(ep.name, dist_name, dist_version, ep.value)
+            self.entry_infos[ep.name] = info
+            self.register_plugin(plugin, ep.name, info)
 
     def register_plugin(self, plugin: Any, name: str, info: PluginInfo | None = None) -> None:
         """Register a module or object as a plugin (tests and built-ins use this directly)."""
@@ -392,6 +386,44 @@ class OppAuthPluginManager(pluggy.PluginManager):
         """The failed plugin whose entry point would provide this type, if any."""
         info = self.entry_infos.get(f"{kind_prefix}-{type_name}")
         return info if info is not None and info.error else None
+
+
+_EntryPointScan = list[tuple[importlib.metadata.EntryPoint, str, str]]
+_scan_cache: dict[tuple[tuple[str, int], ...], _EntryPointScan] = {}
+
+
+def _path_state() -> tuple[tuple[str, int], ...]:
+    """sys.path with each folder's modification time: installing or removing a distribution changes it."""
+    state = []
+    for entry in sys.path:
+        try:
+            state.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            state.append((entry, -1))
+    return tuple(state)
+
+
+def _installed_entry_points() -> _EntryPointScan:
+    """(entry point, distribution, version) of the opp_auth group, the first of each name on sys.path.
+
+    Reading every distribution's metadata costs tens of milliseconds; the answer is kept for as
+    long as sys.path and its folders' modification times stay the same (a process that builds
+    many plugin managers, such as the test suite, scans once).
+    """
+    key = _path_state()
+    found = _scan_cache.get(key)
+    if found is None:
+        found = []
+        seen: set[str] = set()
+        for dist in importlib.metadata.distributions():
+            for ep in dist.entry_points:
+                if ep.group != ENTRY_POINT_GROUP or ep.name in seen:
+                    continue
+                seen.add(ep.name)
+                found.append((ep, dist.metadata["Name"], dist.version))
+        _scan_cache.clear()
+        _scan_cache[key] = found
+    return found
 
 
 def make_plugin_manager(
