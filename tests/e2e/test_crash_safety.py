@@ -367,6 +367,8 @@ async def check_acknowledged(client: Client, ledger: Ledger, anchor: Token) -> N
         reply = await ws_call(ws, 1, "auth/refresh_tokens")
     finally:
         await ws.close()
+    # A refused listing says why (CI once saw a reply without a result after 187 kills).
+    assert reply["success"] is True, reply
     ids = {t["id"] for t in reply["result"]}
     for access_token, refresh_id in list(ledger.llat_unsure.items()):
         del ledger.llat_unsure[access_token]
