@@ -21,7 +21,7 @@ from .errors import AuthManagerError
 from .events import Events
 from .executor import Executor
 from .history import LoginHistory
-from .login_flow import MAX_FLOWS, LoginFlowManager, mfa_required_from
+from .login_flow import MAX_FLOWS, LoginFlowManager
 from .mfa import MfaModule, MfaSetupFlowManager
 from .models import GROUP_ID_ADMIN, KeyRing
 from .plugins import OppAuthPluginManager
@@ -280,20 +280,6 @@ class AuthManager:
     def codes(self) -> AuthorizationCodes:
         """The login engine's authorization codes."""
         return self.login_flow.codes
-
-    @property
-    def mfa_required(self) -> str:
-        """The mfa_required policy of the login engine."""
-        return self.login_flow.mfa_required
-
-    def mfa_required_from(self, ip_address: str | None) -> bool:
-        """Whether the mfa_required policy asks for a second factor at a login from ip_address."""
-        return mfa_required_from(self.login_flow.mfa_required, ip_address)
-
-    @property
-    def refresh_token_expiry(self) -> timedelta | None:
-        """The idle expiry of refresh tokens (None: never)."""
-        return self.refresh_tokens.expiry
 
     @property
     def auth_providers(self) -> list[AuthProvider]:

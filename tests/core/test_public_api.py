@@ -382,7 +382,14 @@ async def test_manager_facade_names_are_the_parts_methods(opp_auth_factory: Any)
         part, attribute = target.split(".")
         assert getattr(auth, name) == getattr(getattr(auth, part), attribute), name
         assert name not in AuthManager.__dict__ and name not in AuthManager.__annotations__, name
-    for gone in ("session_refusal", "mfa_module_offering", "async_remove_refresh_tokens", "has_non_system_user"):
+    for gone in (
+        "session_refusal",
+        "mfa_module_offering",
+        "async_remove_refresh_tokens",
+        "has_non_system_user",
+        "mfa_required_from",
+        "refresh_token_expiry",
+    ):
         assert not hasattr(auth, gone), gone
 
 
