@@ -32,6 +32,7 @@ from .models import (
     GROUP_ID_ADMIN,
     GROUP_ID_READ_ONLY,
     GROUP_ID_USER,
+    SMALL_TOKEN_COUNT,
     SYSTEM_GROUPS,
     TOKEN_TYPE_NORMAL,
     TOKEN_TYPE_SYSTEM,
@@ -235,8 +236,9 @@ class AuthStore:
             owner = users.get(cdata.get("user_id"))  # type: ignore[arg-type]
             if owner is None:
                 continue
-            cred = _credentials_from(cdata, owner.id)
-            ptype, pid, cred_data = cred.auth_provider_type, cred.auth_provider_id, cred.data
+            # _credentials_from, inlined (100,000 credentials at start-up for a large installation).
+            ptype, pid, cred_data = cdata["auth_provider_type"], cdata.get("auth_provider_id"), cdata.get("data") or {}
+            cred = Credentials(ptype, pid, cred_data, cdata["id"], False, owner.id)
             previous = by_id.get(cred.id)
             if previous is not None:
                 self._do_remove_credentials(previous, keep_tokens=True)
@@ -258,22 +260,28 @@ class AuthStore:
         new_token = RefreshToken.restore
         expirations = _EXPIRATIONS
         default_expire: dict[str, float | None] = {}
+        small = SMALL_TOKEN_COUNT
         for rdata in records:
             token_hash_hex = rdata.get("token_hash")
-            if token_hash_hex.__class__ is not str or "token" in rdata or rdata.get("user_id").__class__ is not str:
+            user_id = rdata.get("user_id")
+            if token_hash_hex.__class__ is not str or "token" in rdata or user_id.__class__ is not str:
                 # Open Peer Power's records (the secret itself), and anything odd: the careful path.
                 self._load_token(rdata)
                 continue
-            user = users.get(rdata["user_id"])
+            user = users.get(user_id)
             if user is None:
                 continue
             token_id = rdata["id"]
             created = rdata.get("created_at")
             try:
                 # The form every file holds is kept as it is (see canonical_created), once parsed.
-                if created.__class__ is not str or len(created) != 32 or created[4:20:3] != "--T::.":
-                    raise ValueError
-                if created[26:] != "+00:00" or created[20:26] == "000000":
+                if (
+                    created.__class__ is not str
+                    or len(created) != 32
+                    or created[4:20:3] != "--T::."
+                    or created[26:] != "+00:00"
+                    or created[20:26] == "000000"
+                ):
                     raise ValueError
                 fromisoformat(created)
                 token_hash = fromhex(token_hash_hex)
@@ -293,7 +301,9 @@ class AuthStore:
             credential_id = rdata.get("credential_id")
             cred = creds.get(credential_id) if credential_id.__class__ is str and credential_id else None
             if "expire_at" in rdata:
-                expire_at = _expire_value(rdata["expire_at"])
+                expire_at = rdata["expire_at"]
+                if expire_at is not None and expire_at.__class__ is not float:
+                    expire_at = _expire_value(expire_at)
             else:
                 if token_type not in default_expire:
                     default_expire[token_type] = self.default_expire_at(token_type)
@@ -332,7 +342,12 @@ class AuthStore:
                 version,
                 expire_at,
             )
-            user.add_token(token)
+            # User.add_token, inlined for the common case: a user with a few tokens.
+            held = user._tokens
+            if held.__class__ is tuple and len(held) < small:
+                user._tokens = (*held, token)
+            else:
+                user.add_token(token)
             by_id[token_id] = token
             by_secret[token_hash] = token
 

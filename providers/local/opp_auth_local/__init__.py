@@ -129,30 +129,35 @@ class Data:
         if data is None or not isinstance(data, dict):
             data = {"users": []}
         users = [u for u in data.get("users", []) if isinstance(u, dict) and "username" in u]
-        seen: dict[str, str] = {}
+        # One pass (100,000 logins at start-up for a large installation): the index by folded
+        # name, the first name folding onto an earlier one, the first with spaces around it.
+        by_folded: dict[str, dict[str, str]] = {}
+        duplicate: str | None = None
+        spaced: str | None = None
         for user in users:
             username = user["username"]
             folded = username.casefold()
-            if folded in seen:
-                self.is_legacy = True
-                _LOGGER.warning(
-                    "Open Peer Power auth provider is running in legacy mode because we detected "
-                    "usernames that are case-insensitive equivalent. Please change the username: '%s'.",
-                    username,
-                )
-                break
-            seen[folded] = username
-        for user in users:
-            if user["username"] != user["username"].strip():
-                self.is_legacy = True
-                _LOGGER.warning(
-                    "Open Peer Power auth provider is running in legacy mode because we detected "
-                    "usernames that start or end in a space. Please change the username: '%s'.",
-                    user["username"],
-                )
-                break
+            if folded in by_folded and duplicate is None:
+                duplicate = username
+            by_folded[folded] = user
+            if spaced is None and username != username.strip():
+                spaced = username
+        if duplicate is not None:
+            _LOGGER.warning(
+                "Open Peer Power auth provider is running in legacy mode because we detected "
+                "usernames that are case-insensitive equivalent. Please change the username: '%s'.",
+                duplicate,
+            )
+        if spaced is not None:
+            _LOGGER.warning(
+                "Open Peer Power auth provider is running in legacy mode because we detected "
+                "usernames that start or end in a space. Please change the username: '%s'.",
+                spaced,
+            )
+        self.is_legacy = duplicate is not None or spaced is not None
         self._users = users
-        self._by_name = {self.normalize_username(u["username"]): u for u in users}
+        # Not legacy: no name has spaces around it, so a normalised name is its folded one.
+        self._by_name = {u["username"]: u for u in users} if self.is_legacy else by_folded
 
     @property
     def users(self) -> list[dict[str, str]]:
