@@ -535,7 +535,9 @@ class Store:
             if self._compaction is not None:
                 await asyncio.gather(self._compaction, return_exceptions=True)
             await self.async_commit()
-            if self.journal.size and self.snapshot_func is not None:
+            # A journal holding only the torn bytes of a crashed write has no size but is still a
+            # file: the compaction removes it too.
+            if (self.journal.size or self.journal.torn_bytes) and self.snapshot_func is not None:
                 await self.async_compact()
             return
         if self._data_func is not None:

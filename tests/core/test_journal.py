@@ -234,6 +234,25 @@ async def test_a_torn_last_write_is_ignored_and_cut_before_the_next_append(confi
     assert parse_journal(path.read_bytes())[1] == path.stat().st_size, "the torn bytes were cut, not built on"
 
 
+async def test_a_journal_of_only_torn_bytes_is_gone_after_a_shutdown(config_dir: Path) -> None:
+    """A crash in the first write after a compaction leaves a journal with no whole record; the
+    next clean stop still leaves a whole file and no journal (the SIGKILL test met this case)."""
+    store = await open_store(config_dir)
+    new_user(store, "alice")
+    await store.async_save()
+    await store.async_flush()
+    assert not journal_file(config_dir).exists()
+    new_token(store, store.users()[-1])
+    await store.async_save()
+    path = journal_file(config_dir)
+    path.write_bytes(path.read_bytes()[:25])
+    again = await open_store(config_dir)
+    assert state(again) == state(await open_store(config_dir))
+    await again.async_flush()
+    assert not path.exists()
+    assert state(await open_store(config_dir)) == state(again)
+
+
 async def test_every_byte_of_an_append_loads_the_state_before_or_after_it(config_dir: Path) -> None:
     store = await open_store(config_dir)
     users = [new_user(store, f"user{i}") for i in range(3)]
