@@ -48,6 +48,11 @@ handed the validated ``storage:`` block. What it implements (docs/plugins.md,
 ``shares_config_dir``
     True when several servers may use one configuration directory at once (the
     directory lock is then not taken).
+``ephemeral_state()``
+    Where flows in progress, authorization codes, failure counters and bans
+    live (:mod:`opp_auth.ephemeral`): this process's memory by default, a shared
+    :class:`StorageBackend.EphemeralState` subclass for a backend several
+    servers share.
 ``async_export()`` / ``async_import()``
     What ``opp-auth storage copy`` moves: ``{"auth": data, "documents": {key:
     (version, data)}}``.
@@ -61,6 +66,7 @@ from typing import Any, ClassVar, Protocol
 
 import voluptuous as vol
 
+from .ephemeral import EphemeralState as MemoryState
 from .storage import STORAGE_DIR, StorageError, Store, iter_store_keys, read_envelope
 
 JSON_TYPE = "json"
@@ -140,6 +146,8 @@ class StorageBackend:
     shares_config_dir: ClassVar[bool] = False
     Error: ClassVar[type[StorageError]] = StorageError
     """What a backend raises when a change cannot be stored or data cannot be read (answered 503)."""
+    EphemeralState: ClassVar[type[MemoryState]] = MemoryState
+    """The base of a shared ephemeral state (opp_auth.ephemeral); the default keeps it in memory."""
 
     def __init__(self, config: dict[str, Any], config_dir: str) -> None:
         """Keep the validated ``storage:`` block; nothing is opened before async_open."""
@@ -176,6 +184,10 @@ class StorageBackend:
     ) -> DocumentStore:
         """A plugin's document ``key`` at ``version`` (migrate(old_version, data) upgrades older ones)."""
         raise NotImplementedError
+
+    def ephemeral_state(self) -> MemoryState:
+        """Where flows in progress, codes, failure counters and bans live (default: this process's memory)."""
+        return MemoryState()
 
     def subscribe(self, callback: Callable[[list[dict[str, Any]]], None]) -> None:
         """Have callback(records) called with the auth change records other servers commit."""

@@ -473,19 +473,48 @@ def _server_running(config_dir: Path) -> bool:
     return False
 
 
-def cmd_lockouts_list(args: argparse.Namespace) -> int:
-    """Ask the running server for its lockouts (over the control socket); without one, say why there are none."""
-    from . import control
+def _shared_lockouts(config_dir: Path, pm: Any, *, clear: bool = False) -> list[dict[str, Any]] | None:
+    """The lockouts of every server sharing the configured storage (cleared first when clear); None: not shared.
 
-    config_dir = _config_dir(args)
-    if not _server_running(config_dir):
-        print(NO_LOCKOUTS.format(dir=config_dir))
-        return 0
+    Each server applies the failure events all of them publish (opp_auth.throttle), so replaying
+    those of the last reset_after_seconds here gives what every server holds; a clear is published
+    like a server's, and every server applies it.
+    """
+    from .throttle import TOPIC, LoginThrottle
+
+    if not config_dir.is_dir():
+        raise CliError(f"{config_dir} does not exist")
     try:
-        lockouts = asyncio.run(control.async_ask(config_dir, "lockouts"))
-    except (OSError, ValueError) as err:
-        socket = control.socket_path(config_dir)
-        raise CliError(UNREACHABLE_SERVER_LOCKOUTS.format(dir=config_dir, socket=socket, error=err)) from None
+        config = load_config(config_dir, pm)
+    except (ConfigError, PluginError, OSError):
+        return None
+    backend = config.storage_class(config.storage, str(config_dir))
+    state = backend.ephemeral_state()
+    if not state.shared:
+        return None
+    throttle = LoginThrottle.from_http_config(config.http)
+    throttle.share(state)
+
+    async def run() -> list[dict[str, Any]]:
+        """Replay, maybe clear, list."""
+        await backend.async_open()
+        try:
+            await state.async_replay(TOPIC, throttle.reset_after)
+            if clear:
+                await state.async_publish(TOPIC, {"op": "clear", "ip": None, "username": None})
+                throttle.apply_shared({"op": "clear", "ip": None, "username": None})
+            return throttle.lockouts()
+        finally:
+            await backend.async_close()
+
+    try:
+        return asyncio.run(run())
+    except StorageError as err:
+        raise CliError(str(err)) from None
+
+
+def _print_lockouts(lockouts: list[dict[str, Any]]) -> None:
+    """One line per lockout, then the total."""
     for item in lockouts:
         who = " ".join(
             part
@@ -499,12 +528,42 @@ def cmd_lockouts_list(args: argparse.Namespace) -> int:
     if lockouts:
         print()
     print(f"Total lockouts: {len(lockouts)}")
+
+
+def cmd_lockouts_list(args: argparse.Namespace) -> int:
+    """Ask the running server for its lockouts (over the control socket); without one, say why there are none.
+
+    With a shared storage (several servers), the lockouts of every server, read from the storage.
+    """
+    from . import control
+
+    config_dir = _config_dir(args)
+    shared = _shared_lockouts(config_dir, args.pm)
+    if shared is not None:
+        _print_lockouts(shared)
+        return 0
+    if not _server_running(config_dir):
+        print(NO_LOCKOUTS.format(dir=config_dir))
+        return 0
+    try:
+        lockouts = asyncio.run(control.async_ask(config_dir, "lockouts"))
+    except (OSError, ValueError) as err:
+        socket = control.socket_path(config_dir)
+        raise CliError(UNREACHABLE_SERVER_LOCKOUTS.format(dir=config_dir, socket=socket, error=err)) from None
+    _print_lockouts(lockouts)
     return 0
 
 
 def cmd_lockouts_clear(args: argparse.Namespace) -> int:
-    """Without a running server there is nothing to clear; with one, where to go."""
+    """Without a running server there is nothing to clear; with one, where to go.
+
+    With a shared storage (several servers), every server's lockouts are cleared.
+    """
     config_dir = _config_dir(args)
+    shared = _shared_lockouts(config_dir, args.pm, clear=True)
+    if shared is not None:
+        print("Cleared the login lockouts of every server using this storage")
+        return 0
     with _holding_lock(config_dir, "lockouts", RUNNING_SERVER_LOCKOUTS):
         print(NO_LOCKOUTS.format(dir=config_dir))
     return 0

@@ -10,16 +10,24 @@ and as many for addresses that logged in before or sit in a trusted network,
 ``MAX_CODES_PER_ADDRESS`` per address and ``MAX_CODES_PER_PREFIX`` per IPv4 /24
 or IPv6 /64. Past its share an address, prefix or full pool loses its own
 oldest code, never the code of an address that holds less.
+
+With a shared ephemeral state (several servers on one database) each code is
+also a row there (:meth:`AuthorizationCodes.async_issue`), and redeeming takes
+that row in one atomic step (:meth:`AuthorizationCodes.async_redeem`), so a
+code is exchanged at most once whichever servers receive it, at whatever
+instant. The local entries still bound what one server issues.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from .ephemeral import EphemeralState
 from .models import Credentials
 from .shares import AddressShares, KnownAddresses
 
@@ -50,13 +58,22 @@ class AuthorizationCodes:
         max_per_prefix: int = MAX_CODES_PER_PREFIX,
         known: KnownAddresses | None = None,
         trusted: Callable[[str], bool] | None = None,
+        state: EphemeralState | None = None,
+        resolve: Callable[[dict[str, Any]], Credentials | None] | None = None,
     ) -> None:
-        """Codes live ttl seconds; at most max_codes at once in each pool."""
+        """Codes live ttl seconds; at most max_codes at once in each pool.
+
+        state: where codes are shared with other servers (default: nowhere); resolve: the
+        Credentials of a shared code's stored value (see credentials_value).
+        """
         self.ttl = ttl
+        self.state = state if state is not None else EphemeralState()
+        self._resolve = resolve
         self.shares = AddressShares(
             max_codes, max_per_address, max_per_prefix, known=known, trusted=trusted, displace_own=True
         )
         self._codes: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._local_only: set[str] = set()  # shared state: codes kept on this server only
 
     @property
     def max_codes(self) -> int:
@@ -85,6 +102,51 @@ class AuthorizationCodes:
         self._codes[key] = _Entry(time.monotonic(), purpose, credentials)
         return code
 
+    async def async_issue(
+        self, client_id: str, credentials: Credentials, purpose: str, *, ip_address: str | None = None
+    ) -> str:
+        """issue, and with a shared state the code's row (StorageError when it cannot be stored)."""
+        before = set(self._codes) if self.state.shared else None
+        code = self.issue(client_id, credentials, purpose, ip_address=ip_address)
+        if before is not None:
+            displaced = [old[1] for old in before - set(self._codes)]
+            await self.state.async_drop_codes(displaced)
+            stored = credentials_value(credentials)
+            if stored is None:
+                # What the login learnt for a new user (an LDAP identity object) is no JSON: this
+                # code is redeemable on this server only.
+                self._local_only.add(code)
+                return code
+            value = {"purpose": purpose, "credentials": stored}
+            try:
+                await self.state.async_put_code(code, client_id, value, self.ttl)
+            except BaseException:
+                self._codes.pop((client_id, code), None)
+                self.shares.release((client_id, code))
+                raise
+        return code
+
+    async def async_redeem(self, client_id: object, code: object, purpose: str) -> Credentials | None:
+        """redeem; with a shared state the code's row is taken (one atomic delete), wherever it was issued."""
+        if not self.state.shared:
+            return self.redeem(client_id, code, purpose)
+        if not isinstance(client_id, str) or not isinstance(code, str):
+            return None
+        if code in self._local_only:
+            self._local_only.discard(code)
+            return self.redeem(client_id, code, purpose)
+        local = self._codes.pop((client_id, code), None)
+        self.shares.release((client_id, code))
+        value = await self.state.async_take_code(code, client_id)
+        if value is None or value.get("purpose") != purpose:
+            return None
+        if local is not None:
+            return local.credentials
+        stored = value.get("credentials")
+        if not isinstance(stored, dict) or self._resolve is None:
+            return None
+        return self._resolve(stored)
+
     def redeem(self, client_id: object, code: object, purpose: str) -> Credentials | None:
         """The credentials of a live code issued to client_id for purpose, once; else None."""
         if not isinstance(client_id, str) or not isinstance(code, str):
@@ -102,7 +164,28 @@ class AuthorizationCodes:
             entry = next(iter(self._codes.values()))
             if now - entry.created <= self.ttl:
                 break
-            self.shares.release(self._codes.popitem(last=False)[0])
+            key = self._codes.popitem(last=False)[0]
+            self.shares.release(key)
+            self._local_only.discard(key[1])
+
+
+def credentials_value(credentials: Credentials) -> dict[str, Any] | None:
+    """What a shared code keeps of its credentials (JSON; the provider's login data, never a password).
+
+    None when they cannot be written as JSON (new credentials whose meta is an object).
+    """
+    try:
+        json.dumps([credentials.data, credentials.meta], allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return {
+        "id": credentials.id,
+        "auth_provider_type": credentials.auth_provider_type,
+        "auth_provider_id": credentials.auth_provider_id,
+        "data": credentials.data,
+        "is_new": credentials.is_new,
+        "meta": credentials.meta,
+    }
 
 
 __all__ = [
@@ -114,4 +197,5 @@ __all__ = [
     "MAX_CODES_PER_PREFIX",
     "PURPOSES",
     "AuthorizationCodes",
+    "credentials_value",
 ]

@@ -23,15 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import time
 import unicodedata
+import uuid
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import voluptuous as vol
 
 from .codes import AUTHORIZE, LINK_USER, PURPOSES, AuthorizationCodes
+from .ephemeral import EphemeralState
 from .events import LOGIN_SUCCEEDED
 from .events import login_name as _login_name
 from .flow import (
@@ -85,6 +88,29 @@ FAILURE_REASONS = frozenset({"invalid_auth", "invalid_code"})
 REFUSAL_REASONS = frozenset({"cannot_connect", "invalid_username"})
 # Set on a finished step's result by async_finish_flow (the module passed, if any); _outcome takes it off.
 MFA_MODULE_KEY = "_mfa_module"
+# Shared flows: how long one step may hold a flow (a server that dies mid-step frees it then), and
+# the attributes of a LoginFlow that dump_state covers (a flow with others stays on its server).
+STEP_LEASE = 10.0
+_FLOW_ATTRS = frozenset(
+    {
+        "_auth_provider",
+        "_auth_module_id",
+        "_auth_manager",
+        "available_mfa_modules",
+        "invalid_mfa_times",
+        "user",
+        "credential",
+        "_mfa_passed",
+        "flow_id",
+        "handler",
+        "context",
+        "cur_step",
+        "created",
+        "deadline",
+    }
+)
+_STEP_KEYS = ("type", "step_id", "errors", "description_placeholders", "last_step")
+FLOWS_TOPIC = "login_flows"
 
 
 class InvalidClient(FlowError):
@@ -158,10 +184,57 @@ class LoginFlow(FlowHandler, Generic[_P]):
         # (user id, module id) of the MFA module this flow passed; only async_step_mfa sets it.
         self._mfa_passed: tuple[str, str] | None = None
 
+    SHARED_STATE: ClassVar[bool] = False
+    """True when :meth:`dump_state` holds everything a step of this flow needs, so with a shared
+    ephemeral state (several servers) its next step may run on another server. A flow that keeps
+    other attributes of its own must extend dump_state, load_state and step_schema; otherwise it
+    stays on the server that started it."""
+
     @property
     def provider(self) -> _P:
         """The provider this login is with; ``class MyFlow(LoginFlow[MyProvider])`` types it as yours."""
         return self._auth_provider
+
+    def dump_state(self) -> dict[str, Any]:
+        """The flow's own state as JSON: the MFA progress and whose login it is (never a password)."""
+        from .codes import credentials_value
+
+        return {
+            "mfa_module": self._auth_module_id,
+            "mfa_modules": dict(self.available_mfa_modules),
+            "invalid_mfa_times": self.invalid_mfa_times,
+            "user_id": self.user.id if self.user is not None else None,
+            "credentials": credentials_value(self.credential) if self.credential is not None else None,
+            "mfa_passed": list(self._mfa_passed) if self._mfa_passed is not None else None,
+        }
+
+    def load_state(self, state: dict[str, Any], credentials: Credentials | None, user: User | None) -> None:
+        """Restore what dump_state gave (credentials and user: those it names, looked up again)."""
+        module = state.get("mfa_module")
+        self._auth_module_id = module if isinstance(module, str) else None
+        modules = state.get("mfa_modules")
+        self.available_mfa_modules = {str(k): str(v) for k, v in modules.items()} if isinstance(modules, dict) else {}
+        times = state.get("invalid_mfa_times")
+        self.invalid_mfa_times = times if isinstance(times, int) and not isinstance(times, bool) else 0
+        self.user = user
+        self.credential = credentials
+        passed = state.get("mfa_passed")
+        self._mfa_passed = (
+            (passed[0], passed[1])
+            if isinstance(passed, list) and len(passed) == 2 and all(isinstance(p, str) for p in passed)
+            else None
+        )
+
+    def step_schema(self, step_id: str) -> vol.Schema | None:
+        """The input schema of step_id's form, rebuilt on another server (KeyError: a step it cannot rebuild)."""
+        if step_id == "select_mfa_module":
+            return vol.Schema({vol.Required("multi_factor_auth_module"): vol.In(self.available_mfa_modules)})
+        if step_id == "mfa":
+            module = self._auth_manager.get_auth_mfa_module(self._auth_module_id or "")
+            if module is None:
+                raise KeyError(step_id)
+            return module.input_schema
+        raise KeyError(step_id)
 
     def mfa_passed(self, user: User, modules: dict[str, str]) -> bool:
         """Whether this flow passed one of the modules for this user."""
@@ -250,6 +323,14 @@ class UsernamePasswordLoginFlow(LoginFlow[_P]):
     Another form needs its own ``LoginFlow``.
     """
 
+    SHARED_STATE = True
+
+    def step_schema(self, step_id: str) -> vol.Schema | None:
+        """The username/password form, or an MFA step's."""
+        if step_id == "init":
+            return USERNAME_PASSWORD_SCHEMA
+        return super().step_schema(step_id)
+
     async def async_step_init(self, user_input: dict[str, str] | None = None) -> FlowResult:
         """Show the username/password form; check what was submitted."""
         errors: dict[str, str] = {}
@@ -297,8 +378,12 @@ class LoginFlowManager(FlowManager):
         max_per_prefix: int = MAX_FLOWS_PER_PREFIX,
         known: KnownAddresses | None = None,
         trusted: Callable[[str], bool] | None = None,
+        state: EphemeralState | None = None,
     ) -> None:
         """Flows for registry's providers, shared out by the address in each flow's context.
+
+        state: with a shared ephemeral state (several servers), flows whose class says so
+        (``LoginFlow.SHARED_STATE``) and codes live there, so each step may reach any server.
 
         The engine owns what a login decides: throttling and failure reports (events), the MFA
         decision (users' enrolments under the mfa_required policy) and the authorization codes
@@ -311,7 +396,18 @@ class LoginFlowManager(FlowManager):
         self._events = events
         self._known = known if known is not None else KnownAddresses()
         self.mfa_required = mfa_required
-        self.codes = AuthorizationCodes(known=self._known, trusted=trusted)
+        self.state = state if state is not None else EphemeralState()
+        # Shared state: flows started here that live there hold their place here until they end
+        # (anywhere: the server that ends one publishes it) or expire; flow id -> deadline.
+        self._shared_places: dict[str, float] = {}
+        self._displaced: list[str] = []
+        self._borrowed: dict[str, Any] = {}  # shared flows rebuilt here for one step -> the server that started it
+        self._server_id = uuid.uuid4().hex
+        if self.state.shared:
+            self.state.subscribe(FLOWS_TOPIC, self._apply_shared)
+        self.codes = AuthorizationCodes(
+            known=self._known, trusted=trusted, state=self.state, resolve=self._credentials_from
+        )
         # Steps of one account (or, without a username, one address) run one at a time, each after the
         # previous one's failure was counted: a burst of simultaneous guesses cannot pass the throttle together.
         self._attempts: dict[tuple[str, Any], list[Any]] = {}
@@ -351,7 +447,8 @@ class LoginFlowManager(FlowManager):
         except Full as err:
             raise TooManyFlows(f"no place for a login flow from {ip_address}: {err}") from None
         for old in displaced:
-            self._forget(str(old))
+            if self._forget(str(old)) is None and self.state.shared:
+                self._displaced.append(str(old))  # a shared flow: its row goes too (_async_share_new)
 
     def _holds_place(self, flow_id: str) -> bool:
         """Whether the flow was not displaced while its handler was built."""
@@ -364,7 +461,22 @@ class LoginFlowManager(FlowManager):
     def _forget(self, flow_id: str) -> FlowHandler | None:
         """Remove the flow and free its place."""
         self.shares.release(flow_id)
+        self._shared_places.pop(flow_id, None)
         return super()._forget(flow_id)
+
+    def _purge_expired(self) -> None:
+        """Drop expired flows, and the places of expired flows this server started in the shared state."""
+        super()._purge_expired()
+        now = time.monotonic()
+        while self._shared_places:
+            flow_id, deadline = next(iter(self._shared_places.items()))
+            if deadline > now:
+                break
+            self._forget(flow_id)
+
+    def count_in_progress(self) -> int:
+        """Flows in progress here, and those this server started in the shared state."""
+        return super().count_in_progress() + len(self._shared_places)
 
     async def async_create_flow(self, handler_key: Any, *, context: dict[str, Any], data: Any) -> FlowHandler:
         """Ask the provider for a new login flow."""
@@ -489,8 +601,10 @@ class LoginFlowManager(FlowManager):
         flow = self._flows.get(result.get("flow_id"))  # type: ignore[arg-type]
         if flow is not None:
             flow.context.pop("headers", None)
+            if self.state.shared:
+                await self._async_share_new(flow)
         step_seconds = round(time.monotonic() - started, 6)
-        return self._outcome(
+        return await self._async_outcome(
             result,
             ip_address=ip_address,
             client_id=client_id,
@@ -511,6 +625,23 @@ class LoginFlowManager(FlowManager):
         if not client_ok:
             self._failed(ip_address, "invalid_client")
             raise InvalidClient(client_id)
+        if not self.state.shared:
+            return await self._async_login_step(flow_id, user_input, ip_address=ip_address, client_id=client_id)
+        # Every failure another server counted before now is counted here too.
+        await self.state.async_barrier()
+        if isinstance(flow_id, str) and flow_id in self._flows and flow_id not in self._borrowed:  # stays here
+            return await self._async_login_step(flow_id, user_input, ip_address=ip_address, client_id=client_id)
+        borrowed = await self._async_borrow(flow_id)
+        try:
+            return await self._async_login_step(flow_id, user_input, ip_address=ip_address, client_id=client_id)
+        finally:
+            if borrowed is not None:
+                await self._async_give_back(flow_id, borrowed)
+
+    async def _async_login_step(
+        self, flow_id: str, user_input: dict[str, Any], *, ip_address: str | None, client_id: str
+    ) -> FlowResult:
+        """A step of a flow this server holds (see async_login_step)."""
         try:
             flow = self.async_get(flow_id)
         except UnknownFlow:
@@ -550,7 +681,7 @@ class LoginFlowManager(FlowManager):
             reports: list[asyncio.Future[Any]] = []
             # Past the provider step the flow knows whose second factor failed.
             known = getattr(flow, "user", None)
-            outcome = self._outcome(
+            outcome = await self._async_outcome(
                 result,
                 ip_address=ip_address,
                 client_id=client_id,
@@ -580,7 +711,7 @@ class LoginFlowManager(FlowManager):
             if entry[1] == 0:
                 del self._attempts[key]
 
-    def _outcome(
+    async def _async_outcome(
         self,
         result: FlowResult,
         *,
@@ -646,7 +777,7 @@ class LoginFlowManager(FlowManager):
                 **({} if step_seconds is None else {"step_seconds": step_seconds}),
             },
         )
-        result["result"] = self.codes.issue(client_id, credentials, purpose, ip_address=ip_address)
+        result["result"] = await self.codes.async_issue(client_id, credentials, purpose, ip_address=ip_address)
         return result
 
     async def async_code_for_credentials(
@@ -673,4 +804,144 @@ class LoginFlowManager(FlowManager):
             )
             if not same_session:
                 raise MfaRequired(user.id)
-        return self.codes.issue(client_id, credentials, AUTHORIZE, ip_address=ip_address)
+        return await self.codes.async_issue(client_id, credentials, AUTHORIZE, ip_address=ip_address)
+
+    # ---- flows and codes shared with other servers (a shared ephemeral state) -------------------
+
+    def _credentials_from(self, stored: dict[str, Any]) -> Credentials | None:
+        """The Credentials a shared flow or code names: the stored ones, or new ones not stored yet."""
+        cred_id = stored.get("id")
+        if not isinstance(cred_id, str):
+            return None
+        existing = self._users.store.get_credentials(cred_id)
+        if existing is not None:
+            return existing
+        ptype, pid, data = stored.get("auth_provider_type"), stored.get("auth_provider_id"), stored.get("data")
+        if (
+            stored.get("is_new") is not True
+            or not isinstance(ptype, str)
+            or not (pid is None or isinstance(pid, str))
+            or not isinstance(data, dict)
+            or self._registry.get_auth_provider(ptype, pid) is None
+        ):
+            return None  # removed meanwhile, or a provider this server lacks
+        credentials = Credentials(auth_provider_type=ptype, auth_provider_id=pid, data=data, id=cred_id, is_new=True)
+        credentials.meta = stored.get("meta")
+        return credentials
+
+    def _flow_state(self, flow: FlowHandler) -> dict[str, Any] | None:
+        """A flow's whole state as JSON for another server; None when it must stay on this one."""
+        if not isinstance(flow, LoginFlow) or not flow.SHARED_STATE or flow.cur_step is None:
+            return None
+        if set(vars(flow)) - _FLOW_ATTRS and type(flow).dump_state is LoginFlow.dump_state:
+            return None  # attributes of its own that dump_state does not hold
+        step = {key: flow.cur_step.get(key) for key in _STEP_KEYS}
+        try:
+            flow.step_schema(str(step["step_id"]))
+            state = {
+                "handler": list(flow.handler),
+                "context": {k: v for k, v in flow.context.items() if k != "headers"},
+                "step": step,
+                "flow": flow.dump_state(),
+            }
+            json.dumps(state, allow_nan=False)
+        except (KeyError, TypeError, ValueError, RecursionError):
+            return None
+        return state
+
+    async def _async_share_new(self, flow: FlowHandler) -> None:
+        """Move a new flow to the shared state; its place (fair shares) stays here until it ends."""
+        displaced, self._displaced = self._displaced, []
+        for old in displaced:
+            await self.state.async_drop_flow(old)
+        state = self._flow_state(flow)
+        if state is None:
+            return  # it stays on this server
+        state["origin"] = self._server_id
+        flow_id = flow.flow_id
+        try:
+            await self.state.async_put_flow(flow_id, state, self.ttl)
+        except BaseException:
+            self._forget(flow_id)
+            raise
+        del self._flows[flow_id]
+        self._step_locks.pop(flow_id, None)
+        self._shared_places[flow_id] = flow.deadline
+
+    def _apply_shared(self, event: dict[str, Any], age: float = 0.0) -> None:
+        """Another server ended a flow: free its place if this server started it."""
+        flow_id = event.get("flow")
+        if event.get("op") == "ended" and event.get("origin") == self._server_id and isinstance(flow_id, str):
+            if flow_id in self._shared_places:
+                self._forget(flow_id)
+
+    async def _async_borrow(self, flow_id: Any) -> LoginFlow[Any] | None:
+        """Claim a shared flow for one step and rebuild it here; None when there is none (or it cannot be)."""
+        if not isinstance(flow_id, str) or not 0 < len(flow_id) <= 64:
+            return None
+        claimed = await self.state.async_claim_flow(flow_id, STEP_LEASE)
+        if claimed is None:
+            return None
+        state, age = claimed
+        try:
+            flow = await self._async_rebuild(flow_id, state, age)
+        except Exception:
+            _LOGGER.exception("A shared login flow could not be rebuilt; it ends")
+            flow = None
+        if flow is None:
+            await self.state.async_drop_flow(flow_id)
+            return None
+        self._flows[flow_id] = flow  # for this step only (its place, if any, is _shared_places')
+        self._borrowed[flow_id] = state.get("origin")
+        return flow
+
+    async def _async_rebuild(self, flow_id: str, state: dict[str, Any], age: float) -> LoginFlow[Any] | None:
+        """A flow object from its shared state (the provider builds it, the state is put back)."""
+        handler, context, step, own = state.get("handler"), state.get("context"), state.get("step"), state.get("flow")
+        if not (
+            isinstance(handler, list)
+            and len(handler) == 2
+            and isinstance(context, dict)
+            and isinstance(step, dict)
+            and isinstance(own, dict)
+        ):
+            return None
+        provider = self._registry.get_auth_provider(handler[0], handler[1])
+        if provider is None:
+            return None
+        flow = await provider.async_login_flow(dict(context))
+        if not isinstance(flow, LoginFlow) or not flow.SHARED_STATE:
+            return None
+        stored = own.get("credentials")
+        credentials = self._credentials_from(stored) if isinstance(stored, dict) else None
+        user_id = own.get("user_id")
+        user = self._users.store.get_user(user_id) if isinstance(user_id, str) else None
+        if (isinstance(user_id, str) and user is None) or (isinstance(stored, dict) and credentials is None):
+            return None  # removed meanwhile
+        flow.load_state(own, credentials, user)
+        flow.flow_id = flow_id
+        flow.handler = handler
+        flow.context = context
+        flow.created = time.monotonic() - max(0.0, age)
+        flow.deadline = flow.created + self.ttl
+        cur: FlowResult = {key: step.get(key) for key in _STEP_KEYS}
+        cur.update(flow_id=flow_id, handler=handler, data_schema=flow.step_schema(str(cur["step_id"])))
+        flow.cur_step = cur
+        return flow
+
+    async def _async_give_back(self, flow_id: str, flow: LoginFlow[Any]) -> None:
+        """After the step: store the flow's new state (the claim ends), or drop it when it ended."""
+        still_open = self._flows.get(flow_id) is flow
+        if still_open:
+            del self._flows[flow_id]
+        self._step_locks.pop(flow_id, None)
+        origin = self._borrowed.pop(flow_id, None)
+        state = self._flow_state(flow) if still_open else None
+        if state is not None:
+            state["origin"] = origin
+            await self.state.async_save_flow(flow_id, state)
+            return
+        self._forget(flow_id)
+        await self.state.async_drop_flow(flow_id)
+        if origin != self._server_id and isinstance(origin, str):
+            await self.state.async_publish(FLOWS_TOPIC, {"op": "ended", "flow": flow_id, "origin": origin})

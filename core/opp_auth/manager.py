@@ -120,6 +120,8 @@ class AuthManager:
         self.config_dir = str(config_dir)
         # Before the plugins, which ask for their documents.
         self.backend = storage if storage is not None else JsonBackend({"type": JSON_TYPE}, self.config_dir)
+        # Flows in progress, codes, failure counters and bans: this process's memory, or shared (ephemeral.py).
+        self.ephemeral = self.backend.ephemeral_state()
         # Called with what another server's committed changes removed (the websocket tracker closes sessions).
         self.remote_listeners: list[Callable[[RemoteChanges], None]] = []
         self.pm = pm
@@ -159,6 +161,7 @@ class AuthManager:
             max_flows=max_login_flows,
             known=self.known_addresses,
             trusted=trusted,
+            state=self.ephemeral,
         )
         self.mfa_setup_flow = MfaSetupFlowManager(self.registry, self.events)
         self.stats.add_gauge(GAUGE_LOGIN_FLOWS, self.login_flow.count_in_progress)

@@ -43,10 +43,19 @@ nowhere here (the IP ban still counts it).
 
 Usernames are compared stripped and case-folded. Memory is bounded: each map
 holds at most ``max_tracked`` entries, dropping the least recently failed.
+
+Several servers (a shared ephemeral state, :mod:`opp_auth.ephemeral`): each
+failure's counter changes, each success that clears something or trusts a new
+address, and each clear are published on topic ``login_failures`` and applied by
+every server, so a guesser who spreads attempts over all servers is counted as
+by one; the login engine's barrier makes a step wait for them. A server that
+starts replays the topic's events of the last ``reset_after_seconds``, and so
+does ``opp-auth lockouts list`` to show the lockouts of every server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -54,6 +63,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .ephemeral import EphemeralState
 from .events import LOCKOUT_CLEARED
 from .network import address_and_prefix, in_networks, parse_networks
 from .plugins import hookimpl
@@ -71,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "reset_after_seconds": 3600,
 }
 MAX_TRACKED = 10000
+TOPIC = "login_failures"
 KNOWN_ADDRESSES_PER_USER = 16
 # Failures that are not a guess at a password, code or token.
 IGNORED_REASONS = frozenset({"unauthorized"})
@@ -169,6 +180,40 @@ class LoginThrottle:
         self.emit: Callable[..., Any] = lambda *args, **kwargs: None
         self._known: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
         self._known_refs: dict[str, int] = {}  # address -> how many accounts logged in from it
+        self.reset_after = float(reset_after_seconds)
+        self.state = EphemeralState()
+
+    def share(self, state: EphemeralState) -> None:
+        """Count together with the other servers of a shared state (see the module docstring)."""
+        self.state = state
+        if state.shared:
+            state.subscribe(TOPIC, self.apply_shared)
+
+    def apply_shared(self, event: dict[str, Any], age: float = 0.0) -> None:
+        """An event another server published (age: seconds since)."""
+        op = event.get("op")
+        if op == "fail":
+            now = self.clock() - max(0.0, age)
+            for item in event.get("keys") or ():
+                if isinstance(item, list) and len(item) == 2 and item[0] in self.maps:
+                    kind, key = item
+                    if kind == KIND_PAIR:
+                        if not (isinstance(key, list) and len(key) == 2):
+                            continue
+                        key = (key[0], key[1])
+                    elif not isinstance(key, str):
+                        continue
+                    self.maps[kind].add(key, now)
+        elif op == "success":
+            usernames = event.get("usernames")
+            if isinstance(usernames, list):
+                self.record_success(event.get("ip"), [u for u in usernames if isinstance(u, str)])
+        elif op == "clear":
+            self._clear(event.get("ip"), event.get("username"))
+
+    def _publish(self, event: dict[str, Any]) -> Any:
+        """Publish to the other servers (an awaitable for the hook caller), or None without a shared state."""
+        return self.state.async_publish(TOPIC, event) if self.state.shared else None
 
     @classmethod
     def from_http_config(cls, http_config: dict[str, Any], **kwargs: Any) -> LoginThrottle:
@@ -222,33 +267,41 @@ class LoginThrottle:
 
     # ---- events -----------------------------------------------------------------------------
 
-    def record_failure(self, ip: str | None, username: Any, reason: str = "invalid_auth") -> None:
-        """Count a failed attempt."""
+    def record_failure(self, ip: str | None, username: Any, reason: str = "invalid_auth") -> list[list[Any]]:
+        """Count a failed attempt; the counters it counted in, as [kind, key] (JSON)."""
         if not self.enabled or reason in IGNORED_REASONS:
-            return
+            return []
         now = self.clock()
         user = normalize_username(username)
+        counted: list[list[Any]] = []
         if ip is not None and not self.is_allowlisted(ip):
             self.maps[KIND_ADDRESS].add(ip, now)
+            counted.append([KIND_ADDRESS, ip])
             prefix = _prefix(ip)
             if prefix is not None:
                 self.maps[KIND_PREFIX].add(prefix, now)
+                counted.append([KIND_PREFIX, prefix])
         if user is not None:
             self.maps[KIND_PAIR].add((ip, user), now)
+            counted.append([KIND_PAIR, [ip, user]])
             if not self.is_trusted(ip, user):
                 self.maps[KIND_USER].add(user, now)
+                counted.append([KIND_USER, user])
+        return counted
 
-    def record_success(self, ip: str | None, usernames: Iterable[Any]) -> None:
-        """A login succeeded from ip for an account with these usernames."""
+    def record_success(self, ip: str | None, usernames: Iterable[Any]) -> bool:
+        """A login succeeded from ip for an account with these usernames; whether anything changed but order."""
         if ip is None:
-            return
+            return False
+        changed = False
         for name in {normalize_username(u) for u in usernames} - {None}:
             assert name is not None
-            self.maps[KIND_PAIR].items.pop((ip, name), None)
+            changed |= self.maps[KIND_PAIR].items.pop((ip, name), None) is not None
             known = self._known.pop(name, None) or OrderedDict()
             if ip in known:
                 known.move_to_end(ip)
             else:
+                changed = True
                 known[ip] = None
                 self._known_refs[ip] = self._known_refs.get(ip, 0) + 1
             while len(known) > KNOWN_ADDRESSES_PER_USER:
@@ -257,6 +310,7 @@ class LoginThrottle:
             while len(self._known) > self.max_tracked:
                 for old in self._known.popitem(last=False)[1]:
                     self._unref(old)
+        return changed
 
     def _unref(self, ip: str) -> None:
         """One account fewer remembers ip."""
@@ -289,7 +343,19 @@ class LoginThrottle:
         return found
 
     def clear(self, ip: str | None = None, username: Any = None) -> int:
-        """Forget counters matching the filters (both None: all); returns how many."""
+        """Forget counters matching the filters (both None: all), on every server sharing them; how many here."""
+        cleared = self._clear(ip, username)
+        self.emit(LOCKOUT_CLEARED, details={"ip_address": ip, "username": username, "cleared": cleared})
+        if self.state.shared:
+            task = asyncio.ensure_future(
+                self.state.async_publish(TOPIC, {"op": "clear", "ip": ip, "username": username})
+            )
+            task.add_done_callback(_log_publish_failure)
+        return cleared
+
+    def _clear(self, ip: Any, username: Any) -> int:
+        """Forget counters matching the filters; how many."""
+        ip = ip if isinstance(ip, str) else None
         user = normalize_username(username)
         cleared = 0
         for kind, counters in self.maps.items():
@@ -305,27 +371,35 @@ class LoginThrottle:
                 if match:
                     del counters.items[key]
                     cleared += 1
-        self.emit(LOCKOUT_CLEARED, details={"ip_address": ip, "username": username, "cleared": cleared})
         return cleared
 
     # ---- hooks ------------------------------------------------------------------------------
 
     @hookimpl
-    def opp_auth_login_failed(
-        self, auth: Any, remote_ip: str | None, provider: Any, username: Any, reason: str
-    ) -> None:
-        """Count the failure."""
-        self.record_failure(remote_ip, username, reason)
+    def opp_auth_login_failed(self, auth: Any, remote_ip: str | None, provider: Any, username: Any, reason: str) -> Any:
+        """Count the failure (and, with a shared state, have every server count it: awaited before the answer)."""
+        counted = self.record_failure(remote_ip, username, reason)
+        # The IP ban counts every failure, so each one is published (with no counter when the throttle skipped it).
+        return self._publish({"op": "fail", "ip": remote_ip, "keys": counted})
 
     @hookimpl
-    def opp_auth_login_succeeded(self, auth: Any, remote_ip: str | None, user: Any, credential: Any) -> None:
-        """Clear the address and pairs; trust the address for the account from now on."""
+    def opp_auth_login_succeeded(self, auth: Any, remote_ip: str | None, user: Any, credential: Any) -> Any:
+        """Clear the address and pairs; trust the address for the account from now on (on every server)."""
         creds = list(getattr(user, "credentials", None) or [])
         if credential is not None:
             creds.append(credential)
-        self.record_success(remote_ip, [(getattr(c, "data", None) or {}).get("username") for c in creds])
+        usernames = [(getattr(c, "data", None) or {}).get("username") for c in creds]
+        if self.record_success(remote_ip, usernames):
+            return self._publish({"op": "success", "ip": remote_ip, "usernames": [u for u in usernames if u]})
+        return None
 
     @hookimpl
     def opp_auth_login_retry_after(self, auth: Any, remote_ip: str | None, username: Any) -> float:
         """Seconds to wait before this attempt."""
         return self.retry_after(remote_ip, username)
+
+
+def _log_publish_failure(task: asyncio.Future[Any]) -> None:
+    """A clear that could not reach the other servers is logged (they keep their counters)."""
+    if not task.cancelled() and task.exception() is not None:
+        _LOGGER.error("Clearing lockouts on the other servers failed: %s", task.exception())

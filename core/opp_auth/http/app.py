@@ -11,8 +11,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..manager import AuthManager
 from ..throttle import PLUGIN_NAME as THROTTLE_PLUGIN_NAME
+from ..throttle import TOPIC as THROTTLE_TOPIC
 from ..throttle import LoginThrottle
 from . import auth_views, onboarding, openapi, pages
+from .ban import TOPIC as BAN_TOPIC
 from .ban import BanManager
 from .ban_commands import BAN_PLUGIN_NAME
 from .middleware import build_pipeline, check_routes
@@ -58,6 +60,9 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
     )
     throttle = LoginThrottle.from_http_config(http_config)
     ban.emit = throttle.emit = auth.events.emit
+    # With several servers on one storage, counters and bans are every server's (opp_auth.ephemeral).
+    throttle.share(auth.ephemeral)
+    ban.share(auth.ephemeral)
     app = web.Application(client_max_size=MAX_BODY_SIZE)
     logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUEST_FILTER)  # once: filters are a set
     app[AUTH_KEY] = auth
@@ -87,6 +92,9 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
         """Load data and open resources before serving."""
         ban.load()
         await auth.async_setup()
+        # What the other servers counted and banned before this one started (nothing for a memory state).
+        await auth.ephemeral.async_replay(THROTTLE_TOPIC, max(throttle.reset_after, ban.window))
+        await auth.ephemeral.async_replay(BAN_TOPIC, 10 * 365 * 86400.0)
         await onboard.async_load()
         app[CLIENT_SESSION_KEY] = aiohttp.ClientSession()
 

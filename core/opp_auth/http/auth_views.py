@@ -358,7 +358,7 @@ async def _grant_authorization_code(request: web.Request, data: Any) -> web.Resp
     if not isinstance(client_id, str) or not indieauth.verify_client_id(client_id):
         return _oauth_error("invalid_request", "Invalid client id")
     code = data.get("code")
-    credential = auth.login_flow.codes.redeem(client_id, code, AUTHORIZE)
+    credential = await auth.login_flow.codes.async_redeem(client_id, code, AUTHORIZE)
     if credential is None:
         return _oauth_error("invalid_request", "Invalid code")
     try:
@@ -451,7 +451,7 @@ async def link_user_view(request: web.Request) -> web.Response:
         # A session a provider confines to its networks (trusted networks) proved a place, not the person:
         # a way in linked from it would work from anywhere.
         return json_message("A session from a trusted network cannot link another login; log in with it first", 403)
-    credentials = auth.login_flow.codes.redeem(data["client_id"], data["code"], LINK_USER)
+    credentials = await auth.login_flow.codes.async_redeem(data["client_id"], data["code"], LINK_USER)
     if credentials is None:
         return json_message("Invalid code", 400)
     try:

@@ -7,10 +7,20 @@ reverse DNS lookup is made, so nothing delays a response. Addresses on the
 ``ban_allowlist`` networks are never banned (a ban of one in the file is
 ignored). Bans are lifted by ``opp-auth bans remove`` (server stopped) or the
 admin websocket command ``config/auth/bans/remove`` (server running).
+
+Several servers (a shared ephemeral state, :mod:`opp_auth.ephemeral`): every
+server counts the failures all of them publish (the throttle's topic
+``login_failures``); the server whose own failure reaches the threshold bans
+and publishes the ban (topic ``ip_bans``), and a lifted ban is published too, so
+a ban made on one server is refused by all within the change feed's delay (the
+login engine's barrier waits for it). Only the banning server appends to
+``ip_bans.yaml``; a server that starts replays the bans of the change feed's
+retention.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -22,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from ..ephemeral import EphemeralState
 from ..events import ADDRESS_BANNED, ADDRESS_UNBANNED
 from ..network import in_networks, parse_networks
 from ..plugins import hookimpl
@@ -31,6 +42,8 @@ _LOGGER = logging.getLogger(__name__)
 IP_BANS_FILE = "ip_bans.yaml"
 FAILURE_WINDOW = 3600.0
 MAX_TRACKED = 10000
+TOPIC = "ip_bans"
+FAILURES_TOPIC = "login_failures"  # opp_auth.throttle publishes every failure there
 
 
 class BanManager:
@@ -54,6 +67,36 @@ class BanManager:
         # Told of address_banned / address_unbanned (the app sets it to the manager's events.emit).
         self.emit: Callable[..., Any] = _ignore
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self.state = EphemeralState()
+        self._pending: set[asyncio.Future[Any]] = set()
+
+    def share(self, state: EphemeralState) -> None:
+        """Count and ban together with the other servers of a shared state (see the module docstring)."""
+        self.state = state
+        if state.shared:
+            state.subscribe(FAILURES_TOPIC, self._apply_failure)
+            state.subscribe(TOPIC, self.apply_shared)
+
+    def _apply_failure(self, event: dict[str, Any], age: float = 0.0) -> None:
+        """A failure another server counted: counted here too (it bans there, not here)."""
+        ip = event.get("ip")
+        if event.get("op") == "fail" and isinstance(ip, str):
+            self._count(ip, time.monotonic() - max(0.0, age))
+
+    def apply_shared(self, event: dict[str, Any], age: float = 0.0) -> None:
+        """A ban made or lifted on another server."""
+        ip = event.get("ip")
+        if not isinstance(ip, str):
+            return
+        if event.get("op") == "ban":
+            try:
+                at = datetime.fromisoformat(str(event.get("at")))
+            except ValueError:
+                at = datetime.now(UTC)
+            self.banned[ip] = at
+            self._failures.pop(ip, None)
+        elif event.get("op") == "unban":
+            self.banned.pop(ip, None)
 
     def load(self) -> None:
         """Read ip_bans.yaml; a bad entry is skipped with an error, never a crash."""
@@ -104,7 +147,14 @@ class BanManager:
         """Count a failure; returns True when it caused a ban."""
         if ip is None or not self.enabled or self.threshold < 1 or in_networks(ip, self.allowlist):
             return False
-        now = time.monotonic()
+        if self._count(ip, time.monotonic()) < self.threshold:
+            return False
+        self._failures.pop(ip, None)
+        self.add_ban(ip)
+        return True
+
+    def _count(self, ip: str, now: float) -> int:
+        """Count a failure of ip at now; how many within the window."""
         attempts = self._failures.pop(ip, None) or deque()
         attempts.append(now)
         while attempts and now - attempts[0] > self.window:
@@ -112,11 +162,7 @@ class BanManager:
         self._failures[ip] = attempts
         if len(self._failures) > MAX_TRACKED:
             self._failures.popitem(last=False)
-        if len(attempts) < self.threshold:
-            return False
-        self._failures.pop(ip, None)
-        self.add_ban(ip)
-        return True
+        return len(attempts)
 
     def record_success(self, ip: str | None) -> None:
         """A successful login clears the address's count."""
@@ -127,6 +173,7 @@ class BanManager:
         """Ban an address and append it to ip_bans.yaml."""
         now = datetime.now(UTC)
         self.banned[ip] = now
+        self._publish_later({"op": "ban", "ip": ip, "at": now.isoformat()})
         _LOGGER.warning("Banned IP %s for too many login attempts", ip)
         self.emit(ADDRESS_BANNED, details={"ip_address": ip, "threshold": self.threshold})
         try:
@@ -139,6 +186,7 @@ class BanManager:
         """Lift a ban (rewrites the file); False when ip was not banned."""
         if self.banned.pop(ip, None) is None:
             return False
+        self._publish_later({"op": "unban", "ip": ip})
         self.emit(ADDRESS_UNBANNED, details={"ip_address": ip})
         content = {addr: {"banned_at": at.isoformat()} for addr, at in self.banned.items()}
         try:
@@ -147,12 +195,25 @@ class BanManager:
             _LOGGER.error("Unable to save %s: %s", self.path, err)
         return True
 
+    def _publish_later(self, event: dict[str, Any]) -> None:
+        """Tell the other servers (with a shared state); the task is awaited by whoever waits on pending."""
+        if self.state.shared:
+            task = asyncio.ensure_future(self.state.async_publish(TOPIC, event))
+            self._pending.add(task)
+            task.add_done_callback(self._published)
+
+    def _published(self, task: asyncio.Future[Any]) -> None:
+        """A published ban: forget the task, log a failure."""
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _LOGGER.error("Telling the other servers of a ban change failed: %s", task.exception())
+
     @hookimpl
-    def opp_auth_login_failed(
-        self, auth: Any, remote_ip: str | None, provider: Any, username: Any, reason: str
-    ) -> None:
-        """Count the failure against the address."""
-        self.record_failure(remote_ip)
+    def opp_auth_login_failed(self, auth: Any, remote_ip: str | None, provider: Any, username: Any, reason: str) -> Any:
+        """Count the failure against the address (a ban it causes reaches the other servers before the answer)."""
+        if self.record_failure(remote_ip) and self._pending:
+            return asyncio.gather(*self._pending, return_exceptions=True)
+        return None
 
     @hookimpl
     def opp_auth_login_succeeded(self, auth: Any, remote_ip: str | None, user: Any, credential: Any) -> None:

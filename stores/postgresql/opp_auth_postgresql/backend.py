@@ -40,6 +40,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from opp_auth import StorageBackend
 
+from .ephemeral import EVENT_KIND, SharedState
 from .schema import CHANNEL, LOCK_SERVERS, LOCK_WRITE, async_migrate
 
 StorageError = StorageBackend.Error
@@ -150,6 +151,7 @@ class PostgresBackend(StorageBackend):
         self._own_docs: dict[str, int] = {}  # document key -> seq of this server's latest write
         self._auth_log: AuthLog | None = None
         self._documents: dict[str, PgDocument] = {}
+        self._shared: SharedState | None = None
         self._listener: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._last_contact = time.monotonic()
@@ -213,6 +215,8 @@ class PostgresBackend(StorageBackend):
 
     async def async_close(self) -> None:
         """Write what is pending, stop listening, close the pool."""
+        if self._shared is not None:
+            await self._shared.async_stop()
         for document in list(self._documents.values()):
             try:
                 await document.async_flush()
@@ -239,6 +243,8 @@ class PostgresBackend(StorageBackend):
         if self._listener is None and not self._closing:
             self._listener = asyncio.ensure_future(self._listen_loop())
             self._pruner = asyncio.ensure_future(self._prune_loop())
+            if self._shared is not None:
+                self._shared.start()
 
     # ---- the parts the core asks for -------------------------------------------------------
 
@@ -247,6 +253,12 @@ class PostgresBackend(StorageBackend):
         if self._auth_log is None:
             self._auth_log = AuthLog(self)
         return self._auth_log
+
+    def ephemeral_state(self) -> SharedState:
+        """Flows, codes, failure counters and bans shared by every server on the database."""
+        if self._shared is None:
+            self._shared = SharedState(self)
+        return self._shared
 
     def document(
         self,
@@ -416,6 +428,9 @@ class PostgresBackend(StorageBackend):
             kind = str(record.get("t", ""))
             if kind.startswith("doc"):
                 self._apply_document(seq, record)
+            elif kind == EVENT_KIND:
+                if self._shared is not None:
+                    self._shared.apply_record(record)
             elif not any(self._own.get(entry, 0) > seq for entry in _entity(record)):
                 # An entry this server wrote after this change already holds the later state.
                 auth.append(record)

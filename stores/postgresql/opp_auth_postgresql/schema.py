@@ -93,6 +93,23 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TRIGGER opp_auth_audit_append_only BEFORE UPDATE OR DELETE ON opp_auth_audit
             FOR EACH ROW EXECUTE FUNCTION opp_auth_audit_append_only()""",
     ],
+    # 3: ephemeral state several servers share (opp_auth_postgresql.ephemeral): login flows in
+    # progress and authorization codes, keyed by a digest, expiring by the database's clock.
+    [
+        """CREATE TABLE opp_auth_flows (
+            id text PRIMARY KEY,
+            state text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            expires_at timestamptz NOT NULL,
+            lease_until timestamptz)""",
+        "CREATE INDEX opp_auth_flows_expires ON opp_auth_flows (expires_at)",
+        """CREATE TABLE opp_auth_codes (
+            id text PRIMARY KEY,
+            client_id text NOT NULL,
+            value text NOT NULL,
+            expires_at timestamptz NOT NULL)""",
+        "CREATE INDEX opp_auth_codes_expires ON opp_auth_codes (expires_at)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -14,15 +14,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import bcrypt
+import pyotp
 import pytest
 
-from opp_auth.testing import CLIENT_ID, LoginFlowDriver, PostgresServer, async_seed_documents
+from opp_auth.plugins import make_plugin_manager
+from opp_auth.testing import CLIENT_ID, LoginFlowDriver, PostgresServer
 
 OPP_AUTH = shutil.which("opp-auth", path=str(Path(sys.executable).parent)) or shutil.which("opp-auth")
 LOCAL = ["openpeerpower", None]
@@ -82,51 +84,87 @@ class Server:
                 self.proc.wait()
 
 
-@pytest.fixture
-async def cluster(
-    tmp_path: Path, postgresql_server: PostgresServer
-) -> AsyncIterator[tuple[list[Server], aiohttp.ClientSession, str]]:
-    """Two servers on one directory and one fresh database, with one local login; and an HTTP session."""
+HTTP_QUIET = "http:\n  ip_ban_enabled: false\n  login_throttle:\n    enabled: false\n"
+
+
+async def start_cluster(
+    tmp_path: Path,
+    postgresql_server: PostgresServer,
+    *,
+    http: str = HTTP_QUIET,
+    mfa: str = "  auth_mfa_modules: []\n",
+    auth: dict[str, Any] | None = None,
+    documents: dict[str, tuple[int, Any]] | None = None,
+) -> tuple[list[Server], str, Path]:
+    """Two started servers on one directory and one fresh database, with one local login."""
     database = postgresql_server.create_database()
     url = postgresql_server.url(database)
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     (config_dir / "configuration.yaml").write_text(
         "openpeerpower:\n"
-        "  auth_mfa_modules: []\n"
+        f"{mfa}"
         "  storage:\n"
         "    type: postgresql\n"
         f"    url: {url}\n"
         "    staleness_seconds: 2\n"
         "    connect_timeout: 1\n"
-        "http:\n"
-        "  ip_ban_enabled: false\n"
-        "  login_throttle:\n"
-        "    enabled: false\n",
+        f"{http}",
         encoding="utf-8",
     )
     hashed = base64.b64encode(bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4))).decode()
-    storage = {"type": "postgresql", "url": url}
-    await async_seed_documents(
-        config_dir,
-        storage,
-        {
-            "onboarding": (4, {"done": ["user", "core_config", "analytics", "integration"]}),
-            "auth_provider.openpeerpower": (1, {"users": [{"username": USERNAME, "password": hashed}]}),
-        },
-    )
-    servers = [Server(config_dir, "a"), Server(config_dir, "b")]
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20))
+    cls = make_plugin_manager().store_classes["postgresql"]
+    backend = cls(cls.CONFIG_SCHEMA({"type": "postgresql", "url": url}), str(config_dir))
+    await backend.async_open()
     try:
-        await asyncio.gather(*(s.start() for s in servers))
-        yield servers, session, database
+        await backend.async_import(
+            {
+                "auth": auth,
+                "documents": {
+                    "onboarding": (4, {"done": ["user", "core_config", "analytics", "integration"]}),
+                    "auth_provider.openpeerpower": (1, {"users": [{"username": USERNAME, "password": hashed}]}),
+                    **(documents or {}),
+                },
+            }
+        )
+    finally:
+        await backend.async_close()
+    servers = [Server(config_dir, "a"), Server(config_dir, "b")]
+    await asyncio.gather(*(s.start() for s in servers))
+    return servers, database, config_dir
+
+
+@pytest.fixture
+async def cluster_factory(
+    tmp_path: Path, postgresql_server: PostgresServer
+) -> AsyncIterator[Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]]]:
+    """start_cluster as a fixture: stopped and dropped afterwards; with an HTTP session."""
+    made: list[tuple[list[Server], str]] = []
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20))
+
+    async def factory(**kwargs: Any) -> tuple[list[Server], aiohttp.ClientSession, str]:
+        servers, database, _config_dir = await start_cluster(tmp_path, postgresql_server, **kwargs)
+        made.append((servers, database))
+        return servers, session, database
+
+    try:
+        yield factory
     finally:
         await session.close()
-        for server in servers:
-            server.stop()
-        if not postgresql_server.running:
-            postgresql_server.start()
-        postgresql_server.drop_database(database)
+        for servers, database in made:
+            for server in servers:
+                server.stop()
+            if not postgresql_server.running:
+                postgresql_server.start()
+            postgresql_server.drop_database(database)
+
+
+@pytest.fixture
+async def cluster(
+    cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
+) -> tuple[list[Server], aiohttp.ClientSession, str]:
+    """Two servers on one directory and one fresh database, with one local login; and an HTTP session."""
+    return await cluster_factory()
 
 
 async def login(session: aiohttp.ClientSession, server: Server) -> dict[str, Any]:
@@ -263,9 +301,12 @@ async def test_staleness_window_then_fail_closed(
         assert await api_status(session, a, access) == 200  # within the window
         await until(lambda: _is(api_status(session, a, access), 401), timeout=8.0)
         assert time.monotonic() - stopped >= 1.0
+        # Flows and codes live in the database too: the login stops at its first write.
         status, body = await LoginFlowDriver(session, a.url).start(LOCAL)
-        assert status == 200
-        status, body = await LoginFlowDriver(session, a.url).step(body["flow_id"], username=USERNAME, password=PASSWORD)
+        if status == 200:
+            status, body = await LoginFlowDriver(session, a.url).step(
+                body["flow_id"], username=USERNAME, password=PASSWORD
+            )
         if status == 200 and body.get("type") == "create_entry":
             status, body = await LoginFlowDriver(session, a.url).token(
                 grant_type="authorization_code", client_id=CLIENT_ID, code=body["result"]
@@ -322,3 +363,232 @@ async def test_both_servers_audit_into_the_database_and_no_file(
     failed = opp_auth_command(config_dir, "audit", "show", "--failed", "--user", USERNAME)
     assert failed.stdout.count("login_failed  invalid_auth") == 2, failed.stdout
     assert "wrong-one" not in shown.stdout and PASSWORD not in shown.stdout
+
+
+# ---- ephemeral state shared by the servers: flows, codes, throttle, bans --------------------------
+
+ATTACKER = "203.0.113.7"
+PROXIED = "  use_x_forwarded_for: true\n  trusted_proxies:\n    - 127.0.0.1\n"
+TOTP_SECRET = pyotp.random_base32()
+USER_ID = "0" * 31 + "1"
+
+
+def seeded_user() -> dict[str, Any]:
+    """The auth store of one active user with local credentials for USERNAME."""
+    return {
+        "users": [
+            {
+                "id": USER_ID,
+                "group_ids": ["system-admin"],
+                "is_owner": True,
+                "is_active": True,
+                "name": "Paulus",
+                "system_generated": False,
+                "local_only": False,
+            }
+        ],
+        "groups": [],
+        "credentials": [
+            {
+                "id": "c" * 32,
+                "user_id": USER_ID,
+                "auth_provider_type": "openpeerpower",
+                "auth_provider_id": None,
+                "created_at": "2026-01-01T00:00:00+00:00",
+                "data": {"username": USERNAME},
+            }
+        ],
+        "refresh_tokens": [],
+    }
+
+
+def from_address(address: str) -> aiohttp.ClientSession:
+    """A session whose requests come, as the trusted proxy says, from address."""
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20), headers={"X-Forwarded-For": address})
+
+
+async def test_flow_started_on_a_finished_on_b_with_an_mfa_step(
+    cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
+) -> None:
+    """Each step on another server: the password on B, a wrong TOTP code on A, the right one on B, the code on A."""
+    (a, b), session, _ = await cluster_factory(
+        mfa="  auth_mfa_modules:\n    - type: totp\n",
+        auth=seeded_user(),
+        documents={"auth_module.totp": (1, {"users": {USER_ID: TOTP_SECRET}})},
+    )
+    on_a, on_b = LoginFlowDriver(session, a.url), LoginFlowDriver(session, b.url)
+    status, form = await on_a.start(LOCAL)
+    assert (status, form["step_id"]) == (200, "init"), form
+    flow_id = form["flow_id"]
+    status, form = await on_b.step(flow_id, username=USERNAME, password=PASSWORD)
+    assert (status, form["type"], form["step_id"]) == (200, "form", "mfa"), form
+    assert form["flow_id"] == flow_id
+    status, form = await on_a.step(flow_id, code="000000" if pyotp.TOTP(TOTP_SECRET).now() != "000000" else "111111")
+    assert (status, form["step_id"], form["errors"]) == (200, "mfa", {"base": "invalid_code"}), form
+    # The form's schema was rebuilt on the other server: a missing field is refused there too.
+    status, body = await on_b.step(flow_id)
+    assert status == 400, body
+    status, done = await on_b.step(flow_id, code=pyotp.TOTP(TOTP_SECRET).now())
+    assert (status, done["type"]) == (200, "create_entry"), done
+    # The finished flow is gone on both servers.
+    for driver in (on_a, on_b):
+        status, body = await driver.step(flow_id, code=pyotp.TOTP(TOTP_SECRET).now())
+        assert status == 404, body
+    status, tokens = await on_a.token(grant_type="authorization_code", client_id=CLIENT_ID, code=done["result"])
+    assert status == 200, tokens
+    assert await api_status(session, b, tokens["access_token"]) in (200, 401)  # B may still be applying the token
+    await until(lambda: _is(api_status(session, b, tokens["access_token"]), 200), timeout=1.0)
+
+
+async def test_wrong_mfa_codes_spread_over_a_and_b_end_the_flow_as_on_one_server(
+    cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
+) -> None:
+    """TOTP allows 5 wrong codes per flow: counted in the flow's shared state, whichever server checks."""
+    (a, b), session, _ = await cluster_factory(
+        mfa="  auth_mfa_modules:\n    - type: totp\n",
+        auth=seeded_user(),
+        documents={"auth_module.totp": (1, {"users": {USER_ID: TOTP_SECRET}})},
+    )
+    drivers = [LoginFlowDriver(session, a.url), LoginFlowDriver(session, b.url)]
+    status, form = await drivers[0].start(LOCAL)
+    flow_id = form["flow_id"]
+    status, form = await drivers[1].step(flow_id, username=USERNAME, password=PASSWORD)
+    assert form["step_id"] == "mfa", form
+    wrong = "000000" if pyotp.TOTP(TOTP_SECRET).now() != "000000" else "111111"
+    results = [await drivers[i % 2].step(flow_id, code=wrong) for i in range(5)]
+    assert [body.get("errors") for _, body in results[:4]] == [{"base": "invalid_code"}] * 4, results
+    assert results[4][1] == {**results[4][1], "type": "abort", "reason": "too_many_retry"}, results
+    status, body = await drivers[1].step(flow_id, code=pyotp.TOTP(TOTP_SECRET).now())
+    assert status == 404, body
+
+
+async def test_steps_of_one_flow_sent_to_a_and_b_at_once_run_one_after_the_other(
+    cluster: tuple[list[Server], aiohttp.ClientSession, str],
+) -> None:
+    """The same finishing step on both servers at the same instant: one code, the other finds no flow."""
+    (a, b), session, _ = cluster
+    for _ in range(5):
+        status, form = await LoginFlowDriver(session, a.url).start(LOCAL)
+        flow_id = form["flow_id"]
+        results = await asyncio.gather(
+            *(
+                LoginFlowDriver(session, server.url).step(flow_id, username=USERNAME, password=PASSWORD)
+                for server in (a, b)
+            )
+        )
+        kinds = sorted((status, body.get("type")) for status, body in results)
+        assert kinds == [(200, "create_entry"), (404, None)], results
+
+
+async def test_a_code_raced_on_a_and_b_is_exchanged_once(
+    cluster: tuple[list[Server], aiohttp.ClientSession, str],
+) -> None:
+    """The same code sent to both servers at the same instant: exactly one 200, every time."""
+    (a, b), session, _ = cluster
+    for _ in range(10):
+        code = await LoginFlowDriver(session, a.url).code(LOCAL, [{"username": USERNAME, "password": PASSWORD}])
+        results = await asyncio.gather(
+            *(
+                LoginFlowDriver(session, server.url).token(
+                    grant_type="authorization_code", client_id=CLIENT_ID, code=code
+                )
+                for server in (a, b)
+            )
+        )
+        assert sorted(status for status, _ in results) == [200, 400], results
+    # A code is bound to its client: another client id neither gets it nor uses it up.
+    code = await LoginFlowDriver(session, a.url).code(LOCAL, [{"username": USERNAME, "password": PASSWORD}])
+    status, _ = await LoginFlowDriver(session, b.url).token(
+        grant_type="authorization_code", client_id="http://elsewhere.example/", code=code
+    )
+    assert status == 400
+    status, _ = await LoginFlowDriver(session, b.url).token(
+        grant_type="authorization_code", client_id=CLIENT_ID, code=code
+    )
+    assert status == 200
+
+
+async def test_wrong_passwords_spread_over_a_and_b_are_throttled_as_on_one_server(
+    cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
+) -> None:
+    """3 free failures per address and account: the 4th attempt is refused whichever server gets it."""
+    (a, b), _session, _ = await cluster_factory(
+        http="http:\n" + PROXIED + "  ip_ban_enabled: false\n  login_throttle:\n    attempts_per_address_and_user: 3\n"
+    )
+    async with from_address(ATTACKER) as attacker:
+        drivers = [LoginFlowDriver(attacker, a.url), LoginFlowDriver(attacker, b.url)]
+        for i in range(3):
+            driver = drivers[i % 2]
+            status, form = await driver.start(LOCAL)
+            status, body = await driver.step(form["flow_id"], username=USERNAME, password="wrong")
+            assert (status, body.get("errors")) == (200, {"base": "invalid_auth"}), (i, body)
+        for driver in drivers:  # both refuse, without checking the password
+            status, form = await driver.start(LOCAL)
+            status, body = await driver.step(form["flow_id"], username=USERNAME, password=PASSWORD)
+            assert status == 429, body
+
+
+async def test_a_ban_made_on_a_is_refused_on_b(
+    cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
+) -> None:
+    """Failures counted on both servers add up to the threshold; the ban then holds on both."""
+    (a, b), session, _ = await cluster_factory(
+        http="http:\n"
+        + PROXIED
+        + "  ip_ban_enabled: true\n  login_attempts_threshold: 3\n  login_throttle:\n    enabled: false\n"
+    )
+    async with from_address(ATTACKER) as attacker:
+        drivers = [LoginFlowDriver(attacker, a.url), LoginFlowDriver(attacker, b.url)]
+        for i in (1, 0, 0):  # B, A, A: the third failure, on A, bans
+            status, form = await drivers[i].start(LOCAL)
+            assert status == 200, form
+            status, body = await drivers[i].step(form["flow_id"], username=USERNAME, password="wrong")
+            assert status == 200, body
+        for driver in drivers:
+            status, body = await driver.start(LOCAL)
+            assert status == 403, body
+    # Others are not banned.
+    assert (await login(session, b))["access_token"]
+
+
+async def test_lockouts_list_and_clear_cover_every_server(
+    cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
+) -> None:
+    """`opp-auth lockouts list` shows what failures on A and B locked; `clear` unlocks it on both."""
+    (a, b), _session, _ = await cluster_factory(
+        http="http:\n" + PROXIED + "  ip_ban_enabled: false\n  login_throttle:\n    attempts_per_address_and_user: 1\n"
+    )
+
+    async def fail(driver: LoginFlowDriver, times: int) -> None:
+        """times wrong passwords, each once the lock of the previous one is over (1, 2, 4 s...)."""
+        status, form = await driver.start(LOCAL)
+        assert status == 200, form
+        for _ in range(times):
+            while True:
+                status, body = await driver.step(form["flow_id"], username=USERNAME, password="wrong")
+                if status == 200:
+                    assert body["errors"] == {"base": "invalid_auth"}, body
+                    break
+                assert status == 429, body
+                await asyncio.sleep(0.2)
+
+    async with from_address(ATTACKER) as attacker, from_address("198.51.100.4") as other:
+        # Four failures lock a pair for 8 s: long enough to list it.
+        await asyncio.gather(fail(LoginFlowDriver(attacker, a.url), 4), fail(LoginFlowDriver(other, b.url), 4))
+        listed = await asyncio.to_thread(opp_auth_command, a.config_dir, "lockouts", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert f"address {ATTACKER} user {USERNAME} (address_and_user)" in listed.stdout, listed.stdout
+        assert f"address 198.51.100.4 user {USERNAME} (address_and_user)" in listed.stdout, listed.stdout
+        cleared = await asyncio.to_thread(opp_auth_command, a.config_dir, "lockouts", "clear")
+        assert cleared.returncode == 0, cleared.stderr
+        listed = await asyncio.to_thread(opp_auth_command, a.config_dir, "lockouts", "list")
+        assert "Total lockouts: 0" in listed.stdout, listed.stdout
+        for session, server in ((attacker, b), (other, a)):
+
+            async def logs_in(session: aiohttp.ClientSession = session, server: Server = server) -> bool:
+                driver = LoginFlowDriver(session, server.url)
+                status, form = await driver.start(LOCAL)
+                status, body = await driver.step(form["flow_id"], username=USERNAME, password=PASSWORD)
+                return status == 200 and body.get("type") == "create_entry"
+
+            await until(logs_in, timeout=2.0)

@@ -1,0 +1,102 @@
+"""The ephemeral-state seam: where the short-lived state that decides a login lives.
+
+Login flows in progress, authorization codes, failure counters (the throttle's
+and the IP ban's) and bans live in the memory of the process that made them:
+the structures of ``flow.py``, ``codes.py``, ``throttle.py`` and ``http/ban.py``,
+bounded and expiring. That is the default, :class:`EphemeralState` itself
+(``shared`` False): its methods do nothing, and nothing else is paid for.
+
+A storage backend that several processes share returns a shared one from
+:meth:`opp_auth.StorageBackend.ephemeral_state` (``opp-auth-postgresql`` does),
+and the same structures then also write through to it:
+
+- a flow's state (:meth:`opp_auth.LoginFlow.dump_state`, explicit JSON, never a
+  password) after each step that leaves it open, so the next step may reach any
+  process; a step *claims* the flow first (a lease), so two processes never run
+  steps of one flow at once;
+- a code as a row taken at most once (:meth:`async_take_code` is one atomic
+  delete), keyed by a digest of the code;
+- counter changes and bans as *events* every process applies to its own
+  structures (:meth:`async_publish`, :meth:`subscribe`); :meth:`async_barrier`
+  waits until every event published before it was applied here, so a login step
+  is checked against the failures every process counted;
+- expiry by the shared store's clock (ages, never one process's wall clock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+
+def digest(secret: str) -> str:
+    """What a shared store keys a flow id or a code by (a reader of the store cannot use it)."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class EphemeralState:
+    """The default: every piece of ephemeral state stays in this process (see the module docstring)."""
+
+    shared: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        """No subscribers."""
+        self._subscribers: dict[str, list[Callable[[dict[str, Any], float], None]]] = {}
+
+    # ---- flows -------------------------------------------------------------------------------
+
+    async def async_put_flow(self, flow_id: str, state: dict[str, Any], ttl: float) -> None:
+        """Store a new flow's state (JSON), alive ttl seconds by the store's clock.
+
+        The server that starts a flow keeps its place in the fair shares (``shares.py``) until
+        the flow ends, wherever it ends, or expires.
+        """
+
+    async def async_claim_flow(self, flow_id: str, lease: float) -> tuple[dict[str, Any], float] | None:
+        """Claim a live flow for one step (lease seconds at most): its state and age in seconds; None if none.
+
+        Waits while another process holds the flow (its step runs), at most lease seconds.
+        """
+        return None
+
+    async def async_save_flow(self, flow_id: str, state: dict[str, Any]) -> None:
+        """Store the state after a step and release the claim."""
+
+    async def async_drop_flow(self, flow_id: str) -> None:
+        """Forget a flow (finished, aborted)."""
+
+    # ---- authorization codes -----------------------------------------------------------------
+
+    async def async_put_code(self, code: str, client_id: str, value: dict[str, Any], ttl: float) -> None:
+        """Store a code's value (JSON), redeemable by client_id for ttl seconds."""
+
+    async def async_take_code(self, code: str, client_id: str) -> dict[str, Any] | None:
+        """The value of a live code of client_id, removed in the same step (at most one caller gets it)."""
+        return None
+
+    async def async_drop_codes(self, codes: list[str]) -> None:
+        """Forget codes (displaced by fairer shares)."""
+
+    # ---- events every process applies ----------------------------------------------------------
+
+    async def async_publish(self, topic: str, event: dict[str, Any]) -> None:
+        """Have every other process's subscribers of topic called with event (JSON)."""
+
+    def subscribe(self, topic: str, callback: Callable[[dict[str, Any], float], None]) -> None:
+        """callback(event, age in seconds) for each event another process published on topic."""
+        self._subscribers.setdefault(topic, []).append(callback)
+
+    def deliver(self, topic: str, event: dict[str, Any], age: float = 0.0) -> None:
+        """Call topic's subscribers (the shared store calls this)."""
+        for callback in self._subscribers.get(topic, ()):
+            callback(event, age)
+
+    async def async_barrier(self) -> None:
+        """Return once every event published (anywhere) before the call was delivered here."""
+
+    async def async_replay(self, topic: str, seconds: float) -> None:
+        """Deliver the events of topic published in the last seconds (a process catching up at start)."""
+
+
+__all__ = ["EphemeralState", "digest"]

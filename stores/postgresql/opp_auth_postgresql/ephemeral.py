@@ -1,0 +1,261 @@
+"""SharedState: the ephemeral state of every server on one database (see opp_auth's ephemeral seam).
+
+- Login flows: a row per flow (its JSON state, never a password), keyed by a digest
+  of the flow id. A step claims the row with a lease (one UPDATE), so two servers
+  never run steps of one flow at once (an MFA code cannot be guessed on two
+  servers in parallel), and a server that dies mid-step frees it when the lease ends.
+- Authorization codes: a row per code keyed by a digest of the code. Taking one is
+  a single ``DELETE ... RETURNING``: when two servers receive the same code at the
+  same instant, exactly one gets the row.
+- Events (failure counters, bans, lockouts cleared): change records of kind
+  ``eph`` in the change feed, so they reach every server in commit order with the
+  feed's catch-up; a barrier waits until the feed has applied every change
+  committed before it.
+
+Expiry is decided by the database's clock (``clock_timestamp()``), so servers
+whose clocks differ agree on when a flow or a code ends. Expired rows are deleted
+every ``SWEEP_INTERVAL`` seconds by whichever server gets there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from opp_auth import StorageBackend
+
+if TYPE_CHECKING:
+    from .backend import PostgresBackend
+
+StorageError = StorageBackend.Error
+
+_LOGGER = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 60.0
+CLAIM_POLL = 0.02
+BARRIER_TIMEOUT = 5.0
+EVENT_KIND = "eph"
+RETRIES = 3
+
+
+def digest(secret: str) -> str:
+    """A flow id or a code as stored: a reader of the database cannot use it."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class SharedState(StorageBackend.EphemeralState):
+    """Flows, codes and events in the database several servers share."""
+
+    shared = True
+
+    def __init__(self, backend: PostgresBackend) -> None:
+        """Nothing opened: the backend's pool is used."""
+        super().__init__()
+        self.backend = backend
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start sweeping expired rows."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep_loop())
+
+    async def async_stop(self) -> None:
+        """Stop sweeping."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._sweeper
+            self._sweeper = None
+
+    async def _one(self, sql: str, params: Any) -> Any:
+        """One statement in its own transaction, pipelined (one round trip); its first row or None.
+
+        A pooled connection the database closed (a restart) fails: the statement is tried again
+        on another one, a few times, before the database counts as unreachable.
+        """
+        pool = self.backend.pool
+        if pool is None:
+            raise StorageError(f"The database is unreachable ({self.backend.describe()}): not connected")
+        for attempt in range(RETRIES + 1):
+            try:
+                async with pool.connection() as conn, conn.pipeline():
+                    cur = conn.cursor()
+                    async with conn.transaction():
+                        await cur.execute(sql, params)
+                    row = await cur.fetchone() if cur.description is not None else None
+                    await cur.close()
+                    return row
+            except (TimeoutError, PoolTimeout, psycopg.Error, OSError) as err:
+                if attempt < RETRIES and isinstance(err, psycopg.OperationalError) and not isinstance(err, PoolTimeout):
+                    continue
+                _LOGGER.warning("Shared login state in %s: %s", self.backend.describe(), err)
+                raise StorageError(f"The database is unreachable ({self.backend.describe()}): {err}") from err
+        raise AssertionError("unreachable")
+
+    # ---- flows -------------------------------------------------------------------------------
+
+    async def async_put_flow(self, flow_id: str, state: dict[str, Any], ttl: float) -> None:
+        """A new flow's row."""
+        from .backend import encode
+
+        await self._one(
+            "INSERT INTO opp_auth_flows (id, state, expires_at) "
+            "VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s))",
+            (digest(flow_id), encode(state), ttl),
+        )
+
+    async def async_claim_flow(self, flow_id: str, lease: float) -> tuple[dict[str, Any], float] | None:
+        """Lease the row of a live flow; wait (at most lease seconds) while another server holds it."""
+        key = digest(flow_id)
+        deadline = time.monotonic() + lease
+        while True:
+            row = await self._one(
+                "WITH claimed AS (UPDATE opp_auth_flows SET lease_until = clock_timestamp() + make_interval(secs => %s) "
+                "WHERE id = %s AND expires_at > clock_timestamp() "
+                "AND (lease_until IS NULL OR lease_until < clock_timestamp()) "
+                "RETURNING state, extract(epoch FROM clock_timestamp() - created_at)::float8 AS age) "
+                "SELECT state, age, false FROM claimed "
+                "UNION ALL SELECT NULL, NULL, true FROM opp_auth_flows "
+                "WHERE id = %s AND expires_at > clock_timestamp() AND NOT EXISTS (SELECT 1 FROM claimed)",
+                (lease, key, key),
+            )
+            if row is None:
+                return None
+            state, age, busy = row
+            if not busy:
+                try:
+                    value = json.loads(state)
+                except ValueError:
+                    return None
+                return (value, float(age)) if isinstance(value, dict) else None
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(CLAIM_POLL)
+
+    async def async_save_flow(self, flow_id: str, state: dict[str, Any]) -> None:
+        """The state after a step; the lease ends."""
+        from .backend import encode
+
+        await self._one(
+            "UPDATE opp_auth_flows SET state = %s, lease_until = NULL WHERE id = %s", (encode(state), digest(flow_id))
+        )
+
+    async def async_drop_flow(self, flow_id: str) -> None:
+        """Delete the row."""
+        await self._one("DELETE FROM opp_auth_flows WHERE id = %s", (digest(flow_id),))
+
+    # ---- codes -------------------------------------------------------------------------------
+
+    async def async_put_code(self, code: str, client_id: str, value: dict[str, Any], ttl: float) -> None:
+        """A code's row."""
+        from .backend import encode
+
+        await self._one(
+            "INSERT INTO opp_auth_codes (id, client_id, value, expires_at) "
+            "VALUES (%s, %s, %s, clock_timestamp() + make_interval(secs => %s))",
+            (digest(code), client_id, encode(value), ttl),
+        )
+
+    async def async_take_code(self, code: str, client_id: str) -> dict[str, Any] | None:
+        """One DELETE ... RETURNING: of two servers taking the same code at once, one gets it."""
+        row = await self._one(
+            "DELETE FROM opp_auth_codes WHERE id = %s AND client_id = %s "
+            "RETURNING value, expires_at > clock_timestamp()",
+            (digest(code), client_id),
+        )
+        if row is None or not row[1]:
+            return None
+        try:
+            value = json.loads(row[0])
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    async def async_drop_codes(self, codes: list[str]) -> None:
+        """Delete displaced codes."""
+        if codes:
+            await self._one("DELETE FROM opp_auth_codes WHERE id = ANY(%s)", ([digest(c) for c in codes],))
+
+    # ---- events ------------------------------------------------------------------------------
+
+    async def async_publish(self, topic: str, event: dict[str, Any]) -> None:
+        """A change record of kind eph: every other server's feed delivers it."""
+        await self.backend.async_write([], [{"t": EVENT_KIND, "topic": topic, "e": event}])
+
+    def apply_record(self, record: dict[str, Any]) -> None:
+        """An eph record from the feed (another server's)."""
+        topic, event = record.get("topic"), record.get("e")
+        if isinstance(topic, str) and isinstance(event, dict):
+            try:
+                self.deliver(topic, event)
+            except Exception:
+                _LOGGER.exception("Applying a shared %s event failed", topic)
+
+    async def async_barrier(self) -> None:
+        """Wait until the feed has applied every change committed before now (StorageError if it cannot)."""
+        row = await self._one("SELECT coalesce(max(seq), 0) FROM opp_auth_changes", None)
+        seq = int(row[0]) if row else 0
+        if self.backend.last_seq >= seq:
+            return
+        try:
+            await self.backend.async_wait_caught_up(seq, timeout=BARRIER_TIMEOUT)
+        except TimeoutError:
+            raise StorageError(
+                f"The database is unreachable ({self.backend.describe()}): the change feed is behind"
+            ) from None
+
+    async def async_replay(self, topic: str, seconds: float) -> None:
+        """Deliver topic's events of the last seconds that this server's feed started after."""
+        pool = self.backend.pool
+        if pool is None:
+            return
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT extract(epoch FROM clock_timestamp() - at)::float8, records FROM opp_auth_changes "
+                    "WHERE at > clock_timestamp() - make_interval(secs => %s) AND seq <= %s "
+                    "AND strpos(records, %s) > 0 ORDER BY seq",
+                    (seconds, self.backend.last_seq, f'"t":"{EVENT_KIND}"'),
+                )
+                rows = await cur.fetchall()
+                await conn.rollback()
+        except (TimeoutError, PoolTimeout, psycopg.Error, OSError) as err:
+            _LOGGER.warning("Could not read the recent shared events: %s", err)
+            return
+        for age, text in rows:
+            try:
+                records = json.loads(text)
+            except ValueError:
+                continue
+            for record in records if isinstance(records, list) else ():
+                if isinstance(record, dict) and record.get("t") == EVENT_KIND and record.get("topic") == topic:
+                    event = record.get("e")
+                    if isinstance(event, dict):
+                        try:
+                            self.deliver(topic, event, float(age))
+                        except Exception:
+                            _LOGGER.exception("Replaying a shared %s event failed", topic)
+
+    # ---- housekeeping ------------------------------------------------------------------------
+
+    async def async_sweep(self) -> None:
+        """Delete expired flows and codes."""
+        await self._one("DELETE FROM opp_auth_flows WHERE expires_at < clock_timestamp()", None)
+        await self._one("DELETE FROM opp_auth_codes WHERE expires_at < clock_timestamp()", None)
+
+    async def _sweep_loop(self) -> None:
+        """Now and then, the sweep (failures are retried next round)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                await self.async_sweep()
+            except StorageError as err:
+                _LOGGER.debug("Sweeping expired flows and codes failed: %s", err)
