@@ -573,8 +573,8 @@ async def test_lockouts_list_and_clear_cover_every_server(
                 await asyncio.sleep(0.2)
 
     async with from_address(ATTACKER) as attacker, from_address("198.51.100.4") as other:
-        # Four failures lock a pair for 8 s: long enough to list it.
-        await asyncio.gather(fail(LoginFlowDriver(attacker, a.url), 4), fail(LoginFlowDriver(other, b.url), 4))
+        # Five failures lock a pair for 16 s: long enough to list it (the command starts in seconds).
+        await asyncio.gather(fail(LoginFlowDriver(attacker, a.url), 5), fail(LoginFlowDriver(other, b.url), 5))
         listed = await asyncio.to_thread(opp_auth_command, a.config_dir, "lockouts", "list")
         assert listed.returncode == 0, listed.stderr
         assert f"address {ATTACKER} user {USERNAME} (address_and_user)" in listed.stdout, listed.stdout
