@@ -73,7 +73,8 @@ class AuthorizationCodes:
             max_codes, max_per_address, max_per_prefix, known=known, trusted=trusted, displace_own=True
         )
         self._codes: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
-        self._local_only: set[str] = set()  # shared state: codes kept on this server only
+        self._stored: set[str] = set()  # shared state: the codes issued here that are rows there too
+        self._displaced: list[str] = []  # stored codes displaced by the last issue
 
     @property
     def max_codes(self) -> int:
@@ -99,6 +100,8 @@ class AuthorizationCodes:
         key = (client_id, code)
         for old in self.shares.admit(key, ip_address):
             self._codes.pop(old, None)  # type: ignore[call-overload]
+            if self._stored:
+                self._displaced.append(old[1])  # type: ignore[index]
         self._codes[key] = _Entry(time.monotonic(), purpose, credentials)
         return code
 
@@ -106,16 +109,16 @@ class AuthorizationCodes:
         self, client_id: str, credentials: Credentials, purpose: str, *, ip_address: str | None = None
     ) -> str:
         """issue, and with a shared state the code's row (StorageError when it cannot be stored)."""
-        before = set(self._codes) if self.state.shared else None
         code = self.issue(client_id, credentials, purpose, ip_address=ip_address)
-        if before is not None:
-            displaced = [old[1] for old in before - set(self._codes)]
+        if self.state.shared:
+            displaced = [old for old in self._displaced if old in self._stored]
+            self._stored.difference_update(displaced)
+            self._displaced = []
             await self.state.async_drop_codes(displaced)
             stored = credentials_value(credentials)
             if stored is None:
                 # What the login learnt for a new user (an LDAP identity object) is no JSON: this
                 # code is redeemable on this server only.
-                self._local_only.add(code)
                 return code
             value = {"purpose": purpose, "credentials": stored}
             try:
@@ -124,6 +127,7 @@ class AuthorizationCodes:
                 self._codes.pop((client_id, code), None)
                 self.shares.release((client_id, code))
                 raise
+            self._stored.add(code)
         return code
 
     async def async_redeem(self, client_id: object, code: object, purpose: str) -> Credentials | None:
@@ -132,9 +136,9 @@ class AuthorizationCodes:
             return self.redeem(client_id, code, purpose)
         if not isinstance(client_id, str) or not isinstance(code, str):
             return None
-        if code in self._local_only:
-            self._local_only.discard(code)
-            return self.redeem(client_id, code, purpose)
+        if code not in self._stored and (client_id, code) in self._codes:
+            return self.redeem(client_id, code, purpose)  # a code kept on this server only
+        self._stored.discard(code)
         local = self._codes.pop((client_id, code), None)
         self.shares.release((client_id, code))
         value = await self.state.async_take_code(code, client_id)
@@ -166,7 +170,7 @@ class AuthorizationCodes:
                 break
             key = self._codes.popitem(last=False)[0]
             self.shares.release(key)
-            self._local_only.discard(key[1])
+            self._stored.discard(key[1])
 
 
 def credentials_value(credentials: Credentials) -> dict[str, Any] | None:
