@@ -868,6 +868,19 @@ class LoginFlowManager(FlowManager):
         self._step_locks.pop(flow_id, None)
         self._shared_places[flow_id] = flow.deadline
 
+    async def async_abort_login(self, flow_id: str) -> None:
+        """Forget a flow, here or in the shared state (UnknownFlow if there is none)."""
+        if not self.state.shared or (
+            isinstance(flow_id, str) and flow_id in self._flows and flow_id not in self._borrowed
+        ):
+            self.async_abort(flow_id)
+            return
+        borrowed = await self._async_borrow(flow_id)
+        if borrowed is None:
+            raise UnknownFlow(flow_id)
+        self._forget(flow_id)
+        await self._async_give_back(flow_id, borrowed)
+
     def _apply_shared(self, event: dict[str, Any], age: float = 0.0) -> None:
         """Another server ended a flow: free its place if this server started it."""
         flow_id = event.get("flow")

@@ -266,7 +266,7 @@ async def login_flow_step(request: web.Request) -> web.Response:
 async def login_flow_delete(request: web.Request) -> web.Response:
     """DELETE /auth/login_flow/{flow_id}."""
     try:
-        auth_of(request).login_flow.async_abort(request.match_info["flow_id"])
+        await auth_of(request).login_flow.async_abort_login(request.match_info["flow_id"])
     except UnknownFlow:
         return json_message("Invalid flow specified", 404)
     return json_message("Flow aborted")
