@@ -194,7 +194,13 @@ async def flow_ip(client: Any, headers: Any) -> str:
     async with client.request("POST", "/auth/login_flow", json=FLOW_BODY, headers=headers) as resp:
         assert resp.status == 200
         flow_id = (await resp.json())["flow_id"]
-    return str(client.app[AUTH_KEY].login_flow.async_get(flow_id).context["ip_address"])
+    login_flow = client.app[AUTH_KEY].login_flow
+    if login_flow.state.shared:  # the flow's state is in the shared storage (opp_auth.ephemeral)
+        claimed = await login_flow.state.async_claim_flow(flow_id, 5.0)
+        assert claimed is not None
+        await login_flow.state.async_save_flow(flow_id, claimed[0])
+        return str(claimed[0]["context"]["ip_address"])
+    return str(login_flow.async_get(flow_id).context["ip_address"])
 
 
 async def test_trusted_proxy_forwards_the_client_address(
