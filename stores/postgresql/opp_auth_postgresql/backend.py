@@ -231,6 +231,16 @@ class PostgresBackend(StorageBackend):
         self._listener = self._pruner = None
         await self._close_pool()
 
+    async def async_drop_broken_connections(self) -> None:
+        """After a pooled connection failed: test every idle one and replace those the database closed.
+
+        A restarted database leaves every idle connection broken; without this, each retry would
+        take the next broken one and a write would fail although the database is back.
+        """
+        if self.pool is not None:
+            with contextlib.suppress(TimeoutError, psycopg.Error, OSError):
+                await self.pool.check()
+
     async def _close_pool(self) -> None:
         """Close the pool (quietly)."""
         if self.pool is not None:
@@ -298,6 +308,7 @@ class PostgresBackend(StorageBackend):
                 # commit itself gone through, the second write repeats records that set or delete whole
                 # entries: the same state, and one more change row that replays harmlessly.
                 if attempt == 1 and isinstance(err, psycopg.OperationalError) and not isinstance(err, PoolTimeout):
+                    await self.async_drop_broken_connections()
                     continue
                 _LOGGER.warning("Writing to %s failed: %s", self.describe(), err)
                 raise StorageError(f"{UNAVAILABLE} ({self.describe()}): {err}") from err

@@ -95,6 +95,7 @@ class SharedState(StorageBackend.EphemeralState):
                     return row
             except (TimeoutError, PoolTimeout, psycopg.Error, OSError) as err:
                 if attempt < RETRIES and isinstance(err, psycopg.OperationalError) and not isinstance(err, PoolTimeout):
+                    await self.backend.async_drop_broken_connections()
                     continue
                 _LOGGER.warning("Shared login state in %s: %s", self.backend.describe(), err)
                 raise StorageError(f"The database is unreachable ({self.backend.describe()}): {err}") from err

@@ -209,6 +209,28 @@ async def test_staleness_window_then_fail_closed(
     assert await auth.async_create_refresh_token(user, "https://example.com/app") is not None
 
 
+async def test_a_restart_that_broke_every_pooled_connection_costs_no_write(
+    opp_auth_factory: Factory, postgresql_server: PostgresServer
+) -> None:
+    """Ten idle connections, all closed by a restart: the next write and the next shared flow succeed."""
+    auth = await _manager(opp_auth_factory)
+    backend = backend_of(auth)
+    assert backend.pool is not None
+    held = [await backend.pool.getconn() for _ in range(10)]
+    for conn in held:
+        await backend.pool.putconn(conn)
+    assert backend.pool.get_stats()["pool_available"] >= 5
+    user = await auth.async_create_user("Dave")
+    postgresql_server.stop()
+    postgresql_server.start()
+    # Every idle connection is now broken; more of them than the retries of one statement.
+    assert await auth.async_create_refresh_token(user, "https://example.com/app") is not None
+    shared = backend.ephemeral_state()
+    await shared.async_put_flow("after-restart", {"step": "init"}, 60.0)
+    claimed = await shared.async_claim_flow("after-restart", 5.0)
+    assert claimed is not None and claimed[0] == {"step": "init"}
+
+
 async def test_listener_killed_catches_up(opp_auth_factory: Factory, postgresql_server: PostgresServer) -> None:
     """pg_terminate_backend on A's listener while B revokes: A catches up on reconnect."""
     a = await _manager(opp_auth_factory)
