@@ -231,6 +231,34 @@ async def test_a_restart_that_broke_every_pooled_connection_costs_no_write(
     assert claimed is not None and claimed[0] == {"step": "init"}
 
 
+async def test_a_schema_chosen_by_search_path_holds_every_table(
+    opp_auth_factory: Factory, opp_auth_storage: dict[str, Any], postgresql_server: PostgresServer
+) -> None:
+    """`options=-csearch_path=auth` in the URL (as the README says): every table lives in that schema."""
+    import psycopg
+
+    database = postgresql_server.create_database()
+    with psycopg.connect(postgresql_server.url(database), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA auth")
+    opp_auth_storage["url"] = postgresql_server.url(database) + "?options=-csearch_path%3Dauth"
+    auth = await _manager(opp_auth_factory)
+    user = await auth.async_create_user("Erin")
+    assert await auth.async_create_refresh_token(user, "https://example.com/app") is not None
+    shared = backend_of(auth).ephemeral_state()
+    await shared.async_put_flow("in-schema", {"step": "init"}, 60.0)
+    assert await shared.async_claim_flow("in-schema", 5.0) is not None
+    other = await _manager(opp_auth_factory)
+    assert [u.name for u in await other.async_get_users() if u.name == "Erin"] == ["Erin"]
+    with psycopg.connect(postgresql_server.url(database)) as conn:
+        tables = conn.execute(
+            "SELECT schemaname, count(*) FROM pg_tables WHERE tablename LIKE 'opp_auth%%' GROUP BY schemaname"
+        ).fetchall()
+        flows = conn.execute("SELECT count(*) FROM auth.opp_auth_flows").fetchone()
+    assert dict(tables).keys() == {"auth"}, tables
+    assert dict(tables)["auth"] >= 5
+    assert flows is not None and flows[0] == 1  # the shared flow (claimed: leased, not deleted) is there too
+
+
 async def test_listener_killed_catches_up(opp_auth_factory: Factory, postgresql_server: PostgresServer) -> None:
     """pg_terminate_backend on A's listener while B revokes: A catches up on reconnect."""
     a = await _manager(opp_auth_factory)
