@@ -66,6 +66,7 @@ from typing import Any, ClassVar, Protocol
 
 import voluptuous as vol
 
+from . import docpaths
 from .ephemeral import EphemeralState as MemoryState
 from .storage import STORAGE_DIR, StorageError, Store, iter_store_keys, read_envelope
 
@@ -148,6 +149,12 @@ class StorageBackend:
     """What a backend raises when a change cannot be stored or data cannot be read (answered 503)."""
     EphemeralState: ClassVar[type[MemoryState]] = MemoryState
     """The base of a shared ephemeral state (opp_auth.ephemeral); the default keeps it in memory."""
+
+    # Document paths (opp_auth.docpaths): every backend resolves and replays them by the same rules.
+    check_path = staticmethod(docpaths.check_path)
+    value_at = staticmethod(docpaths.value_at)
+    apply_path_record = staticmethod(docpaths.apply_record)
+    MISSING: ClassVar[Any] = docpaths.MISSING
 
     def __init__(self, config: dict[str, Any], config_dir: str) -> None:
         """Keep the validated ``storage:`` block; nothing is opened before async_open."""

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from . import docpaths
 from .journal import Journal, UnstorableValueError, digest_chunks, journal_path, records_after_base
 
 _LOGGER = logging.getLogger(__name__)
@@ -433,15 +434,17 @@ class Store:
         if self.journal is None:
             await self.async_save(data)
             return
-        self.snapshot_func = lambda: data
         records = []
         for path in paths:
-            node: Any = data
-            for key in path:
-                node = node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
+            try:
+                steps = docpaths.check_path(path)
+            except ValueError as err:
+                raise StorageError(f"Cannot save a change to {self.path}: {err}") from None
+            node = docpaths.value_at(data, steps)
             records.append(
-                {"t": "del", "p": list(path)} if node is _MISSING else {"t": "set", "p": list(path), "v": node}
+                {"t": "del", "p": steps} if node is docpaths.MISSING else {"t": "set", "p": steps, "v": node}
             )
+        self.snapshot_func = lambda: data
         for record in records:
             self.journal_append(record)
         await self.async_commit()
@@ -583,31 +586,13 @@ class Store:
                 await asyncio.get_running_loop().run_in_executor(None, _unlink_quiet, self.journal.path)
 
 
-_MISSING = object()
-
-
 def apply_path_records(data: Any, records: list[dict[str, Any]], path: Path) -> Any:
-    """Replay the set/del records of a journaled plugin store over its file's data."""
+    """Replay the set/del records of a journaled plugin store over its file's data (opp_auth.docpaths)."""
     for record in records:
-        keys = record.get("p")
-        if not isinstance(keys, list) or not keys or record.get("t") not in ("set", "del"):
-            _LOGGER.error("Ignoring journal record %s of %s: not a set or del", record.get("n"), path)
-            continue
-        if data is None:
-            data = {}
-        node = data
-        for key in keys[:-1]:
-            child = node.get(key) if isinstance(node, dict) else None
-            if not isinstance(child, dict):
-                if record["t"] == "del":
-                    break
-                child = node[key] = {}
-            node = child
-        else:
-            if record["t"] == "set":
-                node[keys[-1]] = record.get("v")
-            else:
-                node.pop(keys[-1], None)
+        try:
+            data = docpaths.apply_record(data, record)
+        except ValueError as err:
+            _LOGGER.error("Ignoring journal record %s of %s: %s", record.get("n"), path, err)
     return data
 
 

@@ -367,6 +367,17 @@ def opp_auth_storage(request: pytest.FixtureRequest, opp_auth_storage_type: str)
     yield {"type": "postgresql", "url": server.url(server.empty_shared_database())}
 
 
+async def async_stored_document(config_dir: str | Path, key: str, version: int = 1) -> Any:
+    """A ``.storage`` document as a restart reads it: the file with its journal (if any) replayed.
+
+    Journaled documents (the local provider's logins, the MFA modules' data) reach their file
+    whole at a compaction or when the server stops; between, a change is a journal line.
+    """
+    from .storage import Store
+
+    return await Store(str(config_dir), key, version, journal=True).async_load()
+
+
 async def async_seed_documents(
     config_dir: Path, storage: dict[str, Any], documents: dict[str, tuple[int, Any]]
 ) -> None:

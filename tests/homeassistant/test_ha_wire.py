@@ -13,7 +13,7 @@ import pytest
 
 from opp_auth.http import indieauth
 from opp_auth.http.view import AUTH_KEY
-from opp_auth.testing import CLIENT_ID, REDIRECT_URI
+from opp_auth.testing import CLIENT_ID, REDIRECT_URI, async_stored_document
 
 from .conftest import HA_CLIENT_ID, HA_LOCAL, OWNER_ID, OWNER_SESSION_ID, PASSWORDS, serve
 
@@ -287,9 +287,9 @@ async def test_onboarding_a_fresh_homeassistant_directory(tmp_path: Path, opp_au
         "name": "Paulus", "username": "Paulus", "password": PASSWORD, "client_id": CLIENT_ID, "language": "en",
     }) as resp:
         assert resp.status == 200, await resp.text()
-    logins = json.loads((tmp_path / ".storage" / "auth_provider.homeassistant").read_text(encoding="utf-8"))
-    assert [u["username"] for u in logins["data"]["users"]] == ["paulus"]
-    assert not (tmp_path / ".storage" / "auth_provider.openpeerpower").exists()
+    logins = await async_stored_document(tmp_path, "auth_provider.homeassistant")
+    assert [u["username"] for u in logins["users"]] == ["paulus"]
+    assert not list((tmp_path / ".storage").glob("*auth_provider.openpeerpower*"))
     tokens = await client.login.tokens(HA_LOCAL, [{"username": "paulus", "password": PASSWORD}])
     assert client.app[AUTH_KEY].validate_access_token(tokens["access_token"], "127.0.0.1").user.is_owner
 
@@ -311,8 +311,8 @@ async def test_admin_change_username_as_home_assistants_frontend_sends_it(ha: An
     await ws.send_json({"id": 23, "type": kind, "user_id": anne, "username": "  Annie "})
     assert (await ws.receive_json())["success"] is True, "rename"
     await ws.close()
-    logins = json.loads((ha_dir["dir"] / ".storage" / "auth_provider.homeassistant").read_text(encoding="utf-8"))
-    assert [u["username"] for u in logins["data"]["users"]] == ["paulus", "annie", "guest"]
+    logins = await async_stored_document(ha_dir["dir"], "auth_provider.homeassistant")
+    assert sorted(u["username"] for u in logins["users"]) == ["annie", "guest", "paulus"]
     secret = ha_dir["totp"][anne]
     for username, ok in (("anne", False), ("annie", True)):
         status, step = await ha.login.start(HA_LOCAL)

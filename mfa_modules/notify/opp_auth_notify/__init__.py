@@ -193,7 +193,8 @@ class NotifyAuthModule(MfaModule):
     def __init__(self, auth: Any, config: dict[str, Any]) -> None:
         """Build the configured services; nothing loaded yet."""
         super().__init__(auth, config)
-        self._store = auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True)
+        # Journaled: a change writes the one user's settings (a path save), not every user's.
+        self._store = auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True, journal=True)
         self._users: dict[str, dict[str, Any]] = {}
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._send_times: OrderedDict[str, deque[float]] = OrderedDict()
@@ -234,9 +235,9 @@ class NotifyAuthModule(MfaModule):
             if isinstance(s, dict) and isinstance(s.get("notify_service"), str)
         }
 
-    async def _async_save(self) -> None:
-        """Write now, in Open Peer Power's format."""
-        await self._store.async_save({"users": self._users})
+    async def _async_save(self, user_id: str) -> None:
+        """Make the user's settings (or their removal) durable now (Open Peer Power's format when compacted)."""
+        await self._store.async_save_changes({"users": self._users}, [("users", user_id)])
 
     async def async_setup_flow(self, user_id: str) -> SetupFlow:
         """Enrolment: pick a service and target, confirm with the code it delivers."""
@@ -252,13 +253,13 @@ class NotifyAuthModule(MfaModule):
             "notify_service": service,
             "target": target if isinstance(target, str) and target else None,
         }
-        await self._async_save()
+        await self._async_save(user_id)
 
     async def async_depose_user(self, user_id: str) -> None:
         """Forget the user's service and any pending code."""
         self._pending.pop(user_id, None)
         if self._users.pop(user_id, None) is not None:
-            await self._async_save()
+            await self._async_save(user_id)
 
     async def async_is_user_setup(self, user_id: str) -> bool:
         """Whether the user chose a service."""

@@ -185,7 +185,8 @@ class WebauthnAuthModule(MfaModule):
     def __init__(self, auth: Any, config: dict[str, Any]) -> None:
         """Nothing loaded yet."""
         super().__init__(auth, config)
-        self._store = auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True)
+        # Journaled: a change writes the one user's entry (a path save), not every user's passkeys.
+        self._store = auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True, journal=True)
         self._users: dict[str, dict[str, Any]] = {}
         self._by_credential: dict[str, str] = {}  # credential id -> user id
         self._pending: OrderedDict[str, Pending] = OrderedDict()
@@ -237,9 +238,9 @@ class WebauthnAuthModule(MfaModule):
         """credential id -> user id."""
         self._by_credential = {p["id"]: uid for uid, entry in self._users.items() for p in entry["passkeys"]}
 
-    async def _async_save(self) -> None:
-        """Write now."""
-        await self._store.async_save({"users": self._users})
+    async def _async_save(self, user_id: str) -> None:
+        """Make the user's entry (or its removal) durable now."""
+        await self._store.async_save_changes({"users": self._users}, [("users", user_id)])
 
     # ---- MfaModule ------------------------------------------------------------------------------
 
@@ -281,14 +282,14 @@ class WebauthnAuthModule(MfaModule):
         }
         entry["passkeys"].append(passkey)
         self._by_credential[passkey["id"]] = user_id
-        await self._async_save()
+        await self._async_save(user_id)
         return self.describe(passkey)
 
     async def async_depose_user(self, user_id: str) -> None:
         """Forget every passkey of the user."""
         if self._users.pop(user_id, None) is not None:
             self._reindex()
-            await self._async_save()
+            await self._async_save(user_id)
 
     async def async_is_user_setup(self, user_id: str) -> bool:
         """Whether the user has at least one passkey."""
@@ -475,7 +476,7 @@ class WebauthnAuthModule(MfaModule):
         passkey["sign_count"] = verified.new_sign_count
         passkey["last_used_at"] = _now_iso()
         passkey["backed_up"] = verified.credential_backed_up
-        await self._async_save()
+        await self._async_save(owner)
         return Assertion(owner, passkey, verified.user_verified)
 
     async def async_register(self, binding: str, user_id: str, credential: Any, name: Any) -> dict[str, Any]:
@@ -537,7 +538,7 @@ class WebauthnAuthModule(MfaModule):
         """Rename one of the user's passkeys."""
         passkey = self._find(user_id, passkey_id)
         passkey["name"] = clean_name(name)
-        await self._async_save()
+        await self._async_save(user_id)
         return self.describe(passkey)
 
     async def async_remove(self, user_id: str, passkey_id: str) -> None:
@@ -548,7 +549,7 @@ class WebauthnAuthModule(MfaModule):
         if not entry["passkeys"]:
             del self._users[user_id]
         self._reindex()
-        await self._async_save()
+        await self._async_save(user_id)
 
     def _find(self, user_id: str, passkey_id: Any) -> dict[str, Any]:
         """One passkey of the user, or CeremonyError not_found."""

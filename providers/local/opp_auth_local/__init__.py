@@ -107,8 +107,10 @@ class Data:
 
     def __init__(self, provider: LocalAuthProvider) -> None:
         """Name the file; call async_load next."""
-        self._store = provider.auth.storage(provider.STORAGE_KEY, STORAGE_VERSION, private=True)
+        # Journaled: a change is written as the login it touches (a path save), not the whole file.
+        self._store = provider.auth.storage(provider.STORAGE_KEY, STORAGE_VERSION, private=True, journal=True)
         self._users: list[dict[str, str]] = []
+        self._doc: dict[str, Any] = {"users": self._users}
         self._by_name: dict[str, dict[str, str]] = {}
         self.is_legacy = False
 
@@ -156,6 +158,7 @@ class Data:
             )
         self.is_legacy = duplicate is not None or spaced is not None
         self._users = users
+        self._doc = {"users": users}
         # Not legacy: no name has spaces around it, so a normalised name is its folded one.
         self._by_name = {u["username"]: u for u in users} if self.is_legacy else by_folded
 
@@ -174,8 +177,8 @@ class Data:
         if not check_password(password, found["password"] if found else None):
             raise InvalidAuthError
 
-    def add_auth(self, username: str, password: str) -> None:
-        """Add a login (blocking: bcrypt)."""
+    def add_auth(self, username: str, password: str) -> str:
+        """Add a login (blocking: bcrypt); returns the stored username."""
         username = self.normalize_username(username)
         if not username:
             raise InvalidUser("Username must not be empty")
@@ -187,13 +190,16 @@ class Data:
             raise InvalidUser("Username already exists")
         self._users.append(entry)
         self._by_name[username] = entry
+        return username
 
-    def remove_auth(self, username: str) -> None:
-        """Remove a login."""
+    def remove_auth(self, username: str) -> str:
+        """Remove a login; returns its stored username."""
         entry = self._by_name.pop(self.normalize_username(username), None)
         if entry is None:
             raise InvalidUser("User not found")
-        self._users = [u for u in self._users if u is not entry]
+        index = next(i for i, u in enumerate(self._users) if u is entry)
+        del self._users[index]
+        return entry["username"]
 
     def change_username(self, username: str, new_username: str) -> str:
         """Rename a login; returns the stored (normalised) new name."""
@@ -211,16 +217,21 @@ class Data:
         self._by_name[new] = entry
         return new
 
-    def change_password(self, username: str, new_password: str) -> None:
-        """Set a new password (blocking: bcrypt)."""
+    def change_password(self, username: str, new_password: str) -> str:
+        """Set a new password (blocking: bcrypt); returns the stored username."""
         entry = self.get(username)
         if entry is None:
             raise InvalidUser("User not found")
         entry["password"] = hash_password(new_password)
+        return entry["username"]
 
-    async def async_save(self) -> None:
-        """Write the logins now."""
-        await self._store.async_save({"users": [dict(u) for u in self._users]})
+    async def async_save(self, *names: str) -> None:
+        """Make the logins stored under these usernames (as stored, after the change) durable.
+
+        A login that is gone is deleted; each one is written alone, so the cost of a change does
+        not grow with the number of logins.
+        """
+        await self._store.async_save_changes(self._doc, [("users", {"username": name}) for name in names])
 
 
 class LocalAuthProvider(AuthProvider):
@@ -261,9 +272,9 @@ class LocalAuthProvider(AuthProvider):
         if not is_safe_username(username):
             raise InvalidUsername(UNSAFE_USERNAME_MESSAGE)
         self.check_password_policy(password, username)
-        await self.auth.async_password_check(self.data.add_auth, username, password)
+        stored = await self.auth.async_password_check(self.data.add_auth, username, password)
         try:
-            await self.data.async_save()
+            await self.data.async_save(stored)
         except Exception:
             # Not on disk, so not added: a retry (after freeing space) must not find the name taken.
             self.data.remove_auth(username)
@@ -271,8 +282,7 @@ class LocalAuthProvider(AuthProvider):
 
     async def async_remove_auth(self, username: str) -> None:
         """Remove a login, and the credentials that use it."""
-        self.data.remove_auth(username)
-        await self.data.async_save()
+        await self.data.async_save(self.data.remove_auth(username))
         cred = self.async_find_credentials({"username": username})
         if cred is not None:
             await self.auth.async_forget_credentials(cred)
@@ -280,8 +290,8 @@ class LocalAuthProvider(AuthProvider):
     async def async_change_password(self, username: str, new_password: str) -> None:
         """Set a new password and save it."""
         self.check_password_policy(new_password, username)
-        await self.auth.async_password_check(self.data.change_password, username, new_password)
-        await self.data.async_save()
+        stored = await self.auth.async_password_check(self.data.change_password, username, new_password)
+        await self.data.async_save(stored)
         credentials = self.async_find_credentials({"username": username})
         self.auth.note_event(
             "password_changed",
@@ -295,9 +305,11 @@ class LocalAuthProvider(AuthProvider):
         if not is_safe_username(new_username):
             raise InvalidUsername(UNSAFE_USERNAME_MESSAGE)
         old = credentials.data["username"]
+        entry = self.data.get(old)
+        old_stored = entry["username"] if entry is not None else old
         new = self.data.change_username(old, new_username)
         try:
-            await self.data.async_save()
+            await self.data.async_save(old_stored, new)
         except Exception:
             self.data.change_username(new, old)
             raise
@@ -318,10 +330,10 @@ class LocalAuthProvider(AuthProvider):
     async def async_will_remove_credentials(self, credentials: Credentials) -> None:
         """Removing the credentials removes the login too."""
         try:
-            self.data.remove_auth(credentials.data["username"])
+            stored = self.data.remove_auth(credentials.data["username"])
         except InvalidUser:
             return
-        await self.data.async_save()
+        await self.data.async_save(stored)
 
 
 class HomeAssistantAuthProvider(LocalAuthProvider):

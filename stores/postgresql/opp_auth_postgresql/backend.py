@@ -105,8 +105,11 @@ def encode(value: Any) -> str:
     return text
 
 
-def path_text(path: Iterable[str]) -> str:
-    """A document path as stored: its JSON array, ASCII-escaped, so prefixes compare as text."""
+def path_text(path: Iterable[Any]) -> str:
+    """A document path as stored: its JSON array, ASCII-escaped, so prefixes compare as text.
+
+    The same path always gives the same text (a selector step is a one-item object).
+    """
     return json.dumps(list(path), ensure_ascii=True, separators=(",", ":"))
 
 
@@ -868,10 +871,11 @@ class PgDocument:
         ops: list[tuple[str, Any]] = [self._version_op()]
         records: list[dict[str, Any]] = []
         for path in paths:
-            keys = [str(k) for k in path]
-            node: Any = data
-            for k in keys:
-                node = node.get(k, _MISSING) if isinstance(node, dict) else _MISSING
+            try:
+                keys = StorageBackend.check_path(path)
+            except ValueError as err:
+                raise StorageError(f"Cannot save a change to {self.key}: {err}") from None
+            node = StorageBackend.value_at(data, keys)
             text = path_text(keys)
             ops.append(
                 (
@@ -879,7 +883,7 @@ class PgDocument:
                     (self.key, text, _descendant_prefix(text)),
                 )
             )
-            if node is _MISSING:
+            if node is StorageBackend.MISSING:
                 ops.append(
                     (
                         "INSERT INTO opp_auth_documents (key, path, seq, value) "
@@ -994,30 +998,13 @@ class PgDocument:
                 _LOGGER.exception("A listener of %s failed", self.key)
 
 
-_MISSING = object()
-
-
-def apply_path_records(data: Any, records: list[dict[str, Any]], _where: str = "") -> Any:
-    """Apply set/del records (``{"t", "p": [keys], "v"}``) to nested dicts, creating the missing levels."""
+def apply_path_records(data: Any, records: list[dict[str, Any]], where: str = "") -> Any:
+    """Apply set/del records (``{"t", "p": [steps], "v"}``) by the core's document path rules."""
     for record in records:
-        keys = record.get("p")
-        if not isinstance(keys, list) or not keys:
-            continue
-        if data is None or not isinstance(data, dict):
-            data = {}
-        node = data
-        for key in keys[:-1]:
-            child = node.get(key)
-            if not isinstance(child, dict):
-                if record.get("t") == "del":
-                    break
-                child = node[key] = {}
-            node = child
-        else:
-            if record.get("t") == "set":
-                node[keys[-1]] = record.get("v")
-            else:
-                node.pop(keys[-1], None)
+        try:
+            data = StorageBackend.apply_path_record(data, record)
+        except ValueError as err:
+            _LOGGER.error("Ignoring a stored change of %s: %s", where, err)
     return data
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import stat
 import time
@@ -14,7 +13,7 @@ import pytest
 
 from opp_auth.config import load_config
 from opp_auth.plugins import make_plugin_manager
-from opp_auth.testing import run_login_flow
+from opp_auth.testing import async_stored_document, run_login_flow
 from opp_auth.yaml import ConfigError
 
 LOGIN = [{"username": "mfa-user", "password": "mfa-pass"}]
@@ -26,7 +25,9 @@ FILE_SERVICE = {"name": "codes", "platform": "file", "filename": "codes.txt"}
 @pytest.fixture
 async def auth(opp_auth_factory: Any) -> Any:
     """Example provider plus notify over the file platform."""
-    return await opp_auth_factory(providers=PROVIDERS, mfa_modules=[{"type": "notify"}], blocks={"notify": [FILE_SERVICE]})
+    return await opp_auth_factory(
+        providers=PROVIDERS, mfa_modules=[{"type": "notify"}], blocks={"notify": [FILE_SERVICE]}
+    )
 
 
 async def enrolled(auth: Any, make_user: Any, **setting: Any) -> Any:
@@ -44,7 +45,9 @@ def wrong(code: str) -> str:
 # ---- setup flow ---------------------------------------------------------------------------------
 
 
-async def test_setup_wrong_code_sends_a_new_code_and_the_new_one_enrols(auth: Any, make_user: Any, codes_file: Any) -> None:
+async def test_setup_wrong_code_sends_a_new_code_and_the_new_one_enrols(
+    auth: Any, make_user: Any, codes_file: Any
+) -> None:
     """invalid_code plus a fresh code; the fresh code enrols with the chosen target, stored as Open Peer Power does."""
     user = await make_user(auth)
     form = await auth.mfa_setup_flow.async_init("notify", context={"user_id": user.id})
@@ -57,11 +60,13 @@ async def test_setup_wrong_code_sends_a_new_code_and_the_new_one_enrols(auth: An
     assert len(codes_file()) == 2 and codes_file()[-1] != first
     done = await auth.mfa_setup_flow.async_configure(form["flow_id"], {"code": codes_file()[-1]})
     assert done["type"] == "create_entry" and done["data"] == {}
-    stored = json.loads(Path(auth.config_dir, ".storage", "auth_module.notify").read_text())["data"]
+    stored = await async_stored_document(auth.config_dir, "auth_module.notify")
     assert stored == {"users": {user.id: {"notify_service": "codes", "target": "dev"}}}
 
 
-async def test_file_platform_writes_target_and_message_to_a_private_file(auth: Any, make_user: Any, config_dir: Path) -> None:
+async def test_file_platform_writes_target_and_message_to_a_private_file(
+    auth: Any, make_user: Any, config_dir: Path
+) -> None:
     """One line per code, prefixed with the target; only the owner can read the file."""
     user = await enrolled(auth, make_user, target="dev")
     await auth.get_auth_mfa_module("notify").async_initialize_login_mfa_step(user.id)
@@ -160,7 +165,9 @@ async def test_resent_code_replaces_the_old_one(auth: Any, make_user: Any, codes
     assert await module.async_validate(user.id, {"code": new}) is True
 
 
-async def test_resends_per_login_are_capped(auth: Any, make_user: Any, codes_file: Any, caplog: pytest.LogCaptureFixture) -> None:
+async def test_resends_per_login_are_capped(
+    auth: Any, make_user: Any, codes_file: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """At most three codes are resent for one login; the last one sent keeps working."""
     user = await enrolled(auth, make_user)
     module = auth.get_auth_mfa_module("notify")
@@ -187,7 +194,9 @@ async def test_resends_per_user_and_minute_are_capped(auth: Any, make_user: Any,
     assert result["type"] == "create_entry"
 
 
-async def test_pending_codes_are_capped(auth: Any, make_user: Any, codes_file: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_pending_codes_are_capped(
+    auth: Any, make_user: Any, codes_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Codes live in memory only, and the oldest are evicted beyond the cap."""
     monkeypatch.setattr(opp_auth_notify, "MAX_PENDING", 2)
     module = auth.get_auth_mfa_module("notify")
@@ -198,7 +207,7 @@ async def test_pending_codes_are_capped(auth: Any, make_user: Any, codes_file: A
     codes = codes_file()
     assert await module.async_validate(users[0].id, {"code": codes[0]}) is False
     assert await module.async_validate(users[2].id, {"code": codes[2]}) is True
-    stored = json.loads(Path(auth.config_dir, ".storage", "auth_module.notify").read_text())["data"]
+    stored = await async_stored_document(auth.config_dir, "auth_module.notify")
     assert all(set(entry) == {"notify_service", "target"} for entry in stored["users"].values())
 
 
@@ -341,4 +350,6 @@ def test_notify_block_is_validated_into_config_blocks(config_dir: Path) -> None:
         "notify:\n  - name: Dev Codes\n    platform: file\n    filename: dev.txt\n" + CORE_BLOCK
     )
     config = load_config(config_dir, make_plugin_manager(), allow_insecure_example=True)
-    assert config.blocks["notify"] == [{"name": "dev_codes", "platform": "file", "filename": "dev.txt", "timestamp": False}]
+    assert config.blocks["notify"] == [
+        {"name": "dev_codes", "platform": "file", "filename": "dev.txt", "timestamp": False}
+    ]

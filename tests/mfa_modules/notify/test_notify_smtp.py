@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from opp_auth.testing import async_stored_document
+
 LOGIN = {"username": "mfa-user", "password": "mfa-pass"}
 PROVIDERS = [{"type": "insecure_example", "users": [{"username": "mfa-user", "password": "mfa-pass", "name": "Mia"}]}]
 HANDLER = ["insecure_example", None]
@@ -19,8 +21,15 @@ HANDLER = ["insecure_example", None]
 def smtp_service(port: int, **extra: Any) -> dict[str, Any]:
     """A notify: entry for the test server."""
     return {
-        "name": "email", "platform": "smtp", "server": "127.0.0.1", "port": port, "encryption": "none",
-        "sender": "opp@example.org", "recipient": "owner@example.org", "timeout": 5, **extra,
+        "name": "email",
+        "platform": "smtp",
+        "server": "127.0.0.1",
+        "port": port,
+        "encryption": "none",
+        "sender": "opp@example.org",
+        "recipient": "owner@example.org",
+        "timeout": 5,
+        **extra,
     }
 
 
@@ -72,7 +81,10 @@ async def test_enrol_over_websocket_then_log_in_with_the_mailed_code(
         assert form["step_id"] == "init"
         assert [f["name"] for f in form["data_schema"]] == ["notify_service", "target"]
         form = await ws_call(
-            ws, 2, type="auth/setup_mfa", flow_id=form["flow_id"],
+            ws,
+            2,
+            type="auth/setup_mfa",
+            flow_id=form["flow_id"],
             user_input={"notify_service": "email", "target": "mia@example.org"},
         )
         assert form["step_id"] == "setup" and form["description_placeholders"] == {"notify_service": "email"}
@@ -83,16 +95,21 @@ async def test_enrol_over_websocket_then_log_in_with_the_mailed_code(
         assert done["type"] == "create_entry" and done["data"] == {}
     finally:
         await ws.close()
+    expected = {"users": {user.id: {"notify_service": "email", "target": "mia@example.org"}}}
+    assert await async_stored_document(auth.config_dir, "auth_module.notify") == expected
+    await auth.async_shutdown()  # the journal compacted: Open Peer Power's file
     stored = json.loads(Path(auth.config_dir, ".storage", "auth_module.notify").read_text())
     assert stored["version"] == 1
-    assert stored["data"] == {"users": {user.id: {"notify_service": "email", "target": "mia@example.org"}}}
+    assert stored["data"] == expected
 
     result = await start_login(client)
     assert result["type"] == "form" and result["step_id"] == "mfa", result
     assert len(smtp.mailbox.mails) == 2 and smtp.mailbox.envelopes[-1].rcpt_tos == ["mia@example.org"]
     status, result = await client.login.step(result["flow_id"], code=smtp.mailbox.code())
     assert status == 200 and result["type"] == "create_entry", result
-    status, tokens = await client.login.token(grant_type="authorization_code", client_id="https://example.com/app", code=result["result"])
+    status, tokens = await client.login.token(
+        grant_type="authorization_code", client_id="https://example.com/app", code=result["result"]
+    )
     assert status == 200 and tokens["access_token"]
 
 
@@ -206,7 +223,9 @@ async def test_setup_with_a_refusing_server_aborts(
     ws = await ws_session(client, auth, user)
     try:
         form = await ws_call(ws, 1, type="auth/setup_mfa", mfa_module_id="notify")
-        result = await ws_call(ws, 2, type="auth/setup_mfa", flow_id=form["flow_id"], user_input={"notify_service": "email"})
+        result = await ws_call(
+            ws, 2, type="auth/setup_mfa", flow_id=form["flow_id"], user_input={"notify_service": "email"}
+        )
     finally:
         await ws.close()
     assert result["type"] == "abort" and result["reason"] == "send_failed"
@@ -236,10 +255,28 @@ def server_cert(tmp_path: Path, require_binary: Any) -> tuple[Path, Path]:
     openssl = require_binary("openssl", "openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -253,8 +290,12 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 @pytest.mark.parametrize("encryption", ["tls", "starttls"])
 async def test_encrypted_delivery_to_a_trusted_server(
-    opp_auth_factory: Any, smtp_server: Any, make_user: Any, server_cert: tuple[Path, Path],
-    monkeypatch: pytest.MonkeyPatch, encryption: str,
+    opp_auth_factory: Any,
+    smtp_server: Any,
+    make_user: Any,
+    server_cert: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    encryption: str,
 ) -> None:
     """Implicit TLS and STARTTLS deliver when the certificate is trusted (SSL_CERT_FILE names the test CA)."""
     context = server_context(*server_cert)
@@ -271,8 +312,13 @@ async def test_encrypted_delivery_to_a_trusted_server(
 
 
 async def test_untrusted_certificate_aborts_the_login(
-    opp_auth_factory: Any, opp_auth_client: Any, smtp_server: Any, make_user: Any,
-    server_cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    opp_auth_factory: Any,
+    opp_auth_client: Any,
+    smtp_server: Any,
+    make_user: Any,
+    server_cert: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """STARTTLS to a server whose certificate nobody vouches for fails closed."""
     smtp = await smtp_server(tls_context=server_context(*server_cert), require_starttls=True)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import voluptuous as vol
 
-from opp_auth.testing import MfaContract, run_login_flow
+from opp_auth.testing import MfaContract, async_stored_document, run_login_flow
 
 LOGIN = [{"username": "mfa-user", "password": "mfa-pass"}]
 PROVIDERS = [
@@ -360,12 +360,14 @@ async def test_stored_under_its_own_key_without_secrets_in_lists(auth: Any, auth
     user = await make_user(auth)
     module = auth.get_auth_mfa_module("webauthn")
     passkey = await enrol(module, authenticator, user.id, name="  My   phone ")
-    stored = json.loads(open(f"{auth.config_dir}/.storage/auth_module.webauthn").read())
-    assert stored["key"] == "auth_module.webauthn" and stored["version"] == 1
-    record = stored["data"]["users"][user.id]["passkeys"][0]
+    data = await async_stored_document(auth.config_dir, "auth_module.webauthn")
+    record = data["users"][user.id]["passkeys"][0]
     assert record["id"] == passkey["id"] and record["public_key"] and record["sign_count"] == 0
     assert passkey["name"] == "My phone" and passkey["model"] == "iCloud Keychain"
     assert set(passkey) == {"id", "name", "created_at", "last_used_at", "model", "backed_up"}
+    await auth.async_shutdown()  # a stopped server leaves the whole file (its journal compacted)
+    stored = json.loads(open(f"{auth.config_dir}/.storage/auth_module.webauthn").read())
+    assert stored["key"] == "auth_module.webauthn" and stored["version"] == 1 and stored["data"] == data
 
 
 async def test_passkey_totp_and_recovery_code_are_each_enough(opp_auth_factory: Any, authenticator: Any) -> None:

@@ -20,6 +20,7 @@ import pytest
 from opp_auth_local import STORAGE_KEY, InvalidUser, LocalAuthProvider, PasswordTooLong
 
 from opp_auth.manager import AuthManager
+from opp_auth.testing import async_seed_documents, async_stored_document
 from opp_auth.yaml import ConfigError
 
 HANDLER = ("openpeerpower", None)
@@ -47,8 +48,13 @@ def write_logins(config_dir: Path, users: list[tuple[str, str | bytes]], rounds:
 
 
 def read_logins(config_dir: Path) -> dict[str, Any]:
-    """The stored envelope."""
+    """The file's envelope (Open Peer Power's format; whole once the server stopped: the journal compacted)."""
     return json.loads((config_dir / ".storage" / STORAGE_KEY).read_text())
+
+
+async def stored_logins(config_dir: Path) -> list[dict[str, Any]]:
+    """The logins a restart reads: the file with its journal replayed over it."""
+    return list((await async_stored_document(config_dir, STORAGE_KEY) or {}).get("users", []))
 
 
 async def make_auth(factory: Factory, **kwargs: Any) -> AuthManager:
@@ -158,7 +164,7 @@ async def test_unknown_user_still_costs_one_bcrypt_check(
     result = await login(auth, "nobody", PASSWORD)
     assert result["errors"] == {"base": "invalid_auth"}
     assert len(calls) == 1
-    stored = base64.b64decode(read_logins(auth_dir(auth))["data"]["users"][0]["password"])
+    stored = base64.b64decode((await stored_logins(auth_dir(auth)))[0]["password"])
     assert calls[0] != stored
 
 
@@ -236,6 +242,8 @@ async def test_normal_data_logs_no_legacy_warning(opp_auth_factory: Factory, cap
 async def test_added_login_is_stored_in_open_peer_power_format(opp_auth_factory: Factory, config_dir: Path) -> None:
     auth = await make_auth(opp_auth_factory)
     await local(auth).async_add_auth(" Paulus ", PASSWORD)
+    assert [u["username"] for u in await stored_logins(config_dir)] == ["paulus"]
+    await auth.async_shutdown()
     envelope = read_logins(config_dir)
     assert envelope["version"] == 1
     assert envelope["key"] == "auth_provider.openpeerpower"
@@ -297,7 +305,7 @@ async def test_adding_existing_username_in_other_case_is_refused(opp_auth_factor
 async def test_removed_login_cannot_log_in_and_is_gone_from_file(opp_auth_factory: Factory, config_dir: Path) -> None:
     auth = await make_auth(opp_auth_factory)
     await local(auth).async_remove_auth("Paulus")
-    assert read_logins(config_dir)["data"]["users"] == []
+    assert await stored_logins(config_dir) == []
     assert (await login(auth, "paulus", PASSWORD))["errors"] == {"base": "invalid_auth"}
 
 
@@ -314,7 +322,7 @@ async def test_changed_password_replaces_old_one_and_is_saved(opp_auth_factory: 
     await local(auth).async_change_password("PAULUS", "new-pass")
     assert (await login(auth, "paulus", PASSWORD))["errors"] == {"base": "invalid_auth"}
     assert (await login(auth, "paulus", "new-pass"))["type"] == "create_entry"
-    [entry] = read_logins(config_dir)["data"]["users"]
+    [entry] = await stored_logins(config_dir)
     assert bcrypt.checkpw(b"new-pass", base64.b64decode(entry["password"]))
 
 
@@ -332,7 +340,7 @@ async def test_removing_credentials_removes_the_login(opp_auth_factory: Factory,
     await auth.async_get_or_create_user(result["result"])
     await auth.async_remove_credentials(result["result"])
     assert local(auth).data.get("paulus") is None
-    assert read_logins(config_dir)["data"]["users"] == []
+    assert await stored_logins(config_dir) == []
     assert (await login(auth, "paulus", PASSWORD))["errors"] == {"base": "invalid_auth"}
 
 
@@ -451,3 +459,75 @@ async def test_max_password_checks_allows_that_many_at_once(
     assert spy.peak == 2
     (_, end1), (start2, _) = sorted(spy.intervals)
     assert start2 < end1
+
+
+@pytest.mark.parametrize("opp_auth_storage_type", ["json", "postgresql"])
+async def test_a_change_writes_only_the_login_it_touches(
+    opp_auth_factory: Factory, opp_auth_storage: dict[str, Any], config_dir: Path
+) -> None:
+    """With 2,000 logins stored, adding, renaming, re-passwording and removing one writes that one
+    (a journal line, a document row), never the 2,000; a restart reads the same logins."""
+    hashed = base64.b64encode(bcrypt.hashpw(b"x", bcrypt.gensalt(4))).decode()
+    seeded = [{"username": f"user{i:05d}", "password": hashed} for i in range(2000)]
+    await async_seed_documents(config_dir, opp_auth_storage, {STORAGE_KEY: (1, {"users": seeded})})
+    auth = await make_auth(opp_auth_factory)
+    provider = local(auth)
+    written = Written(opp_auth_storage, config_dir)
+    await written.start()
+    await provider.async_add_auth("Newcomer", PASSWORD)
+    await provider.async_change_password("user00007", "another-pass")
+    credentials = await auth.async_get_or_create_user((await login(auth, "user00011", "x"))["result"])
+    await provider.async_change_username(
+        next(c for c in credentials.credentials if c.auth_provider_type == "openpeerpower"), "renamed"
+    )
+    await provider.async_remove_auth("user00003")
+    sizes = await written.changes()
+    assert len(sizes) >= 4 and max(sizes) < 1024, sizes  # the whole document is ~200 KB
+    expected = sorted(u["username"] for u in provider.data.users)
+    assert "newcomer" in expected and "renamed" in expected
+    assert "user00003" not in expected and "user00011" not in expected
+    await auth.async_shutdown()
+    again = local(await make_auth(opp_auth_factory))
+    assert sorted(u["username"] for u in again.data.users) == expected
+    again.data.validate_login("user00007", "another-pass")
+    again.data.validate_login("newcomer", PASSWORD)
+
+
+class Written:
+    """What a store wrote since start(): sizes of journal lines (JSON) or document rows (PostgreSQL)."""
+
+    def __init__(self, storage: dict[str, Any], config_dir: Path) -> None:
+        self.storage = storage
+        self.file = config_dir / ".storage" / STORAGE_KEY
+        self.journal = config_dir / ".storage" / f".{STORAGE_KEY}.journal"
+        self.mark: Any = None
+
+    def _state(self) -> Any:
+        if self.storage["type"] == "json":
+            stat = self.file.stat()
+            return (stat.st_size, stat.st_mtime_ns, self.journal.read_bytes() if self.journal.exists() else b"")
+        import psycopg
+
+        with psycopg.connect(self.storage["url"]) as conn:
+            row = conn.execute("SELECT coalesce(max(seq), 0) FROM opp_auth_documents").fetchone()
+            return row[0] if row else 0
+
+    async def start(self) -> None:
+        self.mark = self._state()
+
+    async def changes(self) -> list[int]:
+        if self.storage["type"] == "json":
+            size, mtime, before = self.mark
+            stat = self.file.stat()
+            assert (stat.st_size, stat.st_mtime_ns) == (size, mtime), "the whole file was rewritten"
+            after = self.journal.read_bytes()
+            return [len(line) for line in after[len(before) :].splitlines() if line]
+        import psycopg
+
+        with psycopg.connect(self.storage["url"]) as conn:
+            rows = conn.execute(
+                "SELECT octet_length(path) + coalesce(octet_length(value), 0) FROM opp_auth_documents "
+                "WHERE key = %s AND seq > %s",
+                (STORAGE_KEY, self.mark),
+            ).fetchall()
+        return [int(row[0]) for row in rows]

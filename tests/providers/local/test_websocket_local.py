@@ -18,7 +18,7 @@ from opp_auth_local import STORAGE_KEY, LocalAuthProvider
 
 from opp_auth import AuthProvider, InvalidAuthError, User, UserMeta, hookimpl
 from opp_auth.manager import AuthManager
-from opp_auth.testing import CLIENT_ID, OppAuthClient
+from opp_auth.testing import CLIENT_ID, OppAuthClient, async_stored_document
 
 PREFIX = "config/auth_provider/openpeerpower/"
 OWNER_PW = "owner-pass-1"
@@ -40,9 +40,9 @@ def write_logins(config_dir: Path, users: list[tuple[str, str]]) -> None:
     (storage / STORAGE_KEY).write_text(json.dumps({"version": 1, "key": STORAGE_KEY, "data": {"users": entries}}))
 
 
-def stored_usernames(config_dir: Path) -> list[str]:
-    """Usernames in the logins file."""
-    data = json.loads((config_dir / ".storage" / STORAGE_KEY).read_text())["data"]
+async def stored_usernames(config_dir: Path) -> list[str]:
+    """Usernames a restart reads (the logins file with its journal)."""
+    data = await async_stored_document(config_dir, STORAGE_KEY)
     return [u["username"] for u in data["users"]]
 
 
@@ -202,8 +202,11 @@ async def test_wrong_current_password_counts_as_failed_login(
     opp_auth_factory: Any, opp_auth_client: Any, config_dir: Path
 ) -> None:
     env = await make_env(
-        opp_auth_factory, opp_auth_client, config_dir,
-        providers=[{"type": "openpeerpower"}], http={"login_attempts_threshold": 1},
+        opp_auth_factory,
+        opp_auth_client,
+        config_dir,
+        providers=[{"type": "openpeerpower"}],
+        http={"login_attempts_threshold": 1},
     )
     _, token = await env.token(env.bob)
     session = await env.connect(token)
@@ -246,7 +249,9 @@ async def test_change_password_to_username_refused(
         await session.ws.close()
 
 
-async def test_min_password_length_is_configurable(opp_auth_factory: Any, opp_auth_client: Any, config_dir: Path) -> None:
+async def test_min_password_length_is_configurable(
+    opp_auth_factory: Any, opp_auth_client: Any, config_dir: Path
+) -> None:
     env = await make_env(
         opp_auth_factory, opp_auth_client, config_dir, providers=[{"type": "openpeerpower", "min_password_length": 12}]
     )
@@ -254,7 +259,10 @@ async def test_min_password_length_is_configurable(opp_auth_factory: Any, opp_au
     try:
         error = await session.error(PREFIX + "change_password", current_password=BOB_PW, new_password="elevenchars")
         assert error == {"code": "invalid_password", "message": "Passwords must be at least 12 characters long."}
-        assert await session.result(PREFIX + "change_password", current_password=BOB_PW, new_password="twelve-chars") is None
+        assert (
+            await session.result(PREFIX + "change_password", current_password=BOB_PW, new_password="twelve-chars")
+            is None
+        )
     finally:
         await session.ws.close()
 
@@ -309,7 +317,7 @@ async def test_non_admin_is_unauthorized(env: Env, command: str, fields: dict[st
     session = await env.session(env.bob)
     fields = {k: (env.bob.id if v == "?" else v) for k, v in fields.items()}
     assert await session.error(PREFIX + command, **fields) == {"code": "unauthorized", "message": "Unauthorized"}
-    assert stored_usernames(Path(env.auth.config_dir)) == ["paulus", "bob", "orphan"]
+    assert (await stored_usernames(Path(env.auth.config_dir))) == ["paulus", "bob", "orphan"]
     assert await env.password_ok("bob", BOB_PW)
 
 
@@ -318,7 +326,7 @@ async def test_create_login(env: Env, admin: User) -> None:
     session = await env.session(admin)
     assert await session.result(PREFIX + "create", user_id=eve.id, username="Eve", password=NEW_PW) is None
     assert await env.password_ok("eve", NEW_PW)
-    assert "eve" in stored_usernames(Path(env.auth.config_dir))
+    assert "eve" in (await stored_usernames(Path(env.auth.config_dir)))
     (listed,) = [u for u in await session.result("config/auth/list") if u["id"] == eve.id]
     assert listed["username"] == "eve" and listed["credentials"] == [{"type": "openpeerpower"}]
 
@@ -358,7 +366,7 @@ async def test_create_refuses_usernames_the_login_form_would_refuse(env: Env, ad
     session = await env.session(admin)
     error = await session.error(PREFIX + "create", user_id=eve.id, username=username, password=NEW_PW)
     assert error["code"] == "invalid_username"
-    assert stored_usernames(Path(env.auth.config_dir)) == ["paulus", "bob", "orphan"]
+    assert (await stored_usernames(Path(env.auth.config_dir))) == ["paulus", "bob", "orphan"]
     assert eve.credentials == ()
 
 
@@ -366,7 +374,7 @@ async def test_create_second_username_for_user_refused(env: Env, admin: User) ->
     session = await env.session(admin)
     error = await session.error(PREFIX + "create", user_id=env.bob.id, username="robert", password=NEW_PW)
     assert error["code"] == "credentials_exist"
-    assert "robert" not in stored_usernames(Path(env.auth.config_dir))
+    assert "robert" not in (await stored_usernames(Path(env.auth.config_dir)))
 
 
 @pytest.mark.parametrize(("password", "reason"), [("short", "at least 8"), ("Eve-the-user", "username")])
@@ -375,7 +383,7 @@ async def test_create_with_invalid_password(env: Env, admin: User, password: str
     session = await env.session(admin)
     error = await session.error(PREFIX + "create", user_id=eve.id, username="eve-the-user", password=password)
     assert error["code"] == "invalid_password" and reason in error["message"]
-    assert "eve-the-user" not in stored_usernames(Path(env.auth.config_dir))
+    assert "eve-the-user" not in (await stored_usernames(Path(env.auth.config_dir)))
     assert eve.credentials == ()
 
 
@@ -383,14 +391,14 @@ async def test_delete_username_with_credentials(env: Env, admin: User) -> None:
     session = await env.session(admin)
     assert await session.result(PREFIX + "delete", username="bob") is None
     assert env.bob.credentials == ()
-    assert stored_usernames(Path(env.auth.config_dir)) == ["paulus", "orphan"]
+    assert (await stored_usernames(Path(env.auth.config_dir))) == ["paulus", "orphan"]
     assert not await env.password_ok("bob", BOB_PW)
 
 
 async def test_delete_username_without_credentials(env: Env, admin: User) -> None:
     session = await env.session(admin)
     assert await session.result(PREFIX + "delete", username="orphan") is None
-    assert stored_usernames(Path(env.auth.config_dir)) == ["paulus", "bob"]
+    assert (await stored_usernames(Path(env.auth.config_dir))) == ["paulus", "bob"]
 
 
 async def test_delete_unknown_username(env: Env, admin: User) -> None:
@@ -460,6 +468,8 @@ async def test_admin_change_password_user_without_login(env: Env) -> None:
 async def test_admin_change_password_policy(env: Env) -> None:
     _, bob_token = await env.token(env.bob)
     session = await env.session(env.owner)
-    assert (await session.error(PREFIX + "admin_change_password", user_id=env.bob.id, password="short"))["code"] == "invalid_password"
+    assert (await session.error(PREFIX + "admin_change_password", user_id=env.bob.id, password="short"))[
+        "code"
+    ] == "invalid_password"
     assert await env.password_ok("bob", BOB_PW)
     assert await env.api_status(bob_token) == 200
