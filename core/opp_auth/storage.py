@@ -250,6 +250,8 @@ class Store:
         # What a compaction writes (the store's whole data), set by the journal's owner.
         self.snapshot_func: Callable[[], Any] | None = None
         self.base_size = 0
+        # Read at load: the file did not exist (its first write is a whole file, see async_save_changes).
+        self._base_missing = False
         self._compaction: asyncio.Future[None] | None = None
         self._compact_after = 0.0
         self._listeners: list[Callable[[Any], None]] = []
@@ -326,6 +328,7 @@ class Store:
         raw = _read_raw(self.path)
         envelope = None if raw is None else parse_envelope(self.path, raw)
         self.base_size = 0 if raw is None else len(raw)
+        self._base_missing = raw is None
         try:
             records = self.journal.load()
         except OSError as err:
@@ -417,6 +420,7 @@ class Store:
                 await journal.async_commit()
                 await loop.run_in_executor(None, write_atomic, self.path, chunks, self._private)
                 self.base_size = size
+                self._base_missing = False
                 del chunks
                 await journal.async_drop_through(upto)
             except OSError as err:
@@ -448,6 +452,15 @@ class Store:
         for record in records:
             self.journal_append(record)
         await self.async_commit()
+        if self._base_missing:
+            # The document's first change: its whole file now (it is small), so whatever reads the
+            # files alone (storage copy, Home Assistant) finds the document in its format and version.
+            # The change is durable in the journal already; a failed write here only waits for the
+            # next compaction.
+            try:
+                await self.async_compact()
+            except StorageError as err:
+                _LOGGER.warning("First write of %s left to the next compaction: %s", self.path, err)
 
     async def async_save(self, data: Any) -> None:
         """Write data now; returns when it is durable on disk."""

@@ -466,3 +466,37 @@ async def test_compaction_pauses_the_collector_and_restores_it(
             pass
         assert not gc.isenabled()  # the outer pause still holds
     assert gc.isenabled()
+
+
+async def test_a_journaled_documents_first_change_writes_its_whole_file(config_dir: Path) -> None:
+    """The first change of a new journaled document writes its file (readers of files alone, such as
+    storage copy and Home Assistant, find it); later changes are journal lines; a restart reads both."""
+    store = Store(config_dir, "auth_module.example", 3, journal=True)
+    assert await store.async_load() is None
+    data: dict[str, Any] = {"users": {"a": 1}}
+    await store.async_save_changes(data, [("users", "a")])
+    path = config_dir / ".storage" / "auth_module.example"
+    envelope = json.loads(path.read_text())
+    assert envelope["version"] == 3 and envelope["key"] == "auth_module.example" and envelope["data"] == data
+    data["users"]["b"] = 2
+    await store.async_save_changes(data, [("users", "b")])
+    assert json.loads(path.read_text())["data"] == {"users": {"a": 1}}  # the second change: a journal line
+    assert await Store(config_dir, "auth_module.example", 3, journal=True).async_load() == {"users": {"a": 1, "b": 2}}
+
+
+async def test_a_list_of_records_is_saved_record_by_record(config_dir: Path) -> None:
+    """Selector paths through a journal: set replaces or appends, a missing record is deleted."""
+    store = Store(config_dir, "auth_provider.example", 1, journal=True)
+    await store.async_load()
+    users: list[dict[str, str]] = [{"username": "a", "password": "1"}]
+    doc = {"users": users}
+    await store.async_save_changes(doc, [("users", {"username": "a"})])
+    users.append({"username": "b", "password": "2"})
+    users[0]["password"] = "one"
+    await store.async_save_changes(doc, [("users", {"username": "b"}), ("users", {"username": "a"})])
+    del users[1]
+    await store.async_save_changes(doc, [("users", {"username": "b"})])
+    again = await Store(config_dir, "auth_provider.example", 1, journal=True).async_load()
+    assert again == {"users": [{"username": "a", "password": "one"}]}
+    with pytest.raises(StorageError, match="not a document path step"):
+        await store.async_save_changes(doc, [("users", ["a"])])  # type: ignore[list-item]
