@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .events import AuthEvent
+from .events import _CANONICAL, AuthEvent
 from .journal import fsync_dir
 
 _LOGGER = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ CURRENT = "audit.jsonl"
 HEAD = "head.json"
 GENESIS = "0" * 64
 ROTATED = re.compile(r"^audit-(\d{12})\.jsonl$")
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
 
 
 class AuditLocked(OSError):
@@ -56,6 +55,9 @@ class AuditLocked(OSError):
 def canonical(record: dict[str, Any]) -> str:
     """The text a record's hash is computed over (the record without its hash)."""
     return _CANONICAL(record)
+
+
+_parse = AuthEvent.parse_chained
 
 
 def record_hash(record: dict[str, Any]) -> str:
@@ -116,21 +118,6 @@ def _last_record(path: Path) -> dict[str, Any] | None:
         if record is not None:
             return record
     return None
-
-
-def _parse(line: bytes | str) -> dict[str, Any] | None:
-    """A record, or None when the line is no JSON object with seq, prev and hash."""
-    try:
-        record = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(record, dict):
-        return None
-    if not isinstance(record.get("seq"), int) or not isinstance(record.get("hash"), str):
-        return None
-    if not isinstance(record.get("prev"), str):
-        return None
-    return record
 
 
 class AuditFiles:
@@ -238,12 +225,8 @@ class AuditFiles:
     def _chain(self, data: dict[str, Any]) -> str:
         """One line for data: seq and prev added, hash computed, newline included."""
         self.seq += 1
-        data["seq"] = self.seq
-        data["prev"] = self.head
-        body = canonical(data)
-        digest = hashlib.sha256(body.encode("ascii")).hexdigest()
-        self.head = digest
-        return f'{body[:-1]},"hash":"{digest}"}}\n'
+        text, self.head = AuthEvent.chain(data, self.seq, self.head)
+        return text + "\n"
 
     def _find_head(self) -> tuple[int, str, bool]:
         """(seq, hash) of the last whole record, and whether the current file ends in a torn line."""

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -189,6 +191,39 @@ class AuthEvent:
             data[name] = value
         return data
 
+    # ---- the audit log's hash chain (one format for every sink: files, a store's table) ----------
+
+    @staticmethod
+    def chain(data: dict[str, Any], seq: int, prev: str) -> tuple[str, str]:
+        """Seal an audit record: seq and prev are set in data; returns (its text, its hash).
+
+        The hash is the SHA-256 (hex) of the record's canonical JSON (sorted keys, ASCII, no
+        spaces) without "hash"; the text is that JSON with ``"hash"`` appended, on one line.
+        """
+        data["seq"] = seq
+        data["prev"] = prev
+        body = _CANONICAL(data)
+        digest = hashlib.sha256(body.encode("ascii")).hexdigest()
+        return f'{body[:-1]},"hash":"{digest}"}}', digest
+
+    @staticmethod
+    def parse_chained(text: bytes | str) -> dict[str, Any] | None:
+        """A stored audit record, or None when text is no JSON object with seq, prev and hash."""
+        try:
+            record = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(record, dict):
+            return None
+        if not isinstance(record.get("seq"), int) or not isinstance(record.get("hash"), str):
+            return None
+        if not isinstance(record.get("prev"), str):
+            return None
+        return record
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+"""The text an audit record's hash is computed over."""
 
 _FIELD_NAMES = tuple(f.name for f in fields(AuthEvent))
 _SETTABLE = frozenset(_FIELD_NAMES) - {"type", "time"}

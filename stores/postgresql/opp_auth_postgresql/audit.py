@@ -31,7 +31,6 @@ connection of its own, never on the event loop; hashing yields the GIL every
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -55,7 +54,6 @@ GENESIS = "0" * 64
 LOCK_AUDIT = 0x6F70_7061_7574_6841
 PRUNE_INTERVAL = 3600.0
 READ_BATCH = 2000
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
 
 
 def _iso(epoch: float) -> str:
@@ -63,19 +61,7 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_record(text: str) -> dict[str, Any] | None:
-    """A stored record, or None when the text is no JSON object with seq, prev and hash."""
-    try:
-        record = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(record, dict):
-        return None
-    if not isinstance(record.get("seq"), int) or not isinstance(record.get("hash"), str):
-        return None
-    if not isinstance(record.get("prev"), str):
-        return None
-    return record
+parse_record = AuthEvent.parse_chained
 
 
 class PgAuditSink:
@@ -165,13 +151,8 @@ class PgAuditSink:
             rows: list[tuple[int, datetime, str, str]] = []
             for index, (data, epoch) in enumerate(batch):
                 seq += 1
-                data["seq"] = seq
-                data["prev"] = head
-                body = _CANONICAL(data)
-                head = hashlib.sha256(body.encode("ascii")).hexdigest()
-                rows.append(
-                    (seq, datetime.fromtimestamp(epoch, UTC), str(data["type"]), f'{body[:-1]},"hash":"{head}"}}')
-                )
+                text, head = AuthEvent.chain(data, seq, head)
+                rows.append((seq, datetime.fromtimestamp(epoch, UTC), str(data["type"]), text))
                 if index % 64 == 63:
                     time.sleep(0)  # let the event loop's thread take the GIL between chunks
             # COPY: rows stream as they are (psycopg's array parameters escape each element in Python,
