@@ -154,19 +154,28 @@ async def _build_config(config_dir: Path, users: int) -> None:
     populate(store, users, credentials=True)
     await store.async_compact()
     hashed = base64.b64encode(bcrypt.hashpw(BENCH_PASSWORD.encode(), bcrypt.gensalt(4))).decode()
-    logins = {"version": 1, "key": "auth_provider.openpeerpower",
-              "data": {"users": [{"username": f"user{i}", "password": hashed} for i in range(users)]}}
+    logins = {
+        "version": 1,
+        "key": "auth_provider.openpeerpower",
+        "data": {"users": [{"username": f"user{i}", "password": hashed} for i in range(users)]},
+    }
     (config_dir / ".storage" / "auth_provider.openpeerpower").write_text(json.dumps(logins))
 
 
-def make_auth(config_dir: str | os.PathLike[str], providers: list[dict[str, Any]], http: dict[str, Any] | None = None) -> AuthManager:
+def make_auth(
+    config_dir: str | os.PathLike[str], providers: list[dict[str, Any]], http: dict[str, Any] | None = None
+) -> AuthManager:
     """An AuthManager built from configuration entries exactly as configuration.yaml gives them."""
     pm = make_plugin_manager()
     raw: dict[str, Any] = {"openpeerpower": {"auth_providers": providers}, "http": http or {}}
     config = validate_config(raw, pm, config_dir=Path(config_dir), allow_insecure_example=True)
     return AuthManager(
-        str(config_dir), pm, provider_configs=config.providers, mfa_configs=config.mfa_modules,
-        http_config=config.http, config_blocks=config.blocks,
+        str(config_dir),
+        pm,
+        provider_configs=config.providers,
+        mfa_configs=config.mfa_modules,
+        http_config=config.http,
+        config_blocks=config.blocks,
     )
 
 
@@ -205,8 +214,13 @@ def _populate(
             cred = Credentials(auth_provider_type="openpeerpower", auth_provider_id=None, data={"username": f"user{i}"})
             store.link_credentials(user, cred)
         token = RefreshToken(
-            user=user, client_id=CLIENT_ID, access_token_expiration=ACCESS_TOKEN_EXPIRATION,
-            token_hash=hash_token(secrets.token_hex(64)), keyring=store.keyring, credential=cred, version=version,
+            user=user,
+            client_id=CLIENT_ID,
+            access_token_expiration=ACCESS_TOKEN_EXPIRATION,
+            token_hash=hash_token(secrets.token_hex(64)),
+            keyring=store.keyring,
+            credential=cred,
+            version=version,
             expire_at=store.default_expire_at(TOKEN_TYPE_NORMAL),
         )
         store.add_refresh_token(token)
@@ -290,3 +304,83 @@ async def serve_with_api_token(auth: AuthManager) -> None:
     print("READY " + json.dumps({"port": sock.getsockname()[1], "token": token}), flush=True)
     await stop.wait()
     await runner.cleanup()
+
+
+# ---- served processes and wrk (http_throughput, metrics_overhead) --------------------------------
+
+
+class ServedProcess:
+    """A server child process started with ``--serve KIND --config-dir DIR --users N`` by script,
+    which prints ``READY {"port", "token"}`` once it listens; optionally pinned to cpu."""
+
+    def __init__(self, script: str, kind: str, config_dir: str, cpu: str | None, users: int = 0) -> None:
+        """Start it and wait for READY."""
+        import subprocess
+
+        cmd = [sys.executable, script, "--serve", kind, "--config-dir", config_dir, "--users", str(users)]
+        if cpu is not None:
+            cmd = ["taskset", "-c", cpu, *cmd]
+        self.kind = kind
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY "):
+            self.proc.kill()
+            raise RuntimeError(f"{kind} server did not start: {line!r}")
+        info = json.loads(line[6:])
+        self.base = f"http://127.0.0.1:{info['port']}"
+        self.url = f"{self.base}/api/"
+        self.token = info["token"]
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """GET path with the bench token: (status, body)."""
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used."""
+        with open(f"/proc/{self.proc.pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        import signal
+        import subprocess
+
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+WRK_CONNECTIONS = 32
+
+
+def wrk_rps(url: str, token: str, seconds: float, cpu: str | None) -> tuple[float, int, int]:
+    """(requests/s, requests, non-2xx responses) of one wrk run (-t1, WRK_CONNECTIONS connections)."""
+    import re
+    import subprocess
+
+    cmd = ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds:g}s", "-H", f"Authorization: Bearer {token}", url]
+    if cpu is not None:
+        cmd = ["taskset", "-c", cpu, *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    if rps is None or total is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    if errors is not None:
+        raise RuntimeError(f"wrk saw socket errors: {errors.group(0)}")
+    return float(rps.group(1)), int(total.group(1)), int(bad.group(1)) if bad else 0

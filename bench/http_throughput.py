@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -32,11 +31,24 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from _common import CLIENT_ID, INSECURE_PROVIDER, Result, emit, fmt, make_auth, median, prepared_config, users_label
+from _common import (
+    CLIENT_ID,
+    INSECURE_PROVIDER,
+    WRK_CONNECTIONS,
+    Result,
+    ServedProcess,
+    emit,
+    fmt,
+    make_auth,
+    median,
+    prepared_config,
+    users_label,
+    wrk_rps,
+)
 
 BENCH = "http_throughput"
 TARGET_RATIO = 90.0
-CONNECTIONS = 32
+CONNECTIONS = WRK_CONNECTIONS
 EXPECTED_BODY = {"message": "API running."}
 
 
@@ -91,60 +103,15 @@ async def _serve(kind: str, config_dir: str, users: int = 0) -> None:
     await runner.cleanup()
 
 
-class Server:
-    """A server child process."""
+class Server(ServedProcess):
+    """A server child process of this script."""
 
     def __init__(self, kind: str, config_dir: str, cpu: str | None, users: int = 0) -> None:
         """Start it and wait for READY."""
-        cmd = [sys.executable, __file__, "--serve", kind, "--config-dir", config_dir, "--users", str(users)]
-        if cpu is not None:
-            cmd = ["taskset", "-c", cpu, *cmd]
-        self.kind = kind
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY "):
-            self.proc.kill()
-            raise RuntimeError(f"{kind} server did not start: {line!r}")
-        info = json.loads(line[6:])
-        self.url = f"http://127.0.0.1:{info['port']}/api/"
-        self.token = info["token"]
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used."""
-        with open(f"/proc/{self.proc.pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        """SIGTERM and wait."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(__file__, kind, config_dir, cpu, users)
 
 
 # ---- load generation ---------------------------------------------------------------------
-
-
-def wrk_rps(url: str, token: str, seconds: float, cpu: str | None) -> tuple[float, int, int]:
-    """(requests/s, requests, non-2xx responses) from one wrk run."""
-    cmd = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "-H", f"Authorization: Bearer {token}", url]
-    if cpu is not None:
-        cmd = ["taskset", "-c", cpu, *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if rps is None:
-        raise RuntimeError(f"unexpected wrk output:\n{out}")
-    total = re.search(r"(\d+) requests in", out)
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors:.*", out)
-    if errors is not None:
-        raise RuntimeError(f"wrk saw socket errors: {errors.group(0)}")
-    assert total is not None, out
-    return float(rps.group(1)), int(total.group(1)), int(bad.group(1)) if bad else 0
 
 
 async def _client_load(url: str, token: str, seconds: float, connections: int, max_requests: int) -> dict[str, Any]:
@@ -282,29 +249,82 @@ def main() -> None:
     loadgen = f"wrk -t1 -c{CONNECTIONS}" if use_wrk else f"aiohttp client, {CONNECTIONS} connections"
     pinning = "server on CPU 0, load on CPU 1" if two_cpus else "unpinned"
     label = users_label(max(1, args.users))
-    emit([
-        Result(BENCH, f"opp_auth app, authenticated GET /api/, {label}", median(rates["opp"]), "req/s",
-               note="rounds: " + ", ".join(fmt(r) for r in rates["opp"])),
-        Result(BENCH, f"bare aiohttp app, same prebuilt bytes (run beside {label})", median(rates["bare"]), "req/s",
-               note="rounds: " + ", ".join(fmt(r) for r in rates["bare"])),
-        Result(BENCH, f"opp_auth / bare requests/s, {label}", median(ratios), "%", TARGET_RATIO, op=">=",
-               note=f"median of {rounds} back-to-back pairs of {seconds:g} s ({', '.join(fmt(r) for r in ratios)}); "
-               f"{loadgen}; {pinning}"),
-        Result(BENCH, f"server CPU per request, opp_auth app, {label}", cpu_opp, "µs", note="median over rounds, from /proc/<pid>/stat"),
-        Result(BENCH, f"server CPU per request, bare app (beside {label})", cpu_bare, "µs", note="median over rounds, from /proc/<pid>/stat"),
-        # A CPU-bound single-threaded server serves 1 / (CPU per request); this estimate of the
-        # same ratio barely moves with other load on the machine.
-        Result(BENCH, f"opp_auth / bare requests/s, from server CPU per request, {label}", cpu_bare / cpu_opp * 100, "%",
-               TARGET_RATIO, op=">=", note="bare CPU per request / opp_auth CPU per request"),
-        # The same comparison against a bare app that also sends the security headers: the same
-        # response bytes, so what is left is the pipeline's own work (no target: for reading).
-        Result(BENCH, f"bare aiohttp app, same response bytes with security headers (beside {label})",
-               median(rates["same"]), "req/s", note="rounds: " + ", ".join(fmt(r) for r in rates["same"])),
-        Result(BENCH, f"opp_auth / same-bytes bare requests/s, {label}", median(same_ratios), "%",
-               note=f"rounds: {', '.join(fmt(r) for r in same_ratios)}"),
-        Result(BENCH, f"opp_auth / same-bytes bare, from server CPU per request, {label}", cpu_same / cpu_opp * 100, "%",
-               note=f"same-bytes bare: {fmt(cpu_same)} µs per request"),
-    ])
+    emit(
+        [
+            Result(
+                BENCH,
+                f"opp_auth app, authenticated GET /api/, {label}",
+                median(rates["opp"]),
+                "req/s",
+                note="rounds: " + ", ".join(fmt(r) for r in rates["opp"]),
+            ),
+            Result(
+                BENCH,
+                f"bare aiohttp app, same prebuilt bytes (run beside {label})",
+                median(rates["bare"]),
+                "req/s",
+                note="rounds: " + ", ".join(fmt(r) for r in rates["bare"]),
+            ),
+            Result(
+                BENCH,
+                f"opp_auth / bare requests/s, {label}",
+                median(ratios),
+                "%",
+                TARGET_RATIO,
+                op=">=",
+                note=f"median of {rounds} back-to-back pairs of {seconds:g} s ({', '.join(fmt(r) for r in ratios)}); "
+                f"{loadgen}; {pinning}",
+            ),
+            Result(
+                BENCH,
+                f"server CPU per request, opp_auth app, {label}",
+                cpu_opp,
+                "µs",
+                note="median over rounds, from /proc/<pid>/stat",
+            ),
+            Result(
+                BENCH,
+                f"server CPU per request, bare app (beside {label})",
+                cpu_bare,
+                "µs",
+                note="median over rounds, from /proc/<pid>/stat",
+            ),
+            # A CPU-bound single-threaded server serves 1 / (CPU per request); this estimate of the
+            # same ratio barely moves with other load on the machine.
+            Result(
+                BENCH,
+                f"opp_auth / bare requests/s, from server CPU per request, {label}",
+                cpu_bare / cpu_opp * 100,
+                "%",
+                TARGET_RATIO,
+                op=">=",
+                note="bare CPU per request / opp_auth CPU per request",
+            ),
+            # The same comparison against a bare app that also sends the security headers: the same
+            # response bytes, so what is left is the pipeline's own work (no target: for reading).
+            Result(
+                BENCH,
+                f"bare aiohttp app, same response bytes with security headers (beside {label})",
+                median(rates["same"]),
+                "req/s",
+                note="rounds: " + ", ".join(fmt(r) for r in rates["same"]),
+            ),
+            Result(
+                BENCH,
+                f"opp_auth / same-bytes bare requests/s, {label}",
+                median(same_ratios),
+                "%",
+                note=f"rounds: {', '.join(fmt(r) for r in same_ratios)}",
+            ),
+            Result(
+                BENCH,
+                f"opp_auth / same-bytes bare, from server CPU per request, {label}",
+                cpu_same / cpu_opp * 100,
+                "%",
+                note=f"same-bytes bare: {fmt(cpu_same)} µs per request",
+            ),
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -27,13 +27,25 @@ import socket
 import subprocess
 import sys
 import tempfile
-import urllib.request
 
-from _common import CLIENT_ID, INSECURE_PROVIDER, Result, emit, fmt, make_auth, median, prepared_config, users_label
+from _common import (
+    CLIENT_ID,
+    INSECURE_PROVIDER,
+    WRK_CONNECTIONS,
+    Result,
+    ServedProcess,
+    emit,
+    fmt,
+    make_auth,
+    median,
+    prepared_config,
+    users_label,
+    wrk_rps,
+)
 
 BENCH = "metrics_overhead"
 TARGET_RATIO = 95.0
-CONNECTIONS = 32
+CONNECTIONS = WRK_CONNECTIONS
 KINDS = ("off", "on")
 
 
@@ -66,63 +78,12 @@ async def _serve(kind: str, config_dir: str, users: int) -> None:
     await runner.cleanup()
 
 
-class Server:
-    """A server child process with its own copy of the configuration directory."""
+class Server(ServedProcess):
+    """A server child process of this script."""
 
-    def __init__(self, kind: str, config_dir: str, cpu: str | None, users: int) -> None:
+    def __init__(self, kind: str, config_dir: str, cpu: str | None, users: int = 0) -> None:
         """Start it and wait for READY."""
-        cmd = [sys.executable, __file__, "--serve", kind, "--config-dir", config_dir, "--users", str(users)]
-        if cpu is not None:
-            cmd = ["taskset", "-c", cpu, *cmd]
-        self.kind = kind
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY "):
-            self.proc.kill()
-            raise RuntimeError(f"{kind} server did not start: {line!r}")
-        info = json.loads(line[6:])
-        self.base = f"http://127.0.0.1:{info['port']}"
-        self.url = f"{self.base}/api/"
-        self.token = info["token"]
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        """GET path with the bench token: (status, body)."""
-        req = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {self.token}"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read()
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used."""
-        with open(f"/proc/{self.proc.pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        """SIGTERM and wait."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def wrk(url: str, token: str, seconds: float, cpu: str | None) -> tuple[float, int, int]:
-    """(requests/s, requests, non-2xx responses) of one wrk run."""
-    cmd = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "-H", f"Authorization: Bearer {token}", url]
-    if cpu is not None:
-        cmd = ["taskset", "-c", cpu, *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    if rps is None or total is None:
-        raise RuntimeError(f"unexpected wrk output:\n{out}")
-    return float(rps.group(1)), int(total.group(1)), int(bad.group(1)) if bad else 0
+        super().__init__(__file__, kind, config_dir, cpu, users)
 
 
 def check(servers: dict[str, Server]) -> None:
@@ -261,7 +222,7 @@ def main() -> None:
         try:
             check(servers)
             for server in servers.values():
-                wrk(server.url, server.token, 1.0, load_cpu)  # warm-up
+                wrk_rps(server.url, server.token, 1.0, load_cpu)  # warm-up
             rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
             cpu_per_request: dict[str, list[float]] = {kind: [] for kind in KINDS}
             for index in range(rounds):
@@ -269,7 +230,7 @@ def main() -> None:
                 for kind in order:
                     server = servers[kind]
                     cpu_before = server.cpu_seconds()
-                    rps, total, bad = wrk(server.url, server.token, seconds, load_cpu)
+                    rps, total, bad = wrk_rps(server.url, server.token, seconds, load_cpu)
                     cpu_used = server.cpu_seconds() - cpu_before
                     if bad:
                         raise RuntimeError(f"metrics {kind}: {bad} responses were not 2xx")
