@@ -113,6 +113,9 @@ class Data:
         self._doc: dict[str, Any] = {"users": self._users}
         self._by_name: dict[str, dict[str, str]] = {}
         self.is_legacy = False
+        # The stored logins hold one username twice: a selector ({"username": name}) finds the first
+        # of them, the index the last, so changes are saved as the whole list (legacy data only).
+        self._save_whole = False
 
     def normalize_username(self, username: str) -> str:
         """Strip and casefold, unless legacy data forces exact comparison."""
@@ -157,6 +160,7 @@ class Data:
                 spaced,
             )
         self.is_legacy = duplicate is not None or spaced is not None
+        self._save_whole = duplicate is not None and len({u["username"] for u in users}) != len(users)
         self._users = users
         self._doc = {"users": users}
         # Not legacy: no name has spaces around it, so a normalised name is its folded one.
@@ -231,7 +235,21 @@ class Data:
         A login that is gone is deleted; each one is written alone, so the cost of a change does
         not grow with the number of logins.
         """
+        if self._save_whole:
+            await self._store.async_save_changes(self._doc, [("users",)])
+            return
         await self._store.async_save_changes(self._doc, [("users", {"username": name}) for name in names])
+
+    async def async_save_undone(self, *names: str) -> None:
+        """After a failed save was undone in memory: record the undoing too.
+
+        A journal keeps the records of a failed write and writes them with the next change, so
+        without this a restart would find the change the caller was told failed.
+        """
+        try:
+            await self.async_save(*names)
+        except Exception:  # noqa: BLE001 - queued all the same; the original error is what is raised
+            _LOGGER.debug("Recording an undone change failed too (written with the next change)")
 
 
 class LocalAuthProvider(AuthProvider):
@@ -278,6 +296,7 @@ class LocalAuthProvider(AuthProvider):
         except Exception:
             # Not on disk, so not added: a retry (after freeing space) must not find the name taken.
             self.data.remove_auth(username)
+            await self.data.async_save_undone(stored)
             raise
 
     async def async_remove_auth(self, username: str) -> None:
@@ -311,7 +330,8 @@ class LocalAuthProvider(AuthProvider):
         try:
             await self.data.async_save(old_stored, new)
         except Exception:
-            self.data.change_username(new, old)
+            restored = self.data.change_username(new, old)
+            await self.data.async_save_undone(*dict.fromkeys((new, old_stored, restored)))
             raise
         await self.auth.async_update_credentials_data(credentials, {**credentials.data, "username": new})
 
