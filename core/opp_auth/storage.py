@@ -280,7 +280,12 @@ class Store:
         """Read, check and migrate the file in an executor (and replay its journal, if any)."""
         if self.journal is not None:
             data, records = await self.async_load_journaled()
-            return apply_path_records(data, records, self.path)
+            data = apply_path_records(data, records, self.path)
+            if self.snapshot_func is None and (self.journal.size or self.journal.torn_bytes):
+                # A journal left by a crash: a normal stop writes the whole file (async_flush) even when
+                # this server changes nothing, so readers of the file alone (Home Assistant) see it.
+                self.snapshot_func = lambda: data
+            return data
         loop = asyncio.get_running_loop()
         try:
             envelope = await loop.run_in_executor(None, read_envelope, self.path)
