@@ -246,6 +246,8 @@ class Data:
         A journal keeps the records of a failed write and writes them with the next change, so
         without this a restart would find the change the caller was told failed.
         """
+        if getattr(self._store, "journal", None) is None:
+            return  # a store that writes nothing of a failed save (a file rewritten whole, a database)
         try:
             await self.async_save(*names)
         except Exception:  # noqa: BLE001 - queued all the same; the original error is what is raised
