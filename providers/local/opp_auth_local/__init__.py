@@ -133,7 +133,13 @@ class Data:
         self.is_legacy = False
         if data is None or not isinstance(data, dict):
             data = {"users": []}
-        users = [u for u in data.get("users", []) if isinstance(u, dict) and "username" in u]
+        # The store's own object is the live one (its list filtered in place): a shared store applies
+        # another server's change to the object it holds, which must be this one, or a change of ours
+        # still being written would be undone in memory by a rebuild from an older copy.
+        users = data.get("users")
+        if not isinstance(users, list):
+            users = data["users"] = []
+        users[:] = [u for u in users if isinstance(u, dict) and "username" in u]
         # One pass (100,000 logins at start-up for a large installation): the index by folded
         # name, the first name folding onto an earlier one, the first with spaces around it.
         by_folded: dict[str, dict[str, str]] = {}
@@ -162,7 +168,7 @@ class Data:
         self.is_legacy = duplicate is not None or spaced is not None
         self._save_whole = duplicate is not None and len({u["username"] for u in users}) != len(users)
         self._users = users
-        self._doc = {"users": users}
+        self._doc = data
         # Not legacy: no name has spaces around it, so a normalised name is its folded one.
         self._by_name = {u["username"]: u for u in users} if self.is_legacy else by_folded
 
