@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +85,10 @@ async def test_exact_duplicate_usernames_a_password_change_and_a_removal_survive
     """Legacy data holding one username twice (hand-edited, or an old import): the provider's index
     finds the last entry, a selector ({"username": name}) the first. A password change must be
     written for the entry it changed, and a removal must not bring the other entry back."""
-    users = [{"username": "dup", "password": _hash(b"first-pass")}, {"username": "dup", "password": _hash(b"second-pass")}]
+    users = [
+        {"username": "dup", "password": _hash(b"first-pass")},
+        {"username": "dup", "password": _hash(b"second-pass")},
+    ]
     await async_seed_documents(config_dir, opp_auth_storage, {STORAGE_KEY: (1, {"users": users})})
     provider = local(await make_auth(opp_auth_factory))
     assert provider.data.is_legacy

@@ -28,7 +28,9 @@ async def wait_for(predicate: Any, timeout: float = 3.0) -> None:
 
 
 @pytest.mark.parametrize("opp_auth_storage_type", ["json", "postgresql"])
-async def test_odd_names_and_sequences(opp_auth_factory: Factory, opp_auth_storage: dict[str, Any], config_dir: Path) -> None:
+async def test_odd_names_and_sequences(
+    opp_auth_factory: Factory, opp_auth_storage: dict[str, Any], config_dir: Path
+) -> None:
     auth = await make_auth(opp_auth_factory)
     provider = local(auth)
     other = None
@@ -75,7 +77,9 @@ async def test_seeded_whole_document_then_swaps(
 
     hashed = {n: base64.b64encode(bcrypt.hashpw(n.encode(), bcrypt.gensalt(4))).decode() for n in "xyz"}
     await async_seed_documents(
-        config_dir, opp_auth_storage, {STORAGE_KEY: (1, {"users": [{"username": n, "password": hashed[n]} for n in "xyz"]})}
+        config_dir,
+        opp_auth_storage,
+        {STORAGE_KEY: (1, {"users": [{"username": n, "password": hashed[n]} for n in "xyz"]})},
     )
     auth = await make_auth(opp_auth_factory)
     provider = local(auth)
