@@ -68,6 +68,7 @@ import voluptuous as vol
 
 from . import docpaths
 from .ephemeral import EphemeralState as MemoryState
+from .journal import JOURNAL_SUFFIX, journal_path
 from .storage import STORAGE_DIR, StorageError, Store, iter_store_keys, read_envelope
 
 JSON_TYPE = "json"
@@ -273,7 +274,20 @@ class JsonBackend(StorageBackend):
         documents: dict[str, Any] = {}
         auth: Any = None
         loop = asyncio.get_running_loop()
-        for key in await loop.run_in_executor(None, iter_store_keys, self.config_dir):
+        keys = await loop.run_in_executor(None, iter_store_keys, self.config_dir)
+        orphans = [
+            key
+            for key in await loop.run_in_executor(None, _journaled_keys, self.config_dir)
+            if is_auth_document(key) and key not in keys
+        ]
+        if orphans:
+            # Journaled documents whose first whole write a crash (or a failure) prevented: their
+            # version is in no file, and leaving them out would lose them silently.
+            raise StorageError(
+                f"{', '.join(orphans)}: only a journal holds them (left by a crash); start the server "
+                "once and stop it (it writes the files), then copy"
+            )
+        for key in keys:
             if not is_auth_document(key):
                 continue
             if key == STORAGE_KEY:
@@ -293,6 +307,14 @@ class JsonBackend(StorageBackend):
         """Write each document as a whole .storage file."""
         from .store import STORAGE_KEY, STORAGE_VERSION
 
+        keys = ([STORAGE_KEY] if exported.get("auth") is not None else []) + list(exported.get("documents", {}))
+        stale = [key for key in keys if journal_path(_storage_path(self.config_dir, key)).exists()]
+        if stale:
+            # A journal is replayed over the file beside it: over a copied file, every one of its records.
+            raise StorageError(
+                f"{self.describe()} holds the journals of {', '.join(stale)} (left by a crash): "
+                "move them away with their files before copying here"
+            )
         if exported.get("auth") is not None:
             await Store(self.config_dir, STORAGE_KEY, STORAGE_VERSION, private=True).async_save(exported["auth"])
         for key, (version, data) in exported.get("documents", {}).items():
@@ -301,6 +323,20 @@ class JsonBackend(StorageBackend):
     def describe(self) -> str:
         """The folder."""
         return f"{self.config_dir}/{STORAGE_DIR}"
+
+
+def _journaled_keys(config_dir: str) -> list[str]:
+    """The keys of the journals in .storage (``.<key>.journal``), their files there or not."""
+    from pathlib import Path
+
+    folder = Path(config_dir) / STORAGE_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.name[1 : -len(JOURNAL_SUFFIX)]
+        for p in folder.iterdir()
+        if p.name.startswith(".") and p.name.endswith(JOURNAL_SUFFIX)
+    )
 
 
 def _storage_path(config_dir: str, key: str) -> Any:
