@@ -58,6 +58,9 @@ PRUNE_INTERVAL = 3600.0
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 
 UNAVAILABLE = "The database is unreachable"
+# The longest path text a row takes: (key, path) is the primary key, and a btree row holds at most
+# 2,704 bytes (compressed); a longer path (a long username's selector) is saved with the whole document.
+MAX_PATH_TEXT = 2000
 
 
 def _url(value: Any) -> str:
@@ -877,6 +880,9 @@ class PgDocument:
                 raise StorageError(f"Cannot save a change to {self.key}: {err}") from None
             node = StorageBackend.value_at(data, keys)
             text = path_text(keys)
+            if len(text) > MAX_PATH_TEXT:
+                await self.async_save(data)
+                return
             ops.append(
                 (
                     "DELETE FROM opp_auth_documents WHERE key = %s AND (path = %s OR starts_with(path, %s))",
