@@ -196,6 +196,7 @@ class NotifyAuthModule(MfaModule):
         # Journaled: a change writes the one user's settings (a path save), not every user's.
         self._store = auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True, journal=True)
         self._users: dict[str, dict[str, Any]] = {}
+        self._doc: dict[str, Any] = {"users": self._users}
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._send_times: OrderedDict[str, deque[float]] = OrderedDict()
         self._alert_times: OrderedDict[str, deque[float]] = OrderedDict()
@@ -228,16 +229,26 @@ class NotifyAuthModule(MfaModule):
 
     def _use(self, data: Any) -> None:
         """Take the stored settings (at start, and when another server changed them)."""
-        users = data.get("users") if isinstance(data, dict) else None
-        self._users = {
-            uid: {"notify_service": s["notify_service"], "target": s.get("target")}
-            for uid, s in (users or {}).items()
-            if isinstance(s, dict) and isinstance(s.get("notify_service"), str)
-        }
+        # The store's own object is kept as the live one (cleaned in place): a shared store applies
+        # another server's change to the object it holds, and a rebuild from an older copy would undo
+        # a change of ours still being written.
+        if not isinstance(data, dict):
+            data = {}
+        users = data.get("users")
+        if not isinstance(users, dict):
+            users = data["users"] = {}
+        for uid in list(users):
+            setting = users[uid]
+            if not (isinstance(setting, dict) and isinstance(setting.get("notify_service"), str)):
+                del users[uid]
+            else:
+                setting.setdefault("target", None)
+        self._doc = data
+        self._users = users
 
     async def _async_save(self, user_id: str) -> None:
         """Make the user's settings (or their removal) durable now (Open Peer Power's format when compacted)."""
-        await self._store.async_save_changes({"users": self._users}, [("users", user_id)])
+        await self._store.async_save_changes(self._doc, [("users", user_id)])
 
     async def async_setup_flow(self, user_id: str) -> SetupFlow:
         """Enrolment: pick a service and target, confirm with the code it delivers."""

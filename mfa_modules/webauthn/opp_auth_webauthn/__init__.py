@@ -188,6 +188,7 @@ class WebauthnAuthModule(MfaModule):
         # Journaled: a change writes the one user's entry (a path save), not every user's passkeys.
         self._store = auth.storage(STORAGE_KEY, STORAGE_VERSION, private=True, journal=True)
         self._users: dict[str, dict[str, Any]] = {}
+        self._doc: dict[str, Any] = {"users": self._users}
         self._by_credential: dict[str, str] = {}  # credential id -> user id
         self._pending: OrderedDict[str, Pending] = OrderedDict()
         self._proofs: dict[str, float] = {}  # refresh token id -> monotonic time of the last proof
@@ -224,14 +225,25 @@ class WebauthnAuthModule(MfaModule):
 
     def _use(self, data: Any) -> None:
         """Take the stored passkeys (at start, and when another server changed them)."""
-        users = data.get("users") if isinstance(data, dict) else None
-        self._users = {}
-        for user_id, entry in (users or {}).items():
-            if isinstance(entry, dict) and isinstance(entry.get("handle"), str):
-                passkeys = [
-                    p for p in entry.get("passkeys") or [] if isinstance(p, dict) and isinstance(p.get("id"), str)
-                ]
-                self._users[user_id] = {"handle": entry["handle"], "passkeys": passkeys}
+        # The store's own object is kept as the live one (cleaned in place): a shared store applies
+        # another server's change to the object it holds, and a rebuild from an older copy would undo
+        # a change of ours still being written (a removed passkey enrolled again).
+        if not isinstance(data, dict):
+            data = {}
+        users = data.get("users")
+        if not isinstance(users, dict):
+            users = data["users"] = {}
+        for user_id in list(users):
+            entry = users[user_id]
+            if not (isinstance(entry, dict) and isinstance(entry.get("handle"), str)):
+                del users[user_id]
+                continue
+            passkeys = entry.get("passkeys")
+            if not isinstance(passkeys, list):
+                passkeys = entry["passkeys"] = []
+            passkeys[:] = [p for p in passkeys if isinstance(p, dict) and isinstance(p.get("id"), str)]
+        self._doc = data
+        self._users = users
         self._reindex()
 
     def _reindex(self) -> None:
@@ -240,7 +252,7 @@ class WebauthnAuthModule(MfaModule):
 
     async def _async_save(self, user_id: str) -> None:
         """Make the user's entry (or its removal) durable now."""
-        await self._store.async_save_changes({"users": self._users}, [("users", user_id)])
+        await self._store.async_save_changes(self._doc, [("users", user_id)])
 
     # ---- MfaModule ------------------------------------------------------------------------------
 
