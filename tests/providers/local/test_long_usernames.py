@@ -1,4 +1,4 @@
-"""Red team: a login whose path text is longer than PostgreSQL's index allows (a btree row is ~2,700 bytes)."""
+"""A login whose path text is longer than PostgreSQL's index allows (a btree row is ~2,700 bytes)."""
 
 from __future__ import annotations
 

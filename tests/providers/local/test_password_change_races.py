@@ -1,4 +1,4 @@
-"""Red team: a password change (bcrypt in a thread) racing a rename or a removal and re-add."""
+"""A password change (bcrypt in a thread) racing a rename or a removal and re-add."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import opp_auth_local
 import pytest
 
+from .test_failed_saves import stored_logins
 from .test_provider import PASSWORD, Factory, local, login, make_auth
-from .test_redteam_logins import stored_logins
 
 
 @pytest.mark.parametrize("opp_auth_storage_type", ["json", "postgresql"])

@@ -1,4 +1,4 @@
-"""Red-team tests of the logins saved login by login (selector paths, commits 9fc07af and dffdb16)."""
+"""Logins saved login by login (selector paths): failed saves, duplicate names, a crash then a clean stop."""
 
 from __future__ import annotations
 

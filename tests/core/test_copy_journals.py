@@ -1,4 +1,4 @@
-"""Red team: storage copy (JsonBackend export/import) and the journals beside journaled documents."""
+"""storage copy (JsonBackend export and import) beside the journals of journaled documents."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Red team: a change from another server arriving while this server's own login change is being written."""
+"""A change from another server arriving while this server's own login change is being written."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from .test_provider import PASSWORD, Factory, local, make_auth
-from .test_redteam_sequences import wait_for
+from .test_saved_sequences import wait_for
 
 
 @pytest.fixture

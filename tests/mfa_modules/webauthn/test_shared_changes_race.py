@@ -1,4 +1,4 @@
-"""Red team (pre-existing): a passkey removal being written while another server's change arrives."""
+"""A passkey removal being written while another server's change arrives."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Red team: odd usernames and change sequences; memory == restart == the other server."""
+"""Odd usernames and change sequences: memory, a restart and the other server agree."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from opp_auth_local import STORAGE_KEY
 
+from .test_failed_saves import stored_logins
 from .test_provider import PASSWORD, Factory, local, login, make_auth
-from .test_redteam_logins import stored_logins
 
 NAMES = ["a", "ab", 'a"', "a,", "a]", "a}", 'a"},', "a\\", "é", "e\u0301", "a b", "Ω", "a\\u0022", "[", "{}"]
 
