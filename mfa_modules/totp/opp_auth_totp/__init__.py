@@ -90,6 +90,11 @@ class TotpAuthModule(MfaModule):
         self._users: dict[str, str] = {}
         self._recovery: dict[str, dict[str, Any]] = {}
         self._last_used: dict[str, int] = {}
+        self._doc: dict[str, Any] = {
+            "users": self._users,
+            "recovery_codes": self._recovery,
+            "last_used": self._last_used,
+        }
 
     @property
     def input_schema(self) -> vol.Schema:
@@ -103,16 +108,25 @@ class TotpAuthModule(MfaModule):
 
     def _use(self, data: Any) -> None:
         """Take the stored secrets (at start, and when another server changed them)."""
+        # The store's own object is kept as the live one (cleaned in place): a shared store applies
+        # another server's change to the object it holds, and a rebuild from an older copy would undo
+        # a change of ours still being written (an enrolment lost in memory: a login without TOTP).
         data = data if isinstance(data, dict) else {}
-        self._users = {uid: s for uid, s in (data.get("users") or {}).items() if isinstance(s, str)}
-        self._recovery = {uid: r for uid, r in (data.get("recovery_codes") or {}).items() if isinstance(r, dict)}
-        self._last_used = {uid: c for uid, c in (data.get("last_used") or {}).items() if isinstance(c, int)}
+        sections: list[dict[str, Any]] = []
+        for name, kind in (("users", str), ("recovery_codes", dict), ("last_used", int)):
+            section = data.get(name)
+            if not isinstance(section, dict):
+                section = data[name] = {}
+            for uid in [uid for uid, value in section.items() if not isinstance(value, kind)]:
+                del section[uid]
+            sections.append(section)
+        self._users, self._recovery, self._last_used = sections
+        self._doc = data
 
     async def _async_save(self, user_id: str, *sections: str) -> None:
         """Make the user's entries in sections durable (Open Peer Power's format plus our extra keys)."""
         await self._store.async_save_changes(
-            {"users": self._users, "recovery_codes": self._recovery, "last_used": self._last_used},
-            [(section, user_id) for section in sections or ("users", "recovery_codes", "last_used")],
+            self._doc, [(section, user_id) for section in sections or ("users", "recovery_codes", "last_used")]
         )
 
     async def async_setup_flow(self, user_id: str) -> SetupFlow:
