@@ -19,7 +19,7 @@ what a plugin may ask of the running server:
 - the other plugins' objects: :meth:`get_auth_provider`,
   :meth:`get_auth_providers`, :meth:`get_auth_mfa_module`,
   :attr:`auth_mfa_modules`;
-- login attempts: :meth:`login_retry_after`, :meth:`too_many_attempts_message`,
+- login attempts: :meth:`login_retry_after`, :meth:`async_login_retry_after`, :meth:`too_many_attempts_message`,
   :meth:`note_login_failure`;
 - events: :meth:`note_event` (an :class:`~opp_auth.AuthEvent` of the one stream),
   :meth:`subscribe_events` (receive them in line, to count or buffer);
@@ -205,6 +205,18 @@ class PluginContext:
 
     def login_retry_after(self, remote_ip: str | None, username: str | None) -> float:
         """Seconds remote_ip must wait before trying username again (0: now), as the throttles say."""
+        return self.__manager.events.login_retry_after(remote_ip, username)
+
+    async def async_login_retry_after(self, remote_ip: str | None, username: str | None) -> float:
+        """login_retry_after, once every failure other servers counted before now is counted here too.
+
+        With a shared storage, a password check outside the login flow (a websocket command that
+        asks for the current password) waits for that, as a login step does; StorageError when
+        the storage cannot say (the caller refuses: fail closed).
+        """
+        state = self.__manager.ephemeral
+        if state.shared:
+            await state.async_barrier()
         return self.__manager.events.login_retry_after(remote_ip, username)
 
     @staticmethod

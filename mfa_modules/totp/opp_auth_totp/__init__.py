@@ -257,7 +257,7 @@ async def recovery_codes_command(conn: websocket.ActiveConnection, msg: dict[str
         raise websocket.CommandError("no_module", f"MFA module {msg['mfa_module_id']} is not found")
     if not await module.async_is_user_setup(conn.user.id):
         raise websocket.CommandError("not_set_up", "Two-factor authentication is not set up")
-    wait = conn.context.login_retry_after(conn.remote, conn.user.name)
+    wait = await conn.context.async_login_retry_after(conn.remote, conn.user.name)
     if wait > 0:
         raise websocket.CommandError("too_many_attempts", conn.context.too_many_attempts_message(wait))
     if not module.is_current_code(conn.user.id, msg["code"]):

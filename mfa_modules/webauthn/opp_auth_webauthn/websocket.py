@@ -65,9 +65,9 @@ async def _refresh_token(conn: websocket.ActiveConnection) -> Any:
     return token
 
 
-def _throttle(conn: websocket.ActiveConnection) -> None:
-    """Refuse while the caller's address and account are throttled."""
-    wait = conn.context.login_retry_after(conn.remote, conn.user.name)
+async def _throttle(conn: websocket.ActiveConnection) -> None:
+    """Refuse while the caller's address and account are throttled (on every server sharing the storage)."""
+    wait = await conn.context.async_login_retry_after(conn.remote, conn.user.name)
     if wait > 0:
         raise websocket.CommandError(
             "too_many_attempts", f"Too many login attempts, try again in {math.ceil(wait)} seconds"
@@ -138,7 +138,7 @@ async def _password_ok(conn: websocket.ActiveConnection, password: str) -> bool:
 async def reauth_command(conn: websocket.ActiveConnection, msg: dict[str, Any]) -> None:
     """Prove the password, a code of an enrolled module, or a passkey; this session may add passkeys for 5 minutes."""
     module = _module(conn, msg)
-    _throttle(conn)
+    await _throttle(conn)
     if "password" in msg:
         if not await _password_ok(conn, msg["password"]):
             conn.context.note_login_failure(conn.remote, None, conn.user.name, "invalid_auth")

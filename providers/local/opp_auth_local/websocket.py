@@ -132,7 +132,7 @@ async def change_password(conn: websocket.ActiveConnection, msg: dict[str, Any])
     if credentials is None:
         raise websocket.CommandError("credentials_not_found", "Credentials not found")
     username = credentials.data["username"]
-    wait = conn.context.login_retry_after(conn.remote, username)
+    wait = await conn.context.async_login_retry_after(conn.remote, username)
     if wait > 0:
         raise websocket.CommandError("too_many_attempts", conn.context.too_many_attempts_message(wait))
     try:

@@ -327,3 +327,30 @@ async def test_a_server_with_another_secret_is_refused(
     accepted = manager()
     await accepted.async_setup()
     await accepted.async_shutdown()
+
+
+async def test_a_password_check_outside_a_login_waits_for_the_other_servers_failures(
+    opp_auth_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Failures counted on B throttle a websocket password check on A at once (the barrier), not a
+    notification later: async_login_retry_after applies the feed up to now before answering."""
+    from opp_auth.http.app import create_app
+
+    http = {"login_throttle": {"attempts_per_address_and_user": 3}}
+    a = await opp_auth_factory(providers=[EXAMPLE], http=http)
+    b = await opp_auth_factory(providers=[EXAMPLE], http=http)
+    create_app(a), create_app(b)  # each registers its throttle, shared through the storage
+    await backend_of(a).connected.wait()
+    await backend_of(b).connected.wait()
+    real_catch_up = backend_of(a)._catch_up
+
+    async def slow_catch_up(conn: Any) -> None:  # A's notifications arrive late
+        await asyncio.sleep(0.3)
+        await real_catch_up(conn)
+
+    monkeypatch.setattr(backend_of(a), "_catch_up", slow_catch_up)
+    for _ in range(4):
+        b.events.login_failed("203.0.113.9", ("insecure_example", None), "alice", "invalid_auth")
+    await b.events.async_drain()
+    assert b.context.login_retry_after("203.0.113.9", "alice") > 0, "B itself does not throttle"
+    assert await a.context.async_login_retry_after("203.0.113.9", "alice") > 0
