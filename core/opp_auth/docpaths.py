@@ -28,12 +28,14 @@ Step = str | dict[str, Any]
 
 
 def is_step(step: Any) -> bool:
-    """Whether step is a string key or a one-item selector with a string field and a scalar value."""
+    """Whether step is a string key or a one-item selector with a string field and a string or int value."""
     if isinstance(step, str):
         return True
     if isinstance(step, dict) and len(step) == 1:
         ((field, value),) = step.items()
-        return isinstance(field, str) and (value is None or isinstance(value, (str, int, float, bool)))
+        # A string or a whole number: values that JSON and Python compare alike (1, 1.0 and true are
+        # one value to Python, three to a database row's text; NaN equals nothing).
+        return isinstance(field, str) and (isinstance(value, str) or (type(value) is int))
     return False
 
 
@@ -54,7 +56,7 @@ def _index(items: list[Any], selector: dict[str, Any]) -> int:
     """The index of the first dict item matching selector, or -1."""
     ((field, value),) = selector.items()
     for i, item in enumerate(items):
-        if isinstance(item, dict) and field in item and item[field] == value:
+        if isinstance(item, dict) and field in item and type(item[field]) is type(value) and item[field] == value:
             return i
     return -1
 

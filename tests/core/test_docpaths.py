@@ -64,6 +64,10 @@ def test_deleting_removes_only_the_match_and_tolerates_absence() -> None:
         [{"a": 1, "b": 2}],
         [{1: "a"}],
         [{"a": {"nested": 1}}],
+        ["users", {"n": True}],  # true, 1 and 1.0 are one value to Python, three as stored text
+        ["users", {"n": 1.0}],
+        ["users", {"n": float("nan")}],
+        ["users", {"n": None}],
         ["users", ALICE, ALICE],  # a selector's item is a record: the next step is a key
     ],
 )
@@ -137,3 +141,9 @@ def test_replaying_the_saved_paths_gives_what_memory_holds(ops: list[tuple[str, 
         return sorted((u["username"], u["password"]) for u in data["users"])
 
     assert logins(replayed) == logins(live)
+
+
+def test_a_selector_matches_its_own_type_only() -> None:
+    data = {"users": [{"n": True}, {"n": "1"}, {"n": 1}]}
+    assert value_at(data, ["users", {"n": 1}]) == {"n": 1}
+    assert value_at(data, ["users", {"n": "1"}]) == {"n": "1"}
