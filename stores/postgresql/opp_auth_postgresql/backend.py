@@ -172,9 +172,9 @@ class PostgresBackend(StorageBackend):
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
-    async def async_open(self) -> None:
-        """Open the pool, migrate the schema, note where the change feed starts."""
-        self.pool = AsyncConnectionPool(
+    def _new_pool(self) -> AsyncConnectionPool:
+        """A pool of connections to the database (not opened)."""
+        return AsyncConnectionPool(
             self.url,
             min_size=1,
             max_size=max(1, int(self.config.get("pool_size", 10))),
@@ -184,6 +184,29 @@ class PostgresBackend(StorageBackend):
             kwargs={"connect_timeout": max(1, math.ceil(self.connect_timeout))},
             name="opp-auth",
         )
+
+    async def _async_renew_pool(self) -> None:
+        """After contact with the database came back: a fresh pool, the old one closed in the background.
+
+        The old pool replaces each connection the outage broke with attempts whose delays double
+        (1, 2, 4... s): after a long outage its next attempt can come long after the database is
+        back, and writes would keep answering 503 until then.
+        """
+        fresh = self._new_pool()
+        try:
+            await fresh.open(wait=True, timeout=self.connect_timeout)
+        except Exception as err:  # noqa: BLE001 - keep the old pool; its own attempts go on
+            _LOGGER.warning("A fresh connection pool to %s could not open: %s", self.describe(), err)
+            with contextlib.suppress(Exception):
+                await fresh.close(timeout=1.0)
+            return
+        old, self.pool = self.pool, fresh
+        if old is not None:
+            asyncio.ensure_future(old.close(timeout=10.0)).add_done_callback(_consume)
+
+    async def async_open(self) -> None:
+        """Open the pool, migrate the schema, note where the change feed starts."""
+        self.pool = self._new_pool()
         try:
             await self.pool.open(wait=True, timeout=self.connect_timeout)
             async with self.pool.connection() as conn:
@@ -359,6 +382,7 @@ class PostgresBackend(StorageBackend):
     async def _listen_loop(self) -> None:
         """LISTEN on a connection of its own; catch up at each notification, ping, reconnect."""
         backoff = 0.1
+        lost = False
         while not self._closing:
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
@@ -369,6 +393,9 @@ class PostgresBackend(StorageBackend):
                 # Held while this server runs: `opp-auth storage copy` refuses while anyone holds it.
                 await conn.execute("SELECT pg_advisory_lock_shared(%s)", (LOCK_SERVERS,))
                 await self._catch_up(conn)
+                if lost:  # back after an outage: writes work again now, not at the old pool's next attempt
+                    await self._async_renew_pool()
+                    lost = False
                 self.fresh_until = math.inf
                 self.connected.set()
                 backoff = 0.1
@@ -393,6 +420,7 @@ class PostgresBackend(StorageBackend):
                     )
                 self.connected.clear()
                 self.fresh_until = self._last_contact + self.staleness
+                lost = True
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):

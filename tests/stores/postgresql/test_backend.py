@@ -354,3 +354,24 @@ async def test_a_password_check_outside_a_login_waits_for_the_other_servers_fail
     await b.events.async_drain()
     assert b.context.login_retry_after("203.0.113.9", "alice") > 0, "B itself does not throttle"
     assert await a.context.async_login_retry_after("203.0.113.9", "alice") > 0
+
+
+async def test_contact_regained_brings_a_fresh_connection_pool(
+    opp_auth_factory: Factory, postgresql_server: PostgresServer
+) -> None:
+    """When the change feed is back after an outage, writes get a fresh pool at once: the old one's
+    replacement attempts back off (1, 2, 4... s) and a login right after the database returned got
+    503 "couldn't get a connection" (tests/stores/postgresql/test_processes.py saw it in CI)."""
+    auth = await _manager(opp_auth_factory)
+    backend = backend_of(auth)
+    user = await auth.async_create_user("Grace")
+    old = backend.pool
+    postgresql_server.stop()
+    try:
+        await wait_for(lambda: not backend.connected.is_set(), timeout=5.0)
+    finally:
+        postgresql_server.start()
+    await wait_for(lambda: backend.connected.is_set(), timeout=10.0)
+    assert backend.pool is not None and backend.pool is not old
+    assert await auth.async_create_refresh_token(user, "https://example.com/app") is not None
+    await wait_for(lambda: old is not None and old.closed, timeout=12.0)
