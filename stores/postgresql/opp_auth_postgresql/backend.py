@@ -116,9 +116,15 @@ def path_text(path: Iterable[Any]) -> str:
     return json.dumps(list(path), ensure_ascii=True, separators=(",", ":"))
 
 
-def _descendant_prefix(text: str) -> str:
-    """What the stored paths below ``text`` start with (``["a"]`` -> ``["a",``; ``[]`` -> ``[``)."""
-    return text[:-1] + ("," if text != "[]" else "")
+def _subtree_range(text: str) -> tuple[str, str]:
+    """The byte-order range of the path texts of ``text`` and every path below it (texts are ASCII).
+
+    A path's text without its closing ``]`` ends with a whole JSON value, which a longer path
+    follows with ``,`` and the path itself with ``]``: the texts t with ``text[:-1]`` <= t <
+    ``text[:-1] + "^"`` (``^`` is the character after ``]``) are exactly the subtree.
+    """
+    stem = text[:-1]
+    return stem, stem + chr(ord("]") + 1)
 
 
 def _entity(record: dict[str, Any]) -> list[tuple[str, str]]:
@@ -913,8 +919,11 @@ class PgDocument:
                 return
             ops.append(
                 (
-                    "DELETE FROM opp_auth_documents WHERE key = %s AND (path = %s OR starts_with(path, %s))",
-                    (self.key, text, _descendant_prefix(text)),
+                    # The path and its descendants: a range of the (key, path COLLATE "C") index
+                    # (starts_with read every row of the document: 100,000 at 100,000 users).
+                    "DELETE FROM opp_auth_documents WHERE key = %s "
+                    'AND (path COLLATE "C") >= %s AND (path COLLATE "C") < %s',
+                    (self.key, *_subtree_range(text)),
                 )
             )
             if node is StorageBackend.MISSING:

@@ -110,6 +110,10 @@ MIGRATIONS: list[list[str]] = [
             expires_at timestamptz NOT NULL)""",
         "CREATE INDEX opp_auth_codes_expires ON opp_auth_codes (expires_at)",
     ],
+    # 4: a document path's subtree is a range of this index (byte order: path texts are ASCII).
+    [
+        'CREATE INDEX opp_auth_documents_subtree ON opp_auth_documents (key, (path COLLATE "C"))',
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
