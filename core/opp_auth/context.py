@@ -21,6 +21,9 @@ what a plugin may ask of the running server:
   :attr:`auth_mfa_modules`;
 - login attempts: :meth:`login_retry_after`, :meth:`async_login_retry_after`, :meth:`too_many_attempts_message`,
   :meth:`note_login_failure`;
+- short-lived secrets every server must see (several servers on one storage):
+  :attr:`shared_state`, :meth:`async_put_shared`, :meth:`async_get_shared`,
+  :meth:`async_take_shared`;
 - events: :meth:`note_event` (an :class:`~opp_auth.AuthEvent` of the one stream),
   :meth:`subscribe_events` (receive them in line, to count or buffer);
 - monitoring: :meth:`runtime_stats` (token checks by outcome, open websocket
@@ -251,6 +254,36 @@ class PluginContext:
         nobody. Work that takes time belongs in the ``opp_auth_event`` hook.
         """
         return self.__manager.events.subscribe(callback)
+
+    # ---- short-lived values every server sees ---------------------------------------------------
+
+    @property
+    def shared_state(self) -> bool:
+        """Whether several servers share the storage, so a value one keeps in memory is not seen by the others.
+
+        False (the JSON store, one process): :meth:`async_put_shared` and friends do nothing; keep
+        such a value in your own memory. True (PostgreSQL): keep it with them instead.
+        """
+        return self.__manager.ephemeral.shared
+
+    async def async_put_shared(self, key: str, value: dict[str, Any], ttl: float) -> None:
+        """Store value (JSON; a secret only while needed) under key for ttl seconds, replacing any.
+
+        key: prefix it with your type and id (``notify.<module id>.``); the store keys it by a
+        digest. Expiry is decided by the storage's clock. StorageError when the storage is away.
+        """
+        await self.__manager.ephemeral.async_put_value(key, value, ttl)
+
+    async def async_get_shared(self, key: str) -> tuple[dict[str, Any], float] | None:
+        """The live value under key and the seconds it has left, or None."""
+        return await self.__manager.ephemeral.async_get_value(key)
+
+    async def async_take_shared(self, key: str, expected: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Remove the live value under key and return it: of several servers taking it at once, one gets it.
+
+        expected: only if it is still this value (as async_get_shared returned it); None otherwise.
+        """
+        return await self.__manager.ephemeral.async_take_value(key, expected)
 
     # ---- monitoring -----------------------------------------------------------------------------
 

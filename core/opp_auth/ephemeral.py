@@ -16,6 +16,9 @@ and the same structures then also write through to it:
   steps of one flow at once;
 - a code as a row taken at most once (:meth:`async_take_code` is one atomic
   delete), keyed by a digest of the code;
+- a plugin's small value (:meth:`async_put_value`, through
+  :meth:`opp_auth.PluginContext.async_put_shared`), keyed by a digest of its key,
+  replaced by the next put and taken at most once (:meth:`async_take_value`);
 - counter changes and bans as *events* every process applies to its own
   structures (:meth:`async_publish`, :meth:`subscribe`); :meth:`async_barrier`
   waits until every event published before it was applied here, so a login step
@@ -77,6 +80,25 @@ class EphemeralState:
 
     async def async_drop_codes(self, codes: list[str]) -> None:
         """Forget codes (displaced by fairer shares)."""
+
+    # ---- small values of plugins (PluginContext.async_put_shared and friends) -----------------
+    # A plugin's short-lived secret that any process must find (notify's pending login code).
+    # In memory (shared False) these do nothing: a plugin keeps such a value in its own memory.
+
+    async def async_put_value(self, key: str, value: dict[str, Any], ttl: float) -> None:
+        """Store value (JSON) under key, replacing any, alive ttl seconds by the store's clock."""
+
+    async def async_get_value(self, key: str) -> tuple[dict[str, Any], float] | None:
+        """The live value under key and the seconds it has left; None when there is none."""
+        return None
+
+    async def async_take_value(self, key: str, expected: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Remove the live value under key and return it (at most one caller gets it); None when none.
+
+        expected: take it only if it is still this value (as async_get_value returned it), so a
+        value replaced meanwhile stays and the caller gets None.
+        """
+        return None
 
     # ---- events every process applies ----------------------------------------------------------
 

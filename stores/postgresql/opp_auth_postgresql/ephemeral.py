@@ -7,6 +7,9 @@
 - Authorization codes: a row per code keyed by a digest of the code. Taking one is
   a single ``DELETE ... RETURNING``: when two servers receive the same code at the
   same instant, exactly one gets the row.
+- Plugins' small values (notify's pending login code): a row per key, keyed by a
+  digest, replaced by the next put; taking one is a single ``DELETE ... RETURNING``
+  (with an expected value, only while it is still that one).
 - Events (failure counters, bans, lockouts cleared): change records of kind
   ``eph`` in the change feed, so they reach every server in commit order with the
   feed's catch-up; a barrier waits until the feed has applied every change
@@ -44,11 +47,21 @@ CLAIM_POLL = 0.02
 BARRIER_TIMEOUT = 5.0
 EVENT_KIND = "eph"
 RETRIES = 3
+VALUE_PREFIX = "value:"  # plugins' keys, digested apart from flow ids and codes
 
 
 def digest(secret: str) -> str:
     """A flow id or a code as stored: a reader of the database cannot use it."""
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _decoded(text: Any) -> dict[str, Any] | None:
+    """A stored JSON object, or None."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class SharedState(StorageBackend.EphemeralState):
@@ -185,6 +198,43 @@ class SharedState(StorageBackend.EphemeralState):
         if codes:
             await self._one("DELETE FROM opp_auth_codes WHERE id = ANY(%s)", ([digest(c) for c in codes],))
 
+    # ---- plugins' small values -----------------------------------------------------------------
+
+    async def async_put_value(self, key: str, value: dict[str, Any], ttl: float) -> None:
+        """Insert or replace the row of key."""
+        from .backend import encode
+
+        await self._one(
+            "INSERT INTO opp_auth_values (id, value, expires_at) "
+            "VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s)) "
+            "ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at",
+            (digest(VALUE_PREFIX + key), encode(value), ttl),
+        )
+
+    async def async_get_value(self, key: str) -> tuple[dict[str, Any], float] | None:
+        """The live row of key and its seconds left."""
+        row = await self._one(
+            "SELECT value, extract(epoch FROM expires_at - clock_timestamp())::float8 FROM opp_auth_values "
+            "WHERE id = %s AND expires_at > clock_timestamp()",
+            (digest(VALUE_PREFIX + key),),
+        )
+        value = _decoded(row[0]) if row is not None else None
+        return (value, float(row[1])) if value is not None and row is not None else None
+
+    async def async_take_value(self, key: str, expected: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """One DELETE ... RETURNING (an expired row goes too, unreturned); with expected, only that value."""
+        from .backend import encode
+
+        if expected is None:
+            sql, params = "DELETE FROM opp_auth_values WHERE id = %s ", (digest(VALUE_PREFIX + key),)
+        else:
+            sql = "DELETE FROM opp_auth_values WHERE id = %s AND value = %s "
+            params = (digest(VALUE_PREFIX + key), encode(expected))
+        row = await self._one(sql + "RETURNING value, expires_at > clock_timestamp()", params)
+        if row is None or not row[1]:
+            return None
+        return _decoded(row[0])
+
     # ---- events ------------------------------------------------------------------------------
 
     async def async_publish(self, topic: str, event: dict[str, Any]) -> None:
@@ -248,9 +298,10 @@ class SharedState(StorageBackend.EphemeralState):
     # ---- housekeeping ------------------------------------------------------------------------
 
     async def async_sweep(self) -> None:
-        """Delete expired flows and codes."""
+        """Delete expired flows, codes and values."""
         await self._one("DELETE FROM opp_auth_flows WHERE expires_at < clock_timestamp()", None)
         await self._one("DELETE FROM opp_auth_codes WHERE expires_at < clock_timestamp()", None)
+        await self._one("DELETE FROM opp_auth_values WHERE expires_at < clock_timestamp()", None)
 
     async def _sweep_loop(self) -> None:
         """Now and then, the sweep (failures are retried next round)."""

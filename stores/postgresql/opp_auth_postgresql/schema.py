@@ -114,6 +114,50 @@ MIGRATIONS: list[list[str]] = [
     [
         'CREATE INDEX opp_auth_documents_subtree ON opp_auth_documents (key, (path COLLATE "C"))',
     ],
+    # 5: the audit head row only moves forward, to a record the table holds (and is never deleted),
+    # and neither audit table can be truncated; a session that sets opp_auth.audit_reset (a deliberate
+    # wipe, the tests) may. Like the table's trigger, this stops mistakes, not the database's owner.
+    [
+        """CREATE FUNCTION opp_auth_audit_head_forward() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF current_setting('opp_auth.audit_reset', true) = 'on' THEN
+                RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+            END IF;
+            IF TG_OP = 'DELETE' THEN
+                RAISE EXCEPTION 'opp_auth_audit_head cannot be deleted';
+            END IF;
+            IF TG_OP = 'UPDATE' AND NEW.seq <= OLD.seq THEN
+                RAISE EXCEPTION 'opp_auth_audit_head only moves forward (% to % refused)', OLD.seq, NEW.seq;
+            END IF;
+            IF NOT EXISTS (SELECT 1 FROM opp_auth_audit a WHERE a.seq = NEW.seq AND a.record::json ->> 'hash' = NEW.hash)
+            THEN
+                RAISE EXCEPTION 'opp_auth_audit_head must name a record of opp_auth_audit (seq %)', NEW.seq;
+            END IF;
+            RETURN NEW;
+        END $$""",
+        """CREATE TRIGGER opp_auth_audit_head_forward BEFORE INSERT OR UPDATE OR DELETE ON opp_auth_audit_head
+            FOR EACH ROW EXECUTE FUNCTION opp_auth_audit_head_forward()""",
+        """CREATE FUNCTION opp_auth_audit_no_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF current_setting('opp_auth.audit_reset', true) = 'on' THEN
+                RETURN NULL;
+            END IF;
+            RAISE EXCEPTION '% is append-only: TRUNCATE refused', TG_TABLE_NAME;
+        END $$""",
+        """CREATE TRIGGER opp_auth_audit_no_truncate BEFORE TRUNCATE ON opp_auth_audit
+            FOR EACH STATEMENT EXECUTE FUNCTION opp_auth_audit_no_truncate()""",
+        """CREATE TRIGGER opp_auth_audit_head_no_truncate BEFORE TRUNCATE ON opp_auth_audit_head
+            FOR EACH STATEMENT EXECUTE FUNCTION opp_auth_audit_no_truncate()""",
+    ],
+    # 5: plugins' short-lived values every server must see (notify's pending login code), keyed by a
+    # digest, replaced by the next put, taken at most once, expiring by the database's clock.
+    [
+        """CREATE TABLE opp_auth_values (
+            id text PRIMARY KEY,
+            value text NOT NULL,
+            expires_at timestamptz NOT NULL)""",
+        "CREATE INDEX opp_auth_values_expires ON opp_auth_values (expires_at)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
