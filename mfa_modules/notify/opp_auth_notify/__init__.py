@@ -1,4 +1,13 @@
-"""One-time codes sent through notify services (e-mail, a program, a file)."""
+"""One-time codes sent through notify services (e-mail, a program, a file).
+
+The code sent for a login is pending until it is used, replaced (a new login of the
+same user, or the fresh code after a wrong one) or PENDING_TTL after the first send.
+On one server it stays in memory (the HOTP key and counter). With several servers on
+one storage (``PluginContext.shared_state``) it is kept where every server sees it
+(``PluginContext.async_put_shared``): the six digits only, never the key, under
+``notify.<module id>.pending.<user id>``, expiring by the storage's clock and taken
+at most once, so a code sent by one server is accepted by another exactly once.
+"""
 
 from __future__ import annotations
 
@@ -269,6 +278,8 @@ class NotifyAuthModule(MfaModule):
     async def async_depose_user(self, user_id: str) -> None:
         """Forget the user's service and any pending code."""
         self._pending.pop(user_id, None)
+        if self.auth.shared_state:
+            await self.auth.async_take_shared(self._shared_key(user_id))
         if self._users.pop(user_id, None) is not None:
             await self._async_save(user_id)
 
@@ -408,22 +419,42 @@ class NotifyAuthModule(MfaModule):
         while len(self._pending) > MAX_PENDING:
             self._pending.popitem(last=False)
 
+    # ---- the pending code when several servers share the storage ------------------------------
+
+    def _shared_key(self, user_id: str) -> str:
+        """Where the user's pending code of this module is kept for every server."""
+        return f"notify.{self.id}.pending.{user_id}"
+
+    async def _async_share(self, user_id: str, pending: _Pending, ttl: float) -> None:
+        """Keep the code every server must accept (its six digits, not the key) for ttl seconds."""
+        code = _code_at(pending.key, pending.counter)
+        await self.auth.async_put_shared(self._shared_key(user_id), {"code": code, "resends": pending.resends}, ttl)
+
     async def async_initialize_login_mfa_step(self, user_id: str) -> None:
         """A fresh code for this login, sent through the user's service."""
         setting = self._users.get(user_id)
         if setting is None:
             raise MfaAbort("user_not_setup")
+        shared = self.auth.shared_state
         self._pending.pop(user_id, None)
+        if shared:  # the previous code ends everywhere before the new one goes out
+            await self.auth.async_take_shared(self._shared_key(user_id))
         pending = _Pending(secrets.token_bytes(KEY_BYTES), secrets.randbelow(MAX_COUNTER), time.monotonic())
         reason = await self.async_deliver(
             user_id, setting["notify_service"], setting["target"], pending.key, pending.counter
         )
         if reason is not None:
             raise MfaAbort(reason)
-        self._remember(user_id, pending)
+        if shared:
+            await self._async_share(user_id, pending, PENDING_TTL)
+        else:
+            self._remember(user_id, pending)
 
     async def async_after_failed_validation(self, user_id: str) -> None:
         """After a wrong code, send a fresh one (within limits); the old one stays valid if sending fails."""
+        if self.auth.shared_state:
+            await self._async_resend_shared(user_id)
+            return
         setting = self._users.get(user_id)
         pending = self._live_pending(user_id)
         if setting is None or pending is None or not self.may_resend(user_id, pending.resends):
@@ -437,9 +468,28 @@ class NotifyAuthModule(MfaModule):
         ):
             self._remember(user_id, fresh)
 
+    async def _async_resend_shared(self, user_id: str) -> None:
+        """async_after_failed_validation with the pending code kept for every server: replaced there."""
+        setting = self._users.get(user_id)
+        current = await self.auth.async_get_shared(self._shared_key(user_id))
+        resends = current[0].get("resends") if current is not None else None
+        if not isinstance(resends, int) or isinstance(resends, bool):
+            return
+        if setting is None or current is None or not self.may_resend(user_id, resends):
+            return
+        # The first send's expiry stays: the fresh code lives what the old one had left.
+        fresh = _Pending(secrets.token_bytes(KEY_BYTES), secrets.randbelow(MAX_COUNTER), 0.0, resends + 1)
+        if (
+            await self.async_deliver(user_id, setting["notify_service"], setting["target"], fresh.key, fresh.counter)
+            is None
+        ):
+            await self._async_share(user_id, fresh, current[1])
+
     async def async_validate(self, user_id: str, user_input: dict[str, Any]) -> bool:
         """The code of the user's current login (used once)."""
         code = str(user_input.get(INPUT_FIELD_CODE, "")).strip()
+        if self.auth.shared_state:
+            return await self._async_validate_shared(user_id, code)
         pending = self._live_pending(user_id)
         if pending is None:
             hmac.compare_digest(_code_at(DUMMY_KEY, 0), code)
@@ -448,6 +498,19 @@ class NotifyAuthModule(MfaModule):
             return False
         del self._pending[user_id]
         return True
+
+    async def _async_validate_shared(self, user_id: str, code: str) -> bool:
+        """The code every server sees; used once: of two servers checking it at once, one takes it."""
+        key = self._shared_key(user_id)
+        current = await self.auth.async_get_shared(key)
+        expected = current[0].get("code") if current is not None else None
+        if current is None or not isinstance(expected, str):
+            hmac.compare_digest(_code_at(DUMMY_KEY, 0), code)
+            return False
+        if not hmac.compare_digest(expected.encode(), code.encode("utf-8", "surrogatepass")):
+            return False
+        # Taken only if it is still the code just checked (not replaced, not used elsewhere meanwhile).
+        return await self.auth.async_take_shared(key, current[0]) is not None
 
 
 class NotifySetupFlow(SetupFlow):
