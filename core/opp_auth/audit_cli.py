@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from .audit_files import audit_dir, check_chain, read_records, verify
+from .audit_files import Report, audit_dir, check_chain, read_records, verify
 from .storage import STORAGE_DIR, read_envelope
 
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
@@ -186,22 +186,23 @@ def cmd_show(args: argparse.Namespace, config_dir: Path, out: TextIO | None = No
     return 0
 
 
+def chain_report(folder: Path, reader: Any = None) -> Report:
+    """The check of the chain in folder's files, or in reader (a database sink that reads)."""
+    if reader is None:
+        return verify(folder)
+    where = str(reader.describe())
+    return check_chain(
+        reader.read(None), reader.recorded_head(), places=[where], head_place=f"{where}_head", torn_possible=False
+    )
+
+
 def cmd_verify(args: argparse.Namespace, config_dir: Path, out: TextIO | None = None, reader: Any = None) -> int:
     """Check the chain (reader: a database sink that reads, else the files); exit 1 when a record was changed
     or removed."""
     out = out or sys.stdout
     folder = audit_dir(config_dir)
-    if reader is not None:
-        where = str(reader.describe())
-        report = check_chain(
-            reader.read(None),
-            reader.recorded_head(),
-            places=[where],
-            head_place=f"{where}_head",
-            torn_possible=False,
-        )
-    else:
-        report = verify(folder)
+    report = chain_report(folder, reader)
+    where = str(reader.describe()) if reader is not None else str(folder)
     for problem in report.problems:
         label = "TAMPERED" if problem.fatal else "note"
         out.write(f"{label}: {safe_text(str(problem), 300)}\n")

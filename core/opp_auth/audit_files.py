@@ -220,6 +220,64 @@ class AuditFiles:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = None
 
+    # ---- storage copy (the chain moves as it is: the same texts, so the same hashes) -----------
+
+    def describe(self) -> str:
+        """Where the records are, for messages."""
+        return str(self.folder)
+
+    def read(self, since: Any = None) -> Iterator[tuple[str, int, dict[str, Any] | None]]:
+        """(file, line, record or None) of every line, in chain order (since: ignored; for the commands)."""
+        for path, number, record, _raw in read_records(self.folder):
+            yield path.name, number, record
+
+    def recorded_head(self) -> tuple[int, str] | None:
+        """head.json's (seq, hash), or None."""
+        return _read_head(self.folder)
+
+    def holds_records(self) -> bool:
+        """Whether the folder holds a log file or a head (a chain a copy must not be mixed into)."""
+        return bool(log_files(self.folder)) or (self.folder / HEAD).exists()
+
+    def chain_texts(self) -> Iterator[str]:
+        """The text of every record, in chain order (lines that are no record, a torn one, are left out)."""
+        for _path, _number, record, raw in read_records(self.folder):
+            if record is not None:
+                yield raw.rstrip(b"\n").decode("ascii")
+
+    def import_chain(self, texts: Iterable[str], head: tuple[int, str] | None) -> int:
+        """Write records as they are (texts of a verified chain, in order) as the current file, then
+        head.json: head when it is not behind the last record, else the last record's. The folder must
+        hold no chain. The number of records written."""
+        if self.holds_records():
+            raise OSError(f"{self.folder} already holds an audit log; copy into a directory without one")
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+        tmp = self.folder / f".{CURRENT}.copy"
+        count = 0
+        last: tuple[int, str] | None = None
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                for text in texts:
+                    record = _parse(text)
+                    if record is None:
+                        raise OSError(f"not an audit record: {text[:80]!r}")
+                    # A record is ASCII JSON on one line (chain() writes it so); a line break would split it.
+                    handle.write(text.replace("\n", " ").encode("ascii", "backslashreplace") + b"\n")
+                    last = (int(record["seq"]), str(record["hash"]))
+                    count += 1
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.folder / CURRENT)
+        finally:
+            tmp.unlink(missing_ok=True)
+        final = head if head is not None and (last is None or head[0] >= last[0]) else last
+        if final is not None:
+            self.seq, self.head = final
+            self._write_head_file()
+        fsync_dir(self.folder)
+        return count
+
     # ---- the chain ----------------------------------------------------------------------------
 
     def _chain(self, data: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import voluptuous as vol
 
 from . import __version__, audit_cli
-from .audit import audit_config, record_offline
+from .audit import AUDIT_SCHEMA, audit_config, record_offline
 from .config import ensure_config_dir, load_config
 from .events import AuthEvent, Origin, set_origin
 from .manager import AuthManager
@@ -618,7 +618,7 @@ async def _verify_with_a_server(config_dir: Path, pm: Any, backend: Any, login: 
         require_provider=False,
         purge_expired_tokens=False,
         storage=backend,
-        audit_config=None,
+        audit_config=audit_config(AUDIT_SCHEMA({"enabled": False})),
     )
     await auth.async_setup()
     try:
@@ -641,6 +641,72 @@ async def _verify_with_a_server(config_dir: Path, pm: Any, backend: Any, login: 
         return ", ".join(checked)
     finally:
         await auth.async_shutdown()
+
+
+_CHAIN_COPY = ("describe", "read", "recorded_head", "holds_records", "chain_texts", "import_chain")
+
+
+def _chain_side(pm: Any, backend: Any, config_dir: Path) -> Any:
+    """Where a store keeps the audit chain, able to give and take it whole: the files for the JSON store,
+    else the sink its plugin offers (opp_auth_audit_sink); None when that plugin's cannot be copied."""
+    from .audit import offered_sink
+    from .audit_files import AuditFiles
+    from .backend import JsonBackend
+
+    if isinstance(backend, JsonBackend):
+        return AuditFiles(config_dir)
+    conf = {**audit_config(_audit_config(config_dir, pm)), "enabled": True}
+    sink = offered_sink(pm, None, conf, backend)
+    return sink if all(callable(getattr(sink, name, None)) for name in _CHAIN_COPY) else None
+
+
+def _audit_copy_plan(pm: Any, source: Any, target: Any, config_dir: Path, without: bool) -> tuple[Any, Any, Any]:
+    """(from, to, source report) when the audit chain is to be copied, else (None, None, None).
+
+    Refused before anything is written: a target that holds a chain (two chains cannot be mixed), a
+    source chain that fails verification (copying it would hide where it was changed).
+    """
+    from .audit_files import AuditFiles
+
+    give, take = _chain_side(pm, source, config_dir), _chain_side(pm, target, config_dir)
+    if without or give is None or not give.holds_records():
+        return None, None, None
+    if take is None:
+        raise CliError(
+            f"{target.describe()} cannot take the audit log of {give.describe()}; "
+            "copy without it with --without-audit (it stays where it is)"
+        )
+    if take.holds_records():
+        raise CliError(
+            f"{take.describe()} already holds an audit log; copy into a place without one, "
+            "or copy without it with --without-audit"
+        )
+    report = audit_cli.chain_report(Path(give.describe()), None if isinstance(give, AuditFiles) else give)
+    fatal = [p for p in report.problems if p.fatal]
+    if fatal:
+        raise CliError(
+            f"The audit log in {give.describe()} fails verification ({audit_cli.safe_text(str(fatal[0]), 300)}); "
+            "see opp-auth audit verify. Copy without it with --without-audit (it stays where it is)"
+        )
+    return give, take, report
+
+
+def _copy_audit(give: Any, take: Any, report: Any) -> int:
+    """Copy the chain as it is and check the copy: as many records, the same head."""
+    from .audit_files import AuditFiles
+
+    try:
+        count = take.import_chain(give.chain_texts(), give.recorded_head())
+        copied = audit_cli.chain_report(Path(take.describe()), None if isinstance(take, AuditFiles) else take)
+    except OSError as err:
+        raise CliError(f"The audit log was not copied: {err}") from None
+    if copied.records != report.records or copied.head_hash != report.head_hash or not copied.ok:
+        raise CliError(
+            f"The audit log copied into {take.describe()} differs from {give.describe()} "
+            f"({copied.records} records, head {copied.head_hash}, against {report.records}, {report.head_hash}); "
+            "do not use it"
+        )
+    return int(count)
 
 
 def cmd_storage_copy(args: argparse.Namespace) -> int:
@@ -667,6 +733,9 @@ def cmd_storage_copy(args: argparse.Namespace) -> int:
             try:
                 if await other.async_servers_running():
                     raise CliError(f"A server is using {other.describe()}. Stop every server first.")
+                give, take, chain = await asyncio.to_thread(
+                    _audit_copy_plan, pm, source, target, config_dir, args.without_audit
+                )
                 exported = await source.async_export()
                 if exported.get("auth") is None and not exported.get("documents"):
                     raise CliError(f"Nothing to copy: {source.describe()} holds no opp-auth data")
@@ -686,6 +755,7 @@ def cmd_storage_copy(args: argparse.Namespace) -> int:
                         f"The copy in {target.describe()} differs from the source "
                         f"({_summary(copied)} against {_summary(exported)}); do not use it"
                     )
+                audited = await asyncio.to_thread(_copy_audit, give, take, chain) if give is not None else None
             finally:
                 await other.async_close()
             # A fresh backend object: the one above is closed.
@@ -694,10 +764,11 @@ def cmd_storage_copy(args: argparse.Namespace) -> int:
             )
             result = await _verify_with_a_server(config_dir, pm, check_backend, login)
             counts = _summary(exported)["auth"]
+            audit_note = f", {audited} audit records (chain verified)" if audited is not None else ""
             print(
                 f"Copied {counts['users']} users, {counts['groups']} groups, {counts['credentials']} credentials, "
-                f"{counts['refresh_tokens']} refresh tokens and {len(exported.get('documents') or {})} documents "
-                f"from {source.describe()} to {target.describe()}; checked: {result}."
+                f"{counts['refresh_tokens']} refresh tokens and {len(exported.get('documents') or {})} documents"
+                f"{audit_note} from {source.describe()} to {target.describe()}; checked: {result}."
             )
             if args.to:
                 print(
@@ -771,6 +842,11 @@ def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     where.add_argument("--from", dest="source", metavar="URL", help="the database to copy into .storage")
     copy.add_argument("--check-login", metavar="USERNAME", help="also check that this local login works on the copy")
     copy.add_argument("--password-stdin", action="store_true", help="read --check-login's password from standard input")
+    copy.add_argument(
+        "--without-audit",
+        action="store_true",
+        help="leave the audit log where it is (by default it is copied, as it is, and verified)",
+    )
     copy.set_defaults(func=cmd_storage_copy)
     audit_cli.add_commands(sub, _config_dir, _audit_reader)
 

@@ -36,7 +36,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -258,6 +258,64 @@ class PgAuditSink:
                 if isinstance(login, str) and login.casefold() == wanted:
                     ids.add(str(user_id))
         return ids
+
+    # ---- storage copy (the chain moves as it is: the same texts, so the same hashes) -------------
+
+    def holds_records(self) -> bool:
+        """Whether the table holds a record or a head (a chain a copy must not be mixed into)."""
+        with psycopg.connect(self.url, connect_timeout=max(1, round(self.connect_timeout))) as conn:
+            if not self._has_table(conn):
+                return False
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM opp_auth_audit) OR EXISTS (SELECT 1 FROM opp_auth_audit_head)"
+            ).fetchone()
+        return bool(row and row[0])
+
+    def chain_texts(self) -> Iterator[str]:
+        """Every record's stored text, in seq order, in one snapshot."""
+        with psycopg.connect(self.url, connect_timeout=max(1, round(self.connect_timeout))) as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            if not self._has_table(conn):
+                return
+            with conn.cursor(name="opp_auth_audit_copy") as cur:
+                cur.itersize = READ_BATCH
+                cur.execute("SELECT record FROM opp_auth_audit ORDER BY seq")
+                for (text,) in cur:
+                    yield str(text)
+
+    def import_chain(self, texts: Iterable[str], head: tuple[int, str] | None) -> int:
+        """Insert records as they are (texts of a verified chain, in order), then the head row: head when it
+        is not behind the last record, else the last record's. One transaction; the table must be empty.
+        The number of records inserted."""
+        conn = self._connect()
+        count = 0
+        last: tuple[int, str] | None = None
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_AUDIT,))
+                row = conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM opp_auth_audit) OR EXISTS (SELECT 1 FROM opp_auth_audit_head)"
+                ).fetchone()
+                if row is not None and row[0]:
+                    raise OSError(f"{TABLE} already holds audit records; copy into a database without them")
+                with conn.cursor() as cur, cur.copy("COPY opp_auth_audit (seq, at, type, record) FROM STDIN") as copy:
+                    for text in texts:
+                        record = parse_record(text)
+                        if record is None:
+                            raise OSError(f"not an audit record: {text[:80]!r}")
+                        at = datetime.fromisoformat(str(record["time"]))
+                        copy.write_row((record["seq"], at, str(record["type"]), text))
+                        last = (int(record["seq"]), str(record["hash"]))
+                        count += 1
+                final = head if head is not None and (last is None or head[0] >= last[0]) else last
+                if final is not None:
+                    conn.execute(
+                        "INSERT INTO opp_auth_audit_head (id, seq, hash) VALUES (1, %s, %s)", (final[0], final[1])
+                    )
+        except (psycopg.Error, ValueError, KeyError) as err:
+            self._drop()
+            raise OSError(f"the audit records cannot be copied into {TABLE}: {err}") from err
+        return count
 
     @staticmethod
     def _has_table(conn: psycopg.Connection[Any]) -> bool:
