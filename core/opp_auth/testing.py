@@ -261,6 +261,7 @@ DECLARE
     r record;
 BEGIN
     PERFORM set_config('opp_auth.audit_prune', 'on', true);
+    PERFORM set_config('opp_auth.audit_reset', 'on', true);
     FOR r IN
         SELECT c.relname FROM pg_class c
         WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')

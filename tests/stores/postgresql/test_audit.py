@@ -328,6 +328,47 @@ def test_hostile_text_is_kept_exactly_and_a_changed_head_row_is_found(
     code, out = run(config_dir, capsys, "audit", "show", "--failed")
     assert code == 0 and "\x1b" not in out and "\u202e" not in out and "\\u{1b}" in out
     with psycopg.connect(url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.RaiseException, match="only moves forward"):
+            conn.execute("UPDATE opp_auth_audit_head SET hash = %s", ("f" * 64,))
+        # Its owner can switch the trigger off; verify still names the rewritten head.
+        conn.execute("ALTER TABLE opp_auth_audit_head DISABLE TRIGGER opp_auth_audit_head_forward")
         conn.execute("UPDATE opp_auth_audit_head SET hash = %s", ("f" * 64,))
+        conn.execute("ALTER TABLE opp_auth_audit_head ENABLE TRIGGER opp_auth_audit_head_forward")
     code, out = run(config_dir, capsys, "audit", "verify")
     assert code == 1 and "opp_auth_audit_head:0: record 3 differs from the one opp_auth_audit_head names" in out
+
+
+def test_the_head_row_only_moves_forward_to_a_stored_record_and_no_audit_table_is_truncated(
+    opp_auth_storage: dict[str, Any],
+) -> None:
+    """Without switching triggers off: the head row cannot go back, name a hash or seq the table lacks,
+    be deleted, or be emptied with the table by TRUNCATE; the writers still move it."""
+    url = opp_auth_storage["url"]
+    _migrate(url)
+    sink = PgAuditSink(url)
+    sink.open("test")
+    sink.append([AuthEvent(type="login_failed", reason="invalid_auth", time=time.time(), username="x")], [])
+    sink.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        seq, head = conn.execute("SELECT seq, hash FROM opp_auth_audit_head").fetchone()
+        assert seq == 3
+        second = json.loads(conn.execute("SELECT record FROM opp_auth_audit WHERE seq = 2").fetchone()[0])
+        refused = [
+            ("UPDATE opp_auth_audit_head SET seq = 2, hash = %s", (second["hash"],), "only moves forward"),
+            ("UPDATE opp_auth_audit_head SET seq = 4", None, "must name a record"),
+            ("UPDATE opp_auth_audit_head SET hash = %s", ("0" * 64,), "only moves forward"),
+            ("DELETE FROM opp_auth_audit_head", None, "cannot be deleted"),
+            ("TRUNCATE opp_auth_audit_head", None, "TRUNCATE refused"),
+            ("TRUNCATE opp_auth_audit", None, "TRUNCATE refused"),
+            ("TRUNCATE opp_auth_audit, opp_auth_audit_head", None, "TRUNCATE refused"),
+        ]
+        for sql, params, message in refused:
+            with pytest.raises(psycopg.errors.RaiseException, match=message):
+                conn.execute(sql, params)
+        assert conn.execute("SELECT seq, hash FROM opp_auth_audit_head").fetchone() == (seq, head)
+        assert conn.execute("SELECT count(*) FROM opp_auth_audit").fetchone()[0] == 3
+    sink = PgAuditSink(url)
+    sink.open("test")  # the writer still moves it forward
+    sink.close()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT seq FROM opp_auth_audit_head").fetchone()[0] == 5
