@@ -114,7 +114,16 @@ MIGRATIONS: list[list[str]] = [
     [
         'CREATE INDEX opp_auth_documents_subtree ON opp_auth_documents (key, (path COLLATE "C"))',
     ],
-    # 5: the audit head row only moves forward, to a record the table holds (and is never deleted),
+    # 5: plugins' short-lived values every server must see (notify's pending login code), keyed by a
+    # digest, replaced by the next put, taken at most once, expiring by the database's clock.
+    [
+        """CREATE TABLE opp_auth_values (
+            id text PRIMARY KEY,
+            value text NOT NULL,
+            expires_at timestamptz NOT NULL)""",
+        "CREATE INDEX opp_auth_values_expires ON opp_auth_values (expires_at)",
+    ],
+    # 6: the audit head row only moves forward, to a record the table holds (and is never deleted),
     # and neither audit table can be truncated; a session that sets opp_auth.audit_reset (a deliberate
     # wipe, the tests) may. Like the table's trigger, this stops mistakes, not the database's owner.
     [
@@ -153,15 +162,6 @@ MIGRATIONS: list[list[str]] = [
             FOR EACH STATEMENT EXECUTE FUNCTION opp_auth_audit_no_truncate()""",
         """CREATE TRIGGER opp_auth_audit_head_no_truncate BEFORE TRUNCATE ON opp_auth_audit_head
             FOR EACH STATEMENT EXECUTE FUNCTION opp_auth_audit_no_truncate()""",
-    ],
-    # 5: plugins' short-lived values every server must see (notify's pending login code), keyed by a
-    # digest, replaced by the next put, taken at most once, expiring by the database's clock.
-    [
-        """CREATE TABLE opp_auth_values (
-            id text PRIMARY KEY,
-            value text NOT NULL,
-            expires_at timestamptz NOT NULL)""",
-        "CREATE INDEX opp_auth_values_expires ON opp_auth_values (expires_at)",
     ],
 ]
 
