@@ -176,10 +176,13 @@ class AuthorizationCodes:
 def credentials_value(credentials: Credentials) -> dict[str, Any] | None:
     """What a shared code keeps of its credentials (JSON; the provider's login data, never a password).
 
-    None when they cannot be written as JSON (new credentials whose meta is an object).
+    None when they cannot be written as JSON (new credentials whose meta is an object). The meta
+    of stored credentials is left out: it only serves making a new user, and the object that made
+    one may still carry it (trusted_header's Identity, LDAP's entry) until the server restarts.
     """
+    meta = credentials.meta if credentials.is_new else None
     try:
-        json.dumps([credentials.data, credentials.meta], allow_nan=False)
+        json.dumps([credentials.data, meta], allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         return None
     return {
@@ -188,7 +191,7 @@ def credentials_value(credentials: Credentials) -> dict[str, Any] | None:
         "auth_provider_id": credentials.auth_provider_id,
         "data": credentials.data,
         "is_new": credentials.is_new,
-        "meta": credentials.meta,
+        "meta": meta,
     }
 
 
