@@ -6,6 +6,10 @@ header, ``api_password`` query parameter, or HTTP Basic with user
 ``openpeerpower``); each path such a request reaches is logged once with the
 nudge "You need to use a bearer token ..." (INFO when this provider is
 configured, WARNING when it is not).
+
+The login flow is shared (``SHARED_STATE``): with several servers on one database
+any server may take its next step. Its state is the core's (the MFA progress),
+never the password.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ HEADERS = ("X-OPP-Access", "X-HA-Access")
 QUERY_PARAMETER = "api_password"
 BASIC_USER = "openpeerpower"
 MAX_NUDGED_PATHS = 1024
+PASSWORD_SCHEMA = vol.Schema({vol.Required("password"): str})
 
 _UUID4_HEX = re.compile(r"^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$")
 
@@ -135,6 +140,30 @@ class LegacyApiPasswordAuthProvider(AuthProvider):
 class LegacyLoginFlow(LoginFlow[LegacyApiPasswordAuthProvider]):
     """Ask for the API password."""
 
+    SHARED_STATE = True
+
+    def load_state(self, state: dict[str, Any], credentials: Credentials | None, user: User | None) -> None:
+        """The core's state, if it names this provider's credentials of that user (ValueError: refused)."""
+        if user is not None or credentials is not None:
+            linked = self.provider.auth.user_for_credentials(credentials) if credentials is not None else None
+            if (
+                user is None
+                or credentials is None
+                or credentials.provider_key != self.provider.key
+                or linked is None
+                or linked.id != user.id
+            ):
+                raise ValueError("legacy_api_password flow: not this provider's credentials of that user")
+        if state.get("mfa_passed") is not None:  # set only by the step that finishes the flow
+            raise ValueError("legacy_api_password flow: a stored flow never passed MFA")
+        super().load_state(state, credentials, user)
+
+    def step_schema(self, step_id: str) -> vol.Schema | None:
+        """The password form, or an MFA step's."""
+        if step_id == "init":
+            return PASSWORD_SCHEMA
+        return super().step_schema(step_id)
+
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """Show the form; check the password."""
         errors: dict[str, str] = {}
@@ -142,9 +171,7 @@ class LegacyLoginFlow(LoginFlow[LegacyApiPasswordAuthProvider]):
             if self.provider.check_password(user_input["password"]):
                 return await self.async_finish({})
             errors["base"] = "invalid_auth"
-        return self.async_show_form(
-            step_id="init", data_schema=vol.Schema({vol.Required("password"): str}), errors=errors
-        )
+        return self.async_show_form(step_id="init", data_schema=PASSWORD_SCHEMA, errors=errors)
 
 
 class _Nudger:

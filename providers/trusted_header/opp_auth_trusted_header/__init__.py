@@ -14,6 +14,11 @@ map to opp-auth's groups like the LDAP provider's (``admin_groups``,
 ``user_groups``, ``read_only_groups`` when the user is created; ``required_groups``
 at every login). MFA still applies: a user with a module enrolled is asked for
 it after the proxy's word.
+
+The login flow is shared (``SHARED_STATE``): with several servers on one database
+its MFA steps may reach any server. The proxy's word is read from the request that
+starts the flow and is never stored; another server rebuilds the flow only for an
+MFA step, from the user and this provider's credentials of that user.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from opp_auth import (
     FlowResult,
     GroupMapping,
     LoginFlow,
+    User,
     UserMeta,
     hookimpl,
     is_safe_username,
@@ -201,10 +207,36 @@ class TrustedHeaderAuthProvider(AuthProvider):
 class TrustedHeaderLoginFlow(LoginFlow[TrustedHeaderAuthProvider]):
     """No form: the proxy's word finishes the step, or the flow offers nothing."""
 
+    SHARED_STATE = True
+
     def __init__(self, auth_provider: TrustedHeaderAuthProvider, identity: Identity | str) -> None:
         """Remember what the starting request said."""
         super().__init__(auth_provider)
         self._identity = identity
+
+    def dump_state(self) -> dict[str, Any]:
+        """The core's state only: the proxy's word served the first step and is not kept."""
+        return super().dump_state()
+
+    def load_state(self, state: dict[str, Any], credentials: Credentials | None, user: User | None) -> None:
+        """An MFA step on another server: the user and their credentials of this provider (ValueError: refused).
+
+        The flow never rests at its first step (it has no form), so a stored one is past the
+        proxy's word: it names a user and this provider's credentials linked to that user.
+        """
+        provider = self.provider
+        if (
+            user is None
+            or credentials is None
+            or credentials.provider_key != provider.key
+            or state.get("mfa_passed") is not None  # set only by the step that finishes the flow
+        ):
+            raise ValueError("trusted_header flow: a stored flow is at an MFA step of this provider's user")
+        linked = provider.auth.user_for_credentials(credentials)
+        if linked is None or linked.id != user.id:
+            raise ValueError("trusted_header flow: the credentials are not that user's")
+        super().load_state(state, credentials, user)
+        self._identity = "the proxy's word is read at the first step only"
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """Finish with the named user, or abort not_allowed."""

@@ -4,6 +4,12 @@ A client whose address (after reverse-proxy handling) lies in one of the
 configured networks picks one of the existing users and is logged in as that
 user. The provider never creates users. Tokens it issued are re-checked at
 every access-token mint, so they stop working from outside the networks.
+
+The login flow is shared (``SHARED_STATE``): with several servers on one database
+any server may take its next step. Nothing of the choice is stored: the client
+address comes from the flow's context (the engine refuses a step from another
+address), the users on offer are worked out again from the configuration at each
+step, and a stored state naming a user that address may not pick is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from opp_auth import (
     InvalidAuthError,
     LoginFlow,
     RefreshToken,
+    User,
     UserMeta,
     hookimpl,
 )
@@ -237,10 +244,46 @@ class TrustedNetworksAuthProvider(AuthProvider):
 class TrustedNetworksLoginFlow(LoginFlow[TrustedNetworksAuthProvider]):
     """Pick a user (or be logged in straight away when bypass is on and there is one)."""
 
+    SHARED_STATE = True
+
     def __init__(self, auth_provider: TrustedNetworksAuthProvider, ip: IPAddress | None) -> None:
         """Remember the client address the flow was started from."""
         super().__init__(auth_provider)
         self._ip = ip
+
+    def dump_state(self) -> dict[str, Any]:
+        """The core's state and the address (a check only: on load it comes from the flow's context)."""
+        return {**super().dump_state(), "ip": str(self._ip) if self._ip is not None else None}
+
+    def load_state(self, state: dict[str, Any], credentials: Credentials | None, user: User | None) -> None:
+        """Restore the MFA progress after checking it against what this address may do now (ValueError: refused).
+
+        The address is the one of the flow's context (async_login_flow), never the stored one; the
+        user must be one that address may pick now, with this provider's credentials of that user.
+        """
+        provider = self.provider
+        if self._ip is None or state.get("ip") != str(self._ip) or provider.refusal(self._ip) is not None:
+            raise ValueError("trusted_networks flow: the address is not the flow's, or no longer trusted")
+        if state.get("mfa_passed") is not None:  # set only by the step that finishes the flow
+            raise ValueError("trusted_networks flow: a stored flow never passed MFA")
+        if user is not None or credentials is not None:
+            if (
+                user is None
+                or credentials is None
+                or user.id not in provider.available_users(self._ip)
+                or credentials.provider_key != provider.key
+                or credentials.data.get("user_id") != user.id
+            ):
+                raise ValueError("trusted_networks flow: a user this address may not log in as")
+        super().load_state(state, credentials, user)
+
+    def step_schema(self, step_id: str) -> vol.Schema | None:
+        """The user picker, its choices worked out again; or an MFA step's form."""
+        if step_id == "init":
+            if self._ip is None:
+                raise KeyError(step_id)
+            return vol.Schema({vol.Required("user"): UserSelect(self.provider.available_users(self._ip))})
+        return super().step_schema(step_id)
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """Refuse untrusted addresses; show or check the user choice."""
