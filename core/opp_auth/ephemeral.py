@@ -23,13 +23,16 @@ and the same structures then also write through to it:
   structures (:meth:`async_publish`, :meth:`subscribe`); :meth:`async_barrier`
   waits until every event published before it was applied here, so a login step
   is checked against the failures every process counted;
+- a lock per account (or address) held for one login step in every process
+  (:meth:`async_step_lock`), so two guesses at one account never run at once;
 - expiry by the shared store's clock (ages, never one process's wall clock).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 
@@ -116,6 +119,18 @@ class EphemeralState:
 
     async def async_barrier(self) -> None:
         """Return once every event published (anywhere) before the call was delivered here."""
+
+    @contextlib.asynccontextmanager
+    async def async_step_lock(self, key: str) -> AsyncIterator[None]:
+        """Hold key's lock in every process for one login step (here: nothing; the engine locks in-process).
+
+        key names an account or an address (never a password); a shared store keys its lock by a
+        digest of it. A step of the same key in another process waits until this one ends; the
+        lock is released when the block ends, raises or is cancelled, and by the store when the
+        process dies. StorageError (the engine answers "unavailable, retry") when it cannot be
+        had in time: fail closed.
+        """
+        yield
 
     async def async_replay(self, topic: str, seconds: float) -> None:
         """Deliver the events of topic published in the last seconds (a process catching up at start)."""

@@ -659,7 +659,13 @@ class LoginFlowManager(FlowManager):
         else:
             flow.context[THROTTLE_USERNAME] = username
         account = normalize_username(username)
-        async with self._one_attempt_at_a_time(("ip", ip_address) if account is None else ("user", account)):
+        kind, who = ("ip", ip_address) if account is None else ("user", account)
+        # With several servers the account's lock is theirs too (held for this step, released after),
+        # and the barrier runs once it is held: the failure of the step before, wherever it ran, was
+        # committed before that step let go, so it is counted here before the throttle decides.
+        async with self._one_attempt_at_a_time((kind, who)), self.state.async_step_lock(f"{kind}:{who}"):
+            if self.state.shared:
+                await self.state.async_barrier()
             wait = self._events.login_retry_after(ip_address, username)
             if wait > 0:
                 handler = flow.handler

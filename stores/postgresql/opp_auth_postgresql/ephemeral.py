@@ -27,7 +27,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -48,6 +50,16 @@ BARRIER_TIMEOUT = 5.0
 EVENT_KIND = "eph"
 RETRIES = 3
 VALUE_PREFIX = "value:"  # plugins' keys, digested apart from flow ids and codes
+# Step locks (async_step_lock): session advisory locks on one connection per server, tried every
+# STEP_LOCK_POLL seconds for at most STEP_LOCK_WAIT (then "unavailable": fail closed). The
+# database ends that connection's session, and so its locks, when the server dies or stops
+# talking for STEP_LOCK_IDLE seconds (idle_session_timeout; a heartbeat keeps a live one busy).
+STEP_LOCK_WAIT = 10.0
+STEP_LOCK_POLL = 0.02
+STEP_LOCK_IDLE = 20.0
+STEP_LOCK_HEARTBEAT = 5.0
+MAX_STEP_LOCKS = 256  # held at once by one server (each takes a slot of the database's lock table)
+STEP_LOCK_PREFIX = "step:"
 
 
 def digest(secret: str) -> str:
@@ -64,6 +76,146 @@ def _decoded(text: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+class StepLocks:
+    """A server's step locks: session advisory locks on one connection of their own (not the pool's).
+
+    Each lock is ``pg_try_advisory_lock(hashtextextended(digest, 0))`` of a digest of the key, so
+    the database never sees a username. Held locks cost no connection: a step holding one takes
+    nothing from the pool, and a thousand steps of different accounts share this one connection.
+    The connection is autocommit (never idle in a transaction) with ``idle_session_timeout``:
+    a server that dies closes it, one that hangs stops the heartbeat and the database ends the
+    session within STEP_LOCK_IDLE seconds; either way its locks go with it.
+    """
+
+    def __init__(self, backend: PostgresBackend) -> None:
+        """Nothing connected yet (the first lock connects)."""
+        self.backend = backend
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._connecting = asyncio.Lock()
+        self._slots = asyncio.Semaphore(MAX_STEP_LOCKS)
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def _unavailable(self, why: Any) -> StorageError:
+        """The error a step gets when its lock cannot be had (the engine answers 503: retry)."""
+        return StorageError(f"The database is unreachable ({self.backend.describe()}): step lock: {why}")
+
+    async def _connection(self, deadline: float) -> psycopg.AsyncConnection[Any]:
+        """The lock connection, (re)opened when there is none or it broke."""
+        async with self._connecting:
+            conn = self._conn
+            if conn is not None and not conn.closed and not conn.broken:
+                return conn
+            self._conn = None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            if self._closed:
+                raise self._unavailable("closing")
+            timeout = max(0.1, min(deadline - time.monotonic(), self.backend.connect_timeout))
+            try:
+                async with asyncio.timeout(timeout):
+                    conn = await psycopg.AsyncConnection.connect(
+                        self.backend.url, autocommit=True, connect_timeout=max(1, math.ceil(timeout))
+                    )
+            except (TimeoutError, psycopg.Error, OSError) as err:
+                raise self._unavailable(err or "no connection in time") from err
+            with contextlib.suppress(psycopg.Error):  # PostgreSQL before 14 has no idle_session_timeout
+                await conn.execute("SELECT set_config('idle_session_timeout', %s, false)", (f"{STEP_LOCK_IDLE}s",))
+            self._conn = conn
+            if self._heartbeat is None or self._heartbeat.done():
+                self._heartbeat = asyncio.ensure_future(self._heartbeat_loop())
+            return conn
+
+    async def _drop(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Close conn (its locks end with it) after it failed or a statement on it was cut short."""
+        if self._conn is conn:
+            self._conn = None
+        with contextlib.suppress(Exception):
+            await conn.close()
+
+    async def _query(self, sql: str, key: str, deadline: float) -> tuple[psycopg.AsyncConnection[Any], Any]:
+        """Run sql (one boolean) on the lock connection by deadline; a broken one is replaced once."""
+        for attempt in (1, 2):
+            conn = await self._connection(deadline)
+            try:
+                async with asyncio.timeout(max(0.05, deadline - time.monotonic())):
+                    cur = await conn.execute(sql, (key,))
+                    row = await cur.fetchone()
+                return conn, bool(row and row[0])
+            except (TimeoutError, psycopg.Error, OSError) as err:
+                # Cut short, the connection's state is unknown: closing it is what surely releases.
+                await self._drop(conn)
+                if attempt == 1 and isinstance(err, psycopg.OperationalError) and time.monotonic() < deadline:
+                    continue  # closed by the database (restart, idle timeout): once more on a fresh one
+                raise self._unavailable(err or "no answer in time") from err
+        raise AssertionError("unreachable")
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Hold key's lock across every server for the block (StorageError when not had within STEP_LOCK_WAIT)."""
+        lock = digest(STEP_LOCK_PREFIX + key)
+        deadline = time.monotonic() + STEP_LOCK_WAIT
+        try:
+            async with asyncio.timeout(STEP_LOCK_WAIT):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise self._unavailable("too many steps at once") from None
+        try:
+            while True:
+                conn, got = await self._query("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", lock, deadline)
+                if got:
+                    break
+                if time.monotonic() + STEP_LOCK_POLL > deadline:
+                    raise self._unavailable("another server's step of this account did not end in time")
+                await asyncio.sleep(STEP_LOCK_POLL)
+            try:
+                yield
+            finally:
+                # Shielded: a cancelled step still lets go (or drops the connection, which lets go of all).
+                await asyncio.shield(self._release(conn, lock))
+        finally:
+            self._slots.release()
+
+    async def _release(self, conn: psycopg.AsyncConnection[Any], lock: str) -> None:
+        """Unlock on the connection that locked (gone already if that connection was closed)."""
+        if conn is not self._conn or conn.closed:
+            return
+        try:
+            async with asyncio.timeout(STEP_LOCK_WAIT):
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lock,))
+        except (TimeoutError, psycopg.Error, OSError) as err:
+            _LOGGER.warning(
+                "Releasing a step lock in %s failed (its connection is closed): %s", self.backend.describe(), err
+            )
+            await self._drop(conn)
+
+    async def _heartbeat_loop(self) -> None:
+        """Keep a live server's lock session from the idle timeout; stop with the connection."""
+        while self._conn is not None and not self._closed:
+            await asyncio.sleep(STEP_LOCK_HEARTBEAT)
+            conn = self._conn
+            if conn is None:
+                return
+            try:
+                async with asyncio.timeout(STEP_LOCK_WAIT):
+                    await conn.execute("SELECT 1")
+            except (TimeoutError, psycopg.Error, OSError):
+                await self._drop(conn)
+                return
+
+    async def async_close(self) -> None:
+        """Close the connection (every lock this server holds ends)."""
+        self._closed = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._heartbeat
+            self._heartbeat = None
+        if self._conn is not None:
+            await self._drop(self._conn)
+
+
 class SharedState(StorageBackend.EphemeralState):
     """Flows, codes and events in the database several servers share."""
 
@@ -74,6 +226,7 @@ class SharedState(StorageBackend.EphemeralState):
         super().__init__()
         self.backend = backend
         self._sweeper: asyncio.Task[None] | None = None
+        self.step_locks = StepLocks(backend)
 
     def start(self) -> None:
         """Start sweeping expired rows."""
@@ -81,12 +234,13 @@ class SharedState(StorageBackend.EphemeralState):
             self._sweeper = asyncio.ensure_future(self._sweep_loop())
 
     async def async_stop(self) -> None:
-        """Stop sweeping."""
+        """Stop sweeping; let go of the step locks."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._sweeper
             self._sweeper = None
+        await self.step_locks.async_close()
 
     async def _one(self, sql: str, params: Any) -> Any:
         """One statement in its own transaction, pipelined (one round trip); its first row or None.
@@ -262,6 +416,10 @@ class SharedState(StorageBackend.EphemeralState):
             raise StorageError(
                 f"The database is unreachable ({self.backend.describe()}): the change feed is behind"
             ) from None
+
+    def async_step_lock(self, key: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold key's lock on every server for one login step (:class:`StepLocks`)."""
+        return self.step_locks.hold(key)
 
     async def async_replay(self, topic: str, seconds: float) -> None:
         """Deliver topic's events of the last seconds that this server's feed started after."""

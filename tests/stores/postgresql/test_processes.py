@@ -528,6 +528,37 @@ async def test_wrong_passwords_spread_over_a_and_b_are_throttled_as_on_one_serve
             assert status == 429, body
 
 
+async def test_simultaneous_wrong_passwords_on_a_and_b_are_checked_as_on_one_server(
+    cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
+) -> None:
+    """Twice the free failures at one account, half to A and half to B at the same instant: as many checked as free.
+
+    Each step holds the account's lock on every server, and counts the failures committed before
+    it once it holds it: without that, a step on A and one on B each passed the throttle before
+    the other's failure was counted.
+    """
+    free = 5
+    (a, b), _session, _ = await cluster_factory(
+        http="http:\n"
+        + PROXIED
+        + f"  ip_ban_enabled: false\n  login_throttle:\n    attempts_per_address_and_user: {free}\n"
+        + "    max_lock_seconds: 60\n"
+    )
+    async with from_address(ATTACKER) as attacker:
+        drivers = [LoginFlowDriver(attacker, server.url) for server in (a, b) for _ in range(free)]
+        flows = []
+        for driver in drivers:
+            status, form = await driver.start(LOCAL)
+            assert status == 200, form
+            flows.append(form["flow_id"])
+        results = await asyncio.gather(
+            *(driver.step(flow, username=USERNAME, password="wrong") for driver, flow in zip(drivers, flows))
+        )
+    checked = [body for status, body in results if status == 200 and body.get("errors") == {"base": "invalid_auth"}]
+    throttled = [body for status, body in results if status == 429]
+    assert (len(checked), len(throttled)) == (free, free), results
+
+
 async def test_a_ban_made_on_a_is_refused_on_b(
     cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
 ) -> None:
