@@ -623,3 +623,146 @@ async def test_lockouts_list_and_clear_cover_every_server(
                 return status == 200 and body.get("type") == "create_entry"
 
             await until(logs_in, timeout=2.0)
+
+
+# ---- every first-party login flow is shared: trusted networks, trusted header, legacy password, notify ------
+
+HOME = "192.168.0.5"
+NOTIFY_CODES = "notify:\n  - name: codes\n    platform: file\n    filename: codes.txt\n"
+
+
+def with_credentials(provider: str, data: dict[str, Any]) -> dict[str, Any]:
+    """seeded_user() with credentials of provider for the same user too."""
+    auth = seeded_user()
+    auth["credentials"].append(
+        {
+            "id": "d" * 32,
+            "user_id": USER_ID,
+            "auth_provider_type": provider,
+            "auth_provider_id": None,
+            "created_at": "2026-01-01T00:00:00+00:00",
+            "data": data,
+        }
+    )
+    return auth
+
+
+async def test_trusted_networks_flow_started_on_a_finished_on_b(
+    cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
+) -> None:
+    """The user picker A showed is answered on B (from the same address only); A exchanges the code."""
+    (a, b), _session, _ = await cluster_factory(
+        mfa="  auth_providers:\n    - type: trusted_networks\n      trusted_networks: [192.168.0.0/24]\n"
+        "  auth_mfa_modules: []\n",
+        http="http:\n" + PROXIED + "  ip_ban_enabled: false\n",
+        auth=seeded_user(),
+    )
+    handler = ["trusted_networks", None]
+    async with from_address(HOME) as home, from_address("192.168.0.6") as neighbour:
+        status, form = await LoginFlowDriver(home, a.url).start(handler)
+        assert (status, form["step_id"]) == (200, "init"), form
+        # Another trusted address cannot take the flow over on B.
+        status, body = await LoginFlowDriver(neighbour, b.url).step(form["flow_id"], user=USER_ID)
+        assert status == 400, body
+        status, done = await LoginFlowDriver(home, b.url).step(form["flow_id"], user=USER_ID)
+        assert (status, done["type"]) == (200, "create_entry"), done
+        status, tokens = await LoginFlowDriver(home, a.url).token(
+            grant_type="authorization_code", client_id=CLIENT_ID, code=done["result"]
+        )
+        assert status == 200, tokens
+
+
+async def test_trusted_header_flow_mfa_step_on_b(
+    cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
+) -> None:
+    """The proxy's word reaches A, which asks for the TOTP code; B checks it; A exchanges the code."""
+    (a, b), _session, _ = await cluster_factory(
+        mfa="  auth_providers:\n    - type: trusted_header\n  auth_mfa_modules:\n    - type: totp\n",
+        http="http:\n" + PROXIED + "  ip_ban_enabled: false\n",
+        auth=with_credentials("trusted_header", {"username": USERNAME}),
+        documents={"auth_module.totp": (1, {"users": {USER_ID: TOTP_SECRET}})},
+    )
+    handler = ["trusted_header", None]
+    async with (
+        aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=20), headers={"X-Forwarded-For": HOME, "Remote-User": USERNAME}
+        ) as proxied,
+        from_address(HOME) as home,
+    ):
+        status, form = await LoginFlowDriver(proxied, a.url).start(handler)
+        assert (status, form["type"], form["step_id"]) == (200, "form", "mfa"), form
+        code = pyotp.TOTP(TOTP_SECRET).now()
+        status, done = await LoginFlowDriver(home, b.url).step(form["flow_id"], code=code)
+        assert (status, done["type"]) == (200, "create_entry"), done
+        status, tokens = await LoginFlowDriver(home, a.url).token(
+            grant_type="authorization_code", client_id=CLIENT_ID, code=done["result"]
+        )
+        assert status == 200, tokens
+
+
+async def test_legacy_api_password_flow_started_on_a_finished_on_b(
+    cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
+) -> None:
+    """The password form A showed: a wrong password on B, the right one on B; A exchanges the code."""
+    (a, b), session, _ = await cluster_factory(
+        mfa="  auth_providers:\n    - type: legacy_api_password\n      api_password: several-servers-api\n"
+        "  auth_mfa_modules: []\n",
+    )
+    handler = ["legacy_api_password", None]
+    on_a, on_b = LoginFlowDriver(session, a.url), LoginFlowDriver(session, b.url)
+    status, form = await on_a.start(handler)
+    assert (status, form["step_id"]) == (200, "init"), form
+    status, body = await on_b.step(form["flow_id"], password="wrong")
+    assert (status, body["errors"]) == (200, {"base": "invalid_auth"}), body
+    status, done = await on_b.step(form["flow_id"], password="several-servers-api")
+    assert (status, done["type"]) == (200, "create_entry"), done
+    status, tokens = await on_a.token(grant_type="authorization_code", client_id=CLIENT_ID, code=done["result"])
+    assert status == 200, tokens
+
+
+async def test_notify_code_sent_by_a_entered_on_b_used_once_expires(
+    cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
+    postgresql_server: PostgresServer,
+) -> None:
+    """The code A sent is accepted on B, then refused on A; an expired code is refused on B."""
+    (a, b), session, database = await cluster_factory(
+        mfa="  auth_mfa_modules:\n    - type: notify\n",
+        http=HTTP_QUIET + NOTIFY_CODES,
+        auth=seeded_user(),
+        documents={"auth_module.notify": (1, {"users": {USER_ID: {"notify_service": "codes", "target": None}}})},
+    )
+    import re
+
+    import psycopg
+
+    codes = a.config_dir / "codes.txt"
+
+    def last_code() -> str:
+        found = re.findall(r"\b(\d{6})\b", codes.read_text())
+        assert found, "no code was sent"
+        return str(found[-1])
+
+    on_a, on_b = LoginFlowDriver(session, a.url), LoginFlowDriver(session, b.url)
+    # Flow X reaches its code step on A; flow Y too, and A's code for Y replaces X's.
+    flows = []
+    for _ in range(2):
+        status, form = await on_a.start(LOCAL)
+        status, form = await on_a.step(form["flow_id"], username=USERNAME, password=PASSWORD)
+        assert (status, form["step_id"]) == (200, "mfa"), form
+        flows.append(form["flow_id"])
+    code = last_code()
+    status, done = await on_b.step(flows[1], code=code)
+    assert (status, done["type"]) == (200, "create_entry"), done
+    status, tokens = await on_a.token(grant_type="authorization_code", client_id=CLIENT_ID, code=done["result"])
+    assert status == 200, tokens
+    # Used once: A refuses it for the other flow (and has nothing to resend: no code is pending).
+    status, body = await on_a.step(flows[0], code=code)
+    assert (status, body.get("errors")) == (200, {"base": "invalid_code"}), body
+    # A fresh code sent by A, expired (by the database's clock): refused on B.
+    status, form = await on_a.start(LOCAL)
+    status, form = await on_a.step(form["flow_id"], username=USERNAME, password=PASSWORD)
+    assert form["step_id"] == "mfa", form
+    with psycopg.connect(postgresql_server.url(database), autocommit=True) as conn:
+        conn.execute("UPDATE opp_auth_values SET expires_at = clock_timestamp() - interval '1 second'")
+    status, body = await on_b.step(form["flow_id"], code=last_code())
+    assert (status, body.get("errors")) == (200, {"base": "invalid_code"}), body
