@@ -291,9 +291,9 @@ async def serve_with_api_token(auth: AuthManager) -> None:
     from opp_auth.http.app import create_app
     from opp_auth.models import GROUP_ID_ADMIN
 
-    user = await auth.async_create_user("API client", [GROUP_ID_ADMIN])
-    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    token = await auth.async_create_access_token(refresh_token, "127.0.0.1")
+    user = await auth.users.async_create_user("API client", [GROUP_ID_ADMIN])
+    refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    token = await auth.access_tokens.async_create_access_token(refresh_token, "127.0.0.1")
     runner = web.AppRunner(create_app(auth), access_log=None, handle_signals=False)
     await runner.setup()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -68,9 +68,9 @@ async def _serve(kind: str, config_dir: str, users: int = 0) -> None:
             prepared_config(users, config_dir)  # plus the bench client, one more
         auth = make_auth(config_dir, [INSECURE_PROVIDER])
         await auth.async_setup()
-        user = await auth.async_create_user("Bench", [GROUP_ID_ADMIN])
-        refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
-        token = await auth.async_create_access_token(refresh_token, "127.0.0.1")
+        user = await auth.users.async_create_user("Bench", [GROUP_ID_ADMIN])
+        refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+        token = await auth.access_tokens.async_create_access_token(refresh_token, "127.0.0.1")
         app = create_app(auth)
     else:
         from opp_auth.http.auth_views import _API_RUNNING

@@ -56,7 +56,7 @@ async def _serve(config_dir: str, users: int) -> None:
         prepared_config(users, config_dir)  # plus the bench login and API client
     auth = make_auth(config_dir, [{"type": "openpeerpower"}])
     await auth.async_setup()
-    provider = auth.get_auth_provider("openpeerpower", None)
+    provider = auth.registry.get_auth_provider("openpeerpower", None)
     assert provider is not None
     await provider.async_add_auth(USERNAME, PASSWORD)
     await serve_with_api_token(auth)

@@ -61,9 +61,9 @@ async def _serve(kind: str, config_dir: str, users: int) -> None:
     http = {"metrics": {"enabled": kind == "on"}}
     auth = make_auth(config_dir, [INSECURE_PROVIDER], http)
     await auth.async_setup()
-    user = await auth.async_create_user("Bench", [GROUP_ID_ADMIN])
-    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    token = await auth.async_create_access_token(refresh_token, "127.0.0.1")
+    user = await auth.users.async_create_user("Bench", [GROUP_ID_ADMIN])
+    refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    token = await auth.access_tokens.async_create_access_token(refresh_token, "127.0.0.1")
     app = create_app(auth)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -113,9 +113,9 @@ async def _in_process(kind: str, config_dir: str, requests: int) -> float:
     app = create_app(auth)
     app.freeze()
     await app.startup()
-    user = await auth.async_create_user("Bench", [GROUP_ID_ADMIN])
-    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    headers = {"Authorization": f"Bearer {await auth.async_create_access_token(refresh_token, '127.0.0.1')}"}
+    user = await auth.users.async_create_user("Bench", [GROUP_ID_ADMIN])
+    refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    headers = {"Authorization": f"Bearer {await auth.access_tokens.async_create_access_token(refresh_token, '127.0.0.1')}"}
     handle = app._handle
     # One mocked request served again and again (a mock per request would cost more than the request).
     request = make_mocked_request("GET", "/api/", headers=headers, app=app)

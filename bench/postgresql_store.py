@@ -74,13 +74,13 @@ async def child_measure(config_dir: str, url: str | None) -> dict[str, Any]:
     startup, startup_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     token = next(t for t in auth.store.refresh_tokens() if t.user.is_active)
-    access = await auth.async_create_access_token(token)
-    assert auth.validate_access_token(access) is not None
+    access = await auth.access_tokens.async_create_access_token(token)
+    assert auth.access_tokens.validate_access_token(access) is not None
     check_us = median(
-        [timeit.timeit(lambda: auth.validate_access_token(access), number=100_000) * 10 for _ in range(5)]
+        [timeit.timeit(lambda: auth.access_tokens.validate_access_token(access), number=100_000) * 10 for _ in range(5)]
     )
     # A login at the shipped cost (12; the prepared logins are cost 4): added once per store.
-    provider = auth.get_auth_provider("openpeerpower", None)
+    provider = auth.registry.get_auth_provider("openpeerpower", None)
     if provider.data.get(SHIPPED_COST_USER) is None:
         await provider.async_add_auth(SHIPPED_COST_USER, BENCH_PASSWORD)
     logins, logins12 = await http_logins(auth, ["user0", SHIPPED_COST_USER])
@@ -146,14 +146,14 @@ async def child_revoke(config_dir: str, url: str, count: int) -> None:
     auth = build_manager(config_dir, url)
     await auth.async_setup()
     user = next(u for u in auth.store.users() if u.is_active and not u.system_generated)
-    tokens = [await auth.async_create_refresh_token(user, CLIENT_ID) for _ in range(count)]
+    tokens = [await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID) for _ in range(count)]
     print("MADE", flush=True)
     sys.stdin.readline()
     committed: dict[str, float] = {}
     for token in tokens:
         # From the start of the call: the commit's own time is part of the delay measured.
         committed[token.id] = time.time()
-        await auth.async_remove_refresh_token(token)
+        await auth.refresh_tokens.async_remove_refresh_token(token)
         await asyncio.sleep(0.02)
     print("REVOKED " + json.dumps(committed), flush=True)
     await auth.async_shutdown()

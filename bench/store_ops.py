@@ -116,10 +116,10 @@ async def change_costs(auth: AuthManager, count: int) -> tuple[list[float], list
     creates, revokes = [], []
     for _ in range(count):
         start = time.perf_counter()
-        token = await auth.async_create_refresh_token(user, CLIENT_ID)
+        token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
         creates.append(time.perf_counter() - start)
         start = time.perf_counter()
-        await auth.async_remove_refresh_token(token)
+        await auth.refresh_tokens.async_remove_refresh_token(token)
         revokes.append(time.perf_counter() - start)
     return creates, revokes
 
@@ -160,7 +160,7 @@ async def measure(users: int) -> list[Result]:
 
             ticker.start()
             start = time.perf_counter()
-            purged = await auth.async_purge_expired_tokens()
+            purged = await auth.refresh_tokens.async_purge_expired_tokens()
             purge = time.perf_counter() - start
             purge_stall = await ticker.stop()
             purge_cpu = ticker.max_cpu_ms

@@ -1,6 +1,6 @@
 """Access-token validation cost with 1 and 100,000 users, against a 2021-style PyJWT baseline.
 
-Target: AuthManager.validate_access_token costs at most 2 µs per token when a
+Target: auth.access_tokens.validate_access_token costs at most 2 µs per token when a
 client reuses its token (the manager caches tokens that verified), with 1 user
 and with 100,000 users (one refresh token each). The first-seen (cold) cost is
 reported too, as is what Open Peer Power 2021 did: PyJWT decode without
@@ -97,7 +97,7 @@ def fresh_tokens(tokens: list[RefreshToken], count: int) -> list[str]:
 def cold_us(auth: AuthManager, access_tokens: list[str], expected: list[RefreshToken]) -> float:
     """Mean µs to validate tokens the manager has never seen (each once)."""
     auth.access_tokens.cache.clear()
-    validate = auth.validate_access_token
+    validate = auth.access_tokens.validate_access_token
     gc.disable()
     try:
         start = time.perf_counter()
@@ -109,7 +109,7 @@ def cold_us(auth: AuthManager, access_tokens: list[str], expected: list[RefreshT
     # Outside the timed loop: every token really validated, to the right refresh token.
     auth.access_tokens.cache.clear()
     for token, rt in zip(access_tokens[:200], expected):
-        assert auth.validate_access_token(token) is rt
+        assert auth.access_tokens.validate_access_token(token) is rt
     return elapsed / len(access_tokens) * 1e6
 
 
@@ -124,12 +124,12 @@ async def measure(users: int, cold_count: int, baseline_calls: int) -> list[Resu
             # The token a client would hold: minted through the manager from the middle user's
             # refresh token (the 2021 baseline then scans half the users, its average case).
             middle = refresh_tokens[len(refresh_tokens) // 2]
-            access_token = await auth.async_create_access_token(middle, "127.0.0.1")
-            assert auth.validate_access_token(access_token) is middle
+            access_token = await auth.access_tokens.async_create_access_token(middle, "127.0.0.1")
+            assert auth.access_tokens.validate_access_token(access_token) is middle
             legacy = legacy_layout(auth.store.users())
             assert validate_2021(legacy, access_token) is middle
 
-            repeat = per_call_us(auth.validate_access_token, access_token, 200_000)
+            repeat = per_call_us(auth.access_tokens.validate_access_token, access_token, 200_000)
             cold_tokens = fresh_tokens(refresh_tokens, cold_count)
             cold = cold_us(auth, cold_tokens, [refresh_tokens[i % len(refresh_tokens)] for i in range(200)])
             baseline = per_call_us(lambda t: validate_2021(legacy, t), access_token, baseline_calls, repeats=3)

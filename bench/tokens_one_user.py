@@ -57,7 +57,7 @@ async def serve(config_dir: str) -> None:
     auth = make_auth(config_dir, [INSECURE_PROVIDER])
     await auth.async_setup()
     current = next(iter(auth.store.users()[0].token_list))
-    access = await auth.async_create_access_token(current, "127.0.0.1")
+    access = await auth.access_tokens.async_create_access_token(current, "127.0.0.1")
     runner = web.AppRunner(create_app(auth), access_log=None, handle_signals=False)
     await runner.setup()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -41,51 +41,6 @@ from .users import Users
 _LOGGER = logging.getLogger(__name__)
 
 
-# Names callers knew before the manager was split, each the method of the part that now does the job.
-# Kept for test code (the opp_auth.testing fixtures hand a test suite an AuthManager): core code
-# names the part (auth.users.async_create_user), and since these are bound with setattr, mypy
-# refuses a core caller that uses one. Plugins never see the manager (they get a PluginContext).
-TEST_DELEGATES: dict[str, str] = {
-    "get_auth_provider": "registry.get_auth_provider",
-    "get_auth_providers": "registry.get_auth_providers",
-    "local_provider": "registry.local_provider",
-    "get_auth_mfa_module": "registry.get_auth_mfa_module",
-    "async_add_executor_job": "executor.async_add_executor_job",
-    "async_password_check": "executor.async_password_check",
-    "async_get_users": "users.async_get_users",
-    "async_get_user": "users.async_get_user",
-    "get_user": "users.get_user",
-    "owner": "users.owner",
-    "async_create_user": "users.async_create_user",
-    "async_create_system_user": "users.async_create_system_user",
-    "async_get_or_create_user": "users.async_get_or_create_user",
-    "async_link_user": "users.async_link_user",
-    "async_remove_user": "users.async_remove_user",
-    "async_update_user": "users.async_update_user",
-    "async_activate_user": "users.async_activate_user",
-    "async_deactivate_user": "users.async_deactivate_user",
-    "async_remove_credentials": "users.async_remove_credentials",
-    "async_enable_user_mfa": "users.async_enable_user_mfa",
-    "async_disable_user_mfa": "users.async_disable_user_mfa",
-    "async_get_enabled_mfa": "users.async_get_enabled_mfa",
-    "async_create_refresh_token": "refresh_tokens.async_create_refresh_token",
-    "async_get_refresh_token": "refresh_tokens.async_get_refresh_token",
-    "async_get_refresh_token_by_token": "refresh_tokens.async_get_refresh_token_by_token",
-    "is_expired": "refresh_tokens.is_expired",
-    "expire_at": "refresh_tokens.expire_at",
-    "async_set_expiry": "refresh_tokens.async_set_expiry",
-    "async_purge_expired_tokens": "refresh_tokens.async_purge_expired_tokens",
-    "async_remove_refresh_token": "refresh_tokens.async_remove_refresh_token",
-    "async_validate_refresh_token": "refresh_tokens.async_validate_refresh_token",
-    "async_create_access_token": "access_tokens.async_create_access_token",
-    "validate_access_token": "access_tokens.validate_access_token",
-    "sign_path": "access_tokens.sign_path",
-    "validate_signed_path": "access_tokens.validate_signed_path",
-    "note_login_failure": "events.login_failed",
-    "login_retry_after": "events.login_retry_after",
-}
-
-
 class AuthManager:
     """The parts of one application, built together: a facade that builds, starts and stops them.
 
@@ -171,13 +126,6 @@ class AuthManager:
         self._set_up = False
         self._purge = purge_expired_tokens
         self._purge_task: asyncio.Task[None] | None = None
-        self._delegate()
-
-    def _delegate(self) -> None:
-        """Bind the names of TEST_DELEGATES, each to the part that does the job (out of mypy's sight)."""
-        for name, target in TEST_DELEGATES.items():
-            part, attribute = target.split(".")
-            setattr(self, name, getattr(getattr(self, part), attribute))
 
     # ---- lifecycle --------------------------------------------------------------------
 

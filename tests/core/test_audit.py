@@ -293,7 +293,7 @@ async def test_anonymous_failures_are_rate_limited_and_counted(
         providers=[EXAMPLE], mfa_modules=[], blocks={"audit": {"anonymous_failures_per_minute": 50}}
     )
     for n in range(2000):
-        auth.note_login_failure("198.51.100.7", None, f"guess{n}", "invalid_auth")
+        auth.events.login_failed("198.51.100.7", None, f"guess{n}", "invalid_auth")
     await auth.async_shutdown()
     found = stored(config_dir, opp_auth_storage)
     failures = [r for r in found if r["type"] == "login_failed"]
@@ -339,9 +339,9 @@ async def test_a_second_server_on_the_directory_writes_no_second_chain(
     first = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
     second = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
     assert "The audit log is off in this process: another process writes the audit log" in caplog.text
-    await second.async_create_user("Bob")
+    await second.users.async_create_user("Bob")
     await second.async_shutdown()
-    await first.async_create_user("Ann")
+    await first.users.async_create_user("Ann")
     await first.async_shutdown()
     found = records(config_dir / "audit")
     assert [r["type"] for r in found] == ["audit_started", "user_created", "audit_stopped"]
@@ -361,8 +361,8 @@ async def test_servers_on_one_database_write_one_chain_there_and_no_files(
     first = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
     second = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
     assert "The audit log is off" not in caplog.text
-    await second.async_create_user("Bob")
-    await first.async_create_user("Ann")
+    await second.users.async_create_user("Bob")
+    await first.users.async_create_user("Ann")
     await second.async_shutdown()
     await first.async_shutdown()
     found = stored(config_dir, opp_auth_storage)

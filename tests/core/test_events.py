@@ -35,10 +35,10 @@ async def test_a_subscriber_receives_each_event_once_in_line(auth: AuthManager) 
     """A subscriber is called with the event before the operation returns; unsubscribing stops it."""
     seen: list[AuthEvent] = []
     unsubscribe = auth.events.subscribe(seen.append)
-    user = await auth.async_create_user("Bob")
+    user = await auth.users.async_create_user("Bob")
     assert [(e.type, e.user_id) for e in seen] == [("user_created", user.id)]
     unsubscribe()
-    await auth.async_create_user("Carl")
+    await auth.users.async_create_user("Carl")
     assert len(seen) == 1
 
 
@@ -54,8 +54,8 @@ async def test_a_failing_consumer_is_logged_and_the_action_goes_on(
     auth.events.subscribe(broken)
     auth.events.subscribe(seen.append)
     with caplog.at_level(logging.ERROR):
-        user = await auth.async_create_user("Bob")
-    assert auth.get_user(user.id) is user
+        user = await auth.users.async_create_user("Bob")
+    assert auth.users.get_user(user.id) is user
     assert [e.type for e in seen] == ["user_created"]
     assert "disk on fire" in caplog.text and "user_created" in caplog.text
 
@@ -64,11 +64,11 @@ async def test_user_changes_are_told_apart(auth: AuthManager) -> None:
     """Deactivate, activate and rename are three events; an update that changes nothing is none."""
     seen: list[AuthEvent] = []
     auth.events.subscribe(seen.append)
-    user = await auth.async_create_user("Bob")
-    await auth.async_deactivate_user(user)
-    await auth.async_activate_user(user)
-    await auth.async_update_user(user, name="Robert")
-    await auth.async_update_user(user, name="Robert")
+    user = await auth.users.async_create_user("Bob")
+    await auth.users.async_deactivate_user(user)
+    await auth.users.async_activate_user(user)
+    await auth.users.async_update_user(user, name="Robert")
+    await auth.users.async_update_user(user, name="Robert")
     assert [e.type for e in seen] == ["user_created", "user_deactivated", "user_activated", "user_changed"]
     assert seen[-1].details["changed"] == ["name"]
 
@@ -79,7 +79,7 @@ async def test_client_strings_are_clipped_and_the_origin_fills_in(auth: AuthMana
     auth.events.subscribe(seen.append)
     ORIGIN.set(Origin(via="websocket", remote_address="192.0.2.7", user_agent="x" * 10_000, actor_id="admin"))
     try:
-        auth.note_login_failure("192.0.2.7", None, "a" * 100_000, "invalid_auth")
+        auth.events.login_failed("192.0.2.7", None, "a" * 100_000, "invalid_auth")
     finally:
         ORIGIN.set(None)
     (event,) = seen

@@ -12,7 +12,7 @@ import voluptuous as vol
 from aiohttp import web
 
 import opp_auth.hookspecs
-from opp_auth import AuthProvider, MfaModule, hookimpl, hookspec, request_user, websocket
+from opp_auth import AuthProvider, MfaModule, PluginContext, hookimpl, hookspec, request_user, websocket
 from opp_auth.cli import build_parser
 from opp_auth.manager import AuthManager
 from opp_auth.plugins import make_plugin_manager
@@ -256,7 +256,7 @@ async def test_hook_opp_auth_register_stores(tmp_path: Any) -> None:
         storage=config.storage_class(config.storage, str(tmp_path)),
     )
     await auth.async_setup()
-    await auth.async_create_user("Stored")
+    await auth.users.async_create_user("Stored")
     await auth.async_shutdown()
     assert opened == ["here"]
     assert (tmp_path / ".storage" / "auth").exists()
@@ -267,7 +267,7 @@ async def test_hook_opp_auth_authenticate_request(opp_auth_factory: Any, opp_aut
 
     class ByHeader:
         @hookimpl
-        async def opp_auth_authenticate_request(self, request: web.Request, auth: AuthManager) -> Any:
+        async def opp_auth_authenticate_request(self, request: web.Request, auth: PluginContext) -> Any:
             secret = request.headers.get("X-Test")
             if secret is None:
                 return None
@@ -276,7 +276,7 @@ async def test_hook_opp_auth_authenticate_request(opp_auth_factory: Any, opp_aut
             return auth.owner() if secret == "ok" else False
 
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("by_header", ByHeader())])
-    await auth.async_create_user("Owner", ["system-admin"], is_owner=True)
+    await auth.users.async_create_user("Owner", ["system-admin"], is_owner=True)
     client = await opp_auth_client(auth)
     statuses = {}
     for value in ("ok", "nope", "boom", None):
@@ -284,7 +284,7 @@ async def test_hook_opp_auth_authenticate_request(opp_auth_factory: Any, opp_aut
         async with client.request("GET", "/api/", headers=headers) as resp:
             statuses[value] = resp.status
     assert statuses == {"ok": 200, "nope": 401, "boom": 401, None: 401}
-    owner = auth.owner()
+    owner = auth.users.owner()
     owner.is_active = False
     async with client.request("GET", "/api/", headers={"X-Test": "ok"}) as resp:
         assert resp.status == 401  # an inactive user is never authenticated
@@ -317,8 +317,8 @@ async def test_hook_opp_auth_register_routes(opp_auth_factory: Any, opp_auth_cli
             app.router.add_get("/plugin/hello", hello)
 
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("routes", Routes())])
-    owner = await auth.async_create_user("Owner", ["system-admin"], is_owner=True)
-    token = await auth.async_create_access_token(await auth.async_create_refresh_token(owner, CLIENT_ID))
+    owner = await auth.users.async_create_user("Owner", ["system-admin"], is_owner=True)
+    token = await auth.access_tokens.async_create_access_token(await auth.refresh_tokens.async_create_refresh_token(owner, CLIENT_ID))
     client = await opp_auth_client(auth)
     async with client.request("GET", "/plugin/hello") as resp:
         assert (resp.status, await resp.json()) == (200, {"user": None})
@@ -341,8 +341,8 @@ async def test_hook_opp_auth_register_websocket_commands(opp_auth_factory: Any, 
             register(echo)
 
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("commands", Commands())])
-    owner = await auth.async_create_user("Owner", ["system-admin"], is_owner=True)
-    token = await auth.async_create_access_token(await auth.async_create_refresh_token(owner, CLIENT_ID))
+    owner = await auth.users.async_create_user("Owner", ["system-admin"], is_owner=True)
+    token = await auth.access_tokens.async_create_access_token(await auth.refresh_tokens.async_create_refresh_token(owner, CLIENT_ID))
     client = await opp_auth_client(auth)
     async with client.session.ws_connect(client.url("/api/websocket")) as ws:
         await ws.receive_json()
@@ -509,7 +509,7 @@ async def test_hook_opp_auth_audit_sink(opp_auth_factory: Any, config_dir: Any) 
             return Sink()
 
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("sink", Offers())])
-    await auth.async_create_user("Bob")
+    await auth.users.async_create_user("Bob")
     await auth.async_shutdown()
     assert calls == [("open", auth.version), ("event", "user_created"), ("close", None)]
     assert not (config_dir / "audit").exists()
@@ -518,24 +518,24 @@ async def test_hook_opp_auth_audit_sink(opp_auth_factory: Any, config_dir: Any) 
 async def test_hook_opp_auth_user_created(spied: tuple[AuthManager, Spy]) -> None:
     """Creating a user awaits the hook with the new user."""
     auth, spy = spied
-    user = await auth.async_create_user("Bob")
+    user = await auth.users.async_create_user("Bob")
     assert ("user_created", {"user": user}) in spy.calls
 
 
 async def test_hook_opp_auth_user_updated(spied: tuple[AuthManager, Spy]) -> None:
     """Deactivating a user reports it."""
     auth, spy = spied
-    user = await auth.async_create_user("Bob")
-    await auth.async_deactivate_user(user)
+    user = await auth.users.async_create_user("Bob")
+    await auth.users.async_deactivate_user(user)
     assert ("user_updated", {"user": user, "is_active": False}) in spy.calls
 
 
 async def test_hook_opp_auth_user_removed(spied: tuple[AuthManager, Spy]) -> None:
     """Removing a user reports it after its tokens."""
     auth, spy = spied
-    user = await auth.async_create_user("Bob")
-    token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    await auth.async_remove_user(user)
+    user = await auth.users.async_create_user("Bob")
+    token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    await auth.users.async_remove_user(user)
     names = spy.names()
     assert names.index("refresh_token_removed") < names.index("user_removed")
     assert ("refresh_token_removed", {"refresh_token": token}) in spy.calls
@@ -544,18 +544,18 @@ async def test_hook_opp_auth_user_removed(spied: tuple[AuthManager, Spy]) -> Non
 async def test_hook_opp_auth_refresh_token_created(spied: tuple[AuthManager, Spy]) -> None:
     """A new refresh token is reported."""
     auth, spy = spied
-    user = await auth.async_create_user("Bob")
-    token = await auth.async_create_refresh_token(user, CLIENT_ID)
+    user = await auth.users.async_create_user("Bob")
+    token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
     assert ("refresh_token_created", {"refresh_token": token}) in spy.calls
 
 
 async def test_hook_opp_auth_refresh_token_removed(spied: tuple[AuthManager, Spy]) -> None:
     """A revoked refresh token is reported once."""
     auth, spy = spied
-    user = await auth.async_create_user("Bob")
-    token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    await auth.async_remove_refresh_token(token)
-    await auth.async_remove_refresh_token(token)
+    user = await auth.users.async_create_user("Bob")
+    token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    await auth.refresh_tokens.async_remove_refresh_token(token)
+    await auth.refresh_tokens.async_remove_refresh_token(token)
     assert spy.calls.count(("refresh_token_removed", {"refresh_token": token})) == 1
 
 

@@ -67,10 +67,10 @@ async def auth(opp_auth_factory: Factory) -> AuthManager:
 
 async def new_user(auth: AuthManager, username: str = "alice") -> tuple[User, Credentials]:
     """A user created the way a first login creates one."""
-    provider = auth.get_auth_provider(*HANDLER)
+    provider = auth.registry.get_auth_provider(*HANDLER)
     assert provider is not None
     cred = await provider.async_get_or_create_credentials({"username": username})
-    return await auth.async_get_or_create_user(cred), cred
+    return await auth.users.async_get_or_create_user(cred), cred
 
 
 async def refused(awaitable: Awaitable[Any], error: type[Exception], message: str) -> None:
@@ -85,36 +85,36 @@ async def refused(awaitable: Awaitable[Any], error: type[Exception], message: st
 
 async def test_inactive_user_gets_no_refresh_token(auth: AuthManager) -> None:
     """User is not active."""
-    user = await auth.async_create_user("Idle", is_active=False)
-    await refused(auth.async_create_refresh_token(user, CLIENT_ID), ValueError, "User is not active")
+    user = await auth.users.async_create_user("Idle", is_active=False)
+    await refused(auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID), ValueError, "User is not active")
 
 
 async def test_normal_token_requires_client_id(auth: AuthManager) -> None:
     """A person's default token is normal and needs a client."""
     user, _ = await new_user(auth)
-    await refused(auth.async_create_refresh_token(user), ValueError, "Client is required to generate a refresh token.")
+    await refused(auth.refresh_tokens.async_create_refresh_token(user), ValueError, "Client is required to generate a refresh token.")
 
 
 async def test_person_token_defaults_to_normal(auth: AuthManager) -> None:
     """No token_type given: normal for people."""
     user, _ = await new_user(auth)
-    token = await auth.async_create_refresh_token(user, CLIENT_ID)
+    token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
     assert (token.token_type, token.client_id) == ("normal", CLIENT_ID)
     assert len(token.token) == 128 and len(token.jwt_key) == 128
 
 
 async def test_system_user_token_defaults_to_system(auth: AuthManager) -> None:
     """No token_type given: system for system users."""
-    user = await auth.async_create_system_user("Supervisor")
-    token = await auth.async_create_refresh_token(user)
+    user = await auth.users.async_create_system_user("Supervisor")
+    token = await auth.refresh_tokens.async_create_refresh_token(user)
     assert (token.token_type, token.client_id) == ("system", None)
 
 
 async def test_system_user_token_cannot_have_client(auth: AuthManager) -> None:
     """System users' tokens are not tied to a client."""
-    user = await auth.async_create_system_user("Supervisor")
+    user = await auth.users.async_create_system_user("Supervisor")
     await refused(
-        auth.async_create_refresh_token(user, CLIENT_ID),
+        auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID),
         ValueError,
         "System generated users cannot have refresh tokens connected to a client.",
     )
@@ -122,9 +122,9 @@ async def test_system_user_token_cannot_have_client(auth: AuthManager) -> None:
 
 async def test_system_user_cannot_have_normal_token(auth: AuthManager) -> None:
     """System users only get system tokens."""
-    user = await auth.async_create_system_user("Supervisor")
+    user = await auth.users.async_create_system_user("Supervisor")
     await refused(
-        auth.async_create_refresh_token(user, token_type="normal"),
+        auth.refresh_tokens.async_create_refresh_token(user, token_type="normal"),
         ValueError,
         "System generated users can only have system type refresh tokens",
     )
@@ -134,7 +134,7 @@ async def test_person_cannot_have_system_token(auth: AuthManager) -> None:
     """System tokens only for system users."""
     user, _ = await new_user(auth)
     await refused(
-        auth.async_create_refresh_token(user, token_type="system"),
+        auth.refresh_tokens.async_create_refresh_token(user, token_type="system"),
         ValueError,
         "System generated users can only have system type refresh tokens",
     )
@@ -144,7 +144,7 @@ async def test_long_lived_token_requires_client_name(auth: AuthManager) -> None:
     """A long-lived token must be named."""
     user, _ = await new_user(auth)
     await refused(
-        auth.async_create_refresh_token(user, token_type="long_lived_access_token"),
+        auth.refresh_tokens.async_create_refresh_token(user, token_type="long_lived_access_token"),
         ValueError,
         "Client_name is required for long-lived access token",
     )
@@ -153,11 +153,11 @@ async def test_long_lived_token_requires_client_name(auth: AuthManager) -> None:
 async def test_long_lived_token_name_must_be_unique_per_user(auth: AuthManager) -> None:
     """Second token with the same name: '<name> already exists'."""
     user, _ = await new_user(auth)
-    await auth.async_create_refresh_token(
+    await auth.refresh_tokens.async_create_refresh_token(
         user, client_name="Node-RED", token_type="long_lived_access_token", access_token_expiration=timedelta(days=3650)
     )
     await refused(
-        auth.async_create_refresh_token(user, client_name="Node-RED", token_type="long_lived_access_token"),
+        auth.refresh_tokens.async_create_refresh_token(user, client_name="Node-RED", token_type="long_lived_access_token"),
         ValueError,
         "Node-RED already exists",
     )
@@ -167,15 +167,15 @@ async def test_long_lived_token_name_may_repeat_across_users(auth: AuthManager) 
     """Uniqueness is per user."""
     alice, _ = await new_user(auth, "alice")
     bob, _ = await new_user(auth, "bob")
-    await auth.async_create_refresh_token(alice, client_name="Node-RED", token_type="long_lived_access_token")
-    token = await auth.async_create_refresh_token(bob, client_name="Node-RED", token_type="long_lived_access_token")
+    await auth.refresh_tokens.async_create_refresh_token(alice, client_name="Node-RED", token_type="long_lived_access_token")
+    token = await auth.refresh_tokens.async_create_refresh_token(bob, client_name="Node-RED", token_type="long_lived_access_token")
     assert token.client_name == "Node-RED"
 
 
 async def test_empty_client_name_and_icon_are_not_stored(auth: AuthManager) -> None:
     """client_name/client_icon are kept only when truthy."""
     user, _ = await new_user(auth)
-    token = await auth.async_create_refresh_token(user, CLIENT_ID, client_name="", client_icon="")
+    token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID, client_name="", client_icon="")
     assert (token.client_name, token.client_icon) == (None, None)
 
 
@@ -183,7 +183,7 @@ async def test_empty_client_name_and_icon_are_not_stored(auth: AuthManager) -> N
 async def test_created_refresh_token_is_on_disk_when_call_returns(auth: AuthManager, config_dir: Path) -> None:
     """Tokens handed to clients are durable at once."""
     user, _ = await new_user(auth)
-    token = await auth.async_create_refresh_token(user, CLIENT_ID)
+    token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
     # What a restarted server reads: the file and the journal of changes since it was written.
     again = AuthStore(str(config_dir))
     again.keyring = auth.store.keyring
@@ -196,15 +196,15 @@ async def test_created_refresh_token_is_on_disk_when_call_returns(auth: AuthMana
 
 async def test_create_user_is_not_owner_unless_asked(auth: AuthManager) -> None:
     """Even the first user is only owner when the caller says so."""
-    user = await auth.async_create_user("First")
+    user = await auth.users.async_create_user("First")
     assert (user.is_owner, user.is_active) == (False, True)
 
 
 async def test_create_user_as_owner(auth: AuthManager) -> None:
     """is_owner=True makes the owner."""
-    user = await auth.async_create_user("Owner", [GROUP_ID_ADMIN], is_owner=True)
+    user = await auth.users.async_create_user("Owner", [GROUP_ID_ADMIN], is_owner=True)
     assert user.is_owner and user.is_admin
-    assert auth.owner() is user
+    assert auth.users.owner() is user
 
 
 async def test_new_credentials_create_a_user_in_system_users(auth: AuthManager) -> None:
@@ -222,13 +222,13 @@ async def test_known_credentials_return_the_same_user(auth: AuthManager) -> None
     user, _ = await new_user(auth)
     again, _ = await new_user(auth)
     assert again is user
-    assert len(await auth.async_get_users()) == 1
+    assert len(await auth.users.async_get_users()) == 1
 
 
 async def test_owner_cannot_be_deactivated(auth: AuthManager) -> None:
     """Unable to deactivate the owner."""
-    owner = await auth.async_create_user("Owner", is_owner=True)
-    await refused(auth.async_deactivate_user(owner), AuthManagerError, "Unable to deactivate the owner")
+    owner = await auth.users.async_create_user("Owner", is_owner=True)
+    await refused(auth.users.async_deactivate_user(owner), AuthManagerError, "Unable to deactivate the owner")
     assert owner.is_active
 
 
@@ -236,7 +236,7 @@ async def test_update_with_unknown_group_changes_nothing(auth: AuthManager) -> N
     """Invalid group specified. and the name stays."""
     user, _ = await new_user(auth)
     await refused(
-        auth.async_update_user(user, name="Renamed", group_ids=["no-such-group"]),
+        auth.users.async_update_user(user, name="Renamed", group_ids=["no-such-group"]),
         AuthManagerError,
         "Invalid group specified.",
     )
@@ -265,14 +265,14 @@ async def test_remove_user_removes_credentials_and_tokens(opp_auth_factory: Fact
     """Nothing of a removed user can be found afterwards."""
     auth = await opp_auth_factory(providers=[EXAMPLE])
     user, cred = await new_user(auth)
-    token = await auth.async_create_refresh_token(user, CLIENT_ID, credential=cred)
-    access = await auth.async_create_access_token(token)
-    await auth.async_remove_user(user)
-    assert auth.get_user(user.id) is None
+    token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID, credential=cred)
+    access = await auth.access_tokens.async_create_access_token(token)
+    await auth.users.async_remove_user(user)
+    assert auth.users.get_user(user.id) is None
     assert auth.store.find_credentials(HANDLER, {"username": "alice"}) is None
-    assert await auth.async_get_refresh_token(token.id) is None
-    assert await auth.async_get_refresh_token_by_token(token.token) is None
-    assert auth.validate_access_token(access) is None
+    assert await auth.refresh_tokens.async_get_refresh_token(token.id) is None
+    assert await auth.refresh_tokens.async_get_refresh_token_by_token(token.token) is None
+    assert auth.access_tokens.validate_access_token(access) is None
 
 
 async def test_remove_user_fires_removal_hooks(opp_auth_factory: Factory) -> None:
@@ -280,9 +280,9 @@ async def test_remove_user_fires_removal_hooks(opp_auth_factory: Factory) -> Non
     spy = EventSpy()
     auth = await opp_auth_factory(providers=[EXAMPLE], plugins=[("spy", spy)])
     user, _ = await new_user(auth)
-    first = await auth.async_create_refresh_token(user, CLIENT_ID)
-    second = await auth.async_create_refresh_token(user, CLIENT_ID)
-    await auth.async_remove_user(user)
+    first = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    second = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    await auth.users.async_remove_user(user)
     assert sorted(spy.events[:2]) == sorted([("refresh_token_removed", first.id), ("refresh_token_removed", second.id)])
     assert spy.events[2:] == [("user_removed", user.id)]
 
@@ -290,29 +290,29 @@ async def test_remove_user_fires_removal_hooks(opp_auth_factory: Factory) -> Non
 async def test_link_user_refuses_credentials_of_another_user(auth: AuthManager) -> None:
     """A credential already linked to Alice cannot be attached to Bob (G18)."""
     _alice, cred = await new_user(auth, "alice")
-    bob = await auth.async_create_user("Bob")
-    await refused(auth.async_link_user(bob, cred), AuthManagerError, "Credential is already linked to another user")
+    bob = await auth.users.async_create_user("Bob")
+    await refused(auth.users.async_link_user(bob, cred), AuthManagerError, "Credential is already linked to another user")
     assert auth.store.user_for_credentials(cred).name == "Alice"  # type: ignore[union-attr]
 
 
 async def test_link_user_refuses_a_copy_of_linked_credentials(auth: AuthManager) -> None:
     """New credentials with the data of linked ones are refused too."""
     await new_user(auth, "alice")
-    bob = await auth.async_create_user("Bob")
-    provider = auth.get_auth_provider(*HANDLER)
+    bob = await auth.users.async_create_user("Bob")
+    provider = auth.registry.get_auth_provider(*HANDLER)
     assert provider is not None
     copy = provider.async_create_credentials({"username": "alice"})
-    await refused(auth.async_link_user(bob, copy), AuthManagerError, "Credential is already linked to another user")
+    await refused(auth.users.async_link_user(bob, copy), AuthManagerError, "Credential is already linked to another user")
     assert bob.credentials == ()
 
 
 async def test_link_user_attaches_new_credentials(auth: AuthManager) -> None:
     """Fresh credentials are linked and found afterwards."""
-    bob = await auth.async_create_user("Bob")
-    provider = auth.get_auth_provider(*HANDLER)
+    bob = await auth.users.async_create_user("Bob")
+    provider = auth.registry.get_auth_provider(*HANDLER)
     assert provider is not None
     cred = await provider.async_get_or_create_credentials({"username": "bob"})
-    await auth.async_link_user(bob, cred)
+    await auth.users.async_link_user(bob, cred)
     assert auth.store.find_credentials(HANDLER, {"username": "bob"}) is cred
     assert auth.store.user_for_credentials(cred) is bob
 
@@ -323,7 +323,7 @@ async def test_link_user_attaches_new_credentials(auth: AuthManager) -> None:
 async def user_token(auth: AuthManager, **kwargs: Any) -> Any:
     """A refresh token of a new user."""
     user, cred = await new_user(auth)
-    return await auth.async_create_refresh_token(user, CLIENT_ID, credential=cred, **kwargs)
+    return await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID, credential=cred, **kwargs)
 
 
 def b64(obj: dict[str, Any]) -> str:
@@ -335,7 +335,7 @@ async def test_access_token_is_a_standard_hs256_jwt(auth: AuthManager) -> None:
     """PyJWT decodes it with the token's key: iss, iat and exp, nothing else."""
     token = await user_token(auth)
     before = int(time.time())
-    access = await auth.async_create_access_token(token, "127.0.0.1")
+    access = await auth.access_tokens.async_create_access_token(token, "127.0.0.1")
     claims = jwt.decode(access, token.jwt_key, algorithms=["HS256"], issuer=token.id)
     assert set(claims) == {"iss", "iat", "exp"}
     assert claims["iss"] == token.id
@@ -347,17 +347,17 @@ async def test_access_token_is_a_standard_hs256_jwt(auth: AuthManager) -> None:
 async def test_long_lived_access_token_lasts_its_lifespan(auth: AuthManager) -> None:
     """exp - iat is the refresh token's access_token_expiration."""
     user, _ = await new_user(auth)
-    token = await auth.async_create_refresh_token(
+    token = await auth.refresh_tokens.async_create_refresh_token(
         user, client_name="CLI", token_type="long_lived_access_token", access_token_expiration=timedelta(days=3650)
     )
-    claims = jwt.decode(await auth.async_create_access_token(token), token.jwt_key, algorithms=["HS256"])
+    claims = jwt.decode(await auth.access_tokens.async_create_access_token(token), token.jwt_key, algorithms=["HS256"])
     assert claims["exp"] - claims["iat"] == 3650 * 86400
 
 
 async def test_minting_records_usage(auth: AuthManager) -> None:
     """last_used_at and last_used_ip are set at mint time."""
     token = await user_token(auth)
-    await auth.async_create_access_token(token, "192.168.1.9")
+    await auth.access_tokens.async_create_access_token(token, "192.168.1.9")
     assert token.last_used_ip == "192.168.1.9"
     assert token.last_used_at is not None
 
@@ -367,7 +367,7 @@ async def test_pyjwt_made_token_validates(auth: AuthManager) -> None:
     token = await user_token(auth)
     now = int(time.time())
     access = jwt.encode({"iss": token.id, "iat": now, "exp": now + 60}, token.jwt_key, algorithm="HS256")
-    assert auth.validate_access_token(access) is token
+    assert auth.access_tokens.validate_access_token(access) is token
 
 
 async def test_token_expired_beyond_leeway_is_rejected(auth: AuthManager) -> None:
@@ -375,7 +375,7 @@ async def test_token_expired_beyond_leeway_is_rejected(auth: AuthManager) -> Non
     token = await user_token(auth)
     now = int(time.time())
     access = jwt.encode({"iss": token.id, "iat": now - 1800, "exp": now - 12}, token.jwt_key, algorithm="HS256")
-    assert auth.validate_access_token(access) is None
+    assert auth.access_tokens.validate_access_token(access) is None
 
 
 async def test_token_expired_within_leeway_is_accepted(auth: AuthManager) -> None:
@@ -383,7 +383,7 @@ async def test_token_expired_within_leeway_is_accepted(auth: AuthManager) -> Non
     token = await user_token(auth)
     now = int(time.time())
     access = jwt.encode({"iss": token.id, "iat": now - 1800, "exp": now - 5}, token.jwt_key, algorithm="HS256")
-    assert auth.validate_access_token(access) is token
+    assert auth.access_tokens.validate_access_token(access) is token
 
 
 async def test_token_signed_with_another_key_is_rejected(auth: AuthManager) -> None:
@@ -391,16 +391,16 @@ async def test_token_signed_with_another_key_is_rejected(auth: AuthManager) -> N
     token = await user_token(auth)
     now = int(time.time())
     access = jwt.encode({"iss": token.id, "iat": now, "exp": now + 60}, "0" * 128, algorithm="HS256")
-    assert auth.validate_access_token(access) is None
+    assert auth.access_tokens.validate_access_token(access) is None
 
 
 async def test_token_signed_with_another_refresh_tokens_key_is_rejected(auth: AuthManager) -> None:
     """iss names the key: a token cannot borrow a sibling's identity."""
     token = await user_token(auth)
-    other = await auth.async_create_refresh_token(token.user, CLIENT_ID)
+    other = await auth.refresh_tokens.async_create_refresh_token(token.user, CLIENT_ID)
     now = int(time.time())
     access = jwt.encode({"iss": token.id, "iat": now, "exp": now + 60}, other.jwt_key, algorithm="HS256")
-    assert auth.validate_access_token(access) is None
+    assert auth.access_tokens.validate_access_token(access) is None
 
 
 async def test_alg_none_token_is_rejected(auth: AuthManager) -> None:
@@ -408,7 +408,7 @@ async def test_alg_none_token_is_rejected(auth: AuthManager) -> None:
     token = await user_token(auth)
     now = int(time.time())
     access = f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64({'iss': token.id, 'iat': now, 'exp': now + 60})}."
-    assert auth.validate_access_token(access) is None
+    assert auth.access_tokens.validate_access_token(access) is None
 
 
 async def test_other_hmac_algorithm_is_rejected(auth: AuthManager) -> None:
@@ -416,40 +416,40 @@ async def test_other_hmac_algorithm_is_rejected(auth: AuthManager) -> None:
     token = await user_token(auth)
     now = int(time.time())
     access = jwt.encode({"iss": token.id, "iat": now, "exp": now + 60}, token.jwt_key, algorithm="HS512")
-    assert auth.validate_access_token(access) is None
+    assert auth.access_tokens.validate_access_token(access) is None
 
 
 @pytest.mark.parametrize("garbage", ["", "abc", "a.b.c", "a.b", "....", "Bearer x.y.z"])
 async def test_malformed_token_is_rejected(auth: AuthManager, garbage: str) -> None:
     """Malformed input is just invalid."""
     await user_token(auth)
-    assert auth.validate_access_token(garbage) is None
+    assert auth.access_tokens.validate_access_token(garbage) is None
 
 
 async def test_revoked_refresh_token_invalidates_access_token_at_once(auth: AuthManager) -> None:
     """Revocation wins over the validation cache."""
     token = await user_token(auth)
-    access = await auth.async_create_access_token(token)
-    assert auth.validate_access_token(access) is token
-    await auth.async_remove_refresh_token(token)
-    assert auth.validate_access_token(access) is None
+    access = await auth.access_tokens.async_create_access_token(token)
+    assert auth.access_tokens.validate_access_token(access) is token
+    await auth.refresh_tokens.async_remove_refresh_token(token)
+    assert auth.access_tokens.validate_access_token(access) is None
 
 
 async def test_inactive_user_invalidates_access_token(auth: AuthManager) -> None:
     """Deactivation takes effect on the next request."""
     token = await user_token(auth)
-    access = await auth.async_create_access_token(token)
-    assert auth.validate_access_token(access) is token
-    await auth.async_deactivate_user(token.user)
-    assert auth.validate_access_token(access) is None
+    access = await auth.access_tokens.async_create_access_token(token)
+    assert auth.access_tokens.validate_access_token(access) is token
+    await auth.users.async_deactivate_user(token.user)
+    assert auth.access_tokens.validate_access_token(access) is None
 
 
 async def test_inactive_user_cannot_mint_access_tokens(auth: AuthManager) -> None:
     """The refresh grant refuses deactivated users."""
     token = await user_token(auth)
-    await auth.async_deactivate_user(token.user)
+    await auth.users.async_deactivate_user(token.user)
     with pytest.raises(InvalidAuthError):
-        await auth.async_create_access_token(token)
+        await auth.access_tokens.async_create_access_token(token)
 
 
 async def test_refresh_token_from_removed_provider_is_refused(opp_auth_factory: Factory) -> None:
@@ -461,12 +461,12 @@ async def test_refresh_token_from_removed_provider_is_refused(opp_auth_factory: 
     reloaded = second.store.get_refresh_token(token.id)
     assert reloaded is not None
     await refused(
-        second.async_validate_refresh_token(reloaded),
+        second.refresh_tokens.async_validate_refresh_token(reloaded),
         InvalidAuthError,
         "Auth provider insecure_example, None not available",
     )
     with pytest.raises(InvalidAuthError):
-        await second.async_create_access_token(reloaded)
+        await second.access_tokens.async_create_access_token(reloaded)
 
 
 # ---- authorization codes ----------------------------------------------------------------
@@ -642,9 +642,9 @@ async def test_exception_resolving_credentials_aborts_unknown_error(broken_auth:
 async def enrolled_user(auth: AuthManager, pins: dict[str, str]) -> User:
     """Alice after her first login, enrolled in the given modules with the given PINs."""
     first = await password_step(auth)
-    user = await auth.async_get_or_create_user(first["result"])
+    user = await auth.users.async_get_or_create_user(first["result"])
     for module_id, pin in pins.items():
-        await auth.async_enable_user_mfa(user, module_id, {"pin": pin})
+        await auth.users.async_enable_user_mfa(user, module_id, {"pin": pin})
     return user
 
 
@@ -711,7 +711,7 @@ async def test_too_many_wrong_codes_abort(opp_auth_factory: Factory) -> None:
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[PIN_ONE])
     await enrolled_user(auth, {"pin1": "1111"})
     form = await password_step(auth)
-    retries = auth.get_auth_mfa_module("pin1").MAX_RETRY_TIME  # type: ignore[union-attr]
+    retries = auth.registry.get_auth_mfa_module("pin1").MAX_RETRY_TIME  # type: ignore[union-attr]
     results = [await auth.login_flow.async_configure(form["flow_id"], {"pin": "0000"}) for _ in range(retries)]
     assert [r["type"] for r in results[:-1]] == ["form"] * (retries - 1)
     assert (results[-1]["type"], results[-1]["reason"]) == ("abort", "too_many_retry")
@@ -769,9 +769,9 @@ async def test_new_credentials_of_a_link_user_flow_ask_no_mfa(opp_auth_factory: 
 async def test_system_user_cannot_enable_mfa(opp_auth_factory: Factory) -> None:
     """System generated users cannot enable/disable multi-factor auth module."""
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[PIN_ONE])
-    user = await auth.async_create_system_user("Supervisor")
+    user = await auth.users.async_create_system_user("Supervisor")
     await refused(
-        auth.async_enable_user_mfa(user, "pin1", {"pin": "1"}),
+        auth.users.async_enable_user_mfa(user, "pin1", {"pin": "1"}),
         AuthManagerError,
         "System generated users cannot enable multi-factor auth module.",
     )
@@ -781,7 +781,7 @@ async def test_enabling_unknown_mfa_module_is_refused(auth: AuthManager) -> None
     """Unable find multi-factor auth module: <id>."""
     user, _ = await new_user(auth)
     await refused(
-        auth.async_enable_user_mfa(user, "nope", {"pin": "1"}),
+        auth.users.async_enable_user_mfa(user, "nope", {"pin": "1"}),
         AuthManagerError,
         "Unable find multi-factor auth module: nope",
     )
@@ -799,7 +799,7 @@ async def test_create_user_with_credentials_writes_both_at_once(auth: AuthManage
 
     auth.store.async_save = counting_save  # type: ignore[method-assign]
     credentials = auth.auth_providers[0].async_create_credentials({"username": "owner"})
-    user = await auth.async_create_user("Owner", [GROUP_ID_ADMIN], is_owner=True, credentials=credentials)
+    user = await auth.users.async_create_user("Owner", [GROUP_ID_ADMIN], is_owner=True, credentials=credentials)
     assert len(saves) == 1
     # Both records are in one journal line, which a crash keeps or tears whole.
     (line,) = (config_dir / ".storage" / ".auth.journal").read_bytes().splitlines()
@@ -814,13 +814,13 @@ async def test_create_user_refuses_credentials_of_another_user(auth: AuthManager
     """Credentials linked to someone else are not linked twice."""
     alice, credentials = await new_user(auth)
     copy = Credentials(auth_provider_type=credentials.auth_provider_type, auth_provider_id=None, data=dict(credentials.data))
-    await refused(auth.async_create_user("Mallory", credentials=copy), AuthManagerError, "Credential is already linked to another user")
+    await refused(auth.users.async_create_user("Mallory", credentials=copy), AuthManagerError, "Credential is already linked to another user")
     assert [u.name for u in auth.store.users()].count("Mallory") == 0
 
 
 async def test_concurrent_steps_of_one_flow_finish_it_once(auth: AuthManager, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two right answers sent at once to one login flow give one result; the other finds the flow gone."""
-    provider = auth.get_auth_provider(*HANDLER)
+    provider = auth.registry.get_auth_provider(*HANDLER)
     assert provider is not None
     real_check = provider.async_validate_login
 

@@ -26,7 +26,7 @@ from aiohttp import web
 import opp_auth
 from opp_auth import PluginContext, hookimpl, http_require_admin, http_require_auth, websocket
 from opp_auth.http.websocket_api import CommandRegistry
-from opp_auth.manager import TEST_DELEGATES, AuthManager
+from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -370,18 +370,60 @@ def test_plugin_context_offers_no_manager() -> None:
         assert name in doc, f"PluginContext.{name} is not in the context module's documentation"
 
 
-async def test_manager_facade_names_are_the_parts_methods(opp_auth_factory: Any) -> None:
-    """Each name the facade keeps for test code is the method of the part that does the job.
+# The names the manager carried for test code until tests named the part (auth.users.async_create_user),
+# each with the method of the part that does the job.
+OLD_MANAGER_NAMES = {
+    "get_auth_provider": "registry.get_auth_provider",
+    "get_auth_providers": "registry.get_auth_providers",
+    "local_provider": "registry.local_provider",
+    "get_auth_mfa_module": "registry.get_auth_mfa_module",
+    "async_add_executor_job": "executor.async_add_executor_job",
+    "async_password_check": "executor.async_password_check",
+    "async_get_users": "users.async_get_users",
+    "async_get_user": "users.async_get_user",
+    "get_user": "users.get_user",
+    "owner": "users.owner",
+    "async_create_user": "users.async_create_user",
+    "async_create_system_user": "users.async_create_system_user",
+    "async_get_or_create_user": "users.async_get_or_create_user",
+    "async_link_user": "users.async_link_user",
+    "async_remove_user": "users.async_remove_user",
+    "async_update_user": "users.async_update_user",
+    "async_activate_user": "users.async_activate_user",
+    "async_deactivate_user": "users.async_deactivate_user",
+    "async_remove_credentials": "users.async_remove_credentials",
+    "async_enable_user_mfa": "users.async_enable_user_mfa",
+    "async_disable_user_mfa": "users.async_disable_user_mfa",
+    "async_get_enabled_mfa": "users.async_get_enabled_mfa",
+    "async_create_refresh_token": "refresh_tokens.async_create_refresh_token",
+    "async_get_refresh_token": "refresh_tokens.async_get_refresh_token",
+    "async_get_refresh_token_by_token": "refresh_tokens.async_get_refresh_token_by_token",
+    "is_expired": "refresh_tokens.is_expired",
+    "expire_at": "refresh_tokens.expire_at",
+    "async_set_expiry": "refresh_tokens.async_set_expiry",
+    "async_purge_expired_tokens": "refresh_tokens.async_purge_expired_tokens",
+    "async_remove_refresh_token": "refresh_tokens.async_remove_refresh_token",
+    "async_validate_refresh_token": "refresh_tokens.async_validate_refresh_token",
+    "async_create_access_token": "access_tokens.async_create_access_token",
+    "validate_access_token": "access_tokens.validate_access_token",
+    "sign_path": "access_tokens.sign_path",
+    "validate_signed_path": "access_tokens.validate_signed_path",
+    "note_login_failure": "events.login_failed",
+    "login_retry_after": "events.login_retry_after",
+}
 
-    Core code does not use them: they are bound with setattr, so mypy (strict, part of
-    the lint) refuses a core caller that writes auth.async_create_user instead of
-    auth.users.async_create_user.
+
+async def test_manager_facade_has_one_spelling_per_operation(opp_auth_factory: Any) -> None:
+    """The manager builds, starts and stops the parts; an operation is named by the part that owns it.
+
+    The old second spelling (auth.async_create_user for auth.users.async_create_user) is
+    gone from the manager, and each part still has the method it stood for.
     """
     auth: AuthManager = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
-    for name, target in TEST_DELEGATES.items():
+    for name, target in OLD_MANAGER_NAMES.items():
+        assert not hasattr(auth, name), f"AuthManager.{name}: name the part, auth.{target}"
         part, attribute = target.split(".")
-        assert getattr(auth, name) == getattr(getattr(auth, part), attribute), name
-        assert name not in AuthManager.__dict__ and name not in AuthManager.__annotations__, name
+        assert callable(getattr(getattr(auth, part), attribute)), target
     for gone in (
         "session_refusal",
         "mfa_module_offering",
@@ -459,12 +501,12 @@ async def test_http_require_admin_protects_an_http_route(opp_auth_factory: Any, 
             app.router.add_get("/plugin/user", users_only)
 
     auth: AuthManager = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("routes", Routes())])
-    admin = await auth.async_create_user("Admin", ["system-admin"])
-    user = await auth.async_create_user("User", ["system-users"])
+    admin = await auth.users.async_create_user("Admin", ["system-admin"])
+    user = await auth.users.async_create_user("User", ["system-users"])
     tokens = {}
     for who in (admin, user):
-        refresh = await auth.async_create_refresh_token(who, CLIENT_ID)
-        tokens[who.name] = await auth.async_create_access_token(refresh)
+        refresh = await auth.refresh_tokens.async_create_refresh_token(who, CLIENT_ID)
+        tokens[who.name] = await auth.access_tokens.async_create_access_token(refresh)
     client = await opp_auth_client(auth)
     expected = {
         ("/plugin/admin", None): 401,

@@ -211,7 +211,7 @@ async def test_a_flow_displaced_while_being_built_is_refused(auth: AuthManager, 
     """The place is taken before the provider builds the flow; losing it meanwhile refuses, never leaks."""
     flows = auth.login_flow
     flows.max_flows = 1
-    provider = auth.get_auth_provider(*HANDLER)
+    provider = auth.registry.get_auth_provider(*HANDLER)
     assert provider is not None
     original = provider.async_login_flow
 
@@ -271,9 +271,9 @@ async def test_starting_a_flow_costs_the_same_with_none_or_a_thousand_in_progres
 
 async def test_known_addresses_come_back_from_stored_refresh_tokens(opp_auth_factory: Any, config_dir: Path) -> None:
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
-    user = await auth.async_create_user("Owner")
-    token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    await auth.async_create_access_token(token, "2001:db8:5::9")
+    user = await auth.users.async_create_user("Owner")
+    token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    await auth.access_tokens.async_create_access_token(token, "2001:db8:5::9")
     assert "2001:db8:5::9" in auth.known_addresses
     await auth.async_shutdown()
     again = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
@@ -365,10 +365,10 @@ async def test_the_start_remembers_the_most_recently_used_stored_addresses(opp_a
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
     now = datetime.now(UTC)
     for n in range(5):
-        user = await auth.async_create_user(f"u{n}")
-        token = await auth.async_create_refresh_token(user, CLIENT_ID)
+        user = await auth.users.async_create_user(f"u{n}")
+        token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
         token.last_used_ip, token.last_used_at = f"203.0.113.{n}", now - timedelta(days=n)
-    naive = await auth.async_create_refresh_token(await auth.async_create_user("old"), CLIENT_ID)
+    naive = await auth.refresh_tokens.async_create_refresh_token(await auth.users.async_create_user("old"), CLIENT_ID)
     naive.last_used_ip, naive.last_used_at = "198.51.100.1", datetime(2020, 1, 1)  # a naive time from an old file
     auth.known_addresses = KnownAddresses(max_accounts=2)
     auth._remember_addresses_of_stored_tokens()

@@ -90,16 +90,16 @@ def test_junk_inside_or_after_a_part_is_refused(junk: str) -> None:
 
 async def bearer(auth: AuthManager) -> str:
     """A real access token of a real refresh token."""
-    user = await auth.async_create_user("Owner")
-    refresh = await auth.async_create_refresh_token(user, CLIENT_ID)
-    return await auth.async_create_access_token(refresh)
+    user = await auth.users.async_create_user("Owner")
+    refresh = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    return await auth.access_tokens.async_create_access_token(refresh)
 
 
 async def test_access_tokens_of_the_manager_have_one_spelling(opp_auth_factory: Any) -> None:
     auth = await opp_auth_factory(mfa_modules=[])
     token = await bearer(auth)
     header, payload, sig = token.split(".")
-    assert auth.validate_access_token(token) is not None  # cached from here on: the variants must still fail
+    assert auth.access_tokens.validate_access_token(token) is not None  # cached from here on: the variants must still fail
     variants = [
         token + "==",
         f"{header}.{payload}.{sig}=",
@@ -109,15 +109,15 @@ async def test_access_tokens_of_the_manager_have_one_spelling(opp_auth_factory: 
         f"{header}.{payload}.{sig.replace('-', '+').replace('_', '/')}" if set(sig) & set("-_") else token + " ",
     ]
     for variant in variants:
-        assert auth.validate_access_token(variant) is None, variant
+        assert auth.access_tokens.validate_access_token(variant) is None, variant
 
 
 async def test_signed_paths_have_one_spelling(opp_auth_factory: Any) -> None:
     auth = await opp_auth_factory(mfa_modules=[])
-    user = await auth.async_create_user("Owner")
-    refresh = await auth.async_create_refresh_token(user, CLIENT_ID)
-    path = auth.sign_path("/api/states", timedelta(seconds=30), refresh_token_id=refresh.id)
+    user = await auth.users.async_create_user("Owner")
+    refresh = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    path = auth.access_tokens.sign_path("/api/states", timedelta(seconds=30), refresh_token_id=refresh.id)
     signature = path.split("authSig=", 1)[1]
-    assert auth.validate_signed_path("/api/states", signature, [], "127.0.0.1") is not None
-    assert auth.validate_signed_path("/api/states", signature + "==", [], "127.0.0.1") is None
-    assert auth.validate_signed_path("/api/states", flip_unused_bits(signature), [], "127.0.0.1") is None
+    assert auth.access_tokens.validate_signed_path("/api/states", signature, [], "127.0.0.1") is not None
+    assert auth.access_tokens.validate_signed_path("/api/states", signature + "==", [], "127.0.0.1") is None
+    assert auth.access_tokens.validate_signed_path("/api/states", flip_unused_bits(signature), [], "127.0.0.1") is None

@@ -149,7 +149,7 @@ async def test_owner_logs_in_with_the_existing_password(served: Any) -> None:
     assert await api_status(served, tokens["access_token"]) == 200
     auth = served.app[AUTH_KEY]
     assert [u.id for u in auth.store.users()] == [OWNER_ID, CLOUD_ID]
-    assert auth.validate_access_token(tokens["access_token"]).user.id == OWNER_ID
+    assert auth.access_tokens.validate_access_token(tokens["access_token"]).user.id == OWNER_ID
 
 
 async def test_wrong_password_is_refused(served: Any) -> None:

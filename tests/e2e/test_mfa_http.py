@@ -25,9 +25,9 @@ async def env(opp_auth_factory: Any, opp_auth_client: Any, config_dir: Path) -> 
     """A served manager whose user is enrolled in totp and notify."""
     auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=MODULES, blocks=BLOCKS)
     first = await run_login_flow(auth, tuple(HANDLER), [LOGIN])
-    user = await auth.async_get_or_create_user(first["result"])
-    secret = await auth.get_auth_mfa_module("totp").async_setup_user(user.id, {})
-    await auth.get_auth_mfa_module("notify").async_setup_user(user.id, {"notify_service": "codes", "target": None})
+    user = await auth.users.async_get_or_create_user(first["result"])
+    secret = await auth.registry.get_auth_mfa_module("totp").async_setup_user(user.id, {})
+    await auth.registry.get_auth_mfa_module("notify").async_setup_user(user.id, {"notify_service": "codes", "target": None})
     client = await opp_auth_client(auth)
 
     class Env:

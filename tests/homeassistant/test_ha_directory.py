@@ -149,7 +149,7 @@ async def test_every_user_logs_in_with_password_and_totp(served: Any, ha_dir: di
         )
         assert status == 200, tokens
         assert tokens["ha_auth_provider"] == "homeassistant"
-        assert auth.validate_access_token(tokens["access_token"], "127.0.0.1").user.id == user_id
+        assert auth.access_tokens.validate_access_token(tokens["access_token"], "127.0.0.1").user.id == user_id
     assert len([u for u in auth.store.users() if not u.system_generated]) == 3
 
 

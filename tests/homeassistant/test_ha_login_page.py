@@ -133,7 +133,7 @@ async def test_home_assistants_2026_login_page_logs_in_with_password_and_totp(
     assert query["storeToken"] == ["true"]  # preselect_remember_me: the page was opened from the local network
     status, tokens = await site.login.token(grant_type="authorization_code", client_id=f"{base}/", code=query["code"][0])
     assert status == 200, tokens
-    assert site.app[AUTH_KEY].validate_access_token(tokens["access_token"], "127.0.0.1").user.id == OWNER_ID
+    assert site.app[AUTH_KEY].access_tokens.validate_access_token(tokens["access_token"], "127.0.0.1").user.id == OWNER_ID
     assert tokens["ha_auth_provider"] == "homeassistant"
 
 

@@ -290,7 +290,7 @@ async def test_onboarding_a_fresh_homeassistant_directory(tmp_path: Path, opp_au
     assert [u["username"] for u in logins["users"]] == ["paulus"]
     assert not list((tmp_path / ".storage").glob("*auth_provider.openpeerpower*"))
     tokens = await client.login.tokens(HA_LOCAL, [{"username": "paulus", "password": PASSWORD}])
-    assert client.app[AUTH_KEY].validate_access_token(tokens["access_token"], "127.0.0.1").user.is_owner
+    assert client.app[AUTH_KEY].access_tokens.validate_access_token(tokens["access_token"], "127.0.0.1").user.is_owner
 
 
 async def test_admin_change_username_as_home_assistants_frontend_sends_it(ha: Any, ha_dir: dict[str, Any]) -> None:
@@ -322,7 +322,7 @@ async def test_admin_change_username_as_home_assistants_frontend_sends_it(ha: An
         status, step = await ha.login.step(step["flow_id"], code=pyotp.TOTP(secret).now())
         assert step["type"] == "create_entry", step
         status, body = await ha.login.token(grant_type="authorization_code", client_id=CLIENT_ID, code=step["result"])
-        assert ha.app[AUTH_KEY].validate_access_token(body["access_token"], "127.0.0.1").user.id == anne
+        assert ha.app[AUTH_KEY].access_tokens.validate_access_token(body["access_token"], "127.0.0.1").user.id == anne
 
 
 async def test_admin_change_username_needs_an_administrator(ha: Any, ha_dir: dict[str, Any]) -> None:

@@ -91,8 +91,8 @@ class WsConnector:
     @staticmethod
     async def mint(auth: AuthManager, user: User, client_id: str | None = CLIENT_ID) -> tuple[RefreshToken, str]:
         """A new refresh token of user and an access token from it."""
-        refresh_token = await auth.async_create_refresh_token(user, client_id)
-        return refresh_token, await auth.async_create_access_token(refresh_token)
+        refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, client_id)
+        return refresh_token, await auth.access_tokens.async_create_access_token(refresh_token)
 
     async def open(self) -> aiohttp.ClientWebSocketResponse:
         """A raw socket to /api/websocket (auth phase not done)."""

@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from opp_auth import AuthProvider, RefreshToken, User, hookimpl
+from opp_auth import AuthProvider, PluginContext, RefreshToken, User, hookimpl
 from opp_auth.manager import AuthManager
 from opp_auth.testing import CLIENT_ID
 
@@ -59,7 +59,7 @@ class Plugin:
         register(PerRequestProvider)
 
     @hookimpl
-    def opp_auth_authenticate_request(self, request: web.Request, auth: AuthManager) -> Any:
+    def opp_auth_authenticate_request(self, request: web.Request, auth: PluginContext) -> Any:
         user_id = request.headers.get("X-Test-User")
         return None if user_id is None else auth.get_user(user_id)
 
@@ -125,15 +125,15 @@ async def served(onboarded: Path, opp_auth_factory: Any, opp_auth_client: Any) -
         http=HTTP,
         plugins=[("access", Plugin())],
     )
-    provider = auth.get_auth_provider(PerRequestProvider.TYPE, None)
+    provider = auth.registry.get_auth_provider(PerRequestProvider.TYPE, None)
     provider.networks = [ipaddress.ip_network("0.0.0.0/0")]
-    user = await auth.async_create_user("Pat", ["system-admin"])
+    user = await auth.users.async_create_user("Pat", ["system-admin"])
     credentials = provider.async_create_credentials({"user": user.id})
-    await auth.async_link_user(user, credentials)
-    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID, credential=credentials)
-    await auth.async_set_expiry(refresh_token, True)
-    access_token = await auth.async_create_access_token(refresh_token, LOCAL)
-    signed = auth.sign_path("/api/", timedelta(minutes=5), refresh_token.id)
+    await auth.users.async_link_user(user, credentials)
+    refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID, credential=credentials)
+    await auth.refresh_tokens.async_set_expiry(refresh_token, True)
+    access_token = await auth.access_tokens.async_create_access_token(refresh_token, LOCAL)
+    signed = auth.access_tokens.sign_path("/api/", timedelta(minutes=5), refresh_token.id)
     client = await opp_auth_client(auth)
     return Session(auth, user, refresh_token, provider, access_token, signed), client
 
@@ -224,7 +224,7 @@ async def test_refused_code_exchange_leaves_no_refresh_token(served: tuple[Sessi
     session, client = served
     auth = session.auth
     ann_tokens = await client.login.tokens(["insecure_example", None], [{"username": "ann", "password": "pw"}])
-    ann = (await auth.async_get_refresh_token_by_token(ann_tokens["refresh_token"])).user
+    ann = (await auth.refresh_tokens.async_get_refresh_token_by_token(ann_tokens["refresh_token"])).user
     ann.local_only = True
     before = {t.id for t in ann.token_list}
     async with client.session.post(

@@ -164,7 +164,7 @@ async def admin_session(onboarded: Path, opp_auth_factory: Any, opp_auth_client:
     (onboarded / "ip_bans.yaml").write_text("203.0.113.5:\n  banned_at: '2021-03-04T05:06:07+00:00'\n")
     auth: AuthManager = await opp_auth_factory(providers=[PROVIDER], mfa_modules=[], http=PROXIED)
     client = await opp_auth_client(auth)
-    admin = await auth.async_create_user("Admin", [UserMeta.GROUP_ADMIN], is_owner=True)
+    admin = await auth.users.async_create_user("Admin", [UserMeta.GROUP_ADMIN], is_owner=True)
     return client, await ws_connector(client).user(auth, admin)
 
 

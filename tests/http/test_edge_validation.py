@@ -215,7 +215,7 @@ async def test_failed_user_data_save_leaves_memory_as_on_disk(
 ) -> None:
     """A write that fails (a full disk, simulated) puts the old value back: memory never differs from the file."""
     auth, _ = await serve(opp_auth_factory, opp_auth_client)
-    user = await auth.async_create_user("Bob")
+    user = await auth.users.async_create_user("Bob")
     await auth.user_settings.async_update(user.id, {"theme": "dark"})
 
     async def full_disk(self: Store, data: Any) -> None:
@@ -240,7 +240,7 @@ async def test_onboarding_name_with_a_surrogate_creates_nothing(
         assert resp.status == 400
         reply = await resp.json()
     assert reply["code"] == "invalid_format" and '["name"]' in reply["message"], reply
-    assert auth.owner() is None
+    assert auth.users.owner() is None
     async with client.request("POST", "/api/onboarding/users", json=OWNER) as resp:
         assert resp.status == 200, await resp.text()
         assert "auth_code" in await resp.json()
@@ -258,7 +258,7 @@ async def test_onboarding_with_a_huge_language_is_refused_before_anything_is_cre
     async with client.request("POST", "/api/onboarding/users", json={**OWNER, "language": "x" * 70_000}) as resp:
         assert resp.status == 400
         assert (await resp.json())["message"].startswith(("Invalid JSON", "Message format incorrect"))
-    assert auth.owner() is None
+    assert auth.users.owner() is None
     async with client.request("GET", "/api/onboarding") as resp:
         assert {s["step"]: s["done"] for s in await resp.json()}["user"] is False
     async with client.request("POST", "/api/onboarding/users", json={**OWNER, "language": "x" * 36}) as resp:
@@ -453,7 +453,7 @@ async def test_store_refuses_unstorable_records_before_changing_memory(
     """A provider whose user meta holds a lone surrogate (past every edge): 400 invalid_format, nothing kept."""
     providers = [{"type": "insecure_example", "users": [{"username": "eve", "password": "pw", "name": "E\udcffve"}]}]
     auth, client = await serve(opp_auth_factory, opp_auth_client, providers=providers)
-    owner = await auth.async_create_user("Owner", [UserMeta.GROUP_ADMIN], is_owner=True)
+    owner = await auth.users.async_create_user("Owner", [UserMeta.GROUP_ADMIN], is_owner=True)
     before = auth_file(config_dir)
     code = await client.login.code(EXAMPLE, [{"username": "eve", "password": "pw"}])
     status, body = await client.login.token(grant_type="authorization_code", client_id=CLIENT_ID, code=code)
@@ -464,9 +464,9 @@ async def test_store_refuses_unstorable_records_before_changing_memory(
     assert auth_file(config_dir) == before
     # Renames are checked the same way; the store still saves.
     with pytest.raises(ValueError, match="surrogate"):
-        await auth.async_update_user(owner, name="\ud800")
+        await auth.users.async_update_user(owner, name="\ud800")
     assert owner.name == "Owner"
-    await auth.async_update_user(owner, name="Paulus")
+    await auth.users.async_update_user(owner, name="Paulus")
     assert [u.name for u in auth.store.users()] == ["Paulus"]
     assert b"Paulus" in auth_file(config_dir)
     check_storage_is_strict_json(config_dir)

@@ -506,9 +506,9 @@ class Fuzzer:
         user = auth.store.get_user(self.user_id)
         assert user is not None and user.is_active
         if not user.is_admin:
-            await auth.async_update_user(user, group_ids=[GROUP_ID_ADMIN])
-        refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
-        self.access_token = await auth.async_create_access_token(refresh_token, "127.0.0.1")
+            await auth.users.async_update_user(user, group_ids=[GROUP_ID_ADMIN])
+        refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+        self.access_token = await auth.access_tokens.async_create_access_token(refresh_token, "127.0.0.1")
         return self.access_token
 
     async def socket(self) -> aiohttp.ClientWebSocketResponse:
@@ -595,12 +595,12 @@ def test_hostile_input_everywhere_then_saves_restarts_and_honours_revocations(
     auth = site.auth
 
     async def setup() -> tuple[list[dict[str, Any]], Context]:
-        await auth.async_create_user("Owner", [GROUP_ID_ADMIN], is_owner=True)
+        await auth.users.async_create_user("Owner", [GROUP_ID_ADMIN], is_owner=True)
         victim = [await site.login("victim", "victim-pw") for _ in range(4)]
         fuzzer_tokens = await site.login("fuzzer", "fuzzer-pw")
         fuzzer = auth.store.get_refresh_token_by_token(fuzzer_tokens["refresh_token"])
         assert fuzzer is not None
-        await auth.async_update_user(fuzzer.user, group_ids=[GROUP_ID_ADMIN])
+        await auth.users.async_update_user(fuzzer.user, group_ids=[GROUP_ID_ADMIN])
         victim_user = auth.store.get_refresh_token_by_token(victim[0]["refresh_token"])
         assert victim_user is not None and victim_user.user.group_ids == [GROUP_ID_USER]
         # Revoked before the fuzzing: one through /auth/token, one through the victim's websocket.

@@ -13,9 +13,8 @@ import pytest
 from aiohttp import web
 
 import opp_auth.hookspecs
-from opp_auth import hookimpl
+from opp_auth import PluginContext, hookimpl
 from opp_auth.cli import build_parser
-from opp_auth.manager import AuthManager
 from opp_auth.plugins import PluginError, make_plugin_manager
 from opp_auth.testing import CLIENT_ID, LoginFlowDriver
 
@@ -71,10 +70,10 @@ async def test_wrappers_see_every_hook_the_core_calls(
     async with client.request("GET", "/api/", headers={"Authorization": "Bearer nonsense"}) as resp:
         assert resp.status == 401
     user = next(u for u in auth.store.users() if u.name == "Ann")
-    await auth.async_update_user(user, name="Ann B")
-    token = await auth.async_get_refresh_token_by_token(tokens["refresh_token"])
-    await auth.async_remove_refresh_token(token)
-    await auth.async_remove_user(user)
+    await auth.users.async_update_user(user, name="Ann B")
+    token = await auth.refresh_tokens.async_get_refresh_token_by_token(tokens["refresh_token"])
+    await auth.refresh_tokens.async_remove_refresh_token(token)
+    await auth.users.async_remove_user(user)
     await auth.async_shutdown()
     await settle()
     assert status == 200
@@ -95,8 +94,8 @@ async def test_implementation_may_take_a_subset_of_the_arguments(opp_auth_factor
             created.append("token")
 
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("subset", OnlyUser())])
-    user = await auth.async_create_user("Zoe")
-    await auth.async_create_refresh_token(user, CLIENT_ID)
+    user = await auth.users.async_create_user("Zoe")
+    await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
     assert created == ["Zoe", "token"]
 
 
@@ -111,7 +110,7 @@ async def test_awaitable_results_are_awaited_in_order(opp_auth_factory: Any) -> 
             order.append("slow")
 
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("slow", Slow())])
-    await auth.async_create_user("Yan")
+    await auth.users.async_create_user("Yan")
     order.append("returned")
     assert order == ["slow", "returned"]
 
@@ -144,9 +143,9 @@ async def test_one_plugins_exception_is_isolated_and_names_plugin_and_distributi
 
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("fine", Fine()), ("broken", Broken())])
     with caplog.at_level(logging.ERROR):
-        user = await auth.async_create_user("Xia")
+        user = await auth.users.async_create_user("Xia")
     assert calls == ["Xia"]
-    assert auth.get_user(user.id) is user
+    assert auth.users.get_user(user.id) is user
     messages = [r.getMessage() for r in caplog.records if "opp_auth_user_created" in r.getMessage()]
     assert messages, caplog.text
     assert "broken" in messages[0] and "opp-auth-insecure-example" in messages[0], messages[0]
@@ -164,13 +163,13 @@ async def test_failing_request_authenticator_refuses_and_the_chain_ends(
 
     class Grants:
         @hookimpl
-        def opp_auth_authenticate_request(self, auth: AuthManager) -> Any:
+        def opp_auth_authenticate_request(self, auth: PluginContext) -> Any:
             return auth.owner()
 
     auth = await opp_auth_factory(
         providers=[EXAMPLE], mfa_modules=[], plugins=[("grants", Grants()), ("raises", Raises())]
     )
-    await auth.async_create_user("Owner", ["system-admin"], is_owner=True)
+    await auth.users.async_create_user("Owner", ["system-admin"], is_owner=True)
     client = await opp_auth_client(auth)
     async with client.request("GET", "/api/") as resp:
         assert resp.status == 401
@@ -182,7 +181,7 @@ async def test_a_wrapper_can_veto_a_request_authenticator(opp_auth_factory: Any,
 
     class Grants:
         @hookimpl
-        def opp_auth_authenticate_request(self, auth: AuthManager) -> Any:
+        def opp_auth_authenticate_request(self, auth: PluginContext) -> Any:
             return auth.owner()
 
     class Veto:
@@ -192,7 +191,7 @@ async def test_a_wrapper_can_veto_a_request_authenticator(opp_auth_factory: Any,
             return False if request.headers.get("X-Veto") else result
 
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("grants", Grants()), ("veto", Veto())])
-    await auth.async_create_user("Owner", ["system-admin"], is_owner=True)
+    await auth.users.async_create_user("Owner", ["system-admin"], is_owner=True)
     client = await opp_auth_client(auth)
     async with client.request("GET", "/api/") as resp:
         assert resp.status == 200
@@ -211,7 +210,7 @@ async def test_failing_throttle_fails_closed(
             raise RuntimeError("throttle bug")
 
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("bt", BrokenThrottle())])
-    assert auth.login_retry_after("127.0.0.1", "ann") == opp_auth.hookspecs.FAIL_CLOSED_RETRY_AFTER
+    assert auth.events.login_retry_after("127.0.0.1", "ann") == opp_auth.hookspecs.FAIL_CLOSED_RETRY_AFTER
     client = await opp_auth_client(auth)
     driver = LoginFlowDriver(client.session, client.url(""))
     status, flow = await driver.start(HANDLER)

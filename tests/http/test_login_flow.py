@@ -380,9 +380,9 @@ async def mfa_client(opp_auth_factory: Any, opp_auth_client: Any, modules: list[
     auth = await opp_auth_factory(providers=[PROVIDER], mfa_modules=modules)
     client = await opp_auth_client(auth)
     await client.login.tokens(HANDLER, [ALICE])  # the first login creates the user, without MFA
-    (alice,) = [u for u in await auth.async_get_users() if u.name == "Alice"]
+    (alice,) = [u for u in await auth.users.async_get_users() if u.name == "Alice"]
     for module_id, pin in pins.items():
-        await auth.async_enable_user_mfa(alice, module_id, {"pin": pin})
+        await auth.users.async_enable_user_mfa(alice, module_id, {"pin": pin})
     return client
 
 

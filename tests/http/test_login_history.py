@@ -194,7 +194,7 @@ async def test_a_wrong_second_factor_is_recorded_under_the_user(
     client = await opp_auth_client(auth)
     await sign_in(client, "ann", "ann-pw")
     ann = user_named(auth, "Ann")
-    await auth.async_enable_user_mfa(ann, "insecure_example", {"pin": "1234"})
+    await auth.users.async_enable_user_mfa(ann, "insecure_example", {"pin": "1234"})
     step = await login(client, "ann", "ann-pw", pin="0000")
     assert step["errors"] == {"base": "invalid_code"}
     await sign_in(client, "ann", "ann-pw", pin="1234")
@@ -214,7 +214,7 @@ async def test_spraying_from_many_addresses_never_pushes_out_sign_ins(
     ann = user_named(auth, "Ann")
     for index in range(MAX_FAILURES + 30):
         # The throttle refuses most of these; a refusal is a failure of ann all the same.
-        auth.note_login_failure(f"10.{index // 250}.{index % 250}.1", tuple(EXAMPLE), "ann", "invalid_auth")  # type: ignore[arg-type]
+        auth.events.login_failed(f"10.{index // 250}.{index % 250}.1", tuple(EXAMPLE), "ann", "invalid_auth")  # type: ignore[arg-type]
     ws = await connect.user(auth, ann)
     entries = []
     cursor = None
@@ -296,7 +296,7 @@ async def test_only_administrators_read_someone_elses_history(
     assert (await as_bob.error("auth/login_history", user_id=ann.id))["code"] == "unauthorized"
     own = await as_bob.result("auth/login_history", user_id=bob.id)
     assert {e["username"] for e in own["entries"]} == {"bob"}
-    admin = await auth.async_create_user("Ada", [UserMeta.GROUP_ADMIN])
+    admin = await auth.users.async_create_user("Ada", [UserMeta.GROUP_ADMIN])
     as_admin = await connect.user(auth, admin)
     theirs = await as_admin.result("config/auth/login_history", user_id=ann.id, limit=1)
     assert [e["username"] for e in theirs["entries"]] == ["ann"]
@@ -377,7 +377,7 @@ async def test_a_removed_user_takes_their_history_along(
     """Removing a user deletes their entries and devices, from the storage too."""
     await sign_in(client, "ann", "ann-pw")
     ann = user_named(auth, "Ann")
-    await auth.async_remove_user(ann)
+    await auth.users.async_remove_user(ann)
     assert auth.login_history.entries(ann.id) == []
     await auth.async_shutdown()
     again = await opp_auth_factory(providers=PROVIDERS, mfa_modules=MFA, http=HTTP)
@@ -442,7 +442,7 @@ async def test_configured_limits_bound_each_ring_the_devices_and_the_age(opp_aut
         providers=PROVIDERS, mfa_modules=MFA, http=HTTP, blocks={"audit": {"history": LIMITS}}
     )
     history_store = auth.login_history
-    user = await auth.async_create_user("Cleo")
+    user = await auth.users.async_create_user("Cleo")
     now = time.time()
     for index in range(6):
         for kind, reason in (("login_succeeded", None), ("login_failed", "invalid_auth")):
@@ -479,7 +479,7 @@ def history_store_iso(timestamp: float) -> str:
 async def test_a_lowered_bound_applies_to_what_is_stored(opp_auth_factory: Any, config_dir: Path) -> None:
     """Entries kept under the default bounds: a restart with smaller ones shows only the newest."""
     auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=MFA, http=HTTP)
-    user = await auth.async_create_user("Dora")
+    user = await auth.users.async_create_user("Dora")
     now = time.time()
     for index in range(10):
         auth.login_history._on_event(

@@ -95,21 +95,21 @@ async def alice_by_first_login(auth: AuthManager, case: ProviderCase) -> User:
     """Providers that create the user at the first login: log in once, before any MFA exists."""
     result = await run_login_flow(auth, tuple(case.handler), case.steps(None))  # type: ignore[arg-type]
     assert result["type"] == "create_entry", result
-    return await auth.async_get_or_create_user(result["result"])
+    return await auth.users.async_get_or_create_user(result["result"])
 
 
 async def alice_local(auth: AuthManager, case: ProviderCase) -> User:
     """The local provider: an account added the way onboarding and the admin do."""
-    provider = auth.get_auth_provider("openpeerpower", None)
+    provider = auth.registry.get_auth_provider("openpeerpower", None)
     assert provider is not None
     await provider.async_add_auth("alice", LOCAL_PASSWORD)  # type: ignore[attr-defined]
     credentials = await provider.async_get_or_create_credentials({"username": "alice"})
-    return await auth.async_create_user("Alice", credentials=credentials)
+    return await auth.users.async_create_user("Alice", credentials=credentials)
 
 
 async def alice_without_credentials(auth: AuthManager, case: ProviderCase) -> User:
     """trusted_networks picks an existing person and links its credentials at login."""
-    return await auth.async_create_user("Alice")
+    return await auth.users.async_create_user("Alice")
 
 
 def command_line_config(config_dir: Path) -> dict[str, Any]:
@@ -264,7 +264,7 @@ async def set_up(
     )
     alice = await provider_case.make_alice(auth, provider_case)
     for module_id, data in mfa_case.enrol.items():
-        await auth.async_enable_user_mfa(alice, module_id, data)
+        await auth.users.async_enable_user_mfa(alice, module_id, data)
     # Clean slate: what set-up issued (it used the engine's low level, which issues no code) is gone.
     assert len(auth.codes) == 0
     return auth, await opp_auth_client(auth), alice
@@ -309,7 +309,7 @@ async def test_no_code_before_the_last_factor(
         assert len(alice.refresh_tokens) == tokens_before
         return
     assert status == 200, body
-    refresh_token = auth.validate_access_token(body["access_token"], "127.0.0.1")
+    refresh_token = auth.access_tokens.validate_access_token(body["access_token"], "127.0.0.1")
     assert refresh_token is not None and refresh_token.user is alice
 
 
@@ -371,8 +371,8 @@ async def test_a_careless_mfa_step_override_never_finishes_the_login(
         providers=[{"type": "careless"}], mfa_modules=[PIN_MODULE], plugins=[("careless", CarelessPlugin())]
     )
     first = await run_login_flow(auth, ("careless", None), [{"username": "alice", "password": "shortcut-pw"}])
-    alice = await auth.async_get_or_create_user(first["result"])
-    await auth.async_enable_user_mfa(alice, "pin", {"pin": PIN})
+    alice = await auth.users.async_get_or_create_user(first["result"])
+    await auth.users.async_enable_user_mfa(alice, "pin", {"pin": PIN})
     client = await opp_auth_client(auth)
     status, result = await client.login.start(["careless", None])
     status, result = await client.login.step(result["flow_id"], username="alice", password="shortcut-pw")
@@ -407,7 +407,7 @@ async def test_credentials_of_another_provider_abort_the_login(
         providers=[EXAMPLE, {"type": "impostor"}], mfa_modules=[], plugins=[("impostor", ImpostorPlugin())]
     )
     first = await run_login_flow(auth, ("insecure_example", None), ALICE_LOGIN)
-    await auth.async_get_or_create_user(first["result"])
+    await auth.users.async_get_or_create_user(first["result"])
     client = await opp_auth_client(auth)
     status, result = await client.login.start(["impostor", None])
     assert (status, result["type"], result["reason"]) == (200, "abort", "unknown_error")
@@ -420,13 +420,13 @@ async def test_a_failing_mfa_enrolment_check_denies_the_login(
     """A module that cannot say whether the user is enrolled ends the login (fail closed), no code."""
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[PIN_MODULE])
     client = await opp_auth_client(auth)
-    module = auth.get_auth_mfa_module("pin")
+    module = auth.registry.get_auth_mfa_module("pin")
 
     async def broken(user_id: str) -> bool:
         raise RuntimeError("enrolment store unreadable")
 
     first = await run_login_flow(auth, ("insecure_example", None), ALICE_LOGIN)
-    await auth.async_get_or_create_user(first["result"])
+    await auth.users.async_get_or_create_user(first["result"])
     monkeypatch.setattr(module, "async_is_user_setup", broken)
     status, result = await client.login.start(["insecure_example", None])
     status, result = await client.login.step(result["flow_id"], **ALICE_LOGIN[0])
@@ -456,9 +456,9 @@ async def test_onboarding_codes_pass_the_same_decision(
         code = (await resp.json())["auth_code"]
     status, tokens = await token_grant(client, code)
     assert status == 200, tokens
-    owner = auth.owner()
+    owner = auth.users.owner()
     assert owner is not None
-    await auth.async_enable_user_mfa(owner, "pin", {"pin": PIN})
+    await auth.users.async_enable_user_mfa(owner, "pin", {"pin": PIN})
 
     with pytest.raises(MfaRequired):
         await auth.login_flow.async_code_for_credentials(CLIENT_ID, owner.credentials[0])
@@ -474,7 +474,7 @@ async def test_onboarding_codes_pass_the_same_decision(
         assert resp.status == 200
         code = (await resp.json())["auth_code"]
     status, body = await token_grant(client, code)
-    assert status == 200 and auth.validate_access_token(body["access_token"]).user is owner  # type: ignore[union-attr]
+    assert status == 200 and auth.access_tokens.validate_access_token(body["access_token"]).user is owner  # type: ignore[union-attr]
 
 
 async def test_mfa_setup_flows_issue_no_code(
@@ -484,7 +484,7 @@ async def test_mfa_setup_flows_issue_no_code(
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[PIN_MODULE])
     client = await opp_auth_client(auth)
     first = await run_login_flow(auth, ("insecure_example", None), ALICE_LOGIN)
-    alice = await auth.async_get_or_create_user(first["result"])
+    alice = await auth.users.async_get_or_create_user(first["result"])
     ws = await ws_connector(client).user(auth, alice)
     form = await ws.result("auth/setup_mfa", mfa_module_id="pin")
     done = await ws.result("auth/setup_mfa", flow_id=form["flow_id"], user_input={"pin": PIN})
@@ -569,16 +569,16 @@ async def test_a_login_provider_offered_by_an_mfa_module_proves_that_factor(
         plugins=[("badge", BadgePlugin())],
     )
     first = await run_login_flow(auth, ("insecure_example", None), ALICE_LOGIN)
-    alice = await auth.async_get_or_create_user(first["result"])
+    alice = await auth.users.async_get_or_create_user(first["result"])
     for module_id, pin in enrolment.items():
-        await auth.async_enable_user_mfa(alice, module_id, {"pin": pin})
+        await auth.users.async_enable_user_mfa(alice, module_id, {"pin": pin})
     client = await opp_auth_client(auth)
     status, result = await client.login.start(["badge", None])
     await assert_nothing_issued(client, auth, result)
     status, result = await client.login.step(result["flow_id"], pin="1357")
     assert result["type"] == "create_entry", result
     status, body = await token_grant(client, result["result"])
-    assert status == 200 and auth.validate_access_token(body["access_token"]).user is alice  # type: ignore[union-attr]
+    assert status == 200 and auth.access_tokens.validate_access_token(body["access_token"]).user is alice  # type: ignore[union-attr]
 
 
 async def test_a_module_offered_provider_does_not_stand_for_modules_it_did_not_prove(
@@ -598,10 +598,10 @@ async def test_a_module_offered_provider_does_not_stand_for_modules_it_did_not_p
         plugins=[("badge", BadgePlugin())],
     )
     first = await run_login_flow(auth, ("insecure_example", None), ALICE_LOGIN)
-    alice = await auth.async_get_or_create_user(first["result"])
-    await auth.async_enable_user_mfa(alice, "pin", {"pin": PIN})
+    alice = await auth.users.async_get_or_create_user(first["result"])
+    await auth.users.async_enable_user_mfa(alice, "pin", {"pin": PIN})
     # A badge PIN that is not an enrolment: the module validates it only for this test's sake.
-    badge = auth.get_auth_mfa_module("badge")
+    badge = auth.registry.get_auth_mfa_module("badge")
 
     async def any_badge(user_id: str, user_input: dict[str, Any]) -> bool:
         return user_input.get("pin") == "1357"

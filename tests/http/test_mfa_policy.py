@@ -30,8 +30,8 @@ async def enrolled(opp_auth_factory: Any, policy: str | None) -> Any:
     """Alice with the PIN module enrolled, under the given policy."""
     auth = await opp_auth_factory(providers=[PROVIDER], mfa_modules=[PIN_MODULE], http=BEHIND_PROXY, mfa_required=policy)
     result = await run_login_flow(auth, ("insecure_example", None), [ALICE])
-    user = await auth.async_get_or_create_user(result["result"])
-    await auth.async_enable_user_mfa(user, "insecure_example", {"pin": "1234"})
+    user = await auth.users.async_get_or_create_user(result["result"])
+    await auth.users.async_enable_user_mfa(user, "insecure_example", {"pin": "1234"})
     return auth
 
 

@@ -29,8 +29,8 @@ async def test_routes_added_after_the_app_was_built_pass_the_pipeline(opp_auth_f
     auth = await opp_auth_factory(
         providers=[EXAMPLE], mfa_modules=[], http={"use_x_forwarded_for": True, "trusted_proxies": ["127.0.0.1"]}
     )
-    owner = await auth.async_create_user("Owner", ["system-admin"], is_owner=True)
-    token = await auth.async_create_access_token(await auth.async_create_refresh_token(owner, CLIENT_ID))
+    owner = await auth.users.async_create_user("Owner", ["system-admin"], is_owner=True)
+    token = await auth.access_tokens.async_create_access_token(await auth.refresh_tokens.async_create_refresh_token(owner, CLIENT_ID))
     app = create_app(auth)
     app.router.add_get("/late/after-build", whoami)
 

@@ -16,17 +16,17 @@ HANDLER = ["insecure_example", None]
 
 async def test_token_checks_are_counted_by_kind_and_outcome(onboarded: Path, opp_auth_factory: Any) -> None:
     auth: AuthManager = await opp_auth_factory(providers=[PROVIDER], mfa_modules=[])
-    user = await auth.async_create_user("Bo", [UserMeta.GROUP_ADMIN], local_only=True)
-    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    token = await auth.async_create_access_token(refresh_token, "127.0.0.1")
-    assert auth.validate_access_token(token, "127.0.0.1") is not None
-    assert auth.validate_access_token(token, "203.0.113.1") is None
-    assert auth.validate_access_token("x.y.z", "127.0.0.1") is None
-    signed = auth.sign_path("/api/", timedelta(minutes=1), refresh_token.id).split("authSig=")[1]
-    assert auth.validate_signed_path("/api/", signed, [], "127.0.0.1") is not None
-    assert auth.validate_signed_path("/other", signed, [], "127.0.0.1") is None
-    await auth.async_update_user(user, is_active=False)
-    assert auth.validate_access_token(token, "127.0.0.1") is None
+    user = await auth.users.async_create_user("Bo", [UserMeta.GROUP_ADMIN], local_only=True)
+    refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    token = await auth.access_tokens.async_create_access_token(refresh_token, "127.0.0.1")
+    assert auth.access_tokens.validate_access_token(token, "127.0.0.1") is not None
+    assert auth.access_tokens.validate_access_token(token, "203.0.113.1") is None
+    assert auth.access_tokens.validate_access_token("x.y.z", "127.0.0.1") is None
+    signed = auth.access_tokens.sign_path("/api/", timedelta(minutes=1), refresh_token.id).split("authSig=")[1]
+    assert auth.access_tokens.validate_signed_path("/api/", signed, [], "127.0.0.1") is not None
+    assert auth.access_tokens.validate_signed_path("/other", signed, [], "127.0.0.1") is None
+    await auth.users.async_update_user(user, is_active=False)
+    assert auth.access_tokens.validate_access_token(token, "127.0.0.1") is None
     checks = auth.context.runtime_stats()["token_checks"]
     assert {key: n for key, n in checks.items() if n} == {
         ("access_token", "valid"): 1,
@@ -62,8 +62,8 @@ async def test_a_subscription_receives_events_in_line_until_it_ends(onboarded: P
     auth: AuthManager = await opp_auth_factory(providers=[PROVIDER], mfa_modules=[])
     seen: list[AuthEvent] = []
     unsubscribe = auth.context.subscribe_events(seen.append)
-    user = await auth.async_create_user("Cy")
+    user = await auth.users.async_create_user("Cy")
     assert [(e.type, e.user_id) for e in seen] == [("user_created", user.id)]
     unsubscribe()
-    await auth.async_create_user("Di")
+    await auth.users.async_create_user("Di")
     assert len(seen) == 1

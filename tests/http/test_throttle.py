@@ -315,11 +315,11 @@ async def test_other_account_from_the_same_address_may_still_try(client: OppAuth
 async def test_wrong_mfa_codes_count_against_the_username_of_the_first_step(
     client: OppAuthClient, auth: AuthManager
 ) -> None:
-    credentials = await auth.get_auth_provider("insecure_example", None).async_get_or_create_credentials(
+    credentials = await auth.registry.get_auth_provider("insecure_example", None).async_get_or_create_credentials(
         {"username": "alice"}
     )
-    user = await auth.async_get_or_create_user(credentials)
-    await auth.async_enable_user_mfa(user, "insecure_example", {"pin": "123456"})
+    user = await auth.users.async_get_or_create_user(credentials)
+    await auth.users.async_enable_user_mfa(user, "insecure_example", {"pin": "123456"})
     results = []
     for codes in (3, 3):  # the module aborts a flow after three wrong codes
         flow_id = await new_flow(client)
@@ -338,7 +338,7 @@ async def test_websocket_auth_is_refused_while_the_address_is_locked(
     auth = await opp_auth_factory(providers=[PROVIDER], mfa_modules=[], http={"login_throttle": {"attempts_per_address": 2}})
     client = await opp_auth_client(auth)
     connector = ws_connector(client)
-    user = await auth.async_create_user("Alice", [UserMeta.GROUP_USER])
+    user = await auth.users.async_create_user("Alice", [UserMeta.GROUP_USER])
     _, good_token = await connector.mint(auth, user)
     for token in ("bad-1", "bad-2", good_token):
         ws = await connector.open()
@@ -382,7 +382,7 @@ async def test_failures_from_forwarded_addresses_are_counted_per_client(
 @pytest.fixture
 async def admin(auth: AuthManager) -> User:
     """An administrator."""
-    return await auth.async_create_user("Admin", [UserMeta.GROUP_ADMIN], is_owner=True)
+    return await auth.users.async_create_user("Admin", [UserMeta.GROUP_ADMIN], is_owner=True)
 
 
 async def test_admin_lists_current_lockouts(
@@ -412,7 +412,7 @@ async def test_admin_clearing_a_lockout_lets_the_login_through(
 async def test_lockout_and_ban_commands_are_for_admins_only(
     client: OppAuthClient, auth: AuthManager, ws_connector: Any, command: str
 ) -> None:
-    user = await auth.async_create_user("Bob", [UserMeta.GROUP_USER])
+    user = await auth.users.async_create_user("Bob", [UserMeta.GROUP_USER])
     session = await ws_connector(client).user(auth, user)
     assert (await session.error(command))["code"] == "unauthorized"
 
@@ -470,7 +470,7 @@ async def test_websocket_connections_per_user_are_capped(
     client: OppAuthClient, auth: AuthManager, ws_connector: Any
 ) -> None:
     connector = ws_connector(client)
-    user = await auth.async_create_user("Alice", [UserMeta.GROUP_USER])
+    user = await auth.users.async_create_user("Alice", [UserMeta.GROUP_USER])
     _, token = await connector.mint(auth, user)
     for _ in range(MAX_CONNECTIONS_PER_USER):
         await connector.auth(token)
@@ -483,7 +483,7 @@ async def test_websocket_connections_per_user_are_capped(
 async def test_websocket_messages_beyond_the_burst_are_rate_limited(
     client: OppAuthClient, auth: AuthManager, ws_connector: Any
 ) -> None:
-    user = await auth.async_create_user("Alice", [UserMeta.GROUP_USER])
+    user = await auth.users.async_create_user("Alice", [UserMeta.GROUP_USER])
     session = await ws_connector(client).user(auth, user)
     count = int(RATE_BURST) + 50
     await session.ws.send_json([{"id": i, "type": "ping"} for i in range(1, count + 1)])
@@ -506,7 +506,7 @@ async def test_password_checks_run_at_most_the_configured_number_at_once(opp_aut
         with lock:
             running[0] -= 1
 
-    await asyncio.gather(*(auth.async_password_check(check) for _ in range(6)))
+    await asyncio.gather(*(auth.executor.async_password_check(check) for _ in range(6)))
     assert running[1] == 2
 
 
@@ -524,7 +524,7 @@ async def test_simultaneous_websocket_connects_cannot_pass_the_cap_together(
 
     monkeypatch.setattr(web.WebSocketResponse, "send_json", slow_send)
     connector = ws_connector(client)
-    user = await auth.async_create_user("Alice", [UserMeta.GROUP_USER])
+    user = await auth.users.async_create_user("Alice", [UserMeta.GROUP_USER])
     _, token = await connector.mint(auth, user)
     sockets = [await connector.open() for _ in range(6)]
     for ws in sockets:
@@ -544,7 +544,7 @@ async def test_simultaneous_wrong_passwords_cannot_pass_the_lock_together(
 
     monkeypatch.setattr(opp_auth_local, "BCRYPT_ROUNDS", 4)
     auth = await opp_auth_factory(providers=[{"type": "openpeerpower"}], mfa_modules=[])
-    await auth.get_auth_provider("openpeerpower", None).async_add_auth("alice", "alice-password")
+    await auth.registry.get_auth_provider("openpeerpower", None).async_add_auth("alice", "alice-password")
     client = await opp_auth_client(auth)
     flows = []
     for _ in range(12):

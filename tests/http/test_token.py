@@ -120,8 +120,8 @@ async def test_authorization_code_without_code(client: Any) -> None:
 async def test_inactive_user_gets_access_denied(client: Any, auth: Any) -> None:
     """A deactivated user's code is refused with 403."""
     await client.login.tokens(HANDLER, [ALICE])
-    (alice,) = [u for u in await auth.async_get_users() if u.name == "Alice"]
-    await auth.async_deactivate_user(alice)
+    (alice,) = [u for u in await auth.users.async_get_users() if u.name == "Alice"]
+    await auth.users.async_deactivate_user(alice)
     code = await client.login.code(HANDLER, [ALICE])
     status, body, _ = await token_request(client, grant_type="authorization_code", client_id=CLIENT_ID, code=code)
     assert status == 403
@@ -326,14 +326,14 @@ async def test_link_user_adds_the_credential_to_the_caller(client: Any, auth: An
     code = await link_code(client, SECOND_HANDLER, ALICE2)
     status, body = await link_user(client, tokens["access_token"], {"code": code, "client_id": CLIENT_ID})
     assert (status, body) == (200, {"message": "User linked"})
-    (alice,) = [u for u in await auth.async_get_users() if u.name == "Alice"]
+    (alice,) = [u for u in await auth.users.async_get_users() if u.name == "Alice"]
     assert sorted((c.auth_provider_id or "", c.data["username"]) for c in alice.credentials) == [
         ("", "alice"),
         ("second", "alice2"),
     ]
     # Logging in with the linked credential now reaches Alice, not a new user.
     await client.login.tokens(SECOND_HANDLER, [ALICE2])
-    assert [u.name for u in await auth.async_get_users()] == ["Alice"]
+    assert [u.name for u in await auth.users.async_get_users()] == ["Alice"]
 
 
 async def test_link_user_refuses_a_credential_of_another_user(client: Any, auth: Any) -> None:
@@ -344,7 +344,7 @@ async def test_link_user_refuses_a_credential_of_another_user(client: Any, auth:
     status, body = await link_user(client, alice_tokens["access_token"], {"code": code, "client_id": CLIENT_ID})
     assert status == 400
     assert body == {"message": "Credential is already linked to another user"}
-    (alice,) = [u for u in await auth.async_get_users() if u.name == "Alice"]
+    (alice,) = [u for u in await auth.users.async_get_users() if u.name == "Alice"]
     assert [c.data["username"] for c in alice.credentials] == ["alice"]
 
 
@@ -395,13 +395,13 @@ async def test_two_codes_of_one_new_login_make_one_user(client: Any, auth: Any) 
     )
     for status, body in results:
         assert status in (200, 403), body
-    alices = [u for u in await auth.async_get_users() if u.name == "Alice"]
+    alices = [u for u in await auth.users.async_get_users() if u.name == "Alice"]
     assert len(alices) == 1, [u.id for u in alices]
     assert len(alices[0].credentials) == 1
     # Every refresh token handed out belongs to that one user, through the stored credentials.
     for status, body in results:
         if status == 200:
-            token = await auth.async_get_refresh_token_by_token(body["refresh_token"])
+            token = await auth.refresh_tokens.async_get_refresh_token_by_token(body["refresh_token"])
             assert token.user is alices[0]
             assert token.credential is alices[0].credentials[0]
 
@@ -416,7 +416,7 @@ async def test_link_user_from_a_trusted_network_session_is_refused(
         providers=[*PROVIDERS, {"type": "trusted_networks", "trusted_networks": ["127.0.0.1/32"]}], mfa_modules=[]
     )
     client = await opp_auth_client(auth)
-    bob = await auth.async_create_user("Bob", ["system-users"])
+    bob = await auth.users.async_create_user("Bob", ["system-users"])
     code = await client.login.code(["trusted_networks", None], [{"user": bob.id}])
     status, tokens = await client.login.token(grant_type="authorization_code", client_id=CLIENT_ID, code=code)
     assert status == 200, tokens

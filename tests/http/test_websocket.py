@@ -49,13 +49,13 @@ def connect(client: OppAuthClient, ws_connector: Any) -> Any:
 @pytest.fixture
 async def owner(auth: AuthManager) -> User:
     """The owner (an administrator)."""
-    return await auth.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
+    return await auth.users.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
 
 
 @pytest.fixture
 async def bob(auth: AuthManager) -> User:
     """An ordinary user."""
-    return await auth.async_create_user("Bob", [UserMeta.GROUP_USER])
+    return await auth.users.async_create_user("Bob", [UserMeta.GROUP_USER])
 
 
 async def api_status(client: OppAuthClient, path: str = "/api/", bearer: str | None = None) -> int:
@@ -83,8 +83,8 @@ async def assert_closed(ws: aiohttp.ClientWebSocketResponse, within: float = 1.0
 
 async def mint(auth: AuthManager, user: User) -> tuple[Any, str]:
     """A new refresh token of user and an access token from it."""
-    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    return refresh_token, await auth.async_create_access_token(refresh_token)
+    refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    return refresh_token, await auth.access_tokens.async_create_access_token(refresh_token)
 
 
 def jwt_claims(token: str) -> dict[str, Any]:
@@ -120,14 +120,14 @@ async def test_api_password_is_accepted_by_schema_but_always_fails(connect: Any)
 
 async def test_access_token_of_revoked_refresh_token_is_refused(auth: AuthManager, connect: Any, owner: User) -> None:
     refresh_token, token = await mint(auth, owner)
-    await auth.async_remove_refresh_token(refresh_token)
+    await auth.refresh_tokens.async_remove_refresh_token(refresh_token)
     ws = await connect.open()
     assert (await auth_reply(ws, {"type": "auth", "access_token": token}))["type"] == "auth_invalid"
 
 
 async def test_access_token_of_inactive_user_is_refused(auth: AuthManager, connect: Any, bob: User) -> None:
     _, token = await mint(auth, bob)
-    await auth.async_deactivate_user(bob)
+    await auth.users.async_deactivate_user(bob)
     ws = await connect.open()
     assert (await auth_reply(ws, {"type": "auth", "access_token": token}))["type"] == "auth_invalid"
 
@@ -171,7 +171,7 @@ async def test_failed_websocket_auth_counts_as_failed_login(
 ) -> None:
     auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=[], http={"login_attempts_threshold": 1})
     client = await opp_auth_client(auth)
-    owner = await auth.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
+    owner = await auth.users.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
     _, token = await mint(auth, owner)
     connector = ws_connector(client)
     ws = await connector.open()
@@ -189,7 +189,7 @@ async def test_successful_websocket_auth_resets_failed_login_count(
 ) -> None:
     auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=[], http={"login_attempts_threshold": 2})
     client = await opp_auth_client(auth)
-    owner = await auth.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
+    owner = await auth.users.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
     _, token = await mint(auth, owner)
     connector = ws_connector(client)
     ws = await connector.open()
@@ -210,7 +210,7 @@ async def test_successful_websocket_auth_resets_failed_login_count(
 async def test_home_assistant_js_websocket_session(auth: AuthManager, client: OppAuthClient, connect: Any) -> None:
     """The exact exchange of home-assistant-js-websocket: auth phase, then increasing ids."""
     tokens = await client.login.tokens(EXAMPLE, ALICE_LOGIN)
-    (alice,) = [u for u in await auth.async_get_users() if u.name == "Alice"]
+    (alice,) = [u for u in await auth.users.async_get_users() if u.name == "Alice"]
     ws = await connect.open()
     assert json.loads((await ws.receive(timeout=REPLY_TIMEOUT)).data) == {"type": "auth_required", "ha_version": auth.version}
     await ws.send_str(json.dumps({"type": "auth", "access_token": tokens["access_token"]}))
@@ -363,7 +363,7 @@ async def plugin_connect(opp_auth_factory: Any, opp_auth_client: Any, ws_connect
 
 async def test_plugin_registers_command_through_hook(plugin_connect: tuple[AuthManager, Any]) -> None:
     auth, connector = plugin_connect
-    user = await auth.async_create_user("Pat", [UserMeta.GROUP_USER])
+    user = await auth.users.async_create_user("Pat", [UserMeta.GROUP_USER])
     session = await connector.user(auth, user)
     assert await session.result("x/echo", text="hi") == {"echo": "hi", "user": "Pat"}
     error = await session.error("x/echo", text=3)
@@ -383,7 +383,7 @@ async def test_handler_failure_maps_to_error_reply(
     plugin_connect: tuple[AuthManager, Any], command: str, error: dict[str, str]
 ) -> None:
     auth, connector = plugin_connect
-    user = await auth.async_create_user("Pat", [UserMeta.GROUP_USER])
+    user = await auth.users.async_create_user("Pat", [UserMeta.GROUP_USER])
     session = await connector.user(auth, user)
     assert await session.error(command) == error
     assert (await session.result("x/echo", text="still here"))["echo"] == "still here"
@@ -572,14 +572,14 @@ async def test_ping_gets_pong(connect: Any, auth: AuthManager, bob: User) -> Non
 async def test_expired_signature_is_refused(client: OppAuthClient, auth: AuthManager, bob: User) -> None:
     refresh_token, _ = await mint(auth, bob)
     # auth/sign_path accepts at least one second; signing in the past via the same method avoids sleeping.
-    signed = auth.sign_path("/api/", timedelta(seconds=-10), refresh_token.id)
+    signed = auth.access_tokens.sign_path("/api/", timedelta(seconds=-10), refresh_token.id)
     assert await api_status(client, signed) == 401
 
 
 async def test_signature_of_deactivated_user_is_refused(connect: Any, client: OppAuthClient, auth: AuthManager, bob: User) -> None:
     session = await connect.user(auth, bob)
     signed = (await session.result("auth/sign_path", path="/api/"))["path"]
-    await auth.async_deactivate_user(bob)
+    await auth.users.async_deactivate_user(bob)
     assert await api_status(client, signed) == 401
 
 
@@ -587,7 +587,7 @@ async def test_signature_of_deleted_refresh_token_is_refused(client: OppAuthClie
     refresh_token, token = await mint(auth, bob)
     session = await connect.auth(token)
     signed = (await session.result("auth/sign_path", path="/api/"))["path"]
-    await auth.async_remove_refresh_token(refresh_token)
+    await auth.refresh_tokens.async_remove_refresh_token(refresh_token)
     assert await api_status(client, signed) == 401
 
 
@@ -635,7 +635,7 @@ async def test_setup_flow_belongs_to_its_starter(connect: Any, auth: AuthManager
     form = await _start_setup(starter)
     error = await intruder.error("auth/setup_mfa", flow_id=form["flow_id"], user_input={"pin": "6666"})
     assert error == {"code": "invalid_flow_id", "message": "Invalid flow specified"}
-    assert await auth.async_get_enabled_mfa(owner) == {}
+    assert await auth.users.async_get_enabled_mfa(owner) == {}
     entry = await starter.result("auth/setup_mfa", flow_id=form["flow_id"], user_input={"pin": "1234"})
     assert entry["type"] == "create_entry"
 
@@ -651,7 +651,7 @@ async def test_setup_mfa_bad_input_gets_reply(connect: Any, auth: AuthManager, b
     form = await _start_setup(session)
     error = await session.error("auth/setup_mfa", flow_id=form["flow_id"], user_input={"pin": "1", "extra": 2})
     assert error["code"] == "invalid_format"
-    assert await auth.async_get_enabled_mfa(bob) == {}
+    assert await auth.users.async_get_enabled_mfa(bob) == {}
 
 
 @pytest.mark.parametrize(
@@ -669,7 +669,7 @@ async def test_setup_mfa_needs_exactly_module_or_flow(connect: Any, auth: AuthMa
     [("auth/setup_mfa", {"mfa_module_id": "insecure_example"}), ("auth/depose_mfa", {"mfa_module_id": "insecure_example"})],
 )
 async def test_system_user_cannot_manage_mfa(connect: Any, auth: AuthManager, command: str, fields: dict[str, Any]) -> None:
-    system_user = await auth.async_create_system_user("Integration")
+    system_user = await auth.users.async_create_system_user("Integration")
     session = await connect.user(auth, system_user)
     assert await session.error(command, **fields) == {"code": "not_system_user", "message": "Not allowed as system user"}
 
@@ -726,7 +726,7 @@ async def test_handler_exception_is_logged_with_traceback(
     plugin_connect: tuple[AuthManager, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     auth, connector = plugin_connect
-    user = await auth.async_create_user("Pat", [UserMeta.GROUP_USER])
+    user = await auth.users.async_create_user("Pat", [UserMeta.GROUP_USER])
     session = await connector.user(auth, user)
     with caplog.at_level(logging.ERROR, logger="opp_auth.http.websocket_api"):
         await session.error("x/value_error")

@@ -33,26 +33,26 @@ def connect(client: OppAuthClient, ws_connector: Any) -> Any:
 
 async def mint(auth: AuthManager, user: User) -> tuple[Any, str]:
     """A new refresh token of user and an access token from it."""
-    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    return refresh_token, await auth.async_create_access_token(refresh_token)
+    refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    return refresh_token, await auth.access_tokens.async_create_access_token(refresh_token)
 
 
 @pytest.fixture
 async def owner(auth: AuthManager) -> User:
     """The owner."""
-    return await auth.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
+    return await auth.users.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
 
 
 @pytest.fixture
 async def admin(auth: AuthManager, owner: User) -> User:
     """An administrator who is not the owner."""
-    return await auth.async_create_user("Ada", [UserMeta.GROUP_ADMIN])
+    return await auth.users.async_create_user("Ada", [UserMeta.GROUP_ADMIN])
 
 
 @pytest.fixture
 async def bob(auth: AuthManager) -> User:
     """An ordinary user."""
-    return await auth.async_create_user("Bob", [UserMeta.GROUP_USER])
+    return await auth.users.async_create_user("Bob", [UserMeta.GROUP_USER])
 
 
 @pytest.fixture
@@ -76,15 +76,15 @@ async def test_non_admin_is_unauthorized(
     session = await connect.user(auth, bob)
     fields = {k: (owner.id if v == "x" else v) for k, v in fields.items()}
     assert await session.error(command, **fields) == {"code": "unauthorized", "message": "Unauthorized"}
-    assert owner.name == "Paulus" and auth.get_user(owner.id) is owner
-    assert {u.name for u in await auth.async_get_users()} == {"Paulus", "Bob"}
+    assert owner.name == "Paulus" and auth.users.get_user(owner.id) is owner
+    assert {u.name for u in await auth.users.async_get_users()} == {"Paulus", "Bob"}
 
 
 async def test_list_users(
     as_admin: Any, client: OppAuthClient, auth: AuthManager, owner: User, admin: User
 ) -> None:
     await client.login.tokens(["insecure_example", None], [{"username": "alice", "password": "alice-pw"}])
-    system_user = await auth.async_create_system_user("Integration")
+    system_user = await auth.users.async_create_system_user("Integration")
     listed = {u["name"]: u for u in await as_admin.result("config/auth/list")}
     assert set(listed) == {"Paulus", "Ada", "Alice", "Integration"}
     assert listed["Paulus"] == {
@@ -108,7 +108,7 @@ async def test_create_user_is_active_and_not_owner(as_admin: Any, auth: AuthMana
     created = result["user"]
     assert created["name"] == "Eve" and created["is_active"] is True
     assert created["is_owner"] is False and created["group_ids"] == [] and created["credentials"] == []
-    assert auth.get_user(created["id"]) is not None
+    assert auth.users.get_user(created["id"]) is not None
 
 
 async def test_create_user_with_groups(as_admin: Any) -> None:
@@ -119,16 +119,16 @@ async def test_create_user_with_groups(as_admin: Any) -> None:
 async def test_create_user_with_unknown_group(as_admin: Any, auth: AuthManager) -> None:
     error = await as_admin.error("config/auth/create", name="Eve", group_ids=["no-such-group"])
     assert error["code"] == "invalid_group"
-    assert "Eve" not in [u.name for u in await auth.async_get_users()]
+    assert "Eve" not in [u.name for u in await auth.users.async_get_users()]
 
 
 async def test_create_never_mints_an_owner(connect: Any, auth: AuthManager) -> None:
     # No owner exists: Open Peer Power made the first user created here the owner (G9).
-    admin = await auth.async_create_user("Ada", [UserMeta.GROUP_ADMIN])
+    admin = await auth.users.async_create_user("Ada", [UserMeta.GROUP_ADMIN])
     session = await connect.user(auth, admin)
     created = (await session.result("config/auth/create", name="Eve"))["user"]
     assert created["is_owner"] is False
-    assert auth.owner() is None
+    assert auth.users.owner() is None
 
 
 async def test_update_user(as_admin: Any, bob: User) -> None:
@@ -145,7 +145,7 @@ async def test_update_unknown_user(as_admin: Any) -> None:
 
 
 async def test_update_system_generated_user_refused(as_admin: Any, auth: AuthManager) -> None:
-    system_user = await auth.async_create_system_user("Integration")
+    system_user = await auth.users.async_create_system_user("Integration")
     assert await as_admin.error("config/auth/update", user_id=system_user.id, name="X") == {
         "code": "cannot_modify_system_generated",
         "message": "Unable to update system generated users.",
@@ -195,7 +195,7 @@ async def test_renaming_user_keeps_their_websockets(as_admin: Any, connect: Any,
 
 async def test_delete_user(as_admin: Any, auth: AuthManager, bob: User) -> None:
     assert await as_admin.result("config/auth/delete", user_id=bob.id) is None
-    assert auth.get_user(bob.id) is None
+    assert auth.users.get_user(bob.id) is None
 
 
 async def test_deleting_user_closes_their_websockets(as_admin: Any, connect: Any, auth: AuthManager, bob: User) -> None:
@@ -209,7 +209,7 @@ async def test_delete_self_refused(as_admin: Any, admin: User, auth: AuthManager
         "code": "no_delete_self",
         "message": "Unable to delete your own account",
     }
-    assert auth.get_user(admin.id) is admin
+    assert auth.users.get_user(admin.id) is admin
 
 
 async def test_delete_unknown_user(as_admin: Any) -> None:
@@ -218,7 +218,7 @@ async def test_delete_unknown_user(as_admin: Any) -> None:
 
 async def test_cannot_delete_owner(as_admin: Any, owner: User, auth: AuthManager) -> None:
     assert (await as_admin.error("config/auth/delete", user_id=owner.id))["code"] == "cannot_delete_owner"
-    assert auth.get_user(owner.id) is owner
+    assert auth.users.get_user(owner.id) is owner
 
 
 async def test_owner_may_administer(connect: Any, auth: AuthManager, owner: User, bob: User) -> None:
@@ -232,15 +232,15 @@ async def test_local_only_set_by_create_and_update_is_kept_and_enforced(
     """Red team: config/auth/create and config/auth/update took local_only and answered success, but
     dropped it, so a user the administrator restricted to the local network could log in from anywhere."""
     created = (await as_admin.result("config/auth/create", name="Eve", local_only=True))["user"]
-    assert created["local_only"] is True and auth.get_user(created["id"]).local_only is True
+    assert created["local_only"] is True and auth.users.get_user(created["id"]).local_only is True
     updated = (await as_admin.result("config/auth/update", user_id=bob.id, local_only=True))["user"]
     assert updated["local_only"] is True and bob.local_only is True
     assert auth.access.refusal(bob, "203.0.113.7") is not None
     assert auth.access.refusal(bob, "10.0.0.5") is None
     await as_admin.result("config/auth/update", user_id=created["id"], local_only=False)
-    assert auth.get_user(created["id"]).local_only is False
+    assert auth.users.get_user(created["id"]).local_only is False
     # Kept on disk: a second manager on the same directory reads it.
     await auth.async_shutdown()
     again = await opp_auth_factory(providers=PROVIDERS, mfa_modules=[])
-    assert again.get_user(bob.id).local_only is True
-    assert again.get_user(created["id"]).local_only is False
+    assert again.users.get_user(bob.id).local_only is True
+    assert again.users.get_user(created["id"]).local_only is False

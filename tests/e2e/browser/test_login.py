@@ -28,7 +28,7 @@ async def test_first_start_onboards_the_owner_and_logs_in(serve: Any, page: Any)
     await page.get_by_role("button", name="Konto erstellen").click()
     await page.wait_for_url(server.url("/"))
     await page.get_by_text("Du bist angemeldet.").wait_for()
-    owner = server.auth.owner()
+    owner = server.auth.users.owner()
     assert owner is not None and owner.name == "Paulus Schoutsen"
     assert server.auth.user_settings.get(owner.id, "language") == "de"
     assert await page.locator("#badge").inner_text() == "PS"
@@ -43,7 +43,7 @@ async def test_onboarding_refuses_mismatched_passwords(serve: Any, page: Any) ->
     await page.get_by_label("Confirm password").fill("two")
     await page.get_by_label("Confirm password").press("Enter")
     await page.get_by_role("alert").filter(has_text="Passwords don't match").wait_for()
-    assert server.auth.owner() is None
+    assert server.auth.users.owner() is None
 
 
 async def test_wrong_then_right_password_lands_on_home(serve: Any, page: Any, screenshot: Any) -> None:
@@ -227,7 +227,7 @@ async def test_recovery_codes_are_regenerated_from_the_profile(serve: Any, page:
     await fresh.first.wait_for()
     new_codes = await fresh.all_inner_texts()
     assert len(new_codes) == 10 and not set(new_codes) & set(old_codes)
-    module = server.auth.get_auth_mfa_module("totp")
-    owner = server.auth.owner()
+    module = server.auth.registry.get_auth_mfa_module("totp")
+    owner = server.auth.users.owner()
     assert await module.async_validate(owner.id, {"code": old_codes[0]}) is False
     assert await module.async_validate(owner.id, {"code": new_codes[0]}) is True

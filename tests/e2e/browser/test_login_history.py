@@ -39,7 +39,7 @@ async def server(serve: Any) -> Any:
     assert (await login_from(server, "192.0.2.10"))["type"] == "create_entry"
     assert (await login_from(server, "192.0.2.10", password="wrong"))["errors"] == {"base": "invalid_auth"}
     assert (await login_from(server, "198.51.100.7"))["type"] == "create_entry"
-    owner = server.auth.owner()
+    owner = server.auth.users.owner()
     # What a plugin may emit (note_event): markup, an ANSI escape, a bidi override and 5,000 characters.
     server.auth.events.emit("login_succeeded", user_id=owner.id, username="paulus", provider=("openpeerpower", None),
                             remote_address="2001:db8::7", client_id=f"{server.client_id}", user_agent=HOSTILE)

@@ -85,13 +85,13 @@ async def enrol(page: Any, server: Any, sign_in: Any, name: str) -> Any:
     await section.locator(".passkey-name", has_text=name).wait_for()
     await section.get_by_text(f"Passkey {name} added.").wait_for()
     held = await credentials_of(cdp, authenticator_id)
-    module = server.auth.get_auth_mfa_module("webauthn")
+    module = server.auth.registry.get_auth_mfa_module("webauthn")
     assert len(held) == 1 and held[0]["isResidentCredential"] is True
-    assert [p["name"] for p in module.passkeys(server.auth.owner().id)] == [name]
+    assert [p["name"] for p in module.passkeys(server.auth.users.owner().id)] == [name]
     # The multi-factor list shows the module enabled now.
     await page.locator('#mfa [data-module="webauthn"] .tag.on').wait_for()
     # The model comes from the authenticator's AAGUID; the list shows it next to the name.
-    assert module.passkeys(server.auth.owner().id)[0]["model"] == "Chromium virtual authenticator"
+    assert module.passkeys(server.auth.users.owner().id)[0]["model"] == "Chromium virtual authenticator"
     await section.locator(".passkey .tag", has_text="Chromium virtual authenticator").wait_for()
     return cdp, authenticator_id
 
@@ -108,8 +108,8 @@ async def test_autofill_logs_in_without_password_until_the_passkey_is_removed(
 ) -> None:
     """Enrol; the login page's passkey autofill logs in with no password; once removed, the passkey is refused."""
     server = await localhost_server(serve)
-    owner = server.auth.owner()
-    module = server.auth.get_auth_mfa_module("webauthn")
+    owner = server.auth.users.owner()
+    module = server.auth.registry.get_auth_mfa_module("webauthn")
     await enrol(page, server, sign_in, "Laptop")
     await screenshot(page, "passkeys")
     assert module.passkeys(owner.id)[0]["last_used_at"] is None
@@ -155,7 +155,7 @@ async def test_password_plus_passkey_when_passwordless_is_off(serve: Any, page: 
     await page.wait_for_url(server.url("/"))
     await page.get_by_text("You are logged in.").wait_for()
     assert (await credentials_of(cdp, authenticator_id))[0]["signCount"] >= 2
-    assert server.auth.get_auth_mfa_module("webauthn").passkeys(server.auth.owner().id)[0]["last_used_at"]
+    assert server.auth.registry.get_auth_mfa_module("webauthn").passkeys(server.auth.users.owner().id)[0]["last_used_at"]
 
     # Without the authenticator the second factor cannot be given: no login with the password alone.
     await cdp.send("WebAuthn.clearCredentials", {"authenticatorId": authenticator_id})
@@ -169,8 +169,8 @@ async def test_password_plus_passkey_when_passwordless_is_off(serve: Any, page: 
 async def test_admin_removes_a_users_passkey_on_the_users_page(serve: Any, page: Any, sign_in: Any) -> None:
     """The users page lists a user's passkeys with their model; the administrator deletes a lost one."""
     server = await localhost_server(serve)
-    owner = server.auth.owner()
-    module = server.auth.get_auth_mfa_module("webauthn")
+    owner = server.auth.users.owner()
+    module = server.auth.registry.get_auth_mfa_module("webauthn")
     tokens = await server.tokens(LOCAL, username="paulus", password=PASSWORD)
     await module.async_setup_user(
         owner.id, {"id": "bG9zdC1waG9uZQ", "public_key": "AQID", "name": "Lost phone", "aaguid": "ea9b8d66-4d01-1d21-3ce4-b6b48cb575d4"}
@@ -200,8 +200,8 @@ async def test_policy_asks_the_passkey_only_from_outside_the_local_network(serve
     )
     await server.onboard()
     cdp, authenticator_id = await enrol(page, server, sign_in, "Phone")
-    module = server.auth.get_auth_mfa_module("webauthn")
-    owner = server.auth.owner()
+    module = server.auth.registry.get_auth_mfa_module("webauthn")
+    owner = server.auth.users.owner()
 
     await log_out(page)
     await password_login(page)
@@ -232,7 +232,7 @@ async def test_user_with_passkey_and_totp_chooses_either(serve: Any, page: Any, 
     server = await serve(mfa_modules=[webauthn(port, passwordless=False), {"type": "totp"}], port=port, localhost=True)
     await server.onboard()
     await enrol(page, server, sign_in, "Laptop")
-    secret = await server.auth.get_auth_mfa_module("totp").async_setup_user(server.auth.owner().id, {})
+    secret = await server.auth.registry.get_auth_mfa_module("totp").async_setup_user(server.auth.users.owner().id, {})
 
     await log_out(page)
     await password_login(page)
@@ -250,4 +250,4 @@ async def test_user_with_passkey_and_totp_chooses_either(serve: Any, page: Any, 
     await page.get_by_role("button", name="Next").click()
     await page.wait_for_url(server.url("/"))
     await page.get_by_text("You are logged in.").wait_for()
-    assert server.auth.get_auth_mfa_module("webauthn").passkeys(server.auth.owner().id)[0]["last_used_at"]
+    assert server.auth.registry.get_auth_mfa_module("webauthn").passkeys(server.auth.users.owner().id)[0]["last_used_at"]

@@ -36,7 +36,7 @@ async def eventually(check: Any, timeout: float = 3.0) -> None:
 
 def owner_user(server: Any) -> Any:
     """The owner User."""
-    return server.auth.owner()
+    return server.auth.users.owner()
 
 
 async def test_badge_next_to_the_product_name_opens_the_profile(serve: Any, page: Any, sign_in: Any, screenshot: Any) -> None:
@@ -89,7 +89,7 @@ async def test_change_password(owner: Any, page: Any) -> None:
     await page.get_by_label("Current password").fill(PASSWORD)
     await page.get_by_role("button", name="Change password").click()
     await page.locator("#password .status").filter(has_text="Password changed").wait_for()
-    provider = owner.auth.get_auth_provider("openpeerpower", None)
+    provider = owner.auth.registry.get_auth_provider("openpeerpower", None)
     await provider.async_validate_login("paulus", "battery staple")
 
 
@@ -100,10 +100,10 @@ async def test_enable_and_disable_an_mfa_module(owner: Any, page: Any) -> None:
     await page.get_by_label("PIN", exact=True).fill("4321")
     await page.get_by_role("button", name="Next").click()
     await page.locator("[data-module=insecure_example]").get_by_text("Enabled").wait_for()
-    assert await owner.auth.async_get_enabled_mfa(user) == {"insecure_example": "PIN"}
+    assert await owner.auth.users.async_get_enabled_mfa(user) == {"insecure_example": "PIN"}
     await page.get_by_role("button", name="Disable PIN").click()
     await page.locator("[data-module=insecure_example]").get_by_text("Disabled").wait_for()
-    assert await owner.auth.async_get_enabled_mfa(user) == {}
+    assert await owner.auth.users.async_get_enabled_mfa(user) == {}
 
 
 async def test_refresh_tokens_are_listed_and_deleted_one_by_one(owner: Any, page: Any) -> None:
@@ -115,10 +115,10 @@ async def test_refresh_tokens_are_listed_and_deleted_one_by_one(owner: Any, page
     assert await rows.count() == 2
     text = await page.locator("#refresh-tokens").inner_text()
     assert owner.client_id in text and "Created" in text and "Last used" in text and "127.0.0.1" in text
-    other_token = await owner.auth.async_get_refresh_token_by_token(other["refresh_token"])
+    other_token = await owner.auth.refresh_tokens.async_get_refresh_token_by_token(other["refresh_token"])
     await page.locator(f"[data-token-id='{other_token.id}']").get_by_role("button", name=re.compile("Delete token")).click()
     await page.locator(f"[data-token-id='{other_token.id}']").wait_for(state="detached")
-    assert await owner.auth.async_get_refresh_token_by_token(other["refresh_token"]) is None
+    assert await owner.auth.refresh_tokens.async_get_refresh_token_by_token(other["refresh_token"]) is None
     assert len(owner_user(owner).refresh_tokens) == 1
 
 

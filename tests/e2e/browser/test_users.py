@@ -32,7 +32,7 @@ async def admin(serve: Any, page: Any, sign_in: Any) -> Any:
 
 async def user_named(server: Any, name: str) -> Any:
     """The user with that name, or None."""
-    return next((u for u in await server.auth.async_get_users() if u.name == name), None)
+    return next((u for u in await server.auth.users.async_get_users() if u.name == name), None)
 
 
 async def edit(page: Any, name: str) -> None:
@@ -82,7 +82,7 @@ async def test_owner_gives_a_user_a_login_then_resets_its_password(admin: Any, p
     await page.locator("#login-password").fill("second-pass")
     await page.get_by_role("button", name="Set password").click()
     await page.locator("#user-editor .status").filter(has_text="Password set.").wait_for()
-    provider = admin.auth.get_auth_provider("openpeerpower", None)
+    provider = admin.auth.registry.get_auth_provider("openpeerpower", None)
     await provider.async_validate_login("bobby", "second-pass")
 
 

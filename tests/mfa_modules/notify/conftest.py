@@ -116,7 +116,7 @@ def make_user() -> Callable[[Any], Awaitable[Any]]:
 
     async def make(auth: Any) -> Any:
         result = await run_login_flow(auth, HANDLER, LOGIN)
-        return await auth.async_get_or_create_user(result["result"])
+        return await auth.users.async_get_or_create_user(result["result"])
 
     return make
 

@@ -81,7 +81,7 @@ async def test_a_new_network_alerts_an_enrolled_user_and_the_first_sign_in_does_
     """First sign-in: nothing; enrolled, same network: nothing; another network: one message naming it."""
     mia = await mia_server(opp_auth_factory, opp_auth_client, config_dir)
     await mia.sign_in("192.0.2.10")
-    await mia.auth.async_enable_user_mfa(mia.user(), "notify", {"notify_service": "codes"})
+    await mia.auth.users.async_enable_user_mfa(mia.user(), "notify", {"notify_service": "codes"})
     await mia.sign_in("192.0.2.20")
     assert mia.alerts() == []
     await mia.sign_in("203.0.113.9")
@@ -110,7 +110,7 @@ async def test_alerts_are_capped_per_hour(
     """A password tried from many networks sends at most three alerts an hour (and says so in the log)."""
     mia = await mia_server(opp_auth_factory, opp_auth_client, config_dir, new_device_message="alert: New sign-in from {address}")
     await mia.sign_in("192.0.2.10")
-    await mia.auth.async_enable_user_mfa(mia.user(), "notify", {"notify_service": "codes"})
+    await mia.auth.users.async_enable_user_mfa(mia.user(), "notify", {"notify_service": "codes"})
     with caplog.at_level(logging.WARNING):
         for index in range(6):
             await mia.sign_in(f"10.{index}.0.1")
@@ -122,7 +122,7 @@ async def test_alerts_can_be_turned_off(opp_auth_factory: Any, opp_auth_client: 
     """new_device_alerts: false sends nothing."""
     mia = await mia_server(opp_auth_factory, opp_auth_client, config_dir, new_device_alerts=False)
     await mia.sign_in("192.0.2.10")
-    await mia.auth.async_enable_user_mfa(mia.user(), "notify", {"notify_service": "codes"})
+    await mia.auth.users.async_enable_user_mfa(mia.user(), "notify", {"notify_service": "codes"})
     await mia.sign_in("198.51.100.1")
     assert mia.alerts() == []
 
@@ -149,7 +149,7 @@ async def test_the_alert_goes_out_by_real_smtp(
     )
     mia = Mia(auth, await opp_auth_client(auth), config_dir)
     await mia.sign_in("192.0.2.10")
-    await auth.async_enable_user_mfa(mia.user(), "notify", {"notify_service": "email", "target": "mia@example.org"})
+    await auth.users.async_enable_user_mfa(mia.user(), "notify", {"notify_service": "email", "target": "mia@example.org"})
     before = len(smtp.mailbox.mails)
     # Her login code goes by mail now: read it from the mailbox.
     step = await mia.post("/auth/login_flow", {"client_id": CLIENT_ID, "handler": HANDLER, "redirect_uri": REDIRECT_URI}, "2001:db8:5::1")

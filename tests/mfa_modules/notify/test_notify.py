@@ -33,7 +33,7 @@ async def auth(opp_auth_factory: Any) -> Any:
 async def enrolled(auth: Any, make_user: Any, **setting: Any) -> Any:
     """A user enrolled in notify (file service unless told otherwise)."""
     user = await make_user(auth)
-    await auth.async_enable_user_mfa(user, "notify", {"notify_service": "codes", **setting})
+    await auth.users.async_enable_user_mfa(user, "notify", {"notify_service": "codes", **setting})
     return user
 
 
@@ -69,7 +69,7 @@ async def test_file_platform_writes_target_and_message_to_a_private_file(
 ) -> None:
     """One line per code, prefixed with the target; only the owner can read the file."""
     user = await enrolled(auth, make_user, target="dev")
-    await auth.get_auth_mfa_module("notify").async_initialize_login_mfa_step(user.id)
+    await auth.registry.get_auth_mfa_module("notify").async_initialize_login_mfa_step(user.id)
     path = config_dir / "codes.txt"
     line = path.read_text()
     assert line.startswith("dev: ") and line.endswith(" is your Open Peer Power login code\n")
@@ -101,7 +101,7 @@ async def test_available_services_honour_include_and_exclude_sorted(opp_auth_fac
         mfa_modules=[{"type": "notify", "include": ["zeta", "mid", "alpha", "missing"], "exclude": ["mid"]}],
         blocks={"notify": services},
     )
-    assert auth.get_auth_mfa_module("notify").available_services == ["alpha", "zeta"]
+    assert auth.registry.get_auth_mfa_module("notify").available_services == ["alpha", "zeta"]
 
 
 # ---- login ---------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ async def test_code_logs_in_once(auth: Any, make_user: Any, codes_file: Any) -> 
     code = codes_file()[-1]
     result = await auth.login_flow.async_configure(result["flow_id"], {"code": code})
     assert result["type"] == "create_entry"
-    assert await auth.get_auth_mfa_module("notify").async_validate(user.id, {"code": code}) is False
+    assert await auth.registry.get_auth_mfa_module("notify").async_validate(user.id, {"code": code}) is False
 
 
 async def test_user_not_set_up_is_a_clear_abort(opp_auth_factory: Any, make_user: Any) -> None:
@@ -127,10 +127,10 @@ async def test_user_not_set_up_is_a_clear_abort(opp_auth_factory: Any, make_user
     )
     user = await make_user(auth)
     for module_id in ("first", "second"):
-        await auth.async_enable_user_mfa(user, module_id, {"notify_service": "codes"})
+        await auth.users.async_enable_user_mfa(user, module_id, {"notify_service": "codes"})
     result = await run_login_flow(auth, HANDLER, LOGIN)
     assert result["step_id"] == "select_mfa_module"
-    await auth.async_disable_user_mfa(user, "first")
+    await auth.users.async_disable_user_mfa(user, "first")
     result = await auth.login_flow.async_configure(result["flow_id"], {"multi_factor_auth_module": "first"})
     assert result["type"] == "abort" and result["reason"] == "user_not_setup"
 
@@ -157,7 +157,7 @@ async def test_third_wrong_code_ends_the_login_without_another_send(auth: Any, m
 async def test_resent_code_replaces_the_old_one(auth: Any, make_user: Any, codes_file: Any) -> None:
     """After a resend only the new code works."""
     user = await enrolled(auth, make_user)
-    module = auth.get_auth_mfa_module("notify")
+    module = auth.registry.get_auth_mfa_module("notify")
     await module.async_initialize_login_mfa_step(user.id)
     await module.async_after_failed_validation(user.id)
     old, new = codes_file()
@@ -170,7 +170,7 @@ async def test_resends_per_login_are_capped(
 ) -> None:
     """At most three codes are resent for one login; the last one sent keeps working."""
     user = await enrolled(auth, make_user)
-    module = auth.get_auth_mfa_module("notify")
+    module = auth.registry.get_auth_mfa_module("notify")
     await module.async_initialize_login_mfa_step(user.id)
     with caplog.at_level(logging.WARNING):
         for _ in range(4):
@@ -199,8 +199,8 @@ async def test_pending_codes_are_capped(
 ) -> None:
     """Codes live in memory only, and the oldest are evicted beyond the cap."""
     monkeypatch.setattr(opp_auth_notify, "MAX_PENDING", 2)
-    module = auth.get_auth_mfa_module("notify")
-    users = [await auth.async_create_user(f"user {n}") for n in range(3)]
+    module = auth.registry.get_auth_mfa_module("notify")
+    users = [await auth.users.async_create_user(f"user {n}") for n in range(3)]
     for user in users:
         await module.async_setup_user(user.id, {"notify_service": "codes"})
         await module.async_initialize_login_mfa_step(user.id)

@@ -25,7 +25,7 @@ class TestNotifyContract(MfaContract):
     @pytest.fixture
     def enrol(self) -> Any:
         async def do(auth: Any, module: Any, user_id: str) -> None:
-            await auth.async_enable_user_mfa(await auth.async_get_user(user_id), module.id, {"notify_service": "codes"})
+            await auth.users.async_enable_user_mfa(await auth.users.async_get_user(user_id), module.id, {"notify_service": "codes"})
 
         return do
 

@@ -42,10 +42,10 @@ async def notify_auth(opp_auth_factory: Any, *services: dict[str, Any]) -> Any:
 
 async def ws_session(client: Any, auth: Any, user: Any) -> Any:
     """An authenticated websocket for the user (caller closes it)."""
-    refresh = await auth.async_create_refresh_token(user, "https://example.com/app")
+    refresh = await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
     ws = await client.session.ws_connect(client.url("/api/websocket"))
     await ws.receive_json()
-    await ws.send_json({"type": "auth", "access_token": await auth.async_create_access_token(refresh)})
+    await ws.send_json({"type": "auth", "access_token": await auth.access_tokens.async_create_access_token(refresh)})
     assert (await ws.receive_json())["type"] == "auth_ok"
     return ws
 
@@ -124,8 +124,8 @@ async def test_mail_says_the_configured_message_from_the_sender(
         blocks={"notify": [smtp_service(smtp.port, sender_name="Open Peer Power")]},
     )
     user = await make_user(auth)
-    await auth.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
-    await auth.get_auth_mfa_module("notify").async_initialize_login_mfa_step(user.id)
+    await auth.users.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
+    await auth.registry.get_auth_mfa_module("notify").async_initialize_login_mfa_step(user.id)
     mail = smtp.mailbox.mails[-1]
     assert mail["From"] == "Open Peer Power <opp@example.org>" and mail["To"] == "owner@example.org"
     assert mail.get_body().get_content().strip() == f"Code: {smtp.mailbox.code()} (Open Peer Power)"
@@ -138,7 +138,7 @@ async def test_wrong_code_mails_a_different_code_which_works(
     smtp = await smtp_server()
     auth = await notify_auth(opp_auth_factory, smtp_service(smtp.port))
     user = await make_user(auth)
-    await auth.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
+    await auth.users.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
     client = await opp_auth_client(auth)
     result = await start_login(client)
     first = smtp.mailbox.code()
@@ -159,7 +159,7 @@ async def test_server_refusing_the_recipient_aborts_the_login(
     smtp = await smtp_server(refuse=True)
     auth = await notify_auth(opp_auth_factory, smtp_service(smtp.port))
     user = await make_user(auth)
-    await auth.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
+    await auth.users.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
     client = await opp_auth_client(auth)
     with caplog.at_level(logging.ERROR):
         result = await start_login(client)
@@ -179,7 +179,7 @@ async def test_failed_smtp_login_aborts_the_login(
     smtp = await smtp_server(login=("opp", "right"))
     auth = await notify_auth(opp_auth_factory, smtp_service(smtp.port, username="opp", password="wrong"))
     user = await make_user(auth)
-    await auth.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
+    await auth.users.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
     client = await opp_auth_client(auth)
     result = await start_login(client)
     assert result["type"] == "abort" and result["reason"] == "send_failed"
@@ -193,8 +193,8 @@ async def test_smtp_login_with_the_right_password_delivers(
     smtp = await smtp_server(login=("opp", "right"))
     auth = await notify_auth(opp_auth_factory, smtp_service(smtp.port, username="opp", password="right"))
     user = await make_user(auth)
-    await auth.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
-    await auth.get_auth_mfa_module("notify").async_initialize_login_mfa_step(user.id)
+    await auth.users.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
+    await auth.registry.get_auth_mfa_module("notify").async_initialize_login_mfa_step(user.id)
     assert len(smtp.mailbox.mails) == 1
 
 
@@ -204,7 +204,7 @@ async def test_server_down_aborts_the_login(
     """Nothing listening: send_failed, and the flow cannot be continued."""
     auth = await notify_auth(opp_auth_factory, smtp_service(closed_port))
     user = await make_user(auth)
-    await auth.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
+    await auth.users.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
     client = await opp_auth_client(auth)
     result = await start_login(client)
     assert result["type"] == "abort" and result["reason"] == "send_failed"
@@ -229,7 +229,7 @@ async def test_setup_with_a_refusing_server_aborts(
     finally:
         await ws.close()
     assert result["type"] == "abort" and result["reason"] == "send_failed"
-    assert not await auth.get_auth_mfa_module("notify").async_is_user_setup(user.id)
+    assert not await auth.registry.get_auth_mfa_module("notify").async_is_user_setup(user.id)
 
 
 @pytest.mark.parametrize("target", ["not an address", "mia@example.org\r\nBcc: spy@example.org", "a@b,c@d"])
@@ -306,8 +306,8 @@ async def test_encrypted_delivery_to_a_trusted_server(
     monkeypatch.setenv("SSL_CERT_FILE", str(server_cert[0]))
     auth = await notify_auth(opp_auth_factory, smtp_service(smtp.port, encryption=encryption))
     user = await make_user(auth)
-    await auth.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
-    await auth.get_auth_mfa_module("notify").async_initialize_login_mfa_step(user.id)
+    await auth.users.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
+    await auth.registry.get_auth_mfa_module("notify").async_initialize_login_mfa_step(user.id)
     assert len(smtp.mailbox.mails) == 1
 
 
@@ -328,7 +328,7 @@ async def test_untrusted_certificate_aborts_the_login(
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-dir"))
     auth = await notify_auth(opp_auth_factory, smtp_service(smtp.port, encryption="starttls"))
     user = await make_user(auth)
-    await auth.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
+    await auth.users.async_enable_user_mfa(user, "notify", {"notify_service": "email"})
     client = await opp_auth_client(auth)
     result = await start_login(client)
     assert result["type"] == "abort" and result["reason"] == "send_failed"

@@ -33,8 +33,8 @@ async def test_an_enrolment_stays_when_another_servers_change_arrives_meanwhile(
     b = await opp_auth_factory(providers=PROVIDERS, mfa_modules=[{"type": "totp"}])
     await a.backend.connected.wait()
     await b.backend.connected.wait()
-    totp_a, totp_b = a.get_auth_mfa_module("totp"), b.get_auth_mfa_module("totp")
-    first = await a.async_create_user("First")
+    totp_a, totp_b = a.registry.get_auth_mfa_module("totp"), b.registry.get_auth_mfa_module("totp")
+    first = await a.users.async_create_user("First")
     await totp_b.async_setup_user("someone-else", {})
     await wait_for(lambda: "someone-else" in totp_a._users)
     real = a.backend.async_write

@@ -54,7 +54,7 @@ async def fresh_load(auth: Any) -> Any:
 async def make_user(auth: Any) -> Any:
     """A user with example-provider credentials."""
     result = await run_login_flow(auth, ("insecure_example", None), LOGIN)
-    return await auth.async_get_or_create_user(result["result"])
+    return await auth.users.async_get_or_create_user(result["result"])
 
 
 async def enrol_through_flow(auth: Any, user: Any) -> tuple[str, list[str], dict[str, Any]]:
@@ -117,7 +117,7 @@ async def test_setup_with_oathtool_code_enrols_without_echoing_the_secret(auth: 
     user = await make_user(auth)
     secret, codes, _ = await enrol_through_flow(auth, user)
     assert len(codes) == 10 and len(set(codes)) == 10
-    module = auth.get_auth_mfa_module("totp")
+    module = auth.registry.get_auth_mfa_module("totp")
     assert await module.async_is_user_setup(user.id)
     # Changes are journaled (.auth_module.totp.journal); a compaction writes Open Peer Power's file.
     assert (await fresh_load(auth))["users"] == {user.id: secret}
@@ -161,7 +161,7 @@ async def test_setup_code_cannot_be_replayed_at_login(auth: Any) -> None:
 async def test_accepted_code_cannot_be_used_twice(auth: Any) -> None:
     """Replay protection: a code that let someone in is refused the second time."""
     user = await make_user(auth)
-    module = auth.get_auth_mfa_module("totp")
+    module = auth.registry.get_auth_mfa_module("totp")
     secret = await module.async_setup_user(user.id, {})
     code = oathtool(secret)
     assert await module.async_validate(user.id, {"code": code}) is True
@@ -171,7 +171,7 @@ async def test_accepted_code_cannot_be_used_twice(auth: Any) -> None:
 async def test_codes_outside_the_window_are_refused(auth: Any) -> None:
     """Only one step of drift either way."""
     user = await make_user(auth)
-    module = auth.get_auth_mfa_module("totp")
+    module = auth.registry.get_auth_mfa_module("totp")
     secret = await module.async_setup_user(user.id, {})
     now = time.time()
     assert await module.async_validate(user.id, {"code": oathtool(secret, now - 90)}) is False
@@ -188,7 +188,7 @@ async def test_open_peer_power_80_bit_secret_keeps_working(opp_auth_factory: Any
         json.dumps({"version": 1, "key": "auth_module.totp", "data": {"users": {"old-user": old_secret}}})
     )
     auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=[{"type": "totp"}])
-    module = auth.get_auth_mfa_module("totp")
+    module = auth.registry.get_auth_mfa_module("totp")
     assert await module.async_is_user_setup("old-user")
     assert await module.async_validate("old-user", {"code": oathtool(old_secret)}) is True
 
@@ -197,7 +197,7 @@ async def test_recovery_code_replaces_a_code_once(auth: Any) -> None:
     """Each recovery code works once, with or without dashes and in any case."""
     user = await make_user(auth)
     _, codes, _ = await enrol_through_flow(auth, user)
-    module = auth.get_auth_mfa_module("totp")
+    module = auth.registry.get_auth_mfa_module("totp")
     result = await run_login_flow(auth, ("insecure_example", None), LOGIN)
     result = await auth.login_flow.async_configure(result["flow_id"], {"code": codes[0].upper().replace("-", " ")})
     assert result["type"] == "create_entry"
@@ -210,7 +210,7 @@ async def test_depose_forgets_secret_and_recovery_codes(auth: Any) -> None:
     """After depose nothing of the enrolment is left on disk."""
     user = await make_user(auth)
     await enrol_through_flow(auth, user)
-    module = auth.get_auth_mfa_module("totp")
+    module = auth.registry.get_auth_mfa_module("totp")
     await module.async_depose_user(user.id)
     stored = await fresh_load(auth)
     assert user.id not in stored["users"] and user.id not in stored["recovery_codes"]
@@ -220,8 +220,8 @@ async def test_recovery_codes_command_needs_a_current_code(auth: Any, opp_auth_c
     """The websocket command makes a new set only with a valid code, and old codes stop working."""
     user = await make_user(auth)
     secret, old_codes, _ = await enrol_through_flow(auth, user)
-    refresh = await auth.async_create_refresh_token(user, "https://example.com/app")
-    access = await auth.async_create_access_token(refresh)
+    refresh = await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
+    access = await auth.access_tokens.async_create_access_token(refresh)
     client = await opp_auth_client(auth)
     async with client.session.ws_connect(client.url("/api/websocket")) as ws:
         await ws.receive_json()
@@ -234,7 +234,7 @@ async def test_recovery_codes_command_needs_a_current_code(auth: Any, opp_auth_c
         reply = await ws.receive_json()
         assert reply["success"] is True
         new_codes = reply["result"]["recovery_codes"]
-    module = auth.get_auth_mfa_module("totp")
+    module = auth.registry.get_auth_mfa_module("totp")
     assert len(new_codes) == 10
     assert await module.async_validate(user.id, {"code": old_codes[0]}) is False
     assert await module.async_validate(user.id, {"code": new_codes[0]}) is True
@@ -256,8 +256,8 @@ async def test_pyotp_and_oathtool_agree(auth: Any) -> None:
 async def test_info_command_lists_enrolments_and_codes_left(auth: Any, opp_auth_client: Any) -> None:
     """auth/totp/info tells the profile which totp modules the caller uses and how many codes are left."""
     user = await make_user(auth)
-    refresh = await auth.async_create_refresh_token(user, "https://example.com/app")
-    access = await auth.async_create_access_token(refresh)
+    refresh = await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
+    access = await auth.access_tokens.async_create_access_token(refresh)
     client = await opp_auth_client(auth)
     async with client.session.ws_connect(client.url("/api/websocket")) as ws:
         await ws.receive_json()
@@ -266,6 +266,6 @@ async def test_info_command_lists_enrolments_and_codes_left(auth: Any, opp_auth_
         await ws.send_json({"id": 1, "type": "auth/totp/info"})
         assert (await ws.receive_json())["result"] == {"modules": {}}
         _, codes, _ = await enrol_through_flow(auth, user)
-        await auth.get_auth_mfa_module("totp").async_validate(user.id, {"code": codes[0]})
+        await auth.registry.get_auth_mfa_module("totp").async_validate(user.id, {"code": codes[0]})
         await ws.send_json({"id": 2, "type": "auth/totp/info"})
         assert (await ws.receive_json())["result"] == {"modules": {"totp": {"recovery_codes_left": 9}}}

@@ -26,8 +26,8 @@ async def user_with_passkey(auth: Any, authenticator: Any, username: str = "mia"
     result = await run_login_flow(
         auth, ("insecure_example", None), [{"username": username, "password": f"{username}-pass"}]
     )
-    user = await auth.async_get_or_create_user(result["result"])
-    module = auth.get_auth_mfa_module("webauthn")
+    user = await auth.users.async_get_or_create_user(result["result"])
+    module = auth.registry.get_auth_mfa_module("webauthn")
     options = module.creation_options(f"register:{user.id}", user.id, username)
     await module.async_register(f"register:{user.id}", user.id, authenticator.create(options), "Phone")
     return user
@@ -61,7 +61,7 @@ async def test_passwordless_false_offers_no_passkey_login(opp_auth_factory: Any)
     """passwordless: false leaves the providers as configured."""
     auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=[{**WEBAUTHN, "passwordless": False}])
     assert [p.key for p in auth.auth_providers] == [("insecure_example", None)]
-    assert auth.get_auth_provider("webauthn", None) is None
+    assert auth.registry.get_auth_provider("webauthn", None) is None
 
 
 async def test_form_asks_for_a_discoverable_credential_with_user_verification(auth: Any) -> None:
@@ -74,12 +74,12 @@ async def test_form_asks_for_a_discoverable_credential_with_user_verification(au
 async def test_passkey_logs_in_without_password_or_further_mfa(auth: Any, authenticator: Any) -> None:
     """The assertion alone finishes the login with the user's own credentials, even with another module enrolled."""
     mia = await user_with_passkey(auth, authenticator)
-    await auth.async_enable_user_mfa(mia, "insecure_example", {"pin": "1234"})
+    await auth.users.async_enable_user_mfa(mia, "insecure_example", {"pin": "1234"})
     form = await start(auth)
     result = await auth.login_flow.async_configure(form["flow_id"], {"credential": authenticator.get(options_of(form))})
     assert result["type"] == "create_entry", result
     assert result["result"] is mia.credentials[0]
-    assert await auth.async_get_or_create_user(result["result"]) is mia
+    assert await auth.users.async_get_or_create_user(result["result"]) is mia
 
 
 async def test_without_user_verification_it_is_refused(auth: Any, authenticator: Any) -> None:
@@ -103,7 +103,7 @@ async def test_user_handle_must_match(auth: Any, authenticator: Any) -> None:
 async def test_inactive_user_cannot_log_in_with_a_passkey(auth: Any, authenticator: Any) -> None:
     """A deactivated user's passkey is refused."""
     mia = await user_with_passkey(auth, authenticator)
-    await auth.async_update_user(mia, is_active=False)
+    await auth.users.async_update_user(mia, is_active=False)
     form = await start(auth)
     result = await auth.login_flow.async_configure(form["flow_id"], {"credential": authenticator.get(options_of(form))})
     assert result["errors"] == {"base": "invalid_auth"}
@@ -157,7 +157,7 @@ async def test_over_http_a_passkey_gets_tokens(auth: Any, authenticator: Any, op
         grant_type="authorization_code", client_id="https://example.com/app", code=done["result"]
     )
     assert status == 200
-    refresh = await auth.async_get_refresh_token_by_token(tokens["refresh_token"])
+    refresh = await auth.refresh_tokens.async_get_refresh_token_by_token(tokens["refresh_token"])
     assert refresh.user is mia
 
 

@@ -53,7 +53,7 @@ async def auth(opp_auth_factory: Any) -> Any:
 async def make_user(auth: Any, login: list[dict[str, str]] = LOGIN) -> Any:
     """A user with example-provider credentials."""
     result = await run_login_flow(auth, ("insecure_example", None), login)
-    return await auth.async_get_or_create_user(result["result"])
+    return await auth.users.async_get_or_create_user(result["result"])
 
 
 async def mfa_form(auth: Any, login: list[dict[str, str]] = LOGIN) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def test_subdomain_and_localhost_origins() -> None:
 async def test_mfa_form_carries_request_options_for_the_users_passkeys(auth: Any, authenticator: Any) -> None:
     """The form of the mfa step carries request options: rp id, a fresh challenge, the user's credential ids."""
     user = await make_user(auth)
-    module = auth.get_auth_mfa_module("webauthn")
+    module = auth.registry.get_auth_mfa_module("webauthn")
     passkey = await enrol(module, authenticator, user.id)
     form = await mfa_form(auth)
     options = form["description_placeholders"]["challenge"]["webauthn"]
@@ -179,7 +179,7 @@ async def test_mfa_form_carries_request_options_for_the_users_passkeys(auth: Any
 async def test_login_with_a_passkey(auth: Any, authenticator: Any) -> None:
     """Password, then the assertion for the form's challenge: logged in; last use is recorded."""
     user = await make_user(auth)
-    module = auth.get_auth_mfa_module("webauthn")
+    module = auth.registry.get_auth_mfa_module("webauthn")
     await enrol(module, authenticator, user.id)
     form = await mfa_form(auth)
     options = form["description_placeholders"]["challenge"]["webauthn"]
@@ -213,7 +213,7 @@ async def test_assertion_refused(
 ) -> None:
     """A wrong origin, a wrong rp_id hash, a bad signature or another challenge gives invalid_code, for that reason."""
     user = await make_user(auth)
-    await enrol(auth.get_auth_mfa_module("webauthn"), authenticator, user.id)
+    await enrol(auth.registry.get_auth_mfa_module("webauthn"), authenticator, user.id)
     with caplog.at_level(logging.INFO, logger="opp_auth_webauthn"):
         result = await refused(auth, authenticator=authenticator, **change)
     assert result["type"] == "form" and result["errors"] == {"base": "invalid_code"}, result
@@ -224,7 +224,7 @@ async def test_replayed_assertion_is_refused(auth: Any, authenticator: Any) -> N
     """An assertion that logged in once does not log in again (its challenge is spent), even with counter 0."""
     authenticator.counting = False
     user = await make_user(auth)
-    await enrol(auth.get_auth_mfa_module("webauthn"), authenticator, user.id)
+    await enrol(auth.registry.get_auth_mfa_module("webauthn"), authenticator, user.id)
     form = await mfa_form(auth)
     assertion = authenticator.get(form["description_placeholders"]["challenge"]["webauthn"])
     assert (await auth.login_flow.async_configure(form["flow_id"], {"credential": assertion}))["type"] == "create_entry"
@@ -236,7 +236,7 @@ async def test_replayed_assertion_is_refused(auth: Any, authenticator: Any) -> N
 async def test_refused_answer_spends_the_challenge(auth: Any, authenticator: Any) -> None:
     """After a refused assertion the same flow shows a new challenge, and the old one no longer works."""
     user = await make_user(auth)
-    await enrol(auth.get_auth_mfa_module("webauthn"), authenticator, user.id)
+    await enrol(auth.registry.get_auth_mfa_module("webauthn"), authenticator, user.id)
     form = await mfa_form(auth)
     options = form["description_placeholders"]["challenge"]["webauthn"]
     bad = await auth.login_flow.async_configure(
@@ -255,7 +255,7 @@ async def test_refused_answer_spends_the_challenge(auth: Any, authenticator: Any
 async def test_expired_challenge_is_refused(auth: Any, authenticator: Any) -> None:
     """A challenge older than timeout seconds is refused."""
     user = await make_user(auth)
-    module = auth.get_auth_mfa_module("webauthn")
+    module = auth.registry.get_auth_mfa_module("webauthn")
     await enrol(module, authenticator, user.id)
     form = await mfa_form(auth)
     module._pending[f"flow:{form['flow_id']}"].expires -= 61
@@ -268,7 +268,7 @@ async def test_expired_challenge_is_refused(auth: Any, authenticator: Any) -> No
 async def test_challenge_is_bound_to_its_flow(auth: Any, authenticator: Any) -> None:
     """An assertion for flow A's challenge does not pass flow B, and does not spend B's challenge."""
     user = await make_user(auth)
-    await enrol(auth.get_auth_mfa_module("webauthn"), authenticator, user.id)
+    await enrol(auth.registry.get_auth_mfa_module("webauthn"), authenticator, user.id)
     flow_a = await mfa_form(auth)
     flow_b = await mfa_form(auth)
     for_a = authenticator.get(flow_a["description_placeholders"]["challenge"]["webauthn"])
@@ -280,7 +280,7 @@ async def test_challenge_is_bound_to_its_flow(auth: Any, authenticator: Any) -> 
 
 async def test_another_users_passkey_is_refused(auth: Any, authenticator: Any) -> None:
     """Otto's passkey does not pass Mia's MFA step, even signed over Mia's challenge."""
-    module = auth.get_auth_mfa_module("webauthn")
+    module = auth.registry.get_auth_mfa_module("webauthn")
     mia = await make_user(auth)
     otto = await make_user(auth, [{"username": "other", "password": "other-pass"}])
     await enrol(module, authenticator, mia.id)
@@ -303,7 +303,7 @@ async def test_counter_going_backwards_is_refused_and_logged(
 ) -> None:
     """Counter 5 then 3 (or 5 again): refused, and the log says it may be a cloned key."""
     user = await make_user(auth)
-    module = auth.get_auth_mfa_module("webauthn")
+    module = auth.registry.get_auth_mfa_module("webauthn")
     await enrol(module, authenticator, user.id)
     form = await mfa_form(auth)
     ok = await auth.login_flow.async_configure(
@@ -325,7 +325,7 @@ async def test_counter_zero_is_accepted_every_time(auth: Any, authenticator: Any
     """Synced passkeys always send 0: every login works."""
     authenticator.counting = False
     user = await make_user(auth)
-    await enrol(auth.get_auth_mfa_module("webauthn"), authenticator, user.id)
+    await enrol(auth.registry.get_auth_mfa_module("webauthn"), authenticator, user.id)
     for _ in range(3):
         assert (await refused(auth, authenticator=authenticator))["type"] == "create_entry"
 
@@ -334,7 +334,7 @@ async def test_user_verification_required_refuses_presence_only(opp_auth_factory
     """With user_verification: required an assertion without the UV flag is refused."""
     auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=[{**CONFIG, "user_verification": "required"}])
     user = await make_user(auth)
-    await enrol(auth.get_auth_mfa_module("webauthn"), authenticator, user.id)
+    await enrol(auth.registry.get_auth_mfa_module("webauthn"), authenticator, user.id)
     authenticator.user_verified = False
     assert (await refused(auth, authenticator=authenticator))["errors"] == {"base": "invalid_code"}
     authenticator.user_verified = True
@@ -349,7 +349,7 @@ async def test_user_verification_required_refuses_presence_only(opp_auth_factory
 async def test_malformed_responses_are_invalid_code(auth: Any, authenticator: Any, credential: str) -> None:
     """Junk, deep nesting and huge strings give invalid_code, never an exception."""
     user = await make_user(auth)
-    await enrol(auth.get_auth_mfa_module("webauthn"), authenticator, user.id)
+    await enrol(auth.registry.get_auth_mfa_module("webauthn"), authenticator, user.id)
     form = await mfa_form(auth)
     result = await auth.login_flow.async_configure(form["flow_id"], {"credential": credential})
     assert result["type"] == "form" and result["errors"] == {"base": "invalid_code"}, result
@@ -358,7 +358,7 @@ async def test_malformed_responses_are_invalid_code(auth: Any, authenticator: An
 async def test_stored_under_its_own_key_without_secrets_in_lists(auth: Any, authenticator: Any) -> None:
     """.storage/auth_module.webauthn holds handle and public keys; lists show names, dates and the model."""
     user = await make_user(auth)
-    module = auth.get_auth_mfa_module("webauthn")
+    module = auth.registry.get_auth_mfa_module("webauthn")
     passkey = await enrol(module, authenticator, user.id, name="  My   phone ")
     data = await async_stored_document(auth.config_dir, "auth_module.webauthn")
     record = data["users"][user.id]["passkeys"][0]
@@ -376,8 +376,8 @@ async def test_passkey_totp_and_recovery_code_are_each_enough(opp_auth_factory: 
 
     auth = await opp_auth_factory(providers=PROVIDERS, mfa_modules=[{"type": "totp"}, CONFIG])
     user = await make_user(auth)
-    await enrol(auth.get_auth_mfa_module("webauthn"), authenticator, user.id)
-    totp = auth.get_auth_mfa_module("totp")
+    await enrol(auth.registry.get_auth_mfa_module("webauthn"), authenticator, user.id)
+    totp = auth.registry.get_auth_mfa_module("totp")
     secret = await totp.async_setup_user(user.id, {})
     recovery = await totp.async_new_recovery_codes(user.id)
 
@@ -430,7 +430,7 @@ async def test_a_passkey_belongs_to_one_account(auth: Any, authenticator: Any) -
     """The same credential id cannot be enrolled for a second account."""
     from opp_auth_webauthn import CeremonyError
 
-    module = auth.get_auth_mfa_module("webauthn")
+    module = auth.registry.get_auth_mfa_module("webauthn")
     mia = await make_user(auth)
     otto = await make_user(auth, [{"username": "other", "password": "other-pass"}])
     passkey = await enrol(module, authenticator, mia.id)

@@ -50,7 +50,7 @@ async def auth(opp_auth_factory: Any) -> Any:
 async def user_named(auth: Any, username: str, password: str) -> Any:
     """The user behind example credentials."""
     result = await run_login_flow(auth, ("insecure_example", None), [{"username": username, "password": password}])
-    return await auth.async_get_or_create_user(result["result"])
+    return await auth.users.async_get_or_create_user(result["result"])
 
 
 @pytest.fixture
@@ -60,9 +60,9 @@ def connect(auth: Any, opp_auth_client: Any) -> Any:
 
     @asynccontextmanager
     async def open_socket(user: Any, age: float = 0) -> Any:
-        refresh = await auth.async_create_refresh_token(user, "https://example.com/app")
+        refresh = await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
         refresh._created = (refresh.created_at - timedelta(seconds=age)).isoformat()
-        access = await auth.async_create_access_token(refresh)
+        access = await auth.access_tokens.async_create_access_token(refresh)
         if not clients:
             clients.append(await opp_auth_client(auth))
         client = clients[0]
@@ -103,12 +103,12 @@ async def test_fresh_login_enrols_lists_renames_removes(auth: Any, connect: Any,
         assert ok and renamed["name"] == "Old phone"
         ok, err = await sock.call("auth/webauthn/rename", passkey_id=passkey["id"], name="\u202e evil")
         assert not ok and err["code"] == "invalid_format"
-        assert await auth.get_auth_mfa_module("webauthn").async_is_user_setup(mia.id)
+        assert await auth.registry.get_auth_mfa_module("webauthn").async_is_user_setup(mia.id)
         ok, _ = await sock.call("auth/webauthn/remove", passkey_id=passkey["id"])
         assert ok
         ok, err = await sock.call("auth/webauthn/remove", passkey_id=passkey["id"])
         assert not ok and err["code"] == "not_found"
-    assert not await auth.get_auth_mfa_module("webauthn").async_is_user_setup(mia.id)
+    assert not await auth.registry.get_auth_mfa_module("webauthn").async_is_user_setup(mia.id)
 
 
 async def test_old_session_must_reauthenticate_with_the_password(auth: Any, connect: Any, authenticator: Any) -> None:
@@ -146,7 +146,7 @@ async def test_reauth_with_another_factor_or_a_passkey(auth: Any, connect: Any, 
     mia = await user_named(auth, "mia", "mia-pass")
     async with connect(mia) as sock:
         await add_passkey(sock, authenticator)
-    await auth.async_enable_user_mfa(mia, "insecure_example", {"pin": "4321"})
+    await auth.users.async_enable_user_mfa(mia, "insecure_example", {"pin": "4321"})
     async with connect(mia, age=600) as sock:
         ok, err = await sock.call("auth/webauthn/reauth", code="0000", code_module_id="insecure_example")
         assert not ok and err["code"] == "invalid_code"
@@ -205,7 +205,7 @@ async def test_admin_lists_and_removes_a_users_passkeys(auth: Any, connect: Any,
     """An administrator sees and removes another user's passkey; a normal user may not."""
     mia = await user_named(auth, "mia", "mia-pass")
     boss = await user_named(auth, "boss", "boss-pass")
-    await auth.async_update_user(boss, group_ids=["system-admin"])
+    await auth.users.async_update_user(boss, group_ids=["system-admin"])
     async with connect(mia) as sock:
         passkey = await add_passkey(sock, authenticator)
         ok, err = await sock.call("auth/webauthn/admin/passkeys", user_id=boss.id)
@@ -217,7 +217,7 @@ async def test_admin_lists_and_removes_a_users_passkeys(auth: Any, connect: Any,
         assert not ok and err["code"] == "not_found"
         ok, _ = await sock.call("auth/webauthn/admin/remove", user_id=mia.id, passkey_id=passkey["id"])
         assert ok
-    assert not await auth.get_auth_mfa_module("webauthn").async_is_user_setup(mia.id)
+    assert not await auth.registry.get_auth_mfa_module("webauthn").async_is_user_setup(mia.id)
 
 
 async def test_setup_mfa_points_to_the_profile(auth: Any, connect: Any) -> None:
@@ -241,8 +241,8 @@ async def test_trusted_network_login_is_no_proof_for_adding_a_passkey(
     )
     mia = await user_named(auth, "mia", "mia-pass")
     picked = await run_login_flow(auth, ("trusted_networks", None), [{"user": mia.id}])
-    refresh = await auth.async_create_refresh_token(mia, "https://example.com/app", credential=picked["result"])
-    access = await auth.async_create_access_token(refresh, "127.0.0.1")
+    refresh = await auth.refresh_tokens.async_create_refresh_token(mia, "https://example.com/app", credential=picked["result"])
+    access = await auth.access_tokens.async_create_access_token(refresh, "127.0.0.1")
     client = await opp_auth_client(auth)
     async with client.session.ws_connect(client.url("/api/websocket")) as ws:
         await ws.receive_json()

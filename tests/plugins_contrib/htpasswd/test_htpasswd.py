@@ -226,7 +226,7 @@ async def test_default_group_is_the_group_of_new_users(
     htpasswd.add("alice", "s3cret pass")
     options = {"default_group": default_group} if default_group else {}
     auth = await make_auth(opp_auth_factory, htpasswd.path, **options)
-    user = await auth.async_get_or_create_user((await login(auth, "alice", "s3cret pass"))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth, "alice", "s3cret pass"))["result"])
     assert user.group_ids == [group_id]
     assert user.name == "alice"
 

@@ -35,7 +35,7 @@ class TestMfaContract(MfaContract):
     @pytest.fixture
     def enrol(self) -> Any:
         async def do(auth: Any, module: Any, user_id: str) -> None:
-            await auth.async_enable_user_mfa(await auth.async_get_user(user_id), module.id, {"pin": "4321"})
+            await auth.users.async_enable_user_mfa(await auth.users.async_get_user(user_id), module.id, {"pin": "4321"})
 
         return do
 

@@ -44,7 +44,7 @@ async def login(auth: AuthManager, username: str, password: str) -> dict[str, An
 
 def mfa(auth: AuthManager) -> ExampleMfaModule:
     """The example MFA module of a manager."""
-    module = auth.get_auth_mfa_module("insecure_example")
+    module = auth.registry.get_auth_mfa_module("insecure_example")
     assert isinstance(module, ExampleMfaModule)
     return module
 
@@ -77,7 +77,7 @@ async def test_unknown_user_is_invalid_auth(opp_auth_factory: Factory) -> None:
 async def test_new_user_is_named_from_configuration(opp_auth_factory: Factory) -> None:
     auth = await make_auth(opp_auth_factory)
     result = await login(auth, "test-user", "test-pass")
-    user = await auth.async_get_or_create_user(result["result"])
+    user = await auth.users.async_get_or_create_user(result["result"])
     assert user.name == "Test Name"
     assert user.is_active
 
@@ -85,13 +85,13 @@ async def test_new_user_is_named_from_configuration(opp_auth_factory: Factory) -
 async def test_new_user_without_configured_name_has_no_name(opp_auth_factory: Factory) -> None:
     auth = await make_auth(opp_auth_factory)
     result = await login(auth, "nameless", "other-pass")
-    user = await auth.async_get_or_create_user(result["result"])
+    user = await auth.users.async_get_or_create_user(result["result"])
     assert user.name is None
 
 
 async def test_default_title_is_the_base_one(opp_auth_factory: Factory) -> None:
     auth = await make_auth(opp_auth_factory)
-    provider = auth.get_auth_provider(*HANDLER)
+    provider = auth.registry.get_auth_provider(*HANDLER)
     assert provider is not None
     assert provider.name == "Unnamed auth provider"
 
@@ -146,8 +146,8 @@ async def test_depose_forgets_the_pin(opp_auth_factory: Factory) -> None:
 async def test_enrolled_user_is_asked_for_pin_at_login(opp_auth_factory: Factory) -> None:
     auth = await make_auth(opp_auth_factory)
     first = await login(auth, "test-user", "test-pass")
-    user = await auth.async_get_or_create_user(first["result"])
-    await auth.async_enable_user_mfa(user, "insecure_example", {"pin": "2468"})
+    user = await auth.users.async_get_or_create_user(first["result"])
+    await auth.users.async_enable_user_mfa(user, "insecure_example", {"pin": "2468"})
 
     step = await login(auth, "test-user", "test-pass")
     assert step["type"] == "form"

@@ -27,9 +27,9 @@ async def get(client: OppAuthClient, headers: dict[str, str] | None = None) -> t
 
 async def bearer(auth: AuthManager, *groups: str) -> str:
     """An access token of a new user in groups."""
-    user = await auth.async_create_user("Someone", list(groups))
-    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    return await auth.async_create_access_token(refresh_token)
+    user = await auth.users.async_create_user("Someone", list(groups))
+    refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    return await auth.access_tokens.async_create_access_token(refresh_token)
 
 
 # ---- off by default ---------------------------------------------------------------------------
@@ -128,7 +128,7 @@ async def test_deactivated_admin_is_refused(metrics_server: Any) -> None:
     auth, client = await metrics_server(http=PROXIED)
     token = await bearer(auth, UserMeta.GROUP_ADMIN)
     user = next(u for u in auth.store.users() if u.name == "Someone")
-    await auth.async_update_user(user, is_active=False)
+    await auth.users.async_update_user(user, is_active=False)
     assert await get(client, {"X-Forwarded-For": "203.0.113.9", "Authorization": f"Bearer {token}"}) == (
         401,
         UNAUTHORIZED,
@@ -137,11 +137,11 @@ async def test_deactivated_admin_is_refused(metrics_server: Any) -> None:
 
 async def test_signed_path_of_a_non_admin_is_refused(metrics_server: Any) -> None:
     auth, client = await metrics_server(http=PROXIED)
-    user = await auth.async_create_user("Bob", [UserMeta.GROUP_USER])
-    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
+    user = await auth.users.async_create_user("Bob", [UserMeta.GROUP_USER])
+    refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
     from datetime import timedelta
 
-    path = auth.sign_path("/metrics", timedelta(minutes=1), refresh_token.id)
+    path = auth.access_tokens.sign_path("/metrics", timedelta(minutes=1), refresh_token.id)
     async with client.request("GET", path, headers={"X-Forwarded-For": "203.0.113.9"}) as resp:
         assert (resp.status, await resp.json()) == (401, UNAUTHORIZED)
 

@@ -71,7 +71,7 @@ async def drive_varied_traffic(auth: Any, client: OppAuthClient) -> list[str]:
     bad, reply = await ws_auth(client, "forged.token.value")
     await bad.close()
     refresh_token = next(t for t in auth.store.refresh_tokens() if t.user.name == "Alice")
-    signed = auth.sign_path("/api/", timedelta(minutes=1), refresh_token.id)
+    signed = auth.access_tokens.sign_path("/api/", timedelta(minutes=1), refresh_token.id)
     secrets.append(signed.split("authSig=")[1])
     async with client.request("GET", signed) as resp:
         assert resp.status == 200
@@ -89,9 +89,9 @@ async def drive_varied_traffic(auth: Any, client: OppAuthClient) -> list[str]:
 async def test_every_label_value_is_from_a_closed_set_and_no_secret_is_exposed(metrics_server: Any) -> None:
     auth, client = await metrics_server(http={**PROXIED, "login_attempts_threshold": 2})
     secrets = await drive_varied_traffic(auth, client)
-    admin = await auth.async_create_user("Scraper", [UserMeta.GROUP_ADMIN])
-    refresh_token = await auth.async_create_refresh_token(admin, CLIENT_ID)
-    scraper_token = await auth.async_create_access_token(refresh_token)
+    admin = await auth.users.async_create_user("Scraper", [UserMeta.GROUP_ADMIN])
+    refresh_token = await auth.refresh_tokens.async_create_refresh_token(admin, CLIENT_ID)
+    scraper_token = await auth.access_tokens.async_create_access_token(refresh_token)
     await settle(auth)
     result = await scrape(client, {"Authorization": f"Bearer {scraper_token}", "X-Forwarded-For": "203.0.113.250"})
 

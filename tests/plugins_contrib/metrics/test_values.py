@@ -85,7 +85,7 @@ async def test_second_factors_and_login_durations(metrics_server: Any) -> None:
     auth, client = await metrics_server(mfa_modules=[PIN_MODULE])
     await client.login.tokens(HANDLER, [{"username": "alice", "password": PASSWORDS["alice"]}])  # creates Alice
     alice = next(u for u in auth.store.users() if u.name == "Alice")
-    await auth.async_enable_user_mfa(alice, "pin", {"pin": PIN})
+    await auth.users.async_enable_user_mfa(alice, "pin", {"pin": PIN})
     status, result = await login(client, "alice", PASSWORDS["alice"])
     assert (result["type"], result["step_id"]) == ("form", "mfa"), result
     status, result = await client.login.step(result["flow_id"], pin="0000")
@@ -159,11 +159,11 @@ async def test_token_checks_refresh_grants_and_deleted_tokens(metrics_server: An
 async def test_refused_sessions_are_counted_by_reason(metrics_server: Any) -> None:
     """A deactivated user's and a local-only user's tokens from outside: the access decision's refusals."""
     auth, client = await metrics_server(http=PROXIED)
-    user = await auth.async_create_user("Carol", [UserMeta.GROUP_ADMIN], local_only=True)
-    refresh_token = await auth.async_create_refresh_token(user, CLIENT_ID)
-    token = await auth.async_create_access_token(refresh_token, "127.0.0.1")
+    user = await auth.users.async_create_user("Carol", [UserMeta.GROUP_ADMIN], local_only=True)
+    refresh_token = await auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+    token = await auth.access_tokens.async_create_access_token(refresh_token, "127.0.0.1")
     assert await api(client, token, **{"X-Forwarded-For": "203.0.113.7"}) == 401
-    await auth.async_update_user(user, is_active=False)
+    await auth.users.async_update_user(user, is_active=False)
     assert await api(client, token) == 401
     metrics = await scrape_settled(auth, client)
     assert metrics.value("opp_auth_token_checks_total", kind="access_token", outcome="local_only") == 1
@@ -190,7 +190,7 @@ async def test_websocket_connections_and_flows_in_progress_are_gauges(metrics_se
     await first.close()
     # Deleting the refresh token closes the other socket (G6): the gauge follows.
     refresh_token = next(t for t in auth.store.refresh_tokens() if t.user.name == "Alice")
-    await auth.async_remove_refresh_token(refresh_token)
+    await auth.refresh_tokens.async_remove_refresh_token(refresh_token)
     msg = await second.receive(timeout=WS_TIMEOUT)
     assert msg.type.name in ("CLOSE", "CLOSING", "CLOSED"), msg
     for _ in range(50):

@@ -47,7 +47,7 @@ async def make_auth(factory: Factory, command: Path | str, **options: Any) -> Au
 
 def provider_of(auth: AuthManager) -> CommandLineAuthProvider:
     """The command_line provider of a manager."""
-    provider = auth.get_auth_provider(*HANDLER)
+    provider = auth.registry.get_auth_provider(*HANDLER)
     assert isinstance(provider, CommandLineAuthProvider)
     return provider
 
@@ -230,28 +230,28 @@ async def test_stderr_is_logged_at_debug(
 async def test_usernames_differing_in_case_share_one_credential(opp_auth_factory: Factory, tmp_path: Path) -> None:
     auth = await make_auth(opp_auth_factory, write_script(tmp_path, ALWAYS_OK))
     first = await login(auth, "Alice")
-    user = await auth.async_get_or_create_user(first["result"])
+    user = await auth.users.async_get_or_create_user(first["result"])
     second = await login(auth, "alice")
     assert not second["result"].is_new
     assert second["result"].id == first["result"].id
-    assert (await auth.async_get_or_create_user(second["result"])).id == user.id
+    assert (await auth.users.async_get_or_create_user(second["result"])).id == user.id
 
 
 async def test_credential_keeps_username_as_first_typed(opp_auth_factory: Factory, tmp_path: Path) -> None:
     auth = await make_auth(opp_auth_factory, write_script(tmp_path, ALWAYS_OK))
-    await auth.async_get_or_create_user((await login(auth, "Alice"))["result"])
+    await auth.users.async_get_or_create_user((await login(auth, "Alice"))["result"])
     assert (await login(auth, "ALICE"))["result"].data == {"username": "Alice"}
 
 
 async def test_case_insensitive_match_survives_a_restart(opp_auth_factory: Factory, tmp_path: Path) -> None:
     command = write_script(tmp_path, ALWAYS_OK)
     first_auth = await make_auth(opp_auth_factory, command)
-    user = await first_auth.async_get_or_create_user((await login(first_auth, "Alice"))["result"])
+    user = await first_auth.users.async_get_or_create_user((await login(first_auth, "Alice"))["result"])
     await first_auth.async_shutdown()
     second_auth = await make_auth(opp_auth_factory, command)
     result = await login(second_auth, "alice")
     assert not result["result"].is_new
-    assert (await second_auth.async_get_or_create_user(result["result"])).id == user.id
+    assert (await second_auth.users.async_get_or_create_user(result["result"])).id == user.id
 
 
 # ---- time-out, output bounds, event loop, concurrency -----------------------------------------
@@ -333,7 +333,7 @@ async def test_huge_output_is_bounded_and_exit_code_still_decides(opp_auth_facto
 async def test_meta_beyond_64_kib_of_output_is_not_read(opp_auth_factory: Factory, tmp_path: Path) -> None:
     command = write_script(tmp_path, "import sys\nprint('name = Early')\nprint('#' * 70000)\nprint('group = system-admin')\n", python=True)
     auth = await make_auth(opp_auth_factory, command, meta=True)
-    user = await auth.async_get_or_create_user((await login(auth))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth))["result"])
     assert user.name == "Early"
     assert user.group_ids == [UserMeta.GROUP_USER]
 
@@ -390,7 +390,7 @@ async def test_meta_sets_name_group_and_local_only_of_new_user(opp_auth_factory:
         "echo 'local_only = true'\necho 'no equals sign'\n"
     )
     auth = await make_auth(opp_auth_factory, command, meta=True)
-    user = await auth.async_get_or_create_user((await login(auth))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth))["result"])
     assert user.name == "Alice Example"
     assert user.group_ids == [UserMeta.GROUP_ADMIN]
     assert user.is_admin
@@ -399,7 +399,7 @@ async def test_meta_sets_name_group_and_local_only_of_new_user(opp_auth_factory:
 
 async def test_new_user_without_meta_joins_users_not_admins(opp_auth_factory: Factory, tmp_path: Path) -> None:
     auth = await make_auth(opp_auth_factory, write_script(tmp_path, ALWAYS_OK))
-    user = await auth.async_get_or_create_user((await login(auth))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth))["result"])
     assert user.group_ids == [UserMeta.GROUP_USER]
     assert not user.is_admin
     assert user.local_only is False
@@ -409,7 +409,7 @@ async def test_new_user_without_meta_joins_users_not_admins(opp_auth_factory: Fa
 async def test_default_group_applies_when_meta_names_none(opp_auth_factory: Factory, tmp_path: Path) -> None:
     command = write_script(tmp_path, "echo 'name = Reader'\n")
     auth = await make_auth(opp_auth_factory, command, meta=True, default_group=UserMeta.GROUP_READ_ONLY)
-    user = await auth.async_get_or_create_user((await login(auth))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth))["result"])
     assert user.group_ids == [UserMeta.GROUP_READ_ONLY]
 
 
@@ -417,7 +417,7 @@ async def test_unknown_meta_group_is_ignored_with_a_warning(
     opp_auth_factory: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     auth = await make_auth(opp_auth_factory, write_script(tmp_path, "echo 'group = root'\n"), meta=True)
-    user = await auth.async_get_or_create_user((await login(auth))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth))["result"])
     assert user.group_ids == [UserMeta.GROUP_USER]
     assert any("'root'" in m for m in error_messages(caplog, logging.WARNING))
 
@@ -425,7 +425,7 @@ async def test_unknown_meta_group_is_ignored_with_a_warning(
 async def test_output_is_ignored_when_meta_is_off(opp_auth_factory: Factory, tmp_path: Path) -> None:
     command = write_script(tmp_path, "echo 'name = Mallory'\necho 'group = system-admin'\n")
     auth = await make_auth(opp_auth_factory, command)
-    user = await auth.async_get_or_create_user((await login(auth))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth))["result"])
     assert user.group_ids == [UserMeta.GROUP_USER]
     assert user.name is None
 
@@ -439,7 +439,7 @@ async def test_non_utf8_output_with_meta_never_raises(opp_auth_factory: Factory,
     auth = await make_auth(opp_auth_factory, command, meta=True)
     result = await login(auth)
     assert result["type"] == "create_entry"
-    user = await auth.async_get_or_create_user(result["result"])
+    user = await auth.users.async_get_or_create_user(result["result"])
     assert user.name == "Jos\ufffd"
 
 
@@ -452,8 +452,8 @@ async def test_meta_belongs_to_the_login_that_printed_it(opp_auth_factory: Facto
     admin_login = await login(auth, "erin")
     flag.unlink()
     later = [await login(auth, name) for name in ("frank", "grace")]
-    erin = await auth.async_get_or_create_user(admin_login["result"])
-    frank = await auth.async_get_or_create_user(later[0]["result"])
+    erin = await auth.users.async_get_or_create_user(admin_login["result"])
+    frank = await auth.users.async_get_or_create_user(later[0]["result"])
     assert (erin.name, erin.group_ids) == ("erin", ["system-admin"])
     assert (frank.name, frank.group_ids) == ("frank", [UserMeta.GROUP_USER])
 
@@ -468,7 +468,7 @@ async def test_http_login_creates_user_from_meta(
     auth = await make_auth(opp_auth_factory, command, meta=True)
     client = await opp_auth_client(auth)
     tokens = await client.login.tokens(list(HANDLER), [{"username": " heidi ", "password": "pw"}])
-    refresh = await auth.async_get_refresh_token_by_token(tokens["refresh_token"])
+    refresh = await auth.refresh_tokens.async_get_refresh_token_by_token(tokens["refresh_token"])
     assert refresh is not None
     user = refresh.user
     assert user.name == "Heidi"
@@ -477,7 +477,7 @@ async def test_http_login_creates_user_from_meta(
     assert [c.data for c in user.credentials] == [{"username": "heidi"}]
     # The core refuses local-only users tokens from outside the local network.
     with pytest.raises(InvalidAuthError):
-        await auth.async_validate_refresh_token(refresh, "203.0.113.5")
+        await auth.refresh_tokens.async_validate_refresh_token(refresh, "203.0.113.5")
 
 
 # ---- meta injection through the username (issue 11, item 6) -------------------------------
@@ -528,9 +528,9 @@ async def test_echoed_username_cannot_make_an_admin(opp_auth_factory: Factory, t
     auth = await make_auth(opp_auth_factory, write_script(tmp_path, ECHO_NAME), meta=True)
     result = await login(auth, "alice\ngroup = system-admin")
     assert result["type"] == "form"
-    assert not [u for u in await auth.async_get_users() if u.is_admin]
+    assert not [u for u in await auth.users.async_get_users() if u.is_admin]
     # The same program with a plain username still names the user from its output.
-    user = await auth.async_get_or_create_user((await login(auth, "alice"))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth, "alice"))["result"])
     assert (user.name, user.group_ids, user.is_admin) == ("alice", [UserMeta.GROUP_USER], False)
 
 
@@ -542,13 +542,13 @@ async def test_username_with_equals_is_refused_when_meta_is_on(opp_auth_factory:
     result = await login(auth, "group = system-admin")
     assert result["errors"] == {"base": "invalid_auth"}
     assert not marker.exists()
-    assert not await auth.async_get_users()
+    assert not await auth.users.async_get_users()
 
 
 async def test_username_with_equals_is_fine_when_meta_is_off(opp_auth_factory: Factory, tmp_path: Path) -> None:
     command = write_script(tmp_path, '[ "$username" = "a=b" ] && echo "group = system-admin"\n')
     auth = await make_auth(opp_auth_factory, command)
-    user = await auth.async_get_or_create_user((await login(auth, "a=b"))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth, "a=b"))["result"])
     assert user.group_ids == [UserMeta.GROUP_USER]
 
 
@@ -561,7 +561,7 @@ async def test_ordinary_unicode_usernames_still_log_in(opp_auth_factory: Factory
     result = await login(auth, username)
     assert result["type"] == "create_entry", result
     assert out.read_text(encoding="utf-8") == username
-    user = await auth.async_get_or_create_user(result["result"])
+    user = await auth.users.async_get_or_create_user(result["result"])
     assert user.name == username
 
 
@@ -582,7 +582,7 @@ async def test_a_meta_key_printed_twice_denies_the_login(
     auth = await make_auth(opp_auth_factory, write_script(tmp_path, output + "exit 0\n"), meta=True)
     result = await login(auth)
     assert result["errors"] == {"base": "invalid_auth"}
-    assert not await auth.async_get_users()
+    assert not await auth.users.async_get_users()
     assert any("more than once" in m for m in error_messages(caplog))
 
 
@@ -595,7 +595,7 @@ async def test_only_lf_and_cr_end_a_meta_line(opp_auth_factory: Factory, tmp_pat
         python=True,
     )
     auth = await make_auth(opp_auth_factory, command, meta=True)
-    user = await auth.async_get_or_create_user((await login(auth))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth))["result"])
     assert user.group_ids == [UserMeta.GROUP_USER]
     assert user.local_only is False
     # The name holding a line separator is ignored rather than stored.
@@ -609,6 +609,6 @@ async def test_unknown_keys_and_prose_are_ignored(opp_auth_factory: Factory, tmp
         "echo 'name = Alice = The Great'\n",
     )
     auth = await make_auth(opp_auth_factory, command, meta=True)
-    user = await auth.async_get_or_create_user((await login(auth))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth))["result"])
     assert user.group_ids == [UserMeta.GROUP_USER]
     assert user.name == "Alice = The Great"

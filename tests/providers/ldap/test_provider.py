@@ -48,7 +48,7 @@ async def make_auth(factory: Factory, url: str | list[str], **options: Any) -> A
 
 def provider_of(auth: AuthManager) -> LdapAuthProvider:
     """The ldap provider of a manager."""
-    provider = auth.get_auth_provider(*HANDLER)
+    provider = auth.registry.get_auth_provider(*HANDLER)
     assert isinstance(provider, LdapAuthProvider)
     return provider
 
@@ -62,7 +62,7 @@ async def login_user(auth: AuthManager, username: str, password: str) -> Any:
     """Log in and return the user (created on first login)."""
     result = await login(auth, username, password)
     assert result["type"] == "create_entry", result
-    return await auth.async_get_or_create_user(result["result"])
+    return await auth.users.async_get_or_create_user(result["result"])
 
 
 def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
@@ -398,7 +398,7 @@ async def test_concurrent_logins_stay_within_the_pool_size(opp_auth_factory: Fac
 async def _refresh_token(auth: AuthManager, username: str, password: str) -> Any:
     """A refresh token of a freshly logged-in user."""
     user = await login_user(auth, username, password)
-    return await auth.async_create_refresh_token(user, "https://example.com/app", credential=user.credentials[0])
+    return await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app", credential=user.credentials[0])
 
 
 async def test_user_deleted_from_the_directory_loses_access(
@@ -418,11 +418,11 @@ async def test_user_removed_from_the_required_group_loses_access(opp_auth_factor
     auth = await make_auth(opp_auth_factory, own_ldap_server.url, group_base_dn=GROUPS, required_groups=[STAFF],
                            recheck_interval=0)
     refresh_token = await _refresh_token(auth, "bob", "bob-pass")
-    await auth.async_create_access_token(refresh_token)
+    await auth.access_tokens.async_create_access_token(refresh_token)
     with admin_connection(own_ldap_server) as conn:
         assert conn.modify(STAFF, {"uniqueMember": [(ldap3.MODIFY_DELETE, [user_dn("bob")])]})
     with pytest.raises(InvalidAuthError):
-        await auth.async_create_access_token(refresh_token)
+        await auth.access_tokens.async_create_access_token(refresh_token)
 
 
 async def test_recheck_answers_are_cached_for_the_interval(opp_auth_factory: Factory, own_ldap_server: Slapd) -> None:
@@ -430,7 +430,7 @@ async def test_recheck_answers_are_cached_for_the_interval(opp_auth_factory: Fac
     refresh_token = await _refresh_token(auth, "bob", "bob-pass")
     own_ldap_server.stop()
     # Within the interval the directory is not asked again (it is down: asking would refuse).
-    assert await auth.async_create_access_token(refresh_token)
+    assert await auth.access_tokens.async_create_access_token(refresh_token)
 
 
 async def test_recheck_with_the_directory_down_refuses(opp_auth_factory: Factory, own_ldap_server: Slapd) -> None:
@@ -438,4 +438,4 @@ async def test_recheck_with_the_directory_down_refuses(opp_auth_factory: Factory
     refresh_token = await _refresh_token(auth, "bob", "bob-pass")
     own_ldap_server.stop()
     with pytest.raises(InvalidAuthError, match="cannot confirm"):
-        await auth.async_create_access_token(refresh_token)
+        await auth.access_tokens.async_create_access_token(refresh_token)

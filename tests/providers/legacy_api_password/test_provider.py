@@ -206,7 +206,7 @@ async def test_deactivated_shared_user_is_refused(opp_auth_factory: Factory, opp
     """Deactivating the shared user stops the legacy password working on requests."""
     auth, client = await serve(opp_auth_factory, opp_auth_client, PROVIDER)
     assert await get_status(client, headers={"X-OPP-Access": PASSWORD}) == 200
-    await auth.async_deactivate_user(legacy_users(auth)[0])
+    await auth.users.async_deactivate_user(legacy_users(auth)[0])
     assert await get_status(client, headers={"X-OPP-Access": PASSWORD}) == 401
 
 

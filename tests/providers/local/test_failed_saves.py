@@ -67,7 +67,7 @@ async def test_a_rename_that_failed_on_a_full_disk_is_not_stored_by_a_later_chan
     provider = local(auth)
     await provider.async_add_auth("paulus", PASSWORD)
     await provider.async_add_auth("other", PASSWORD)
-    user = await auth.async_get_or_create_user((await login(auth, "paulus", PASSWORD))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth, "paulus", PASSWORD))["result"])
     [credentials] = [c for c in user.credentials if c.auth_provider_type == "openpeerpower"]
     give_back = disk_full(monkeypatch, provider)
     with pytest.raises(StorageError):

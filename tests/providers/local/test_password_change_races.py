@@ -26,7 +26,7 @@ async def test_password_change_racing(
     auth = await make_auth(opp_auth_factory)
     provider = local(auth)
     await provider.async_add_auth("paulus", PASSWORD)
-    user = await auth.async_get_or_create_user((await login(auth, "paulus", PASSWORD))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth, "paulus", PASSWORD))["result"])
     [cred] = [c for c in user.credentials if c.auth_provider_type == "openpeerpower"]
     entered, go = threading.Event(), threading.Event()
     real = opp_auth_local.hash_password

@@ -64,7 +64,7 @@ async def make_auth(factory: Factory, **kwargs: Any) -> AuthManager:
 
 def local(auth: AuthManager) -> LocalAuthProvider:
     """The local provider of a manager."""
-    provider = auth.get_auth_provider(*HANDLER)
+    provider = auth.registry.get_auth_provider(*HANDLER)
     assert isinstance(provider, LocalAuthProvider)
     return provider
 
@@ -130,7 +130,7 @@ async def test_differently_cased_and_spaced_usernames_share_one_credential(opp_a
     auth = await make_auth(opp_auth_factory)
     first = await login(auth, " Paulus ", PASSWORD)
     assert first["result"].data == {"username": "paulus"}
-    user = await auth.async_get_or_create_user(first["result"])
+    user = await auth.users.async_get_or_create_user(first["result"])
 
     second = await login(auth, "paulus", PASSWORD)
     assert second["type"] == "create_entry"
@@ -172,12 +172,12 @@ async def test_login_over_http_issues_tokens(opp_auth_factory: Factory, opp_auth
     write_logins(config_dir, [("paulus", PASSWORD)])
     auth = await make_auth(opp_auth_factory)
     # Onboarding must be over for /auth/providers and logins to be offered.
-    owner = await auth.async_create_user("Owner", is_owner=True)
+    owner = await auth.users.async_create_user("Owner", is_owner=True)
     assert owner.is_owner
     client = await opp_auth_client(auth)
     tokens = await client.login.tokens(list(HANDLER), [{"username": "PAULUS", "password": PASSWORD}])
     assert tokens["token_type"] == "Bearer"
-    refresh = await auth.async_get_refresh_token_by_token(tokens["refresh_token"])
+    refresh = await auth.refresh_tokens.async_get_refresh_token_by_token(tokens["refresh_token"])
     assert refresh is not None
     assert refresh.user.name == "paulus"
 
@@ -337,8 +337,8 @@ async def test_changing_password_of_unknown_login_is_refused(opp_auth_factory: F
 async def test_removing_credentials_removes_the_login(opp_auth_factory: Factory, config_dir: Path) -> None:
     auth = await make_auth(opp_auth_factory)
     result = await login(auth, "paulus", PASSWORD)
-    await auth.async_get_or_create_user(result["result"])
-    await auth.async_remove_credentials(result["result"])
+    await auth.users.async_get_or_create_user(result["result"])
+    await auth.users.async_remove_credentials(result["result"])
     assert local(auth).data.get("paulus") is None
     assert await stored_logins(config_dir) == []
     assert (await login(auth, "paulus", PASSWORD))["errors"] == {"base": "invalid_auth"}
@@ -348,7 +348,7 @@ async def test_removing_credentials_removes_the_login(opp_auth_factory: Factory,
 async def test_removing_login_removes_its_credentials(opp_auth_factory: Factory) -> None:
     auth = await make_auth(opp_auth_factory)
     result = await login(auth, "paulus", PASSWORD)
-    user = await auth.async_get_or_create_user(result["result"])
+    user = await auth.users.async_get_or_create_user(result["result"])
     await local(auth).async_remove_auth("Paulus")
     assert user.credentials == ()
     assert await local(auth).async_credentials() == []
@@ -476,7 +476,7 @@ async def test_a_change_writes_only_the_login_it_touches(
     await written.start()
     await provider.async_add_auth("Newcomer", PASSWORD)
     await provider.async_change_password("user00007", "another-pass")
-    credentials = await auth.async_get_or_create_user((await login(auth, "user00011", "x"))["result"])
+    credentials = await auth.users.async_get_or_create_user((await login(auth, "user00011", "x"))["result"])
     await provider.async_change_username(
         next(c for c in credentials.credentials if c.auth_provider_type == "openpeerpower"), "renamed"
     )

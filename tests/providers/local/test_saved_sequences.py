@@ -44,7 +44,7 @@ async def test_odd_names_and_sequences(
     await provider.async_change_password("a", "changed-a")
     await provider.async_remove_auth("ab")
     await provider.async_add_auth("ab", "readded-ab")
-    user = await auth.async_get_or_create_user((await login(auth, 'a"', PASSWORD))["result"])
+    user = await auth.users.async_get_or_create_user((await login(auth, 'a"', PASSWORD))["result"])
     [cred] = [c for c in user.credentials if c.auth_provider_type == "openpeerpower"]
     await provider.async_change_username(cred, "b")
     await provider.async_change_username(cred, 'a"')  # back
@@ -85,7 +85,7 @@ async def test_seeded_whole_document_then_swaps(
     provider = local(auth)
     creds = {}
     for n in "xy":
-        user = await auth.async_get_or_create_user((await login(auth, n, n))["result"])
+        user = await auth.users.async_get_or_create_user((await login(auth, n, n))["result"])
         [creds[n]] = [c for c in user.credentials if c.auth_provider_type == "openpeerpower"]
     await provider.async_change_username(creds["x"], "w")
     await provider.async_change_username(creds["y"], "x")

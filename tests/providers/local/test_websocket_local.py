@@ -102,14 +102,14 @@ class Env:
     @property
     def provider(self) -> LocalAuthProvider:
         """The local provider."""
-        provider = self.auth.get_auth_provider("openpeerpower", None)
+        provider = self.auth.registry.get_auth_provider("openpeerpower", None)
         assert isinstance(provider, LocalAuthProvider)
         return provider
 
     async def token(self, user: User) -> tuple[Any, str]:
         """A new refresh token of user and an access token from it."""
-        refresh_token = await self.auth.async_create_refresh_token(user, CLIENT_ID)
-        return refresh_token, await self.auth.async_create_access_token(refresh_token)
+        refresh_token = await self.auth.refresh_tokens.async_create_refresh_token(user, CLIENT_ID)
+        return refresh_token, await self.auth.access_tokens.async_create_access_token(refresh_token)
 
     async def connect(self, access_token: str) -> Session:
         """A websocket past the auth phase."""
@@ -143,12 +143,12 @@ async def make_env(factory: Any, client_factory: Any, config_dir: Path, **kwargs
     write_logins(config_dir, [("paulus", OWNER_PW), ("bob", BOB_PW), ("orphan", ORPHAN_PW)])
     auth = await factory(mfa_modules=[], **kwargs)
     client = await client_factory(auth)
-    provider = auth.get_auth_provider("openpeerpower", None)
+    provider = auth.registry.get_auth_provider("openpeerpower", None)
     assert provider is not None
-    owner = await auth.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
-    await auth.async_link_user(owner, await provider.async_get_or_create_credentials({"username": "paulus"}))
-    bob = await auth.async_create_user("Bob", [UserMeta.GROUP_USER])
-    await auth.async_link_user(bob, await provider.async_get_or_create_credentials({"username": "bob"}))
+    owner = await auth.users.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True)
+    await auth.users.async_link_user(owner, await provider.async_get_or_create_credentials({"username": "paulus"}))
+    bob = await auth.users.async_create_user("Bob", [UserMeta.GROUP_USER])
+    await auth.users.async_link_user(bob, await provider.async_get_or_create_credentials({"username": "bob"}))
     return Env(auth, client, owner, bob)
 
 
@@ -164,7 +164,7 @@ async def env(opp_auth_factory: Any, opp_auth_client: Any, config_dir: Path) -> 
 @pytest.fixture
 async def admin(env: Env) -> User:
     """An administrator who is not the owner (no login)."""
-    return await env.auth.async_create_user("Ada", [UserMeta.GROUP_ADMIN])
+    return await env.auth.users.async_create_user("Ada", [UserMeta.GROUP_ADMIN])
 
 
 # ---- change_password (any user, own password) ----------------------------------------------------
@@ -268,7 +268,7 @@ async def test_min_password_length_is_configurable(
 
 
 async def test_change_password_without_local_login(env: Env) -> None:
-    user = await env.auth.async_create_user("Nolo", [UserMeta.GROUP_USER])
+    user = await env.auth.users.async_create_user("Nolo", [UserMeta.GROUP_USER])
     session = await env.session(user)
     assert await session.error(PREFIX + "change_password", current_password="x", new_password=NEW_PW) == {
         "code": "credentials_not_found",
@@ -293,7 +293,7 @@ class _OtherPlugin:
 async def test_change_password_without_local_provider(opp_auth_factory: Any, opp_auth_client: Any) -> None:
     auth = await opp_auth_factory(providers=[{"type": "other"}], mfa_modules=[], plugins=[("other", _OtherPlugin())])
     client = await opp_auth_client(auth)
-    env = Env(auth, client, await auth.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True), None)  # type: ignore[arg-type]
+    env = Env(auth, client, await auth.users.async_create_user("Paulus", [UserMeta.GROUP_ADMIN], is_owner=True), None)  # type: ignore[arg-type]
     session = await env.session(env.owner)
     try:
         error = await session.error(PREFIX + "change_password", current_password="x", new_password=NEW_PW)
@@ -322,7 +322,7 @@ async def test_non_admin_is_unauthorized(env: Env, command: str, fields: dict[st
 
 
 async def test_create_login(env: Env, admin: User) -> None:
-    eve = await env.auth.async_create_user("Eve", [UserMeta.GROUP_USER])
+    eve = await env.auth.users.async_create_user("Eve", [UserMeta.GROUP_USER])
     session = await env.session(admin)
     assert await session.result(PREFIX + "create", user_id=eve.id, username="Eve", password=NEW_PW) is None
     assert await env.password_ok("eve", NEW_PW)
@@ -340,7 +340,7 @@ async def test_create_for_unknown_user(env: Env, admin: User) -> None:
 
 
 async def test_create_for_system_user(env: Env, admin: User) -> None:
-    system_user = await env.auth.async_create_system_user("Integration")
+    system_user = await env.auth.users.async_create_system_user("Integration")
     session = await env.session(admin)
     assert await session.error(PREFIX + "create", user_id=system_user.id, username="eve", password=NEW_PW) == {
         "code": "system_generated",
@@ -350,7 +350,7 @@ async def test_create_for_system_user(env: Env, admin: User) -> None:
 
 @pytest.mark.parametrize("username", ["bob", " BOB "])
 async def test_create_existing_username(env: Env, admin: User, username: str) -> None:
-    eve = await env.auth.async_create_user("Eve", [UserMeta.GROUP_USER])
+    eve = await env.auth.users.async_create_user("Eve", [UserMeta.GROUP_USER])
     session = await env.session(admin)
     assert await session.error(PREFIX + "create", user_id=eve.id, username=username, password=NEW_PW) == {
         "code": "username_exists",
@@ -362,7 +362,7 @@ async def test_create_existing_username(env: Env, admin: User, username: str) ->
 @pytest.mark.parametrize("username", ["eve\n", "e\u202eve", "eve\u2028", "e\u200bve", "\x00eve"], ids=repr)
 async def test_create_refuses_usernames_the_login_form_would_refuse(env: Env, admin: User, username: str) -> None:
     """A login that could never log in is not created (issue 11: control, format and separator characters)."""
-    eve = await env.auth.async_create_user("Eve", [UserMeta.GROUP_USER])
+    eve = await env.auth.users.async_create_user("Eve", [UserMeta.GROUP_USER])
     session = await env.session(admin)
     error = await session.error(PREFIX + "create", user_id=eve.id, username=username, password=NEW_PW)
     assert error["code"] == "invalid_username"
@@ -379,7 +379,7 @@ async def test_create_second_username_for_user_refused(env: Env, admin: User) ->
 
 @pytest.mark.parametrize(("password", "reason"), [("short", "at least 8"), ("Eve-the-user", "username")])
 async def test_create_with_invalid_password(env: Env, admin: User, password: str, reason: str) -> None:
-    eve = await env.auth.async_create_user("Eve", [UserMeta.GROUP_USER])
+    eve = await env.auth.users.async_create_user("Eve", [UserMeta.GROUP_USER])
     session = await env.session(admin)
     error = await session.error(PREFIX + "create", user_id=eve.id, username="eve-the-user", password=password)
     assert error["code"] == "invalid_password" and reason in error["message"]
@@ -457,7 +457,7 @@ async def test_admin_change_password_unknown_user(env: Env) -> None:
 
 
 async def test_admin_change_password_user_without_login(env: Env) -> None:
-    user = await env.auth.async_create_user("Nolo", [UserMeta.GROUP_USER])
+    user = await env.auth.users.async_create_user("Nolo", [UserMeta.GROUP_USER])
     session = await env.session(env.owner)
     assert await session.error(PREFIX + "admin_change_password", user_id=user.id, password=NEW_PW) == {
         "code": "credentials_not_found",

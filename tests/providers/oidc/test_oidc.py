@@ -108,7 +108,7 @@ async def test_mfa_still_applies(site: Any, page: Any) -> None:
     assert (await trade(s, await browser_login(page, s, "bob")))[0] == 200
     bob = people(s)[0]
     assert [g.id for g in bob.groups] == [UserMeta.GROUP_USER]
-    await s.auth.async_enable_user_mfa(bob, "insecure_example", {"pin": "424242"})
+    await s.auth.users.async_enable_user_mfa(bob, "insecure_example", {"pin": "424242"})
     await page.goto(f"{s.base}/auth/authorize?client_id={s.client_id}&redirect_uri={s.redirect_uri}")
     await page.wait_for_selector("input[name=pin]")
     assert "?code=" not in page.url
@@ -341,10 +341,10 @@ async def test_logout_tokens_forged_or_without_sid(site: Any) -> None:
     key = make_key("key-1")
     s: Site = await site(keys=[key])
     provider = s.provider
-    user = await s.auth.async_create_user("alice", ["system-users"])
+    user = await s.auth.users.async_create_user("alice", ["system-users"])
     creds = provider.async_create_credentials({"iss": s.op.issuer, "sub": "alice"})
-    await s.auth.async_link_user(user, creds)
-    tokens = [await s.auth.async_create_refresh_token(user, s.client_id, credential=creds) for _ in range(2)]
+    await s.auth.users.async_link_user(user, creds)
+    tokens = [await s.auth.refresh_tokens.async_create_refresh_token(user, s.client_id, credential=creds) for _ in range(2)]
 
     async def post(token: str) -> int:
         async with (

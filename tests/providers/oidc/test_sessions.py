@@ -252,9 +252,9 @@ async def test_grant_revoked_at_the_provider(site: Any, page: Any) -> None:
 
 async def alice(s: Site) -> tuple[Any, Any]:
     """A user with credentials of the provider, made without a login (no provider tokens)."""
-    user = await s.auth.async_create_user("alice", ["system-users"])
+    user = await s.auth.users.async_create_user("alice", ["system-users"])
     credentials = s.provider.async_create_credentials({"iss": s.op.issuer, "sub": "alice"})
-    await s.auth.async_link_user(user, credentials)
+    await s.auth.users.async_link_user(user, credentials)
     return user, credentials
 
 
@@ -262,17 +262,17 @@ async def session_of(s: Site, user: Any, credentials: Any, n: int = 1) -> Any:
     """A refresh token as a login's code makes it: the login's provider tokens wait, then the token is made."""
     s.provider.note_login_grant("alice", f"access-{n}", f"refresh-{n}")
     s.provider.note_login_sid("alice", f"sid-{n}")
-    return await s.auth.async_create_refresh_token(user, s.client_id, credential=credentials)
+    return await s.auth.refresh_tokens.async_create_refresh_token(user, s.client_id, credential=credentials)
 
 
 async def test_a_token_without_a_grant_is_refused(site: Any) -> None:
     """A token of the provider's credentials with no provider tokens kept is refused (the user logs in again)."""
     s: Site = await site()
     user, credentials = await alice(s)
-    token = await s.auth.async_create_refresh_token(user, s.client_id, credential=credentials)
+    token = await s.auth.refresh_tokens.async_create_refresh_token(user, s.client_id, credential=credentials)
     assert token.id not in s.provider.sessions
     with pytest.raises(InvalidAuthError):
-        await s.auth.async_create_access_token(token)
+        await s.auth.access_tokens.async_create_access_token(token)
     assert await refresh(s, token.token) == 403
 
 
@@ -282,7 +282,7 @@ async def test_long_lived_token_is_checked_with_a_session_of_its_user(site: Any)
     user, credentials = await alice(s)
 
     async def long_lived() -> Any:
-        token = await s.auth.async_create_refresh_token(
+        token = await s.auth.refresh_tokens.async_create_refresh_token(
             user,
             credential=credentials,
             client_name="script",
@@ -294,12 +294,12 @@ async def test_long_lived_token_is_checked_with_a_session_of_its_user(site: Any)
     refused = await long_lived()
     assert refused.id not in s.provider.sessions
     with pytest.raises(InvalidAuthError):
-        await s.auth.async_create_access_token(refused)
-    await s.auth.async_remove_refresh_token(refused)  # as auth/long_lived_access_token does when refused
+        await s.auth.access_tokens.async_create_access_token(refused)
+    await s.auth.refresh_tokens.async_remove_refresh_token(refused)  # as auth/long_lived_access_token does when refused
     session = await session_of(s, user, credentials)
     llat = await long_lived()
     assert llat.id not in s.provider.sessions  # no grant of its own
-    assert await s.auth.async_create_access_token(llat)
+    assert await s.auth.access_tokens.async_create_access_token(llat)
     assert session.id in s.provider.sessions
 
 
@@ -314,14 +314,14 @@ async def test_provider_data_goes_with_its_token_credentials_and_user(site: Any)
     text = storage_text(Path(s.auth.config_dir))
     assert first.id in text and "access-1" not in text and "refresh-1" not in text
     assert sessions.grant(first.id) == {"access_token": "access-1", "refresh_token": "refresh-1"}
-    await s.auth.async_remove_refresh_token(first)
+    await s.auth.refresh_tokens.async_remove_refresh_token(first)
     assert first.id not in sessions and first.id not in storage_text(Path(s.auth.config_dir))
-    await s.auth.async_remove_credentials(credentials)
+    await s.auth.users.async_remove_credentials(credentials)
     assert second.id not in sessions and second.id not in storage_text(Path(s.auth.config_dir))
 
     user, credentials = await alice(s)
     third = await session_of(s, user, credentials, 3)
-    await s.auth.async_remove_user(user)
+    await s.auth.users.async_remove_user(user)
     assert third.id not in sessions and not sessions.entries
 
 
@@ -354,7 +354,7 @@ async def test_restart_forgets_dead_entries_and_a_lost_key_loses_the_grants(
     assert set(provider.sessions.entries) == {token.id}
     assert provider.sessions.sids(token.id) == ["sid-1"] and provider.sessions.grant(token.id) is None
     with pytest.raises(InvalidAuthError):
-        await again.async_create_access_token(again.store.get_refresh_token(token.id))
+        await again.access_tokens.async_create_access_token(again.store.get_refresh_token(token.id))
     assert provider.sessions.sids(token.id) == ["sid-1"] and not provider.sessions.has_grant(token.id)
 
 

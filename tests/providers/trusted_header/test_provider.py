@@ -179,7 +179,7 @@ async def test_mfa_still_applies_behind_nginx(
     status, result = await start_flow(session, proxy.base)
     assert (await trade(session, proxy.base, result["result"]))[0] == 200
     alice = next(u for u in auth.store.users() if not u.system_generated)
-    await auth.async_enable_user_mfa(alice, "insecure_example", {"pin": "123456"})
+    await auth.users.async_enable_user_mfa(alice, "insecure_example", {"pin": "123456"})
 
     status, result = await start_flow(session, proxy.base)
     assert result["type"] == "form" and result["step_id"] == "mfa", result
@@ -287,13 +287,13 @@ async def test_create_users_false(opp_auth_factory: Factory, served: Any, sessio
 async def test_flow_keeps_no_headers(opp_auth_factory: Factory, served: Any, session_factory: Any) -> None:
     """The engine drops the starting request's headers from the flow context after the first step."""
     auth = await make_auth(opp_auth_factory, required_groups=None)
-    await auth.async_create_user("x", ["system-users"])
+    await auth.users.async_create_user("x", ["system-users"])
     client = await served(auth)
     session = session_factory(source=PROXY_SOURCE)
     status, result = await start_flow(session, client.base, headers={"Remote-User": "alice"})
     assert (await trade(session, client.base, result["result"]))[0] == 200
     alice = next(u for u in auth.store.users() if u.name == "alice")
-    await auth.async_enable_user_mfa(alice, "insecure_example", {"pin": "123456"})
+    await auth.users.async_enable_user_mfa(alice, "insecure_example", {"pin": "123456"})
     status, result = await start_flow(session, client.base, headers={"Remote-User": "alice", "Cookie": "secret=1"})
     assert result["step_id"] == "mfa"
     flow = auth.login_flow.async_get(result["flow_id"])

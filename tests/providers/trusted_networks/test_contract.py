@@ -25,7 +25,7 @@ class TestProviderContract(ProviderContract):
     async def contract_auth(self, opp_auth_factory: Any, provider_config: dict[str, Any]) -> AuthManager:
         """The contract's manager plus the person the logins choose (this provider never creates users)."""
         auth = await opp_auth_factory(providers=[provider_config], mfa_modules=[])
-        await auth.async_create_user("Alice", ["system-users"])
+        await auth.users.async_create_user("Alice", ["system-users"])
         return auth
 
     @pytest.fixture

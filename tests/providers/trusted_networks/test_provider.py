@@ -47,7 +47,7 @@ async def seed_users(factory: Factory, *people: tuple[str, list[str]]) -> dict[s
     auth = await make_auth(factory)
     ids = {}
     for name, groups in people:
-        ids[name] = (await auth.async_create_user(name, groups)).id
+        ids[name] = (await auth.users.async_create_user(name, groups)).id
     await auth.async_shutdown()
     return ids
 
@@ -110,10 +110,10 @@ async def api_status(client: OppAuthClient, access_token: str, ip: str | None = 
 async def test_form_offers_active_people_as_a_select(opp_auth_factory: Factory, served: Any, sessions: Any) -> None:
     """The one field `user` is a select of [id, name] of active, non-system users; no errors yet."""
     auth = await make_auth(opp_auth_factory)
-    alice = await auth.async_create_user("Alice", ["system-users"])
-    bob = await auth.async_create_user("Bob", ["system-admin"])
-    await auth.async_create_user("Gone", ["system-users"], is_active=False)
-    await auth.async_create_system_user("Integration", ["system-users"])
+    alice = await auth.users.async_create_user("Alice", ["system-users"])
+    bob = await auth.users.async_create_user("Bob", ["system-admin"])
+    await auth.users.async_create_user("Gone", ["system-users"], is_active=False)
+    await auth.users.async_create_system_user("Integration", ["system-users"])
     at = client_at(await served(auth), sessions)
     status, result = await at(INSIDE).start(HANDLER)
     assert status == 200
@@ -127,15 +127,15 @@ async def test_form_offers_active_people_as_a_select(opp_auth_factory: Factory, 
 async def test_choosing_a_user_logs_in_as_that_user(opp_auth_factory: Factory, served: Any, sessions: Any) -> None:
     """The tokens belong to the chosen person; their credentials are linked to them and no user is created."""
     auth = await make_auth(opp_auth_factory)
-    await auth.async_create_user("Alice", ["system-users"])
-    bob = await auth.async_create_user("Bob", ["system-users"])
+    await auth.users.async_create_user("Alice", ["system-users"])
+    bob = await auth.users.async_create_user("Bob", ["system-users"])
     client = await served(auth)
     tokens = await client_at(client, sessions)(INSIDE).tokens(HANDLER, [{"user": bob.id}])
     assert await api_status(client, tokens["access_token"]) == 200
     # G6: the access token is checked against the caller's address on every request.
     assert await api_status(client, tokens["access_token"], "203.0.113.9") == 401
     assert await api_status(client, tokens["access_token"], None) == 401
-    refresh_token = await auth.async_get_refresh_token_by_token(tokens["refresh_token"])
+    refresh_token = await auth.refresh_tokens.async_get_refresh_token_by_token(tokens["refresh_token"])
     assert refresh_token is not None and refresh_token.user.id == bob.id
     assert [(c.auth_provider_type, c.data) for c in bob.credentials] == [("trusted_networks", {"user_id": bob.id})]
     assert len(auth.store.users()) == 2
@@ -144,7 +144,7 @@ async def test_choosing_a_user_logs_in_as_that_user(opp_auth_factory: Factory, s
 async def test_second_login_reuses_the_credentials(opp_auth_factory: Factory, served: Any, sessions: Any) -> None:
     """Logging in twice as one person gives one credential, not two."""
     auth = await make_auth(opp_auth_factory)
-    alice = await auth.async_create_user("Alice", ["system-users"])
+    alice = await auth.users.async_create_user("Alice", ["system-users"])
     at = client_at(await served(auth), sessions)
     await at(INSIDE).tokens(HANDLER, [{"user": alice.id}])
     await at(INSIDE).tokens(HANDLER, [{"user": alice.id}])
@@ -157,11 +157,11 @@ async def test_choice_not_offered_is_invalid_auth(
 ) -> None:
     """A user that is not a candidate is a failed login (form with invalid_auth), not a 400 or a login."""
     auth = await make_auth(opp_auth_factory)
-    await auth.async_create_user("Alice", ["system-users"])
+    await auth.users.async_create_user("Alice", ["system-users"])
     ids = {
         "unknown": "0123456789ab4def8123456789abcdef",
-        "system": (await auth.async_create_system_user("Integration", ["system-users"])).id,
-        "inactive": (await auth.async_create_user("Gone", ["system-users"], is_active=False)).id,
+        "system": (await auth.users.async_create_system_user("Integration", ["system-users"])).id,
+        "inactive": (await auth.users.async_create_user("Gone", ["system-users"], is_active=False)).id,
         "not a user id": "../../etc/passwd",
     }
     driver = client_at(await served(auth), sessions)(INSIDE)
@@ -176,10 +176,10 @@ async def test_user_deactivated_after_the_form_was_shown_is_refused(
 ) -> None:
     """The choice is checked against the users as they are at submission time."""
     auth = await make_auth(opp_auth_factory)
-    alice = await auth.async_create_user("Alice", ["system-users"])
+    alice = await auth.users.async_create_user("Alice", ["system-users"])
     driver = client_at(await served(auth), sessions)(INSIDE)
     _, result = await driver.start(HANDLER)
-    await auth.async_deactivate_user(alice)
+    await auth.users.async_deactivate_user(alice)
     _, result = await driver.step(result["flow_id"], user=alice.id)
     assert result["errors"] == {"base": "invalid_auth"}
 
@@ -187,7 +187,7 @@ async def test_user_deactivated_after_the_form_was_shown_is_refused(
 async def test_non_string_choice_is_malformed_input(opp_auth_factory: Factory, served: Any, sessions: Any) -> None:
     """Input that is not even a string does not match the form: 400."""
     auth = await make_auth(opp_auth_factory)
-    await auth.async_create_user("Alice", ["system-users"])
+    await auth.users.async_create_user("Alice", ["system-users"])
     driver = client_at(await served(auth), sessions)(INSIDE)
     _, result = await driver.start(HANDLER)
     status, body = await driver.step(result["flow_id"], user=["a", "b"])
@@ -203,7 +203,7 @@ async def test_addresses_inside_the_networks_may_log_in(
 ) -> None:
     """IPv4 and IPv6 networks and single addresses are trusted (IPv4-mapped IPv6 counts as IPv4)."""
     auth = await make_auth(opp_auth_factory)
-    alice = await auth.async_create_user("Alice", ["system-users"])
+    alice = await auth.users.async_create_user("Alice", ["system-users"])
     client = await served(auth)
     tokens = await client_at(client, sessions)(ip).tokens(HANDLER, [{"user": alice.id}])
     assert await api_status(client, tokens["access_token"]) == 200
@@ -215,7 +215,7 @@ async def test_addresses_outside_the_networks_are_not_allowed(
 ) -> None:
     """Clients outside every trusted network get abort not_allowed."""
     auth = await make_auth(opp_auth_factory)
-    await auth.async_create_user("Alice", ["system-users"])
+    await auth.users.async_create_user("Alice", ["system-users"])
     status, result = await client_at(await served(auth), sessions)(ip).start(HANDLER)
     assert status == 200
     assert (result["type"], result["reason"]) == ("abort", "not_allowed")
@@ -227,7 +227,7 @@ async def test_the_proxy_own_address_is_not_allowed(
 ) -> None:
     """A request carrying the trusted proxy's address is refused even when it lies in a trusted network."""
     auth = await make_auth(opp_auth_factory, trusted_networks=["127.0.0.0/8", "192.168.0.0/24"])
-    await auth.async_create_user("Alice", ["system-users"])
+    await auth.users.async_create_user("Alice", ["system-users"])
     _, result = await client_at(await served(auth), sessions)(forwarded).start(HANDLER)
     assert (result["type"], result["reason"]) == ("abort", "not_allowed")
 
@@ -237,7 +237,7 @@ async def test_forwarded_header_from_an_untrusted_peer_is_not_believed(
 ) -> None:
     """Without proxy trust the header is ignored, so a claimed trusted address gains nothing."""
     auth = await opp_auth_factory(providers=[provider_config()], mfa_modules=[])
-    await auth.async_create_user("Alice", ["system-users"])
+    await auth.users.async_create_user("Alice", ["system-users"])
     _, result = await client_at(await served(auth), sessions)(INSIDE).start(HANDLER)
     assert (result["type"], result["reason"]) == ("abort", "not_allowed")
 
@@ -250,7 +250,7 @@ async def test_bypass_with_one_candidate_logs_in_without_a_form(
 ) -> None:
     """Flow creation answers create_entry with an authorization code that trades for tokens."""
     auth = await make_auth(opp_auth_factory, allow_bypass_login=True)
-    alice = await auth.async_create_user("Alice", ["system-users"])
+    alice = await auth.users.async_create_user("Alice", ["system-users"])
     client = await served(auth)
     driver = client_at(client, sessions)(INSIDE)
     status, result = await driver.start(HANDLER)
@@ -258,15 +258,15 @@ async def test_bypass_with_one_candidate_logs_in_without_a_form(
     assert result["title"] == "Trusted Networks"
     status, body = await driver.token(grant_type="authorization_code", client_id=CLIENT_ID, code=result["result"])
     assert status == 200, body
-    refresh_token = await auth.async_get_refresh_token_by_token(body["refresh_token"])
+    refresh_token = await auth.refresh_tokens.async_get_refresh_token_by_token(body["refresh_token"])
     assert refresh_token is not None and refresh_token.user.id == alice.id
 
 
 async def test_bypass_with_two_candidates_shows_the_form(opp_auth_factory: Factory, served: Any, sessions: Any) -> None:
     """With more than one candidate the person must choose."""
     auth = await make_auth(opp_auth_factory, allow_bypass_login=True)
-    await auth.async_create_user("Alice", ["system-users"])
-    await auth.async_create_user("Bob", ["system-users"])
+    await auth.users.async_create_user("Alice", ["system-users"])
+    await auth.users.async_create_user("Bob", ["system-users"])
     _, result = await client_at(await served(auth), sessions)(INSIDE).start(HANDLER)
     assert result["type"] == "form"
 
@@ -276,7 +276,7 @@ async def test_without_bypass_one_candidate_still_shows_the_form(
 ) -> None:
     """Bypass is off by default."""
     auth = await make_auth(opp_auth_factory)
-    await auth.async_create_user("Alice", ["system-users"])
+    await auth.users.async_create_user("Alice", ["system-users"])
     _, result = await client_at(await served(auth), sessions)(INSIDE).start(HANDLER)
     assert result["type"] == "form"
 
@@ -317,9 +317,9 @@ async def test_trusted_users_by_custom_group_and_user_id(opp_auth_factory: Facto
     auth = await make_auth(opp_auth_factory)
     family = Group(name="Family")
     auth.store.add_group(family)
-    kid = await auth.async_create_user("Kid", [family.id])
-    guest = await auth.async_create_user("Guest", ["system-read-only"])
-    await auth.async_create_user("Other", ["system-users"])
+    kid = await auth.users.async_create_user("Kid", [family.id])
+    guest = await auth.users.async_create_user("Guest", ["system-read-only"])
+    await auth.users.async_create_user("Other", ["system-users"])
     await auth.async_shutdown()
     auth = await make_auth(opp_auth_factory, trusted_users={"fd00::/8": [guest.id, {"group": [family.id]}]})
     options = await form_options(client_at(await served(auth), sessions)("fd00::5"))
@@ -355,7 +355,7 @@ async def test_person_outside_trusted_users_cannot_be_chosen(
 async def logged_in(factory: Factory, served: Any, sessions: Any) -> tuple[From, dict[str, Any]]:
     """Alice logged in from INSIDE: (driver factory, tokens); the proxy's own network is listed too."""
     auth = await make_auth(factory, trusted_networks=[*NETWORKS, "127.0.0.0/8"])
-    alice = await auth.async_create_user("Alice", ["system-users"])
+    alice = await auth.users.async_create_user("Alice", ["system-users"])
     at = client_at(await served(auth), sessions)
     return at, await at(INSIDE).tokens(HANDLER, [{"user": alice.id}])
 
@@ -380,11 +380,11 @@ async def test_refresh_from_inside_the_networks_is_allowed(opp_auth_factory: Fac
 async def test_refresh_with_unknown_address_is_refused(opp_auth_factory: Factory) -> None:
     """Minting without a remote address fails with the provider's message."""
     auth = await make_auth(opp_auth_factory)
-    alice = await auth.async_create_user("Alice", ["system-users"])
+    alice = await auth.users.async_create_user("Alice", ["system-users"])
     credentials = await provider(auth).async_get_or_create_credentials({"user": alice.id})
-    refresh_token = await auth.async_create_refresh_token(alice, CLIENT_ID, credential=credentials)
+    refresh_token = await auth.refresh_tokens.async_create_refresh_token(alice, CLIENT_ID, credential=credentials)
     with pytest.raises(InvalidAuthError, match="^Unknown remote ip can't be used for trusted network provider.$"):
-        await auth.async_create_access_token(refresh_token, None)
+        await auth.access_tokens.async_create_access_token(refresh_token, None)
 
 
 # ---- credentials ---------------------------------------------------------------------------
@@ -396,8 +396,8 @@ async def test_credentials_only_for_existing_active_people(opp_auth_factory: Fac
     auth = await make_auth(opp_auth_factory)
     ids = {
         "unknown": "0123456789ab4def8123456789abcdef",
-        "system": (await auth.async_create_system_user("Integration", ["system-users"])).id,
-        "inactive": (await auth.async_create_user("Gone", ["system-users"], is_active=False)).id,
+        "system": (await auth.users.async_create_system_user("Integration", ["system-users"])).id,
+        "inactive": (await auth.users.async_create_user("Gone", ["system-users"], is_active=False)).id,
     }
     before = len(auth.store.users())
     with pytest.raises(InvalidAuthError, match="invalid user"):
@@ -409,7 +409,7 @@ async def test_credentials_only_for_existing_active_people(opp_auth_factory: Fac
 async def test_new_credentials_are_linked_and_saved_at_once(opp_auth_factory: Factory) -> None:
     """Credentials are linked to the person when created, and written to .storage/auth."""
     auth = await make_auth(opp_auth_factory)
-    alice = await auth.async_create_user("Alice", ["system-users"])
+    alice = await auth.users.async_create_user("Alice", ["system-users"])
     credentials = await provider(auth).async_get_or_create_credentials({"user": alice.id})
     assert not credentials.is_new
     assert auth.store.user_for_credentials(credentials) is alice

@@ -55,14 +55,14 @@ async def test_users_and_tokens_persist_as_rows(
 ) -> None:
     """A user and a token survive a restart; each is one row."""
     auth = await _manager(opp_auth_factory)
-    user = await auth.async_create_user("Zoë 🙂\x00'; DROP TABLE opp_auth_users; --")
-    token = await auth.async_create_refresh_token(user, "https://example.com/app")
+    user = await auth.users.async_create_user("Zoë 🙂\x00'; DROP TABLE opp_auth_users; --")
+    token = await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
     await auth.async_shutdown()
     database = opp_auth_storage["url"].rsplit("/", 1)[1]
     rows = postgresql_server.execute(f"SELECT count(*) FROM pg_database WHERE datname = '{database}'")
     assert rows == [(1,)]
     again = await _manager(opp_auth_factory)
-    loaded = again.get_user(user.id)
+    loaded = again.users.get_user(user.id)
     assert loaded is not None and loaded.name == user.name
     assert again.store.get_refresh_token(token.id) is not None
 
@@ -73,15 +73,15 @@ async def test_revocation_reaches_the_other_server(opp_auth_factory: Factory) ->
     b = await _manager(opp_auth_factory)
     await backend_of(b).connected.wait()
     await backend_of(a).connected.wait()
-    user = await a.async_create_user("Alice")
-    token = await a.async_create_refresh_token(user, "https://example.com/app")
-    access = await a.async_create_access_token(token)
+    user = await a.users.async_create_user("Alice")
+    token = await a.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
+    access = await a.access_tokens.async_create_access_token(token)
     await wait_for(lambda: b.store.get_refresh_token(token.id) is not None)
-    assert b.validate_access_token(access) is not None
+    assert b.access_tokens.validate_access_token(access) is not None
     on_b = b.store.get_refresh_token(token.id)
     assert on_b is not None
-    await b.async_remove_refresh_token(on_b)
-    delay = await wait_for(lambda: a.validate_access_token(access) is None, timeout=1.0)
+    await b.refresh_tokens.async_remove_refresh_token(on_b)
+    delay = await wait_for(lambda: a.access_tokens.validate_access_token(access) is None, timeout=1.0)
     assert delay < 1.0
 
 
@@ -90,16 +90,16 @@ async def test_deactivation_and_removal_reach_the_other_server(opp_auth_factory:
     a = await _manager(opp_auth_factory)
     b = await _manager(opp_auth_factory)
     await backend_of(a).connected.wait()
-    user = await a.async_create_user("Bob")
-    token = await a.async_create_refresh_token(user, "https://example.com/app")
-    access = await a.async_create_access_token(token)
-    await wait_for(lambda: b.get_user(user.id) is not None)
-    on_b = b.get_user(user.id)
+    user = await a.users.async_create_user("Bob")
+    token = await a.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
+    access = await a.access_tokens.async_create_access_token(token)
+    await wait_for(lambda: b.users.get_user(user.id) is not None)
+    on_b = b.users.get_user(user.id)
     assert on_b is not None
-    await b.async_update_user(on_b, is_active=False)
-    await wait_for(lambda: a.validate_access_token(access) is None, timeout=1.0)
-    await b.async_remove_user(on_b)
-    await wait_for(lambda: a.get_user(user.id) is None, timeout=1.0)
+    await b.users.async_update_user(on_b, is_active=False)
+    await wait_for(lambda: a.access_tokens.validate_access_token(access) is None, timeout=1.0)
+    await b.users.async_remove_user(on_b)
+    await wait_for(lambda: a.users.get_user(user.id) is None, timeout=1.0)
     assert a.store.get_refresh_token(token.id) is None
 
 
@@ -220,23 +220,23 @@ async def test_staleness_window_then_fail_closed(
     opp_auth_storage["staleness_seconds"] = 1.5
     auth = await _manager(opp_auth_factory)
     await backend_of(auth).connected.wait()
-    user = await auth.async_create_user("Carol")
-    token = await auth.async_create_refresh_token(user, "https://example.com/app")
-    access = await auth.async_create_access_token(token)
+    user = await auth.users.async_create_user("Carol")
+    token = await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
+    access = await auth.access_tokens.async_create_access_token(token)
     postgresql_server.stop()
     try:
         lost = time.monotonic()
         await wait_for(lambda: not backend_of(auth).connected.is_set(), timeout=5.0)
         if time.monotonic() - lost < 1.0:
-            assert auth.validate_access_token(access) is not None
-        await wait_for(lambda: auth.validate_access_token(access) is None, timeout=5.0)
+            assert auth.access_tokens.validate_access_token(access) is not None
+        await wait_for(lambda: auth.access_tokens.validate_access_token(access) is None, timeout=5.0)
         assert time.monotonic() - lost < 1.5 + 2 * 1.0 + 5.0
         with pytest.raises(StorageError):
-            await auth.async_create_refresh_token(user, "https://example.com/app")
+            await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
     finally:
         postgresql_server.start()
-    await wait_for(lambda: auth.validate_access_token(access) is not None, timeout=10.0)
-    assert await auth.async_create_refresh_token(user, "https://example.com/app") is not None
+    await wait_for(lambda: auth.access_tokens.validate_access_token(access) is not None, timeout=10.0)
+    assert await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app") is not None
 
 
 async def test_a_restart_that_broke_every_pooled_connection_costs_no_write(
@@ -250,11 +250,11 @@ async def test_a_restart_that_broke_every_pooled_connection_costs_no_write(
     for conn in held:
         await backend.pool.putconn(conn)
     assert backend.pool.get_stats()["pool_available"] >= 5
-    user = await auth.async_create_user("Dave")
+    user = await auth.users.async_create_user("Dave")
     postgresql_server.stop()
     postgresql_server.start()
     # Every idle connection is now broken; more of them than the retries of one statement.
-    assert await auth.async_create_refresh_token(user, "https://example.com/app") is not None
+    assert await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app") is not None
     shared = backend.ephemeral_state()
     await shared.async_put_flow("after-restart", {"step": "init"}, 60.0)
     claimed = await shared.async_claim_flow("after-restart", 5.0)
@@ -272,13 +272,13 @@ async def test_a_schema_chosen_by_search_path_holds_every_table(
         conn.execute("CREATE SCHEMA auth")
     opp_auth_storage["url"] = postgresql_server.url(database) + "?options=-csearch_path%3Dauth"
     auth = await _manager(opp_auth_factory)
-    user = await auth.async_create_user("Erin")
-    assert await auth.async_create_refresh_token(user, "https://example.com/app") is not None
+    user = await auth.users.async_create_user("Erin")
+    assert await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app") is not None
     shared = backend_of(auth).ephemeral_state()
     await shared.async_put_flow("in-schema", {"step": "init"}, 60.0)
     assert await shared.async_claim_flow("in-schema", 5.0) is not None
     other = await _manager(opp_auth_factory)
-    assert [u.name for u in await other.async_get_users() if u.name == "Erin"] == ["Erin"]
+    assert [u.name for u in await other.users.async_get_users() if u.name == "Erin"] == ["Erin"]
     with psycopg.connect(postgresql_server.url(database)) as conn:
         tables = conn.execute(
             "SELECT schemaname, count(*) FROM pg_tables WHERE tablename LIKE 'opp_auth%%' GROUP BY schemaname"
@@ -294,9 +294,9 @@ async def test_listener_killed_catches_up(opp_auth_factory: Factory, postgresql_
     a = await _manager(opp_auth_factory)
     b = await _manager(opp_auth_factory)
     await backend_of(a).connected.wait()
-    user = await a.async_create_user("Dan")
-    token = await a.async_create_refresh_token(user, "https://example.com/app")
-    access = await a.async_create_access_token(token)
+    user = await a.users.async_create_user("Dan")
+    token = await a.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
+    access = await a.access_tokens.async_create_access_token(token)
     await wait_for(lambda: b.store.get_refresh_token(token.id) is not None)
     # Kill every LISTENing backend session of this database: A's (and B's) listeners.
     database = backend_of(a).url.rsplit("/", 1)[1]
@@ -307,8 +307,8 @@ async def test_listener_killed_catches_up(opp_auth_factory: Factory, postgresql_
     )
     on_b = b.store.get_refresh_token(token.id)
     assert on_b is not None
-    await b.async_remove_refresh_token(on_b)
-    await wait_for(lambda: a.validate_access_token(access) is None, timeout=3.0)
+    await b.refresh_tokens.async_remove_refresh_token(on_b)
+    await wait_for(lambda: a.access_tokens.validate_access_token(access) is None, timeout=3.0)
 
 
 async def test_url_password_is_not_shown() -> None:
@@ -394,7 +394,7 @@ async def test_contact_regained_brings_a_fresh_connection_pool(
     503 "couldn't get a connection" (tests/stores/postgresql/test_processes.py saw it in CI)."""
     auth = await _manager(opp_auth_factory)
     backend = backend_of(auth)
-    user = await auth.async_create_user("Grace")
+    user = await auth.users.async_create_user("Grace")
     old = backend.pool
     postgresql_server.stop()
     try:
@@ -403,5 +403,5 @@ async def test_contact_regained_brings_a_fresh_connection_pool(
         postgresql_server.start()
     await wait_for(lambda: backend.connected.is_set(), timeout=10.0)
     assert backend.pool is not None and backend.pool is not old
-    assert await auth.async_create_refresh_token(user, "https://example.com/app") is not None
+    assert await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app") is not None
     await wait_for(lambda: old is not None and old.closed, timeout=12.0)

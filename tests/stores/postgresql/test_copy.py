@@ -120,13 +120,13 @@ async def test_copy_to_postgresql_and_back(
     auth = build_auth(config, pm)
     await auth.async_setup()
     try:
-        provider = auth.local_provider()
+        provider = auth.registry.local_provider()
         assert provider is not None
         await provider.async_validate_login("paulus", PASSWORD)  # type: ignore[attr-defined]
         token = auth.store.get_refresh_token_by_token(written["token"]["token"])
         assert token is not None and token.user.name == "Paulus \u00e9\U0001f642"
-        access = await auth.async_create_access_token(token)
-        assert auth.validate_access_token(access) is not None
+        access = await auth.access_tokens.async_create_access_token(token)
+        assert auth.access_tokens.validate_access_token(access) is not None
     finally:
         await auth.async_shutdown()
 
@@ -194,7 +194,7 @@ async def test_copy_refuses_while_a_server_uses_the_database(
     auth = build_auth(load_config(served, pm), pm)
     await auth.async_setup()
     try:
-        await auth.async_create_user("Someone")
+        await auth.users.async_create_user("Someone")
         await auth.backend.connected.wait()  # type: ignore[attr-defined]
         target = tmp_path / "target"
         target.mkdir()

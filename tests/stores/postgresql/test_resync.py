@@ -46,23 +46,23 @@ async def test_pruned_changes_make_a_server_reload_everything(
     a = await opp_auth_factory(providers=[EXAMPLE])
     b = await opp_auth_factory(providers=[EXAMPLE])
     await backend_of(a).connected.wait()
-    gone = await a.async_create_user("Gone")
-    token = await a.async_create_refresh_token(gone, "https://example.com/app")
-    await wait_for(lambda: b.get_user(gone.id) is not None)
+    gone = await a.users.async_create_user("Gone")
+    token = await a.refresh_tokens.async_create_refresh_token(gone, "https://example.com/app")
+    await wait_for(lambda: b.users.get_user(gone.id) is not None)
     # A's listener goes away (and stays away while B works): cancel it.
     listener = backend_of(a)._listener
     assert listener is not None
     listener.cancel()
     await asyncio.gather(listener, return_exceptions=True)
     backend_of(a)._listener = None
-    on_b = b.get_user(gone.id)
+    on_b = b.users.get_user(gone.id)
     assert on_b is not None
-    await b.async_remove_user(on_b)
-    kept = await b.async_create_user("Kept")
+    await b.users.async_remove_user(on_b)
+    kept = await b.users.async_create_user("Kept")
     assert await backend_of(b).async_prune(older_than_hours=0) > 0
-    assert a.get_user(gone.id) is not None  # A has not heard
+    assert a.users.get_user(gone.id) is not None  # A has not heard
     backend_of(a).start_listening()
-    await wait_for(lambda: a.get_user(gone.id) is None and a.get_user(kept.id) is not None)
+    await wait_for(lambda: a.users.get_user(gone.id) is None and a.users.get_user(kept.id) is not None)
     assert a.store.get_refresh_token(token.id) is None
     assert {u.id for u in a.store.users()} == {u.id for u in b.store.users()}
 
@@ -72,20 +72,20 @@ async def test_a_lost_race_is_refused_and_the_cache_follows_the_database(opp_aut
     a = await opp_auth_factory(providers=[EXAMPLE])
     b = await opp_auth_factory(providers=[EXAMPLE])
     await backend_of(a).connected.wait()
-    user = await a.async_create_user("Raced")
-    await wait_for(lambda: b.get_user(user.id) is not None)
+    user = await a.users.async_create_user("Raced")
+    await wait_for(lambda: b.users.get_user(user.id) is not None)
     listener = backend_of(a)._listener
     assert listener is not None
     listener.cancel()
     await asyncio.gather(listener, return_exceptions=True)
     backend_of(a)._listener = None
-    on_b = b.get_user(user.id)
+    on_b = b.users.get_user(user.id)
     assert on_b is not None
-    await b.async_remove_user(on_b)
+    await b.users.async_remove_user(on_b)
     with pytest.raises(StorageError):
-        await a.async_create_refresh_token(user, "https://example.com/app")
+        await a.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
     backend_of(a).start_listening()
-    await wait_for(lambda: a.get_user(user.id) is None)
+    await wait_for(lambda: a.users.get_user(user.id) is None)
     assert not [t for t in a.store.refresh_tokens() if t.user.id == user.id]
 
 
@@ -96,9 +96,9 @@ async def test_revocation_on_another_server_closes_the_websocket(
     a = await opp_auth_factory(providers=[EXAMPLE])
     b = await opp_auth_factory(providers=[EXAMPLE])
     await backend_of(a).connected.wait()
-    user = await a.async_create_user("Sock", ["system-admin"])
-    token = await a.async_create_refresh_token(user, "https://example.com/app")
-    access = await a.async_create_access_token(token)
+    user = await a.users.async_create_user("Sock", ["system-admin"])
+    token = await a.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
+    access = await a.access_tokens.async_create_access_token(token)
     client = await opp_auth_client(a)
     ws = await client.session.ws_connect(client.url("/api/websocket"))
     try:
@@ -108,7 +108,7 @@ async def test_revocation_on_another_server_closes_the_websocket(
         await wait_for(lambda: b.store.get_refresh_token(token.id) is not None)
         on_b = b.store.get_refresh_token(token.id)
         assert on_b is not None
-        await b.async_remove_refresh_token(on_b)
+        await b.refresh_tokens.async_remove_refresh_token(on_b)
         msg: Any = await ws.receive(timeout=2.0)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED), msg
     finally:
