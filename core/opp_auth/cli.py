@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import voluptuous as vol
 from . import __version__, audit_cli
 from .audit import AUDIT_SCHEMA, audit_config, record_offline
 from .config import ensure_config_dir, load_config
-from .events import AuthEvent, Origin, set_origin
+from .events import ADDRESS_UNBANNED, AuthEvent, Origin, set_origin
 from .manager import AuthManager
 from .models import GROUP_ID_ADMIN, GROUP_ID_READ_ONLY, GROUP_ID_USER
 from .plugins import PluginError, make_plugin_manager
@@ -451,13 +451,52 @@ def cmd_bans_remove(args: argparse.Namespace) -> int:
         bans.emit = lambda event_type, **values: lifted.append(
             AuthEvent(type=event_type, time=time.time(), via="cli", **values)
         )
+        # With a shared storage the ban lives in the database too: lifted there first (every running
+        # server applies it, and one started later does not bring it back from the database).
+        in_database = _lift_shared_ban(config_dir, args.pm, address)
         if not bans.remove_ban(address):
-            print(f"{address} is not banned")
-            return 1
+            if not in_database:
+                print(f"{address} is not banned")
+                return 1
+            bans.emit(ADDRESS_UNBANNED, details={"ip_address": address})
         # With a shared storage (servers may run) the record goes where theirs go: the database.
         record_offline(config_dir, _audit_config(config_dir, args.pm), lifted, sink=_audit_reader(args))
     print(f"Ban of {address} removed")
     return 0
+
+
+def _lift_shared_ban(config_dir: Path, pm: Any, address: str) -> bool:
+    """With a shared storage, lift address's ban in it (a retained event); whether it was banned there."""
+    from .http.ban import TOPIC, BanManager
+
+    try:
+        config = load_config(config_dir, pm)
+    except (ConfigError, PluginError, OSError):
+        return False
+    backend = config.storage_class(config.storage, str(config_dir))
+    state = backend.ephemeral_state()
+    if not state.shared:
+        return False
+
+    async def run() -> bool:
+        """Replay the database's bans; publish the lift if it holds one."""
+        await backend.async_open()
+        try:
+            shared = BanManager(config_dir, threshold=-1)  # not loaded: the database's bans only
+            shared.share(state)
+            await state.async_replay(TOPIC, 10 * 365 * 86400.0)
+            if address not in shared.banned:
+                return False
+            event = {"op": "unban", "ip": address, "at": datetime.now(UTC).isoformat()}
+            await state.async_publish_retained(TOPIC, event, address)
+            return True
+        finally:
+            await backend.async_close()
+
+    try:
+        return asyncio.run(run())
+    except StorageError as err:
+        raise CliError(str(err)) from None
 
 
 def _server_running(config_dir: Path) -> bool:

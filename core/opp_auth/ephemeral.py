@@ -22,7 +22,8 @@ and the same structures then also write through to it:
 - counter changes and bans as *events* every process applies to its own
   structures (:meth:`async_publish`, :meth:`subscribe`); :meth:`async_barrier`
   waits until every event published before it was applied here, so a login step
-  is checked against the failures every process counted;
+  is checked against the failures every process counted; a ban or a lifted ban
+  is *retained* (:meth:`async_publish_retained`), replayed at start whatever its age;
 - a lock per account (or address) held for one login step in every process
   (:meth:`async_step_lock`), so two guesses at one account never run at once;
 - expiry by the shared store's clock (ages, never one process's wall clock).
@@ -108,6 +109,14 @@ class EphemeralState:
     async def async_publish(self, topic: str, event: dict[str, Any]) -> None:
         """Have every other process's subscribers of topic called with event (JSON)."""
 
+    async def async_publish_retained(self, topic: str, event: dict[str, Any], key: str) -> None:
+        """async_publish, and the latest event of (topic, key) is kept for good (a ban, a lifted ban).
+
+        :meth:`async_replay` delivers it whatever its age, so a process started any time later
+        learns it; an earlier retained event of the same key is then forgotten.
+        """
+        await self.async_publish(topic, event)
+
     def subscribe(self, topic: str, callback: Callable[[dict[str, Any], float], None]) -> None:
         """callback(event, age in seconds) for each event another process published on topic."""
         self._subscribers.setdefault(topic, []).append(callback)
@@ -133,7 +142,10 @@ class EphemeralState:
         yield
 
     async def async_replay(self, topic: str, seconds: float) -> None:
-        """Deliver the events of topic published in the last seconds (a process catching up at start)."""
+        """Deliver the events of topic published in the last seconds, and its retained events of any age.
+
+        For a process catching up at start.
+        """
 
 
 __all__ = ["EphemeralState", "digest"]

@@ -13,9 +13,13 @@ server counts the failures all of them publish (the throttle's topic
 ``login_failures``); the server whose own failure reaches the threshold bans
 and publishes the ban (topic ``ip_bans``), and a lifted ban is published too, so
 a ban made on one server is refused by all within the change feed's delay (the
-login engine's barrier waits for it). Only the banning server appends to
-``ip_bans.yaml``; a server that starts replays the bans of the change feed's
-retention.
+login engine's barrier waits for it). Bans and lifts are *retained* events
+(:meth:`opp_auth.ephemeral.EphemeralState.async_publish_retained`, keyed by the
+address): a server that starts replays the latest of each address, whatever its
+age, after ``ip_bans.yaml`` (which only the banning server appends to). A lift so
+replayed removes a ban the file holds from before it, so a lifted ban stays
+lifted on a server whose file still lists it; a ban the file dates after the lift
+(written by hand since) stays.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +73,7 @@ class BanManager:
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self.state = EphemeralState()
         self._pending: set[asyncio.Future[Any]] = set()
+        self._from_file: set[str] = set()  # bans as ip_bans.yaml has them (no shared event since)
 
     def share(self, state: EphemeralState) -> None:
         """Count and ban together with the other servers of a shared state (see the module docstring)."""
@@ -94,9 +99,15 @@ class BanManager:
             except ValueError:
                 at = datetime.now(UTC)
             self.banned[ip] = at
+            self._from_file.discard(ip)
             self._failures.pop(ip, None)
         elif event.get("op") == "unban":
+            banned_at = self.banned.get(ip)
+            lifted_at = datetime.now(UTC) - timedelta(seconds=max(0.0, age))  # ages are the store's clock
+            if ip in self._from_file and banned_at is not None and _sort_key(banned_at) > lifted_at:
+                return  # the file bans it again after the lift (by hand, or while this server was away)
             self.banned.pop(ip, None)
+            self._from_file.discard(ip)
 
     def load(self) -> None:
         """Read ip_bans.yaml; a bad entry is skipped with an error, never a crash."""
@@ -131,6 +142,7 @@ class BanManager:
             if not isinstance(banned_at, datetime):
                 banned_at = datetime.now(UTC)
             self.banned[address] = banned_at
+            self._from_file.add(address)
 
     def is_banned(self, ip: str | None) -> bool:
         """Whether requests from ip are refused."""
@@ -173,7 +185,8 @@ class BanManager:
         """Ban an address and append it to ip_bans.yaml."""
         now = datetime.now(UTC)
         self.banned[ip] = now
-        self._publish_later({"op": "ban", "ip": ip, "at": now.isoformat()})
+        self._from_file.discard(ip)
+        self._publish_later({"op": "ban", "ip": ip, "at": now.isoformat()}, ip)
         _LOGGER.warning("Banned IP %s for too many login attempts", ip)
         self.emit(ADDRESS_BANNED, details={"ip_address": ip, "threshold": self.threshold})
         try:
@@ -186,7 +199,8 @@ class BanManager:
         """Lift a ban (rewrites the file); False when ip was not banned."""
         if self.banned.pop(ip, None) is None:
             return False
-        self._publish_later({"op": "unban", "ip": ip})
+        self._from_file.discard(ip)
+        self._publish_later({"op": "unban", "ip": ip, "at": datetime.now(UTC).isoformat()}, ip)
         self.emit(ADDRESS_UNBANNED, details={"ip_address": ip})
         content = {addr: {"banned_at": at.isoformat()} for addr, at in self.banned.items()}
         try:
@@ -195,10 +209,10 @@ class BanManager:
             _LOGGER.error("Unable to save %s: %s", self.path, err)
         return True
 
-    def _publish_later(self, event: dict[str, Any]) -> None:
-        """Tell the other servers (with a shared state); the task is awaited by whoever waits on pending."""
+    def _publish_later(self, event: dict[str, Any], ip: str) -> None:
+        """Tell the other servers, and those started later (retained per address); whoever waits on pending awaits it."""
         if self.state.shared:
-            task = asyncio.ensure_future(self.state.async_publish(TOPIC, event))
+            task = asyncio.ensure_future(self.state.async_publish_retained(TOPIC, event, ip))
             self._pending.add(task)
             task.add_done_callback(self._published)
 

@@ -40,7 +40,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from opp_auth import StorageBackend
 
-from .ephemeral import EVENT_KIND, SharedState
+from .ephemeral import EVENT_KIND, KEEP, SharedState
 from .schema import CHANNEL, LOCK_SERVERS, LOCK_WRITE, async_migrate
 
 StorageError = StorageBackend.Error
@@ -513,6 +513,8 @@ class PostgresBackend(StorageBackend):
         data, seq = await load_auth(conn)
         self.last_seq = seq
         self.publish_remote([{"t": "all", "v": data}])
+        if self._shared is not None:  # the bans and lifted bans it missed
+            await self._shared.async_replay_retained(conn, seq)
         for document in self._documents.values():
             if document.loaded:
                 document.schedule_reload()
@@ -538,9 +540,15 @@ class PostgresBackend(StorageBackend):
         assert self.pool is not None
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_WRITE,))
+            # The latest change of each retained event's (topic, key) stays (a ban, a lifted ban): a
+            # server started any time later replays it. Such a change holds that one record only.
             cur = await conn.execute(
-                "DELETE FROM opp_auth_changes WHERE at < now() - make_interval(secs => %s) RETURNING seq",
-                (hours * 3600.0,),
+                "DELETE FROM opp_auth_changes WHERE at < now() - make_interval(secs => %s) "
+                f"AND seq NOT IN (SELECT DISTINCT ON (r ->> 'topic', r ->> '{KEEP}') c.seq "
+                "FROM opp_auth_changes c, json_array_elements(c.records::json) r "
+                "WHERE strpos(c.records, %s) > 0 AND json_typeof(r) = 'object' AND r ->> 't' = %s "
+                f"AND r ->> '{KEEP}' IS NOT NULL ORDER BY r ->> 'topic', r ->> '{KEEP}', c.seq DESC) RETURNING seq",
+                (hours * 3600.0, f'"{KEEP}":', EVENT_KIND),
             )
             seqs = [int(r[0]) for r in await cur.fetchall()]
             if seqs:

@@ -48,6 +48,7 @@ SWEEP_INTERVAL = 60.0
 CLAIM_POLL = 0.02
 BARRIER_TIMEOUT = 5.0
 EVENT_KIND = "eph"
+KEEP = "keep"  # an eph record's retention key (async_publish_retained): the latest per topic and key outlives pruning
 RETRIES = 3
 VALUE_PREFIX = "value:"  # plugins' keys, digested apart from flow ids and codes
 # Step locks (async_step_lock): session advisory locks on one connection per server, tried every
@@ -395,6 +396,10 @@ class SharedState(StorageBackend.EphemeralState):
         """A change record of kind eph: every other server's feed delivers it."""
         await self.backend.async_write([], [{"t": EVENT_KIND, "topic": topic, "e": event}])
 
+    async def async_publish_retained(self, topic: str, event: dict[str, Any], key: str) -> None:
+        """An eph record that names its key: the pruner keeps the latest change of each (topic, key)."""
+        await self.backend.async_write([], [{"t": EVENT_KIND, "topic": topic, "e": event, KEEP: key}])
+
     def apply_record(self, record: dict[str, Any]) -> None:
         """An eph record from the feed (another server's)."""
         topic, event = record.get("topic"), record.get("e")
@@ -422,7 +427,7 @@ class SharedState(StorageBackend.EphemeralState):
         return self.step_locks.hold(key)
 
     async def async_replay(self, topic: str, seconds: float) -> None:
-        """Deliver topic's events of the last seconds that this server's feed started after."""
+        """Deliver topic's events of the last seconds, and its retained ones, that this server's feed started after."""
         pool = self.backend.pool
         if pool is None:
             return
@@ -430,28 +435,48 @@ class SharedState(StorageBackend.EphemeralState):
             async with pool.connection() as conn:
                 cur = await conn.execute(
                     "SELECT extract(epoch FROM clock_timestamp() - at)::float8, records FROM opp_auth_changes "
-                    "WHERE at > clock_timestamp() - make_interval(secs => %s) AND seq <= %s "
-                    "AND strpos(records, %s) > 0 ORDER BY seq",
-                    (seconds, self.backend.last_seq, f'"t":"{EVENT_KIND}"'),
+                    "WHERE (at > clock_timestamp() - make_interval(secs => %s) OR strpos(records, %s) > 0) "
+                    "AND seq <= %s AND strpos(records, %s) > 0 ORDER BY seq",
+                    (seconds, f'"{KEEP}":', self.backend.last_seq, f'"t":"{EVENT_KIND}"'),
                 )
                 rows = await cur.fetchall()
                 await conn.rollback()
         except (TimeoutError, PoolTimeout, psycopg.Error, OSError) as err:
             _LOGGER.warning("Could not read the recent shared events: %s", err)
             return
+        self._deliver_rows(rows, topic)
+
+    async def async_replay_retained(self, conn: Any, upto: int) -> None:
+        """Deliver every retained event up to change upto (conn: the feed's; after a reload, as at start).
+
+        A server away longer than the retention reloads the store and lost the events it missed;
+        the retained ones (bans, lifted bans) are what it must still learn.
+        """
+        cur = await conn.execute(
+            "SELECT extract(epoch FROM clock_timestamp() - at)::float8, records FROM opp_auth_changes "
+            "WHERE strpos(records, %s) > 0 AND seq <= %s AND strpos(records, %s) > 0 ORDER BY seq",
+            (f'"{KEEP}":', upto, f'"t":"{EVENT_KIND}"'),
+        )
+        self._deliver_rows(await cur.fetchall(), None, retained=True)
+
+    def _deliver_rows(self, rows: list[Any], topic: str | None, *, retained: bool = False) -> None:
+        """The eph records (of topic; of any topic when None) of change rows (age, records text), in order."""
         for age, text in rows:
             try:
                 records = json.loads(text)
             except ValueError:
                 continue
             for record in records if isinstance(records, list) else ():
-                if isinstance(record, dict) and record.get("t") == EVENT_KIND and record.get("topic") == topic:
-                    event = record.get("e")
-                    if isinstance(event, dict):
-                        try:
-                            self.deliver(topic, event, float(age))
-                        except Exception:
-                            _LOGGER.exception("Replaying a shared %s event failed", topic)
+                if not isinstance(record, dict) or record.get("t") != EVENT_KIND:
+                    continue
+                name, event = record.get("topic"), record.get("e")
+                if not isinstance(name, str) or not isinstance(event, dict) or (retained and KEEP not in record):
+                    continue
+                if topic is None or name == topic:
+                    try:
+                        self.deliver(name, event, float(age))
+                    except Exception:
+                        _LOGGER.exception("Replaying a shared %s event failed", name)
 
     # ---- housekeeping ------------------------------------------------------------------------
 

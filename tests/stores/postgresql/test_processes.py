@@ -22,6 +22,7 @@ import aiohttp
 import bcrypt
 import pyotp
 import pytest
+import yaml
 
 from opp_auth.plugins import make_plugin_manager
 from opp_auth.testing import CLIENT_ID, LoginFlowDriver, PostgresServer
@@ -580,6 +581,69 @@ async def test_a_ban_made_on_a_is_refused_on_b(
             assert status == 403, body
     # Others are not banned.
     assert (await login(session, b))["access_token"]
+
+
+async def test_bans_outlive_the_change_retention_and_a_lift_stays_lifted(
+    cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
+    postgresql_server: PostgresServer,
+) -> None:
+    """X banned on A, Y banned on B then lifted; every change pruned; C (a directory of its own) refuses X only.
+
+    C's ip_bans.yaml still lists Y as it was before the lift (a file the lift never reached):
+    the lift, replayed from the database, wins over it.
+    """
+    lifted = "198.51.100.9"
+    (a, b), _session, database = await cluster_factory(
+        http="http:\n"
+        + PROXIED
+        + "  ip_ban_enabled: true\n  login_attempts_threshold: 1\n  login_throttle:\n    enabled: false\n"
+    )
+    for address, server in ((ATTACKER, a), (lifted, b)):
+        async with from_address(address) as client:
+            driver = LoginFlowDriver(client, server.url)
+            status, form = await driver.start(LOCAL)
+            assert status == 200, form
+            status, body = await driver.step(form["flow_id"], username=USERNAME, password="wrong")
+            assert status == 200, body
+            status, body = await driver.start(LOCAL)
+            assert status == 403, body
+    file_before_lift = (a.config_dir / "ip_bans.yaml").read_text(encoding="utf-8")
+    assert lifted in file_before_lift and ATTACKER in file_before_lift
+    removed = await asyncio.to_thread(opp_auth_command, a.config_dir, "bans", "remove", lifted)
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    async with from_address(lifted) as client:
+        for server in (a, b):  # the running servers apply the lift
+
+            async def allowed(client: aiohttp.ClientSession = client, server: Server = server) -> bool:
+                status, _ = await LoginFlowDriver(client, server.url).start(LOCAL)
+                return status == 200
+
+            await until(allowed, timeout=2.0)
+    # The change feed's retention passes: the pruner deletes every change older than it.
+    url = postgresql_server.url(database)
+    cls = make_plugin_manager().store_classes["postgresql"]
+    backend = cls(cls.CONFIG_SCHEMA({"type": "postgresql", "url": url}), str(a.config_dir))
+    await backend.async_open()
+    try:
+        assert await backend.async_prune(older_than_hours=0) > 0
+    finally:
+        await backend.async_close()
+    # C runs elsewhere: its own directory, whose ip_bans.yaml has Y as it was before the lift.
+    elsewhere = a.config_dir.parent / "elsewhere"
+    shutil.copytree(a.config_dir, elsewhere, ignore=shutil.ignore_patterns("ip_bans.yaml", "*.log"))
+    entry = yaml.safe_load(file_before_lift)[lifted]
+    assert "banned_at" in entry, file_before_lift
+    (elsewhere / "ip_bans.yaml").write_text(yaml.safe_dump({lifted: entry}), encoding="utf-8")
+    c = Server(elsewhere, "c")
+    await c.start()
+    try:
+        async with from_address(ATTACKER) as attacker, from_address(lifted) as client:
+            status, body = await LoginFlowDriver(attacker, c.url).start(LOCAL)
+            assert status == 403, body
+            status, body = await LoginFlowDriver(client, c.url).start(LOCAL)
+            assert status == 200, body
+    finally:
+        c.stop()
 
 
 async def test_lockouts_list_and_clear_cover_every_server(
