@@ -27,8 +27,10 @@ Fixtures:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
+import inspect
 import itertools
 import json
 import os
@@ -36,6 +38,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -366,6 +369,22 @@ def opp_auth_storage(request: pytest.FixtureRequest, opp_auth_storage_type: str)
         raise ValueError(f"unknown storage type {opp_auth_storage_type!r}")
     server: PostgresServer = request.getfixturevalue("postgresql_server")
     yield {"type": "postgresql", "url": server.url(server.empty_shared_database())}
+
+
+async def async_wait_until(predicate: Callable[[], Any], timeout: float = 3.0, interval: float = 0.01) -> float:
+    """Seconds until predicate() is true (a plain or an async predicate); an AssertionError after timeout.
+
+    For what another server, a background write or the change feed makes true a little later.
+    """
+    start = time.monotonic()
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return time.monotonic() - start
+        assert time.monotonic() - start < timeout, f"not true within {timeout} s"
+        await asyncio.sleep(interval)
 
 
 async def async_stored_document(config_dir: str | Path, key: str, version: int = 1) -> Any:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
+
+from opp_auth.testing import async_wait_until
 
 from .test_totp import PROVIDERS
 
@@ -14,13 +15,6 @@ from .test_totp import PROVIDERS
 @pytest.fixture
 def opp_auth_storage_type() -> str:
     return "postgresql"
-
-
-async def wait_for(predicate: Any, timeout: float = 3.0) -> None:
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_an_enrolment_stays_when_another_servers_change_arrives_meanwhile(
@@ -36,7 +30,7 @@ async def test_an_enrolment_stays_when_another_servers_change_arrives_meanwhile(
     totp_a, totp_b = a.registry.get_auth_mfa_module("totp"), b.registry.get_auth_mfa_module("totp")
     first = await a.users.async_create_user("First")
     await totp_b.async_setup_user("someone-else", {})
-    await wait_for(lambda: "someone-else" in totp_a._users)
+    await async_wait_until(lambda: "someone-else" in totp_a._users)
     real = a.backend.async_write
     release = asyncio.Event()
     entered = asyncio.Event()
@@ -51,7 +45,7 @@ async def test_an_enrolment_stays_when_another_servers_change_arrives_meanwhile(
     enrolment = asyncio.ensure_future(totp_a.async_setup_user(first.id, {}))
     await entered.wait()
     await totp_b.async_setup_user("a-third", {})
-    await wait_for(lambda: "a-third" in totp_a._users)
+    await async_wait_until(lambda: "a-third" in totp_a._users)
     release.set()
     await enrolment
     assert await totp_a.async_is_user_setup(first.id), "the enrolment was undone in server A's memory"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
+
+from opp_auth.testing import async_wait_until
 
 from .test_webauthn import CONFIG, PROVIDERS, enrol, make_user
 
@@ -14,13 +15,6 @@ from .test_webauthn import CONFIG, PROVIDERS, enrol, make_user
 @pytest.fixture
 def opp_auth_storage_type() -> str:
     return "postgresql"
-
-
-async def wait_for(predicate: Any, timeout: float = 3.0) -> None:
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_removed_passkey_stays_removed_when_another_servers_change_arrives_meanwhile(
@@ -37,11 +31,11 @@ async def test_a_removed_passkey_stays_removed_when_another_servers_change_arriv
     module_b = b.registry.get_auth_mfa_module("webauthn")
     user = await make_user(a)
     passkey = await enrol(module_a, authenticator, user.id)
-    await wait_for(lambda: passkey["id"] in module_b._by_credential)
+    await async_wait_until(lambda: passkey["id"] in module_b._by_credential)
     # Any change of B's that A follows (A rebuilds its passkeys from its store's copy).
     other = await make_user(b, [{"username": "other", "password": "other-pass"}])
     await enrol(module_b, authenticator, other.id, "Other")
-    await wait_for(lambda: other.id in module_a._users)
+    await async_wait_until(lambda: other.id in module_a._users)
     real = a.backend.async_write
     release = asyncio.Event()
     entered = asyncio.Event()
@@ -57,7 +51,7 @@ async def test_a_removed_passkey_stays_removed_when_another_servers_change_arriv
     await entered.wait()
     assert passkey["id"] not in module_a._by_credential
     await enrol(module_b, authenticator, other.id, "Other 2")
-    await wait_for(lambda: len(module_a._users[other.id]["passkeys"]) == 2)
+    await async_wait_until(lambda: len(module_a._users[other.id]["passkeys"]) == 2)
     release.set()
     await removal
     assert passkey["id"] not in module_a._by_credential, "the removed passkey is back on server A"

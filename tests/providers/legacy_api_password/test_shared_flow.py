@@ -5,16 +5,14 @@ Its stored state is the core's (the MFA progress), never the password.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 import pytest
 from opp_auth_legacy_api_password import LegacyLoginFlow
 
 from opp_auth.ephemeral import digest
-from opp_auth.testing import CLIENT_ID
+from opp_auth.testing import CLIENT_ID, async_wait_until
 
 HANDLER = ("legacy_api_password", None)
 PASSWORD = "s3cret-pässword"
@@ -25,13 +23,6 @@ REDIRECT = CLIENT_ID + "auth_callback"
 @pytest.fixture
 def opp_auth_storage_type() -> str:
     return "postgresql"
-
-
-async def until(predicate: Any, timeout: float = 3.0) -> None:
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, "not within the time"
-        await asyncio.sleep(0.01)
 
 
 async def servers(opp_auth_factory: Any) -> tuple[Any, Any]:
@@ -82,7 +73,9 @@ async def test_mfa_step_on_the_other_server_and_a_tampered_state(
     )
     other = await a.users.async_create_user("someone else")
     for server in (a, b):
-        await until(lambda s=server: s.store.get_user(user.id) is not None and s.store.get_user(other.id) is not None)
+        await async_wait_until(
+            lambda s=server: s.store.get_user(user.id) is not None and s.store.get_user(other.id) is not None
+        )
         await server.registry.get_auth_mfa_module("insecure_example").async_setup_user(user.id, {"pin": "1234"})
     form = await start(b)
     mfa = await step(a, form["flow_id"], {"password": PASSWORD})

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from opp_auth_local import STORAGE_KEY
+
+from opp_auth.testing import async_wait_until
 
 from .test_failed_saves import stored_logins
 from .test_provider import PASSWORD, Factory, local, login, make_auth
@@ -18,13 +18,6 @@ NAMES = ["a", "ab", 'a"', "a,", "a]", "a}", 'a"},', "a\\", "é", "e\u0301", "a b
 
 def view(users: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(u["username"], u["password"]) for u in users]
-
-
-async def wait_for(predicate: Any, timeout: float = 3.0) -> None:
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("opp_auth_storage_type", ["json", "postgresql"])
@@ -55,7 +48,7 @@ async def test_odd_names_and_sequences(
     await provider.async_change_password("a}", "changed-a}")
     memory = view(provider.data.users)
     if other is not None:
-        await wait_for(lambda: sorted(view(other.data.users)) == sorted(memory))
+        await async_wait_until(lambda: sorted(view(other.data.users)) == sorted(memory))
     else:
         assert sorted(view(await stored_logins(config_dir))) == sorted(memory)
     again = local(await make_auth(opp_auth_factory))

@@ -7,9 +7,7 @@ credentials of that user, and refuses a stored state that names anything else.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 import pytest
@@ -17,7 +15,7 @@ from opp_auth_trusted_header import TrustedHeaderLoginFlow
 
 from opp_auth.ephemeral import digest
 from opp_auth.flow import UnknownFlow
-from opp_auth.testing import CLIENT_ID
+from opp_auth.testing import CLIENT_ID, async_wait_until
 
 HANDLER = ("trusted_header", None)
 PROXY = "127.0.0.2"
@@ -34,13 +32,6 @@ CONFIG = {
 @pytest.fixture
 def opp_auth_storage_type() -> str:
     return "postgresql"
-
-
-async def until(predicate: Any, timeout: float = 3.0) -> None:
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, "not within the time"
-        await asyncio.sleep(0.01)
 
 
 async def start(server: Any, username: str) -> dict[str, Any]:
@@ -72,7 +63,7 @@ async def enrolled(opp_auth_factory: Any, *names: str) -> tuple[Any, Any, dict[s
         credentials = await a.login_flow.codes.async_redeem(CLIENT_ID, done["result"], "authorize")
         users[name] = await a.users.async_get_or_create_user(credentials)
     for server in (a, b):
-        await until(lambda s=server: all(s.store.get_user(u.id) is not None for u in users.values()))
+        await async_wait_until(lambda s=server: all(s.store.get_user(u.id) is not None for u in users.values()))
         for user in users.values():
             await server.registry.get_auth_mfa_module("insecure_example").async_setup_user(user.id, {"pin": "1234"})
     return a, b, users
@@ -101,7 +92,14 @@ async def test_a_stored_flow_rewritten_to_another_user_is_refused(
     row = await a.ephemeral._one("SELECT state FROM opp_auth_flows WHERE id = %s", (key,))
     state = json.loads(row[0])
     # The core's state only (the proxy's word is not kept); credentials by their stored data, no meta.
-    assert set(state["flow"]) == {"mfa_module", "mfa_modules", "invalid_mfa_times", "user_id", "credentials", "mfa_passed"}
+    assert set(state["flow"]) == {
+        "mfa_module",
+        "mfa_modules",
+        "invalid_mfa_times",
+        "user_id",
+        "credentials",
+        "mfa_passed",
+    }
     assert state["flow"]["credentials"]["meta"] is None
     state["flow"]["user_id"] = users["bob"].id
     await a.ephemeral._one("UPDATE opp_auth_flows SET state = %s WHERE id = %s", (json.dumps(state), key))

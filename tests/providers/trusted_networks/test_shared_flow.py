@@ -7,9 +7,7 @@ naming a user that address may not pick is refused.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 import pytest
@@ -17,7 +15,7 @@ from opp_auth_trusted_networks import TrustedNetworksLoginFlow
 
 from opp_auth.flow import UnknownFlow
 from opp_auth.login_flow import AddressChanged
-from opp_auth.testing import CLIENT_ID
+from opp_auth.testing import CLIENT_ID, async_wait_until
 
 HANDLER = ("trusted_networks", None)
 HTTP = {"use_x_forwarded_for": True, "trusted_proxies": ["127.0.0.1"]}
@@ -29,13 +27,6 @@ REDIRECT = CLIENT_ID + "auth_callback"
 @pytest.fixture
 def opp_auth_storage_type() -> str:
     return "postgresql"
-
-
-async def until(predicate: Any, timeout: float = 3.0) -> None:
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, "not within the time"
-        await asyncio.sleep(0.01)
 
 
 async def cluster(opp_auth_factory: Any, *, mfa: bool = False) -> tuple[Any, Any, dict[str, str]]:
@@ -56,7 +47,7 @@ async def cluster(opp_auth_factory: Any, *, mfa: bool = False) -> tuple[Any, Any
     a = await opp_auth_factory(**config)
     b = await opp_auth_factory(**config)
     for server in (a, b):
-        await until(lambda s=server: all(s.store.get_user(i) is not None for i in ids.values()))
+        await async_wait_until(lambda s=server: all(s.store.get_user(i) is not None for i in ids.values()))
         if mfa:
             for user_id in ids.values():
                 await server.registry.get_auth_mfa_module("insecure_example").async_setup_user(user_id, {"pin": "1234"})
@@ -116,7 +107,7 @@ async def test_mfa_step_on_b_and_a_tampered_user_is_refused(
     office = await step(b, office["flow_id"], {"pin": "1234"}, OFFICE)
     bob = await a.login_flow.codes.async_redeem(CLIENT_ID, office["result"], "authorize")
     assert bob is not None
-    await until(lambda: b.store.get_credentials(bob.id) is not None)
+    await async_wait_until(lambda: b.store.get_credentials(bob.id) is not None)
     # ann's flow, at its MFA step: honest, it finishes on B.
     form = await start(a, HOME)
     mfa = await step(b, form["flow_id"], {"user": ids["ann"]}, HOME)

@@ -14,7 +14,7 @@ from opp_auth_postgresql.schema import SCHEMA_VERSION, async_migrate
 
 from opp_auth.manager import AuthManager
 from opp_auth.storage import StorageError
-from opp_auth.testing import PostgresServer
+from opp_auth.testing import PostgresServer, async_wait_until
 
 Factory = Callable[..., Awaitable[AuthManager]]
 EXAMPLE = {
@@ -39,15 +39,6 @@ def backend_of(auth: AuthManager) -> PostgresBackend:
     backend = auth.backend
     assert isinstance(backend, PostgresBackend)
     return backend
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> float:
-    """Seconds until predicate() is true (fails after timeout)."""
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, "condition not met in time"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - start
 
 
 async def test_users_and_tokens_persist_as_rows(
@@ -76,12 +67,12 @@ async def test_revocation_reaches_the_other_server(opp_auth_factory: Factory) ->
     user = await a.users.async_create_user("Alice")
     token = await a.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
     access = await a.access_tokens.async_create_access_token(token)
-    await wait_for(lambda: b.store.get_refresh_token(token.id) is not None)
+    await async_wait_until(lambda: b.store.get_refresh_token(token.id) is not None)
     assert b.access_tokens.validate_access_token(access) is not None
     on_b = b.store.get_refresh_token(token.id)
     assert on_b is not None
     await b.refresh_tokens.async_remove_refresh_token(on_b)
-    delay = await wait_for(lambda: a.access_tokens.validate_access_token(access) is None, timeout=1.0)
+    delay = await async_wait_until(lambda: a.access_tokens.validate_access_token(access) is None, timeout=1.0)
     assert delay < 1.0
 
 
@@ -93,13 +84,13 @@ async def test_deactivation_and_removal_reach_the_other_server(opp_auth_factory:
     user = await a.users.async_create_user("Bob")
     token = await a.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
     access = await a.access_tokens.async_create_access_token(token)
-    await wait_for(lambda: b.users.get_user(user.id) is not None)
+    await async_wait_until(lambda: b.users.get_user(user.id) is not None)
     on_b = b.users.get_user(user.id)
     assert on_b is not None
     await b.users.async_update_user(on_b, is_active=False)
-    await wait_for(lambda: a.access_tokens.validate_access_token(access) is None, timeout=1.0)
+    await async_wait_until(lambda: a.access_tokens.validate_access_token(access) is None, timeout=1.0)
     await b.users.async_remove_user(on_b)
-    await wait_for(lambda: a.users.get_user(user.id) is None, timeout=1.0)
+    await async_wait_until(lambda: a.users.get_user(user.id) is None, timeout=1.0)
     assert a.store.get_refresh_token(token.id) is None
 
 
@@ -116,14 +107,14 @@ async def test_documents_reach_the_other_server(opp_auth_factory: Factory) -> No
     await backend_of(b).connected.wait()
     data: dict[str, Any] = {"users": {"u1": {"secret": "s1"}}}
     await doc_a.async_save_changes(data, [("users", "u1")])
-    await wait_for(lambda: bool(heard))
+    await async_wait_until(lambda: bool(heard))
     assert heard[-1] == {"users": {"u1": {"secret": "s1"}}}
     del data["users"]["u1"]
     data["users"]["%_'\x00"] = {"secret": "s2"}
     await doc_a.async_save_changes(data, [("users", "u1"), ("users", "%_'\x00")])
-    await wait_for(lambda: heard[-1] == data)
+    await async_wait_until(lambda: heard[-1] == data)
     await doc_a.async_save({"whole": True})
-    await wait_for(lambda: heard[-1] == {"whole": True})
+    await async_wait_until(lambda: heard[-1] == {"whole": True})
     # What a restart reads is the same.
     fresh = a.storage("test_doc", 1)
     assert await fresh.async_load() == {"whole": True}
@@ -171,6 +162,7 @@ async def test_a_path_saves_subtree_delete_is_an_index_range(opp_auth_factory: F
         plan = "\n".join(str(row[0]) for row in await cur.fetchall())
     conditions = [line for line in plan.splitlines() if "Index Cond" in line]
     assert any("path" in line and ">=" in line for line in conditions), plan
+
 
 async def test_unstorable_document_is_refused(opp_auth_factory: Factory) -> None:
     """A lone surrogate or NaN raises StorageError; nothing is written."""
@@ -226,16 +218,16 @@ async def test_staleness_window_then_fail_closed(
     postgresql_server.stop()
     try:
         lost = time.monotonic()
-        await wait_for(lambda: not backend_of(auth).connected.is_set(), timeout=5.0)
+        await async_wait_until(lambda: not backend_of(auth).connected.is_set(), timeout=5.0)
         if time.monotonic() - lost < 1.0:
             assert auth.access_tokens.validate_access_token(access) is not None
-        await wait_for(lambda: auth.access_tokens.validate_access_token(access) is None, timeout=5.0)
+        await async_wait_until(lambda: auth.access_tokens.validate_access_token(access) is None, timeout=5.0)
         assert time.monotonic() - lost < 1.5 + 2 * 1.0 + 5.0
         with pytest.raises(StorageError):
             await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
     finally:
         postgresql_server.start()
-    await wait_for(lambda: auth.access_tokens.validate_access_token(access) is not None, timeout=10.0)
+    await async_wait_until(lambda: auth.access_tokens.validate_access_token(access) is not None, timeout=10.0)
     assert await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app") is not None
 
 
@@ -297,7 +289,7 @@ async def test_listener_killed_catches_up(opp_auth_factory: Factory, postgresql_
     user = await a.users.async_create_user("Dan")
     token = await a.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
     access = await a.access_tokens.async_create_access_token(token)
-    await wait_for(lambda: b.store.get_refresh_token(token.id) is not None)
+    await async_wait_until(lambda: b.store.get_refresh_token(token.id) is not None)
     # Kill every LISTENing backend session of this database: A's (and B's) listeners.
     database = backend_of(a).url.rsplit("/", 1)[1]
     postgresql_server.execute(
@@ -308,7 +300,7 @@ async def test_listener_killed_catches_up(opp_auth_factory: Factory, postgresql_
     on_b = b.store.get_refresh_token(token.id)
     assert on_b is not None
     await b.refresh_tokens.async_remove_refresh_token(on_b)
-    await wait_for(lambda: a.access_tokens.validate_access_token(access) is None, timeout=3.0)
+    await async_wait_until(lambda: a.access_tokens.validate_access_token(access) is None, timeout=3.0)
 
 
 async def test_url_password_is_not_shown() -> None:
@@ -398,10 +390,10 @@ async def test_contact_regained_brings_a_fresh_connection_pool(
     old = backend.pool
     postgresql_server.stop()
     try:
-        await wait_for(lambda: not backend.connected.is_set(), timeout=5.0)
+        await async_wait_until(lambda: not backend.connected.is_set(), timeout=5.0)
     finally:
         postgresql_server.start()
-    await wait_for(lambda: backend.connected.is_set(), timeout=10.0)
+    await async_wait_until(lambda: backend.connected.is_set(), timeout=10.0)
     assert backend.pool is not None and backend.pool is not old
     assert await auth.refresh_tokens.async_create_refresh_token(user, "https://example.com/app") is not None
-    await wait_for(lambda: old is not None and old.closed, timeout=12.0)
+    await async_wait_until(lambda: old is not None and old.closed, timeout=12.0)

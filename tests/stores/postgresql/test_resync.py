@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ from opp_auth_postgresql.backend import PostgresBackend
 
 from opp_auth.manager import AuthManager
 from opp_auth.storage import StorageError
-from opp_auth.testing import OppAuthClient, PostgresServer
+from opp_auth.testing import OppAuthClient, PostgresServer, async_wait_until
 
 Factory = Callable[..., Awaitable[AuthManager]]
 EXAMPLE = {"type": "insecure_example", "users": [{"username": "alice", "password": "alice-pw", "name": "Alice"}]}
@@ -31,14 +30,6 @@ def backend_of(auth: AuthManager) -> PostgresBackend:
     return auth.backend
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Until predicate() (fails after timeout)."""
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_pruned_changes_make_a_server_reload_everything(
     opp_auth_factory: Factory, postgresql_server: PostgresServer
 ) -> None:
@@ -48,7 +39,7 @@ async def test_pruned_changes_make_a_server_reload_everything(
     await backend_of(a).connected.wait()
     gone = await a.users.async_create_user("Gone")
     token = await a.refresh_tokens.async_create_refresh_token(gone, "https://example.com/app")
-    await wait_for(lambda: b.users.get_user(gone.id) is not None)
+    await async_wait_until(lambda: b.users.get_user(gone.id) is not None)
     # A's listener goes away (and stays away while B works): cancel it.
     listener = backend_of(a)._listener
     assert listener is not None
@@ -62,7 +53,7 @@ async def test_pruned_changes_make_a_server_reload_everything(
     assert await backend_of(b).async_prune(older_than_hours=0) > 0
     assert a.users.get_user(gone.id) is not None  # A has not heard
     backend_of(a).start_listening()
-    await wait_for(lambda: a.users.get_user(gone.id) is None and a.users.get_user(kept.id) is not None)
+    await async_wait_until(lambda: a.users.get_user(gone.id) is None and a.users.get_user(kept.id) is not None)
     assert a.store.get_refresh_token(token.id) is None
     assert {u.id for u in a.store.users()} == {u.id for u in b.store.users()}
 
@@ -73,7 +64,7 @@ async def test_a_lost_race_is_refused_and_the_cache_follows_the_database(opp_aut
     b = await opp_auth_factory(providers=[EXAMPLE])
     await backend_of(a).connected.wait()
     user = await a.users.async_create_user("Raced")
-    await wait_for(lambda: b.users.get_user(user.id) is not None)
+    await async_wait_until(lambda: b.users.get_user(user.id) is not None)
     listener = backend_of(a)._listener
     assert listener is not None
     listener.cancel()
@@ -85,7 +76,7 @@ async def test_a_lost_race_is_refused_and_the_cache_follows_the_database(opp_aut
     with pytest.raises(StorageError):
         await a.refresh_tokens.async_create_refresh_token(user, "https://example.com/app")
     backend_of(a).start_listening()
-    await wait_for(lambda: a.users.get_user(user.id) is None)
+    await async_wait_until(lambda: a.users.get_user(user.id) is None)
     assert not [t for t in a.store.refresh_tokens() if t.user.id == user.id]
 
 
@@ -105,7 +96,7 @@ async def test_revocation_on_another_server_closes_the_websocket(
         assert (await ws.receive_json(timeout=5))["type"] == "auth_required"
         await ws.send_json({"type": "auth", "access_token": access})
         assert (await ws.receive_json(timeout=5))["type"] == "auth_ok"
-        await wait_for(lambda: b.store.get_refresh_token(token.id) is not None)
+        await async_wait_until(lambda: b.store.get_refresh_token(token.id) is not None)
         on_b = b.store.get_refresh_token(token.id)
         assert on_b is not None
         await b.refresh_tokens.async_remove_refresh_token(on_b)
