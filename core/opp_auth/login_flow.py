@@ -53,7 +53,7 @@ from .models import Credentials, RefreshToken, User
 from .network import is_local_address
 from .providers import AuthProvider, InvalidAuthError, ProviderUnavailableError
 from .shares import AddressShares, Full, KnownAddresses
-from .throttle import normalize_username
+from .throttle import account_key
 
 if TYPE_CHECKING:
     from .context import PluginContext
@@ -658,7 +658,7 @@ class LoginFlowManager(FlowManager):
             username = flow.context.get(THROTTLE_USERNAME)
         else:
             flow.context[THROTTLE_USERNAME] = username
-        account = normalize_username(username)
+        account = account_key(username)
         kind, who = ("ip", ip_address) if account is None else ("user", account)
         # With several servers the account's lock is theirs too (held for this step, released after),
         # and the barrier runs once it is held: the failure of the step before, wherever it ran, was

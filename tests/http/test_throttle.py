@@ -109,6 +109,28 @@ def test_usernames_are_compared_case_folded_and_stripped() -> None:
     assert t.retry_after("203.0.113.1", "ALICE") == 1
 
 
+@pytest.mark.parametrize(
+    ("typed", "other"),
+    [
+        ("J\u00e9r\u00f4me", "Je\u0301ro\u0302me"),  # NFC and NFD
+        ("alice", "\uff41\uff4c\uff49\uff43\uff45"),  # full-width letters
+        ("office", "o\ufb03ce"),  # the ffi ligature
+        ("alice", "\u00a0alice\u2003"),  # a no-break space and an em space around it
+        ("stra\u00dfe", "STRASSE"),  # case folding after normalisation
+    ],
+)
+def test_forms_a_directory_takes_for_one_account_share_its_counters(typed: str, other: str) -> None:
+    """Each form an LDAP server folds into one account (RFC 4518's preparation) counts against the same
+    account and pair: typing a new form buys no fresh attempts."""
+    t, _ = throttle()
+    fail(t, "203.0.113.1", typed, 5)
+    assert t.retry_after("203.0.113.1", other) == t.retry_after("203.0.113.1", typed) == 1  # the pair
+    t, _ = throttle(attempts_per_user=3)
+    for n in range(4):  # the account's tally of strangers counts every form
+        fail(t, f"198.51.100.{n}", (typed, other)[n % 2])
+    assert t.retry_after("192.0.2.9", other) == t.retry_after("192.0.2.9", typed) > 0
+
+
 def test_other_accounts_from_the_same_address_are_not_locked_by_a_pair() -> None:
     t, _ = throttle()
     fail(t, "203.0.113.1", "alice", 5)
