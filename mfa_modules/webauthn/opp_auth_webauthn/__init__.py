@@ -9,6 +9,17 @@ issued for: one login flow (``flow:<flow_id>``), one session's enrolment or
 re-authentication (``register:<refresh token id>``, ``reauth:<refresh token
 id>``), one passwordless login flow. Enrolment and management are websocket
 commands (websocket.py); passwordless login is a provider (passwordless.py).
+
+Login challenges (the MFA step's ``flow:<flow_id>`` and the passwordless flow's
+``passwordless:<flow_id>``) must be found by whichever server receives the
+assertion: with several servers on one storage (``PluginContext.shared_state``)
+they are kept where every server sees them (``PluginContext.async_put_shared``,
+under ``webauthn.<module id>.challenge.<binding>``: the 32 random bytes, the user
+it was issued to, the user verification asked), expiring ``timeout`` seconds after
+issue by the storage's clock and taken by one atomic delete, so an assertion
+issued on one server verifies on another exactly once. Enrolment and
+re-authentication ceremonies run over one websocket connection (one server) and
+stay in this process's memory, as every challenge does on one server (JSON store).
 """
 
 from __future__ import annotations
@@ -58,6 +69,9 @@ MAX_CREDENTIAL_JSON = 64 * 1024  # an assertion is about 1 KiB; attestation with
 MAX_PASSKEYS_PER_USER = 32
 MAX_PENDING_CHALLENGES = 10_000
 MAX_NAME_LENGTH = 64
+# Bindings of login ceremonies: the next step of a login may reach any server (shared challenges).
+SHARED_BINDINGS = ("flow:", "passwordless:")
+_USER_VERIFICATION = ("required", "preferred", "discouraged")
 PROOF_WINDOW = 300.0  # seconds a password or factor proof lets a session add a passkey
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -316,7 +330,7 @@ class WebauthnAuthModule(MfaModule):
 
     async def async_login_challenge(self, user_id: str, flow_id: str) -> dict[str, Any] | None:
         """Request options for this login flow: a fresh challenge bound to it, the user's passkeys allowed."""
-        return {"webauthn": self.request_options(f"flow:{flow_id}", user_id)}
+        return {"webauthn": await self.async_request_options(f"flow:{flow_id}", user_id)}
 
     async def async_validate_in_flow(self, user_id: str, user_input: dict[str, Any], flow_id: str) -> bool:
         """The assertion answers the challenge of this flow, for one of this user's passkeys."""
@@ -358,17 +372,74 @@ class WebauthnAuthModule(MfaModule):
         return pending
 
     def cancel(self, binding: str) -> None:
-        """Forget a challenge."""
+        """Forget a challenge (of this server's memory)."""
         self._pending.pop(binding, None)
+
+    # A login's challenges with several servers on one storage: kept for every server.
+
+    def _shares(self, binding: str) -> bool:
+        """Whether binding's challenge is kept for every server (a login's, with a shared storage)."""
+        return binding.startswith(SHARED_BINDINGS) and self.auth.shared_state
+
+    def _shared_key(self, binding: str) -> str:
+        """Where binding's challenge is kept for every server (the store keys it by a digest)."""
+        return f"webauthn.{self.id}.challenge.{binding}"
+
+    async def _async_issue(self, binding: str, user_id: str | None, user_verification: str) -> bytes:
+        """_issue, kept for every server when binding is a login's and the storage is shared."""
+        if not self._shares(binding):
+            return self._issue(binding, user_id, user_verification)
+        challenge = secrets.token_bytes(32)
+        value = {"challenge": bytes_to_base64url(challenge), "user_id": user_id, "uv": user_verification}
+        await self.auth.async_put_shared(self._shared_key(binding), value, self.timeout)  # replaces an older one
+        return challenge
+
+    async def _async_take(self, binding: str) -> Pending | None:
+        """_take, from where every server sees it: of several servers taking it at once, one gets it.
+
+        The stored value is input: a malformed one is no challenge, and user verification is the
+        stronger of the stored one and what this module's configuration asks now.
+        """
+        if not self._shares(binding):
+            return self._take(binding)
+        value = await self.auth.async_take_shared(self._shared_key(binding))  # expired: None (storage's clock)
+        if value is None:
+            return None
+        challenge, user_id, uv = value.get("challenge"), value.get("user_id"), value.get("uv")
+        if not isinstance(challenge, str) or not (user_id is None or isinstance(user_id, str)):
+            return None
+        try:
+            raw = base64url_to_bytes(challenge)
+        except (ValueError, TypeError):
+            return None
+        if len(raw) != 32 or uv not in _USER_VERIFICATION:
+            return None
+        if self.config["user_verification"] == "required" or binding.startswith("passwordless:"):
+            uv = "required"
+        return Pending(raw, user_id, float("inf"), str(uv))
 
     def request_options(
         self, binding: str, user_id: str | None, *, user_verification: str | None = None
     ) -> dict[str, Any]:
         """navigator.credentials.get() options (JSON form) with a new challenge bound to binding.
 
-        user_id None asks for a discoverable credential (passwordless login).
+        user_id None asks for a discoverable credential (passwordless login). A login's binding
+        (``flow:``, ``passwordless:``) with a shared storage needs :meth:`async_request_options`.
         """
+        if self._shares(binding):
+            raise RuntimeError(f"{binding.split(':')[0]} challenges are shared: use async_request_options")
         uv = user_verification or self.config["user_verification"]
+        return self._request_options(self._issue(binding, user_id, uv), user_id, uv)
+
+    async def async_request_options(
+        self, binding: str, user_id: str | None, *, user_verification: str | None = None
+    ) -> dict[str, Any]:
+        """request_options for any binding: a login's challenge is kept for every server when they share the storage."""
+        uv = user_verification or self.config["user_verification"]
+        return self._request_options(await self._async_issue(binding, user_id, uv), user_id, uv)
+
+    def _request_options(self, challenge: bytes, user_id: str | None, uv: str) -> dict[str, Any]:
+        """The options carrying challenge: user_id's passkeys allowed (None: any discoverable one)."""
         allow = []
         if user_id is not None:
             for passkey in self._entry(user_id)["passkeys"]:
@@ -378,7 +449,7 @@ class WebauthnAuthModule(MfaModule):
                 )
         options = generate_authentication_options(
             rp_id=self.rp_id,
-            challenge=self._issue(binding, user_id, uv),
+            challenge=challenge,
             timeout=int(self.timeout * 1000),
             allow_credentials=allow,
             user_verification=UserVerificationRequirement(uv),
@@ -445,7 +516,7 @@ class WebauthnAuthModule(MfaModule):
         user_id None (passwordless) finds the user from the credential id and
         its user handle. Raises CeremonyError with the reason.
         """
-        pending = self._take(binding)  # taken first: a refused answer spends the challenge too
+        pending = await self._async_take(binding)  # taken first: a refused answer spends the challenge too
         parsed = self._parse(credential)
         if pending is None:
             raise CeremonyError("invalid_challenge", "The passkey challenge is unknown, used or expired")

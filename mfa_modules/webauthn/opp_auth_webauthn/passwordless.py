@@ -10,6 +10,13 @@ that verified its user (PIN, biometrics) is both factors, so the login needs no
 further MFA step; without verification it is refused. The flow finishes with
 the user's existing credentials (the first of a configured provider), so the
 refresh token is checked by that provider as after a password login.
+
+The flow is shared (``SHARED_STATE``): with several servers on one database the
+assertion may reach another server than the one that showed the form. It rests
+only at that form, before any user: its stored state is the core's, empty, and a
+stored state naming a user, credentials or MFA progress is refused. The challenge
+is the module's, kept for every server and taken once; the user always comes from
+the verified assertion.
 """
 
 from __future__ import annotations
@@ -19,12 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import voluptuous as vol
 
-from opp_auth import AuthProvider, Credentials, FlowResult, LoginFlow
+from opp_auth import AuthProvider, Credentials, FlowResult, LoginFlow, User
 
 if TYPE_CHECKING:
     from . import WebauthnAuthModule
 
 _LOGGER = logging.getLogger(__name__)
+
+CREDENTIAL_SCHEMA = vol.Schema({vol.Required("credential"): str})
 
 
 class PasskeyLoginProvider(AuthProvider):
@@ -56,6 +65,29 @@ class PasskeyLoginProvider(AuthProvider):
 class PasskeyLoginFlow(LoginFlow["PasskeyLoginProvider"]):
     """One step: the browser's assertion for a discoverable credential."""
 
+    SHARED_STATE = True
+
+    def load_state(self, state: dict[str, Any], credentials: Credentials | None, user: User | None) -> None:
+        """The flow at its one form, before any user (ValueError: a stored state claiming more is refused).
+
+        It finishes in the step that verifies the assertion, so a stored flow never names a user,
+        credentials or MFA progress: whose login it is comes from the next verified assertion only.
+        """
+        if (
+            user is not None
+            or credentials is not None
+            or any(state.get(key) is not None for key in ("user_id", "credentials", "mfa_module", "mfa_passed"))
+            or state.get("mfa_modules")
+        ):
+            raise ValueError("passkey flow: a stored flow is at its first step, with no user")
+        super().load_state(state, None, None)
+
+    def step_schema(self, step_id: str) -> vol.Schema | None:
+        """The assertion form (the flow has no other step)."""
+        if step_id == "init":
+            return CREDENTIAL_SCHEMA
+        raise KeyError(step_id)
+
     @property
     def _binding(self) -> str:
         """Challenges of this flow."""
@@ -72,10 +104,10 @@ class PasskeyLoginFlow(LoginFlow["PasskeyLoginProvider"]):
             if credentials is not None:
                 return await self.async_finish(credentials)
             errors["base"] = "invalid_auth"
-        options = module.request_options(self._binding, None, user_verification="required")
+        options = await module.async_request_options(self._binding, None, user_verification="required")
         return self.async_show_form(
             step_id="init",
-            data_schema=vol.Schema({vol.Required("credential"): str}),
+            data_schema=CREDENTIAL_SCHEMA,
             description_placeholders={"challenge": {"webauthn": options, "passwordless": True}},
             errors=errors,
         )
