@@ -345,6 +345,8 @@ class NotifyAuthModule(MfaModule):
             )
             return "send_failed"
         self._note_send(user_id)
+        if self.auth.shared_state:
+            await self._async_note_shared_send(user_id)
         return None
 
     # ---- new-device alerts ------------------------------------------------------------------
@@ -425,6 +427,26 @@ class NotifyAuthModule(MfaModule):
         """Where the user's pending code of this module is kept for every server."""
         return f"notify.{self.id}.pending.{user_id}"
 
+    def _sends_key(self, user_id: str) -> str:
+        """Where the times of the codes sent to the user in the last minute are kept for every server."""
+        return f"notify.{self.id}.sends.{user_id}"
+
+    async def _async_shared_sends(self, user_id: str) -> list[float]:
+        """Times (epoch seconds) of the codes any server sent the user in the last minute."""
+        current = await self.auth.async_get_shared(self._sends_key(user_id))
+        times = current[0].get("times") if current is not None else None
+        if not isinstance(times, list):
+            return []
+        now = time.time()
+        return [t for t in times if type(t) in (int, float) and 0 <= now - t < 60]
+
+    async def _async_note_shared_send(self, user_id: str) -> None:
+        """Count a send against the user's per-minute limit on every server (read, then written: the
+        login steps of one account run one at a time on every server, so two do not interleave)."""
+        times = await self._async_shared_sends(user_id)
+        times.append(time.time())
+        await self.auth.async_put_shared(self._sends_key(user_id), {"times": times[-SENDS_PER_MINUTE:]}, 60.0)
+
     async def _async_share(self, user_id: str, pending: _Pending, ttl: float) -> None:
         """Keep the code every server must accept (its six digits, not the key) for ttl seconds."""
         code = _code_at(pending.key, pending.counter)
@@ -476,6 +498,11 @@ class NotifyAuthModule(MfaModule):
         if not isinstance(resends, int) or isinstance(resends, bool):
             return
         if setting is None or current is None or not self.may_resend(user_id, resends):
+            return
+        if len(await self._async_shared_sends(user_id)) >= SENDS_PER_MINUTE:
+            _LOGGER.warning(
+                "Not sending another code to user %s: %d codes sent in the last minute", user_id, SENDS_PER_MINUTE
+            )
             return
         # The first send's expiry stays: the fresh code lives what the old one had left.
         fresh = _Pending(secrets.token_bytes(KEY_BYTES), secrets.randbelow(MAX_COUNTER), 0.0, resends + 1)

@@ -86,6 +86,22 @@ async def test_resends_are_counted_across_servers(opp_auth_factory: Any, make_us
     assert await on_b.async_validate(user.id, {"code": codes_file()[-1]}) is True
 
 
+async def test_the_per_minute_send_limit_counts_every_servers_sends(
+    opp_auth_factory: Any, make_user: Any, codes_file: Any
+) -> None:
+    """Five codes a minute per user, wherever they were sent: a resend on A after five sends spread over
+    A and B goes out nowhere (each server counting its own would have sent a sixth)."""
+    on_a, on_b, user = await servers(opp_auth_factory, make_user)
+    await on_a.async_initialize_login_mfa_step(user.id)
+    for module in (on_b, on_a, on_b):
+        await module.async_after_failed_validation(user.id)
+    await on_b.async_initialize_login_mfa_step(user.id)  # a new login: the fifth code this minute
+    assert len(codes_file()) == opp_auth_notify.SENDS_PER_MINUTE == 5
+    await on_a.async_after_failed_validation(user.id)
+    assert len(codes_file()) == 5
+    assert await on_a.async_validate(user.id, {"code": codes_file()[-1]}) is True  # the last one still works
+
+
 async def test_an_expired_code_is_refused_and_gone(
     opp_auth_factory: Any, make_user: Any, codes_file: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
