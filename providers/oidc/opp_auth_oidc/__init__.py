@@ -48,6 +48,7 @@ from opp_auth import (
     InvalidAuthError,
     LoginFlow,
     RefreshToken,
+    User,
     UserMeta,
     hookimpl,
     is_safe_username,
@@ -203,17 +204,71 @@ class Identity:
         self.group = group
 
 
-class Pending:
-    """A login waiting for the provider: its secrets and, once the callback ran, the outcome."""
+def identity_value(identity: Identity) -> dict[str, Any]:
+    """An Identity as JSON (the provider's tokens included: seal it before it leaves the process)."""
+    return {
+        "iss": identity.issuer,
+        "sub": identity.sub,
+        "username": identity.username,
+        "name": identity.name,
+        "groups": sorted(identity.groups),
+        "group": identity.group,
+        "sid": identity.sid,
+        "access_token": identity.access_token,
+        "refresh_token": identity.refresh_token,
+    }
 
-    def __init__(self, flow: OidcLoginFlow, redirect_uri: str) -> None:
+
+def identity_of(value: Any) -> Identity | None:
+    """The Identity identity_value gave; None for anything else."""
+    if not isinstance(value, dict):
+        return None
+    iss, sub, username, group, groups = (value.get(k) for k in ("iss", "sub", "username", "group", "groups"))
+    if not (
+        all(isinstance(v, str) and v for v in (iss, sub, username, group))
+        and isinstance(groups, list)
+        and all(isinstance(g, str) for g in groups)
+        and all(value.get(k) is None or isinstance(value.get(k), str) for k in ("name", "sid"))
+        and all(value.get(k) is None or isinstance(value.get(k), str) for k in ("access_token", "refresh_token"))
+    ):
+        return None
+    identity = Identity(str(iss), str(sub), str(username), value.get("name"), set(groups), str(group), value.get("sid"))
+    identity.access_token = value.get("access_token")
+    identity.refresh_token = value.get("refresh_token")
+    return identity
+
+
+class Pending:
+    """A login waiting for the provider: its secrets and, once the callback ran, the outcome.
+
+    flow is the flow object on one server (the JSON store); with a shared state it is None and the
+    entry travels as a sealed shared value (see OidcAuthProvider.async_authorization_url).
+    """
+
+    def __init__(self, flow: OidcLoginFlow | None, redirect_uri: str, flow_id: str = "") -> None:
         """Fresh state, nonce and PKCE verifier."""
         self.flow = flow
+        self.flow_id = flow.flow_id if flow is not None else flow_id
         self.redirect_uri = redirect_uri
         self.state = secrets.token_urlsafe(32)
         self.nonce = secrets.token_urlsafe(32)
         self.verifier, self.challenge = pkce_pair()
         self.expires = time.monotonic() + PENDING_TTL
+
+
+PENDING_KEY = "oidc.pending."
+
+
+def _pending_binding(provider_id: str, state: str) -> str:
+    return f"oidc-pending:{provider_id}:{state}"
+
+
+def _outcome_binding(provider_id: str, flow_id: str) -> str:
+    return f"oidc-outcome:{provider_id}:{flow_id}"
+
+
+def _flow_binding(provider_id: str, user_id: str, credentials_id: str) -> str:
+    return f"oidc-flow:{provider_id}:{user_id}:{credentials_id}"
 
 
 class OidcAuthProvider(AuthProvider):
@@ -357,11 +412,33 @@ class OidcAuthProvider(AuthProvider):
         return OidcLoginFlow(self, self.redirect_uri_for(context))
 
     async def async_authorization_url(self, flow: OidcLoginFlow, redirect_uri: str) -> str:
-        """Register a pending login and return the provider URL to send the browser to."""
+        """Register a pending login and return the provider URL to send the browser to.
+
+        One server (the JSON store): the entry stays in memory with the flow object. Several
+        servers on one storage: it is a shared value under ``oidc.pending.<state>`` that the
+        callback takes once on whichever server it reaches: the provider id in the clear, the
+        rest (flow id, nonce, PKCE verifier, redirect_uri, expiry) sealed with the key of
+        .opp-auth-oidc-key, bound to the provider and the state.
+        """
         metadata = await self.async_metadata()
-        self._purge()
-        pending = Pending(flow, redirect_uri)
-        self.pending[pending.state] = pending
+        if self.auth.shared_state:
+            pending = Pending(None, redirect_uri, flow.flow_id)
+            secret = {
+                "flow": pending.flow_id,
+                "nonce": pending.nonce,
+                "verifier": pending.verifier,
+                "redirect_uri": redirect_uri,
+                "expires": time.time() + PENDING_TTL,
+            }
+            provider_id = self.id or ""
+            sealed = self.sessions.seal(_pending_binding(provider_id, pending.state), secret)
+            await self.auth.async_put_shared(
+                PENDING_KEY + pending.state, {"provider": provider_id, "sealed": sealed}, PENDING_TTL
+            )
+        else:
+            self._purge()
+            pending = Pending(flow, redirect_uri)
+            self.pending[pending.state] = pending
         query = {
             "response_type": "code",
             "client_id": self.config["client_id"],
@@ -379,6 +456,64 @@ class OidcAuthProvider(AuthProvider):
         """The pending login of a state, removed (a state works once)."""
         self._purge()
         return self.pending.pop(state, None)
+
+    def pending_from(self, state: str, sealed: Any) -> Pending | None:
+        """A shared pending entry taken for state, unsealed; None when it does not unseal or has expired."""
+        secret = self.sessions.unseal(_pending_binding(self.id or "", state), sealed)
+        if secret is None:
+            _LOGGER.warning("OpenID login state of %s refused: its shared entry does not unseal", self.issuer)
+            return None
+        flow_id, nonce, verifier = secret.get("flow"), secret.get("nonce"), secret.get("verifier")
+        redirect_uri, expires = secret.get("redirect_uri"), secret.get("expires")
+        if not (
+            all(isinstance(v, str) and v for v in (flow_id, nonce, verifier, redirect_uri))
+            and isinstance(expires, (int, float))
+            and not isinstance(expires, bool)
+        ):
+            return None
+        if time.time() > expires + LEEWAY:  # the database's clock decides; this one too, with leeway
+            return None
+        pending = Pending(None, str(redirect_uri), str(flow_id))
+        pending.state, pending.nonce, pending.verifier = state, str(nonce), str(verifier)
+        return pending
+
+    def _outcome_key(self, flow_id: str) -> str:
+        return f"oidc.{self.id or ''}.outcome.{flow_id}"
+
+    async def async_put_outcome(self, flow_id: str, outcome: Identity | OidcError) -> None:
+        """Record a callback's outcome for the flow's wait step on any server: sealed, bound to provider and flow."""
+        if isinstance(outcome, Identity):
+            value: dict[str, Any] = {"flow": flow_id, "identity": identity_value(outcome)}
+        else:
+            value = {"flow": flow_id, "error": outcome.reason, "message": str(outcome)[:500]}
+        sealed = self.sessions.seal(_outcome_binding(self.id or "", flow_id), value)
+        await self.auth.async_put_shared(self._outcome_key(flow_id), {"sealed": sealed}, PENDING_TTL)
+
+    async def async_take_outcome(self, flow_id: str) -> Identity | OidcError | None:
+        """The outcome a callback recorded for this flow, taken (once, on any server); None when there is none."""
+        taken = await self.auth.async_take_shared(self._outcome_key(flow_id))
+        if taken is None:
+            return None
+        value = self.sessions.unseal(_outcome_binding(self.id or "", flow_id), taken.get("sealed"))
+        if value is None or value.get("flow") != flow_id:
+            _LOGGER.warning("OpenID login outcome of %s refused: it does not unseal for this flow", self.issuer)
+            return None
+        if "error" in value:
+            reason = value.get("error")
+            return OidcError(str(value.get("message")), reason if isinstance(reason, str) else SSO_FAILED)
+        return identity_of(value.get("identity"))
+
+    def flow_binding(self, flow_id: str, user_id: str, credentials_id: str) -> str:
+        """Proof, for a flow's stored state, that this flow's wait step verified this user's login."""
+        return self.sessions.seal(
+            _flow_binding(self.id or "", user_id, credentials_id), {"flow": flow_id, "user": user_id}
+        )
+
+    def flow_bound(self, sealed: Any, user_id: str, credentials_id: str) -> str | None:
+        """The flow id a flow_binding proves for this user and credentials; None when it proves nothing."""
+        value = self.sessions.unseal(_flow_binding(self.id or "", user_id, credentials_id), sealed)
+        flow_id = value.get("flow") if value is not None and value.get("user") == user_id else None
+        return flow_id if isinstance(flow_id, str) else None
 
     async def async_complete(self, pending: Pending, code: str) -> Identity:
         """Trade the code, check the ID token, read the claims; OidcError when anything is wrong."""
@@ -502,6 +637,64 @@ class OidcAuthProvider(AuthProvider):
         if len(self._login_sids) > MAX_PENDING:
             self._login_sids.pop(next(iter(self._login_sids)))
 
+    def _waiting_key(self, sub: str) -> str:
+        return f"oidc.{self.id or ''}.waiting.{sub}"
+
+    async def async_note_login(
+        self, sub: str, sid: str | None, access_token: str | None, refresh_token: str | None
+    ) -> None:
+        """A login of sub finished: its sid and the provider's tokens wait for the refresh token its code makes.
+
+        One server: in memory (note_login_sid, note_login_grant). Several: the code may be traded on
+        another server, so they wait in a shared value per subject, sealed with the key.
+        """
+        if not self.auth.shared_state:
+            self.note_login_sid(sub, sid)
+            self.note_login_grant(sub, access_token, refresh_token)
+            return
+        if sid is None and access_token is None and refresh_token is None:
+            return
+        sids, grants = await self._async_take_waiting(sub)
+        until = time.time() + PENDING_TTL
+        if sid is not None:
+            sids = [*sids[-15:], (sid, until)]
+        if access_token is not None or refresh_token is not None:
+            grant = {"access_token": access_token, "refresh_token": refresh_token}
+            grants = [*grants[-(MAX_WAITING_GRANTS - 1) :], (grant, until)]
+        await self._async_put_waiting(sub, sids, grants)
+
+    async def _async_take_waiting(
+        self, sub: str
+    ) -> tuple[list[tuple[str, float]], list[tuple[dict[str, str | None], float]]]:
+        """The shared waiting sids and grants of sub (taken; the live ones)."""
+        taken = await self.auth.async_take_shared(self._waiting_key(sub))
+        value = self.sessions.unseal(f"oidc-waiting:{self.id or ''}:{sub}", (taken or {}).get("sealed"))
+        now = time.time()
+        sids: list[tuple[str, float]] = []
+        grants: list[tuple[dict[str, str | None], float]] = []
+        for entry in (value or {}).get("sids") or []:
+            if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str):
+                if isinstance(entry[1], (int, float)) and entry[1] > now:
+                    sids.append((entry[0], float(entry[1])))
+        for entry in (value or {}).get("grants") or []:
+            if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], dict):
+                if isinstance(entry[1], (int, float)) and entry[1] > now:
+                    grant = {
+                        k: v if isinstance(v := entry[0].get(k), str) else None
+                        for k in ("access_token", "refresh_token")
+                    }
+                    grants.append((grant, float(entry[1])))
+        return sids, grants
+
+    async def _async_put_waiting(
+        self, sub: str, sids: list[tuple[str, float]], grants: list[tuple[dict[str, str | None], float]]
+    ) -> None:
+        if not sids and not grants:
+            return
+        value = {"sids": [list(s) for s in sids], "grants": [list(g) for g in grants]}
+        sealed = self.sessions.seal(f"oidc-waiting:{self.id or ''}:{sub}", value)
+        await self.auth.async_put_shared(self._waiting_key(sub), {"sealed": sealed}, PENDING_TTL)
+
     def note_login_grant(self, sub: str, access_token: str | None, refresh_token: str | None) -> None:
         """The provider's tokens of a finished login, for the refresh token its code will make."""
         if access_token is None and refresh_token is None:
@@ -538,11 +731,16 @@ class OidcAuthProvider(AuthProvider):
         if refresh_token.token_type != RefreshToken.TYPE_NORMAL:
             return
         sub = str(credential.data.get("sub"))
-        grant = self._take_login_grant(sub)
-        now = time.monotonic()
-        waiting = [(s, t) for s, t in self._login_sids.get(sub, []) if t > now]
-        if len(waiting) <= 1:
-            self._login_sids.pop(sub, None)
+        if self.auth.shared_state:  # the login may have finished on another server
+            waiting, grants = await self._async_take_waiting(sub)
+            grant = grants[0][0] if grants else None
+            await self._async_put_waiting(sub, waiting if len(waiting) > 1 else [], grants[1:])
+        else:
+            grant = self._take_login_grant(sub)
+            now = time.monotonic()
+            waiting = [(s, t) for s, t in self._login_sids.get(sub, []) if t > now]
+            if len(waiting) <= 1:
+                self._login_sids.pop(sub, None)
         sids = sorted({s for s, _ in waiting})
         if grant is None and not sids:
             return
@@ -644,6 +842,9 @@ class OidcAuthProvider(AuthProvider):
         for refresh_token in victims:
             await self.auth.async_remove_refresh_token(refresh_token)
         await self.sessions.async_remove([t.id for t in victims])
+        if isinstance(sid, str) and isinstance(sub, str) and self.auth.shared_state:
+            waiting, grants = await self._async_take_waiting(sub)
+            await self._async_put_waiting(sub, [(s, t) for s, t in waiting if s != sid], grants)
         if isinstance(sid, str):
             for waiting_sub in [sub] if isinstance(sub, str) else list(self._login_sids):
                 if waiting_sub in self._login_sids:
@@ -825,13 +1026,75 @@ class OidcAuthProvider(AuthProvider):
 
 
 class OidcLoginFlow(LoginFlow[OidcAuthProvider]):
-    """init sends the browser to the provider; wait finishes with what the callback recorded."""
+    """init sends the browser to the provider; wait finishes with what the callback recorded.
+
+    Shared (``SHARED_STATE``): with several servers on one storage the callback and each later
+    step may reach any server. The stored state is the core's only: the identity is never read
+    from it but taken by the wait step from the outcome the callback sealed for this flow id;
+    past the wait step (MFA) the stored user must come with a proof, sealed with the key, that
+    this flow's wait step verified that user's login (flow_binding).
+    """
+
+    SHARED_STATE = True
 
     def __init__(self, auth_provider: OidcAuthProvider, redirect_uri: str | None) -> None:
         """Remember where the provider must send the browser back."""
         super().__init__(auth_provider)
         self._redirect_uri = redirect_uri
         self.outcome: Identity | OidcError | None = None
+        # The flow id whose wait step verified self.user's login (set by it, or by a proven stored state).
+        self._verified_for: str | None = None
+
+    def dump_state(self) -> dict[str, Any]:
+        """The core's state and, past the wait step, the sealed proof of whose login this flow verified."""
+        state = super().dump_state()
+        user, credentials = self.user, self.credential
+        if user is not None and credentials is not None and self._verified_for == self.flow_id:
+            state["verified"] = self.provider.flow_binding(self.flow_id, user.id, credentials.id)
+        return state
+
+    def load_state(self, state: dict[str, Any], credentials: Credentials | None, user: User | None) -> None:
+        """A stored flow: at the wait step (no user), or at an MFA step of a user this flow proved (ValueError: refused)."""
+        provider = self.provider
+        if state.get("mfa_passed") is not None:  # set only by the step that finishes the flow
+            raise ValueError("oidc flow: a stored flow never passed MFA")
+        if user is not None or credentials is not None:
+            linked = provider.auth.user_for_credentials(credentials) if credentials is not None else None
+            if (
+                user is None
+                or credentials is None
+                or credentials.provider_key != provider.key
+                or linked is None
+                or linked.id != user.id
+            ):
+                raise ValueError("oidc flow: not this provider's credentials of that user")
+            verified = provider.flow_bound(state.get("verified"), user.id, credentials.id)
+            if verified is None:
+                raise ValueError("oidc flow: no proof that this flow verified that user's login")
+            self._verified_for = verified
+        super().load_state(state, credentials, user)
+
+    def step_schema(self, step_id: str) -> vol.Schema | None:
+        """The wait step takes no input (the outcome is the callback's); or an MFA step's form."""
+        if step_id == "wait":
+            return None
+        return super().step_schema(step_id)
+
+    def _unproven(self) -> bool:
+        """Whether the flow names a user its own wait step did not verify (a stored state moved to another flow)."""
+        return self.user is not None and self._verified_for != self.flow_id
+
+    async def async_step_select_mfa_module(self, user_input: dict[str, str] | None = None) -> FlowResult:
+        """The core's step, for the user this flow verified only."""
+        if self._unproven():
+            return self.async_abort(reason=LOGIN_EXPIRED)
+        return await super().async_step_select_mfa_module(user_input)
+
+    async def async_step_mfa(self, user_input: dict[str, str] | None = None) -> FlowResult:
+        """The core's step, for the user this flow verified only."""
+        if self._unproven():
+            return self.async_abort(reason=LOGIN_EXPIRED)
+        return await super().async_step_mfa(user_input)
 
     async def async_step_init(self, user_input: dict[str, Any] | None = None) -> FlowResult:
         """Send the browser to the provider."""
@@ -847,21 +1110,27 @@ class OidcLoginFlow(LoginFlow[OidcAuthProvider]):
         return self.async_external_step(step_id="wait", url=url)
 
     async def async_step_wait(self, user_input: dict[str, Any] | None = None) -> FlowResult:
-        """The browser is back: finish with the recorded identity, or abort with the recorded error."""
+        """The browser is back: finish with the recorded identity, or abort with the recorded error.
+
+        Several servers: the outcome is the one the callback recorded for this flow id, taken
+        here whichever server ran the callback; none (yet, or any more) ends the flow.
+        """
+        provider = self.provider
+        if provider.auth.shared_state and self.user is None:
+            self.outcome = await provider.async_take_outcome(self.flow_id)
         outcome = self.outcome
         if outcome is None:
             return self.async_abort(reason=LOGIN_EXPIRED)
         if isinstance(outcome, OidcError):
             return self.async_abort(reason=outcome.reason)
-        provider = self.provider
         if not provider.config["create_users"]:
             existing = provider.async_find_credentials({"iss": outcome.issuer, "sub": outcome.sub})
             if existing is None or provider.auth.user_for_credentials(existing) is None:
                 _LOGGER.info("OpenID login of %r refused: no such user and create_users is false", outcome.username)
                 return self.async_abort(reason=NOT_MEMBER)
+        self._verified_for = self.flow_id
         result = await self.async_finish({"iss": outcome.issuer, "sub": outcome.sub, "identity": outcome})
-        provider.note_login_sid(outcome.sub, outcome.sid)
-        provider.note_login_grant(outcome.sub, outcome.access_token, outcome.refresh_token)
+        await provider.async_note_login(outcome.sub, outcome.sid, outcome.access_token, outcome.refresh_token)
         return result
 
 
@@ -876,33 +1145,64 @@ async def callback_view(request: web.Request) -> web.StreamResponse:
     state = request.query.get("state")
     if not isinstance(state, str) or not state:
         return _error_page("This login link is not valid. Start the login again.")
-    pending = None
-    provider: OidcAuthProvider | None = None
-    for candidate in context.get_auth_providers(OidcAuthProvider.TYPE):
-        pending = candidate.take_pending(state)
-        if pending is not None:
-            provider = candidate
-            break
-    if pending is None or provider is None:
+    try:
+        found = await _async_take_pending(context, state)
+    except Exception:  # the shared state is away: fail closed, never a 500
+        _LOGGER.exception("OpenID callback: the pending login cannot be read")
+        return _error_page("The login cannot be finished now. Start the login again.", 503)
+    if found is None:
         return _error_page("This login has expired or was already used. Start the login again.")
-    flow = pending.flow
+    provider, pending = found
     error = request.query.get("error")
     code = request.query.get("code")
+    outcome: Identity | OidcError
     if error is not None:
         _LOGGER.info("OpenID provider %s refused the login: %s", provider.issuer, error[:200])
-        flow.outcome = OidcError(f"provider answered error {error[:100]!r}", SSO_DENIED)
+        outcome = OidcError(f"provider answered error {error[:100]!r}", SSO_DENIED)
     elif not code:
-        flow.outcome = OidcError("callback without code")
+        outcome = OidcError("callback without code")
     else:
         try:
-            flow.outcome = await provider.async_complete(pending, code)
+            outcome = await provider.async_complete(pending, code)
         except OidcError as err:
             _LOGGER.error("OpenID login with %s refused: %s", provider.issuer, err)
-            flow.outcome = err
+            outcome = err
         except Exception as err:  # fail closed: never a 500, never a login
             _LOGGER.exception("OpenID login with %s failed", provider.issuer)
-            flow.outcome = OidcError(f"unexpected error {err!r}")
-    raise web.HTTPFound(f"{RESUME_PATH}?{urlencode({'resume': flow.flow_id})}")
+            outcome = OidcError(f"unexpected error {err!r}")
+    if pending.flow is not None:
+        pending.flow.outcome = outcome
+    else:
+        try:
+            await provider.async_put_outcome(pending.flow_id, outcome)
+        except Exception:
+            _LOGGER.exception("OpenID callback: the outcome of a login cannot be recorded")
+            return _error_page("The login cannot be finished now. Start the login again.", 503)
+    raise web.HTTPFound(f"{RESUME_PATH}?{urlencode({'resume': pending.flow_id})}")
+
+
+MAX_STATE = 512
+
+
+async def _async_take_pending(context: Any, state: str) -> tuple[OidcAuthProvider, Pending] | None:
+    """The pending login of a state and its provider, taken (a state works once, on any server)."""
+    providers = [p for p in context.get_auth_providers(OidcAuthProvider.TYPE) if isinstance(p, OidcAuthProvider)]
+    if providers and providers[0].auth.shared_state:
+        if len(state) > MAX_STATE:
+            return None
+        taken = await providers[0].auth.async_take_shared(PENDING_KEY + state)
+        if taken is None:
+            return None
+        for provider in providers:
+            if (provider.id or "") == taken.get("provider"):
+                pending = provider.pending_from(state, taken.get("sealed"))
+                return None if pending is None else (provider, pending)
+        return None
+    for provider in providers:
+        pending = provider.take_pending(state)
+        if pending is not None:
+            return provider, pending
+    return None
 
 
 CONTEXT_KEY: web.AppKey[Any] = web.AppKey("opp_auth_oidc_context")

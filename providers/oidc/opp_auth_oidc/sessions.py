@@ -155,13 +155,32 @@ class Sessions:
         value = (self.entries.get(token_id) or {}).get("created")
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
+    # ---- sealing with the key (grants here; a login's pending secrets and outcome, shared) -------
+
+    def seal(self, bound_to: str, value: dict[str, Any]) -> str:
+        """value as JSON, encrypted with AES-256-GCM under the key, bound_to the associated data."""
+        if self._aead is None:
+            raise SessionKeyError(f"{KEY_FILE} is not loaded")
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, json.dumps(value).encode(), bound_to.encode())
+        return base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode()
+
+    def unseal(self, bound_to: str, sealed: Any) -> dict[str, Any] | None:
+        """What seal(bound_to, ...) made; None when it does not decrypt under the key and bound_to (or is no object)."""
+        if not isinstance(sealed, str) or self._aead is None:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(sealed.encode() + b"==")
+            value = json.loads(self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], bound_to.encode()))
+        except (InvalidTag, ValueError, UnicodeError):
+            return None
+        return value if isinstance(value, dict) else None
+
     # ---- writing (each returns once the change is durable) -----------------------------------
 
     def _seal(self, token_id: str, grant: dict[str, str | None]) -> str:
         assert self._aead is not None, "not loaded"
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, json.dumps(grant).encode(), token_id.encode())
-        return base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode()
+        return self.seal(token_id, grant)
 
     async def async_add(
         self, token_id: str, sids: list[str], grant: dict[str, str | None] | None, checked: float | None
