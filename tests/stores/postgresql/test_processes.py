@@ -830,3 +830,80 @@ async def test_notify_code_sent_by_a_entered_on_b_used_once_expires(
         conn.execute("UPDATE opp_auth_values SET expires_at = clock_timestamp() - interval '1 second'")
     status, body = await on_b.step(form["flow_id"], code=last_code())
     assert (status, body.get("errors")) == (200, {"base": "invalid_code"}), body
+
+
+WEBAUTHN = "  auth_mfa_modules:\n    - type: webauthn\n      rp_id: opp.example.com\n"
+
+
+def seeded_passkey() -> tuple[Any, dict[str, Any]]:
+    """A software authenticator (not counting, as synced passkeys) and the webauthn document enrolling it for USER_ID."""
+    import os
+
+    import cbor2
+
+    from tests.mfa_modules.webauthn.conftest import SoftAuthenticator, b64url
+
+    authenticator = SoftAuthenticator(counting=False)
+    handle = os.urandom(32)
+    authenticator.create({"rp": {"id": "opp.example.com"}, "user": {"id": b64url(handle)}, "challenge": "AAAA"})
+    credential = authenticator.credentials[-1]
+    numbers = credential.private_key.public_key().public_numbers()
+    cose = cbor2.dumps({1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32, "big"), -3: numbers.y.to_bytes(32, "big")})
+    passkey = {
+        "id": b64url(credential.credential_id),
+        "public_key": b64url(cose),
+        "sign_count": 0,
+        "name": "Phone",
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "last_used_at": None,
+        "aaguid": "",
+        "transports": ["internal"],
+        "backed_up": True,
+        "discoverable": True,
+    }
+    return authenticator, {"users": {USER_ID: {"handle": b64url(handle), "passkeys": [passkey]}}}
+
+
+async def test_passkey_login_and_webauthn_mfa_answered_on_the_other_server_once(
+    cluster_factory: Callable[..., Awaitable[tuple[list[Server], aiohttp.ClientSession, str]]],
+) -> None:
+    """The passkey form A showed is answered on B, A exchanges the code; replayed on A it is refused. The
+    webauthn MFA step after a password on A is answered on B. One assertion sent to A and B at once: one login."""
+    authenticator, document = seeded_passkey()
+    (a, b), session, _ = await cluster_factory(
+        mfa=WEBAUTHN, auth=seeded_user(), documents={"auth_module.webauthn": (1, document)}
+    )
+    on_a, on_b = LoginFlowDriver(session, a.url), LoginFlowDriver(session, b.url)
+    passkey = ["webauthn", None]
+
+    def options(form: dict[str, Any]) -> dict[str, Any]:
+        return dict(form["description_placeholders"]["challenge"]["webauthn"])
+
+    status, form = await on_a.start(passkey)
+    assert (status, form["step_id"]) == (200, "init"), form
+    assertion = authenticator.get(options(form))
+    status, done = await on_b.step(form["flow_id"], credential=assertion)
+    assert (status, done.get("type")) == (200, "create_entry"), done
+    status, tokens = await on_a.token(grant_type="authorization_code", client_id=CLIENT_ID, code=done["result"])
+    assert status == 200, tokens
+    status, body = await on_a.step(form["flow_id"], credential=assertion)
+    assert status == 404, body
+    status, other = await on_a.start(passkey)
+    status, body = await on_a.step(other["flow_id"], credential=assertion)
+    assert (status, body.get("errors")) == (200, {"base": "invalid_auth"}), body
+    # The MFA step of a password login.
+    status, form = await on_a.start(LOCAL)
+    status, form = await on_a.step(form["flow_id"], username=USERNAME, password=PASSWORD)
+    assert (status, form["step_id"]) == (200, "mfa"), form
+    status, done = await on_b.step(form["flow_id"], credential=authenticator.get(options(form)))
+    assert (status, done.get("type")) == (200, "create_entry"), done
+    status, tokens = await on_a.token(grant_type="authorization_code", client_id=CLIENT_ID, code=done["result"])
+    assert status == 200, tokens
+    # One assertion raced on A and B.
+    status, form = await on_a.start(passkey)
+    assertion = authenticator.get(options(form))
+    raced = await asyncio.gather(
+        on_a.step(form["flow_id"], credential=assertion), on_b.step(form["flow_id"], credential=assertion)
+    )
+    finished = [body for status, body in raced if status == 200 and body.get("type") == "create_entry"]
+    assert len(finished) == 1, raced
