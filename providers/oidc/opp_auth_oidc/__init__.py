@@ -11,6 +11,12 @@ outcome on the flow and sends the browser back to ``/auth/authorize?resume=<flow
 The page then submits the flow again and the flow finishes (MFA still
 applies). Users are keyed by issuer and ``sub``.
 
+With several servers on one storage (``PluginContext.shared_state``) the flow is shared
+(``SHARED_STATE``) and the callback and the wait step may reach any server: the pending entry of a
+state and the outcome of a flow are shared values sealed with the key of sessions.py, the first
+taken once by the server the callback reaches, the second by the flow's wait step. With the JSON
+store both stay in this process's memory.
+
 JOSE is joserfc's (the maintained successor of Authlib's jose module, with
 no HTTP client of its own): the HTTP side is the server's own aiohttp, so
 nothing blocks the event loop and no second HTTP stack is pulled in.

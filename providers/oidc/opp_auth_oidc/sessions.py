@@ -18,6 +18,10 @@ user's claims at the provider. It is encrypted with AES-256-GCM under a key kept
 keeps its own server secret apart: a copy of ``.storage`` alone yields no provider token. The
 token id is the associated data, so a grant moved to another entry does not decrypt. A grant that
 does not decrypt (the key file was lost) is no grant: the session must log in again.
+
+The same key seals what several servers on one database share of a login in progress (the
+pending entry with its PKCE verifier, the outcome with the provider's tokens, the proof a stored
+flow gives of its user): Sessions.seal and Sessions.unseal, bound to what each value is for.
 """
 
 from __future__ import annotations
