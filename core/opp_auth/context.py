@@ -23,7 +23,9 @@ what a plugin may ask of the running server:
   :meth:`note_login_failure`;
 - short-lived secrets every server must see (several servers on one storage):
   :attr:`shared_state`, :meth:`async_put_shared`, :meth:`async_get_shared`,
-  :meth:`async_take_shared`;
+  :meth:`async_take_shared` (one namespace for every plugin: prefix your keys
+  with your type and id), and :meth:`derive_key` (a key from the server secret,
+  to keep a MAC of such a value rather than the value);
 - events: :meth:`note_event` (an :class:`~opp_auth.AuthEvent` of the one stream),
   :meth:`subscribe_events` (receive them in line, to count or buffer);
 - monitoring: :meth:`runtime_stats` (token checks by outcome, open websocket
@@ -254,6 +256,18 @@ class PluginContext:
         nobody. Work that takes time belongs in the ``opp_auth_event`` hook.
         """
         return self.__manager.events.subscribe(callback)
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A 32-byte key for purpose, derived from the server secret (``.opp-auth-secret``): the same on
+        every server of one storage (they must share the secret), never stored. Name the purpose after
+        your type and use (``notify.<module id>.pending``). For MACs of values a reader of the storage
+        must not be able to use, such as a login code kept with :meth:`async_put_shared`.
+        RuntimeError before the server has read its secret (during a provider's async_initialize).
+        """
+        keyring = self.__manager.store.keyring
+        if keyring is None:
+            raise RuntimeError("the server secret is not read yet")
+        return keyring.plugin_key(purpose)
 
     # ---- short-lived values every server sees ---------------------------------------------------
 

@@ -258,6 +258,12 @@ class KeyRing:
         """The HS256 key of a refresh token's access tokens."""
         return hmac.new(self._secret, b"jwt-key:" + token_id.encode(), hashlib.sha512).hexdigest()
 
+    def plugin_key(self, purpose: str) -> bytes:
+        """A 32-byte key of a plugin's purpose (PluginContext.derive_key)."""
+        return hmac.new(
+            self._secret, b"plugin-key:" + purpose.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).digest()
+
 
 @dataclass(slots=True, eq=False, init=False)
 class RefreshToken:

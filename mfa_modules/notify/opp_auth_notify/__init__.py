@@ -4,13 +4,15 @@ The code sent for a login is pending until it is used, replaced (a new login of 
 same user, or the fresh code after a wrong one) or PENDING_TTL after the first send.
 On one server it stays in memory (the HOTP key and counter). With several servers on
 one storage (``PluginContext.shared_state``) it is kept where every server sees it
-(``PluginContext.async_put_shared``): the six digits only, never the key, under
+(``PluginContext.async_put_shared``): an HMAC of the six digits under a key derived
+from the server secret (``PluginContext.derive_key``), never the code or the HOTP key, under
 ``notify.<module id>.pending.<user id>``, expiring by the storage's clock and taken
 at most once, so a code sent by one server is accepted by another exactly once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import re
@@ -449,8 +451,15 @@ class NotifyAuthModule(MfaModule):
 
     async def _async_share(self, user_id: str, pending: _Pending, ttl: float) -> None:
         """Keep the code every server must accept (its six digits, not the key) for ttl seconds."""
-        code = _code_at(pending.key, pending.counter)
-        await self.auth.async_put_shared(self._shared_key(user_id), {"code": code, "resends": pending.resends}, ttl)
+        mac = self._code_mac(user_id, _code_at(pending.key, pending.counter))
+        await self.auth.async_put_shared(self._shared_key(user_id), {"mac": mac, "resends": pending.resends}, ttl)
+
+    def _code_mac(self, user_id: str, code: str) -> str:
+        """What the storage keeps of a code: an HMAC under a key derived from the server secret, so a reader
+        of the database (a backup, a replica) cannot use the code, nor find it among a million."""
+        key = self.auth.derive_key(f"notify.{self.id}.pending")
+        message = f"{user_id}\x00{code}".encode("utf-8", "surrogatepass")
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
 
     async def async_initialize_login_mfa_step(self, user_id: str) -> None:
         """A fresh code for this login, sent through the user's service."""
@@ -530,11 +539,12 @@ class NotifyAuthModule(MfaModule):
         """The code every server sees; used once: of two servers checking it at once, one takes it."""
         key = self._shared_key(user_id)
         current = await self.auth.async_get_shared(key)
-        expected = current[0].get("code") if current is not None else None
+        expected = current[0].get("mac") if current is not None else None
+        typed = self._code_mac(user_id, code)
         if current is None or not isinstance(expected, str):
-            hmac.compare_digest(_code_at(DUMMY_KEY, 0), code)
+            hmac.compare_digest(typed, typed)
             return False
-        if not hmac.compare_digest(expected.encode(), code.encode("utf-8", "surrogatepass")):
+        if not hmac.compare_digest(expected.encode(), typed.encode()):
             return False
         # Taken only if it is still the code just checked (not replaced, not used elsewhere meanwhile).
         return await self.auth.async_take_shared(key, current[0]) is not None

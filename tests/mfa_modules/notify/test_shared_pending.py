@@ -71,7 +71,9 @@ async def test_a_resend_on_b_replaces_the_code_on_a_and_keeps_its_expiry(
     old, new = codes_file()
     left = await on_a.auth.async_get_shared(on_a._shared_key(user.id))
     assert left is not None and left[1] < opp_auth_notify.PENDING_TTL - 0.4
-    assert left[0] == {"code": new, "resends": 1}  # the six digits, never the HOTP key
+    # Neither the code nor the HOTP key: an HMAC under a key derived from the server secret.
+    assert set(left[0]) == {"mac", "resends"} and left[0]["resends"] == 1
+    assert new not in str(left[0]) and old not in str(left[0]) and len(left[0]["mac"]) == 64
     assert await on_a.async_validate(user.id, {"code": old}) is False
     assert await on_a.async_validate(user.id, {"code": new}) is True
 
@@ -126,3 +128,13 @@ async def test_a_new_login_ends_the_previous_code_everywhere(
     assert await on_a.async_validate(user.id, {"code": first}) is False
     await on_b.async_depose_user(user.id)
     assert await on_a.async_validate(user.id, {"code": second}) is False
+
+
+async def test_derived_keys_are_the_same_on_every_server_and_differ_by_purpose(
+    opp_auth_factory: Any, make_user: Any
+) -> None:
+    """Two servers on one storage (one secret) derive one key per purpose; another purpose, another key."""
+    on_a, on_b, _user = await servers(opp_auth_factory, make_user)
+    key = on_a.auth.derive_key("notify.notify.pending")
+    assert len(key) == 32 and key == on_b.auth.derive_key("notify.notify.pending")
+    assert key != on_a.auth.derive_key("notify.other.pending")
