@@ -243,7 +243,7 @@ class AuditFiles:
         """The text of every record, in chain order (lines that are no record, a torn one, are left out)."""
         for _path, _number, record, raw in read_records(self.folder):
             if record is not None:
-                yield raw.rstrip(b"\n").decode("ascii")
+                yield raw.rstrip(b"\n").decode("utf-8")
 
     def import_chain(self, texts: Iterable[str], head: tuple[int, str] | None) -> int:
         """Write records as they are (texts of a verified chain, in order) as the current file, then
@@ -260,10 +260,11 @@ class AuditFiles:
             with os.fdopen(fd, "wb") as handle:
                 for text in texts:
                     record = _parse(text)
-                    if record is None:
-                        raise OSError(f"not an audit record: {text[:80]!r}")
-                    # A record is ASCII JSON on one line (chain() writes it so); a line break would split it.
-                    handle.write(text.replace("\n", " ").encode("ascii", "backslashreplace") + b"\n")
+                    sealed = AuthEvent.canonical_text(record) if record is not None else None
+                    if record is None or sealed is None:
+                        raise OSError(f"not an unchanged audit record: {text[:80]!r}")
+                    # The writer's own form: ASCII on one line, whatever the source's spacing or escapes.
+                    handle.write(sealed.encode("ascii") + b"\n")
                     last = (int(record["seq"]), str(record["hash"]))
                     count += 1
                 handle.flush()

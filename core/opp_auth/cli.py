@@ -720,13 +720,31 @@ def _audit_copy_plan(pm: Any, source: Any, target: Any, config_dir: Path, withou
             f"{take.describe()} already holds an audit log; copy into a place without one, "
             "or copy without it with --without-audit"
         )
-    report = audit_cli.chain_report(Path(give.describe()), None if isinstance(give, AuditFiles) else give)
-    fatal = [p for p in report.problems if p.fatal]
-    if fatal:
+    try:
+        report = audit_cli.chain_report(Path(give.describe()), None if isinstance(give, AuditFiles) else give)
+        fatal = [p for p in report.problems if p.fatal]
+        if fatal:
+            raise CliError(
+                f"The audit log in {give.describe()} fails verification "
+                f"({audit_cli.safe_text(str(fatal[0]), 300)}); see opp-auth audit verify. "
+                "Copy without it with --without-audit (it stays where it is)"
+            )
+        # Every record as the target will store it (the writer's own form), before anything is written:
+        # a copy cannot then stop half-way on a record the check above accepted.
+        for text in give.chain_texts():
+            record = AuthEvent.parse_chained(text)
+            if record is None or AuthEvent.canonical_text(record) is None:
+                raise CliError(
+                    f"The audit log in {give.describe()} holds a record that cannot be copied: {text[:80]!r}"
+                )
+            datetime.fromisoformat(str(record.get("time")))
+    except CliError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a store plugin's reader: any failure is a refusal, before writing
         raise CliError(
-            f"The audit log in {give.describe()} fails verification ({audit_cli.safe_text(str(fatal[0]), 300)}); "
-            "see opp-auth audit verify. Copy without it with --without-audit (it stays where it is)"
-        )
+            f"The audit log in {give.describe()} cannot be read for the copy ({type(err).__name__}: "
+            f"{audit_cli.safe_text(str(err), 300)}); nothing was copied. Copy without it with --without-audit"
+        ) from None
     return give, take, report
 
 
@@ -737,8 +755,11 @@ def _copy_audit(give: Any, take: Any, report: Any) -> int:
     try:
         count = take.import_chain(give.chain_texts(), give.recorded_head())
         copied = audit_cli.chain_report(Path(take.describe()), None if isinstance(take, AuditFiles) else take)
-    except OSError as err:
-        raise CliError(f"The audit log was not copied: {err}") from None
+    except Exception as err:  # noqa: BLE001 - the disk or the database failed meanwhile (the content was checked)
+        raise CliError(
+            f"The audit log was not copied ({type(err).__name__}: {audit_cli.safe_text(str(err), 300)}); "
+            f"the data is in {take.describe()} already: empty the target, then copy again"
+        ) from None
     if copied.records != report.records or copied.head_hash != report.head_hash or not copied.ok:
         raise CliError(
             f"The audit log copied into {take.describe()} differs from {give.describe()} "

@@ -207,6 +207,15 @@ class AuthEvent:
         return f'{body[:-1]},"hash":"{digest}"}}', digest
 
     @staticmethod
+    def canonical_text(record: dict[str, Any]) -> str | None:
+        """The text :meth:`chain` writes for a stored record (as parse_chained gives it), or None when
+        its hash does not match (the record was changed). What a copy of the chain stores: one ASCII
+        line whatever spacing or escapes the text it was read from had."""
+        data = {key: value for key, value in record.items() if key not in ("seq", "prev", "hash")}
+        text, digest = AuthEvent.chain(data, record["seq"], record["prev"])
+        return text if digest == record["hash"] else None
+
+    @staticmethod
     def parse_chained(text: bytes | str) -> dict[str, Any] | None:
         """A stored audit record, or None when text is no JSON object with seq, prev and hash."""
         try:

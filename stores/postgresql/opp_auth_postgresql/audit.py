@@ -301,10 +301,13 @@ class PgAuditSink:
                 with conn.cursor() as cur, cur.copy("COPY opp_auth_audit (seq, at, type, record) FROM STDIN") as copy:
                     for text in texts:
                         record = parse_record(text)
-                        if record is None:
-                            raise OSError(f"not an audit record: {text[:80]!r}")
+                        sealed = AuthEvent.canonical_text(record) if record is not None else None
+                        if record is None or sealed is None:
+                            raise OSError(f"not an unchanged audit record: {text[:80]!r}")
                         at = datetime.fromisoformat(str(record["time"]))
-                        copy.write_row((record["seq"], at, str(record["type"]), text))
+                        # The writer's own form (what the head row's trigger and verify read), whatever
+                        # the source's spacing or escapes.
+                        copy.write_row((record["seq"], at, str(record["type"]), sealed))
                         last = (int(record["seq"]), str(record["hash"]))
                         count += 1
                 final = head if head is not None and (last is None or head[0] >= last[0]) else last

@@ -213,3 +213,47 @@ async def test_a_directory_holding_a_chain_is_refused_for_copy_from(
     code, out = await asyncio.to_thread(run, capsys, back, "storage", "copy", "--from", database)
     assert code == 1 and "already holds an audit log" in out, out
     assert file_texts(back) == before and not (back / ".storage" / "auth").exists()
+
+
+async def test_records_in_another_form_are_copied_in_the_writers_own_form(
+    tmp_path: Path, database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line re-serialised by hand (spaces, raw UTF-8 instead of escapes) still verifies, so the copy takes it:
+    the target holds the writer's own text (ASCII, one line; what the head row's trigger reads) both ways,
+    rather than failing after the data was written."""
+    source = tmp_path / "source"
+    json_dir(source)
+    sink = AuditFiles(source)
+    sink.open("test")
+    sink.append(
+        [AuthEvent(type="login_failed", reason="invalid_auth", time=time.time(), username="J\u00e9r\u00f4me")], []
+    )
+    sink.close()
+    current = audit_dir(source) / "audit.jsonl"
+    lines = current.read_text(encoding="ascii").splitlines()
+    canonical = list(lines)
+    # The second record with spaces and raw UTF-8, the last (the head) with spaces.
+    lines[1] = json.dumps(json.loads(lines[1]), ensure_ascii=False)
+    lines[-1] = json.dumps(json.loads(lines[-1]))
+    current.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
+    assert lines[1] != canonical[1] and not lines[1].isascii()
+    code, out = await asyncio.to_thread(run, capsys, source, "audit", "verify")
+    assert code == 0, out
+
+    code, out = await asyncio.to_thread(run, capsys, source, "storage", "copy", "--to", database)
+    assert code == 0, out
+    assert table_texts(database) == canonical
+
+    # And back from a row holding raw UTF-8 (its owner rewrote it, same meaning).
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("ALTER TABLE opp_auth_audit DISABLE TRIGGER opp_auth_audit_append_only")
+        conn.execute("UPDATE opp_auth_audit SET record = %s WHERE seq = 2", (lines[1],))
+        conn.execute("ALTER TABLE opp_auth_audit ENABLE TRIGGER opp_auth_audit_append_only")
+    back = tmp_path / "back"
+    back.mkdir()
+    (back / "configuration.yaml").write_text("openpeerpower:\n  name: Home\n", encoding="utf-8")
+    code, out = await asyncio.to_thread(run, capsys, back, "storage", "copy", "--from", database)
+    assert code == 0, out
+    assert file_texts(back) == canonical
+    code, out = await asyncio.to_thread(run, capsys, back, "audit", "verify")
+    assert code == 0, out
