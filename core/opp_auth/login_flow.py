@@ -209,7 +209,13 @@ class LoginFlow(FlowHandler, Generic[_P]):
         }
 
     def load_state(self, state: dict[str, Any], credentials: Credentials | None, user: User | None) -> None:
-        """Restore what dump_state gave (credentials and user: those it names, looked up again)."""
+        """Restore what dump_state gave (credentials and user: those it names, looked up again).
+
+        ValueError for a state naming a passed MFA step: the step that passes it finishes the flow, so
+        no stored flow has one (a forged row must not skip the second factor).
+        """
+        if state.get("mfa_passed") is not None:
+            raise ValueError("a stored login flow never has passed its MFA step")
         module = state.get("mfa_module")
         self._auth_module_id = module if isinstance(module, str) else None
         modules = state.get("mfa_modules")

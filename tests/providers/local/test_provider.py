@@ -531,3 +531,16 @@ class Written:
                 (STORAGE_KEY, self.mark),
             ).fetchall()
         return [int(row[0]) for row in rows]
+
+
+async def test_a_stored_flow_state_naming_a_passed_mfa_step_is_refused(opp_auth_factory: Factory) -> None:
+    """The base LoginFlow (every provider's, the local one included) refuses a state that says its MFA step
+    was passed: the step that passes it finishes the flow, so only a forged row holds one."""
+    auth = await make_auth(opp_auth_factory)
+    flow = await local(auth).async_login_flow({})
+    state = json.loads(json.dumps(flow.dump_state()))
+    assert state["mfa_passed"] is None
+    again = await local(auth).async_login_flow({})
+    again.load_state(state, None, None)
+    with pytest.raises(ValueError, match="never has passed"):
+        again.load_state({**state, "mfa_passed": ["some-user", "totp"]}, None, None)
