@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from opp_auth.testing import async_wait_until
+
 from .test_provider import PASSWORD, Factory, local, make_auth
-from .test_saved_sequences import wait_for
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ async def test_a_removal_pending_while_another_servers_change_arrives_stays_remo
     await local(b).async_add_auth("victim", PASSWORD)
     await local(b).async_add_auth("other", PASSWORD)
     provider = local(a)
-    await wait_for(lambda: provider.data.get("other") is not None)
+    await async_wait_until(lambda: provider.data.get("other") is not None)
     backend = a.backend
     real = backend.async_write
     release = asyncio.Event()
@@ -47,7 +48,7 @@ async def test_a_removal_pending_while_another_servers_change_arrives_stays_remo
     await entered.wait()
     assert provider.data.get("victim") is None
     await local(b).async_change_password("other", "another-pass")
-    await wait_for(lambda: provider.data.get("other")["password"] == local(b).data.get("other")["password"])
+    await async_wait_until(lambda: provider.data.get("other")["password"] == local(b).data.get("other")["password"])
     release.set()
     await removal
     assert provider.data.get("victim") is None, "the removed login is back in A's memory"
