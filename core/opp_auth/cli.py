@@ -465,18 +465,26 @@ def cmd_bans_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shared_storage(config_dir: Path, pm: Any) -> tuple[Any, Any, Any] | None:
+    """(configuration, backend, its ephemeral state) when configuration.yaml names a storage several
+    servers share; None otherwise (the JSON files, or no usable configuration)."""
+    try:
+        config = load_config(config_dir, pm)
+    except (ConfigError, PluginError, OSError):
+        return None
+    backend = config.storage_class(config.storage, str(config_dir))
+    state = backend.ephemeral_state()
+    return (config, backend, state) if state.shared else None
+
+
 def _lift_shared_ban(config_dir: Path, pm: Any, address: str) -> bool:
     """With a shared storage, lift address's ban in it (a retained event); whether it was banned there."""
     from .http.ban import TOPIC, BanManager
 
-    try:
-        config = load_config(config_dir, pm)
-    except (ConfigError, PluginError, OSError):
+    shared_storage = _shared_storage(config_dir, pm)
+    if shared_storage is None:
         return False
-    backend = config.storage_class(config.storage, str(config_dir))
-    state = backend.ephemeral_state()
-    if not state.shared:
-        return False
+    _config, backend, state = shared_storage
 
     async def run() -> bool:
         """Replay the database's bans; publish the lift if it holds one."""
@@ -523,14 +531,10 @@ def _shared_lockouts(config_dir: Path, pm: Any, *, clear: bool = False) -> list[
 
     if not config_dir.is_dir():
         raise CliError(f"{config_dir} does not exist")
-    try:
-        config = load_config(config_dir, pm)
-    except (ConfigError, PluginError, OSError):
+    shared_storage = _shared_storage(config_dir, pm)
+    if shared_storage is None:
         return None
-    backend = config.storage_class(config.storage, str(config_dir))
-    state = backend.ephemeral_state()
-    if not state.shared:
-        return None
+    config, backend, state = shared_storage
     throttle = LoginThrottle.from_http_config(config.http)
     throttle.share(state)
 

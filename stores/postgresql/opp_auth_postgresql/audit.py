@@ -219,19 +219,24 @@ class PgAuditSink:
 
     def read(self, since: datetime | None = None) -> Iterator[tuple[str, int, dict[str, Any] | None]]:
         """(table, seq, record or None when its text is no record) in seq order, from since on (read-only)."""
+        rows = (
+            self._snapshot("SELECT seq, record FROM opp_auth_audit ORDER BY seq")
+            if since is None
+            else self._snapshot("SELECT seq, record FROM opp_auth_audit WHERE at >= %s ORDER BY seq", (since,))
+        )
+        for seq, text in rows:
+            yield TABLE, int(seq), parse_record(str(text))
+
+    def _snapshot(self, sql: str, params: tuple[Any, ...] | None = None) -> Iterator[tuple[Any, ...]]:
+        """The rows of sql, read in batches in one snapshot (rows appended meanwhile are not half seen)."""
         with psycopg.connect(self.url, connect_timeout=max(1, round(self.connect_timeout))) as conn:
-            # One snapshot: rows appended while reading are not half seen.
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             if not self._has_table(conn):
                 return
             with conn.cursor(name="opp_auth_audit_read") as cur:
                 cur.itersize = READ_BATCH
-                if since is None:
-                    cur.execute("SELECT seq, record FROM opp_auth_audit ORDER BY seq")
-                else:
-                    cur.execute("SELECT seq, record FROM opp_auth_audit WHERE at >= %s ORDER BY seq", (since,))
-                for seq, text in cur:
-                    yield TABLE, int(seq), parse_record(str(text))
+                cur.execute(sql, params)
+                yield from cur
 
     def recorded_head(self) -> tuple[int, str] | None:
         """The head row's (seq, hash), or None."""
@@ -273,15 +278,8 @@ class PgAuditSink:
 
     def chain_texts(self) -> Iterator[str]:
         """Every record's stored text, in seq order, in one snapshot."""
-        with psycopg.connect(self.url, connect_timeout=max(1, round(self.connect_timeout))) as conn:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            if not self._has_table(conn):
-                return
-            with conn.cursor(name="opp_auth_audit_copy") as cur:
-                cur.itersize = READ_BATCH
-                cur.execute("SELECT record FROM opp_auth_audit ORDER BY seq")
-                for (text,) in cur:
-                    yield str(text)
+        for (text,) in self._snapshot("SELECT record FROM opp_auth_audit ORDER BY seq"):
+            yield str(text)
 
     def import_chain(self, texts: Iterable[str], head: tuple[int, str] | None) -> int:
         """Insert records as they are (texts of a verified chain, in order), then the head row: head when it

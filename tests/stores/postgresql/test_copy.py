@@ -19,7 +19,6 @@ from opp_auth.config import load_config
 from opp_auth.plugins import make_plugin_manager
 from opp_auth.server import build_auth
 from opp_auth.storage import ConfigDirLock
-from opp_auth.testing import PostgresServer
 
 PASSWORD = "correct horse battery staple"
 OWNER_ID = "0b6f1d3c2a8e4f5b9c7d6e5f4a3b2c1d"
@@ -82,15 +81,6 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     code = main(list(argv))
     out = capsys.readouterr()
     return code, out.out + out.err
-
-
-@pytest.fixture
-def database(postgresql_server: PostgresServer) -> Any:
-    """A fresh database URL."""
-    name = postgresql_server.create_database()
-    yield postgresql_server.url(name)
-    if postgresql_server.running:
-        postgresql_server.drop_database(name)
 
 
 async def test_copy_to_postgresql_and_back(

@@ -12,7 +12,6 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -22,7 +21,6 @@ from opp_auth_postgresql.schema import async_migrate
 from opp_auth import AuthEvent
 from opp_auth.audit_files import AuditFiles, audit_dir, log_files
 from opp_auth.cli import main
-from opp_auth.testing import PostgresServer
 
 HOSTILE = "évil\t\n\\N\x00\x1b[31m\u202e\ud800'); DROP TABLE opp_auth_audit; --"
 OWNER = {
@@ -87,15 +85,6 @@ def run(capsys: pytest.CaptureFixture[str], config_dir: Path, *argv: str) -> tup
     code = main(["-c", str(config_dir), *argv])
     out = capsys.readouterr()
     return code, out.out + out.err
-
-
-@pytest.fixture
-def database(postgresql_server: PostgresServer) -> Any:
-    """A fresh database URL."""
-    name = postgresql_server.create_database()
-    yield postgresql_server.url(name)
-    if postgresql_server.running:
-        postgresql_server.drop_database(name)
 
 
 async def test_the_audit_chain_goes_into_the_database_and_back_verified(
