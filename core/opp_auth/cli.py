@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import voluptuous as vol
 
@@ -28,6 +28,8 @@ from .plugins import PluginError, make_plugin_manager
 from .providers import LOCAL_PROVIDER_TYPES
 from .storage import STORAGE_DIR, ConfigDirLock, StorageError, read_envelope
 from .yaml import ConfigError
+
+_T = TypeVar("_T")
 
 DEFAULT_CONFIG_DIR = os.path.join(os.path.expanduser("~"), ".openpeerpower")
 LOCAL_TYPE = "openpeerpower"
@@ -477,6 +479,22 @@ def _shared_storage(config_dir: Path, pm: Any) -> tuple[Any, Any, Any] | None:
     return (config, backend, state) if state.shared else None
 
 
+def _run_on(backend: Any, work: Callable[[], Awaitable[_T]]) -> _T:
+    """Open backend, await work(), close it; a storage failure is the command's error."""
+
+    async def run() -> _T:
+        await backend.async_open()
+        try:
+            return await work()
+        finally:
+            await backend.async_close()
+
+    try:
+        return asyncio.run(run())
+    except StorageError as err:
+        raise CliError(str(err)) from None
+
+
 def _lift_shared_ban(config_dir: Path, pm: Any, address: str) -> bool:
     """With a shared storage, lift address's ban in it (a retained event); whether it was banned there."""
     from .http.ban import TOPIC, BanManager
@@ -486,25 +504,18 @@ def _lift_shared_ban(config_dir: Path, pm: Any, address: str) -> bool:
         return False
     _config, backend, state = shared_storage
 
-    async def run() -> bool:
+    async def lift() -> bool:
         """Replay the database's bans; publish the lift if it holds one."""
-        await backend.async_open()
-        try:
-            shared = BanManager(config_dir, threshold=-1)  # not loaded: the database's bans only
-            shared.share(state)
-            await state.async_replay(TOPIC, 10 * 365 * 86400.0)
-            if address not in shared.banned:
-                return False
-            event = {"op": "unban", "ip": address, "at": datetime.now(UTC).isoformat()}
-            await state.async_publish_retained(TOPIC, event, address)
-            return True
-        finally:
-            await backend.async_close()
+        shared = BanManager(config_dir, threshold=-1)  # not loaded: the database's bans only
+        shared.share(state)
+        await state.async_replay(TOPIC, 10 * 365 * 86400.0)
+        if address not in shared.banned:
+            return False
+        event = {"op": "unban", "ip": address, "at": datetime.now(UTC).isoformat()}
+        await state.async_publish_retained(TOPIC, event, address)
+        return True
 
-    try:
-        return asyncio.run(run())
-    except StorageError as err:
-        raise CliError(str(err)) from None
+    return _run_on(backend, lift)
 
 
 def _server_running(config_dir: Path) -> bool:
@@ -538,22 +549,15 @@ def _shared_lockouts(config_dir: Path, pm: Any, *, clear: bool = False) -> list[
     throttle = LoginThrottle.from_http_config(config.http)
     throttle.share(state)
 
-    async def run() -> list[dict[str, Any]]:
+    async def replay() -> list[dict[str, Any]]:
         """Replay, maybe clear, list."""
-        await backend.async_open()
-        try:
-            await state.async_replay(TOPIC, throttle.reset_after)
-            if clear:
-                await state.async_publish(TOPIC, {"op": "clear", "ip": None, "username": None})
-                throttle.apply_shared({"op": "clear", "ip": None, "username": None})
-            return throttle.lockouts()
-        finally:
-            await backend.async_close()
+        await state.async_replay(TOPIC, throttle.reset_after)
+        if clear:
+            await state.async_publish(TOPIC, {"op": "clear", "ip": None, "username": None})
+            throttle.apply_shared({"op": "clear", "ip": None, "username": None})
+        return throttle.lockouts()
 
-    try:
-        return asyncio.run(run())
-    except StorageError as err:
-        raise CliError(str(err)) from None
+    return _run_on(backend, replay)
 
 
 def _print_lockouts(lockouts: list[dict[str, Any]]) -> None:
