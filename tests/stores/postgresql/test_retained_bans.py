@@ -47,6 +47,9 @@ async def test_the_pruner_keeps_the_latest_retained_event_of_each_key(opp_auth_f
     assert await a.async_prune(older_than_hours=0) == 0
 
     b = await _backend(opp_auth_factory)
+    # Once its change feed has caught up: what the feed applies at start is not the replay under test
+    # (subscribed earlier, the same events could arrive twice).
+    await b.connected.wait()
     seen: list[dict[str, Any]] = []
     b.ephemeral_state().subscribe(TOPIC, lambda event, age: seen.append(event))
     await b.ephemeral_state().async_replay(TOPIC, 1.0)
