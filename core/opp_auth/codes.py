@@ -24,11 +24,11 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from .ephemeral import EphemeralState
-from .models import Credentials
+from .models import Credentials, UserMeta
 from .shares import AddressShares, KnownAddresses
 
 AUTHORIZE = "authorize"
@@ -60,15 +60,19 @@ class AuthorizationCodes:
         trusted: Callable[[str], bool] | None = None,
         state: EphemeralState | None = None,
         resolve: Callable[[dict[str, Any]], Credentials | None] | None = None,
+        describe: Callable[[Credentials], Awaitable[UserMeta | None]] | None = None,
     ) -> None:
         """Codes live ttl seconds; at most max_codes at once in each pool.
 
         state: where codes are shared with other servers (default: nowhere); resolve: the
-        Credentials of a shared code's stored value (see credentials_value).
+        Credentials of a shared code's stored value (see credentials_value); describe: the
+        UserMeta of new credentials whose meta is no JSON (the provider's, asked on this server),
+        so their code is shared too.
         """
         self.ttl = ttl
         self.state = state if state is not None else EphemeralState()
         self._resolve = resolve
+        self._describe = describe
         self.shares = AddressShares(
             max_codes, max_per_address, max_per_prefix, known=known, trusted=trusted, displace_own=True
         )
@@ -116,10 +120,14 @@ class AuthorizationCodes:
             self._displaced = []
             await self.state.async_drop_codes(displaced)
             stored = credentials_value(credentials)
+            if stored is None and credentials.is_new and self._describe is not None:
+                # What the login learnt for a new user (an LDAP or OIDC identity object) is no JSON:
+                # the provider says here what the user will be (name, group), and that travels.
+                user_meta = await self._describe(credentials)
+                if user_meta is not None:
+                    stored = credentials_value(credentials, user_meta)
             if stored is None:
-                # What the login learnt for a new user (an LDAP identity object) is no JSON: this
-                # code is redeemable on this server only.
-                return code
+                return code  # redeemable on this server only
             value = {"purpose": purpose, "credentials": stored}
             try:
                 await self.state.async_put_code(code, client_id, value, self.ttl)
@@ -173,19 +181,20 @@ class AuthorizationCodes:
             self._stored.discard(key[1])
 
 
-def credentials_value(credentials: Credentials) -> dict[str, Any] | None:
+def credentials_value(credentials: Credentials, user_meta: UserMeta | None = None) -> dict[str, Any] | None:
     """What a shared code keeps of its credentials (JSON; the provider's login data, never a password).
 
-    None when they cannot be written as JSON (new credentials whose meta is an object). The meta
-    of stored credentials is left out: it only serves making a new user, and the object that made
-    one may still carry it (trusted_header's Identity, LDAP's entry) until the server restarts.
+    None when they cannot be written as JSON (new credentials whose meta is an object, unless
+    user_meta, what the provider said the new user will be, takes its place). The meta of stored
+    credentials is left out: it only serves making a new user, and the object that made one may
+    still carry it (trusted_header's Identity, LDAP's entry) until the server restarts.
     """
-    meta = credentials.meta if credentials.is_new else None
+    meta = credentials.meta if credentials.is_new and user_meta is None else None
     try:
         json.dumps([credentials.data, meta], allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         return None
-    return {
+    value = {
         "id": credentials.id,
         "auth_provider_type": credentials.auth_provider_type,
         "auth_provider_id": credentials.auth_provider_id,
@@ -193,6 +202,29 @@ def credentials_value(credentials: Credentials) -> dict[str, Any] | None:
         "is_new": credentials.is_new,
         "meta": meta,
     }
+    if user_meta is not None and credentials.is_new:
+        value["user_meta"] = {
+            "name": user_meta.name,
+            "is_active": user_meta.is_active,
+            "group": user_meta.group,
+            "local_only": user_meta.local_only,
+        }
+    return value
+
+
+def user_meta_from_value(value: Any) -> UserMeta | None:
+    """The UserMeta credentials_value stored, or None when value is not one (a forged or damaged row)."""
+    if not isinstance(value, dict):
+        return None
+    name, active, group, local = (value.get(k) for k in ("name", "is_active", "group", "local_only"))
+    if not (
+        (name is None or isinstance(name, str))
+        and isinstance(active, bool)
+        and (group is None or isinstance(group, str))
+        and isinstance(local, bool)
+    ):
+        return None
+    return UserMeta(name=name, is_active=active, group=group, local_only=local)
 
 
 __all__ = [

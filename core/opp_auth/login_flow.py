@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import voluptuous as vol
 
-from .codes import AUTHORIZE, LINK_USER, PURPOSES, AuthorizationCodes
+from .codes import AUTHORIZE, LINK_USER, PURPOSES, AuthorizationCodes, user_meta_from_value
 from .ephemeral import EphemeralState
 from .events import LOGIN_SUCCEEDED
 from .events import login_name as _login_name
@@ -49,7 +49,7 @@ from .flow import (
     UnknownHandler,
 )
 from .mfa import MfaAbort
-from .models import Credentials, RefreshToken, User
+from .models import Credentials, RefreshToken, User, UserMeta
 from .network import is_local_address
 from .providers import AuthProvider, InvalidAuthError, ProviderUnavailableError
 from .shares import AddressShares, Full, KnownAddresses
@@ -412,7 +412,11 @@ class LoginFlowManager(FlowManager):
         if self.state.shared:
             self.state.subscribe(FLOWS_TOPIC, self._apply_shared)
         self.codes = AuthorizationCodes(
-            known=self._known, trusted=trusted, state=self.state, resolve=self._credentials_from
+            known=self._known,
+            trusted=trusted,
+            state=self.state,
+            resolve=self._credentials_from,
+            describe=self._async_user_meta,
         )
         # Steps of one account (or, without a username, one address) run one at a time, each after the
         # previous one's failure was counted: a burst of simultaneous guesses cannot pass the throttle together.
@@ -838,8 +842,25 @@ class LoginFlowManager(FlowManager):
         ):
             return None  # removed meanwhile, or a provider this server lacks
         credentials = Credentials(auth_provider_type=ptype, auth_provider_id=pid, data=data, id=cred_id, is_new=True)
-        credentials.meta = stored.get("meta")
+        if "user_meta" in stored:
+            # What the provider said on the login's server the new user will be (its own meta is no JSON).
+            credentials.meta = user_meta_from_value(stored["user_meta"])
+            if credentials.meta is None:
+                return None
+        else:
+            credentials.meta = stored.get("meta")
         return credentials
+
+    async def _async_user_meta(self, credentials: Credentials) -> UserMeta | None:
+        """What the provider of new credentials says the user will be (for a code another server may exchange)."""
+        provider = self._registry.provider_for(credentials)
+        if provider is None:
+            return None
+        try:
+            return await provider.async_user_meta_for_credentials(credentials)
+        except Exception:  # a plugin's failure: the code stays redeemable on this server only
+            _LOGGER.exception("Provider %s could not describe a new user; the code stays on this server", provider.key)
+            return None
 
     def _flow_state(self, flow: FlowHandler) -> dict[str, Any] | None:
         """A flow's whole state as JSON for another server; None when it must stay on this one."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import events as ev
 from .errors import AuthManagerError
-from .models import GROUP_ID_USER, Credentials, Group, User
+from .models import GROUP_ID_USER, Credentials, Group, User, UserMeta
 
 if TYPE_CHECKING:
     from .events import Events
@@ -112,7 +112,12 @@ class Users:
         provider = self._registry.provider_for(credentials)
         if provider is None:
             raise AuthManagerError("Credential with unknown provider encountered")
-        meta = await provider.async_user_meta_for_credentials(credentials)
+        # A code exchanged on another server than the login's carries what the provider said there.
+        meta = (
+            credentials.meta
+            if isinstance(credentials.meta, UserMeta)
+            else await provider.async_user_meta_for_credentials(credentials)
+        )
         # Two codes of logins that both found no credentials hold two new Credentials for one person: once
         # one of them made the user, the other is refused (never a second user with the same credential key).
         existing = self.store.find_credentials(credentials.provider_key, credentials.data)

@@ -130,3 +130,49 @@ async def test_state_round_trip_and_refusals(opp_auth_factory: Any) -> None:
     ):
         with pytest.raises(ValueError):
             (await provider.async_login_flow({"ip_address": CLIENT})).load_state(*bad)
+
+
+async def test_a_new_users_first_code_is_exchanged_on_another_server_with_the_proxys_name_and_group(
+    opp_auth_factory: Any,
+) -> None:
+    """The proxy's word about a new person (an object: no JSON) stays on A, but what A's provider says the user
+    will be travels with the code: B exchanges it and makes the user with that name and group."""
+    config = {**CONFIG, "providers": [{"type": "trusted_header", "admin_groups": ["admins"]}]}
+    a = await opp_auth_factory(**config)
+    b = await opp_auth_factory(**config)
+    done = await a.login_flow.async_start_login(
+        HANDLER,
+        ip_address=CLIENT,
+        client_id=CLIENT_ID,
+        redirect_uri=REDIRECT,
+        client_ok=True,
+        peer_address=PROXY,
+        headers={"Remote-User": "carol", "Remote-Name": "Carol C.", "Remote-Groups": "staff,admins"},
+    )
+    assert done["type"] == "create_entry", done
+    row = await a.ephemeral._one("SELECT value FROM opp_auth_codes", None)
+    stored = json.loads(row[0])["credentials"]
+    assert stored["meta"] is None and stored["user_meta"] == {
+        "name": "Carol C.",
+        "is_active": True,
+        "group": "system-admin",
+        "local_only": False,
+    }
+    credentials = await b.login_flow.codes.async_redeem(CLIENT_ID, done["result"], "authorize")
+    assert credentials is not None and credentials.is_new
+    user = await b.users.async_get_or_create_user(credentials)
+    assert user.name == "Carol C." and [g.id for g in user.groups] == ["system-admin"]
+    assert await a.login_flow.codes.async_redeem(CLIENT_ID, done["result"], "authorize") is None  # once
+
+
+async def test_a_forged_user_meta_in_a_shared_code_is_refused(opp_auth_factory: Any) -> None:
+    """A code row whose user_meta is not what credentials_value writes gives no credentials."""
+    a = await opp_auth_factory(**CONFIG)
+    b = await opp_auth_factory(**CONFIG)
+    done = await start(a, "dave")
+    assert done["type"] == "create_entry", done
+    row = await a.ephemeral._one("SELECT id, value FROM opp_auth_codes", None)
+    value = json.loads(row[1])
+    value["credentials"]["user_meta"] = {"name": "x", "is_active": "yes", "group": 1, "local_only": False}
+    await a.ephemeral._one("UPDATE opp_auth_codes SET value = %s WHERE id = %s", (json.dumps(value), row[0]))
+    assert await b.login_flow.codes.async_redeem(CLIENT_ID, done["result"], "authorize") is None
