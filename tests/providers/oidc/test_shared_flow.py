@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 from opp_auth.ephemeral import digest
 from opp_auth.flow import UnknownFlow
 from opp_auth.http.app import create_app
-from opp_auth.testing import CLIENT_ID, REDIRECT_URI
+from opp_auth.testing import CLIENT_ID, REDIRECT_URI, async_wait_until
 
 from .conftest import ACCOUNTS, CLIENT_SECRET, free_port, provider_config
 
@@ -152,14 +152,6 @@ async def cluster(op: Any, opp_auth_factory: Any) -> Any:
         await server.close()
 
 
-async def until(predicate: Any, timeout: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not predicate():
-        assert loop.time() - start < timeout, "not within the time"
-        await asyncio.sleep(0.01)
-
-
 async def login(c: Cluster, start: str, callback: str, wait: str, account: str = "alice") -> dict[str, Any]:
     """A login: started on one server, the provider's callback on another, the wait step on a third."""
     step = await c.start(start)
@@ -178,13 +170,13 @@ async def test_each_step_on_another_server(cluster: Any, start: str, callback: s
     either: alice is logged in, and the refresh token (made where the code was traded) holds the
     provider's grant of that login, whichever server ran the wait step."""
     c: Cluster = await cluster()
-    # alice's first login makes her user; a new user's first code is traded where the wait step ran.
+    # alice's first login makes her user (traded where the wait step ran; see the next test for the other way).
     first = await login(c, start, callback, wait)
     assert first["type"] == "create_entry", first
     status, tokens = await c.trade(wait, first["result"])
     assert status == 200, tokens
     other = c.auth(trade)
-    await until(lambda: any(u.name == "Alice Liddell" for u in other.store.users()))
+    await async_wait_until(lambda: any(u.name == "Alice Liddell" for u in other.store.users()))
     done = await login(c, start, callback, wait)
     assert done["type"] == "create_entry", done
     status, tokens = await c.trade(trade, done["result"])
@@ -292,7 +284,7 @@ async def test_mfa_on_the_other_server_and_forged_flow_rows(cluster: Any, caplog
     users = {u.name: u for u in c.auth("a").store.users()}
     alice, bob = users["Alice Liddell"], users["Bob"]
     for name in ("a", "b"):
-        await until(lambda n=name: all(c.auth(n).store.get_user(u.id) is not None for u in (alice, bob)))
+        await async_wait_until(lambda n=name: all(c.auth(n).store.get_user(u.id) is not None for u in (alice, bob)))
         module = c.auth(name).registry.get_auth_mfa_module("insecure_example")
         for user in (alice, bob):
             await module.async_setup_user(user.id, {"pin": "1234"})
@@ -334,3 +326,19 @@ async def test_mfa_on_the_other_server_and_forged_flow_rows(cluster: Any, caplog
     assert (taken["type"], taken["reason"]) == ("abort", "login_expired"), taken
     done = await c.wait("b", mfa["flow_id"], {"pin": "1234"})  # alice's own flow still finishes
     assert done["type"] == "create_entry", done
+
+
+async def test_a_new_users_first_code_is_traded_on_another_server(cluster: Any) -> None:
+    """alice's very first login, waited for on A and traded on B: B makes her user with the name A's provider
+    read from the claims, holds the provider's grant, and refreshes."""
+    c: Cluster = await cluster()
+    first = await login(c, "a", "b", "a")
+    assert first["type"] == "create_entry", first
+    status, tokens = await c.trade("b", first["result"])
+    assert status == 200, tokens
+    other = c.auth("b")
+    token = other.store.get_refresh_token_by_token(tokens["refresh_token"])
+    assert token is not None and token.user.name == "Alice Liddell"
+    provider = next(p for p in other.auth_providers if p.type == "oidc")
+    assert provider.sessions.has_grant(token.id)
+    assert await c.refresh("b", tokens["refresh_token"]) == 200
