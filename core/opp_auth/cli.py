@@ -741,7 +741,14 @@ def _audit_copy_plan(pm: Any, source: Any, target: Any, config_dir: Path, withou
         # a copy cannot then stop half-way on a record the check above accepted.
         for text in give.chain_texts():
             record = AuthEvent.parse_chained(text)
-            if record is None or AuthEvent.canonical_text(record) is None:
+            seq = record.get("seq") if record is not None else None
+            if (
+                record is None
+                or isinstance(seq, bool)
+                or not isinstance(seq, int)
+                or not 0 < seq < 2**63
+                or AuthEvent.canonical_text(record) is None
+            ):
                 raise CliError(
                     f"The audit log in {give.describe()} holds a record that cannot be copied: {text[:80]!r}"
                 )
@@ -756,7 +763,7 @@ def _audit_copy_plan(pm: Any, source: Any, target: Any, config_dir: Path, withou
     return give, take, report
 
 
-def _copy_audit(give: Any, take: Any, report: Any) -> int:
+def _copy_audit(give: Any, take: Any, report: Any, target: str) -> int:
     """Copy the chain as it is and check the copy: as many records, the same head."""
     from .audit_files import AuditFiles
 
@@ -766,7 +773,7 @@ def _copy_audit(give: Any, take: Any, report: Any) -> int:
     except Exception as err:  # noqa: BLE001 - the disk or the database failed meanwhile (the content was checked)
         raise CliError(
             f"The audit log was not copied ({type(err).__name__}: {audit_cli.safe_text(str(err), 300)}); "
-            f"the data is in {take.describe()} already: empty the target, then copy again"
+            f"the users and tokens are in {target} already: empty it, then copy again"
         ) from None
     if copied.records != report.records or copied.head_hash != report.head_hash or not copied.ok:
         raise CliError(
@@ -823,7 +830,11 @@ def cmd_storage_copy(args: argparse.Namespace) -> int:
                         f"The copy in {target.describe()} differs from the source "
                         f"({_summary(copied)} against {_summary(exported)}); do not use it"
                     )
-                audited = await asyncio.to_thread(_copy_audit, give, take, chain) if give is not None else None
+                audited = (
+                    await asyncio.to_thread(_copy_audit, give, take, chain, target.describe())
+                    if give is not None
+                    else None
+                )
             finally:
                 await other.async_close()
             # A fresh backend object: the one above is closed.

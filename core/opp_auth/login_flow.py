@@ -527,6 +527,9 @@ class LoginFlowManager(FlowManager):
         user, modules = await self.async_required_mfa(credentials, flow.context.get("ip_address"))
         proven = offering_module is not None and offering_module in modules  # that factor was just proven
         if user is not None and modules and not proven and not flow.mfa_passed(user, modules):
+            # A pass that no longer counts (its module removed meanwhile) is forgotten: a flow that goes on
+            # holds none, so another server taking its next step may refuse a stored one.
+            flow._mfa_passed = None
             flow.credential = credentials
             flow.user = user
             flow.available_mfa_modules = modules

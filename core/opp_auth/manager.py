@@ -99,7 +99,7 @@ class AuthManager:
         self.known_addresses = KnownAddresses()
         trusted = network_checker(self.registry.trusted_networks() + list(self.http_config.get("ban_allowlist") or ()))
         self.user_settings = UserSettings(self.storage(USER_SETTINGS_KEY, USER_SETTINGS_VERSION, private=True))
-        self.users = Users(self.store, self.registry, self.events, self.user_settings)
+        self.users = Users(self.store, self.registry, self.events, self.user_settings, self.ephemeral)
         self.refresh_tokens = RefreshTokens(
             self.store, self.registry, self.access, self.events, version=__version__, expiry=refresh_token_expiry
         )

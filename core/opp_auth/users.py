@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
+from .ephemeral import EphemeralState
 from .errors import AuthManagerError
 from .models import GROUP_ID_USER, Credentials, Group, User, UserMeta
 
@@ -21,12 +23,23 @@ _LOGGER = logging.getLogger(__name__)
 class Users:
     """Every change to a user goes through here: stored durably, then told to plugins."""
 
-    def __init__(self, store: AuthStore, registry: Registry, events: Events, user_settings: UserSettings) -> None:
-        """Users kept in store, their providers and modules in registry; changes fired through events."""
+    def __init__(
+        self,
+        store: AuthStore,
+        registry: Registry,
+        events: Events,
+        user_settings: UserSettings,
+        state: EphemeralState | None = None,
+    ) -> None:
+        """Users kept in store, their providers and modules in registry; changes fired through events.
+
+        state: with several servers, new users are made one credential key at a time on all of them.
+        """
         self.store = store
         self._registry = registry
         self._events = events
         self._user_settings = user_settings
+        self._state = state if state is not None else EphemeralState()
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -118,6 +131,18 @@ class Users:
             if isinstance(credentials.meta, UserMeta)
             else await provider.async_user_meta_for_credentials(credentials)
         )
+        # One person's first logins may be exchanged on two servers at once: each makes the user while it
+        # holds that credential key's lock on every server, after applying what was committed before.
+        key = hashlib.sha256(
+            repr((credentials.provider_key, provider.credential_key(credentials.data))).encode("utf-8", "surrogatepass")
+        ).hexdigest()
+        async with self._state.async_step_lock(f"new-user:{key}"):
+            if self._state.shared:
+                await self._state.async_barrier()
+            return await self._async_make_user(credentials, meta)
+
+    async def _async_make_user(self, credentials: Credentials, meta: UserMeta) -> User:
+        """A new user for new credentials (their lock held)."""
         # Two codes of logins that both found no credentials hold two new Credentials for one person: once
         # one of them made the user, the other is refused (never a second user with the same credential key).
         existing = self.store.find_credentials(credentials.provider_key, credentials.data)

@@ -152,7 +152,7 @@ class PgAuditSink:
             for index, (data, epoch) in enumerate(batch):
                 seq += 1
                 text, head = AuthEvent.chain(data, seq, head)
-                rows.append((seq, datetime.fromtimestamp(epoch, UTC), str(data["type"]), text))
+                rows.append((seq, datetime.fromtimestamp(epoch, UTC), _type_column(data.get("type")), text))
                 if index % 64 == 63:
                     time.sleep(0)  # let the event loop's thread take the GIL between chunks
             # COPY: rows stream as they are (psycopg's array parameters escape each element in Python,
@@ -305,7 +305,7 @@ class PgAuditSink:
                         at = datetime.fromisoformat(str(record["time"]))
                         # The writer's own form (what the head row's trigger and verify read), whatever
                         # the source's spacing or escapes.
-                        copy.write_row((record["seq"], at, str(record["type"]), sealed))
+                        copy.write_row((record["seq"], at, _type_column(record.get("type")), sealed))
                         last = (int(record["seq"]), str(record["hash"]))
                         count += 1
                 final = head if head is not None and (last is None or head[0] >= last[0]) else last
@@ -323,6 +323,13 @@ class PgAuditSink:
         """Whether the schema has the audit table (a server of this release started on the database)."""
         row = conn.execute("SELECT to_regclass('opp_auth_audit') IS NOT NULL").fetchone()
         return bool(row and row[0])
+
+
+def _type_column(value: Any) -> str:
+    """A record's type as the type column holds it: text PostgreSQL can store (a plugin's event type with
+    a NUL or a lone surrogate is escaped there; the record's own text, ASCII JSON, keeps it exactly)."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text.encode("ascii", "backslashreplace").decode("ascii").replace("\x00", "\\x00")
 
 
 def _json(text: Any) -> dict[str, Any]:
