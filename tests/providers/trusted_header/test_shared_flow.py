@@ -34,7 +34,7 @@ def opp_auth_storage_type() -> str:
     return "postgresql"
 
 
-async def start(server: Any, username: str) -> dict[str, Any]:
+async def start(server: Any, username: str, more: dict[str, str] | None = None) -> dict[str, Any]:
     return await server.login_flow.async_start_login(
         HANDLER,
         ip_address=CLIENT,
@@ -42,7 +42,7 @@ async def start(server: Any, username: str) -> dict[str, Any]:
         redirect_uri=REDIRECT,
         client_ok=True,
         peer_address=PROXY,
-        headers={"Remote-User": username},
+        headers={"Remote-User": username, **(more or {})},
     )
 
 
@@ -140,15 +140,7 @@ async def test_a_new_users_first_code_is_exchanged_on_another_server_with_the_pr
     config = {**CONFIG, "providers": [{"type": "trusted_header", "admin_groups": ["admins"]}]}
     a = await opp_auth_factory(**config)
     b = await opp_auth_factory(**config)
-    done = await a.login_flow.async_start_login(
-        HANDLER,
-        ip_address=CLIENT,
-        client_id=CLIENT_ID,
-        redirect_uri=REDIRECT,
-        client_ok=True,
-        peer_address=PROXY,
-        headers={"Remote-User": "carol", "Remote-Name": "Carol C.", "Remote-Groups": "staff,admins"},
-    )
+    done = await start(a, "carol", {"Remote-Name": "Carol C.", "Remote-Groups": "staff,admins"})
     assert done["type"] == "create_entry", done
     row = await a.ephemeral._one("SELECT value FROM opp_auth_codes", None)
     stored = json.loads(row[0])["credentials"]
