@@ -169,6 +169,7 @@ class PostgresBackend(StorageBackend):
         self._last_contact = time.monotonic()
         self._closing = False
         self._resync = False
+        self._alone: psycopg.AsyncConnection[Any] | None = None  # the servers' lock, held alone (copy)
         self.connected = asyncio.Event()
         self._caught_up = asyncio.Condition()
 
@@ -217,6 +218,15 @@ class PostgresBackend(StorageBackend):
             await self.pool.open(wait=True, timeout=self.connect_timeout)
             async with self.pool.connection() as conn:
                 await async_migrate(conn)
+                # A storage copy holds the servers' lock alone while it runs (async_servers_running):
+                # nothing may write to the database meanwhile.
+                cur = await conn.execute("SELECT pg_try_advisory_lock_shared(%s)", (LOCK_SERVERS,))
+                row = await cur.fetchone()
+                if not (row and row[0]):
+                    raise StorageError(
+                        f"opp-auth storage copy is using the database {self.describe()}; start again once it has ended"
+                    )
+                await conn.execute("SELECT pg_advisory_unlock_shared(%s)", (LOCK_SERVERS,))
                 cur = await conn.execute("SELECT coalesce(max(seq), 0) FROM opp_auth_changes")
                 row = await cur.fetchone()
                 self.last_seq = int(row[0]) if row else 0
@@ -264,6 +274,10 @@ class PostgresBackend(StorageBackend):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._listener = self._pruner = None
+        if self._alone is not None:
+            with contextlib.suppress(Exception):
+                await self._alone.close()
+            self._alone = None
         await self._close_pool()
 
     async def async_drop_broken_connections(self) -> None:
@@ -618,15 +632,26 @@ class PostgresBackend(StorageBackend):
                 )
 
     async def async_servers_running(self) -> bool:
-        """Whether a server holds the database (its listener's shared lock)."""
+        """Whether a server holds the database (its listener's shared lock). When none does, this backend
+        takes the lock alone and keeps it until it is closed: a server (or a command) that starts on the
+        database meanwhile is refused (storage copy: the data must stand still)."""
         assert self.pool is not None
-        async with self.pool.connection() as conn:
+        conn = await psycopg.AsyncConnection.connect(
+            self.url, autocommit=True, connect_timeout=max(1, math.ceil(self.connect_timeout))
+        )
+        try:
             cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_SERVERS,))
             row = await cur.fetchone()
-            free = bool(row and row[0])
-            if free:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_SERVERS,))
-            return not free
+        except BaseException:
+            await conn.close()
+            raise
+        if not (row and row[0]):
+            await conn.close()
+            return True
+        if self._alone is not None:
+            await self._alone.close()
+        self._alone = conn  # closed (the lock with it) by async_close
+        return False
 
 
 class ConflictError(StorageError):

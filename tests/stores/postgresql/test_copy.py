@@ -196,3 +196,38 @@ async def test_copy_refuses_while_a_server_uses_the_database(
         await auth.async_shutdown()
     assert code == 1 and "A server is using" in out
     assert not (target / ".storage" / "auth").exists()
+
+
+async def test_a_server_starting_while_a_copy_runs_is_refused_until_it_ends(tmp_path: Path, database: str) -> None:
+    """The copy holds the servers' lock alone from its check to its end: a server (or a command) that starts on
+    the database meanwhile is refused, naming the copy, and starts once the copy has closed."""
+    from opp_auth_postgresql import PostgresBackend
+
+    from opp_auth.storage import StorageError
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "configuration.yaml").write_text(
+        f"openpeerpower:\n  storage:\n    type: postgresql\n    url: {database}\n", encoding="utf-8"
+    )
+    copying = PostgresBackend(PostgresBackend.CONFIG_SCHEMA({"type": "postgresql", "url": database}), str(tmp_path))
+    await copying.async_open()
+    assert await copying.async_servers_running() is False  # none: the copy goes on, holding the lock
+    pm = make_plugin_manager()
+    try:
+        auth = build_auth(load_config(served, pm), pm)
+        with pytest.raises(StorageError, match="storage copy is using the database"):
+            await auth.async_setup()
+        await auth.async_shutdown()
+        second = PostgresBackend(PostgresBackend.CONFIG_SCHEMA({"type": "postgresql", "url": database}), str(tmp_path))
+        with pytest.raises(StorageError):  # a second copy is refused too
+            await second.async_open()
+    finally:
+        await copying.async_close()
+    auth = build_auth(load_config(served, pm), pm)
+    await auth.async_setup()
+    try:
+        made = await auth.users.async_create_user("After the copy")
+        assert auth.store.get_user(made.id) is not None
+    finally:
+        await auth.async_shutdown()
