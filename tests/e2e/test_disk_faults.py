@@ -57,12 +57,21 @@ class StorageMount:
         subprocess.run(["mount", "-o", f"remount,{mode}", str(self.path)], check=True, capture_output=True)
 
     def files(self) -> dict[str, bytes]:
-        """Every file (temporary ones included) with its content, the filler and lock aside."""
-        return {
-            p.name: p.read_bytes()
-            for p in self.path.iterdir()
-            if p.is_file() and p.name not in (FILLER, ".opp-auth.lock")
-        }
+        """Every file (temporary ones included) with its content, the filler and lock aside.
+
+        A background save (the login history's, in an executor thread) may remove its temporary
+        file between the listing and the read: such a file was gone at the instant of the read,
+        so it is left out rather than failing the listing.
+        """
+        found: dict[str, bytes] = {}
+        for path in self.path.iterdir():
+            if path.name in (FILLER, ".opp-auth.lock"):
+                continue
+            try:
+                found[path.name] = path.read_bytes()
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+        return found
 
 
 @pytest.fixture
