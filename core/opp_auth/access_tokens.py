@@ -37,6 +37,10 @@ class AccessTokens:
         self._access = access
         self._known_addresses = known_addresses
         self.cache = TokenCache()
+        self._cached = self.cache.entries
+        self._checks = stats.access_token_checks
+        self._get_refresh_token = store.refresh_token_lookup
+        self._refusal = access.refusal
         self._sign_secret = secrets.token_hex(32)
 
     async def async_create_access_token(self, refresh_token: RefreshToken, remote_ip: str | None = None) -> str:
@@ -64,27 +68,42 @@ class AccessTokens:
         The access decision (sessions.AccessPolicy) is the same for every way in:
         user active, local_only, refresh token expiry, the provider's per-request check (G6).
         """
-        checks = self.stats.access_token_checks
-        cached = self.cache.get(token)
-        if cached is not None:
-            refresh_token = self.store.get_refresh_token(cached)
+        # The hottest path of the server (every authenticated request): the cache's dict, the store's
+        # lookup and the access decision are bound once in __init__, and nothing here calls a helper
+        # that only forwards.
+        checks = self._checks
+        entry = self._cached.get(token)
+        now = time.time()
+        if entry is not None and entry[1] >= now:
+            refresh_token = self._get_refresh_token(entry[0])
         else:
-            claims = unverified_claims(token)
-            if claims is None:
-                checks[OUTCOME_INVALID] += 1
-                return None
-            issuer = claims.get("iss")
-            refresh_token = self.store.get_refresh_token(issuer) if isinstance(issuer, str) else None
-            if refresh_token is None:
-                checks[OUTCOME_INVALID] += 1
-                return None
-            if not verify_signature(token, refresh_token.jwt_key) or not check_claims(
-                claims, issuer=refresh_token.id, leeway=EXP_LEEWAY
-            ):
-                checks[OUTCOME_INVALID] += 1
-                return None
-            self.cache.put(token, refresh_token.id, claims["exp"] + EXP_LEEWAY)
-        return self._admit(checks, refresh_token, remote_ip)
+            refresh_token = self._verify(token)
+        if refresh_token is None:
+            checks[OUTCOME_INVALID] += 1
+            return None
+        refusal = self._refusal(refresh_token.user, remote_ip, refresh_token, now)
+        if refusal is not None:
+            self.stats.refused(checks, refusal)
+            return None
+        checks[OUTCOME_VALID] += 1
+        return refresh_token
+
+    def _verify(self, token: str) -> RefreshToken | None:
+        """The refresh token behind token after checking its signature and claims (then cached); else None."""
+        self.cache.forget(token)  # expired, or never seen
+        claims = unverified_claims(token)
+        if claims is None:
+            return None
+        issuer = claims.get("iss")
+        refresh_token = self._get_refresh_token(issuer) if isinstance(issuer, str) else None
+        if refresh_token is None:
+            return None
+        if not verify_signature(token, refresh_token.jwt_key) or not check_claims(
+            claims, issuer=refresh_token.id, leeway=EXP_LEEWAY
+        ):
+            return None
+        self.cache.put(token, refresh_token.id, claims["exp"] + EXP_LEEWAY)
+        return refresh_token
 
     def _admit(
         self, checks: dict[str, int], refresh_token: RefreshToken | None, remote_ip: str | None

@@ -110,7 +110,10 @@ class TokenCache:
     def __init__(self, size: int = 20000) -> None:
         """Hold at most size tokens (oldest evicted first)."""
         self.size = size
-        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # token -> (refresh token id, expiry): read directly on the bearer path (AccessTokens), where
+        # an entry whose expiry has passed counts as absent.
+        self.entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._entries = self.entries
 
     def get(self, token: str) -> str | None:
         """The refresh token id of a cached, unexpired token."""
@@ -121,6 +124,10 @@ class TokenCache:
             self._entries.pop(token, None)
             return None
         return entry[0]
+
+    def forget(self, token: str) -> None:
+        """Drop token's entry, if any."""
+        self._entries.pop(token, None)
 
     def put(self, token: str, refresh_token_id: str, exp: float) -> None:
         """Remember a verified token."""

@@ -14,6 +14,7 @@ from ..throttle import PLUGIN_NAME as THROTTLE_PLUGIN_NAME
 from ..throttle import TOPIC as THROTTLE_TOPIC
 from ..throttle import LoginThrottle
 from . import auth_views, onboarding, openapi, pages
+from .application import PipelineApplication
 from .ban import TOPIC as BAN_TOPIC
 from .ban import BanManager
 from .ban_commands import BAN_PLUGIN_NAME
@@ -63,7 +64,7 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
     # With several servers on one storage, counters and bans are every server's (opp_auth.ephemeral).
     throttle.share(auth.ephemeral)
     ban.share(auth.ephemeral)
-    app = web.Application(client_max_size=MAX_BODY_SIZE)
+    app = PipelineApplication(client_max_size=MAX_BODY_SIZE)
     logging.getLogger("aiohttp.server").addFilter(_MALFORMED_REQUEST_FILTER)  # once: filters are a set
     app[AUTH_KEY] = auth
     app[CONFIG_KEY] = http_config
@@ -80,12 +81,11 @@ def create_app(auth: AuthManager, http_config: dict[str, Any] | None = None) -> 
     auth_views.add_routes(app)
     onboarding.add_routes(app)
     pages.add_routes(app)
-    pages.add_security_headers(app)
     openapi.add_routes(app)
     setup_websocket(app, auth)
     auth.pm.hook.opp_auth_register_routes(app=app, auth=auth.context)
-    # First in the list: the outermost, so a plugin's own middleware already sees the authenticated user.
-    app.middlewares.insert(0, build_pipeline(auth, http_config, ban))
+    # Before every middleware: a plugin's own middleware already sees the authenticated user.
+    app.set_pipeline(build_pipeline(auth, http_config, ban))
     check_routes(app)
 
     async def on_startup(app: web.Application) -> None:

@@ -124,11 +124,9 @@ from ..throttle import retry_after_header, too_many_attempts_message
 from . import indieauth
 from .serialize import prepare_result_json
 from .view import (
+    ATTR_AUTHENTICATED,
     CLIENT_SESSION_KEY,
     CONFIG_KEY,
-    KEY_AUTHENTICATED,
-    KEY_REFRESH_TOKEN_ID,
-    KEY_USER,
     FormError,
     auth_of,
     client_ip,
@@ -137,6 +135,8 @@ from .view import (
     peer_address,
     read_form,
     read_json,
+    request_refresh_token_id,
+    request_user,
     require_auth,
 )
 
@@ -443,7 +443,7 @@ async def link_user_view(request: web.Request) -> web.Response:
     if error is not None:
         return error
     auth = auth_of(request)
-    session = auth.store.get_refresh_token(request.get(KEY_REFRESH_TOKEN_ID) or "")
+    session = auth.store.get_refresh_token(request_refresh_token_id(request) or "")
     provider = (
         auth.registry.get_auth_provider(*session.credential.provider_key) if session and session.credential else None
     )
@@ -455,7 +455,7 @@ async def link_user_view(request: web.Request) -> web.Response:
     if credentials is None:
         return json_message("Invalid code", 400)
     try:
-        await auth.users.async_link_user(request[KEY_USER], credentials)
+        await auth.users.async_link_user(request_user(request), credentials)
     except AuthManagerError as err:
         return json_message(str(err), 400)
     return json_message("User linked")
@@ -466,7 +466,7 @@ _API_RUNNING = b'{"message":"API running."}'
 
 async def api_status_view(request: web.Request) -> web.Response:
     """GET /api/: proof that a token works (the auth check is inline: this is the hottest path)."""
-    if not request.get(KEY_AUTHENTICATED):
+    if getattr(request, ATTR_AUTHENTICATED, False) is not True:  # False on any request nothing let in
         return json_message("Unauthorized", 401)
     return web.Response(body=_API_RUNNING, content_type="application/json")
 
@@ -491,4 +491,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/.well-known/change-password", change_password_redirect)
 
 
-__all__ = ["KEY_REFRESH_TOKEN_ID", "ONBOARDED_KEY", "add_routes"]
+__all__ = ["ONBOARDED_KEY", "add_routes"]

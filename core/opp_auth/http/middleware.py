@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Middleware
 
 from .. import events
 from ..events import Origin, set_origin
@@ -23,16 +23,7 @@ from ..models import User
 from ..storage import STORAGE_UNAVAILABLE_MESSAGE, StorageError
 from ..validation import CODE_INVALID_FORMAT, InvalidData
 from .forwarded import ForwardedError, resolve_forwarded
-from .view import (
-    KEY_AUTHENTICATED,
-    KEY_CLIENT_IP,
-    KEY_PEER_IP,
-    KEY_REFRESH_TOKEN_ID,
-    KEY_USER,
-    WS_GUARD_MARKERS,
-    Handler,
-    json_message,
-)
+from .view import WS_GUARD_MARKERS, Handler, client_ip, json_message, request_user
 
 if TYPE_CHECKING:
     from ..manager import AuthManager
@@ -64,10 +55,10 @@ CORS_ANY_ORIGIN_PATHS = frozenset({"/auth/token", "/auth/revoke"})
 
 def _request_origin(request: web.Request) -> Origin:
     """The origin of events emitted while serving request (what the pipeline found out about it)."""
-    user = request.get(KEY_USER)
+    user = request_user(request)
     return Origin(
         via="http",
-        remote_address=request.get(KEY_CLIENT_IP, request.remote),
+        remote_address=client_ip(request),
         user_agent=request.headers.get(hdrs.USER_AGENT),
         actor_id=getattr(user, "id", None),
     )
@@ -76,8 +67,14 @@ def _request_origin(request: web.Request) -> Origin:
 events.describe_origin = _request_origin
 
 
-def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManager | None) -> Middleware:
-    """The pipeline middleware for this configuration (append it to ``app.middlewares``)."""
+def build_pipeline(
+    auth: AuthManager, http_config: dict[str, Any], ban: BanManager | None
+) -> Callable[[Handler], Handler]:
+    """The pipeline for this configuration: give it aiohttp's own handling, get the handler of every request.
+
+    application.PipelineApplication.set_pipeline calls it once with Application._handle (routing, any
+    plugin's middlewares, the route's handler); what it returns is that handling behind the pipeline.
+    """
     use_xff = bool(http_config.get("use_x_forwarded_for"))
     trusted_proxies = list(http_config.get("trusted_proxies") or [])
     cors_origins = frozenset(http_config.get("cors_allowed_origins") or [])
@@ -86,112 +83,120 @@ def build_pipeline(auth: AuthManager, http_config: dict[str, Any], ban: BanManag
     validate_token = auth.access_tokens.validate_access_token
     clean_paths: set[str] = set()
 
-    @web.middleware
-    async def run(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Filter, resolve the client, check bans, authenticate, call the handler, add CORS."""
-        raw_path = request.raw_path
-        if raw_path not in clean_paths:
-            if _FILTERS.search(raw_path) or ("%" in raw_path and _FILTERS.search(unquote(raw_path))):
-                _LOGGER.warning("Filtered a potential harmful request to: %s", raw_path)
-                return json_message("Bad request", 400)
-            if len(raw_path) <= _CLEAN_PATH_MAX_LENGTH:
-                if len(clean_paths) >= _CLEAN_PATHS_MAX:
-                    clean_paths.clear()
-                clean_paths.add(raw_path)
+    def wrap(handler: Handler) -> Handler:
+        """The pipeline in front of handler (called once: the request's handler is a closure variable)."""
 
-        headers = request.headers
-        # The direct peer of the connection, before any X-Forwarded-For.
-        peer = remote = request.remote
-        if hdrs.X_FORWARDED_FOR in headers:
-            try:
-                forwarded = resolve_forwarded(peer, headers, use_xff, trusted_proxies)
-            except ForwardedError as err:
-                _LOGGER.error("%s", err)
-                return json_message(str(err), 400)
-            if forwarded is not None:
-                changes: dict[str, Any] = {"remote": forwarded.remote}
-                if forwarded.scheme:
-                    changes["scheme"] = forwarded.scheme
-                if forwarded.host:
-                    changes["host"] = forwarded.host
-                request = request.clone(**changes)
-                remote = request.remote
-        request[KEY_CLIENT_IP] = remote
-        request[KEY_PEER_IP] = peer
-        set_origin(request)  # events emitted while serving it name its address, user agent and user
+        async def run(request: web.Request) -> web.StreamResponse:
+            """Filter, resolve the client, check bans, authenticate, call the handler, add CORS."""
+            raw_path = request.raw_path
+            if raw_path not in clean_paths:
+                if _FILTERS.search(raw_path) or ("%" in raw_path and _FILTERS.search(unquote(raw_path))):
+                    _LOGGER.warning("Filtered a potential harmful request to: %s", raw_path)
+                    return json_message("Bad request", 400)
+                if len(raw_path) <= _CLEAN_PATH_MAX_LENGTH:
+                    if len(clean_paths) >= _CLEAN_PATHS_MAX:
+                        clean_paths.clear()
+                    clean_paths.add(raw_path)
 
-        if ban_active and remote in ban.banned and ban.is_banned(remote):  # type: ignore[union-attr]
-            auth.events.login_failed(remote, None, None, "banned", plugins=False)
-            return json_message("Forbidden", 403)
+            headers = request.headers
+            # The direct peer of the connection, before any X-Forwarded-For.
+            peer = remote = request.remote
+            if hdrs.X_FORWARDED_FOR in headers:
+                try:
+                    forwarded = resolve_forwarded(peer, headers, use_xff, trusted_proxies)
+                except ForwardedError as err:
+                    _LOGGER.error("%s", err)
+                    return json_message(str(err), 400)
+                if forwarded is not None:
+                    changes: dict[str, Any] = {"remote": forwarded.remote}
+                    if forwarded.scheme:
+                        changes["scheme"] = forwarded.scheme
+                    if forwarded.host:
+                        changes["host"] = forwarded.host
+                    request = request.clone(**changes)
+                    remote = request.remote
+            request.opp_client_ip = remote
+            request.opp_peer_ip = peer
+            set_origin(request)  # events emitted while serving it name its address, user agent and user
 
-        authenticated = False
-        authorization = headers.get(hdrs.AUTHORIZATION)
-        if authorization is not None and authorization.startswith("Bearer "):
-            refresh_token = validate_token(authorization[7:], remote)
-            if refresh_token is not None:
-                request[KEY_USER] = refresh_token.user
-                request[KEY_REFRESH_TOKEN_ID] = refresh_token.id
-                authenticated = True
-        if not authenticated and request.method == "GET" and "authSig" in request.query:
-            params = [(k, v) for k, v in request.query.items() if k != "authSig"]
-            refresh_token = auth.access_tokens.validate_signed_path(
-                request.path, request.query["authSig"], params, remote
-            )
-            if refresh_token is not None:
-                request[KEY_USER] = refresh_token.user
-                request[KEY_REFRESH_TOKEN_ID] = refresh_token.id
-                authenticated = True
-                _LOGGER.debug("Authenticated %s for %s using signed request", remote, request.path)
-        if not authenticated and authenticators.get_hookimpls():
-            authenticated = await _plugin_authenticate(auth, request)
-        request[KEY_AUTHENTICATED] = authenticated
+            if ban_active and remote in ban.banned and ban.is_banned(remote):  # type: ignore[union-attr]
+                auth.events.login_failed(remote, None, None, "banned", plugins=False)
+                return json_message("Forbidden", 403)
 
-        origin = headers.get(hdrs.ORIGIN)
-        if origin is not None and request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in headers:
-            if origin in cors_origins or request.path in CORS_ANY_ORIGIN_PATHS:
-                return web.Response(
-                    status=200,
-                    headers={
-                        hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: origin,
-                        hdrs.ACCESS_CONTROL_ALLOW_METHODS: headers[hdrs.ACCESS_CONTROL_REQUEST_METHOD],
-                        hdrs.ACCESS_CONTROL_ALLOW_HEADERS: CORS_ALLOWED_HEADERS,
-                        hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS: "true",
-                        hdrs.ACCESS_CONTROL_MAX_AGE: "1800",
-                    },
+            authenticated = False
+            authorization = headers.get(hdrs.AUTHORIZATION)
+            if authorization is not None and authorization.startswith("Bearer "):
+                refresh_token = validate_token(authorization[7:], remote)
+                if refresh_token is not None:
+                    request.opp_user = refresh_token.user
+                    request.opp_refresh_token_id = refresh_token.id
+                    authenticated = True
+            if not authenticated and request.method == "GET" and "authSig" in request.query:
+                params = [(k, v) for k, v in request.query.items() if k != "authSig"]
+                refresh_token = auth.access_tokens.validate_signed_path(
+                    request.path, request.query["authSig"], params, remote
                 )
-            return json_message("Forbidden", 403)
+                if refresh_token is not None:
+                    request.opp_user = refresh_token.user
+                    request.opp_refresh_token_id = refresh_token.id
+                    authenticated = True
+                    _LOGGER.debug("Authenticated %s for %s using signed request", remote, request.path)
+            if not authenticated and authenticators.get_hookimpls():
+                authenticated = await _plugin_authenticate(auth, request)
+            request.opp_authenticated = authenticated
 
-        try:
-            response = await handler(request)
-        except InvalidData as err:
-            # The store refused a value before changing anything (opp_auth.validation.check_storable).
-            response = json_message(str(err), 400, CODE_INVALID_FORMAT)
-        except StorageError:
-            # The store has logged which file and why; the client is told the change was not saved.
-            response = json_message(STORAGE_UNAVAILABLE_MESSAGE, 503)
-        except web.HTTPRequestEntityTooLarge:
-            # aiohttp's own answer is plain text; API clients expect JSON.
-            response = json_message(f"Request body too large: the limit is {request.client_max_size} bytes", 413)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise  # redirects
-            if request.match_info.http_exception is not None:
-                # No route served the path or the method, and no middleware further in (a plugin's,
-                # say serving files) answered: 404, or 405 with Allow, in the API's JSON shape.
-                response = _unmatched(exc)
-            else:
-                # aiohttp's refusals (static files, a websocket request without upgrade) in the API's JSON shape.
-                response = _json_refusal(exc)
+            origin = headers.get(hdrs.ORIGIN)
+            if (
+                origin is not None
+                and request.method == hdrs.METH_OPTIONS
+                and hdrs.ACCESS_CONTROL_REQUEST_METHOD in headers
+            ):
+                if origin in cors_origins or request.path in CORS_ANY_ORIGIN_PATHS:
+                    return web.Response(
+                        status=200,
+                        headers={
+                            hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: origin,
+                            hdrs.ACCESS_CONTROL_ALLOW_METHODS: headers[hdrs.ACCESS_CONTROL_REQUEST_METHOD],
+                            hdrs.ACCESS_CONTROL_ALLOW_HEADERS: CORS_ALLOWED_HEADERS,
+                            hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS: "true",
+                            hdrs.ACCESS_CONTROL_MAX_AGE: "1800",
+                        },
+                    )
+                return json_message("Forbidden", 403)
 
-        if response.status == 401:
-            auth.events.login_failed(remote, None, None, "unauthorized", plugins=ban_active)
-        if origin is not None and (origin in cors_origins or request.path in CORS_ANY_ORIGIN_PATHS):
-            response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
-            response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
-            response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = "*"
-        return response
+            try:
+                response = await handler(request)
+            except InvalidData as err:
+                # The store refused a value before changing anything (opp_auth.validation.check_storable).
+                response = json_message(str(err), 400, CODE_INVALID_FORMAT)
+            except StorageError:
+                # The store has logged which file and why; the client is told the change was not saved.
+                response = json_message(STORAGE_UNAVAILABLE_MESSAGE, 503)
+            except web.HTTPRequestEntityTooLarge:
+                # aiohttp's own answer is plain text; API clients expect JSON.
+                response = json_message(f"Request body too large: the limit is {request.client_max_size} bytes", 413)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise  # redirects
+                if request.match_info.http_exception is not None:
+                    # No route served the path or the method, and no middleware further in (a plugin's,
+                    # say serving files) answered: 404, or 405 with Allow, in the API's JSON shape.
+                    response = _unmatched(exc)
+                else:
+                    # aiohttp's refusals (static files, a websocket request without upgrade) in the API's JSON shape.
+                    response = _json_refusal(exc)
 
-    return run
+            if response.status == 401:
+                auth.events.login_failed(remote, None, None, "unauthorized", plugins=ban_active)
+            if origin is not None and (origin in cors_origins or request.path in CORS_ANY_ORIGIN_PATHS):
+                response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+                response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
+                response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = "*"
+            return response
+
+        return run
+
+    return wrap
 
 
 def _json_refusal(exc: web.HTTPException) -> web.Response:
@@ -232,7 +237,7 @@ async def _plugin_authenticate(auth: AuthManager, request: web.Request) -> bool:
     if not isinstance(result, User):
         return False
     # The same access decision as every other way in (active, local_only).
-    if auth.access.refusal(result, request.get(KEY_CLIENT_IP, request.remote)) is not None:
+    if auth.access.refusal(result, client_ip(request)) is not None:
         return False
-    request[KEY_USER] = result
+    request.opp_user = result
     return True

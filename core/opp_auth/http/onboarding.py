@@ -30,12 +30,12 @@ from ..storage import StorageError
 from . import indieauth
 from .view import (
     CLIENT_SESSION_KEY,
-    KEY_REFRESH_TOKEN_ID,
     auth_of,
     client_ip,
     json_message,
     json_response,
     read_json,
+    request_refresh_token_id,
     require_auth,
 )
 
@@ -217,7 +217,7 @@ async def onboarding_integration(request: web.Request) -> web.Response:
             request.app.get(CLIENT_SESSION_KEY), data["client_id"], data["redirect_uri"]
         ):
             return json_message("invalid client id or redirect uri", 400)
-        refresh_token = auth.store.get_refresh_token(request[KEY_REFRESH_TOKEN_ID])
+        refresh_token = auth.store.get_refresh_token(request_refresh_token_id(request) or "")
         if refresh_token is None or refresh_token.credential is None:
             return json_message("Credentials for user not available", 403)
         try:

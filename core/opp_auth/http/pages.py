@@ -89,8 +89,8 @@ _CSP = "Content-Security-Policy"
 _SECURITY_ITEMS = tuple(SECURITY_HEADERS.items())
 
 
-async def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: SECURITY_HEADERS and a policy, unless the handler chose its own values.
+def add_security_headers_to(request: web.Request, response: web.StreamResponse) -> None:
+    """SECURITY_HEADERS and a policy on response as it is prepared, unless the handler chose its own values.
 
     Called for every response, so it does the least work first: membership tests and
     appends (no lookup of the static resource unless the response is HTML).
@@ -110,11 +110,6 @@ async def _add_security_headers(request: web.Request, response: web.StreamRespon
         if static is None or getattr(request.match_info.route, "resource", None) is not static:
             policy = FRAME_POLICY
     headers.add(_CSP, policy)
-
-
-def add_security_headers(app: web.Application) -> None:
-    """Give every response of app SECURITY_HEADERS."""
-    app.on_response_prepare.append(_add_security_headers)
 
 
 def add_routes(app: web.Application) -> None:

@@ -34,11 +34,17 @@ AUTH_KEY: web.AppKey[AuthManager] = web.AppKey("opp_auth")
 CONFIG_KEY: web.AppKey[Any] = web.AppKey("opp_auth_config")
 CLIENT_SESSION_KEY: web.AppKey[Any] = web.AppKey("opp_auth_client_session")
 
-KEY_AUTHENTICATED: web.RequestKey[bool] = web.RequestKey("opp_authenticated", bool)
-KEY_USER: web.RequestKey[Any] = web.RequestKey("opp_user", object)
-KEY_REFRESH_TOKEN_ID: web.RequestKey[str] = web.RequestKey("opp_refresh_token_id", str)
-KEY_CLIENT_IP: web.RequestKey[str | None] = web.RequestKey("opp_client_ip")
-KEY_PEER_IP: web.RequestKey[str | None] = web.RequestKey("opp_peer_ip")
+# What the pipeline found out about a request is kept in these attributes of it (not request keys:
+# an attribute costs nothing to set or read, a key is two Python calls each way on the hottest path).
+# The application's requests (application.OppRequest) have them from the start; the helpers below
+# also answer for any other request, which nothing has authenticated.
+ATTR_AUTHENTICATED = "opp_authenticated"
+ATTR_USER = "opp_user"
+ATTR_REFRESH_TOKEN_ID = "opp_refresh_token_id"
+ATTR_CLIENT_IP = "opp_client_ip"
+ATTR_PEER_IP = "opp_peer_ip"
+REQUEST_ATTRS = (ATTR_AUTHENTICATED, ATTR_USER, ATTR_REFRESH_TOKEN_ID, ATTR_CLIENT_IP, ATTR_PEER_IP)
+_UNSET: Any = object()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -68,17 +74,29 @@ def auth_of(request: web.Request) -> AuthManager:
 
 def client_ip(request: web.Request) -> str | None:
     """The client address after reverse-proxy handling (use this, never a raw header)."""
-    return request[KEY_CLIENT_IP] if KEY_CLIENT_IP in request else request.remote
+    found = getattr(request, ATTR_CLIENT_IP, _UNSET)
+    return request.remote if found is _UNSET else found
 
 
 def peer_address(request: web.Request) -> str | None:
     """The direct peer of the connection, never changed by X-Forwarded-For (a reverse proxy's own address)."""
-    return request[KEY_PEER_IP] if KEY_PEER_IP in request else request.remote
+    found = getattr(request, ATTR_PEER_IP, _UNSET)
+    return request.remote if found is _UNSET else found
 
 
 def request_user(request: web.Request) -> Any:
     """The authenticated user of a request, or None."""
-    return request.get(KEY_USER) if request.get(KEY_AUTHENTICATED) else None
+    return getattr(request, ATTR_USER, None) if is_authenticated(request) else None
+
+
+def is_authenticated(request: web.Request) -> bool:
+    """Whether the pipeline let the request in (bearer token, signed path or a plugin authenticator)."""
+    return getattr(request, ATTR_AUTHENTICATED, False) is True
+
+
+def request_refresh_token_id(request: web.Request) -> str | None:
+    """The id of the refresh token behind the request's credential (None for a plugin-authenticated user)."""
+    return getattr(request, ATTR_REFRESH_TOKEN_ID, None) if is_authenticated(request) else None
 
 
 def handler_arity(func: Callable[..., Any]) -> int | None:
@@ -114,7 +132,7 @@ def http_require_auth(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
         """Check then call."""
-        if not request.get(KEY_AUTHENTICATED):
+        if getattr(request, ATTR_AUTHENTICATED, False) is not True:
             return json_message("Unauthorized", 401)
         return await handler(request)
 
@@ -130,8 +148,8 @@ def http_require_admin(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
         """Check then call."""
-        user = request.get(KEY_USER)
-        if not request.get(KEY_AUTHENTICATED) or user is None or not user.is_admin:
+        user = request_user(request)
+        if user is None or not user.is_admin:
             return json_message("Unauthorized", 401)
         return await handler(request)
 
