@@ -45,6 +45,10 @@ handed the validated ``storage:`` block. What it implements (docs/plugins.md,
     (the backend lost contact with the shared database longer than its
     staleness window) and token checks are refused (fail closed) until contact
     returns. ``math.inf`` for a backend that is the only writer (JSON).
+``always_fresh``
+    True when ``fresh_until`` stays ``math.inf`` whatever happens (the only
+    writer: JSON); the token check then skips asking it. False by default, so
+    a backend that says nothing is asked on every check.
 ``shares_config_dir``
     True when several servers may use one configuration directory at once (the
     directory lock is then not taken).
@@ -146,6 +150,7 @@ class StorageBackend:
     TYPE: ClassVar[str] = ""
     CONFIG_SCHEMA: ClassVar[vol.Schema] = BASE_STORAGE_SCHEMA
     shares_config_dir: ClassVar[bool] = False
+    always_fresh: ClassVar[bool] = False
     Error: ClassVar[type[StorageError]] = StorageError
     """What a backend raises when a change cannot be stored or data cannot be read (answered 503)."""
     EphemeralState: ClassVar[type[MemoryState]] = MemoryState
@@ -224,6 +229,7 @@ class JsonBackend(StorageBackend):
 
     TYPE = JSON_TYPE
     CONFIG_SCHEMA = vol.Schema({vol.Required("type"): JSON_TYPE})
+    always_fresh = True  # the only writer: its cache is the truth
 
     def __init__(self, config: dict[str, Any], config_dir: str) -> None:
         """Files under config_dir/.storage."""

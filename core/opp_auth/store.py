@@ -791,9 +791,12 @@ class AuthStore:
 
     @property
     def refresh_token_lookup(self) -> Callable[[str], RefreshToken | None]:
-        """get_refresh_token as the cheapest callable that answers the same: with no backend whose
-        cache can go stale (the JSON store) the index's own ``get``, which runs no Python code."""
-        return self._tokens_by_id.get if self._backend is None else self.get_refresh_token
+        """get_refresh_token as the cheapest callable that answers the same: with a backend whose
+        cache never goes stale (the JSON store, ``always_fresh``) the index's own ``get``, which runs
+        no Python code; with any other, get_refresh_token and its staleness check."""
+        if self._backend is None or self._backend.always_fresh:
+            return self._tokens_by_id.get
+        return self.get_refresh_token
 
     def get_refresh_token_by_token(self, token: str) -> RefreshToken | None:
         """A refresh token by its secret, compared in constant time after the index lookup."""

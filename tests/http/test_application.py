@@ -9,8 +9,12 @@ fails here first.
 
 from __future__ import annotations
 
+import asyncio
 import configparser
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer, make_mocked_request
 
-from opp_auth import client_ip, request_user
+from opp_auth import client_ip, hookimpl, http_require_auth, request_user
 from opp_auth.http.app import create_app
 from opp_auth.http.application import OppRequest
 from opp_auth.http.pages import CONTENT_SECURITY_POLICY, SECURITY_HEADERS
@@ -232,3 +236,176 @@ async def test_a_handler_s_own_security_header_is_kept(owner_token: Any) -> None
     finally:
         await server.close()
 
+
+
+# ---- routing comes first (review findings on the first version, which routed after the pipeline) ----
+
+PROXIED = {"use_x_forwarded_for": True, "trusted_proxies": ["127.0.0.1"]}
+
+
+async def test_behind_a_trusted_proxy_html_answers_and_plugin_receivers_work(owner_token: Any) -> None:
+    """The pipeline clones a proxied request; the route, the headers and a plugin's receivers survive it."""
+    auth, token, _ = owner_token
+    app = create_app(auth)
+    seen: list[tuple[str, str | None]] = []
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="<html><body>plugin</body></html>", content_type="text/html")
+
+    async def receiver(request: web.Request, response: web.StreamResponse) -> None:
+        user = request_user(request)
+        seen.append((client_ip(request), user.name if user else None))
+        response.headers["X-Plugin"] = "1"
+
+    app.router.add_get("/plugin/page", page)
+    app.on_response_prepare.append(receiver)
+    server = await served(app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for path in ("/static/authorize.html", "/auth/authorize", "/plugin/page", "/api/"):
+                headers = {"X-Forwarded-For": "10.1.2.3", "Authorization": f"Bearer {token}"}
+                async with session.get(str(server.make_url(path)), headers=headers) as resp:
+                    assert resp.status == 200, path
+                    assert resp.headers["X-Frame-Options"] == SECURITY_HEADERS["X-Frame-Options"], path
+                    assert len(resp.headers.getall("Content-Security-Policy")) == 1, path
+                    assert resp.headers["X-Plugin"] == "1", path
+    finally:
+        await server.close()
+    # The receivers get the request aiohttp made (the pipeline cloned it): it knows the client and the user.
+    assert seen == [("10.1.2.3", "Owner")] * 4
+
+
+async def test_the_pipeline_s_own_refusals_pass_plugin_receivers(opp_auth_factory: Any) -> None:
+    """The filter, a bad proxy header, a refused CORS preflight and a ban answer through the app's receivers."""
+    auth = await opp_auth_factory(
+        providers=[EXAMPLE], mfa_modules=[], http={**PROXIED, "login_attempts_threshold": 1}
+    )
+    app = create_app(auth)
+    seen: list[int] = []
+
+    async def receiver(request: web.Request, response: web.StreamResponse) -> None:
+        seen.append(response.status)
+        response.headers["X-Plugin"] = "1"
+
+    app.on_response_prepare.append(receiver)
+    server = await served(app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = str(server.make_url("/api/"))
+            cases: list[tuple[str, str, dict[str, str], int]] = [
+                ("GET", url + "?q=<script>", {}, 400),
+                ("GET", url, {"X-Forwarded-For": "not an address"}, 400),
+                ("OPTIONS", url, {"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "GET"}, 403),
+                ("GET", url, {"Authorization": "Bearer wrong", "X-Forwarded-For": "10.9.9.9"}, 401),  # bans 10.9.9.9
+                ("GET", url, {"X-Forwarded-For": "10.9.9.9"}, 403),
+            ]
+            for method, target, headers, status in cases:
+                async with session.request(method, target, headers=headers) as resp:
+                    assert resp.status == status, (method, target, headers)
+                    assert resp.headers["X-Plugin"] == "1", (method, target, headers)
+                    assert resp.headers["X-Frame-Options"] == SECURITY_HEADERS["X-Frame-Options"]
+    finally:
+        await server.close()
+    assert seen == [400, 400, 403, 401, 403]
+
+
+class RouteAwareAuthenticator:
+    """A plugin that lets in the owner on the routes it names, and only there (it reads the route)."""
+
+    def __init__(self, auth: Any) -> None:
+        self.auth = auth
+
+    @hookimpl
+    def opp_auth_authenticate_request(self, request: web.Request, auth: Any) -> Any:
+        route = request.match_info.route
+        if request.headers.get("X-Route-Key") != "k" or route.resource is None:
+            return None
+        if route.resource.canonical != "/api/":
+            return None
+        return next(u for u in self.auth.store.users() if u.is_owner)
+
+
+async def test_a_plugin_authenticator_sees_the_route(owner_token: Any) -> None:
+    """Authenticators run after routing: one that decides by route works (it let nobody in before)."""
+    auth, _, _ = owner_token
+    auth.pm.register(RouteAwareAuthenticator(auth), name="test.route_aware")
+    try:
+        server = await served(create_app(auth))
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(str(server.make_url("/api/")), headers={"X-Route-Key": "k"}) as resp:
+                    assert resp.status == 200
+                async with session.get(str(server.make_url("/api/")), headers={"X-Route-Key": "x"}) as resp:
+                    assert resp.status == 401
+        finally:
+            await server.close()
+    finally:
+        auth.pm.unregister(name="test.route_aware")
+
+
+async def test_expect_100_continue_is_answered_after_the_pipeline(owner_token: Any) -> None:
+    """A body sent after 100-continue reaches the handler; a client the pipeline refuses gets no 100."""
+    auth, token, _ = owner_token
+    app = create_app(auth)
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"got": (await request.read()).decode(), "user": request_user(request).name})
+
+    app.router.add_post("/echo", http_require_auth(echo))
+    server = await served(app)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n"
+            + f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 100")
+        await reader.readline()
+        writer.write(b"hello")
+        await writer.drain()
+        status = await reader.readline()
+        assert status.startswith(b"HTTP/1.1 200"), status
+        writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /echo?q=<script> HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        await writer.drain()
+        status = await reader.readline()
+        assert status.startswith(b"HTTP/1.1 400"), status
+        writer.close()
+    finally:
+        await server.close()
+
+
+def test_requests_in_aiohttp_debug_mode_raise_no_warning(tmp_path: Path) -> None:
+    """aiohttp (with -X dev) warns when an unlisted attribute is set on a request: ours are listed."""
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from pathlib import Path
+        from aiohttp.test_utils import TestClient, TestServer
+        from opp_auth.config import validate_config
+        from opp_auth.http.app import create_app
+        from opp_auth.plugins import make_plugin_manager
+        from opp_auth.server import build_auth
+
+        async def main():
+            pm = make_plugin_manager()
+            raw = {"openpeerpower": {"auth_providers": [{"type": "openpeerpower"}]}, "http": {}}
+            auth = build_auth(validate_config(raw, pm, config_dir=Path(sys.argv[1])), pm)
+            async with TestClient(TestServer(create_app(auth), host="127.0.0.1")) as client:
+                for headers in ({}, {"Authorization": "Bearer x", "X-Forwarded-For": "10.0.0.1"}):
+                    resp = await client.get("/api/", headers=headers)
+                    print(resp.status)
+
+        asyncio.run(main())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error::DeprecationWarning", "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.split() == ["401", "401"], result.stderr[-3000:]

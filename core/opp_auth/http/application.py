@@ -1,4 +1,4 @@
-"""The aiohttp Application that runs the request pipeline before aiohttp's own handling.
+"""The aiohttp Application whose request handler is the pipeline, right after routing.
 
 aiohttp offers middlewares for this, but any middleware at all makes every
 request also pass through a per-application layer of aiohttp's (it sets
@@ -6,31 +6,34 @@ request also pass through a per-application layer of aiohttp's (it sets
 coroutine call per response. On the authenticated GET path those cost about as
 much as the whole pipeline (bench/http_instructions.py). This application instead:
 
-- calls the pipeline first for every request, whatever route serves it and
-  whenever that route was added, with the rest of aiohttp's handling (routing,
-  then any plugin's middlewares, then the handler) as its ``handler``;
+- handles each request as aiohttp does (route it, then the Expect handling, the
+  middlewares of its applications and the route's handler), with the pipeline
+  (http/middleware.py) run right after routing: every route, whenever it was
+  added, and every path no route serves pass it. When no application has a
+  middleware and the request expects nothing, the route's handler is called
+  directly, as aiohttp does too;
 - makes its requests :class:`OppRequest`, which carry what the pipeline found
   out as attributes and add the security headers in the hook aiohttp calls as
-  each response is prepared, before any ``on_response_prepare`` receiver a
-  plugin added (which still runs, so a plugin may change them).
+  each response is prepared, before the ``on_response_prepare`` receivers of
+  the request's applications (which still run, so a plugin may change them).
 
-Both override aiohttp methods that are not public API (``Application._handle``,
-``Application._make_request`` and ``Request._prepare_hook``). setup.cfg pins the
-aiohttp range they were checked against, and tests/http/test_application.py
-checks each behaviour the pipeline relies on, so an aiohttp release that changes
-them fails there first. Each override adds no Python frame of its own to a
-request: the hottest path pays only for the pipeline.
+This uses aiohttp API that is not public (``Application._handle``,
+``_make_request``, ``_run_middlewares`` and ``_middlewares_handlers``,
+``Request._match_info`` and ``_prepare_hook``), all of it in this module.
+core/setup.cfg pins the aiohttp range it was checked against, and
+tests/http/test_application.py drives each behaviour the pipeline relies on, so
+an aiohttp release that changes one fails there first.
 """
 
 from __future__ import annotations
 
 import functools
-import types
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractMatchInfo
 
 from .pages import add_security_headers_to
 from .view import REQUEST_ATTRS, Handler
@@ -39,12 +42,15 @@ from .view import REQUEST_ATTRS, Handler
 class OppRequest(web.Request):
     """A request of opp_auth's application (view.py's helpers read what the pipeline set on it)."""
 
+    # aiohttp warns (in debug mode) when an attribute it does not list is set on a request.
+    ATTRS = web.Request.ATTRS | frozenset(REQUEST_ATTRS)
+
     opp_authenticated: bool = False
     opp_user: Any = None
     opp_refresh_token_id: str | None = None
 
     def clone(self, **changes: Any) -> web.Request:
-        """aiohttp's clone, keeping what the pipeline found out."""
+        """aiohttp's clone (the route included), keeping what the pipeline found out."""
         copy = super().clone(**changes)
         for name in REQUEST_ATTRS:
             if name in self.__dict__:
@@ -54,7 +60,7 @@ class OppRequest(web.Request):
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         """As aiohttp prepares a response: the security headers, then the apps' on_response_prepare receivers."""
         add_security_headers_to(self, response)
-        # What aiohttp's own hook does (private attributes: this runs for every response).
+        # What aiohttp's own hook does (it runs for every response: no call to it).
         match_info = self._match_info
         if match_info is not None:
             for app in match_info._apps:
@@ -62,20 +68,63 @@ class OppRequest(web.Request):
                     await app.on_response_prepare.send(self, response)
 
 
+class Routing:
+    """aiohttp's handling of a request (Application._handle), in the pieces the pipeline calls."""
+
+    def __init__(self, app: web.Application) -> None:
+        """Routing for app; direct stays False until app is frozen (then: no middleware anywhere)."""
+        self._app = app
+        self.resolve = app.router.resolve
+        self.direct = False
+
+    def bind(self, request: web.Request, match_info: AbstractMatchInfo) -> None:
+        """Give request its route, as Application._handle does."""
+        match_info.add_app(self._app)
+        match_info.freeze()
+        request._match_info = match_info  # type: ignore[assignment]
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        """After the pipeline: the Expect handling, the applications' middlewares, the route's handler."""
+        match_info = request.match_info
+        if request.headers.get(hdrs.EXPECT):
+            response = await match_info.expect_handler(request)
+            await request.writer.drain()
+            if response is not None:
+                return response
+        handler: Any = match_info.handler
+        if self._app._run_middlewares:
+            for app in match_info.apps[::-1]:
+                for middleware, new_style in app._middlewares_handlers:  # type: ignore[union-attr]
+                    if new_style:
+                        handler = functools.update_wrapper(functools.partial(middleware, handler=handler), handler)
+                    else:  # an old-style middleware factory (aiohttp still calls them)
+                        handler = await middleware(app, handler)  # type: ignore[arg-type]
+        response = await handler(request)
+        return response  # type: ignore[no-any-return]
+
+
 with warnings.catch_warnings():
     # aiohttp discourages subclassing Application (it warns on any subclass); this one is deliberate.
     warnings.simplefilter("ignore", DeprecationWarning)
 
     class PipelineApplication(web.Application):
-        """web.Application whose every request passes through the pipeline before aiohttp's own handling."""
+        """web.Application whose every request is routed, then passes the pipeline, then aiohttp's handling."""
 
         # aiohttp's request factory, making OppRequest (a partial: no frame of ours per request).
         _make_request = functools.partialmethod(web.Application._make_request, _cls=OppRequest)
 
-        def set_pipeline(self, pipeline: Callable[[Handler], Handler]) -> None:
-            """Serve every request through pipeline(handler), handler being aiohttp's own handling.
+        def set_pipeline(self, pipeline: Callable[[Routing], Handler]) -> None:
+            """Serve every request with pipeline(routing) (http/middleware.py build_pipeline).
 
-            The server aiohttp builds calls ``app._handle``: this instance's is the pipeline in front of
-            Application._handle (routing, middlewares, the route's handler).
+            The server aiohttp builds calls ``app._handle``: this instance's is the pipeline's handler.
             """
-            self.__dict__["_handle"] = pipeline(types.MethodType(web.Application._handle, self))
+            routing = Routing(self)
+            self.__dict__["_opp_routing"] = routing
+            self.__dict__["_handle"] = pipeline(routing)
+
+        def pre_freeze(self) -> None:
+            """aiohttp's pre-freeze (middlewares fixed from here on), then whether any application has one."""
+            super().pre_freeze()
+            routing = self.__dict__.get("_opp_routing")
+            if routing is not None:
+                routing.direct = not self._run_middlewares

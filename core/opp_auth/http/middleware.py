@@ -27,6 +27,7 @@ from .view import WS_GUARD_MARKERS, Handler, client_ip, json_message, request_us
 
 if TYPE_CHECKING:
     from ..manager import AuthManager
+    from .application import Routing
     from .ban import BanManager
 
 _LOGGER = logging.getLogger(__name__)
@@ -69,11 +70,11 @@ events.describe_origin = _request_origin
 
 def build_pipeline(
     auth: AuthManager, http_config: dict[str, Any], ban: BanManager | None
-) -> Callable[[Handler], Handler]:
-    """The pipeline for this configuration: give it aiohttp's own handling, get the handler of every request.
+) -> Callable[[Routing], Handler]:
+    """The pipeline for this configuration: give it the application's routing, get the handler of every request.
 
-    application.PipelineApplication.set_pipeline calls it once with Application._handle (routing, any
-    plugin's middlewares, the route's handler); what it returns is that handling behind the pipeline.
+    application.PipelineApplication.set_pipeline calls it once with its Routing (aiohttp's routing,
+    then the Expect handling, any plugin's middlewares and the route's handler).
     """
     use_xff = bool(http_config.get("use_x_forwarded_for"))
     trusted_proxies = list(http_config.get("trusted_proxies") or [])
@@ -83,11 +84,17 @@ def build_pipeline(
     validate_token = auth.access_tokens.validate_access_token
     clean_paths: set[str] = set()
 
-    def wrap(handler: Handler) -> Handler:
-        """The pipeline in front of handler (called once: the request's handler is a closure variable)."""
+    def wrap(routing: Routing) -> Handler:
+        """The application's request handler: routing, then the pipeline, then the route's handling."""
+        resolve, bind, dispatch = routing.resolve, routing.bind, routing.dispatch
 
         async def run(request: web.Request) -> web.StreamResponse:
-            """Filter, resolve the client, check bans, authenticate, call the handler, add CORS."""
+            """Route, filter, resolve the client, check bans, authenticate, call the handler, add CORS."""
+            # Routed first, as aiohttp does: a clone made below keeps the route, plugin authenticators
+            # and middlewares see it, and every answer (the pipeline's own refusals too) is prepared
+            # with the request's application (its on_response_prepare receivers run).
+            match_info = await resolve(request)
+            bind(request, match_info)
             raw_path = request.raw_path
             if raw_path not in clean_paths:
                 if _FILTERS.search(raw_path) or ("%" in raw_path and _FILTERS.search(unquote(raw_path))):
@@ -99,6 +106,9 @@ def build_pipeline(
                     clean_paths.add(raw_path)
 
             headers = request.headers
+            # aiohttp prepares the answer with the request it made, which on_response_prepare receivers
+            # get: what the pipeline finds out is set on it too when a proxied request is cloned below.
+            original = request
             # The direct peer of the connection, before any X-Forwarded-For.
             peer = remote = request.remote
             if hdrs.X_FORWARDED_FOR in headers:
@@ -117,6 +127,9 @@ def build_pipeline(
                     remote = request.remote
             request.opp_client_ip = remote
             request.opp_peer_ip = peer
+            if request is not original:
+                original.opp_client_ip = remote
+                original.opp_peer_ip = peer
             set_origin(request)  # events emitted while serving it name its address, user agent and user
 
             if ban_active and remote in ban.banned and ban.is_banned(remote):  # type: ignore[union-attr]
@@ -144,6 +157,10 @@ def build_pipeline(
             if not authenticated and authenticators.get_hookimpls():
                 authenticated = await _plugin_authenticate(auth, request)
             request.opp_authenticated = authenticated
+            if request is not original:
+                original.opp_authenticated = authenticated
+                original.opp_user = getattr(request, "opp_user", None)
+                original.opp_refresh_token_id = getattr(request, "opp_refresh_token_id", None)
 
             origin = headers.get(hdrs.ORIGIN)
             if (
@@ -165,7 +182,11 @@ def build_pipeline(
                 return json_message("Forbidden", 403)
 
             try:
-                response = await handler(request)
+                if routing.direct and hdrs.EXPECT not in headers:
+                    # No middleware anywhere and nothing to expect: the route's handler itself.
+                    response = await match_info.handler(request)
+                else:
+                    response = await dispatch(request)
             except InvalidData as err:
                 # The store refused a value before changing anything (opp_auth.validation.check_storable).
                 response = json_message(str(err), 400, CODE_INVALID_FORMAT)
