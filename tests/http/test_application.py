@@ -409,3 +409,26 @@ def test_requests_in_aiohttp_debug_mode_raise_no_warning(tmp_path: Path) -> None
         timeout=120,
     )
     assert result.stdout.split() == ["401", "401"], result.stderr[-3000:]
+
+
+async def test_a_token_is_refused_once_a_backend_that_can_go_stale_is_stale(
+    owner_token: Any, opp_auth_storage_type: str
+) -> None:
+    """The JSON store (always fresh) looks tokens up in its index; any other backend asks fresh_until each time."""
+    auth, token, _ = owner_token
+    server = await served(create_app(auth))
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = str(server.make_url("/api/"))
+            async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 200  # now in the token cache
+            if opp_auth_storage_type == "json":
+                assert auth.backend.always_fresh
+                assert auth.access_tokens._get_refresh_token == auth.store._tokens_by_id.get
+                return
+            assert not auth.backend.always_fresh
+            auth.backend.fresh_until = 0  # lost contact with the database longer than the staleness window
+            async with session.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 401
+    finally:
+        await server.close()
