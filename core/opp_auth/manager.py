@@ -19,7 +19,7 @@ from .codes import AuthorizationCodes
 from .context import PluginContext
 from .errors import AuthManagerError
 from .events import Events
-from .executor import Executor
+from .executor import Executor, prefer_loop_latency
 from .history import LoginHistory
 from .login_flow import MAX_FLOWS, LoginFlowManager
 from .mfa import MfaModule, MfaSetupFlowManager
@@ -135,6 +135,7 @@ class AuthManager:
             return
         self._set_up = True
         self.pm.check_pending()
+        prefer_loop_latency()  # the store's and the audit log's threads run beside the loop from here on
         await self.backend.async_open()
         self.backend.subscribe(self._apply_remote)
         for provider in self.registry.providers.values():

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -22,6 +23,7 @@ import opp_auth.login_flow
 import opp_auth.manager
 from opp_auth import AuthProvider, Credentials, LoginFlow, User, hookimpl
 from opp_auth.codes import AUTHORIZE, LINK_USER
+from opp_auth.executor import prefer_loop_latency
 from opp_auth.flow import TooManyFlows, UnknownFlow
 from opp_auth.manager import AuthManager, AuthManagerError
 from opp_auth.models import GROUP_ID_ADMIN, GROUP_ID_USER
@@ -838,3 +840,16 @@ async def test_concurrent_steps_of_one_flow_finish_it_once(auth: AuthManager, mo
     finished = [o for o in outcomes if isinstance(o, dict) and o["type"] == "create_entry"]
     assert len(finished) == 1
     assert [type(o) for o in outcomes if not isinstance(o, dict)] == [UnknownFlow]
+
+
+async def test_set_up_lets_the_loop_have_the_gil_back_within_a_millisecond(opp_auth_factory: Any) -> None:
+    """Writer threads (compactions, the audit log) may hold the GIL 1 ms at most while the loop waits."""
+    sys.setswitchinterval(0.005)  # Python's default
+    try:
+        await opp_auth_factory(providers=[{"type": "insecure_example", "users": []}], mfa_modules=[])
+        assert sys.getswitchinterval() <= 0.001
+        sys.setswitchinterval(0.0005)  # a shorter one chosen by the embedding program is kept
+        prefer_loop_latency()
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(0.005)
