@@ -47,8 +47,9 @@ handed the validated ``storage:`` block. What it implements (docs/plugins.md,
     returns. ``math.inf`` for a backend that is the only writer (JSON).
 ``always_fresh``
     True when ``fresh_until`` stays ``math.inf`` whatever happens (the only
-    writer: JSON); the token check then skips asking it. False by default, so
-    a backend that says nothing is asked on every check.
+    writer: JSON); the token check then skips asking it. Read from the
+    backend's own class only (a subclass does not inherit it): a backend that
+    does not declare it is asked on every check.
 ``shares_config_dir``
     True when several servers may use one configuration directory at once (the
     directory lock is then not taken).

@@ -114,8 +114,13 @@ def opp_auth_register_stores(register: Any) -> None:
 def opp_auth_authenticate_request(request: web.Request, auth: PluginContext) -> Any:
     """Authenticate an HTTP request that carried no valid bearer token or signed path.
 
-    :param request: the aiohttp request (``opp_auth.client_ip(request)`` is
-        the client address after reverse-proxy handling).
+    :param request: the aiohttp request, routed (``request.match_info`` is
+        its route; for a sub-application's route ``request.app`` is that
+        sub-application: reach the server through ``auth``).
+        ``opp_auth.client_ip(request)`` is the client address after
+        reverse-proxy handling. Asked before aiohttp answers ``Expect:
+        100-continue``, so do not read the body: a client waiting for the 100
+        would never send it.
     :param auth: the :class:`opp_auth.PluginContext` of the server.
     :return: ``None`` when the request is not this plugin's to judge (the next
         implementation is asked), else a :class:`opp_auth.User`

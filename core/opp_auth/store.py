@@ -794,7 +794,9 @@ class AuthStore:
         """get_refresh_token as the cheapest callable that answers the same: with a backend whose
         cache never goes stale (the JSON store, ``always_fresh``) the index's own ``get``, which runs
         no Python code; with any other, get_refresh_token and its staleness check."""
-        if self._backend is None or self._backend.always_fresh:
+        # Declared by the backend's own class: a subclass of the JSON backend (say, one that shares
+        # its files and may go stale) is asked on every check unless it declares it again.
+        if self._backend is None or type(self._backend).__dict__.get("always_fresh", False) is True:
             return self._tokens_by_id.get
         return self.get_refresh_token
 

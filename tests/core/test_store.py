@@ -554,3 +554,21 @@ async def test_fast_token_loader_matches_the_careful_one(config_dir: Path) -> No
         owner = store.get_user(OWNER_ID)
         assert owner is not None
         assert sorted(t.id for t in owner.token_list) == sorted(t.id for t in store.refresh_tokens() if t.user is owner)
+
+
+def test_only_a_backend_whose_own_class_says_always_fresh_skips_the_staleness_check(tmp_path: Path) -> None:
+    """The JSON backend's token lookup is its index; a subclass that does not say so again is asked each time."""
+    from opp_auth.backend import JSON_TYPE, JsonBackend
+
+    class SharedFiles(JsonBackend):
+        """Say, JSON files several servers share: its cache could go stale."""
+
+    class Declared(JsonBackend):
+        always_fresh = True
+
+    json_store = AuthStore(str(tmp_path), JsonBackend({"type": JSON_TYPE}, str(tmp_path)))
+    assert json_store.refresh_token_lookup == json_store._tokens_by_id.get
+    shared = AuthStore(str(tmp_path), SharedFiles({"type": JSON_TYPE}, str(tmp_path)))
+    assert shared.refresh_token_lookup == shared.get_refresh_token
+    declared = AuthStore(str(tmp_path), Declared({"type": JSON_TYPE}, str(tmp_path)))
+    assert declared.refresh_token_lookup == declared._tokens_by_id.get

@@ -432,3 +432,16 @@ async def test_a_token_is_refused_once_a_backend_that_can_go_stale_is_stale(
                 assert resp.status == 401
     finally:
         await server.close()
+
+
+async def test_mounted_in_another_application_it_refuses_to_start(owner_token: Any) -> None:
+    """As a sub-application the parent's handler would serve its routes and the pipeline never run: refused."""
+    auth, _, _ = owner_token
+    app = create_app(auth)
+    with pytest.raises(RuntimeError, match="must be served itself"):
+        web.Application().add_subapp("/oa", app)
+    with pytest.raises(RuntimeError, match="must be served itself"):
+        web.Application().add_domain("auth.example", app)
+    # Served itself, it starts.
+    server = await served(app)
+    await server.close()

@@ -117,13 +117,31 @@ with warnings.catch_warnings():
             """Serve every request with pipeline(routing) (http/middleware.py build_pipeline).
 
             The server aiohttp builds calls ``app._handle``: this instance's is the pipeline's handler.
+            Mounted in another application (``add_subapp``), the parent's would be called instead and
+            the pipeline never: pre_freeze refuses that.
             """
             routing = Routing(self)
             self.__dict__["_opp_routing"] = routing
             self.__dict__["_handle"] = pipeline(routing)
 
+        def freeze(self) -> None:
+            """aiohttp's freeze, which the server it is served by calls (pre_freeze below tells)."""
+            self.__dict__["_opp_freezing"] = True
+            super().freeze()
+
         def pre_freeze(self) -> None:
-            """aiohttp's pre-freeze (middlewares fixed from here on), then whether any application has one."""
+            """aiohttp's pre-freeze (middlewares fixed from here on), then whether any application has one.
+
+            Refused when not called through freeze(): a parent application's add_subapp or add_domain
+            mounting this one (the parent's handler would serve its routes, and the pipeline never run).
+            """
+            if not self._pre_frozen and not self.__dict__.get("_opp_freezing"):
+                raise RuntimeError(
+                    "opp_auth's application must be served itself (web.AppRunner, web.run_app), not "
+                    "mounted in another one with add_subapp or add_domain: its request pipeline (filter, "
+                    "proxies, bans, authentication) would not run. Serve it on its own port or behind a "
+                    "reverse proxy."
+                )
             super().pre_freeze()
             routing = self.__dict__.get("_opp_routing")
             if routing is not None:
