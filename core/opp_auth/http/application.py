@@ -34,6 +34,8 @@ from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractMatchInfo
+from aiohttp.web_app import _cached_build_middleware
+from aiohttp.web_urldispatcher import SystemRoute
 
 from .pages import add_security_headers_to
 from .view import REQUEST_ATTRS, Handler
@@ -92,13 +94,17 @@ class Routing:
             if response is not None:
                 return response
         handler: Any = match_info.handler
-        if self._app._run_middlewares:
-            for app in match_info.apps[::-1]:
-                for middleware, new_style in app._middlewares_handlers:  # type: ignore[union-attr]
+        app = self._app
+        if app._run_middlewares and not app._has_legacy_middlewares and not isinstance(match_info.route, SystemRoute):
+            # aiohttp's cache of the middleware chain per handler (built once, not per request).
+            handler = _cached_build_middleware(handler, match_info.apps)
+        elif app._run_middlewares:
+            for each in match_info.apps[::-1]:
+                for middleware, new_style in each._middlewares_handlers:  # type: ignore[union-attr]
                     if new_style:
                         handler = functools.update_wrapper(functools.partial(middleware, handler=handler), handler)
                     else:  # an old-style middleware factory (aiohttp still calls them)
-                        handler = await middleware(app, handler)  # type: ignore[arg-type]
+                        handler = await middleware(each, handler)  # type: ignore[arg-type]
         response = await handler(request)
         return response  # type: ignore[no-any-return]
 
