@@ -70,6 +70,10 @@ class OppRequest(web.Request):
                     await app.on_response_prepare.send(self, response)
 
 
+# Chains kept (one per route handler; aiohttp keeps as many).
+_MAX_CHAINS = 1024
+
+
 class Routing:
     """aiohttp's handling of a request (Application._handle), in the pieces the pipeline calls."""
 
@@ -78,12 +82,37 @@ class Routing:
         self._app = app
         self.resolve = app.router.resolve
         self.direct = False
+        self._chains: dict[Any, Handler] = {}
 
     def bind(self, request: web.Request, match_info: AbstractMatchInfo) -> None:
         """Give request its route, as Application._handle does."""
         match_info.add_app(self._app)
         match_info.freeze()
         request._match_info = match_info  # type: ignore[assignment]
+
+    def chain(self, match_info: AbstractMatchInfo) -> Handler:
+        """The route's handler inside the applications' middlewares, for a request that expects nothing.
+
+        For a route of this application alone (no sub-application) the chain is its middlewares
+        around the handler, built once per handler: what aiohttp builds, without the layer that
+        sets ``current_app`` (it is this application already). Otherwise aiohttp's own chain, or
+        dispatch() for old-style middlewares and the routes of unmatched paths, as aiohttp does.
+        """
+        handler = match_info.handler
+        app = self._app
+        if app._has_legacy_middlewares or isinstance(match_info.route, SystemRoute):  # type: ignore[attr-defined]
+            return self.dispatch
+        if len(match_info.apps) != 1:
+            return _cached_build_middleware(handler, match_info.apps)
+        built = self._chains.get(handler)
+        if built is None:
+            built = handler
+            for middleware in reversed(app.middlewares):
+                built = functools.update_wrapper(functools.partial(middleware, handler=built), built)
+            if len(self._chains) >= _MAX_CHAINS:
+                self._chains.clear()
+            self._chains[handler] = built
+        return built
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         """After the pipeline: the Expect handling, the applications' middlewares, the route's handler."""

@@ -182,11 +182,12 @@ def build_pipeline(
                 return json_message("Forbidden", 403)
 
             try:
-                if routing.direct and hdrs.EXPECT not in headers:
-                    # No middleware anywhere and nothing to expect: the route's handler itself.
+                if hdrs.EXPECT in headers:
+                    response = await dispatch(request)
+                elif routing.direct:  # no middleware anywhere: the route's handler itself
                     response = await match_info.handler(request)
                 else:
-                    response = await dispatch(request)
+                    response = await routing.chain(match_info)(request)
             except InvalidData as err:
                 # The store refused a value before changing anything (opp_auth.validation.check_storable).
                 response = json_message(str(err), 400, CODE_INVALID_FORMAT)
