@@ -115,16 +115,6 @@ class TokenCache:
         self.entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._entries = self.entries
 
-    def get(self, token: str) -> str | None:
-        """The refresh token id of a cached, unexpired token."""
-        entry = self._entries.get(token)
-        if entry is None:
-            return None
-        if entry[1] < time.time():
-            self._entries.pop(token, None)
-            return None
-        return entry[0]
-
     def forget(self, token: str) -> None:
         """Drop token's entry, if any."""
         self._entries.pop(token, None)

@@ -98,16 +98,19 @@ class Routing:
         sets ``current_app`` (it is this application already). Otherwise aiohttp's own chain, or
         dispatch() for old-style middlewares and the routes of unmatched paths, as aiohttp does.
         """
-        handler = match_info.handler
-        app = self._app
-        if app._has_legacy_middlewares or isinstance(match_info.route, SystemRoute):  # type: ignore[attr-defined]
+        if self._app._has_legacy_middlewares or isinstance(match_info.route, SystemRoute):  # type: ignore[attr-defined]
             return self.dispatch
+        return self._built(match_info)
+
+    def _built(self, match_info: AbstractMatchInfo) -> Handler:
+        """The middleware chain around the route's handler (new-style middlewares, a route that matched)."""
+        handler = match_info.handler
         if len(match_info.apps) != 1:
             return _cached_build_middleware(handler, match_info.apps)
         built = self._chains.get(handler)
         if built is None:
             built = handler
-            for middleware in reversed(app.middlewares):
+            for middleware in reversed(self._app.middlewares):
                 built = functools.update_wrapper(functools.partial(middleware, handler=built), built)
             if len(self._chains) >= _MAX_CHAINS:
                 self._chains.clear()
@@ -123,17 +126,17 @@ class Routing:
             if response is not None:
                 return response
         handler: Any = match_info.handler
-        app = self._app
-        if app._run_middlewares and not app._has_legacy_middlewares and not isinstance(match_info.route, SystemRoute):
-            # aiohttp's cache of the middleware chain per handler (built once, not per request).
-            handler = _cached_build_middleware(handler, match_info.apps)
-        elif app._run_middlewares:
-            for each in match_info.apps[::-1]:
-                for middleware, new_style in each._middlewares_handlers:  # type: ignore[union-attr]
-                    if new_style:
-                        handler = functools.update_wrapper(functools.partial(middleware, handler=handler), handler)
-                    else:  # an old-style middleware factory (aiohttp still calls them)
-                        handler = await middleware(each, handler)  # type: ignore[arg-type]
+        if self._app._run_middlewares:
+            if self._app._has_legacy_middlewares or isinstance(match_info.route, SystemRoute):
+                # As Application._handle: the chain built for each request (old-style factories are awaited).
+                for each in match_info.apps[::-1]:
+                    for middleware, new_style in each._middlewares_handlers:  # type: ignore[union-attr]
+                        if new_style:
+                            handler = functools.update_wrapper(functools.partial(middleware, handler=handler), handler)
+                        else:  # an old-style middleware factory (aiohttp still calls them)
+                            handler = await middleware(each, handler)  # type: ignore[arg-type]
+            else:
+                handler = self._built(match_info)
         response = await handler(request)
         return response  # type: ignore[no-any-return]
 

@@ -1,10 +1,9 @@
 """The request pipeline: security filter, reverse proxy, bans, authentication and CORS.
 
-One aiohttp middleware (public API: ``@web.middleware`` in ``app.middlewares``)
-instead of five: it covers every route whenever it was added, and paths or
-methods no route serves, which it answers in the API's JSON shape (404, or 405
-with ``Allow``). aiohttp caches the middleware chain per handler, so the whole
-stack costs little next to a bare handler (bench/http_throughput.py).
+One function, the application's request handler right after routing
+(http/application.py): it covers every route whenever it was added, and paths
+or methods no route serves, which it answers in the API's JSON shape (404, or
+405 with ``Allow``). What it costs per request: bench/http_instructions.py.
 """
 
 from __future__ import annotations

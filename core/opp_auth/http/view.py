@@ -132,7 +132,7 @@ def http_require_auth(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
         """Check then call."""
-        if getattr(request, ATTR_AUTHENTICATED, False) is not True:
+        if not is_authenticated(request):
             return json_message("Unauthorized", 401)
         return await handler(request)
 
