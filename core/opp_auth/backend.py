@@ -241,9 +241,11 @@ class JsonBackend(StorageBackend):
     def auth_log(self) -> RecordLog:
         """``.storage/auth`` and its journal."""
         if self._auth is None:
-            from .store import STORAGE_KEY, STORAGE_VERSION
+            from .store import STORAGE_KEY, STORAGE_VERSION, decode_auth_file
 
-            self._auth = Store(self.config_dir, STORAGE_KEY, STORAGE_VERSION, private=True, journal=True)
+            self._auth = Store(
+                self.config_dir, STORAGE_KEY, STORAGE_VERSION, private=True, journal=True, decode=decode_auth_file
+            )
         return self._auth
 
     def document(

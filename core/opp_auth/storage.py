@@ -227,11 +227,15 @@ class Store:
         private: bool = True,
         migrate: Callable[[int, Any], Any] | None = None,
         journal: bool = False,
+        decode: Callable[[bytes], dict[str, Any] | None] | None = None,
     ) -> None:
         """Name the file; nothing is read until async_load.
 
         With journal=True changes are appended to ``.<key>.journal`` (journal_append, then
         async_commit) and the file itself is rewritten only by compactions (module journal).
+        decode(raw): the owner's faster parse of the file's bytes for async_load_journaled, an
+        envelope whose data the owner reads, or None to parse the file as JSON (async_load
+        always does).
         """
         self.key = key
         self.version = version
@@ -247,6 +251,7 @@ class Store:
         self._unsaved: Callable[[], Any] | None = None
         self._broken = False
         self.journal = Journal(journal_path(self.path), private) if journal else None
+        self._decode = decode
         # What a compaction writes (the store's whole data), set by the journal's owner.
         self.snapshot_func: Callable[[], Any] | None = None
         self.base_size = 0
@@ -279,7 +284,7 @@ class Store:
     async def _async_load(self) -> Any | None:
         """Read, check and migrate the file in an executor (and replay its journal, if any)."""
         if self.journal is not None:
-            data, records = await self.async_load_journaled()
+            data, records = await self._load_journaled(None)
             data = apply_path_records(data, records, self.path)
             if self.snapshot_func is None and (self.journal.size or self.journal.torn_bytes):
                 # A journal left by a crash: a normal stop writes the whole file (async_flush) even when
@@ -307,11 +312,17 @@ class Store:
         return envelope["data"]
 
     async def async_load_journaled(self) -> tuple[Any | None, list[dict[str, Any]]]:
-        """The file's data and the journal's change records it does not contain, in order."""
+        """The file's data (as decode gives it, if it can) and the journal's change records it lacks, in order."""
+        return await self._load_journaled(self._decode)
+
+    async def _load_journaled(
+        self, decode: Callable[[bytes], dict[str, Any] | None] | None
+    ) -> tuple[Any | None, list[dict[str, Any]]]:
+        """async_load_journaled, with this parse of the file's bytes first (None: JSON)."""
         assert self.journal is not None, "not a journaled store"
         loop = asyncio.get_running_loop()
         try:
-            envelope, records = await loop.run_in_executor(None, self._read_journaled)
+            envelope, records = await loop.run_in_executor(None, self._read_journaled, decode)
         except StorageError:
             self._broken = True
             raise
@@ -327,11 +338,17 @@ class Store:
             return self._migrate(envelope["version"], envelope["data"]), records
         return envelope["data"], records
 
-    def _read_journaled(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    def _read_journaled(
+        self, decode: Callable[[bytes], dict[str, Any] | None] | None
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Worker thread: read the base and the journal; keep the records the base lacks."""
         assert self.journal is not None
         raw = _read_raw(self.path)
-        envelope = None if raw is None else parse_envelope(self.path, raw)
+        envelope = None
+        if raw is not None:
+            envelope = decode(raw) if decode is not None else None
+            if envelope is None or envelope["version"] != self.version:
+                envelope = parse_envelope(self.path, raw)
         self.base_size = 0 if raw is None else len(raw)
         self._base_missing = raw is None
         try:

@@ -28,6 +28,9 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+from msgspec import UNSET, UnsetType
+
 from .models import (
     GROUP_ID_ADMIN,
     GROUP_ID_READ_ONLY,
@@ -59,6 +62,118 @@ STORAGE_VERSION = 1
 USAGE_SAVE_DELAY = 60.0
 
 _EXPIRATIONS: dict[float, timedelta] = {}
+
+
+# ---- the file in the shape opp-auth writes it, decoded straight into records ----------------
+#
+# At 100,000 users the generic parse (dicts of every record) is about half the start-up. The
+# records below name every key the store reads; a file holding only them, with these types,
+# is decoded into them without a dict per record. Any other file (another key, another type,
+# Open Peer Power's token secrets, NaN, a lone surrogate...) is parsed generically, as before:
+# decode_auth_file says None and the store reads dicts with the same rules.
+
+
+class _UserRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A user of .storage/auth."""
+
+    id: str
+    name: str | None = None
+    group_ids: list[str] = []
+    is_owner: bool = False
+    is_active: bool = False
+    system_generated: bool = False
+    local_only: bool = False
+
+
+class _CredentialRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """Credentials of .storage/auth."""
+
+    id: str
+    auth_provider_type: str
+    user_id: str | None = None
+    auth_provider_id: str | None = None
+    data: dict[str, Any] | None = None
+
+
+class _TokenRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A refresh token of .storage/auth as opp-auth writes it (the digest of its secret)."""
+
+    id: str
+    user_id: str
+    token_hash: str
+    created_at: str
+    client_id: str | None = None
+    client_name: str | None = None
+    client_icon: str | None = None
+    token_type: str | None = None
+    access_token_expiration: int | float = 1800.0
+    jwt_key: str | None = None
+    last_used_at: str | None = None
+    last_used_ip: str | None = None
+    credential_id: str | None = None
+    version: str | None = None
+    expire_at: int | float | UnsetType | None = UNSET
+
+
+class _AuthData(msgspec.Struct, forbid_unknown_fields=True):
+    """The data of .storage/auth."""
+
+    users: list[_UserRecord] = []
+    groups: list[dict[str, Any]] = []
+    credentials: list[_CredentialRecord] = []
+    refresh_tokens: list[_TokenRecord] = []
+
+
+class _AuthEnvelope(msgspec.Struct):
+    """The storage file around it (its other keys are not read)."""
+
+    version: int
+    data: _AuthData
+
+
+_DECODER = msgspec.json.Decoder(_AuthEnvelope)
+
+
+def decode_auth_file(raw: bytes) -> dict[str, Any] | None:
+    """The envelope of .storage/auth with its data as records, or None: parse the file generically.
+
+    None for every file not in the shape above, whatever is wrong with it: the generic parse
+    reports a file that cannot be read, with its path.
+    """
+    try:
+        envelope = _DECODER.decode(raw)
+    except Exception:  # noqa: BLE001 - anything it cannot decode is the generic parse's to judge
+        return None
+    return {"version": envelope.version, "data": envelope.data}
+
+
+def _user_from_dict(udata: dict[str, Any]) -> _UserRecord:
+    """A user of a generically parsed file, with the rules of every release (any value taken for its truth)."""
+    return _UserRecord(
+        id=udata["id"],
+        name=udata.get("name"),
+        group_ids=udata.get("group_ids", ()),
+        is_owner=bool(udata.get("is_owner", False)),
+        is_active=bool(udata.get("is_active", False)),
+        system_generated=bool(udata.get("system_generated", False)),
+        local_only=bool(udata.get("local_only", False)),
+    )
+
+
+def _credentials_from_dict(cdata: dict[str, Any]) -> _CredentialRecord:
+    """Credentials of a generically parsed file."""
+    return _CredentialRecord(
+        id=cdata["id"],
+        auth_provider_type=cdata["auth_provider_type"],
+        user_id=cdata.get("user_id"),
+        auth_provider_id=cdata.get("auth_provider_id"),
+        data=cdata.get("data"),
+    )
+
+
+def _token_dict(record: _TokenRecord) -> dict[str, Any]:
+    """A token record as the generic parse gives it (a key absent from the file stays absent)."""
+    return {name: value for name in record.__struct_fields__ if (value := getattr(record, name)) is not UNSET}
 
 
 def _shared_expiration(seconds: float) -> timedelta:
@@ -103,7 +218,7 @@ class AuthStore:
         self._store: RecordLog = (
             backend.auth_log()
             if backend is not None
-            else Store(config_dir, STORAGE_KEY, STORAGE_VERSION, private=True, journal=True)
+            else Store(config_dir, STORAGE_KEY, STORAGE_VERSION, private=True, journal=True, decode=decode_auth_file)
         )
         # Past this time.monotonic() instant the cache may be stale: tokens are refused (backend.fresh_until).
         self._backend = backend
@@ -157,16 +272,24 @@ class AuthStore:
         self._indexed_with = self.key_for
         self.loaded = True
 
-    def _build(self, data: dict[str, Any] | None) -> None:
-        """Populate from file data (None: a fresh store with the system groups)."""
+    def _build(self, data: _AuthData | dict[str, Any] | None) -> None:
+        """Populate from file data: decoded records (decode_auth_file), a generic parse, or None (no file).
+
+        Records of a generic parse go through the same loops (users and credentials converted
+        with the same rules, each token through the careful path _load_token).
+        """
         if data is None:
             for gid in (GROUP_ID_ADMIN, GROUP_ID_USER, GROUP_ID_READ_ONLY):
                 self._groups[gid] = system_group(gid)
             return
+        if isinstance(data, _AuthData):
+            group_records: list[dict[str, Any]] = data.groups
+        else:
+            group_records = data.get("groups", [])
         groups: dict[str, Group] = {}
         legacy_group_id: str | None = None
-        has_groups = "groups" in data and bool(data.get("groups"))
-        for gdata in data.get("groups", []):
+        has_groups = bool(group_records)
+        for gdata in group_records:
             gid = gdata["id"]
             if gid in SYSTEM_GROUPS:
                 groups[gid] = system_group(gid)
@@ -179,12 +302,21 @@ class AuthStore:
             if gid not in groups:
                 groups[gid] = system_group(gid)
         self._groups = groups
-        self._build_users(data.get("users", []), groups, legacy_group_id, has_groups)
-        self._build_credentials(data.get("credentials", []))
-        self._build_tokens(data.get("refresh_tokens", []))
+        if isinstance(data, _AuthData):
+            self._build_users(data.users, groups, legacy_group_id, has_groups)
+            self._build_credentials(data.credentials)
+            self._build_tokens(data.refresh_tokens)
+            return
+        self._build_users([_user_from_dict(u) for u in data.get("users", [])], groups, legacy_group_id, has_groups)
+        users = self._users
+        self._build_credentials(
+            [_credentials_from_dict(c) for c in data.get("credentials", []) if users.get(c.get("user_id")) is not None]
+        )
+        for rdata in data.get("refresh_tokens", []):
+            self._load_token(rdata)
 
     def _build_users(
-        self, records: list[dict[str, Any]], groups: dict[str, Group], legacy_group_id: str | None, has_groups: bool
+        self, records: list[_UserRecord], groups: dict[str, Group], legacy_group_id: str | None, has_groups: bool
     ) -> None:
         """The users of the file, indexed (one loop with no call per user beyond the object's own)."""
         admin = groups[GROUP_ID_ADMIN]
@@ -193,13 +325,13 @@ class AuthStore:
         users, owners = self._users, self._owners
         people = 0
         for udata in records:
-            system_generated = bool(udata.get("system_generated", False))
+            system_generated = udata.system_generated
             if not has_groups and not system_generated:
                 shared = resolved.get(("<admin>",))
                 if shared is None:
                     shared = resolved[("<admin>",)] = self.shared_groups([admin])
             else:
-                gids = tuple(udata.get("group_ids", ()))
+                gids = tuple(udata.group_ids)
                 shared = resolved.get(gids)
                 if shared is None:
                     member_of: list[Group] = []
@@ -211,13 +343,7 @@ class AuthStore:
                             member_of.append(group)
                     shared = resolved[gids] = self.shared_groups(member_of)
             user = User(
-                udata.get("name"),
-                udata["id"],
-                bool(udata.get("is_owner", False)),
-                bool(udata.get("is_active", False)),
-                system_generated,
-                bool(udata.get("local_only", False)),
-                shared,
+                udata.name, udata.id, udata.is_owner, udata.is_active, system_generated, udata.local_only, shared
             )
             if user.id in users:
                 self._unput_user(users[user.id])
@@ -228,17 +354,17 @@ class AuthStore:
                 people += 1
         self._people += people
 
-    def _build_credentials(self, records: list[dict[str, Any]]) -> None:
+    def _build_credentials(self, records: list[_CredentialRecord]) -> None:
         """The credentials of the file, indexed (skipping those of unknown users)."""
         users, by_id, index, by_provider = self._users, self._credentials, self._cred_index, self._creds_by_provider
         key_for = self.key_for
         for cdata in records:
-            owner = users.get(cdata.get("user_id"))  # type: ignore[arg-type]
+            owner = users.get(cdata.user_id)  # type: ignore[arg-type]
             if owner is None:
                 continue
             # _credentials_from, inlined (100,000 credentials at start-up for a large installation).
-            ptype, pid, cred_data = cdata["auth_provider_type"], cdata.get("auth_provider_id"), cdata.get("data") or {}
-            cred = Credentials(ptype, pid, cred_data, cdata["id"], False, owner.id)
+            ptype, pid, cred_data = cdata.auth_provider_type, cdata.auth_provider_id, cdata.data or {}
+            cred = Credentials(ptype, pid, cred_data, cdata.id, False, owner.id)
             previous = by_id.get(cred.id)
             if previous is not None:
                 self._do_remove_credentials(previous, keep_tokens=True)
@@ -250,7 +376,7 @@ class AuthStore:
                 provider = by_provider[(ptype, pid)] = {}
             provider[cred.id] = cred
 
-    def _build_tokens(self, records: list[dict[str, Any]]) -> None:
+    def _build_tokens(self, records: list[_TokenRecord]) -> None:
         """The refresh tokens of the file, indexed: _load_token's checks, inlined for 100,000 tokens."""
         users, creds, by_id, by_secret = self._users, self._credentials, self._tokens_by_id, self._tokens_by_token
         keyring = self.keyring
@@ -262,64 +388,51 @@ class AuthStore:
         default_expire: dict[str, float | None] = {}
         small = SMALL_TOKEN_COUNT
         for rdata in records:
-            token_hash_hex = rdata.get("token_hash")
-            user_id = rdata.get("user_id")
-            if token_hash_hex.__class__ is not str or "token" in rdata or user_id.__class__ is not str:
-                # Open Peer Power's records (the secret itself), and anything odd: the careful path.
-                self._load_token(rdata)
-                continue
-            user = users.get(user_id)
+            user = users.get(rdata.user_id)
             if user is None:
                 continue
-            token_id = rdata["id"]
-            created = rdata.get("created_at")
+            token_id = rdata.id
+            created = rdata.created_at
+            jwt_key = rdata.jwt_key
             try:
                 # The form every file holds is kept as it is (see canonical_created), once parsed.
                 if (
-                    created.__class__ is not str
-                    or len(created) != 32
+                    len(created) != 32
                     or created[4:20:3] != "--T::."
                     or created[26:] != "+00:00"
                     or created[20:26] == "000000"
+                    or (jwt_key is None and keyring is None)
                 ):
                     raise ValueError
                 fromisoformat(created)
-                token_hash = fromhex(token_hash_hex)
+                token_hash = fromhex(rdata.token_hash)
             except ValueError:
-                self._load_token(rdata)
+                # Another form of the date, a digest that is not hex, no way to sign: the careful path.
+                self._load_token(_token_dict(rdata))
                 continue
-            jwt_key = rdata.get("jwt_key")
-            if jwt_key is None and keyring is None:
-                self._load_token(rdata)
-                continue
-            token_type = rdata.get("token_type")
-            client_id = rdata.get("client_id")
+            token_type = rdata.token_type
+            client_id = rdata.client_id
             if token_type is None:
                 token_type = TOKEN_TYPE_SYSTEM if client_id is None else TOKEN_TYPE_NORMAL
-            if client_id.__class__ is str:
+            if client_id is not None:
                 client_id = interned.get(client_id) or _intern(client_id)
-            credential_id = rdata.get("credential_id")
-            cred = creds.get(credential_id) if credential_id.__class__ is str and credential_id else None
-            if "expire_at" in rdata:
-                expire_at = rdata["expire_at"]
-                if expire_at is not None and expire_at.__class__ is not float:
-                    expire_at = _expire_value(expire_at)
-            else:
+            credential_id = rdata.credential_id
+            cred = creds.get(credential_id) if credential_id else None
+            expire_at = rdata.expire_at
+            if expire_at is UNSET:
                 if token_type not in default_expire:
                     default_expire[token_type] = self.default_expire_at(token_type)
                 expire_at = default_expire[token_type]
-            lifetime = rdata.get("access_token_expiration", 1800.0)
+            lifetime = rdata.access_token_expiration
             expiration = expirations.get(lifetime)
             if expiration is None:
                 expiration = _shared_expiration(float(lifetime))
-            last_used_at = rdata.get("last_used_at")
-            if last_used_at is not None:
-                last_used_at = _parse_dt(last_used_at)
-            last_used_ip = rdata.get("last_used_ip")
+            last_used_at = None if rdata.last_used_at is None else _parse_dt(rdata.last_used_at)
+            last_used_ip = rdata.last_used_ip
             if last_used_ip is not None:
                 last_used_ip = _intern(last_used_ip)
-            version = rdata.get("version")
-            if version.__class__ is str:
+            version = rdata.version
+            if version is not None:
                 version = interned.get(version) or _intern(version)
             previous = by_id.get(token_id)
             if previous is not None:
@@ -328,8 +441,8 @@ class AuthStore:
                 user,
                 client_id,
                 expiration,
-                rdata.get("client_name"),
-                rdata.get("client_icon"),
+                rdata.client_name,
+                rdata.client_icon,
                 token_type,
                 token_id,
                 token_hash,
