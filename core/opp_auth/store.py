@@ -24,7 +24,7 @@ import gc
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -171,6 +171,15 @@ def _credentials_from_dict(cdata: dict[str, Any]) -> _CredentialRecord:
     )
 
 
+def _token_from_dict(rdata: Any) -> _TokenRecord | dict[str, Any]:
+    """A token of a generically parsed file as the typed record when it takes it (the same rules as
+    decoding), else the dict itself for _load_token."""
+    try:
+        return msgspec.convert(rdata, _TokenRecord)
+    except msgspec.ValidationError:
+        return rdata  # type: ignore[no-any-return]
+
+
 def _token_dict(record: _TokenRecord) -> dict[str, Any]:
     """A token record as the generic parse gives it (a key absent from the file stays absent)."""
     return {name: value for name in record.__struct_fields__ if (value := getattr(record, name)) is not UNSET}
@@ -312,8 +321,7 @@ class AuthStore:
         self._build_credentials(
             [_credentials_from_dict(c) for c in data.get("credentials", []) if users.get(c.get("user_id")) is not None]
         )
-        for rdata in data.get("refresh_tokens", []):
-            self._load_token(rdata)
+        self._build_tokens([_token_from_dict(r) for r in data.get("refresh_tokens", [])])
 
     def _build_users(
         self, records: list[_UserRecord], groups: dict[str, Group], legacy_group_id: str | None, has_groups: bool
@@ -376,8 +384,12 @@ class AuthStore:
                 provider = by_provider[(ptype, pid)] = {}
             provider[cred.id] = cred
 
-    def _build_tokens(self, records: list[_TokenRecord]) -> None:
-        """The refresh tokens of the file, indexed: _load_token's checks, inlined for 100,000 tokens."""
+    def _build_tokens(self, records: Sequence[_TokenRecord | dict[str, Any]]) -> None:
+        """The refresh tokens of the file, indexed: _load_token's checks, inlined for 100,000 tokens.
+
+        A record of a generic parse that the typed record does not take (a dict) goes through
+        _load_token where it stands in the list (a later record with its id replaces it).
+        """
         users, creds, by_id, by_secret = self._users, self._credentials, self._tokens_by_id, self._tokens_by_token
         keyring = self.keyring
         fromisoformat = datetime.fromisoformat
@@ -388,10 +400,16 @@ class AuthStore:
         default_expire: dict[str, float | None] = {}
         small = SMALL_TOKEN_COUNT
         for rdata in records:
+            if isinstance(rdata, dict):
+                self._load_token(rdata)
+                continue
             user = users.get(rdata.user_id)
             if user is None:
                 continue
             token_id = rdata.id
+            if not token_id:
+                self._load_token(_token_dict(rdata))  # logged and skipped there
+                continue
             created = rdata.created_at
             jwt_key = rdata.jwt_key
             try:
@@ -617,6 +635,12 @@ class AuthStore:
         has_hash = isinstance(rdata.get("token_hash"), str)
         if "jwt_key" not in rdata and not has_hash:
             return
+        token_id = rdata.get("id")
+        if token_id.__class__ is not str or not token_id:
+            # Access tokens and journal records name a token by its id: a new one made up at each
+            # load would let a revocation journaled under one id miss the token after a restart.
+            _LOGGER.error("Ignoring refresh token with invalid id %r for user_id %s", token_id, rdata.get("user_id"))
+            return
         user_id = rdata.get("user_id")
         user = self._users.get(user_id) if isinstance(user_id, str) else None
         if user is None:
@@ -645,11 +669,11 @@ class AuthStore:
         credential_id = rdata.get("credential_id")
         cred = self._credentials.get(credential_id) if isinstance(credential_id, str) and credential_id else None
         expire_at = _expire_value(rdata["expire_at"]) if "expire_at" in rdata else self.default_expire_at(token_type)
-        previous = self._tokens_by_id.get(rdata["id"])
+        previous = self._tokens_by_id.get(token_id)
         if previous is not None:
             self._unindex_token(previous)
         token = RefreshToken(
-            id=rdata["id"],
+            id=token_id,
             user=user,
             client_id=_intern(rdata.get("client_id")),
             client_name=rdata.get("client_name"),

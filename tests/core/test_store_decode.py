@@ -245,6 +245,61 @@ async def test_a_token_in_another_date_form_takes_the_careful_path(tmp_path: Pat
     assert token.expire_at == decoded.default_expire_at("normal")
 
 
+@pytest.mark.parametrize("token_id", ["", None, 0, False])
+@pytest.mark.parametrize("decode", [True, False])
+async def test_a_token_without_a_usable_id_is_skipped_and_logged(
+    tmp_path: Path, token_id: Any, decode: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Never given a made-up id: one new at each load would let a journaled revocation miss it after a restart."""
+    write(tmp_path, canonical_data([canonical_token(id=token_id), canonical_token(id="v" * 32, token_hash="cd" * 32)]))
+    store = await loaded(tmp_path, decode=decode)
+    assert [t.id for t in store.refresh_tokens()] == ["v" * 32]
+    assert bytes.fromhex(HASH) not in store._tokens_by_token
+    assert "invalid id" in caplog.text
+
+
+async def test_a_revoked_token_stays_revoked_across_a_restart_without_compaction(tmp_path: Path) -> None:
+    """Revoked, journaled, the server stops without rewriting the file: the next load does not bring it back."""
+    data = canonical_data([canonical_token(), canonical_token(id="v" * 32, token_hash="cd" * 32)])
+    data["users"][1]["is_active"] = 1  # the whole file takes the generic parse
+    write(tmp_path, data)
+    store = await loaded(tmp_path, decode=True)
+    token = store.get_refresh_token("t" * 32)
+    assert token is not None
+    store.remove_refresh_token(token)
+    await store.async_save()
+    again = await loaded(tmp_path, decode=True)
+    assert [t.id for t in again.refresh_tokens()] == ["v" * 32]
+
+
+async def test_tokens_of_a_generically_parsed_file_skip_the_careful_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One odd value elsewhere in the file does not send every token through _load_token: each record that
+    the typed record takes is converted on its own, the others keep their place in the order."""
+    data = canonical_data(
+        [
+            canonical_token(),
+            canonical_token(id="v" * 32, token="s" * 64),  # Open Peer Power's secret: the careful path
+            canonical_token(id="w" * 32, token_hash="cd" * 32),
+        ]
+    )
+    data["users"][0]["is_owner"] = 1
+    raw = write(tmp_path, data)
+    assert decode_auth_file(raw) is None
+    careful: list[str] = []
+    real = AuthStore._load_token
+
+    def spy(self: AuthStore, rdata: dict[str, Any]) -> None:
+        careful.append(rdata["id"])
+        real(self, rdata)
+
+    monkeypatch.setattr(AuthStore, "_load_token", spy)
+    store = await loaded(tmp_path, decode=True)
+    assert careful == ["v" * 32]
+    assert sorted(t.id for t in store.refresh_tokens()) == ["t" * 32, "v" * 32, "w" * 32]
+
+
 # ---- both ways, on any file ---------------------------------------------------------------------
 
 TRUTHY = st.sampled_from([True, False])
@@ -317,6 +372,8 @@ def token_records(draw: st.DrawFn, tid: str, odd: bool) -> dict[str, Any]:
         version=draw(st.sampled_from([None, "0.1.0", "2021.7"])),
         expire_at=draw(st.one_of(st.none(), NUMBER)),
     )
+    if draw(st.integers(0, 9)) == 0:
+        record["id"] = draw(st.sampled_from(["", None, 0, False]) if odd else st.just(""))
     for key in ("client_id", "token_type", "expire_at", "version", "jwt_key", "access_token_expiration"):
         if draw(st.integers(0, 5)) == 0:
             del record[key]
