@@ -170,6 +170,57 @@ async def test_a_plugin_middleware_runs_after_the_pipeline_and_sees_the_user(own
         await server.close()
 
 
+async def test_middlewares_wrap_each_route_of_a_shared_handler_and_the_chain_is_kept_per_route(
+    owner_token: Any,
+) -> None:
+    """Routes sharing a handler each pass the middlewares (in order, handler given by keyword as aiohttp does);
+    the chain of each matched route is kept, never one of an unmatched path (aiohttp makes its route per request)."""
+    auth, _, _ = owner_token
+    app = create_app(auth)
+    seen: list[tuple[str, str, str]] = []
+
+    @web.middleware
+    async def outer(request: web.Request, handler: Any) -> web.StreamResponse:
+        seen.append(("outer", request.method, request.path))
+        return await handler(request)
+
+    @web.middleware
+    async def inner(request: web.Request, *, handler: Any) -> web.StreamResponse:
+        seen.append(("inner", request.method, request.path))
+        response = await handler(request)
+        response.headers["X-Inner"] = request.match_info.route.resource.canonical
+        return response
+
+    async def shared(request: web.Request) -> web.Response:
+        return web.Response(text=request.path)
+
+    app.router.add_get("/one", shared)
+    app.router.add_get("/two", shared)
+    app.middlewares.extend([outer, inner])
+    server = await served(app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for method, path in [("GET", "/one"), ("GET", "/two"), ("GET", "/one"), ("HEAD", "/one")]:
+                async with session.request(method, str(server.make_url(path))) as resp:
+                    assert (resp.status, resp.headers["X-Inner"]) == (200, path)
+                    assert await resp.text() == ("" if method == "HEAD" else path)
+            for _ in range(3):
+                async with session.get(str(server.make_url("/missing"))) as resp:
+                    assert resp.status == 404
+        served_paths = [("GET", "/one"), ("GET", "/two"), ("GET", "/one"), ("HEAD", "/one")]
+        expected = [(layer, method, path) for method, path in served_paths for layer in ("outer", "inner")]
+        assert seen[:8] == expected
+        assert seen[8:] == [(layer, "GET", "/missing") for _ in range(3) for layer in ("outer", "inner")]
+        chains = app._opp_routing.chains  # type: ignore[attr-defined]
+        assert sorted((route.method, route.resource.canonical) for route in chains) == [
+            ("GET", "/one"),
+            ("GET", "/two"),
+            ("HEAD", "/one"),
+        ]
+    finally:
+        await server.close()
+
+
 async def test_security_headers_on_every_kind_of_response(owner_token: Any) -> None:
     """JSON, a refusal the pipeline makes, a 404, a static file, a page and the websocket handshake."""
     auth, token, _ = owner_token

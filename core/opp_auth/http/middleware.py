@@ -85,7 +85,7 @@ def build_pipeline(
 
     def wrap(routing: Routing) -> Handler:
         """The application's request handler: routing, then the pipeline, then the route's handling."""
-        resolve, bind, dispatch = routing.resolve, routing.bind, routing.dispatch
+        resolve, bind, dispatch, chains = routing.resolve, routing.bind, routing.dispatch, routing.chains
 
         async def run(request: web.Request) -> web.StreamResponse:
             """Route, filter, resolve the client, check bans, authenticate, call the handler, add CORS."""
@@ -185,8 +185,8 @@ def build_pipeline(
                     response = await dispatch(request)
                 elif routing.direct:  # no middleware anywhere: the route's handler itself
                     response = await match_info.handler(request)
-                else:
-                    response = await routing.chain(match_info)(request)
+                else:  # the route's handler in the middlewares' chain (built once per route)
+                    response = await (chains.get(match_info.route) or routing.chain(match_info))(request)
             except InvalidData as err:
                 # The store refused a value before changing anything (opp_auth.validation.check_storable).
                 response = json_message(str(err), 400, CODE_INVALID_FORMAT)

@@ -90,7 +90,8 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
 # Distinct routes a scrape may name before further ones are folded into "other" (a plugin adding
 # routes at run time could otherwise grow the series without bound).
 MAX_ROUTES = 256
-# Label children cached by (route resource, raw method, status); past this, looked up uncached.
+# Label children cached by (route resource, raw method, status), and as many by (route, status) for the
+# middleware; past this, looked up uncached.
 MAX_CACHED_CHILDREN = 1024
 
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -150,6 +151,9 @@ class Metrics:
         )
         registry.register(_RuntimeCollector(auth, self.request_duration))
         self._children: dict[tuple[Any, str, int], _Series] = {}
+        # The same series by route object, then status (filled with _children, within its bound).
+        self._by_route: dict[Any, dict[int, _Series]] = {}
+        self._by_route_size = 0
         self._routes: set[str] = set()
 
     # ---- the endpoint -----------------------------------------------------------------------------
@@ -193,9 +197,10 @@ class Metrics:
 
     def middleware(self) -> Any:
         """An aiohttp middleware timing each request (inside the core's pipeline)."""
-        children = self._children
+        by_route = self._by_route
         perf_counter = time.perf_counter
         upper = self.request_duration.upper
+        first = upper[0]
 
         @web.middleware
         async def time_request(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -204,35 +209,57 @@ class Metrics:
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
-                self._series(request, exc.status).observe(perf_counter() - start)
+                self._observe(request, exc.status, perf_counter() - start)
                 raise
-            status = response.status
-            if status != 101:  # a websocket: its duration is the connection's life, not a latency
-                series = children.get((request.match_info.route.resource, request.method, status))
-                if series is None:
-                    series = self._series(request, status)
-                seconds = perf_counter() - start
-                series.counts[bisect_left(upper, seconds)] += 1
-                series.total += seconds
+            seconds = perf_counter() - start
+            # The series of a route and status seen before, without building a label (most requests).
+            by_status = by_route.get(request.match_info.route)
+            series = by_status.get(response.status) if by_status is not None else None
+            if series is None:
+                self._observe(request, response.status, seconds)
+                return response
+            # le is inclusive, as Prometheus means it: bisect_left; the first bucket is the usual one.
+            series.counts[0 if seconds <= first else bisect_left(upper, seconds)] += 1
+            series.total += seconds
             return response
 
         return time_request
 
+    def _observe(self, request: web.Request, status: int, seconds: float) -> None:
+        """Observe a request time the middleware found no cached series for (a websocket's is not timed)."""
+        if status != 101:  # a websocket: its duration is the connection's life, not a latency
+            self._series(request, status).observe(seconds)
+
     def _series(self, request: web.Request, status: int) -> _Series:
         """The series of (route, method, status class), cached for the methods of the closed set."""
-        resource = request.match_info.route.resource
-        route = UNMATCHED if resource is None else resource.canonical
-        if route not in self._routes:
-            if len(self._routes) >= MAX_ROUTES:
-                route = OTHER
-            else:
-                self._routes.add(route)
-        method = request.method if request.method in HTTP_METHODS else OTHER
-        status_class = f"{status // 100}xx" if 100 <= status <= 599 else OTHER
-        series = self.request_duration.series((route, method, status_class))
-        # Only well-known methods are cached: a client inventing methods cannot fill the cache.
-        if method != OTHER and len(self._children) < MAX_CACHED_CHILDREN:
-            self._children[(resource, request.method, status)] = series
+        route_object = request.match_info.route
+        resource = route_object.resource
+        method = request.method
+        key = (resource, method, status)
+        series = self._children.get(key)
+        if series is None:
+            route = UNMATCHED if resource is None else resource.canonical
+            if route not in self._routes:
+                if len(self._routes) >= MAX_ROUTES:
+                    route = OTHER
+                else:
+                    self._routes.add(route)
+            method_label = method if method in HTTP_METHODS else OTHER
+            status_class = f"{status // 100}xx" if 100 <= status <= 599 else OTHER
+            series = self.request_duration.series((route, method_label, status_class))
+            # Only well-known methods are cached: a client inventing methods cannot fill the cache.
+            if method_label == OTHER or len(self._children) >= MAX_CACHED_CHILDREN:
+                return series
+            self._children[key] = series
+        # By route object too, for the middleware's lookup without labels, when the route alone gives
+        # the method: a route of one method (aiohttp resolves a request only to a route of its method or
+        # to one of any method, "*") that matched a path (not the route of an unmatched path, made anew
+        # for each request).
+        if resource is not None and route_object.method == method and self._by_route_size < MAX_CACHED_CHILDREN:
+            by_status = self._by_route.setdefault(route_object, {})
+            if status not in by_status:
+                by_status[status] = series
+                self._by_route_size += 1
         return series
 
     # ---- events -----------------------------------------------------------------------------------
