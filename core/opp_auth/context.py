@@ -29,13 +29,15 @@ what a plugin may ask of the running server:
 - events: :meth:`note_event` (an :class:`~opp_auth.AuthEvent` of the one stream),
   :meth:`subscribe_events` (receive them in line, to count or buffer);
 - monitoring: :meth:`runtime_stats` (token checks by outcome, open websocket
-  connections, flows in progress).
+  connections, flows in progress), :meth:`observe_requests` (each answered HTTP
+  request's route, status and server time, in line).
 
 Everything else of the core is internal and may change between releases.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -45,6 +47,8 @@ from .providers import InvalidAuthError
 from .throttle import too_many_attempts_message
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from .backend import DocumentStore
     from .events import AuthEvent
     from .manager import AuthManager
@@ -256,6 +260,28 @@ class PluginContext:
         nobody. Work that takes time belongs in the ``opp_auth_event`` hook.
         """
         return self.__manager.events.subscribe(callback)
+
+    def observe_requests(self, callback: Callable[[web.Request, int, float], None]) -> Callable[[], None]:
+        """Call ``callback(request, status, seconds)`` in line after each HTTP request a route answered;
+        returns the function that stops it.
+
+        seconds: the server's time in the route's handling (any middleware and the handler, the
+        Expect answer), measured only while an observer is registered. Paths no route serves are
+        observed too (their 404 or 405).
+        Requests the pipeline refused before the route (filtered paths, bans, CORS preflights) and
+        websocket connections (status 101) are not observed; a redirect raised by the handler is,
+        with its status. For counting (a latency histogram): the callback must not block or await;
+        an exception in it is logged and the answer goes out unchanged.
+        """
+        observers = self.__manager.stats.request_observers
+        observers.append(callback)
+
+        def stop() -> None:
+            """Stop observing (again: nothing)."""
+            with contextlib.suppress(ValueError):
+                observers.remove(callback)
+
+        return stop
 
     def derive_key(self, purpose: str) -> bytes:
         """A 32-byte key for purpose, derived from the server secret (``.opp-auth-secret``): the same on

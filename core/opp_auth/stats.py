@@ -66,6 +66,9 @@ class RuntimeStats:
         self.signed_path_checks: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.refresh_grants: dict[str, int] = dict.fromkeys(REFRESH_RESULTS, 0)
         self._gauges: dict[str, Callable[[], int]] = {}
+        # Called after each HTTP request the server answered (PluginContext.observe_requests); the
+        # pipeline reads the clock only while one is registered.
+        self.request_observers: list[Callable[[Any, int, float], None]] = []
 
     def refused(self, counts: dict[str, int], refusal: str) -> None:
         """Count a refusal of the access decision under its outcome."""

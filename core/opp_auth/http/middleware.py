@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -82,6 +83,8 @@ def build_pipeline(
     authenticators = auth.pm.hook.opp_auth_authenticate_request
     validate_token = auth.access_tokens.validate_access_token
     clean_paths: set[str] = set()
+    observers = auth.stats.request_observers
+    perf_counter = time.perf_counter
 
     def wrap(routing: Routing) -> Handler:
         """The application's request handler: routing, then the pipeline, then the route's handling."""
@@ -180,6 +183,7 @@ def build_pipeline(
                     )
                 return json_message("Forbidden", 403)
 
+            start = perf_counter() if observers else 0.0
             try:
                 if hdrs.EXPECT in headers:
                     response = await dispatch(request)
@@ -198,6 +202,8 @@ def build_pipeline(
                 response = json_message(f"Request body too large: the limit is {request.client_max_size} bytes", 413)
             except web.HTTPException as exc:
                 if exc.status < 400:
+                    if observers:
+                        _observed(observers, request, exc.status, perf_counter() - start)
                     raise  # redirects
                 if request.match_info.http_exception is not None:
                     # No route served the path or the method, and no middleware further in (a plugin's,
@@ -213,11 +219,24 @@ def build_pipeline(
                 response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
                 response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
                 response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = "*"
+            if observers and response.status != 101:  # a websocket's time is the connection's life
+                _observed(observers, request, response.status, perf_counter() - start)
             return response
 
         return run
 
     return wrap
+
+
+def _observed(
+    observers: list[Callable[[web.Request, int, float], None]], request: web.Request, status: int, seconds: float
+) -> None:
+    """Tell each request observer (PluginContext.observe_requests); one that raises is logged, the answer goes on."""
+    for observer in observers:
+        try:
+            observer(request, status, seconds)
+        except Exception:  # an observer never changes the answer
+            _LOGGER.exception("Request observer %r failed", observer)
 
 
 def _json_refusal(exc: web.HTTPException) -> web.Response:

@@ -4,8 +4,8 @@ Written only against opp-auth's public API, as a third party would: the
 counters of logins, MFA results, refresh grants, throttled and banned
 requests come from the core's events (hooks), the token checks and the
 gauges from ``PluginContext.runtime_stats()`` read at scrape time, and the
-request latency from an aiohttp middleware that runs inside the core's
-pipeline. Reading ``/metrics`` is allowed from ``allowed_networks`` (the
+request latency from ``PluginContext.observe_requests`` (the core times each
+answered request only while someone observes). Reading ``/metrics`` is allowed from ``allowed_networks`` (the
 client address as the core resolves it behind trusted proxies) or with the
 bearer token of an administrator (``opp_auth.http_require_admin``).
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -91,7 +90,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
 # routes at run time could otherwise grow the series without bound).
 MAX_ROUTES = 256
 # Label children cached by (route resource, raw method, status), and as many by (route, status) for the
-# middleware; past this, looked up uncached.
+# request observer; past this, looked up uncached.
 MAX_CACHED_CHILDREN = 1024
 
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -107,7 +106,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Metrics:
-    """The metrics of one server: a registry of its own, the /metrics view and the timing middleware."""
+    """The metrics of one server: a registry of its own, the /metrics view and the request observer."""
 
     def __init__(self, auth: PluginContext, allowed_networks: list[IPNetwork]) -> None:
         """Create every metric (at zero) in a fresh registry."""
@@ -195,40 +194,25 @@ class Metrics:
 
     # ---- request latency --------------------------------------------------------------------------
 
-    def middleware(self) -> Any:
-        """An aiohttp middleware timing each request (inside the core's pipeline)."""
+    def observer(self) -> Callable[[web.Request, int, float], None]:
+        """The request observer (``PluginContext.observe_requests``): each answer's time into its series."""
         by_route = self._by_route
-        perf_counter = time.perf_counter
+        series_for = self._series
         upper = self.request_duration.upper
         first = upper[0]
 
-        @web.middleware
-        async def time_request(request: web.Request, handler: Handler) -> web.StreamResponse:
-            """Call the handler; observe its duration under (route, method, status class)."""
-            start = perf_counter()
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                self._observe(request, exc.status, perf_counter() - start)
-                raise
-            seconds = perf_counter() - start
+        def observe(request: web.Request, status: int, seconds: float) -> None:
+            """Observe seconds under (route, method, status class); the core never passes a websocket's 101."""
             # The series of a route and status seen before, without building a label (most requests).
             by_status = by_route.get(request.match_info.route)
-            series = by_status.get(response.status) if by_status is not None else None
+            series = by_status.get(status) if by_status is not None else None
             if series is None:
-                self._observe(request, response.status, seconds)
-                return response
+                series = series_for(request, status)
             # le is inclusive, as Prometheus means it: bisect_left; the first bucket is the usual one.
             series.counts[0 if seconds <= first else bisect_left(upper, seconds)] += 1
             series.total += seconds
-            return response
 
-        return time_request
-
-    def _observe(self, request: web.Request, status: int, seconds: float) -> None:
-        """Observe a request time the middleware found no cached series for (a websocket's is not timed)."""
-        if status != 101:  # a websocket: its duration is the connection's life, not a latency
-            self._series(request, status).observe(seconds)
+        return observe
 
     def _series(self, request: web.Request, status: int) -> _Series:
         """The series of (route, method, status class), cached for the methods of the closed set."""
@@ -251,7 +235,7 @@ class Metrics:
             if method_label == OTHER or len(self._children) >= MAX_CACHED_CHILDREN:
                 return series
             self._children[key] = series
-        # By route object too, for the middleware's lookup without labels, when the route alone gives
+        # By route object too, for the observer's lookup without labels, when the route alone gives
         # the method: a route of one method (aiohttp resolves a request only to a route of its method or
         # to one of any method, "*") that matched a path (not the route of an unmatched path, made anew
         # for each request).
@@ -425,12 +409,14 @@ def opp_auth_register_routes(app: web.Application, auth: PluginContext) -> None:
         return
     metrics = Metrics(auth, list(conf.get("allowed_networks") or ()))
     app.router.add_get(PATH, metrics.view())
-    app.middlewares.append(metrics.middleware())
-    # In line, counting only: no background task per event, and nothing at all while metrics are off.
+    # In line, counting only: no background task per event or request, and nothing at all while metrics
+    # are off (no middleware either: a request's time comes from the core, which reads no clock unobserved).
     unsubscribe = auth.subscribe_events(metrics.record)
+    unobserve = auth.observe_requests(metrics.observer())
 
     async def forget(_app: web.Application) -> None:
         """Stop counting for this server."""
         unsubscribe()
+        unobserve()
 
     app.on_cleanup.append(forget)

@@ -1,7 +1,10 @@
-"""The request-latency middleware on its own (a plain aiohttp application): labels and its caches' bound."""
+"""The request observer on its own (a plain aiohttp application calling it as the core's pipeline does):
+labels and its caches' bound. tests/http/test_request_observers.py checks what the core passes it."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -32,9 +35,26 @@ async def _answer(request: web.Request) -> web.StreamResponse:
     return web.Response(status=status, text="x")
 
 
+def _observing(observe: Callable[[web.Request, int, float], None]) -> Any:
+    """A middleware calling observe as the core's pipeline does: refusals raised as HTTPException with their status."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        start = time.perf_counter()
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            observe(request, exc.status, time.perf_counter() - start)
+            raise
+        observe(request, response.status, time.perf_counter() - start)
+        return response  # type: ignore[no-any-return]
+
+    return middleware
+
+
 async def _serve(routes: list[tuple[str, str]]) -> tuple[opp_auth_metrics.Metrics, TestServer]:
     metrics = opp_auth_metrics.Metrics(_Auth(), [])  # type: ignore[arg-type]
-    app = web.Application(middlewares=[metrics.middleware()])
+    app = web.Application(middlewares=[_observing(metrics.observer())])
     for method, path in routes:
         if method == "GET":
             app.router.add_get(path, _answer)  # and its HEAD route
