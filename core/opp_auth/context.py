@@ -37,7 +37,7 @@ Everything else of the core is internal and may change between releases.
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -265,21 +265,30 @@ class PluginContext:
         """Call ``callback(request, status, seconds)`` in line after each HTTP request a route answered;
         returns the function that stops it.
 
-        seconds: the server's time in the route's handling (any middleware and the handler, the
-        Expect answer), measured only while an observer is registered. Paths no route serves are
-        observed too (their 404 or 405).
+        status: the response's status as the handler (or the pipeline's refusal of an unmatched path:
+        404, 405) set it; a file response settles 304, 206 or 416 later, as it is sent, and is
+        observed with the status it had before. seconds: the server's time in the route's handling
+        (any middleware and the handler, the Expect answer), measured only while an observer is
+        registered. A request is observed by the observers registered when its route's handling
+        began. A handler that fails with an exception other than aiohttp's HTTP ones (the client
+        gets a 500) and a request the client gave up are not observed.
         Requests the pipeline refused before the route (filtered paths, bans, CORS preflights) and
         websocket connections (status 101) are not observed; a redirect raised by the handler is,
         with its status. For counting (a latency histogram): the callback must not block or await;
         an exception in it is logged and the answer goes out unchanged.
         """
-        observers = self.__manager.stats.request_observers
-        observers.append(callback)
+        if inspect.iscoroutinefunction(callback):
+            raise TypeError("observe_requests takes a plain function: a coroutine function would never run")
+        stats = self.__manager.stats
+        stats.request_observers = (*stats.request_observers, callback)
 
         def stop() -> None:
-            """Stop observing (again: nothing)."""
-            with contextlib.suppress(ValueError):
-                observers.remove(callback)
+            """Stop observing (again: nothing); a request already being answered still reaches it."""
+            observers = stats.request_observers
+            for index, observer in enumerate(observers):
+                if observer is callback:
+                    stats.request_observers = observers[:index] + observers[index + 1 :]
+                    return
 
         return stop
 

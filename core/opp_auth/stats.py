@@ -67,8 +67,9 @@ class RuntimeStats:
         self.refresh_grants: dict[str, int] = dict.fromkeys(REFRESH_RESULTS, 0)
         self._gauges: dict[str, Callable[[], int]] = {}
         # Called after each HTTP request the server answered (PluginContext.observe_requests); the
-        # pipeline reads the clock only while one is registered.
-        self.request_observers: list[Callable[[Any, int, float], None]] = []
+        # pipeline reads the clock only while one is registered. Replaced, never changed in place: a
+        # request is observed by those registered when its route's handling began, whatever they do.
+        self.request_observers: tuple[Callable[[Any, int, float], None], ...] = ()
 
     def refused(self, counts: dict[str, int], refusal: str) -> None:
         """Count a refusal of the access decision under its outcome."""

@@ -8,6 +8,7 @@ changes nothing of the answer.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -110,7 +111,7 @@ async def test_an_observer_that_raises_is_logged_and_changes_nothing(
     def broken(request: web.Request, status: int, seconds: float) -> None:
         raise RuntimeError("observer bug")
 
-    auth.stats.request_observers.insert(0, broken)
+    auth.stats.request_observers = (broken, *auth.stats.request_observers)
     server = await served(create_app(auth))
     try:
         async with aiohttp.ClientSession() as session:
@@ -141,4 +142,89 @@ async def test_stopping_an_observer_stops_its_calls(opp_auth_factory: Any) -> No
     finally:
         await server.close()
     assert seen == [401]
-    assert auth.stats.request_observers == []
+    assert auth.stats.request_observers == ()
+
+
+class _Toggle:
+    """A plugin route that starts observing while it is being answered, and one that takes its time."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, float]] = []
+
+    @hookimpl
+    def opp_auth_register_routes(self, app: web.Application, auth: Any) -> None:
+        async def enable(request: web.Request) -> web.StreamResponse:
+            auth.observe_requests(lambda request, status, seconds: self.seen.append((request.path, seconds)))
+            return web.Response(text="on")
+
+        async def slow(request: web.Request) -> web.StreamResponse:
+            await asyncio.sleep(0.2)
+            return web.Response(text="done")
+
+        app.router.add_get("/test/enable", enable)
+        app.router.add_get("/test/slow", slow)
+
+
+async def test_an_observer_registered_during_a_request_starts_with_the_next_one(opp_auth_factory: Any) -> None:
+    """The request that registered it, and one already being answered, are not observed (never with a made-up
+    duration); the next request is, with its own time."""
+    toggle = _Toggle()
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], plugins=[("observer-toggle", toggle)])
+    server = await served(create_app(auth))
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def get(path: str) -> None:
+                async with session.get(str(server.make_url(path))) as resp:
+                    assert resp.status == 200
+
+            slow = asyncio.ensure_future(get("/test/slow"))
+            await asyncio.sleep(0.05)
+            await get("/test/enable")
+            await slow
+            assert toggle.seen == []
+            await get("/test/slow")
+    finally:
+        await server.close()
+    assert len(toggle.seen) == 1
+    path, seconds = toggle.seen[0]
+    assert path == "/test/slow" and 0.2 <= seconds < 2
+
+
+async def test_an_observer_that_stops_itself_does_not_hide_the_request_from_the_others(
+    observed: Any,
+) -> None:
+    """Observers a, b, c; a stops itself while called: b and c still see that request, a none after it."""
+    auth, token, _seen = observed
+    calls: dict[str, int] = {"a": 0, "b": 0, "c": 0}
+
+    def make(name: str) -> Any:
+        def observe(request: web.Request, status: int, seconds: float) -> None:
+            calls[name] += 1
+            if name == "a":
+                stops["a"]()
+
+        return observe
+
+    stops = {name: auth.context.observe_requests(make(name)) for name in ("a", "b", "c")}
+    server = await served(create_app(auth))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):
+                async with session.get(str(server.make_url("/api/"))) as resp:
+                    assert resp.status == 401
+    finally:
+        await server.close()
+    assert calls == {"a": 1, "b": 2, "c": 2}
+
+
+async def test_a_coroutine_function_is_refused(opp_auth_factory: Any) -> None:
+    """It would never run (called, it only makes a coroutine): TypeError when registered, nothing kept."""
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
+
+    async def observe(request: web.Request, status: int, seconds: float) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="plain function"):
+        auth.context.observe_requests(observe)
+    assert auth.stats.request_observers == ()

@@ -83,7 +83,7 @@ def build_pipeline(
     authenticators = auth.pm.hook.opp_auth_authenticate_request
     validate_token = auth.access_tokens.validate_access_token
     clean_paths: set[str] = set()
-    observers = auth.stats.request_observers
+    stats = auth.stats
     perf_counter = time.perf_counter
 
     def wrap(routing: Routing) -> Handler:
@@ -183,6 +183,7 @@ def build_pipeline(
                     )
                 return json_message("Forbidden", 403)
 
+            observers = stats.request_observers  # those registered now observe this request (a tuple)
             start = perf_counter() if observers else 0.0
             try:
                 if hdrs.EXPECT in headers:
@@ -229,7 +230,7 @@ def build_pipeline(
 
 
 def _observed(
-    observers: list[Callable[[web.Request, int, float], None]], request: web.Request, status: int, seconds: float
+    observers: tuple[Callable[[web.Request, int, float], None], ...], request: web.Request, status: int, seconds: float
 ) -> None:
     """Tell each request observer (PluginContext.observe_requests); one that raises is logged, the answer goes on."""
     for observer in observers:
