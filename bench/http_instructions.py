@@ -33,7 +33,10 @@ from _common import Result, emit, fmt, median, users_label
 
 BENCH = "http_instructions"
 THROUGHPUT = Path(__file__).with_name("http_throughput.py")
+METRICS = Path(__file__).with_name("metrics_overhead.py")
 KINDS = ("opp", "bare", "same")
+# --metrics: the real app with metrics off and on (bench/metrics_overhead.py's servers), issue 18's target.
+METRICS_KINDS = ("off", "on")
 
 
 def count(kind: str, users: int, seconds: float, token: str | None) -> tuple[float, int, str]:
@@ -44,7 +47,8 @@ def count(kind: str, users: int, seconds: float, token: str | None) -> tuple[flo
         os.mkdir(config_dir)
         cmd = [
             "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-            sys.executable, str(THROUGHPUT), "--serve", kind, "--config-dir", config_dir, "--users", str(users),
+            sys.executable, str(METRICS if kind in METRICS_KINDS else THROUGHPUT), "--serve", kind,
+            "--config-dir", config_dir, "--users", str(users),
         ]  # fmt: skip
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
@@ -89,11 +93,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--users", type=int, default=1, help="people in the real app's store")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--metrics", action="store_true", help="count the real app with metrics off and on instead (issue 18's target)"
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "wrk"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (apt-get install valgrind wrk)")
     runs = 1 if args.quick else args.runs
+    if args.metrics:
+        metrics_instructions(runs, args.users, args.seconds)
+        return
     per_request: dict[str, list[float]] = {kind: [] for kind in KINDS}
     token = None
     for _ in range(runs):
@@ -119,6 +129,29 @@ def main() -> None:
                    note="the security headers' cost left out: what the pipeline itself costs"),
         ]
     )
+
+
+def metrics_instructions(runs: int, users: int, seconds: float) -> None:
+    """Instructions per authenticated GET /api/ with metrics off and on, alternated; their ratio."""
+    per_request: dict[str, list[float]] = {kind: [] for kind in METRICS_KINDS}
+    for _ in range(runs):
+        for kind in METRICS_KINDS:
+            per_request[kind].append(count(kind, users, seconds, None)[0])
+    off, on = (median(per_request[k]) for k in METRICS_KINDS)
+    label = users_label(max(1, users))
+
+    def spread(kind: str) -> str:
+        values = per_request[kind]
+        return f"median of {len(values)} runs ({fmt(min(values))}–{fmt(max(values))})"
+
+    emit(
+        [
+            Result(BENCH, f"instructions per request, metrics off, {label}", off, "instr", note=spread("off")),
+            Result(BENCH, f"instructions per request, metrics on, {label}", on, "instr", note=spread("on")),
+            Result(BENCH, f"metrics on / off, from instructions, {label}", off / on * 100, "%", 95.0, op=">=",
+                   note="off instructions per request / on instructions per request (whole requests, wrk -c4)"),
+        ]
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
