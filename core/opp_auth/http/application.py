@@ -35,7 +35,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractMatchInfo
 from aiohttp.web_app import _cached_build_middleware
-from aiohttp.web_urldispatcher import AbstractRoute, SystemRoute
+from aiohttp.web_urldispatcher import SystemRoute
 
 from .pages import add_security_headers_to
 from .view import REQUEST_ATTRS, Handler
@@ -70,7 +70,7 @@ class OppRequest(web.Request):
                     await app.on_response_prepare.send(self, response)
 
 
-# Chains kept (one per route handler, and by route; aiohttp keeps as many).
+# Chains kept (one per route handler; aiohttp keeps as many).
 _MAX_CHAINS = 1024
 
 
@@ -96,9 +96,9 @@ class Routing:
         self._app = app
         self.resolve = app.router.resolve
         self.direct = False
-        self._chains: dict[Any, Handler] = {}
-        # chain()'s answers by route, read by the pipeline before it calls chain() (no call per request).
-        self.chains: dict[AbstractRoute, Handler] = {}
+        # The middleware chains built (_built), by route handler: the pipeline reads them before it calls
+        # chain() (no call per request); a route of an unmatched path never has one (its handler is new).
+        self.chains: dict[Any, Handler] = {}
 
     def bind(self, request: web.Request, match_info: AbstractMatchInfo) -> None:
         """Give request its route, as Application._handle does."""
@@ -113,33 +113,24 @@ class Routing:
         around the handler, built once per handler: what aiohttp builds, without the layer that
         sets ``current_app`` (it is this application already). Otherwise aiohttp's own chain, or
         dispatch() for old-style middlewares and the routes of unmatched paths, as aiohttp does.
-        Once the application is frozen (its middlewares fixed), the chain of a matched route is
-        kept in :attr:`chains` by route, where the pipeline finds it.
         """
-        route = match_info.route  # type: ignore[attr-defined]
-        if self._app._has_legacy_middlewares or isinstance(route, SystemRoute):
+        if self._app._has_legacy_middlewares or isinstance(match_info.route, SystemRoute):  # type: ignore[attr-defined]
             return self.dispatch
-        built = self._built(match_info)
-        if self._app.frozen:
-            chains = self.chains
-            if len(chains) >= _MAX_CHAINS:
-                chains.clear()
-            chains[route] = built
-        return built
+        return self._built(match_info)
 
     def _built(self, match_info: AbstractMatchInfo) -> Handler:
         """The middleware chain around the route's handler (new-style middlewares, a route that matched)."""
         handler = match_info.handler
         if len(match_info.apps) != 1:
             return _cached_build_middleware(handler, match_info.apps)
-        built = self._chains.get(handler)
+        built = self.chains.get(handler)
         if built is None:
             built = handler
             for middleware in reversed(self._app.middlewares):
                 built = _bound(middleware, built)
-            if len(self._chains) >= _MAX_CHAINS:
-                self._chains.clear()
-            self._chains[handler] = built
+            if len(self.chains) >= _MAX_CHAINS:
+                self.chains.clear()
+            self.chains[handler] = built
         return built
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:

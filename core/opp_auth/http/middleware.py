@@ -190,8 +190,8 @@ def build_pipeline(
                     response = await dispatch(request)
                 elif routing.direct:  # no middleware anywhere: the route's handler itself
                     response = await match_info.handler(request)
-                else:  # the route's handler in the middlewares' chain (built once per route)
-                    response = await (chains.get(match_info.route) or routing.chain(match_info))(request)
+                else:  # the route's handler in the middlewares' chain (built once per handler)
+                    response = await (chains.get(match_info.handler) or routing.chain(match_info))(request)
             except InvalidData as err:
                 # The store refused a value before changing anything (opp_auth.validation.check_storable).
                 response = json_message(str(err), 400, CODE_INVALID_FORMAT)
