@@ -122,7 +122,7 @@ class TokenCache:
     def put(self, token: str, refresh_token_id: str, exp: float) -> None:
         """Remember a verified token."""
         entries = self._entries
-        entries[token] = (refresh_token_id, exp)
+        entries[token] = (refresh_token_id, float(exp))  # a float: compared with time.time() per request
         if len(entries) > self.size:
             entries.popitem(last=False)
 
