@@ -106,6 +106,31 @@ async def test_requests_are_opp_requests_and_carry_what_the_pipeline_found(owner
         await server.close()
 
 
+async def test_the_peer_address_is_the_one_aiohttp_reports_over_ipv4_and_ipv6(opp_auth_factory: Any) -> None:
+    """The pipeline reads the peer from the socket's address: the same string as request.remote, on both families."""
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
+    seen: list[tuple[str | None, str | None, str | None]] = []
+
+    async def look(request: web.Request) -> web.Response:
+        seen.append((peer_address(request), client_ip(request), request.remote))
+        return web.json_response({})
+
+    for host in ("127.0.0.1", "::1"):
+        app = create_app(auth)
+        app.router.add_get("/look", look)
+        server = TestServer(app, host=host)
+        try:
+            await server.start_server()
+        except OSError as err:  # pragma: no cover - a machine without that family
+            pytest.skip(f"cannot listen on {host}: {err}")
+        try:
+            async with aiohttp.ClientSession() as session, session.get(str(server.make_url("/look"))) as resp:
+                assert resp.status == 200
+        finally:
+            await server.close()
+    assert seen == [("127.0.0.1",) * 3, ("::1",) * 3]
+
+
 def test_helpers_answer_for_a_request_nothing_authenticated() -> None:
     """A plain aiohttp request (a plugin's unit test, say) is nobody, from its peer address."""
     request = make_mocked_request("GET", "/", headers={"Authorization": "Bearer x"})

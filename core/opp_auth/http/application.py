@@ -19,7 +19,9 @@ much as the whole pipeline (bench/http_instructions.py). This application instea
 
 This uses aiohttp API that is not public (``Application._handle``,
 ``_make_request``, ``_run_middlewares`` and ``_middlewares_handlers``,
-``Request._match_info`` and ``_prepare_hook``), all of it in this module.
+``Request._match_info`` and ``_prepare_hook``), all of it in this module but for
+two reads on the pipeline's hottest lines (http/middleware.py: the route given
+to the request, and the peer's address, ``Request._transport_peername``).
 core/setup.cfg pins the aiohttp range it was checked against, and
 tests/http/test_application.py drives each behaviour the pipeline relies on, so
 an aiohttp release that changes one fails there first.
@@ -28,6 +30,7 @@ an aiohttp release that changes one fails there first.
 from __future__ import annotations
 
 import functools
+import types
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,23 +43,25 @@ from aiohttp.web_urldispatcher import SystemRoute
 from .pages import add_security_headers_to
 from .view import REQUEST_ATTRS, Handler
 
+_UNSET = object()
+
 
 class OppRequest(web.Request):
     """A request of opp_auth's application (view.py's helpers read what the pipeline set on it)."""
 
     # aiohttp warns (in debug mode) when an attribute it does not list is set on a request.
     ATTRS = web.Request.ATTRS | frozenset(REQUEST_ATTRS)
-
-    opp_authenticated: bool = False
-    opp_user: Any = None
-    opp_refresh_token_id: str | None = None
+    # Slots, not the instance's dict: a request's dict already holds aiohttp's own attributes, and five
+    # more made CPython rebuild it as a plain dict on every request (bench/http_instructions.py).
+    __slots__ = REQUEST_ATTRS
 
     def clone(self, **changes: Any) -> web.Request:
         """aiohttp's clone (the route included), keeping what the pipeline found out."""
         copy = super().clone(**changes)
         for name in REQUEST_ATTRS:
-            if name in self.__dict__:
-                setattr(copy, name, self.__dict__[name])
+            value = getattr(self, name, _UNSET)
+            if value is not _UNSET:
+                setattr(copy, name, value)
         return copy
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
@@ -92,19 +97,18 @@ class Routing:
     """aiohttp's handling of a request (Application._handle), in the pieces the pipeline calls."""
 
     def __init__(self, app: web.Application) -> None:
-        """Routing for app; direct stays False until app is frozen (then: no middleware anywhere)."""
-        self._app = app
+        """Routing for app; direct stays False until app is frozen (then: no middleware anywhere).
+
+        The pipeline gives each request its route itself, as Application._handle does (the route's
+        ``add_app(app)`` and ``freeze()``, then ``request._match_info``): a call here cost more than
+        those three lines.
+        """
+        self._app = self.app = app
         self.resolve = app.router.resolve
         self.direct = False
         # The middleware chains built (_built), by route handler: the pipeline reads them before it calls
         # chain() (no call per request); a route of an unmatched path never has one (its handler is new).
         self.chains: dict[Any, Handler] = {}
-
-    def bind(self, request: web.Request, match_info: AbstractMatchInfo) -> None:
-        """Give request its route, as Application._handle does."""
-        match_info.add_app(self._app)
-        match_info.freeze()
-        request._match_info = match_info  # type: ignore[assignment]
 
     def chain(self, match_info: AbstractMatchInfo) -> Handler:
         """The route's handler inside the applications' middlewares, for a request that expects nothing.
@@ -157,6 +161,18 @@ class Routing:
         return response  # type: ignore[no-any-return]
 
 
+def _with_default_class(make_request: Any, cls: type[web.Request]) -> Any:
+    """A copy of aiohttp's ``Application._make_request`` whose ``_cls`` defaults to cls."""
+    if make_request.__defaults__ != (web.Request,):
+        raise RuntimeError(f"aiohttp's Application._make_request changed: {make_request.__defaults__!r}")
+    copy = types.FunctionType(
+        make_request.__code__, make_request.__globals__, make_request.__name__, (cls,), make_request.__closure__
+    )
+    copy.__qualname__ = make_request.__qualname__
+    copy.__doc__ = make_request.__doc__
+    return copy
+
+
 with warnings.catch_warnings():
     # aiohttp discourages subclassing Application (it warns on any subclass); this one is deliberate.
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -164,8 +180,9 @@ with warnings.catch_warnings():
     class PipelineApplication(web.Application):
         """web.Application whose every request is routed, then passes the pipeline, then aiohttp's handling."""
 
-        # aiohttp's request factory, making OppRequest (a partial: no frame of ours per request).
-        _make_request = functools.partialmethod(web.Application._make_request, _cls=OppRequest)
+        # aiohttp's request factory, making OppRequest: the same function with OppRequest as its class's
+        # default (no frame of ours per request, and no keyword dict per call as a partial would make).
+        _make_request = _with_default_class(web.Application._make_request, OppRequest)
 
         def set_pipeline(self, pipeline: Callable[[Routing], Handler]) -> None:
             """Serve every request with pipeline(routing) (http/middleware.py build_pipeline).

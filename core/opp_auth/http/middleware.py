@@ -3,7 +3,11 @@
 One function, the application's request handler right after routing
 (http/application.py): it covers every route whenever it was added, and paths
 or methods no route serves, which it answers in the API's JSON shape (404, or
-405 with ``Allow``). What it costs per request: bench/http_instructions.py.
+405 with ``Allow``). What it costs per request: bench/http_instructions.py. It
+reads two private aiohttp attributes, ``Request._match_info`` (set as
+Application._handle does) and ``Request._transport_peername`` (the peer, as
+``request.remote`` computes it); tests/http/test_application.py drives both
+against the aiohttp range core/setup.cfg pins.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ def build_pipeline(
 
     def wrap(routing: Routing) -> Handler:
         """The application's request handler: routing, then the pipeline, then the route's handling."""
-        resolve, bind, dispatch, chains = routing.resolve, routing.bind, routing.dispatch, routing.chains
+        resolve, dispatch, chains, app = routing.resolve, routing.dispatch, routing.chains, routing.app
 
         async def run(request: web.Request) -> web.StreamResponse:
             """Route, filter, resolve the client, check bans, authenticate, call the handler, add CORS."""
@@ -96,7 +100,10 @@ def build_pipeline(
             # and middlewares see it, and every answer (the pipeline's own refusals too) is prepared
             # with the request's application (its on_response_prepare receivers run).
             match_info = await resolve(request)
-            bind(request, match_info)
+            # The route given to the request as Application._handle does (Routing's docstring).
+            match_info.add_app(app)
+            match_info.freeze()
+            request._match_info = match_info
             raw_path = request.raw_path
             if raw_path not in clean_paths:
                 if _FILTERS.search(raw_path) or ("%" in raw_path and _FILTERS.search(unquote(raw_path))):
@@ -111,8 +118,10 @@ def build_pipeline(
             # aiohttp prepares the answer with the request it made, which on_response_prepare receivers
             # get: what the pipeline finds out is set on it too when a proxied request is cloned below.
             original = request
-            # The direct peer of the connection, before any X-Forwarded-For.
-            peer = remote = request.remote
+            # The direct peer of the connection, before any X-Forwarded-For: what request.remote answers,
+            # read from the socket's address (a TCP one is a tuple) without its cached property's call.
+            peername = request._transport_peername
+            peer = remote = peername[0] if type(peername) is tuple else request.remote
             if hdrs.X_FORWARDED_FOR in headers:
                 try:
                     forwarded = resolve_forwarded(peer, headers, use_xff, trusted_proxies)
