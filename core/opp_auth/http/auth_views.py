@@ -124,7 +124,6 @@ from ..throttle import retry_after_header, too_many_attempts_message
 from . import indieauth
 from .serialize import prepare_result_json
 from .view import (
-    ATTR_AUTHENTICATED,
     CLIENT_SESSION_KEY,
     CONFIG_KEY,
     FormError,
@@ -466,7 +465,11 @@ _API_RUNNING = b'{"message":"API running."}'
 
 async def api_status_view(request: web.Request) -> web.Response:
     """GET /api/: proof that a token works (the auth check is inline: this is the hottest path)."""
-    if getattr(request, ATTR_AUTHENTICATED, False) is not True:  # False on any request nothing let in
+    try:
+        authenticated = request.opp_authenticated  # type: ignore[attr-defined]
+    except AttributeError:  # a request the pipeline did not pass
+        authenticated = False
+    if authenticated is not True:  # False on any request nothing let in
         return json_message("Unauthorized", 401)
     return web.Response(body=_API_RUNNING, content_type="application/json")
 

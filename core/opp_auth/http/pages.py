@@ -90,6 +90,7 @@ async def favicon(request: web.Request) -> web.StreamResponse:
 _CSP = hdrs.CONTENT_SECURITY_POLICY
 _SECURITY_ITEMS = tuple(SECURITY_HEADERS.items())
 _JSON = "application/json"
+_CONTENT_TYPE = hdrs.CONTENT_TYPE
 # Every header this module adds (a handler's own value of any of them is kept), and what a response that
 # sets none of them and is not HTML gets, in one call.
 _SECURITY_NAMES = (*SECURITY_HEADERS, _CSP)
@@ -104,8 +105,8 @@ def add_security_headers_to(request: web.Request, response: web.StreamResponse) 
     and only HTML looks up the static resource.
     """
     headers = response.headers
-    content_type = headers.get(hdrs.CONTENT_TYPE)
-    html = content_type is not None and content_type != _JSON and "html" in content_type.lower()
+    content_type = headers.get(_CONTENT_TYPE)
+    html = content_type != _JSON and content_type is not None and "html" in content_type.lower()
     if not html and headers.keys().isdisjoint(_SECURITY_NAMES):
         headers.extend(_STRICT_ITEMS)
         return
