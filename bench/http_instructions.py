@@ -123,10 +123,10 @@ def main() -> None:
             Result(BENCH, f"instructions per request, opp_auth app, {label}", opp, "instr", note=spread("opp")),
             Result(BENCH, "instructions per request, bare aiohttp app (same body)", bare, "instr", note=spread("bare")),
             Result(BENCH, "instructions per request, bare app, same response bytes", same, "instr", note=spread("same")),
-            Result(BENCH, f"opp_auth / bare, from instructions, {label}", bare / opp * 100, "%", 90.0, op=">=",
-                   note="bare instructions per request / opp_auth instructions per request"),
-            Result(BENCH, f"opp_auth / same-bytes bare, from instructions, {label}", same / opp * 100, "%",
-                   note="the security headers' cost left out: what the pipeline itself costs"),
+            Result(BENCH, f"opp_auth / bare, from instructions, {label}", bare / opp * 100, "%", 85.0, op=">=",
+                   note="bare instructions per request / opp_auth instructions per request (issue 12)"),
+            Result(BENCH, f"opp_auth / same-bytes bare, from instructions, {label}", same / opp * 100, "%", 90.0,
+                   op=">=", note="the same response bytes: what the pipeline itself costs (issue 13)"),
         ]
     )
 

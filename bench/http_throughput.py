@@ -1,11 +1,14 @@
 """Authenticated GET /api/ through the whole opp_auth app vs. a bare aiohttp app.
 
-Target: the real application (create_app with its middleware, a bearer token of a
+Targets: the real application (create_app with its middleware, a bearer token of a
 refresh token created through the manager, the real GET /api/ view) serves at
 least 90% of the requests per second of an aiohttp application with no
-middleware whose handler sends the same prebuilt bytes the same way
-(``web.Response(body=<the view's bytes>)``, no JSON encoding per request). With
---users N the real app's store holds N people, each with a refresh token.
+middleware whose handler sends the same bytes the same way: the view's prebuilt
+body with the real app's security headers, the whole response identical
+(``web.Response(body=<the view's bytes>, headers=<the security headers>)``, no
+JSON encoding per request; issue 13); and at least 85% of the bare app that
+sends the body alone (issue 12). With --users N the real app's store holds N
+people, each with a refresh token.
 
 Each server runs in its own process (pinned to CPU 0 when taskset is there); the
 load comes from wrk (pinned to CPU 1), or, without wrk, from an aiohttp client in
@@ -47,7 +50,10 @@ from _common import (
 )
 
 BENCH = "http_throughput"
+# Issue 13: >= 90 % of a bare app sending the same bytes the same way (the same-bytes rows: the whole
+# response, security headers included). Issue 12: >= 85 % of a bare aiohttp app (the body-only rows).
 TARGET_RATIO = 90.0
+BARE_TARGET_RATIO = 85.0
 CONNECTIONS = WRK_CONNECTIONS
 EXPECTED_BODY = {"message": "API running."}
 
@@ -270,7 +276,7 @@ def main() -> None:
                 f"opp_auth / bare requests/s, {label}",
                 median(ratios),
                 "%",
-                TARGET_RATIO,
+                BARE_TARGET_RATIO,
                 op=">=",
                 note=f"median of {rounds} back-to-back pairs of {seconds:g} s ({', '.join(fmt(r) for r in ratios)}); "
                 f"{loadgen}; {pinning}",
@@ -296,7 +302,7 @@ def main() -> None:
                 f"opp_auth / bare requests/s, from server CPU per request, {label}",
                 cpu_bare / cpu_opp * 100,
                 "%",
-                TARGET_RATIO,
+                BARE_TARGET_RATIO,
                 op=">=",
                 note="bare CPU per request / opp_auth CPU per request",
             ),
@@ -314,6 +320,8 @@ def main() -> None:
                 f"opp_auth / same-bytes bare requests/s, {label}",
                 median(same_ratios),
                 "%",
+                TARGET_RATIO,
+                op=">=",
                 note=f"rounds: {', '.join(fmt(r) for r in same_ratios)}",
             ),
             Result(
@@ -321,6 +329,8 @@ def main() -> None:
                 f"opp_auth / same-bytes bare, from server CPU per request, {label}",
                 cpu_same / cpu_opp * 100,
                 "%",
+                TARGET_RATIO,
+                op=">=",
                 note=f"same-bytes bare: {fmt(cpu_same)} µs per request",
             ),
         ]

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp import web, web_protocol
 from aiohttp.test_utils import TestServer, make_mocked_request
 
 from opp_auth import client_ip, hookimpl, http_require_auth, request_user
@@ -129,6 +129,35 @@ async def test_the_peer_address_is_the_one_aiohttp_reports_over_ipv4_and_ipv6(op
         finally:
             await server.close()
     assert seen == [("127.0.0.1",) * 3, ("::1",) * 3]
+
+
+async def test_a_socket_address_of_numbers_gives_the_same_string_as_request_remote(
+    opp_auth_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A family whose peer address is a tuple of ints (AF_VSOCK: (cid, port)): the client is "3", as aiohttp says."""
+    original = web_protocol.RequestHandler.connection_made
+
+    def connection_made(self: Any, transport: Any) -> None:
+        original(self, transport)
+        self._cache["peername"] = (3, 1234)
+
+    monkeypatch.setattr(web_protocol.RequestHandler, "connection_made", connection_made)
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
+    seen: list[tuple[Any, ...]] = []
+
+    async def look(request: web.Request) -> web.Response:
+        seen.append((peer_address(request), client_ip(request), request.remote))
+        return web.json_response({})
+
+    app = create_app(auth)
+    app.router.add_get("/look", look)
+    server = await served(app)
+    try:
+        async with aiohttp.ClientSession() as session, session.get(str(server.make_url("/look"))) as resp:
+            assert resp.status == 200
+    finally:
+        await server.close()
+    assert seen == [("3", "3", "3")]
 
 
 def test_helpers_answer_for_a_request_nothing_authenticated() -> None:
@@ -355,9 +384,12 @@ async def test_the_pipeline_s_own_refusals_pass_plugin_receivers(opp_auth_factor
     )
     app = create_app(auth)
     seen: list[int] = []
+    found: list[tuple[Any, ...]] = []
 
     async def receiver(request: web.Request, response: web.StreamResponse) -> None:
         seen.append(response.status)
+        # Read directly, as a plugin may: nothing let in, on every refusal (no AttributeError).
+        found.append((request.opp_authenticated, request.opp_user, request.opp_refresh_token_id))  # type: ignore[attr-defined]
         response.headers["X-Plugin"] = "1"
 
     app.on_response_prepare.append(receiver)
@@ -380,6 +412,7 @@ async def test_the_pipeline_s_own_refusals_pass_plugin_receivers(opp_auth_factor
     finally:
         await server.close()
     assert seen == [400, 400, 403, 401, 403]
+    assert found == [(False, None, None)] * 5
 
 
 class RouteAwareAuthenticator:

@@ -107,6 +107,10 @@ def build_pipeline(
             match_info.add_app(app)
             match_info.freeze()
             request._match_info = match_info
+            # Nothing let in yet: what readers of the request find until authentication below decides,
+            # the pipeline's own refusals too (OppRequest keeps these in slots, which have no default).
+            request.opp_authenticated = False
+            request.opp_user = request.opp_refresh_token_id = None
             raw_path = request.raw_path
             if raw_path not in clean_paths:
                 if _FILTERS.search(raw_path) or ("%" in raw_path and _FILTERS.search(unquote(raw_path))):
@@ -124,7 +128,7 @@ def build_pipeline(
             # The direct peer of the connection, before any X-Forwarded-For: what request.remote answers,
             # read from the socket's address (a TCP one is a tuple) without its cached property's call.
             peername = request._transport_peername
-            peer = remote = peername[0] if type(peername) is tuple else request.remote
+            peer = remote = str(peername[0]) if type(peername) is tuple else request.remote
             if _X_FORWARDED_FOR in headers:
                 try:
                     forwarded = resolve_forwarded(peer, headers, use_xff, trusted_proxies)

@@ -36,8 +36,10 @@ CLIENT_SESSION_KEY: web.AppKey[Any] = web.AppKey("opp_auth_client_session")
 
 # What the pipeline found out about a request is kept in these attributes of it (not request keys:
 # an attribute costs nothing to set or read, a key is two Python calls each way on the hottest path).
-# The application's requests (application.OppRequest) have them from the start; the helpers below
-# also answer for any other request, which nothing has authenticated.
+# The application's requests (application.OppRequest, in slots) have the first three from the moment
+# the pipeline takes them (False, None, None until authentication decides) and the two addresses once
+# it has read them (the filter's refusal comes first); the helpers below also answer for any other
+# request, which nothing has authenticated.
 ATTR_AUTHENTICATED = "opp_authenticated"
 ATTR_USER = "opp_user"
 ATTR_REFRESH_TOKEN_ID = "opp_refresh_token_id"
