@@ -103,7 +103,7 @@ class Routing:
         ``add_app(app)`` and ``freeze()``, then ``request._match_info``): a call here cost more than
         those three lines.
         """
-        self._app = self.app = app
+        self.app = app
         self.resolve = app.router.resolve
         self.direct = False
         # The middleware chains built (_built), by route handler: the pipeline reads them before it calls
@@ -118,7 +118,7 @@ class Routing:
         sets ``current_app`` (it is this application already). Otherwise aiohttp's own chain, or
         dispatch() for old-style middlewares and the routes of unmatched paths, as aiohttp does.
         """
-        if self._app._has_legacy_middlewares or isinstance(match_info.route, SystemRoute):  # type: ignore[attr-defined]
+        if self.app._has_legacy_middlewares or isinstance(match_info.route, SystemRoute):  # type: ignore[attr-defined]
             return self.dispatch
         return self._built(match_info)
 
@@ -130,7 +130,7 @@ class Routing:
         built = self.chains.get(handler)
         if built is None:
             built = handler
-            for middleware in reversed(self._app.middlewares):
+            for middleware in reversed(self.app.middlewares):
                 built = _bound(middleware, built)
             if len(self.chains) >= _MAX_CHAINS:
                 self.chains.clear()
@@ -146,8 +146,8 @@ class Routing:
             if response is not None:
                 return response
         handler: Any = match_info.handler
-        if self._app._run_middlewares:
-            if self._app._has_legacy_middlewares or isinstance(match_info.route, SystemRoute):
+        if self.app._run_middlewares:
+            if self.app._has_legacy_middlewares or isinstance(match_info.route, SystemRoute):
                 # As Application._handle: the chain built for each request (old-style factories are awaited).
                 for each in match_info.apps[::-1]:
                     for middleware, new_style in each._middlewares_handlers:  # type: ignore[union-attr]
