@@ -121,3 +121,45 @@ async def test_signed_paths_have_one_spelling(opp_auth_factory: Any) -> None:
     assert auth.access_tokens.validate_signed_path("/api/states", signature, [], "127.0.0.1") is not None
     assert auth.access_tokens.validate_signed_path("/api/states", signature + "==", [], "127.0.0.1") is None
     assert auth.access_tokens.validate_signed_path("/api/states", flip_unused_bits(signature), [], "127.0.0.1") is None
+
+
+async def test_a_bearer_header_is_checked_as_its_token_is(opp_auth_factory: Any) -> None:
+    """validate_bearer (the pipeline's way in) answers as validate_access_token does for the header's token.
+
+    It caches under the header's whole value, apart from validate_access_token's cache: a header's
+    value is never taken for a token, a value without the scheme is no token, and a cached header
+    still passes the store's lookup and the access decision on every request.
+    """
+    auth = await opp_auth_factory(mfa_modules=[])
+    tokens = auth.access_tokens
+    checks = auth.stats.access_token_checks
+    token = await bearer(auth)
+    refresh = tokens.validate_access_token(token)
+    assert refresh is not None
+    header = f"Bearer {token}"
+    for _ in range(2):  # verified, then from the cache
+        assert tokens.validate_bearer(header, "127.0.0.1") is refresh
+    assert header in tokens.bearer_cache.entries and header not in tokens.cache.entries
+    assert tokens.validate_access_token(header) is None, "a header's value is not a token"
+    before = dict(checks)
+    for other in (token, f"bearer {token}", f"Basic {token}", ""):
+        assert tokens.validate_bearer(other, "127.0.0.1") is None, other
+    assert checks == before, "a header of another scheme is no check"
+    for variant in (f"Bearer  {token}", f"Bearer {token} ", f"Bearer {token}==", "Bearer ", "Bearer x.y.z"):
+        assert tokens.validate_bearer(variant, "127.0.0.1") is None, variant
+        assert variant not in tokens.bearer_cache.entries
+    assert checks["invalid"] == before["invalid"] + 5
+
+    # A cached header whose entry has expired is verified again (and then cached afresh).
+    refresh_id, _expiry = tokens.bearer_cache.entries[header]
+    tokens.bearer_cache.entries[header] = (refresh_id, time.time() - 1)
+    assert tokens.validate_bearer(header, "127.0.0.1") is refresh
+    assert tokens.bearer_cache.entries[header][1] > time.time()
+
+    # The access decision runs on every request, cached or not.
+    await auth.users.async_update_user(refresh.user, is_active=False)
+    assert tokens.validate_bearer(header, "127.0.0.1") is None
+    await auth.users.async_update_user(refresh.user, is_active=True)
+    assert tokens.validate_bearer(header, "127.0.0.1") is refresh
+    await auth.refresh_tokens.async_remove_refresh_token(refresh)
+    assert tokens.validate_bearer(header, "127.0.0.1") is None, "revoked: the cache alone lets nobody in"

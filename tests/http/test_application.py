@@ -20,13 +20,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 from aiohttp import web, web_protocol
 from aiohttp.test_utils import TestServer, make_mocked_request
 
 from opp_auth import client_ip, hookimpl, http_require_auth, request_user
 from opp_auth.http.app import create_app
 from opp_auth.http.application import OppRequest
-from opp_auth.http.pages import CONTENT_SECURITY_POLICY, SECURITY_HEADERS
+from opp_auth.http.pages import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, add_security_headers_to
 from opp_auth.http.view import is_authenticated, peer_address, request_refresh_token_id
 from opp_auth.testing import CLIENT_ID
 
@@ -551,3 +552,71 @@ async def test_mounted_in_another_application_it_refuses_to_start(owner_token: A
     # Served itself, it starts.
     server = await served(app)
     await server.close()
+
+
+async def test_the_pipeline_filters_the_raw_path_aiohttp_reports(opp_auth_factory: Any) -> None:
+    """The pipeline reads Request._message.path: the same string as request.raw_path, for every target form."""
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
+    seen: list[tuple[str, str]] = []
+
+    async def look(request: web.Request) -> web.Response:
+        seen.append((request._message.path, request.raw_path))
+        return web.json_response({})
+
+    app = create_app(auth)
+    app.router.add_get("/look/{tail:.*}", look)
+    server = await served(app)
+    targets = ["/look/a", "/look/a%2Fb?x=%20y&z", "/look/%E2%82%AC/?q=%25", "/look/a;b?c=d#frag"]
+    try:
+        async with aiohttp.ClientSession() as session:
+            for target in targets:
+                url = server.make_url("/").join(yarl.URL(target, encoded=True))
+                async with session.get(url) as resp:
+                    assert resp.status == 200, target
+            for harmful in ("/look/%3Cscript%3Ex", "/look/a?q=..%2F..%2Fetc"):
+                url = server.make_url("/").join(yarl.URL(harmful, encoded=True))
+                async with session.get(url) as resp:
+                    assert resp.status == 400, harmful
+    finally:
+        await server.close()
+    assert [private for private, _ in seen] == [public for _, public in seen]
+    assert [private for private, _ in seen] == [t.split("#")[0] for t in targets]
+
+
+async def test_the_security_headers_of_json_answers_are_those_add_security_headers_to_gives(
+    opp_auth_factory: Any,
+) -> None:
+    """The prepare hook's one-call path for JSON answers gives what the general function gives, in order."""
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
+    answers: dict[str, Any] = {
+        "plain": lambda: web.Response(body=b"{}", content_type="application/json"),
+        "charset": lambda: web.json_response({}),
+        "framed": lambda: web.Response(
+            body=b"{}", content_type="application/json", headers={"x-frame-options": "SAMEORIGIN"}
+        ),
+        "policy": lambda: web.Response(
+            body=b"{}", content_type="application/json", headers={"Content-Security-Policy": "default-src *"}
+        ),
+        "text": lambda: web.Response(text="hi"),
+        "bare": lambda: web.Response(body=b"{}", headers={"Content-Type": "application/json"}),
+    }
+
+    async def answer(request: web.Request) -> web.Response:
+        return answers[request.match_info["kind"]]()  # type: ignore[no-any-return]
+
+    app = create_app(auth)
+    app.router.add_get("/answer/{kind}", answer)
+    server = await served(app)
+    names = {name.lower() for name in (*SECURITY_HEADERS, "Content-Security-Policy")}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for kind, make in answers.items():
+                async with session.get(str(server.make_url(f"/answer/{kind}"))) as resp:
+                    served_headers = [(k.lower(), v) for k, v in resp.headers.items() if k.lower() in names]
+                expected = make()
+                add_security_headers_to(make_mocked_request("GET", f"/answer/{kind}"), expected)
+                wanted = [(k.lower(), v) for k, v in expected.headers.items() if k.lower() in names]
+                assert served_headers == wanted, kind
+                assert len(served_headers) == len(names), kind
+    finally:
+        await server.close()

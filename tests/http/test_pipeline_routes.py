@@ -95,8 +95,9 @@ def test_the_pipeline_uses_no_private_aiohttp_attribute() -> None:
 
     application.py overrides aiohttp's private request handling, against the aiohttp range
     core/setup.cfg pins (tests/http/test_application.py checks both). The pipeline itself
-    (middleware.py) reads exactly two, on its hottest lines: it gives the request its route as
-    Application._handle does, and reads the peer's address without aiohttp's cached property.
+    (middleware.py) reads exactly three, on its hottest lines: it gives the request its route as
+    Application._handle does, and reads the peer's address and the raw path without aiohttp's
+    cached properties.
     """
     private = {
         "_handler",
@@ -109,8 +110,9 @@ def test_the_pipeline_uses_no_private_aiohttp_attribute() -> None:
         "_match_info",
         "_apps",
         "_transport_peername",
+        "_message",
     }
-    allowed = {"application.py": private, "middleware.py": {"_match_info", "_transport_peername"}}
+    allowed = {"application.py": private, "middleware.py": {"_match_info", "_transport_peername", "_message"}}
     used: dict[str, set[str]] = {}
     for path in CORE_HTTP.glob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))

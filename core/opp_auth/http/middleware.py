@@ -4,10 +4,12 @@ One function, the application's request handler right after routing
 (http/application.py): it covers every route whenever it was added, and paths
 or methods no route serves, which it answers in the API's JSON shape (404, or
 405 with ``Allow``). What it costs per request: bench/http_instructions.py. It
-reads two private aiohttp attributes, ``Request._match_info`` (set as
-Application._handle does) and ``Request._transport_peername`` (the peer, as
-``request.remote`` computes it); tests/http/test_application.py drives both
-against the aiohttp range core/setup.cfg pins.
+reads three private aiohttp attributes, ``Request._match_info`` (set as
+Application._handle does), ``Request._transport_peername`` (the peer, as
+``request.remote`` computes it) and ``Request._message`` (its ``path`` is what
+``request.raw_path`` answers, without that cached property's call);
+tests/http/test_application.py drives each against the aiohttp range
+core/setup.cfg pins.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def build_pipeline(
     cors_origins = frozenset(http_config.get("cors_allowed_origins") or [])
     ban_active = ban is not None and http_config.get("ip_ban_enabled", True)
     authenticators = auth.pm.hook.opp_auth_authenticate_request
-    validate_token = auth.access_tokens.validate_access_token
+    validate_bearer = auth.access_tokens.validate_bearer
     clean_paths: set[str] = set()
     stats = auth.stats
     perf_counter = time.perf_counter
@@ -111,7 +113,7 @@ def build_pipeline(
             # the pipeline's own refusals too (OppRequest keeps these in slots, which have no default).
             request.opp_authenticated = False
             request.opp_user = request.opp_refresh_token_id = None
-            raw_path = request.raw_path
+            raw_path = request._message.path  # request.raw_path, without its cached property's call
             if raw_path not in clean_paths:
                 if _FILTERS.search(raw_path) or ("%" in raw_path and _FILTERS.search(unquote(raw_path))):
                     _LOGGER.warning("Filtered a potential harmful request to: %s", raw_path)
@@ -153,10 +155,8 @@ def build_pipeline(
                 auth.events.login_failed(remote, None, None, "banned", plugins=False)
                 return json_message("Forbidden", 403)
 
-            refresh_token = None
             authorization = headers.get(_AUTHORIZATION)
-            if authorization is not None and authorization.startswith("Bearer "):
-                refresh_token = validate_token(authorization[7:], remote)
+            refresh_token = None if authorization is None else validate_bearer(authorization, remote)
             if refresh_token is None and request.method == "GET" and "authSig" in request.query:
                 params = [(k, v) for k, v in request.query.items() if k != "authSig"]
                 refresh_token = auth.access_tokens.validate_signed_path(

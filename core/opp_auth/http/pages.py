@@ -92,9 +92,10 @@ _SECURITY_ITEMS = tuple(SECURITY_HEADERS.items())
 _JSON = "application/json"
 _CONTENT_TYPE = hdrs.CONTENT_TYPE
 # Every header this module adds (a handler's own value of any of them is kept), and what a response that
-# sets none of them and is not HTML gets, in one call.
-_SECURITY_NAMES = (*SECURITY_HEADERS, _CSP)
-_STRICT_ITEMS = (*_SECURITY_ITEMS, (_CSP, CONTENT_SECURITY_POLICY))
+# sets none of them and is not HTML gets, in one call (http/application.py does so for the API's JSON
+# answers before it would call add_security_headers_to).
+SECURITY_HEADER_NAMES = (*SECURITY_HEADERS, _CSP)
+STRICT_SECURITY_ITEMS = (*_SECURITY_ITEMS, (_CSP, CONTENT_SECURITY_POLICY))
 
 
 def add_security_headers_to(request: web.Request, response: web.StreamResponse) -> None:
@@ -107,8 +108,8 @@ def add_security_headers_to(request: web.Request, response: web.StreamResponse) 
     headers = response.headers
     content_type = headers.get(_CONTENT_TYPE)
     html = content_type != _JSON and content_type is not None and "html" in content_type.lower()
-    if not html and headers.keys().isdisjoint(_SECURITY_NAMES):
-        headers.extend(_STRICT_ITEMS)
+    if not html and headers.keys().isdisjoint(SECURITY_HEADER_NAMES):
+        headers.extend(STRICT_SECURITY_ITEMS)
         return
     for name, value in _SECURITY_ITEMS:
         if name not in headers:
