@@ -80,12 +80,12 @@ async def _serve(kind: str, config_dir: str, users: int = 0) -> None:
         app = create_app(auth)
     else:
         from opp_auth.http.auth_views import _API_RUNNING
-        from opp_auth.http.pages import CONTENT_SECURITY_POLICY, SECURITY_HEADERS
+        from opp_auth.http.pages import API_POLICY, SECURITY_HEADERS
 
         # The same prebuilt bytes the real view sends, sent the same way (no JSON encoding per request);
         # "same" also sends the security headers the real app adds, so the whole response is the same
         # bytes (check_same_bytes compares them) and only the pipeline's work differs.
-        extra = {**SECURITY_HEADERS, "Content-Security-Policy": CONTENT_SECURITY_POLICY} if kind == "same" else {}
+        extra = {**SECURITY_HEADERS, "Content-Security-Policy": API_POLICY} if kind == "same" else {}
 
         async def api(request: web.Request) -> web.Response:
             return web.Response(body=_API_RUNNING, content_type="application/json", headers=extra)

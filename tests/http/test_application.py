@@ -27,7 +27,7 @@ from aiohttp.test_utils import TestServer, make_mocked_request
 from opp_auth import client_ip, hookimpl, http_require_auth, request_user
 from opp_auth.http.app import create_app
 from opp_auth.http.application import OppRequest
-from opp_auth.http.pages import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, add_security_headers_to
+from opp_auth.http.pages import API_POLICY, CONTENT_SECURITY_POLICY, SECURITY_HEADERS, add_security_headers_to
 from opp_auth.http.view import is_authenticated, peer_address, request_refresh_token_id
 from opp_auth.testing import CLIENT_ID
 
@@ -292,7 +292,7 @@ async def test_security_headers_on_every_kind_of_response(owner_token: Any) -> N
                         assert resp.headers.getall(name) == [value], (path, name)
                     assert len(resp.headers.getall("Content-Security-Policy")) == 1, path
             async with session.get(str(server.make_url("/api/"))) as resp:
-                assert resp.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+                assert resp.headers["Content-Security-Policy"] == API_POLICY
             async with session.ws_connect(str(server.make_url("/api/websocket"))) as ws:
                 assert ws._response.headers["X-Frame-Options"] == SECURITY_HEADERS["X-Frame-Options"]
                 assert (await ws.receive_json())["type"] == "auth_required"
@@ -335,7 +335,7 @@ async def test_a_handler_s_own_security_header_is_kept(owner_token: Any) -> None
         async with aiohttp.ClientSession() as session:
             async with session.get(str(server.make_url("/framed"))) as resp:
                 assert resp.headers.getall("X-Frame-Options") == ["SAMEORIGIN"]
-                assert resp.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+                assert resp.headers["Content-Security-Policy"] == API_POLICY
     finally:
         await server.close()
 
@@ -586,7 +586,10 @@ async def test_the_pipeline_filters_the_raw_path_aiohttp_reports(opp_auth_factor
 async def test_the_security_headers_of_json_answers_are_those_add_security_headers_to_gives(
     opp_auth_factory: Any,
 ) -> None:
-    """The prepare hook's one-call path for JSON answers gives what the general function gives, in order."""
+    """The prepare hook's one-call path for JSON answers gives what the general function gives, in order.
+
+    JSON (any parameters, any letter case) gets the API's policy; other answers the pages' strict one.
+    """
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
     answers: dict[str, Any] = {
         "plain": lambda: web.Response(body=b"{}", content_type="application/json"),
@@ -599,7 +602,10 @@ async def test_the_security_headers_of_json_answers_are_those_add_security_heade
         ),
         "text": lambda: web.Response(text="hi"),
         "bare": lambda: web.Response(body=b"{}", headers={"Content-Type": "application/json"}),
+        "upper": lambda: web.Response(body=b"{}", headers={"Content-Type": "Application/JSON ; Charset=UTF-8"}),
+        "problem": lambda: web.Response(body=b"{}", content_type="application/problem+json"),
     }
+    policies = {"policy": "default-src *", "text": CONTENT_SECURITY_POLICY, "problem": CONTENT_SECURITY_POLICY}
 
     async def answer(request: web.Request) -> web.Response:
         return answers[request.match_info["kind"]]()  # type: ignore[no-any-return]
@@ -618,5 +624,6 @@ async def test_the_security_headers_of_json_answers_are_those_add_security_heade
                 wanted = [(k.lower(), v) for k, v in expected.headers.items() if k.lower() in names]
                 assert served_headers == wanted, kind
                 assert len(served_headers) == len(names), kind
+                assert dict(served_headers)["content-security-policy"] == policies.get(kind, API_POLICY), kind
     finally:
         await server.close()

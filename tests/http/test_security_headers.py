@@ -47,6 +47,7 @@ def assert_protected(path: str, status: int, headers: Any, *, strict: bool = Tru
     """The headers every response must carry, checked for what they mean rather than their exact text.
 
     strict: the pages' own policy (only this server's files, no inline code); otherwise only no framing.
+    JSON (API answers, errors, data files) is never a page: its policy lets it load nothing at all.
     """
     assert status < 500, (path, status)
     assert headers.get("X-Frame-Options") == "DENY", path
@@ -55,6 +56,9 @@ def assert_protected(path: str, status: int, headers: Any, *, strict: bool = Tru
     csp = policy(headers.get("Content-Security-Policy", ""))
     assert csp.get("frame-ancestors") == ["'none'"], (path, csp)
     if not strict:
+        return
+    if headers.get("Content-Type", "").partition(";")[0].strip().lower() == "application/json":
+        assert csp == {"default-src": ["'none'"], "frame-ancestors": ["'none'"]}, (path, csp)
         return
     assert csp.get("default-src") == ["'self'"], (path, csp)
     for directive in ("script-src", "style-src"):

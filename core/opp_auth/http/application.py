@@ -41,7 +41,7 @@ from aiohttp.abc import AbstractMatchInfo
 from aiohttp.web_app import _cached_build_middleware
 from aiohttp.web_urldispatcher import SystemRoute
 
-from .pages import SECURITY_HEADER_NAMES, STRICT_SECURITY_ITEMS, add_security_headers_to
+from .pages import API_SECURITY_ITEMS, SECURITY_HEADER_NAMES, add_security_headers_to
 from .view import REQUEST_ATTRS, Handler
 
 _UNSET = object()
@@ -72,7 +72,7 @@ class OppRequest(web.Request):
         # The API's answers (JSON, none of the security headers set by the handler) get them all in one
         # call, as add_security_headers_to would give them: a call fewer on every API response.
         if headers.get(_CONTENT_TYPE) == _JSON and headers.keys().isdisjoint(SECURITY_HEADER_NAMES):
-            headers.extend(STRICT_SECURITY_ITEMS)
+            headers.extend(API_SECURITY_ITEMS)
         else:
             add_security_headers_to(self, response)
         # What aiohttp's own hook does (it runs for every response: no call to it).
