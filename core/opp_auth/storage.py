@@ -202,9 +202,12 @@ def parse_envelope(path: Path, raw: bytes) -> dict[str, Any]:
     """Parse and check the bytes of a storage file."""
     try:
         envelope = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        # RecursionError: arrays or objects nested deeper than Python's JSON parser goes (about 1,000
+        # levels; opp-auth never writes them, its edge validation bounds nesting far below).
+        reason = "values nested too deeply to read" if isinstance(err, RecursionError) else str(err)
         raise StorageError(
-            f"{path} cannot be parsed ({err}). opp-auth will not overwrite it: "
+            f"{path} cannot be parsed ({reason}). opp-auth will not overwrite it: "
             "restore it from a backup, fix it, or move it away to start afresh."
         ) from err
     if not isinstance(envelope, dict) or "data" not in envelope or not isinstance(envelope.get("version"), int):

@@ -466,12 +466,17 @@ async def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path: Pat
 
 
 @pytest.mark.parametrize("key", ["auth", LOCAL_STORE])
+@pytest.mark.parametrize("damage", ["truncated", "nested too deeply"])
 def test_server_refuses_to_start_with_a_corrupt_storage_file_and_leaves_it_unchanged(
-    config_dir: Path, key: str
+    config_dir: Path, key: str, damage: str
 ) -> None:
+    """A file cut short, or valid JSON nested deeper than the parser reads: a one-line error, the file kept."""
     assert OPP_AUTH is not None, "the opp-auth program is not installed"
     write_logins(config_dir, [ANCHOR])
     corrupt = b'{"version": 1, "key": "' + key.encode() + b'", "data": {"users": [{"id": "ab'
+    if damage != "truncated":
+        deep = b"[" * 100_000 + b"]" * 100_000
+        corrupt = b'{"version": 1, "key": "' + key.encode() + b'", "data": {"users": [], "x": ' + deep + b"}}"
     path = config_dir / ".storage" / key
     path.write_bytes(corrupt)
     result = subprocess.run(
