@@ -303,16 +303,7 @@ class Store:
             raise
         if envelope is None:
             return None
-        if envelope["version"] != self.version:
-            if self._migrate is None or envelope["version"] > self.version:
-                self._broken = True
-                raise StorageError(
-                    f"{self.path} has version {envelope['version']}, this opp-auth reads version "
-                    f"{self.version}. It was written by a newer release: upgrade opp-auth."
-                )
-            data = self._migrate(envelope["version"], envelope["data"])
-            return data
-        return envelope["data"]
+        return self._data_of(envelope)
 
     async def async_load_journaled(self) -> tuple[Any | None, list[dict[str, Any]]]:
         """The file's data (as decode gives it, if it can) and the journal's change records it lacks, in order."""
@@ -331,15 +322,26 @@ class Store:
             raise
         if envelope is None:
             return None, records
-        if envelope["version"] != self.version:
-            if self._migrate is None or envelope["version"] > self.version:
-                self._broken = True
-                raise StorageError(
-                    f"{self.path} has version {envelope['version']}, this opp-auth reads version "
-                    f"{self.version}. It was written by a newer release: upgrade opp-auth."
-                )
-            return self._migrate(envelope["version"], envelope["data"]), records
-        return envelope["data"], records
+        return self._data_of(envelope), records
+
+    def _data_of(self, envelope: dict[str, Any]) -> Any:
+        """The envelope's data in this release's version: as it is, or migrated from an older one; else refused."""
+        version = envelope["version"]
+        if version == self.version:
+            return envelope["data"]
+        if version < self.version and self._migrate is not None:
+            return self._migrate(version, envelope["data"])
+        self._broken = True  # never overwritten
+        if version > self.version:
+            raise StorageError(
+                f"{self.path} has version {version}, this opp-auth reads version "
+                f"{self.version}. It was written by a newer release: upgrade opp-auth."
+            )
+        raise StorageError(
+            f"{self.path} has version {version}, which no release wrote (this opp-auth reads version "
+            f"{self.version} and migrates none older). opp-auth will not overwrite it: restore it from a "
+            "backup, fix its version, or move it away to start afresh."
+        )
 
     def _read_journaled(
         self, decode: Callable[[bytes], dict[str, Any] | None] | None

@@ -162,6 +162,21 @@ async def test_newer_version_raises_storage_error(config_dir: Path) -> None:
         await Store(config_dir, "thing", 2, migrate=lambda version, data: data).async_load()
 
 
+@pytest.mark.parametrize("version", [0, -1])
+async def test_a_version_before_the_first_is_refused_for_what_it_is(config_dir: Path, version: int) -> None:
+    """A file of a store that never migrates, older than its only version: not a "newer release", never overwritten."""
+    path = write_envelope(config_dir, "auth", version, {"users": []})
+    before = path.read_bytes()
+    store = Store(config_dir, "auth", 1, journal=True)
+    for load in (store.async_load, store.async_load_journaled):
+        with pytest.raises(StorageError, match=f"has version {version}, which no release wrote") as err:
+            await load()
+        assert "newer" not in str(err.value)
+    with pytest.raises(StorageError):
+        await store.async_save({})
+    assert path.read_bytes() == before
+
+
 async def test_newer_version_is_never_overwritten(config_dir: Path) -> None:
     """A store that refused a newer file does not replace it."""
     path = write_envelope(config_dir, "thing", 3, {"new": True})
