@@ -604,8 +604,15 @@ async def test_the_security_headers_of_json_answers_are_those_add_security_heade
         "bare": lambda: web.Response(body=b"{}", headers={"Content-Type": "application/json"}),
         "upper": lambda: web.Response(body=b"{}", headers={"Content-Type": "Application/JSON ; Charset=UTF-8"}),
         "problem": lambda: web.Response(body=b"{}", content_type="application/problem+json"),
+        # HTML to a browser (the last of a comma-separated list): not JSON here either.
+        "listed": lambda: web.Response(body=b"{}", headers={"Content-Type": "application/json;,text/html"}),
     }
-    policies = {"policy": "default-src *", "text": CONTENT_SECURITY_POLICY, "problem": CONTENT_SECURITY_POLICY}
+    policies = {
+        "policy": "default-src *",
+        "text": CONTENT_SECURITY_POLICY,
+        "problem": CONTENT_SECURITY_POLICY,
+        "listed": CONTENT_SECURITY_POLICY,
+    }
 
     async def answer(request: web.Request) -> web.Response:
         return answers[request.match_info["kind"]]()  # type: ignore[no-any-return]

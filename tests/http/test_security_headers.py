@@ -58,7 +58,9 @@ def assert_protected(path: str, status: int, headers: Any, *, strict: bool = Tru
     if not strict:
         return
     if headers.get("Content-Type", "").partition(";")[0].strip().lower() == "application/json":
-        assert csp == {"default-src": ["'none'"], "frame-ancestors": ["'none'"]}, (path, csp)
+        # Stricter than the pages' policy in every directive, those that do not fall back to default-src too.
+        none = ["'none'"]
+        assert csp == {"default-src": none, "base-uri": none, "form-action": none, "frame-ancestors": none}, (path, csp)
         return
     assert csp.get("default-src") == ["'self'"], (path, csp)
     for directive in ("script-src", "style-src"):
