@@ -159,17 +159,40 @@ async def test_policy_blocks_an_injected_inline_script(serve: Any, context: Any,
 
 
 async def test_pages_cannot_be_framed(serve: Any, context: Any, watch_csp: Any) -> None:
-    """Another site framing the login page gets nothing rendered (clickjacking)."""
+    """Another site framing the login page gets nothing rendered (clickjacking).
+
+    The framing document is a static file under the pages' policy, which lets it frame this server's
+    pages (frame-src falls back to default-src 'self'): the login page's frame-ancestors refuses.
+    """
     server = await serve()
     await server.onboard()
     page = await context.new_page()
     violations = await watch_csp(page)
-    await page.goto(server.url("/static/i18n/en.json"))
+    await page.goto(server.url("/static/style.css"))
     await page.set_content(f'<iframe src="{server.url("/auth/authorize")}"></iframe>')
     await asyncio.sleep(1.0)
     [frame] = page.main_frame.child_frames
     assert not frame.url.startswith(server.base), frame.url
     assert "frame-ancestors" in " ".join(violations), violations
+    await page.close()
+
+
+async def test_a_json_answer_opened_as_a_document_loads_nothing(serve: Any, context: Any, watch_csp: Any) -> None:
+    """JSON's own policy (default-src 'none'): a document made of it frames and runs nothing, not even this server's."""
+    server = await serve()
+    await server.onboard()
+    page = await context.new_page()
+    violations = await watch_csp(page)
+    await page.goto(server.url("/static/i18n/en.json"))
+    await page.set_content(
+        f'<iframe src="{server.url("/static/style.css")}"></iframe>'
+        f'<script src="{server.url("/static/authorize.js")}"></script>'
+    )
+    await asyncio.sleep(1.0)
+    [frame] = page.main_frame.child_frames
+    assert not frame.url.startswith(server.base), frame.url
+    reported = " ".join(violations)
+    assert "Framing" in reported and "Loading the script" in reported, violations
     await page.close()
 
 
