@@ -41,11 +41,11 @@ from aiohttp.abc import AbstractMatchInfo
 from aiohttp.web_app import _cached_build_middleware
 from aiohttp.web_urldispatcher import SystemRoute
 
-from .pages import API_SECURITY_ITEMS, SECURITY_HEADER_NAMES, add_security_headers_to
+from .pages import API_SECURITY_ITEMS, JSON_TYPE, SECURITY_HEADER_NAMES, add_security_headers_to
 from .view import REQUEST_ATTRS, Handler
 
 _UNSET = object()
-_CONTENT_TYPE, _JSON = hdrs.CONTENT_TYPE, "application/json"
+_CONTENT_TYPE = hdrs.CONTENT_TYPE
 
 
 class OppRequest(web.Request):
@@ -71,7 +71,7 @@ class OppRequest(web.Request):
         headers = response.headers
         # The API's answers (JSON, none of the security headers set by the handler) get them all in one
         # call, as add_security_headers_to would give them: a call fewer on every API response.
-        if headers.get(_CONTENT_TYPE) == _JSON and headers.keys().isdisjoint(SECURITY_HEADER_NAMES):
+        if headers.get(_CONTENT_TYPE) == JSON_TYPE and headers.keys().isdisjoint(SECURITY_HEADER_NAMES):
             headers.extend(API_SECURITY_ITEMS)
         else:
             add_security_headers_to(self, response)

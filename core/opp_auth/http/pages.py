@@ -96,7 +96,8 @@ async def favicon(request: web.Request) -> web.StreamResponse:
 
 _CSP = hdrs.CONTENT_SECURITY_POLICY
 _SECURITY_ITEMS = tuple(SECURITY_HEADERS.items())
-_JSON = "application/json"
+# The media type of the API's answers (http/application.py's prepare hook compares it as is).
+JSON_TYPE = "application/json"
 _CONTENT_TYPE = hdrs.CONTENT_TYPE
 # Every header this module adds (a handler's own value of any of them is kept), and what a JSON answer
 # (API_SECURITY_ITEMS) or another one that is not HTML (_STRICT_ITEMS) gets when it sets none of them,
@@ -115,7 +116,7 @@ def add_security_headers_to(request: web.Request, response: web.StreamResponse) 
     """
     headers = response.headers
     content_type = headers.get(_CONTENT_TYPE)
-    is_json = content_type is not None and (content_type == _JSON or _is_json(content_type))
+    is_json = content_type is not None and _is_json(content_type)
     html = not is_json and content_type is not None and "html" in content_type.lower()
     if not html and headers.keys().isdisjoint(SECURITY_HEADER_NAMES):
         headers.extend(API_SECURITY_ITEMS if is_json else _STRICT_ITEMS)
@@ -141,7 +142,7 @@ def _is_json(content_type: str) -> bool:
     Not a value with a comma: browsers take the last of a comma-separated list (``application/json;,text/html``
     is HTML to them).
     """
-    return "," not in content_type and content_type.partition(";")[0].strip().lower() == _JSON
+    return "," not in content_type and content_type.partition(";")[0].strip().lower() == JSON_TYPE
 
 
 def add_routes(app: web.Application) -> None:
