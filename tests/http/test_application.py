@@ -24,7 +24,8 @@ import yarl
 from aiohttp import web, web_protocol
 from aiohttp.test_utils import TestServer, make_mocked_request
 
-from opp_auth import client_ip, hookimpl, http_require_auth, request_user
+from opp_auth import client_ip, events, hookimpl, http_require_auth, request_user
+from opp_auth.events import ORIGIN, AuthEvent, Origin
 from opp_auth.http.app import create_app
 from opp_auth.http.application import OppRequest
 from opp_auth.http.pages import API_POLICY, CONTENT_SECURITY_POLICY, SECURITY_HEADERS, add_security_headers_to
@@ -634,3 +635,63 @@ async def test_the_security_headers_of_json_answers_are_those_add_security_heade
                 assert dict(served_headers)["content-security-policy"] == policies.get(kind, API_POLICY), kind
     finally:
         await server.close()
+
+
+async def test_events_emitted_while_serving_a_request_name_it_and_the_pipeline_sets_no_context_variable(
+    owner_token: Any,
+) -> None:
+    """A view's events name its client (after X-Forwarded-For), user agent and user; a task it starts names none.
+
+    The origin is found from the task aiohttp runs the request in (events.served_request), only when an
+    event is emitted: ORIGIN stays unset while the request is served, and an Origin a handler sets
+    (as the websocket handler does) wins over the request.
+    """
+    auth, token, refresh_token_id = owner_token
+    app = create_app(auth)
+    seen: list[AuthEvent] = []
+    auth.events.subscribe(seen.append)
+    context_values: list[Any] = []
+
+    async def emit_here(request: web.Request) -> web.Response:
+        context_values.append(ORIGIN.get())
+        auth.events.emit("lockout_cleared", details={"where": "view"})
+        return web.json_response({})
+
+    async def emit_in_a_task(request: web.Request) -> web.Response:
+        async def later() -> None:
+            auth.events.emit("lockout_cleared", details={"where": "task"})
+
+        await asyncio.ensure_future(later())
+        return web.json_response({})
+
+    async def emit_with_an_origin(request: web.Request) -> web.Response:
+        ORIGIN.set(Origin(via="websocket", remote_address="192.0.2.9"))
+        auth.events.emit("lockout_cleared", details={"where": "set"})
+        return web.json_response({})
+
+    app.router.add_get("/here", emit_here)
+    app.router.add_get("/task", emit_in_a_task)
+    app.router.add_get("/set", emit_with_an_origin)
+    server = await served(app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            headers = {"Authorization": f"Bearer {token}", "User-Agent": "probe/1", "X-Forwarded-For": "10.1.2.3"}
+            for path in ("/here", "/task", "/set"):
+                async with session.get(str(server.make_url(path)), headers=headers) as resp:
+                    assert resp.status == 200, path
+            async with session.get(str(server.make_url("/here")), headers={"User-Agent": "anonymous/2"}) as resp:
+                assert resp.status == 200
+    finally:
+        await server.close()
+    owner = auth.store.get_refresh_token(refresh_token_id).user
+    found = [(e.details["where"], e.via, e.remote_address, e.user_agent, e.actor_id) for e in seen]
+    assert found == [
+        ("view", "http", "10.1.2.3", "probe/1", owner.id),
+        ("task", None, None, None, None),
+        ("set", "websocket", "192.0.2.9", None, None),
+        ("view", "http", "127.0.0.1", "anonymous/2", None),
+    ]
+    assert context_values == [None, None]
+    # Outside any request (no task serving one, or no event loop at all) there is no request to name.
+    assert events.served_request() is None
+    assert await asyncio.to_thread(events.served_request) is None
