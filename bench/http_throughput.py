@@ -196,7 +196,7 @@ def main() -> None:
     parser.add_argument("--load")
     parser.add_argument("--token", default="")
     parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp client load generator")
     parser.add_argument("--users", type=int, default=1, help="people in the store, the bench client included")
     args = parser.parse_args()
@@ -230,8 +230,9 @@ def main() -> None:
             rates: dict[str, list[float]] = {kind: [] for kind in servers}
             cpu_per_request: dict[str, list[float]] = {kind: [] for kind in servers}
             for index in range(rounds):
-                # Order reversed every other round, so drift during a round favours no server.
-                order = ["opp", "bare", "same"] if index % 2 == 0 else ["same", "bare", "opp"]
+                # The real app runs between the two baselines, so each ratio compares two runs back to back;
+                # the order is reversed every other round, so drift during a round favours no server.
+                order = ["same", "opp", "bare"] if index % 2 == 0 else ["bare", "opp", "same"]
                 for kind in order:
                     cpu_before = servers[kind].cpu_seconds()
                     rps, total, bad = measure(servers[kind].url, servers["opp"].token, seconds, load_cpu)
