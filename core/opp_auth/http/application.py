@@ -19,10 +19,13 @@ much as the whole pipeline (bench/http_instructions.py). This application instea
 
 This uses aiohttp API that is not public (``Application._handle``,
 ``_make_request``, ``_run_middlewares`` and ``_middlewares_handlers``,
-``Request._match_info`` and ``_prepare_hook``), all of it in this module but for
-three reads on the pipeline's hottest lines (http/middleware.py: the route given
-to the request, the peer's address, ``Request._transport_peername``, and the raw
-path, ``Request._message.path``).
+``Request._match_info`` and ``_prepare_hook``; in that hook ``StreamResponse._headers``
+and ``Application._on_response_prepare``, what the public properties return, without
+their two calls on every response), all of it in this module but for four reads on
+the pipeline's hottest lines (http/middleware.py: the route given to the request,
+the peer's address, ``Request._transport_peername``, the raw path,
+``Request._message.path``, and the answer's ``StreamResponse._status``) and the
+request an event names (``_served_request``).
 core/setup.cfg pins the aiohttp range it was checked against, and
 tests/http/test_application.py drives each behaviour the pipeline relies on, so
 an aiohttp release that changes one fails there first.
@@ -68,7 +71,7 @@ class OppRequest(web.Request):
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         """As aiohttp prepares a response: the security headers, then the apps' on_response_prepare receivers."""
-        headers = response.headers
+        headers = response._headers  # response.headers, without the property's call
         # The API's answers (JSON, none of the security headers set by the handler) get them all in one
         # call, as add_security_headers_to would give them: a call fewer on every API response.
         if headers.get(_CONTENT_TYPE) == JSON_TYPE and headers.keys().isdisjoint(SECURITY_HEADER_NAMES):
@@ -79,8 +82,8 @@ class OppRequest(web.Request):
         match_info = self._match_info
         if match_info is not None:
             for app in match_info._apps:
-                if app.on_response_prepare:
-                    await app.on_response_prepare.send(self, response)
+                if app._on_response_prepare:
+                    await app._on_response_prepare.send(self, response)
 
 
 # Chains kept (one per route handler; aiohttp keeps as many).

@@ -4,10 +4,11 @@ One function, the application's request handler right after routing
 (http/application.py): it covers every route whenever it was added, and paths
 or methods no route serves, which it answers in the API's JSON shape (404, or
 405 with ``Allow``). What it costs per request: bench/http_instructions.py. It
-reads three private aiohttp attributes, ``Request._match_info`` (set as
+reads four private aiohttp attributes, ``Request._match_info`` (set as
 Application._handle does), ``Request._transport_peername`` (the peer, as
-``request.remote`` computes it) and ``Request._message`` (its ``path`` is what
-``request.raw_path`` answers, without that cached property's call). Events
+``request.remote`` computes it), ``Request._message`` (its ``path`` is what
+``request.raw_path`` answers, without that cached property's call) and
+``StreamResponse._status`` (what the ``status`` property returns). Events
 find the request they were emitted for from the coroutine of the task aiohttp
 runs it in, ``RequestHandler._handle_request`` (_served_request), only when one
 is emitted. tests/http/test_application.py drives each against the aiohttp
@@ -259,7 +260,7 @@ def build_pipeline(
                     # aiohttp's refusals (static files, a websocket request without upgrade) in the API's JSON shape.
                     response = _json_refusal(exc)
 
-            if response.status == 401:
+            if response._status == 401:  # response.status, without the property's call
                 auth.events.login_failed(remote, None, None, "unauthorized", plugins=ban_active)
             if origin is not None and (origin in cors_origins or request.path in CORS_ANY_ORIGIN_PATHS):
                 response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
