@@ -556,12 +556,13 @@ async def test_mounted_in_another_application_it_refuses_to_start(owner_token: A
 
 
 async def test_the_pipeline_filters_the_raw_path_aiohttp_reports(opp_auth_factory: Any) -> None:
-    """The pipeline reads Request._message.path: the same string as request.raw_path, for every target form."""
+    """The pipeline reads Request._message: its path is request.raw_path for every target form, its headers request.headers."""
     auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[])
     seen: list[tuple[str, str]] = []
 
     async def look(request: web.Request) -> web.Response:
         seen.append((request._message.path, request.raw_path))
+        assert request._message.headers is request.headers
         return web.json_response({})
 
     app = create_app(auth)

@@ -6,8 +6,9 @@ or methods no route serves, which it answers in the API's JSON shape (404, or
 405 with ``Allow``). What it costs per request: bench/http_instructions.py. It
 reads four private aiohttp attributes, ``Request._match_info`` (set as
 Application._handle does), ``Request._transport_peername`` (the peer, as
-``request.remote`` computes it), ``Request._message`` (its ``path`` is what
-``request.raw_path`` answers, without that cached property's call) and
+``request.remote`` computes it), ``Request._message`` (its ``path`` and
+``headers`` are what ``request.raw_path`` and ``request.headers`` answer, without
+those cached properties' calls) and
 ``StreamResponse._status`` (what the ``status`` property returns). Events
 find the request they were emitted for from the coroutine of the task aiohttp
 runs it in, ``RequestHandler._handle_request`` (_served_request), only when one
@@ -148,7 +149,9 @@ def build_pipeline(
             # the pipeline's own refusals too (OppRequest keeps these in slots, which have no default).
             request.opp_authenticated = False
             request.opp_user = request.opp_refresh_token_id = None
-            raw_path = request._message.path  # request.raw_path, without its cached property's call
+            # What request.raw_path and request.headers answer, without their cached properties' calls.
+            message = request._message
+            raw_path = message.path
             if raw_path not in clean_paths:
                 if _FILTERS.search(raw_path) or ("%" in raw_path and _FILTERS.search(unquote(raw_path))):
                     _LOGGER.warning("Filtered a potential harmful request to: %s", raw_path)
@@ -158,7 +161,7 @@ def build_pipeline(
                         clean_paths.clear()
                     clean_paths.add(raw_path)
 
-            headers = request.headers
+            headers = message.headers
             # aiohttp prepares the answer with the request it made, which on_response_prepare receivers
             # get: what the pipeline finds out is set on it too when a proxied request is cloned below.
             original = request
