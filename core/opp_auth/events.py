@@ -18,9 +18,8 @@ An event never carries a password, a code, a token or another secret:
 hand it identifiers (user id, token id, module id), and strings that come from
 a client (the username as typed, the user agent) are clipped to a bounded length.
 Where the event came from (address, user agent, the acting user, the way in)
-is filled from :data:`ORIGIN`, set by the websocket handler for each connection
-and the CLI for its command, or else from the HTTP request the current task
-serves (:data:`served_request`, installed by the HTTP layer).
+is filled from :data:`ORIGIN`, set by the HTTP pipeline for each request, the
+websocket handler for each connection and the CLI for its command.
 
 The older specific hooks (``opp_auth_login_failed``, ``opp_auth_user_created``...)
 keep firing as before.
@@ -250,11 +249,7 @@ class Origin:
 
 
 ORIGIN: contextvars.ContextVar[Any] = contextvars.ContextVar("opp_auth_event_origin", default=None)
-"""An :class:`Origin` (or a request, described when an event is emitted) set for the current context.
-
-The websocket handler sets one for each connection (its commands' tasks inherit it) and the CLI one
-for its command. Where none is set, events take the HTTP request the current task serves.
-"""
+"""An :class:`Origin`, or the aiohttp request being served (read lazily, only when an event is emitted)."""
 set_origin = ORIGIN.set
 
 
@@ -271,36 +266,19 @@ def _no_describer(source: Any) -> Origin:
     return Origin()
 
 
-def _no_request() -> Any:
-    """Before the HTTP layer is imported no task serves a request."""
-    return None
-
-
-served_request: Callable[[], Any] = _no_request
-"""The HTTP request the current task serves, or None (a task a request started serves none).
-
-The HTTP layer installs its finder when imported (opp_auth.http.middleware). It runs only when an
-event is emitted, so serving a request costs nothing here: no context variable is set per request.
-"""
-
-
 describe_origin: Callable[[Any], Origin] = _no_describer
-"""How an origin that is not an :class:`Origin` (a request, most often the one served_request found) becomes one.
+"""How an origin that is not an :class:`Origin` (the request the pipeline set) becomes one.
 
-The HTTP layer installs its reader when imported (opp_auth.http.middleware), so this module needs
-nothing of aiohttp, and a request is read only when an event is emitted.
+The HTTP layer installs its reader when imported (opp_auth.http.middleware), so this module
+needs nothing of aiohttp and the pipeline sets the request itself, with no object per request.
 """
 
 
 def _origin() -> Origin:
     """The origin of the current context."""
     source = ORIGIN.get()
-    if source is None:
-        source = served_request()
-        if source is None:
-            return Origin()
-    if isinstance(source, Origin):
-        return source
+    if source is None or isinstance(source, Origin):
+        return source or Origin()
     return describe_origin(source)
 
 

@@ -24,7 +24,7 @@ import yarl
 from aiohttp import web, web_protocol
 from aiohttp.test_utils import TestServer, make_mocked_request
 
-from opp_auth import client_ip, events, hookimpl, http_require_auth, request_user
+from opp_auth import client_ip, hookimpl, http_require_auth, request_user
 from opp_auth.events import ORIGIN, AuthEvent, Origin
 from opp_auth.http.app import create_app
 from opp_auth.http.application import OppRequest
@@ -638,61 +638,62 @@ async def test_the_security_headers_of_json_answers_are_those_add_security_heade
         await server.close()
 
 
-async def test_events_emitted_while_serving_a_request_name_it_and_the_pipeline_sets_no_context_variable(
-    owner_token: Any,
+async def test_events_name_the_request_they_were_emitted_for_in_the_view_and_in_work_it_starts(
+    opp_auth_factory: Any,
 ) -> None:
-    """A view's events name its client (after X-Forwarded-For), user agent and user; a task it starts names none.
-
-    The origin is found from the task aiohttp runs the request in (events.served_request), only when an
-    event is emitted: ORIGIN stays unset while the request is served, and an Origin a handler sets
-    (as the websocket handler does) wins over the request.
+    """The pipeline sets the request as the events' origin: what the view emits in line, in tasks it starts,
+    in a thread and under a timeout names its client (after X-Forwarded-For), user agent and user; so does
+    the ban a refused request causes, which the ban hook decides in the background. An Origin a handler
+    sets (as the websocket handler does) wins over the request.
     """
-    auth, token, refresh_token_id = owner_token
+    proxied = {"use_x_forwarded_for": True, "trusted_proxies": ["127.0.0.1"], "login_attempts_threshold": 1}
+    auth = await opp_auth_factory(providers=[EXAMPLE], mfa_modules=[], http=proxied)
+    owner = await auth.users.async_create_user("Owner", ["system-admin"], is_owner=True)
+    token = await auth.access_tokens.async_create_access_token(
+        await auth.refresh_tokens.async_create_refresh_token(owner, CLIENT_ID)
+    )
     app = create_app(auth)
     seen: list[AuthEvent] = []
     auth.events.subscribe(seen.append)
-    context_values: list[Any] = []
 
-    async def emit_here(request: web.Request) -> web.Response:
-        context_values.append(ORIGIN.get())
-        auth.events.emit("lockout_cleared", details={"where": "view"})
+    def emit(where: str) -> None:
+        auth.events.emit("lockout_cleared", details={"where": where})
+
+    async def emit_later(where: str) -> None:
+        emit(where)
+
+    async def work(request: web.Request) -> web.Response:
+        emit("view")
+        await asyncio.ensure_future(emit_later("task"))
+        await asyncio.gather(emit_later("gather"))
+        await asyncio.wait_for(emit_later("wait_for"), 5)
+        await asyncio.to_thread(emit, "thread")
         return web.json_response({})
 
-    async def emit_in_a_task(request: web.Request) -> web.Response:
-        async def later() -> None:
-            auth.events.emit("lockout_cleared", details={"where": "task"})
-
-        await asyncio.ensure_future(later())
-        return web.json_response({})
-
-    async def emit_with_an_origin(request: web.Request) -> web.Response:
+    async def with_an_origin(request: web.Request) -> web.Response:
         ORIGIN.set(Origin(via="websocket", remote_address="192.0.2.9"))
-        auth.events.emit("lockout_cleared", details={"where": "set"})
+        emit("set")
         return web.json_response({})
 
-    app.router.add_get("/here", emit_here)
-    app.router.add_get("/task", emit_in_a_task)
-    app.router.add_get("/set", emit_with_an_origin)
+    app.router.add_get("/work", work)
+    app.router.add_get("/set", with_an_origin)
     server = await served(app)
     try:
         async with aiohttp.ClientSession() as session:
             headers = {"Authorization": f"Bearer {token}", "User-Agent": "probe/1", "X-Forwarded-For": "10.1.2.3"}
-            for path in ("/here", "/task", "/set"):
+            for path in ("/work", "/set"):
                 async with session.get(str(server.make_url(path)), headers=headers) as resp:
                     assert resp.status == 200, path
-            async with session.get(str(server.make_url("/here")), headers={"User-Agent": "anonymous/2"}) as resp:
-                assert resp.status == 200
+            refused = {"Authorization": "Bearer wrong", "User-Agent": "attacker/1", "X-Forwarded-For": "10.9.9.9"}
+            async with session.get(str(server.make_url("/api/")), headers=refused) as resp:
+                assert resp.status == 401
+            await auth.events.async_drain()
     finally:
         await server.close()
-    owner = auth.store.get_refresh_token(refresh_token_id).user
-    found = [(e.details["where"], e.via, e.remote_address, e.user_agent, e.actor_id) for e in seen]
-    assert found == [
-        ("view", "http", "10.1.2.3", "probe/1", owner.id),
-        ("task", None, None, None, None),
+    found = [(e.details.get("where", e.type), e.via, e.remote_address, e.user_agent, e.actor_id) for e in seen]
+    by_owner = ("http", "10.1.2.3", "probe/1", owner.id)
+    assert [row for row in found if row[0] != "login_failed"] == [
+        *[(where, *by_owner) for where in ("view", "task", "gather", "wait_for", "thread")],
         ("set", "websocket", "192.0.2.9", None, None),
-        ("view", "http", "127.0.0.1", "anonymous/2", None),
+        ("address_banned", "http", "10.9.9.9", "attacker/1", None),
     ]
-    assert context_values == [None, None]
-    # Outside any request (no task serving one, or no event loop at all) there is no request to name.
-    assert events.served_request() is None
-    assert await asyncio.to_thread(events.served_request) is None

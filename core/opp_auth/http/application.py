@@ -23,9 +23,8 @@ This uses aiohttp API that is not public (``Application._handle``,
 and ``Application._on_response_prepare``, what the public properties return, without
 their two calls on every response), all of it in this module but for four reads on
 the pipeline's hottest lines (http/middleware.py: the route given to the request,
-the peer's address, ``Request._transport_peername``, the raw path,
-``Request._message.path``, and the answer's ``StreamResponse._status``) and the
-request an event names (``_served_request``).
+the peer's address, ``Request._transport_peername``, the raw path and headers,
+``Request._message``, and the answer's ``StreamResponse._status``).
 core/setup.cfg pins the aiohttp range it was checked against, and
 tests/http/test_application.py drives each behaviour the pipeline relies on, so
 an aiohttp release that changes one fails there first.

@@ -8,17 +8,13 @@ reads four private aiohttp attributes, ``Request._match_info`` (set as
 Application._handle does), ``Request._transport_peername`` (the peer, as
 ``request.remote`` computes it), ``Request._message`` (its ``path`` and
 ``headers`` are what ``request.raw_path`` and ``request.headers`` answer, without
-those cached properties' calls) and
-``StreamResponse._status`` (what the ``status`` property returns). Events
-find the request they were emitted for from the coroutine of the task aiohttp
-runs it in, ``RequestHandler._handle_request`` (_served_request), only when one
-is emitted. tests/http/test_application.py drives each against the aiohttp
-range core/setup.cfg pins.
+those cached properties' calls) and ``StreamResponse._status`` (what the
+``status`` property returns). tests/http/test_application.py drives each against
+the aiohttp range core/setup.cfg pins.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -27,10 +23,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from aiohttp import hdrs, web
-from aiohttp.web_protocol import RequestHandler
 
 from .. import events
-from ..events import Origin
+from ..events import Origin, set_origin
 from ..models import User
 from ..storage import STORAGE_UNAVAILABLE_MESSAGE, StorageError
 from ..validation import CODE_INVALID_FORMAT, InvalidData
@@ -80,37 +75,7 @@ def _request_origin(request: web.Request) -> Origin:
     )
 
 
-# aiohttp runs each request in a task of its own, whose coroutine is RequestHandler._handle_request
-# (web_protocol.py: "a new task is used for copy context vars"), called with the request first.
-_HANDLE_REQUEST = RequestHandler._handle_request.__code__
-if _HANDLE_REQUEST.co_varnames[:2] != ("self", "request"):
-    raise RuntimeError(f"aiohttp's RequestHandler._handle_request changed: {_HANDLE_REQUEST.co_varnames[:4]!r}")
-
-
-def _served_request() -> web.BaseRequest | None:
-    """The request whose handling the current task runs; None in any other task (or outside a loop).
-
-    Read from the task's coroutine, aiohttp's RequestHandler._handle_request, only when an event
-    is emitted: the pipeline sets nothing per request for it (a context variable set on every
-    request cost 1,200 instructions). The request is the one aiohttp made; when X-Forwarded-For
-    made the pipeline clone it, what the pipeline found out is set on this one too. A task the
-    handler starts serves no request: its events name none (the websocket handler sets its
-    connection's origin in events.ORIGIN, which its commands' tasks inherit).
-    """
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # no running event loop in this thread
-        return None
-    coro = task.get_coro() if task is not None else None
-    if getattr(coro, "cr_code", None) is not _HANDLE_REQUEST:
-        return None
-    frame = coro.cr_frame  # type: ignore[union-attr]
-    request = frame.f_locals.get("request") if frame is not None else None
-    return request if isinstance(request, web.BaseRequest) else None
-
-
 events.describe_origin = _request_origin
-events.served_request = _served_request
 
 
 def build_pipeline(
@@ -187,6 +152,7 @@ def build_pipeline(
                     original.opp_peer_ip = peer
             request.opp_client_ip = remote
             request.opp_peer_ip = peer
+            set_origin(request)  # events emitted while serving it name its address, user agent and user
 
             if ban_active and remote in ban.banned and ban.is_banned(remote):  # type: ignore[union-attr]
                 auth.events.login_failed(remote, None, None, "banned", plugins=False)
