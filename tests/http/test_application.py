@@ -697,3 +697,51 @@ async def test_events_name_the_request_they_were_emitted_for_in_the_view_and_in_
         ("set", "websocket", "192.0.2.9", None, None),
         ("address_banned", "http", "10.9.9.9", "attacker/1", None),
     ]
+
+
+async def test_the_private_reads_of_the_hook_and_pipeline_are_what_aiohttp_s_properties_answer(
+    owner_token: Any,
+) -> None:
+    """response._headers and _status, app._on_response_prepare: the same as the public properties for every
+    kind of answer (JSON, the pipeline's refusals, a raised HTTPException, a static file, a page, the
+    websocket handshake), as the prepare hook and the pipeline's 401 check read them."""
+    auth, token, _ = owner_token
+    app = create_app(auth)
+    seen: list[tuple[str, bool, bool, bool]] = []
+
+    async def receiver(request: web.Request, response: web.StreamResponse) -> None:
+        seen.append(
+            (
+                type(response).__name__,
+                response._headers is response.headers,
+                response._status == response.status,
+                request.app._on_response_prepare is request.app.on_response_prepare,
+            )
+        )
+
+    async def raises(request: web.Request) -> web.Response:
+        raise web.HTTPConflict(text="no")
+
+    app.router.add_get("/raises", raises)
+    app.on_response_prepare.append(receiver)
+    server = await served(app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for path, headers in (
+                ("/api/", {"Authorization": f"Bearer {token}"}),
+                ("/api/", {}),
+                ("/api/?q=<script>", {}),
+                ("/no/such/path", {}),
+                ("/raises", {}),
+                ("/static/authorize.js", {}),
+                ("/auth/authorize", {}),
+            ):
+                async with session.get(str(server.make_url(path)), headers=headers) as resp:
+                    assert resp.status in (200, 400, 401, 404, 409), path
+            async with session.ws_connect(str(server.make_url("/api/websocket"))) as ws:
+                assert (await ws.receive_json())["type"] == "auth_required"
+    finally:
+        await server.close()
+    assert len(seen) == 8
+    assert {kind for kind, *_ in seen} >= {"Response", "FileResponse", "WebSocketResponse"}
+    assert all(same_headers and same_status and same_signal for _, same_headers, same_status, same_signal in seen)
