@@ -9,7 +9,9 @@ slapd is started on a free loopback port with one user and one group.
 - while 50 LDAP logins run at once over HTTP (login flow and token grant), authenticated
   GET /api/ requests sent at a steady 200 per second keep a 99th-percentile latency of at most 20 ms.
 
-The HTTP server runs in a child process (the real application on 127.0.0.1); this process is the client.
+The HTTP server runs in a child process (the real application on 127.0.0.1); this process sends the
+logins, and the GETs come from a probe process of their own, so the logins' client work is not
+counted as the server's latency.
 """
 
 from __future__ import annotations
@@ -186,59 +188,82 @@ async def http_login(session: aiohttp.ClientSession, base: str) -> float:
     return time.perf_counter() - start
 
 
-async def gets_during_logins(
-    base: str, token: str, concurrent: int, waves: int
-) -> tuple[list[float], list[float], list[float]]:
-    """GET /api/ latencies (ms) sent at GET_RATE per second: quiet, during the bursts of logins; and login seconds."""
+async def _probe(base: str, token: str) -> None:
+    """GET /api/ at GET_RATE per second until a line arrives on stdin; then print [[sent, ms], ...] as JSON.
+
+    Runs in a process of its own: the 50 logins' own client work (150 requests in a tenth of a second)
+    would otherwise delay this loop's requests and be counted as the server's latency. Sending times are
+    time.monotonic(), which the parent process reads on the same clock.
+    """
     samples: list[tuple[float, float]] = []
     failures = 0
     headers = {"Authorization": f"Bearer {token}"}
 
     async def one(session: aiohttp.ClientSession) -> None:
         nonlocal failures
+        sent = time.monotonic()
         start = time.perf_counter()
         async with session.get(f"{base}/api/", headers=headers) as resp:
             await resp.read()
             if resp.status != 200:
                 failures += 1
                 return
-        samples.append((start, (time.perf_counter() - start) * 1000))
+        samples.append((sent, (time.perf_counter() - start) * 1000))
 
-    async def sender(session: aiohttp.ClientSession, tasks: set[asyncio.Task[None]]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = loop.run_in_executor(None, sys.stdin.readline)
+    tasks: set[asyncio.Task[None]] = set()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        await one(session)  # the connection is open before the first timed request
+        samples.clear()
+        print("PROBING", flush=True)
         next_at = time.perf_counter()
-        while True:
+        while not stop.done():
             task = asyncio.ensure_future(one(session))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             next_at += 1 / GET_RATE
             await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as get_session, \
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as login_session:
-        await http_login(login_session, base)  # the first login creates the user
-        tasks: set[asyncio.Task[None]] = set()
-        runner = asyncio.ensure_future(sender(get_session, tasks))
-        await asyncio.sleep(0.5)
-        quiet_from = time.perf_counter()
-        await asyncio.sleep(2.0)
-        busy_from = time.perf_counter()
-        windows: list[tuple[float, float]] = []
-        durations: list[float] = []
-        # One burst of LDAP logins is over in ~0.1 s: repeat it so the p99 rests on enough GETs.
-        for _ in range(waves):
-            start = time.perf_counter()
-            durations += await asyncio.gather(*(http_login(login_session, base) for _ in range(concurrent)))
-            windows.append((start, time.perf_counter()))
-            await asyncio.sleep(0.05)
-        runner.cancel()
-        try:
-            await runner
-        except asyncio.CancelledError:
-            pass
         if tasks:
             await asyncio.gather(*tasks)
-    if failures:
-        raise RuntimeError(f"{failures} GET /api/ requests failed")
+    print(json.dumps({"samples": samples, "failures": failures}), flush=True)
+
+
+async def gets_during_logins(
+    base: str, token: str, concurrent: int, waves: int
+) -> tuple[list[float], list[float], list[float]]:
+    """GET /api/ latencies (ms) sent at GET_RATE per second by a probe process: quiet, during the bursts of
+    logins this process sends; and login seconds."""
+    probe = subprocess.Popen(
+        [sys.executable, __file__, "--probe", base, token], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert probe.stdin is not None and probe.stdout is not None
+        if probe.stdout.readline().strip() != "PROBING":
+            raise RuntimeError("the GET probe did not start")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as login_session:
+            await http_login(login_session, base)  # the first login creates the user
+            await asyncio.sleep(0.5)
+            quiet_from = time.monotonic()
+            await asyncio.sleep(2.0)
+            busy_from = time.monotonic()
+            windows: list[tuple[float, float]] = []
+            durations: list[float] = []
+            # One burst of LDAP logins is over in ~0.1 s: repeat it so the p99 rests on enough GETs.
+            for _ in range(waves):
+                start = time.monotonic()
+                durations += await asyncio.gather(*(http_login(login_session, base) for _ in range(concurrent)))
+                windows.append((start, time.monotonic()))
+                await asyncio.sleep(0.05)
+        out, _ = probe.communicate("stop\n", timeout=60)
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+            probe.wait()
+    report = json.loads(out.strip().splitlines()[-1])
+    if report["failures"]:
+        raise RuntimeError(f"{report['failures']} GET /api/ requests failed")
+    samples = report["samples"]
     quiet = [lat for sent, lat in samples if quiet_from <= sent < busy_from]
     busy = [lat for sent, lat in samples if any(a <= sent < b for a, b in windows)]
     return quiet, busy, durations
@@ -249,10 +274,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--serve", nargs=2, metavar=("CONFIG_DIR", "URL"))
+    parser.add_argument("--probe", nargs=2, metavar=("BASE_URL", "TOKEN"))
     args = parser.parse_args()
     if args.serve:
         logging.basicConfig(level=logging.ERROR)
         asyncio.run(_serve(*args.serve))
+        return
+    if args.probe:
+        asyncio.run(_probe(*args.probe))
         return
     rounds = 50 if args.quick else 300
     concurrent = 10 if args.quick else CONCURRENT_LOGINS

@@ -8,7 +8,7 @@ opp-auth-metrics plugin then times each request and counts the token check,
 and /metrics is scraped once per round so the series exist and stay read).
 
 Each server runs in its own process pinned to CPU 0 (when taskset is there),
-wrk on CPU 1; rounds alternate A-B-B-A and the median of the per-round ratios
+wrk on CPU 1; twelve rounds of 1 s alternate A-B-B-A and the median of the per-round ratios
 is the target row. Server CPU per request (from /proc/<pid>/stat around each
 wrk run) is the cross-check that other load on the machine disturbs much less.
 """
@@ -191,8 +191,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--serve", choices=KINDS)
     parser.add_argument("--config-dir")
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--users", type=int, default=1, help="people in the store, the bench client included")
     parser.add_argument("--in-process", choices=KINDS)
     parser.add_argument("--requests", type=int, default=0)
