@@ -626,11 +626,11 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(config_dir: 
                 assert loaded == with_it, f"life {life}: the change in flight was half applied: {in_flight}"
                 model = with_it
                 counts["killed in flight"] += 1
+        assert counts["acknowledged"] > KILLS and counts["compactions"] > 0, counts
     except BaseException:
         print(f"OPP_AUTH_CRASH_SEED={seed} replays this run; {counts}")
         raise
     print(f"{KILLS} kills, seed {seed}: {counts}")
-    assert counts["acknowledged"] > KILLS and counts["compactions"] > 0, counts
     # The files are in Open Peer Power's format after a final compaction.
     store = await open_store(config_dir)
     await store.async_flush()
