@@ -151,6 +151,8 @@ class Journal:
         self._lock = asyncio.Lock()
         self._writer: asyncio.Future[None] | None = None
         self.torn_bytes = 0
+        # The file was there but empty at load (a crash between its creation and the first write).
+        self.empty_on_disk = False
 
     # ---- reading (executor) -------------------------------------------------------------
 
@@ -163,6 +165,7 @@ class Journal:
         records, valid = parse_journal(raw)
         self._offset = valid
         self.torn_bytes = len(raw) - valid
+        self.empty_on_disk = not raw
         self._needs_truncate = valid < len(raw)
         if records:
             self._seq = self._durable_seq = max(self._seq, records[-1]["n"])
@@ -291,6 +294,7 @@ class Journal:
             fsync_dir(self.path.parent)
             self._offset = 0
             self._needs_truncate = False
+            self.empty_on_disk = False
             return
         content = b"".join(kept)
         fd, tmp_name = tempfile.mkstemp(dir=self.path.parent, prefix=f"{self.path.name}.", suffix=".tmp")

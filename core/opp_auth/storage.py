@@ -578,9 +578,10 @@ class Store:
             if self._compaction is not None:
                 await asyncio.gather(self._compaction, return_exceptions=True)
             await self.async_commit()
-            # A journal holding only the torn bytes of a crashed write has no size but is still a
-            # file: the compaction removes it too.
-            if (self.journal.size or self.journal.torn_bytes) and self.snapshot_func is not None:
+            # A journal holding only the torn bytes of a crashed write, or nothing at all (a crash
+            # right after its creation), has no size but is still a file: the compaction removes it too.
+            journal = self.journal
+            if (journal.size or journal.torn_bytes or journal.empty_on_disk) and self.snapshot_func is not None:
                 await self.async_compact()
             return
         if self._data_func is not None:

@@ -253,6 +253,24 @@ async def test_a_journal_of_only_torn_bytes_is_gone_after_a_shutdown(config_dir:
     assert state(await open_store(config_dir)) == state(again)
 
 
+async def test_an_empty_journal_is_gone_after_a_shutdown(config_dir: Path) -> None:
+    """A crash between the journal's creation and its first write leaves an empty file; the next clean
+    stop still leaves a whole file and no journal (the SIGKILL test met this case in CI)."""
+    store = await open_store(config_dir)
+    new_user(store, "alice")
+    await store.async_save()
+    await store.async_flush()
+    path = journal_file(config_dir)
+    assert not path.exists()
+    path.write_bytes(b"")
+    again = await open_store(config_dir)
+    assert state(again) == state(store)
+    await again.async_flush()
+    assert not path.exists()
+    assert json.loads(auth_file(config_dir).read_text())["key"] == "auth"
+    assert state(await open_store(config_dir)) == state(store)
+
+
 async def test_every_byte_of_an_append_loads_the_state_before_or_after_it(config_dir: Path) -> None:
     store = await open_store(config_dir)
     users = [new_user(store, f"user{i}") for i in range(3)]
