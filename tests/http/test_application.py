@@ -274,20 +274,25 @@ async def test_middlewares_wrap_each_route_of_a_shared_handler_and_the_chain_is_
         await server.close()
 
 
+def every_kind_of_answer(token: str) -> list[tuple[str, dict[str, str]]]:
+    """(path, headers) of JSON, the pipeline's refusals (401, 400), a 404, a static file and a page."""
+    return [
+        ("/api/", {"Authorization": f"Bearer {token}"}),
+        ("/api/", {}),
+        ("/api/?q=<script>", {}),
+        ("/no/such/path", {}),
+        ("/static/authorize.js", {}),
+        ("/auth/authorize", {}),
+    ]
+
+
 async def test_security_headers_on_every_kind_of_response(owner_token: Any) -> None:
     """JSON, a refusal the pipeline makes, a 404, a static file, a page and the websocket handshake."""
     auth, token, _ = owner_token
     server = await served(create_app(auth))
     try:
         async with aiohttp.ClientSession() as session:
-            for path, headers in (
-                ("/api/", {"Authorization": f"Bearer {token}"}),
-                ("/api/", {}),
-                ("/api/?q=<script>", {}),
-                ("/no/such/path", {}),
-                ("/static/authorize.js", {}),
-                ("/auth/authorize", {}),
-            ):
+            for path, headers in every_kind_of_answer(token):
                 async with session.get(str(server.make_url(path)), headers=headers) as resp:
                     for name, value in SECURITY_HEADERS.items():
                         assert resp.headers.getall(name) == [value], (path, name)
@@ -727,15 +732,7 @@ async def test_the_private_reads_of_the_hook_and_pipeline_are_what_aiohttp_s_pro
     server = await served(app)
     try:
         async with aiohttp.ClientSession() as session:
-            for path, headers in (
-                ("/api/", {"Authorization": f"Bearer {token}"}),
-                ("/api/", {}),
-                ("/api/?q=<script>", {}),
-                ("/no/such/path", {}),
-                ("/raises", {}),
-                ("/static/authorize.js", {}),
-                ("/auth/authorize", {}),
-            ):
+            for path, headers in [*every_kind_of_answer(token), ("/raises", {})]:
                 async with session.get(str(server.make_url(path)), headers=headers) as resp:
                     assert resp.status in (200, 400, 401, 404, 409), path
             async with session.ws_connect(str(server.make_url("/api/websocket"))) as ws:
